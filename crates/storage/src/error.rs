@@ -1,0 +1,42 @@
+//! `StorageError`: everything that can go wrong reading or writing documents.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(
+        "the data directory {path} is in use by another weft process; stop it, \
+         or talk to it through its HTTP API instead"
+    )]
+    Locked { path: PathBuf },
+
+    #[error("could not open the data directory {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+
+    #[error("storage I/O failed while {action}: {reason}")]
+    Io {
+        action: &'static str,
+        reason: String,
+    },
+
+    #[error("{kind} at {key} is corrupt ({reason}); run `weft verify` and restore from a backup")]
+    Corrupt {
+        kind: &'static str,
+        key: String,
+        reason: String,
+    },
+
+    #[error(
+        "{kind} at {key} has schema version {found}, newer than this weft understands \
+         ({}); upgrade weft",
+        crate::SCHEMA_VERSION
+    )]
+    NewerSchema {
+        kind: &'static str,
+        key: String,
+        found: u16,
+    },
+
+    #[error("could not encode {kind}: {reason}")]
+    Encode { kind: &'static str, reason: String },
+}
