@@ -1,1 +1,81 @@
-//! x
+//! weft-sync: the document engine.
+//!
+//! One [`Room`](room) task per live document owns its `yrs::Doc` and
+//! presence; [`Rooms`] starts and finds them; a [`Session`] is one
+//! connection's membership of a room. The protocol logic itself lives in
+//! [`DocState`] and [`protocol`], which do no I/O. This crate never touches a
+//! socket: transports live in the server crate.
+
+mod doc_state;
+pub mod protocol;
+mod room;
+mod rooms;
+mod session;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use doc_state::{Change, ConnId, Delivery, DocState, Effects, LoadError, Rejection};
+pub use rooms::Rooms;
+pub use session::{CloseReason, Session};
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long a document stays loaded after its last connection leaves.
+    pub unload_grace: Duration,
+    /// How many recent changes each live document keeps in memory for replay.
+    pub recent_changes: usize,
+    /// Take a snapshot after this many changes.
+    pub snapshot_every: u64,
+    /// How many logged changes to keep behind the newest snapshot, for replay.
+    pub keep_log_tail: u64,
+    /// Frames a connection may have waiting before it counts as too slow.
+    pub outbound_queue: usize,
+    /// Commands a room may have waiting before senders wait.
+    pub command_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            unload_grace: Duration::from_secs(30),
+            recent_changes: 1024,
+            snapshot_every: 1000,
+            keep_log_tail: 10_000,
+            outbound_queue: 1024,
+            command_queue: 1024,
+        }
+    }
+}
+
+/// The time, injected so the engine can be tested with a fixed clock.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// Why a connection could not join a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("the stored document could not be loaded: {0}")]
+    LoadFailed(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("the document is busy loading and unloading; try again")]
+    Busy,
+    /// Internal: the room was unloading; join a fresh one.
+    #[error("the document was unloading")]
+    Retry,
+}

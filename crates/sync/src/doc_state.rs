@@ -1,0 +1,691 @@
+//! `DocState`: one live document and its presence, as a plain state machine.
+//!
+//! It owns the `yrs::Doc` (inside its `Awareness`), the sequence counter and a
+//! window of recent changes. Every input (a connection joining, a decoded
+//! message, a connection leaving) is a method call that records what must
+//! happen in [`Effects`]: changes to make durable and frames to deliver. It
+//! does no I/O and never waits, so it is tested without sockets or sleeps;
+//! the [`room`](crate::room) task around it does the storing and sending.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::updates::decoder::Decode;
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+
+use weft_storage::StoredDoc;
+
+use crate::protocol::{self, Inbound};
+use crate::Clock;
+
+/// Identifies one connection (or other subscriber) of a room.
+pub type ConnId = u64;
+
+/// A change the document accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// Exactly what the change added or deleted, as a Yjs v1 update.
+    pub update: Bytes,
+}
+
+/// Where a frame goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Only to this connection.
+    To(ConnId, Bytes),
+    /// To every connection but this one.
+    Others(ConnId, Bytes),
+    /// To every connection.
+    Everyone(Bytes),
+}
+
+/// What handling some input requires of the caller, in order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Must be durable before any of `deliveries` is sent.
+    pub changes: Vec<Change>,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Why a message from a connection was refused. The connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("update rejected: {0}")]
+    InvalidUpdate(String),
+    #[error("update rejected: it made the document engine fail internally")]
+    UpdatePanicked,
+    #[error("awareness update rejected: {0}")]
+    InvalidAwareness(String),
+}
+
+/// A stored document that could not be turned back into a live one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("stored {part} of the document does not load: {reason}")]
+pub struct LoadError {
+    pub part: String,
+    pub reason: String,
+}
+
+/// A live document.
+pub struct DocState {
+    awareness: Awareness,
+    clock: Arc<dyn Clock>,
+    incarnation: u64,
+    last_seq: u64,
+    recent: VecDeque<Change>,
+    recent_capacity: usize,
+    /// Which connection introduced each awareness client id, so that its
+    /// presence can be removed the moment that connection goes.
+    owners: HashMap<ClientID, ConnId>,
+    /// Set when yrs panicked mid-transaction: memory may no longer match
+    /// storage, so the caller must rebuild from storage.
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for DocState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocState")
+            .field("incarnation", &self.incarnation)
+            .field("last_seq", &self.last_seq)
+            .field("recent", &self.recent.len())
+            .field("presence", &self.owners.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DocState {
+    /// Rebuilds a live document from what storage holds.
+    pub fn load(
+        stored: &StoredDoc,
+        recent_capacity: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LoadError> {
+        let doc = load_doc(stored)?;
+        let awareness_clock = clock.clone();
+        let awareness = Awareness::with_clock(doc, move || awareness_clock.now_ms());
+        let mut recent = VecDeque::with_capacity(recent_capacity.min(stored.log.len()));
+        let skip = stored.log.len().saturating_sub(recent_capacity);
+        for e in &stored.log[skip..] {
+            recent.push_back(Change {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                update: Bytes::from(e.update.clone()),
+            });
+        }
+        Ok(DocState {
+            awareness,
+            clock,
+            incarnation: stored.meta.incarnation,
+            last_seq: stored.last_seq(),
+            recent,
+            recent_capacity,
+            owners: HashMap::new(),
+            poisoned: false,
+        })
+    }
+
+    /// Replaces the document's content with what storage holds, keeping
+    /// presence. Used after a failure left memory ahead of the disk.
+    pub fn reload(&mut self, stored: &StoredDoc) -> Result<(), LoadError> {
+        let mut fresh = DocState::load(stored, self.recent_capacity, self.clock.clone())?;
+        if let Ok(presence) = self.awareness.update() {
+            // Re-applying our own full presence into an empty instance cannot fail.
+            let _ = fresh.awareness.apply_update(presence);
+        }
+        fresh.owners = std::mem::take(&mut self.owners);
+        *self = fresh;
+        Ok(())
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Sequence number of the newest accepted change (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// The newest changes, oldest first, at most the configured window.
+    pub fn recent(&self) -> &VecDeque<Change> {
+        &self.recent
+    }
+
+    pub fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    /// The whole document as a Yjs v1 update.
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// A new connection: it gets sync step 1 and everyone's presence. The
+    /// caller has already subscribed it, so nothing can fall in between.
+    pub fn join(&mut self, conn: ConnId, fx: &mut Effects) {
+        fx.deliveries
+            .push(Delivery::To(conn, protocol::sync_step1(&self.awareness)));
+        if self.owners.is_empty() {
+            return;
+        }
+        if let Ok(update) = self.awareness.update() {
+            fx.deliveries
+                .push(Delivery::To(conn, protocol::awareness(update)));
+        }
+    }
+
+    /// Handles one decoded message from `conn`.
+    pub fn receive(
+        &mut self,
+        conn: ConnId,
+        message: Inbound,
+        fx: &mut Effects,
+    ) -> Result<(), Rejection> {
+        match message {
+            Inbound::SyncStep1(sv) => {
+                let reply = protocol::sync_step2(&self.awareness, &sv);
+                fx.deliveries.push(Delivery::To(conn, reply));
+                Ok(())
+            }
+            Inbound::Update(update) => self.apply_update(conn, update, fx),
+            Inbound::Awareness(update) => self.apply_awareness(conn, update, fx),
+            Inbound::AwarenessQuery => {
+                if let Ok(update) = self.awareness.update() {
+                    fx.deliveries
+                        .push(Delivery::To(conn, protocol::awareness(update)));
+                }
+                Ok(())
+            }
+            Inbound::Auth => Ok(()),
+        }
+    }
+
+    /// Applies a change that did not come from a connection (an HTTP post,
+    /// an import): everybody receives it.
+    pub fn apply_external(&mut self, update: Update, fx: &mut Effects) -> Result<(), Rejection> {
+        self.apply_update(ConnId::MAX, update, fx)
+    }
+
+    /// `conn` is gone: its presence is removed and everyone is told at once.
+    pub fn leave(&mut self, conn: ConnId, fx: &mut Effects) {
+        let mut gone = Vec::new();
+        self.owners.retain(|&client, &mut owner| {
+            if owner == conn {
+                gone.push(client);
+            }
+            owner != conn
+        });
+        for &client in &gone {
+            self.awareness.remove_state(client);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        if let Ok(update) = self.awareness.update_with_clients(gone) {
+            fx.deliveries
+                .push(Delivery::Everyone(protocol::awareness(update)));
+        }
+    }
+
+    fn apply_update(
+        &mut self,
+        conn: ConnId,
+        update: Update,
+        fx: &mut Effects,
+    ) -> Result<(), Rejection> {
+        let doc = self.awareness.doc();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            let result = txn.apply_update(update);
+            // Whatever was integrated before an error is in the document now,
+            // so it is recorded like any change.
+            (result, txn.encode_update_v1())
+        }));
+        let (result, delta) = match outcome {
+            Ok(pair) => pair,
+            Err(_) => {
+                self.poisoned = true;
+                return Err(Rejection::UpdatePanicked);
+            }
+        };
+        if !is_empty_update(&delta) {
+            self.last_seq += 1;
+            let change = Change {
+                seq: self.last_seq,
+                at_ms: self.clock.now_ms(),
+                update: Bytes::from(delta),
+            };
+            let frame = protocol::sync_update(&change.update);
+            fx.deliveries.push(if conn == ConnId::MAX {
+                Delivery::Everyone(frame)
+            } else {
+                Delivery::Others(conn, frame)
+            });
+            if self.recent.len() == self.recent_capacity {
+                self.recent.pop_front();
+            }
+            if self.recent_capacity > 0 {
+                self.recent.push_back(change.clone());
+            }
+            fx.changes.push(change);
+        }
+        result.map_err(|e| Rejection::InvalidUpdate(e.to_string()))
+    }
+
+    fn apply_awareness(
+        &mut self,
+        conn: ConnId,
+        update: AwarenessUpdate,
+        fx: &mut Effects,
+    ) -> Result<(), Rejection> {
+        // Other clients JSON.parse every state; refuse what they could not.
+        for (client, entry) in &update.clients {
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&entry.json) {
+                return Err(Rejection::InvalidAwareness(format!(
+                    "state of client {client} is not JSON: {e}"
+                )));
+            }
+        }
+        let summary = self
+            .awareness
+            .apply_update_summary(update)
+            .map_err(|e| Rejection::InvalidAwareness(e.to_string()))?;
+        let Some(summary) = summary else {
+            return Ok(());
+        };
+        for &client in summary.added.iter().chain(&summary.updated) {
+            self.owners.insert(client, conn);
+        }
+        for client in &summary.removed {
+            self.owners.remove(client);
+        }
+        // Echoed to the sender too: y-websocket clients treat 30 s without
+        // any message as a dead connection, and their own 15 s presence
+        // renewal coming back is what keeps a lone editor connected.
+        if let Ok(update) = self.awareness.update_with_clients(summary.all_changes()) {
+            fx.deliveries
+                .push(Delivery::Everyone(protocol::awareness(update)));
+        }
+        Ok(())
+    }
+}
+
+fn load_doc(stored: &StoredDoc) -> Result<Doc, LoadError> {
+    let doc = Doc::new();
+    let parts = stored
+        .snapshot
+        .iter()
+        .map(|s| (format!("snapshot {}", s.id), s.state.as_slice()))
+        .chain(
+            stored
+                .log
+                .iter()
+                .map(|e| (format!("change #{}", e.seq), e.update.as_slice())),
+        );
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut txn = doc.transact_mut();
+        for (part, bytes) in parts {
+            let update = Update::decode_v1(bytes).map_err(|e| LoadError {
+                part: part.clone(),
+                reason: e.to_string(),
+            })?;
+            txn.apply_update(update).map_err(|e| LoadError {
+                part,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }));
+    match outcome {
+        Ok(Ok(())) => Ok(doc),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(LoadError {
+            part: "history".into(),
+            reason: "the document engine failed internally while replaying it".into(),
+        }),
+    }
+}
+
+/// A v1 update with no structs and no deletions.
+fn is_empty_update(update: &[u8]) -> bool {
+    update == [0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::decode_frame;
+    use weft_storage::{DocMeta, LogEntry, Snapshot, SnapshotReason};
+    use yrs::sync::{Message, SyncMessage};
+    use yrs::updates::encoder::Encode;
+    use yrs::{GetString, Text};
+
+    struct FixedClock;
+    impl Clock for FixedClock {
+        fn now_ms(&self) -> u64 {
+            42
+        }
+    }
+
+    fn empty() -> StoredDoc {
+        StoredDoc {
+            meta: DocMeta {
+                incarnation: 7,
+                created_at_ms: 1,
+            },
+            snapshot: None,
+            log: vec![],
+        }
+    }
+
+    fn state(stored: &StoredDoc) -> DocState {
+        DocState::load(stored, 4, Arc::new(FixedClock)).expect("loads")
+    }
+
+    /// A client-side document that produces updates.
+    fn edit(doc: &Doc, at: u32, s: &str) -> Update {
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, at, s);
+        Update::decode_v1(&txn.encode_update_v1()).expect("valid")
+    }
+
+    fn text_of(doc: &Doc) -> String {
+        doc.get_or_insert_text("t").get_string(&doc.transact())
+    }
+
+    fn decode_one(frame: &Bytes) -> Inbound {
+        decode_frame(frame).expect("valid frame").remove(0)
+    }
+
+    #[test]
+    fn join_sends_step1_then_step1_is_answered_with_step2() {
+        let mut s = state(&empty());
+        let client = Doc::new();
+        s.receive(
+            1,
+            Inbound::Update(edit(&client, 0, "hello")),
+            &mut Effects::default(),
+        )
+        .expect("applies");
+
+        let mut fx = Effects::default();
+        s.join(2, &mut fx);
+        let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries);
+        };
+        assert!(matches!(decode_one(frame), Inbound::SyncStep1(_)));
+
+        let mut fx = Effects::default();
+        s.receive(2, Inbound::SyncStep1(StateVector::default()), &mut fx)
+            .expect("ok");
+        let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries);
+        };
+        let Inbound::Update(update) = decode_one(frame) else {
+            panic!("expected step 2");
+        };
+        let fresh = Doc::new();
+        fresh.transact_mut().apply_update(update).expect("applies");
+        assert_eq!(text_of(&fresh), "hello");
+        assert!(fx.changes.is_empty());
+    }
+
+    #[test]
+    fn changes_get_increasing_seqs_and_go_to_the_others() {
+        let mut s = state(&empty());
+        let client = Doc::new();
+        for (i, word) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let mut fx = Effects::default();
+            s.receive(1, Inbound::Update(edit(&client, i as u32, word)), &mut fx)
+                .expect("applies");
+            assert_eq!(fx.changes.len(), 1);
+            assert_eq!(fx.changes[0].seq, i as u64 + 1);
+            assert_eq!(fx.changes[0].at_ms, 42);
+            let [Delivery::Others(1, frame)] = fx.deliveries.as_slice() else {
+                panic!("{:?}", fx.deliveries);
+            };
+            assert!(matches!(decode_one(frame), Inbound::Update(_)));
+        }
+        assert_eq!(s.last_seq(), 5);
+        // The window keeps the newest four.
+        let seqs: Vec<u64> = s.recent().iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, vec![2, 3, 4, 5]);
+        assert_eq!(text_of(s.doc()), "abcde");
+    }
+
+    #[test]
+    fn a_duplicate_update_is_not_a_change() {
+        let mut s = state(&empty());
+        let client = Doc::new();
+        let update = edit(&client, 0, "x");
+        let bytes = update.encode_v1();
+        s.receive(1, Inbound::Update(update), &mut Effects::default())
+            .expect("ok");
+        let mut fx = Effects::default();
+        let again = Update::decode_v1(&bytes).expect("valid");
+        s.receive(2, Inbound::Update(again), &mut fx).expect("ok");
+        assert!(fx.changes.is_empty() && fx.deliveries.is_empty());
+        assert_eq!(s.last_seq(), 1);
+    }
+
+    #[test]
+    fn the_broadcast_is_the_delta_not_the_whole_message() {
+        let mut s = state(&empty());
+        let client = Doc::new();
+        let first = edit(&client, 0, &"abc".repeat(100));
+        let first_bytes = first.encode_v1();
+        s.receive(1, Inbound::Update(first), &mut Effects::default())
+            .expect("ok");
+        edit(&client, 300, "def");
+        // A full-state update containing old and new content.
+        let full = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut fx = Effects::default();
+        s.receive(
+            2,
+            Inbound::Update(Update::decode_v1(&full).expect("valid")),
+            &mut fx,
+        )
+        .expect("ok");
+        let delta = &fx.changes[0].update;
+        let check = Doc::new();
+        check
+            .transact_mut()
+            .apply_update(Update::decode_v1(&first_bytes).expect("valid"))
+            .expect("ok");
+        check
+            .transact_mut()
+            .apply_update(Update::decode_v1(delta).expect("valid"))
+            .expect("ok");
+        assert_eq!(text_of(&check), format!("{}def", "abc".repeat(100)));
+        assert!(delta.len() < full.len());
+    }
+
+    fn presence(client: u64, clock: u32, json: &str) -> AwarenessUpdate {
+        let mut update = AwarenessUpdate {
+            clients: Default::default(),
+        };
+        update.clients.insert(
+            ClientID::new(client),
+            yrs::sync::awareness::AwarenessUpdateEntry {
+                clock,
+                json: json.into(),
+            },
+        );
+        update
+    }
+
+    fn awareness_clients(frame: &Bytes) -> Vec<(u64, String)> {
+        let Inbound::Awareness(u) = decode_one(frame) else {
+            panic!("expected awareness");
+        };
+        let mut v: Vec<_> = u
+            .clients
+            .iter()
+            .map(|(c, e)| (c.get(), e.json.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn presence_is_echoed_to_everyone_and_removed_when_its_connection_leaves() {
+        let mut s = state(&empty());
+        let mut fx = Effects::default();
+        s.receive(
+            1,
+            Inbound::Awareness(presence(100, 1, r#"{"user":"ann"}"#)),
+            &mut fx,
+        )
+        .expect("ok");
+        let [Delivery::Everyone(frame)] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries);
+        };
+        assert_eq!(
+            awareness_clients(frame),
+            vec![(100, r#"{"user":"ann"}"#.into())]
+        );
+
+        // A newcomer sees it on join.
+        let mut fx = Effects::default();
+        s.join(2, &mut fx);
+        assert_eq!(fx.deliveries.len(), 2);
+        let Delivery::To(2, frame) = &fx.deliveries[1] else {
+            panic!()
+        };
+        assert_eq!(
+            awareness_clients(frame),
+            vec![(100, r#"{"user":"ann"}"#.into())]
+        );
+
+        // Leaving removes it at once.
+        let mut fx = Effects::default();
+        s.leave(1, &mut fx);
+        let [Delivery::Everyone(frame)] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries);
+        };
+        assert_eq!(awareness_clients(frame), vec![(100, "null".into())]);
+        let mut fx = Effects::default();
+        s.receive(2, Inbound::AwarenessQuery, &mut fx).expect("ok");
+        let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
+            panic!()
+        };
+        assert!(awareness_clients(frame).is_empty());
+    }
+
+    #[test]
+    fn a_reconnected_client_keeps_its_presence_when_the_old_socket_goes() {
+        let mut s = state(&empty());
+        s.receive(
+            1,
+            Inbound::Awareness(presence(100, 1, "{}")),
+            &mut Effects::default(),
+        )
+        .expect("ok");
+        // Same Yjs client on a new connection.
+        s.receive(
+            2,
+            Inbound::Awareness(presence(100, 2, "{}")),
+            &mut Effects::default(),
+        )
+        .expect("ok");
+        let mut fx = Effects::default();
+        s.leave(1, &mut fx);
+        assert!(fx.deliveries.is_empty());
+        let mut fx = Effects::default();
+        s.leave(2, &mut fx);
+        assert_eq!(fx.deliveries.len(), 1);
+    }
+
+    #[test]
+    fn presence_that_is_not_json_is_refused() {
+        let mut s = state(&empty());
+        let err = s
+            .receive(
+                1,
+                Inbound::Awareness(presence(5, 1, "{oops")),
+                &mut Effects::default(),
+            )
+            .err();
+        assert!(
+            matches!(err, Some(Rejection::InvalidAwareness(_))),
+            "{err:?}"
+        );
+        // Deep nesting is valid JSON; checking it must not recurse per level.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        s.receive(
+            1,
+            Inbound::Awareness(presence(5, 1, &deep)),
+            &mut Effects::default(),
+        )
+        .expect("accepted");
+    }
+
+    #[test]
+    fn loads_snapshot_plus_log_and_continues_the_sequence() {
+        let client = Doc::new();
+        let first = edit(&client, 0, "ab").encode_v1();
+        let second = edit(&client, 2, "cd").encode_v1();
+        let stored = StoredDoc {
+            snapshot: Some(Snapshot {
+                id: 1,
+                seq: 10,
+                taken_at_ms: 0,
+                reason: SnapshotReason::Periodic,
+                state: first,
+            }),
+            log: vec![LogEntry {
+                seq: 11,
+                at_ms: 0,
+                update: second,
+            }],
+            ..empty()
+        };
+        let mut s = state(&stored);
+        assert_eq!(
+            (text_of(s.doc()), s.last_seq(), s.incarnation()),
+            ("abcd".into(), 11, 7)
+        );
+        let mut fx = Effects::default();
+        s.receive(1, Inbound::Update(edit(&client, 4, "e")), &mut fx)
+            .expect("ok");
+        assert_eq!(fx.changes[0].seq, 12);
+    }
+
+    #[test]
+    fn a_corrupt_log_entry_fails_the_load_with_its_seq() {
+        let stored = StoredDoc {
+            log: vec![LogEntry {
+                seq: 3,
+                at_ms: 0,
+                update: vec![0xff, 0xff, 0xff],
+            }],
+            ..empty()
+        };
+        let err = DocState::load(&stored, 4, Arc::new(FixedClock))
+            .err()
+            .expect("fails");
+        assert_eq!(err.part, "change #3");
+    }
+
+    #[test]
+    fn sync_messages_encode_as_y_protocols_expects() {
+        let s = state(&empty());
+        let frame = protocol::sync_step1(&s.awareness);
+        let expected = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
+        assert_eq!(frame.as_ref(), expected.as_slice());
+    }
+}

@@ -1,0 +1,183 @@
+//! The y-protocols wire format, sans-IO: frame bytes in, [`Inbound`] messages
+//! out, and the few outbound frames the engine builds.
+//!
+//! Encoding and decoding are yrs' own (`yrs::sync`); this module only adds
+//! what a server needs on top: decoding the `Update` inside sync messages up
+//! front, turning every failure into a [`ProtocolError`], and making sure a
+//! panic inside yrs becomes an error instead of taking the server down.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use yrs::encoding::read::Cursor;
+use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact, Update};
+
+/// A message from a client, fully decoded.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Sync step 1: the client's state vector; answered with step 2.
+    SyncStep1(StateVector),
+    /// Sync step 2 or a sync update: a document change to apply.
+    Update(Update),
+    /// Presence: cursors, names, whatever the client publishes.
+    Awareness(AwarenessUpdate),
+    /// The client asks for every current awareness state.
+    AwarenessQuery,
+    /// An auth message. Clients have nothing to say to the server here;
+    /// accepted and ignored for compatibility.
+    Auth,
+}
+
+impl Inbound {
+    /// Whether this message changes the document.
+    pub fn is_update(&self) -> bool {
+        matches!(self, Inbound::Update(_))
+    }
+}
+
+/// Why an inbound frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("empty frame: every frame must hold at least one y-protocols message")]
+    EmptyFrame,
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("unknown message type {0}: expected 0 (sync), 1 (awareness), 2 (auth) or 3 (query awareness)")]
+    UnknownMessageType(u8),
+    #[error("the frame made the decoder fail internally; it is not a valid y-protocols message")]
+    DecoderPanicked,
+}
+
+/// Decodes every message in one binary frame.
+pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
+    if frame.is_empty() {
+        return Err(ProtocolError::EmptyFrame);
+    }
+    catch_unwind(AssertUnwindSafe(|| decode_messages(frame)))
+        .unwrap_or(Err(ProtocolError::DecoderPanicked))
+}
+
+fn decode_messages(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
+    let mut decoder = DecoderV1::new(Cursor::new(frame));
+    let mut out = Vec::with_capacity(1);
+    for message in MessageReader::new(&mut decoder) {
+        let message = message.map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        out.push(match message {
+            Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::SyncStep1(sv),
+            Message::Sync(SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes)) => {
+                let update = Update::decode_v1(&bytes)
+                    .map_err(|e| ProtocolError::Malformed(format!("bad update: {e}")))?;
+                Inbound::Update(update)
+            }
+            Message::Awareness(update) => Inbound::Awareness(update),
+            Message::AwarenessQuery => Inbound::AwarenessQuery,
+            Message::Auth(_) => Inbound::Auth,
+            Message::Custom(tag, _) => return Err(ProtocolError::UnknownMessageType(tag)),
+        });
+    }
+    if out.is_empty() {
+        // MessageReader stops quietly at a truncated first message.
+        return Err(ProtocolError::Malformed(
+            "truncated message: the frame ended inside its first message".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Sync step 1 carrying the document's state vector.
+pub fn sync_step1(awareness: &Awareness) -> Bytes {
+    let sv = awareness.doc().transact().state_vector();
+    Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1().into()
+}
+
+/// Sync step 2: everything the document has that `remote` lacks.
+pub fn sync_step2(awareness: &Awareness, remote: &StateVector) -> Bytes {
+    let update = awareness.doc().transact().encode_state_as_update_v1(remote);
+    Message::Sync(SyncMessage::SyncStep2(update))
+        .encode_v1()
+        .into()
+}
+
+/// A sync update frame carrying one change.
+pub fn sync_update(update: &[u8]) -> Bytes {
+    Message::Sync(SyncMessage::Update(update.to_vec()))
+        .encode_v1()
+        .into()
+}
+
+/// An awareness frame.
+pub fn awareness(update: AwarenessUpdate) -> Bytes {
+    Message::Awareness(update).encode_v1().into()
+}
+
+/// An auth "permission denied" frame with a reason.
+pub fn permission_denied(reason: &str) -> Bytes {
+    Message::Auth(Some(reason.to_owned())).encode_v1().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Doc, GetString, Text};
+
+    fn update_frame() -> Vec<u8> {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "hi");
+        sync_update(&txn.encode_update_v1()).to_vec()
+    }
+
+    #[test]
+    fn decodes_every_message_kind() {
+        let awareness = Awareness::new(Doc::new());
+        let mut frame = sync_step1(&awareness).to_vec();
+        frame.extend_from_slice(&update_frame());
+        frame.extend_from_slice(&Message::AwarenessQuery.encode_v1());
+        frame.extend_from_slice(&Message::Auth(None).encode_v1());
+        let msgs = decode_frame(&frame).expect("decodes");
+        assert!(matches!(
+            msgs.as_slice(),
+            [
+                Inbound::SyncStep1(_),
+                Inbound::Update(_),
+                Inbound::AwarenessQuery,
+                Inbound::Auth
+            ]
+        ));
+    }
+
+    #[test]
+    fn update_frames_carry_the_update() {
+        let mut msgs = decode_frame(&update_frame()).expect("decodes");
+        assert_eq!(msgs.len(), 1);
+        let Inbound::Update(update) = msgs.remove(0) else {
+            panic!("expected an update");
+        };
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        doc.transact_mut().apply_update(update).expect("applies");
+        assert_eq!(text.get_string(&doc.transact()), "hi");
+    }
+
+    #[test]
+    fn refuses_empty_truncated_unknown_and_garbage_frames() {
+        assert_eq!(decode_frame(&[]).err(), Some(ProtocolError::EmptyFrame));
+        let full = update_frame();
+        for cut in 1..full.len() {
+            assert!(decode_frame(&full[..cut]).is_err(), "prefix of {cut} bytes");
+        }
+        assert_eq!(
+            decode_frame(&[9, 0]).err(),
+            Some(ProtocolError::UnknownMessageType(9))
+        );
+        // Sync message with an unknown sub-type, and a length prefix far past the end.
+        assert!(decode_frame(&[0, 7, 0]).is_err());
+        assert!(decode_frame(&[0, 2, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        // Valid framing around an update body that is not an update.
+        assert!(decode_frame(&[0, 2, 3, 0xff, 0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! `Session`: one connection's membership of a room.
+//!
+//! The transport (WebSocket today) reads frames from [`Session::recv`] and
+//! passes decoded client messages to [`Session::send`]. When the room drops a
+//! session (the client was too slow, sent something invalid, the server is
+//! shutting down) `recv` returns the [`CloseReason`] so the transport can
+//! close with the right code. Dropping the session leaves the room.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use weft_storage::DocName;
+
+use crate::doc_state::ConnId;
+use crate::protocol::Inbound;
+use crate::room::Command;
+
+/// Why the room ended a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent something the document refused.
+    Rejected(String),
+    /// The client stopped reading and its queue filled up.
+    TooSlow,
+    /// Changes could not be stored; the client should reconnect and resync.
+    StorageFailure(String),
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Rejected(why) => f.write_str(why),
+            CloseReason::TooSlow => f.write_str("client too slow: it stopped reading"),
+            CloseReason::StorageFailure(_) => f.write_str("storage failure; reconnect to resync"),
+            CloseReason::ShuttingDown => f.write_str("server shutting down"),
+        }
+    }
+}
+
+/// The room's side of a session: where its frames go.
+pub(crate) struct Subscriber {
+    pub tx: mpsc::Sender<Bytes>,
+    reason: Arc<OnceLock<CloseReason>>,
+}
+
+impl Subscriber {
+    /// Records why the session ends; dropping `self` then ends it.
+    pub fn close(self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+    }
+}
+
+/// A connection's membership of one room.
+#[derive(Debug)]
+pub struct Session {
+    conn: ConnId,
+    doc: DocName,
+    room: mpsc::Sender<Command>,
+    outbound: mpsc::Receiver<Bytes>,
+    reason: Arc<OnceLock<CloseReason>>,
+    tasks: TaskTracker,
+}
+
+impl Session {
+    pub(crate) fn pair(
+        conn: ConnId,
+        doc: DocName,
+        room: mpsc::Sender<Command>,
+        queue: usize,
+        tasks: TaskTracker,
+    ) -> (Session, Subscriber) {
+        let (tx, outbound) = mpsc::channel(queue.max(1));
+        let reason = Arc::new(OnceLock::new());
+        let session = Session {
+            conn,
+            doc,
+            room,
+            outbound,
+            reason: reason.clone(),
+            tasks,
+        };
+        (session, Subscriber { tx, reason })
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.conn
+    }
+
+    pub fn doc(&self) -> &DocName {
+        &self.doc
+    }
+
+    /// The next frame for this client, or why the room ended the session.
+    pub async fn recv(&mut self) -> Result<Bytes, CloseReason> {
+        match self.outbound.recv().await {
+            Some(frame) => Ok(frame),
+            None => Err(self.close_reason()),
+        }
+    }
+
+    /// Hands decoded messages to the room. Waits while the room is busy,
+    /// which slows a fast sender down instead of queueing without bound.
+    pub async fn send(&self, messages: Vec<Inbound>) -> Result<(), CloseReason> {
+        let command = Command::Receive {
+            conn: self.conn,
+            messages,
+        };
+        self.room
+            .send(command)
+            .await
+            .map_err(|_| self.close_reason())
+    }
+
+    fn close_reason(&self) -> CloseReason {
+        self.reason
+            .get()
+            .cloned()
+            .unwrap_or(CloseReason::ShuttingDown)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let leave = Command::Leave { conn: self.conn };
+        if let Err(mpsc::error::TrySendError::Full(leave)) = self.room.try_send(leave) {
+            // The room is busy; tell it without holding up the caller.
+            let room = self.room.clone();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.tasks.spawn(async move {
+                    let _ = room.send(leave).await;
+                });
+            }
+        }
+    }
+}

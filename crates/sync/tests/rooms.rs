@@ -1,0 +1,310 @@
+//! The engine end to end, without sockets: rooms over a real sled store (and
+//! a store that fails or counts on purpose), driven through `Session`s.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::timeout;
+use weft_storage::{
+    DocName, DocumentStore, LogEntry, NewSnapshot, SledStore, SnapshotReason, StorageError,
+    StoredDoc,
+};
+use weft_sync::protocol::{decode_frame, Inbound};
+use weft_sync::{CloseReason, EngineConfig, Rooms, Session, SystemClock};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, StateVector, Text, Transact, Update};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A store that delegates to sled and can fail appends or count loads.
+#[derive(Debug)]
+struct TestStore {
+    inner: SledStore,
+    fail_appends: AtomicBool,
+    loads: AtomicUsize,
+}
+
+#[async_trait]
+impl DocumentStore for TestStore {
+    async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(doc).await
+    }
+    async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
+        if self.fail_appends.load(Ordering::SeqCst) {
+            return Err(StorageError::Io {
+                action: "appending",
+                reason: "disk full (injected)".into(),
+            });
+        }
+        self.inner.append(doc, entries).await
+    }
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: NewSnapshot,
+        keep: u64,
+    ) -> Result<u64, StorageError> {
+        self.inner.compact(doc, snapshot, keep).await
+    }
+    async fn read_log(
+        &self,
+        doc: &DocName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        self.inner.read_log(doc, after, limit).await
+    }
+    async fn list(&self) -> Result<Vec<DocName>, StorageError> {
+        self.inner.list().await
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<TestStore>,
+    rooms: Rooms,
+}
+
+fn fixture(config: EngineConfig) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(TestStore {
+        inner: SledStore::open(dir.path()).expect("open"),
+        fail_appends: AtomicBool::new(false),
+        loads: AtomicUsize::new(0),
+    });
+    let rooms = Rooms::new(store.clone(), config, Arc::new(SystemClock));
+    Fixture {
+        _dir: dir,
+        store,
+        rooms,
+    }
+}
+
+fn name(s: &str) -> DocName {
+    DocName::new(s).expect("valid")
+}
+
+fn edit(doc: &Doc, s: &str) -> Inbound {
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    let len = text.len(&txn);
+    text.insert(&mut txn, len, s);
+    Inbound::Update(Update::decode_v1(&txn.encode_update_v1()).expect("valid"))
+}
+
+async fn next(session: &mut Session) -> Inbound {
+    let frame = timeout(WAIT, session.recv())
+        .await
+        .expect("a frame in time")
+        .expect("session open");
+    decode_frame(&frame).expect("valid frame").remove(0)
+}
+
+/// Reads frames until an update arrives, applying it to `doc`.
+async fn next_update_into(session: &mut Session, doc: &Doc) {
+    loop {
+        if let Inbound::Update(u) = next(session).await {
+            doc.transact_mut().apply_update(u).expect("applies");
+            return;
+        }
+    }
+}
+
+fn text(doc: &Doc) -> String {
+    doc.get_or_insert_text("t").get_string(&doc.transact())
+}
+
+#[tokio::test]
+async fn an_update_reaches_the_others_only_after_it_is_stored() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("d");
+    let mut a = f.rooms.join(&doc).await.expect("join");
+    let mut b = f.rooms.join(&doc).await.expect("join");
+    assert!(matches!(next(&mut a).await, Inbound::SyncStep1(_)));
+    assert!(matches!(next(&mut b).await, Inbound::SyncStep1(_)));
+
+    let writer = Doc::new();
+    a.send(vec![edit(&writer, "hello")]).await.expect("send");
+    let reader = Doc::new();
+    next_update_into(&mut b, &reader).await;
+    assert_eq!(text(&reader), "hello");
+    // By the time b saw it, it was on disk.
+    let log = f.store.inner.read_log(&doc, 0, 10).await.expect("read");
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].seq, 1);
+    // The sender is not sent its own change back.
+    a.send(vec![Inbound::SyncStep1(StateVector::default())])
+        .await
+        .expect("send");
+    assert!(
+        matches!(next(&mut a).await, Inbound::Update(_)),
+        "step 2, not an echo"
+    );
+}
+
+#[tokio::test]
+async fn racing_joins_load_the_document_once() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("race");
+    let joins = (0..50).map(|_| {
+        let (rooms, doc) = (f.rooms.clone(), doc.clone());
+        async move { rooms.join(&doc).await }
+    });
+    let sessions = futures_join_all(joins).await;
+    assert_eq!(sessions.len(), 50);
+    assert_eq!(f.store.loads.load(Ordering::SeqCst), 1);
+}
+
+async fn futures_join_all<F, T, E>(futs: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: std::fmt::Debug + Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task").expect("join"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("faulty");
+    let mut a = f.rooms.join(&doc).await.expect("join");
+    let mut b = f.rooms.join(&doc).await.expect("join");
+    next(&mut a).await;
+    next(&mut b).await;
+    let writer = Doc::new();
+    a.send(vec![edit(&writer, "kept ")]).await.expect("send");
+    let reader = Doc::new();
+    next_update_into(&mut b, &reader).await;
+
+    f.store.fail_appends.store(true, Ordering::SeqCst);
+    a.send(vec![edit(&writer, "lost")]).await.expect("send");
+    for s in [&mut a, &mut b] {
+        let reason = loop {
+            match timeout(WAIT, s.recv()).await.expect("closed in time") {
+                Ok(frame) => assert!(
+                    !matches!(decode_frame(&frame).expect("valid")[0], Inbound::Update(_)),
+                    "the unstored change must not be delivered"
+                ),
+                Err(reason) => break reason,
+            }
+        };
+        assert!(
+            matches!(reason, CloseReason::StorageFailure(_)),
+            "{reason:?}"
+        );
+    }
+
+    f.store.fail_appends.store(false, Ordering::SeqCst);
+    let mut c = f.rooms.join(&doc).await.expect("join");
+    next(&mut c).await;
+    c.send(vec![Inbound::SyncStep1(StateVector::default())])
+        .await
+        .expect("send");
+    let fresh = Doc::new();
+    next_update_into(&mut c, &fresh).await;
+    assert_eq!(text(&fresh), "kept ");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_not_skipped() {
+    let f = fixture(EngineConfig {
+        outbound_queue: 8,
+        ..EngineConfig::default()
+    });
+    let doc = name("slow");
+    let writer_session = f.rooms.join(&doc).await.expect("join");
+    let mut slow = f.rooms.join(&doc).await.expect("join");
+    let writer = Doc::new();
+    for i in 0..20 {
+        writer_session
+            .send(vec![edit(&writer, &i.to_string())])
+            .await
+            .expect("send");
+    }
+    let mut frames = 0;
+    let reason = loop {
+        match timeout(WAIT, slow.recv()).await.expect("closed in time") {
+            Ok(_) => frames += 1,
+            Err(reason) => break reason,
+        }
+    };
+    assert_eq!(reason, CloseReason::TooSlow);
+    // Sync step 1 plus 20 changes would be 21: it got a prefix, then was closed.
+    assert!((8..21).contains(&frames), "{frames} frames");
+}
+
+#[tokio::test]
+async fn an_idle_document_is_snapshotted_and_unloaded() {
+    let f = fixture(EngineConfig {
+        unload_grace: Duration::from_millis(50),
+        ..EngineConfig::default()
+    });
+    let doc = name("idle");
+    {
+        let s = f.rooms.join(&doc).await.expect("join");
+        s.send(vec![edit(&Doc::new(), "x")]).await.expect("send");
+    }
+    timeout(WAIT, async {
+        while f.rooms.is_loaded(&doc) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("unloaded within the bound");
+    let stored = f.store.inner.load(&doc).await.expect("load");
+    let snapshot = stored.snapshot.expect("an idle snapshot");
+    assert_eq!((snapshot.seq, snapshot.reason), (1, SnapshotReason::Idle));
+    // Joining again loads it afresh, with its content.
+    let mut s = f.rooms.join(&doc).await.expect("rejoin");
+    next(&mut s).await;
+    s.send(vec![Inbound::SyncStep1(StateVector::default())])
+        .await
+        .expect("send");
+    let fresh = Doc::new();
+    next_update_into(&mut s, &fresh).await;
+    assert_eq!(text(&fresh), "x");
+    assert_eq!(f.store.loads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn shutdown_stores_what_was_sent_and_closes_sessions() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("bye");
+    let mut s = f.rooms.join(&doc).await.expect("join");
+    let writer = Doc::new();
+    for i in 0..10 {
+        s.send(vec![edit(&writer, &i.to_string())])
+            .await
+            .expect("send");
+    }
+    timeout(WAIT, f.rooms.shut_down())
+        .await
+        .expect("stops in time");
+    let reason = loop {
+        match s.recv().await {
+            Ok(_) => continue,
+            Err(r) => break r,
+        }
+    };
+    assert_eq!(reason, CloseReason::ShuttingDown);
+    let stored = f.store.inner.load(&doc).await.expect("load");
+    assert_eq!(stored.last_seq(), 10);
+    let snapshot = stored.snapshot.expect("shutdown snapshot");
+    assert_eq!(snapshot.reason, SnapshotReason::Shutdown);
+    let check = Doc::new();
+    check
+        .transact_mut()
+        .apply_update(Update::decode_v1(&snapshot.state).expect("valid"))
+        .expect("applies");
+    assert_eq!(text(&check), "0123456789");
+    assert!(f.rooms.join(&doc).await.is_err());
+}
