@@ -1,0 +1,54 @@
+//! The WebSocket close codes weft sends, in one place (README lists them).
+
+use weft_sync::CloseReason;
+
+/// The server is shutting down; reconnect later (to another node).
+pub const GOING_AWAY: u16 = 1001;
+/// A binary frame that is not a valid y-protocols message.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// A text frame: weft speaks binary y-protocols only.
+pub const UNSUPPORTED_DATA: u16 = 1003;
+/// A message larger than `--max-message-bytes`.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// The server could not store or load the document; reconnecting resyncs.
+pub const INTERNAL_ERROR: u16 = 1011;
+/// The client stopped reading (its queue filled) or the server is busy.
+pub const TRY_AGAIN_LATER: u16 = 1013;
+/// The document refused a well-formed message (an update yrs rejects,
+/// presence that is not JSON).
+pub const REJECTED: u16 = 4400;
+
+/// The close code for a session the document engine ended.
+pub fn for_reason(reason: &CloseReason) -> u16 {
+    match reason {
+        CloseReason::Rejected(_) => REJECTED,
+        CloseReason::TooSlow => TRY_AGAIN_LATER,
+        CloseReason::StorageFailure(_) => INTERNAL_ERROR,
+        CloseReason::ShuttingDown => GOING_AWAY,
+    }
+}
+
+/// Close reasons are limited to 123 bytes on the wire.
+pub fn truncate_reason(reason: &str) -> String {
+    if reason.len() <= 123 {
+        return reason.to_owned();
+    }
+    let mut end = 120;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &reason[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= 123 && cut.ends_with("..."));
+        assert_eq!(truncate_reason("short"), "short");
+    }
+}

@@ -1,0 +1,16 @@
+//! weft-server: the network face of weft.
+//!
+//! `weft serve` opens the store, starts the document engine ([`weft_sync`])
+//! and serves it over HTTP: WebSocket for editors, health for operators.
+//! Handlers are thin: they validate, then hand over to a [`weft_sync::Session`].
+
+mod api_error;
+mod app;
+pub mod cli;
+mod close_code;
+mod doc_path;
+mod serve;
+mod shutdown;
+mod ws;
+
+pub use serve::serve;

@@ -1,0 +1,80 @@
+//! `weft serve`: startup and orderly shutdown.
+//!
+//! Startup: open the store (fails fast if another process holds it), start
+//! the engine, bind, print the address. Shutdown on SIGTERM/SIGINT: stop
+//! accepting, close every WebSocket with 1001, let every room store what it
+//! was sent and snapshot, then exit, all within `--shutdown-timeout`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use weft_storage::SledStore;
+use weft_sync::{Rooms, SystemClock};
+
+use crate::app::{self, AppState};
+use crate::cli::ServeConfig;
+use crate::shutdown;
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!("could not create the data directory {}", config.data_dir.display())
+    })?;
+    let store = SledStore::open(&config.data_dir)?;
+    store
+        .check_writable()
+        .await
+        .context("the data directory is not writable")?;
+    let rooms = Rooms::new(Arc::new(store), config.engine(), Arc::new(SystemClock));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        rooms: rooms.clone(),
+        shutdown: CancellationToken::new(),
+        connections: TaskTracker::new(),
+    });
+    let router = app::router(state.clone());
+
+    info!(data_dir = %config.data_dir.display(), "store open");
+    // A stable line on stdout, for scripts and tests that asked for port 0.
+    println!("weft listening on http://{addr}");
+
+    let token = state.shutdown.clone();
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown::signal().await;
+        token.cancel();
+    })
+    .await
+    .context("the server failed")?;
+
+    let deadline = config.shutdown_timeout;
+    let finished = tokio::time::timeout(deadline, async {
+        // WebSocket tasks are not tracked by axum once upgraded: wait here.
+        state.connections.close();
+        state.connections.wait().await;
+        rooms.shut_down().await;
+    })
+    .await;
+    match finished {
+        Ok(()) => info!("shut down cleanly"),
+        Err(_) => warn!(
+            ?deadline,
+            "shutdown deadline passed; exiting (every accepted change is already on disk)"
+        ),
+    }
+    Ok(())
+}

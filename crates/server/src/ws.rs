@@ -1,0 +1,198 @@
+//! `GET /ws/{doc}`: the y-websocket endpoint.
+//!
+//! The handler validates the document name (HTTP 400 before any upgrade),
+//! then each connection runs one `select!` loop: shutdown first, then frames
+//! from the room to the socket, frames from the socket to the room, and the
+//! keepalive ping. Every way out of the loop closes with a code from
+//! [`close_code`] and leaves the room.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tracing::{debug, info, warn, Instrument};
+
+use weft_storage::DocName;
+use weft_sync::protocol::decode_frame;
+use weft_sync::{JoinError, Session};
+
+use crate::api_error::ApiError;
+use crate::app::AppState;
+use crate::close_code;
+use crate::doc_path::DocPath;
+
+pub async fn upgrade(
+    State(app): State<Arc<AppState>>,
+    DocPath(doc): DocPath,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::new(
+                e.status(),
+                "not_a_websocket",
+                format!("{e}; connect with a WebSocket client (y-websocket)"),
+            )
+            .into_response()
+        }
+    };
+    let max = app.config.max_message_bytes;
+    // The connection task counts as tracked from here until it ends.
+    let tracked = app.connections.token();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            let span = tracing::info_span!("ws", doc = %doc, %peer, conn = tracing::field::Empty);
+            run(socket, doc, app).instrument(span).await;
+            drop(tracked);
+        })
+}
+
+/// `/ws/` with nothing after it.
+pub async fn empty_name() -> ApiError {
+    ApiError::bad_request(
+        "invalid_doc_name",
+        weft_storage::InvalidDocName::Empty.to_string(),
+    )
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn run(socket: WebSocket, doc: DocName, app: Arc<AppState>) {
+    let (mut sink, mut stream) = socket.split();
+    let mut session = match app.rooms.join(&doc).await {
+        Ok(session) => session,
+        Err(e) => {
+            let code = match e {
+                JoinError::ShuttingDown => close_code::GOING_AWAY,
+                JoinError::Busy | JoinError::Retry => close_code::TRY_AGAIN_LATER,
+                JoinError::LoadFailed(_) => close_code::INTERNAL_ERROR,
+            };
+            warn!(error = %e, "could not join document");
+            close(&mut sink, code, &e.to_string()).await;
+            return;
+        }
+    };
+    tracing::Span::current().record("conn", session.id());
+    info!("connected");
+    let end = connection_loop(&mut sink, &mut stream, &mut session, &app).await;
+    match end {
+        End::Close(code, reason) => {
+            info!(code, %reason, "closing connection");
+            close(&mut sink, code, &reason).await;
+        }
+        End::Gone(why) => info!(why, "connection ended"),
+    }
+}
+
+enum End {
+    /// Send a close frame with this code and reason.
+    Close(u16, String),
+    /// The peer is gone or unreachable; nothing more to send.
+    Gone(&'static str),
+}
+
+async fn connection_loop(
+    sink: &mut Sink,
+    stream: &mut SplitStream<WebSocket>,
+    session: &mut Session,
+    app: &AppState,
+) -> End {
+    let every = app.config.ping_interval.max(Duration::from_millis(10));
+    let mut ping = interval_at(Instant::now() + every, every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => {
+                return End::Close(close_code::GOING_AWAY, "server shutting down".into());
+            }
+            outbound = session.recv() => match outbound {
+                Ok(frame) => {
+                    if sink.send(Message::Binary(frame)).await.is_err() {
+                        return End::Gone("write failed");
+                    }
+                }
+                Err(reason) => {
+                    return End::Close(close_code::for_reason(&reason), reason.to_string());
+                }
+            },
+            inbound = stream.next() => {
+                last_heard = Instant::now();
+                match inbound {
+                    None => return End::Gone("peer closed the socket"),
+                    Some(Err(e)) => return read_error(e),
+                    Some(Ok(Message::Binary(frame))) => {
+                        let messages = match decode_frame(&frame) {
+                            Ok(messages) => messages,
+                            Err(e) => return End::Close(close_code::PROTOCOL_ERROR, e.to_string()),
+                        };
+                        if let Err(reason) = session.send(messages).await {
+                            return End::Close(close_code::for_reason(&reason), reason.to_string());
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        return End::Close(
+                            close_code::UNSUPPORTED_DATA,
+                            "text frames are not supported; send binary y-protocols messages".into(),
+                        );
+                    }
+                    Some(Ok(Message::Close(_))) => return End::Gone("peer sent close"),
+                    // Pongs only prove liveness; pings are answered by axum.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > every * 2 {
+                    debug!("no answer to pings");
+                    return End::Gone("no answer to two pings");
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return End::Gone("write failed");
+                }
+            }
+        }
+    }
+}
+
+fn read_error(e: axum::Error) -> End {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(c)) => End::Close(
+            close_code::MESSAGE_TOO_BIG,
+            format!("message too big: {c}"),
+        ),
+        Some(tungstenite::Error::Protocol(p)) => {
+            End::Close(close_code::PROTOCOL_ERROR, format!("WebSocket protocol error: {p}"))
+        }
+        Some(tungstenite::Error::Utf8(_)) => End::Close(
+            close_code::PROTOCOL_ERROR,
+            "text frame with invalid UTF-8".into(),
+        ),
+        _ => {
+            debug!(error = %inner, "read failed");
+            End::Gone("read failed")
+        }
+    }
+}
+
+async fn close(sink: &mut Sink, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: close_code::truncate_reason(reason).into(),
+    };
+    // The peer may already be gone; there is nothing else to tell it.
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
