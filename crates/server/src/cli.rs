@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about = "A real-time collaboration server for Yjs documents")]
+#[command(
+    name = "weft",
+    version,
+    about = "A real-time collaboration server for Yjs documents"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -17,7 +21,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    #[command(after_help = "Examples:\n  weft serve\n  weft serve --listen 0.0.0.0:8080 --data-dir /var/lib/weft")]
+    #[command(
+        after_help = "Examples:\n  weft serve\n  weft serve --listen 0.0.0.0:8080 --data-dir /var/lib/weft"
+    )]
     Serve(ServeConfig),
 }
 

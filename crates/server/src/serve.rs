@@ -23,7 +23,10 @@ use crate::shutdown;
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!("could not create the data directory {}", config.data_dir.display())
+        format!(
+            "could not create the data directory {}",
+            config.data_dir.display()
+        )
     })?;
     let store = SledStore::open(&config.data_dir)?;
     store

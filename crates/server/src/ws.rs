@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -169,13 +169,13 @@ async fn connection_loop(
 fn read_error(e: axum::Error) -> End {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(c)) => End::Close(
-            close_code::MESSAGE_TOO_BIG,
-            format!("message too big: {c}"),
-        ),
-        Some(tungstenite::Error::Protocol(p)) => {
-            End::Close(close_code::PROTOCOL_ERROR, format!("WebSocket protocol error: {p}"))
+        Some(tungstenite::Error::Capacity(c)) => {
+            End::Close(close_code::MESSAGE_TOO_BIG, format!("message too big: {c}"))
         }
+        Some(tungstenite::Error::Protocol(p)) => End::Close(
+            close_code::PROTOCOL_ERROR,
+            format!("WebSocket protocol error: {p}"),
+        ),
         Some(tungstenite::Error::Utf8(_)) => End::Close(
             close_code::PROTOCOL_ERROR,
             "text frame with invalid UTF-8".into(),

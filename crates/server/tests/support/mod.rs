@@ -1,0 +1,215 @@
+//! Shared by the end-to-end tests: runs the real `weft` binary on an
+//! ephemeral loopback port with a temporary data directory, and speaks to it
+//! as a y-websocket client would (tokio-tungstenite) or over raw HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Weft {
+    child: Child,
+    pub addr: String,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Weft {
+    pub fn start(args: &[&str]) -> Weft {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(data_dir, "127.0.0.1:0", args)
+    }
+
+    pub fn start_in(data_dir: tempfile::TempDir, listen: &str, args: &[&str]) -> Weft {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data_dir.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("weft starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reads the address line");
+        let addr = line
+            .trim()
+            .strip_prefix("weft listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Weft {
+            child,
+            addr,
+            data_dir,
+        }
+    }
+
+    pub fn url(&self, doc: &str) -> String {
+        format!("ws://{}/ws/{doc}", self.addr)
+    }
+
+    /// kill -9: the server gets no chance to flush or snapshot.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Starts again on the same port and data directory (after it exited).
+    pub fn restart(mut self, args: &[&str]) -> Weft {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let addr = self.addr.clone();
+        let placeholder = tempfile::TempDir::new().expect("tempdir");
+        let data_dir = std::mem::replace(&mut self.data_dir, placeholder);
+        Self::start_in(data_dir, &addr, args)
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.child.wait().expect("exits")
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn connect(url: &str) -> Ws {
+    let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connects in time")
+        .expect("connects");
+    ws
+}
+
+/// The next binary frame, decoded; pings and pongs are skipped.
+pub async fn next_message(ws: &mut Ws) -> YMessage {
+    loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("frame ok");
+        match msg {
+            Message::Binary(b) => return YMessage::decode_v1(&b).expect("valid y-protocols"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns its close code and reason.
+pub async fn close_of(ws: &mut Ws) -> (CloseCode, String) {
+    loop {
+        let msg = timeout(WAIT, ws.next()).await.expect("closed in time");
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => return (frame.code, frame.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                panic!("connection ended without a close code")
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+pub async fn send(ws: &mut Ws, msg: YMessage) {
+    ws.send(Message::Binary(msg.encode_v1().into()))
+        .await
+        .expect("send");
+}
+
+pub fn update_message(update: Vec<u8>) -> YMessage {
+    YMessage::Sync(SyncMessage::Update(update))
+}
+
+/// Applies a step 2 / update message to `doc`; panics on anything else.
+pub fn apply(doc: &yrs::Doc, msg: YMessage) {
+    use yrs::Transact;
+    let bytes = match msg {
+        YMessage::Sync(SyncMessage::SyncStep2(b) | SyncMessage::Update(b)) => b,
+        other => panic!("expected a document update, got {other:?}"),
+    };
+    doc.transact_mut()
+        .apply_update(yrs::Update::decode_v1(&bytes).expect("valid update"))
+        .expect("applies");
+}
+
+/// A raw HTTP/1.1 GET; returns (status, body).
+pub async fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
+        req.push_str("Connection: close\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    // Read the head, then exactly Content-Length bytes: the connection may stay open.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before the response head ended");
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while raw.len() < head_end + length {
+        let n = timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("body in time")
+            .expect("read");
+        assert!(n > 0, "connection closed inside the body");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&raw[head_end..head_end + length]).into_owned();
+    (status, body)
+}
