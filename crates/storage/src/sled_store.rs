@@ -463,9 +463,7 @@ mod tests {
         let _held = SledStore::open(dir.path()).expect("open");
         // flock locks belong to the open file, so a second open in the same
         // process conflicts exactly as another process would.
-        let err = SledStore::open(dir.path())
-            .err()
-            .expect("second open must fail");
+        let err = SledStore::open(dir.path()).expect_err("second open must fail");
         assert!(matches!(err, StorageError::Locked { .. }), "{err}");
     }
 
@@ -476,7 +474,7 @@ mod tests {
         let d = doc("bad");
         store.append(&d, &[entry(1)]).await.expect("append");
         store.log.insert(key(&d, 2), &[0xc1][..]).expect("insert");
-        let err = store.load(&d).await.err().expect("must fail");
+        let err = store.load(&d).await.expect_err("must fail");
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
     }
 

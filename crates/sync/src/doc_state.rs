@@ -675,9 +675,7 @@ mod tests {
             }],
             ..empty()
         };
-        let err = DocState::load(&stored, 4, Arc::new(FixedClock))
-            .err()
-            .expect("fails");
+        let err = DocState::load(&stored, 4, Arc::new(FixedClock)).expect_err("fails");
         assert_eq!(err.part, "change #3");
     }
 

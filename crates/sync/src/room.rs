@@ -263,6 +263,7 @@ impl Room {
     async fn storage_failed(&mut self, reason: String) {
         error!(doc = %self.name, %reason, "could not store changes; closing connections");
         self.kick_all(CloseReason::StorageFailure(reason.clone()));
+        self.idle_since = Some(Instant::now());
         self.reload(&reason).await;
     }
 

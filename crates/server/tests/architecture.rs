@@ -1,0 +1,119 @@
+//! The rules ARCHITECTURE.md states about the code's shape, checked.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn manifest(krate: &str) -> String {
+    fs::read_to_string(root().join("crates").join(krate).join("Cargo.toml")).expect("manifest")
+}
+
+/// Dependency names in the `[dependencies]` table of a crate's manifest.
+fn dependencies(krate: &str) -> Vec<String> {
+    let text = manifest(krate);
+    let mut in_deps = false;
+    let mut deps = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        if in_deps {
+            if let Some(name) = line.split(['.', '=', ' ']).next().filter(|n| !n.is_empty()) {
+                deps.push(name.to_owned());
+            }
+        }
+    }
+    deps
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).expect("readable dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn dependencies_flow_server_to_sync_to_storage() {
+    let storage = dependencies("storage");
+    let sync = dependencies("sync");
+    assert!(
+        !storage.iter().any(|d| d.starts_with("weft-")),
+        "{storage:?}"
+    );
+    assert!(sync.contains(&"weft-storage".to_owned()));
+    assert!(!sync.contains(&"weft-server".to_owned()), "{sync:?}");
+    let server = dependencies("server");
+    assert!(server.contains(&"weft-sync".to_owned()));
+}
+
+#[test]
+fn only_storage_names_sled() {
+    for krate in ["sync", "server"] {
+        assert!(!dependencies(krate).contains(&"sled".to_owned()), "{krate}");
+        let mut files = Vec::new();
+        rust_files(&root().join("crates").join(krate).join("src"), &mut files);
+        for f in files {
+            let text = fs::read_to_string(&f).expect("source");
+            let needle = concat!("sled", "::");
+            assert!(!text.contains(needle), "{} names sled", f.display());
+        }
+    }
+}
+
+#[test]
+fn the_engine_does_no_network_io() {
+    let deps = dependencies("sync");
+    for forbidden in [
+        "axum",
+        "hyper",
+        "tokio-tungstenite",
+        "tungstenite",
+        "reqwest",
+    ] {
+        assert!(
+            !deps.contains(&forbidden.to_owned()),
+            "weft-sync depends on {forbidden}"
+        );
+    }
+    assert!(
+        !manifest("sync").contains("\"net\""),
+        "weft-sync enables tokio's net feature"
+    );
+    let mut files = Vec::new();
+    rust_files(&root().join("crates/sync/src"), &mut files);
+    for f in files {
+        let text = fs::read_to_string(&f).expect("source");
+        for forbidden in ["std::net", "tokio::net"] {
+            assert!(
+                !text.contains(forbidden),
+                "{} uses {forbidden}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_source_file_says_what_it_owns() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates"), &mut files);
+    assert!(files.len() > 10);
+    for f in files {
+        let text = fs::read_to_string(&f).expect("source");
+        assert!(
+            text.trim_start().starts_with("//!"),
+            "{} does not start with a //! doc comment",
+            f.display()
+        );
+    }
+}
