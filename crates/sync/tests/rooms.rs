@@ -23,6 +23,7 @@ const WAIT: Duration = Duration::from_secs(10);
 struct TestStore {
     inner: SledStore,
     fail_appends: AtomicBool,
+    fail_loads: AtomicBool,
     loads: AtomicUsize,
 }
 
@@ -30,6 +31,13 @@ struct TestStore {
 impl DocumentStore for TestStore {
     async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
+        if self.fail_loads.load(Ordering::SeqCst) {
+            return Err(StorageError::Corrupt {
+                kind: "log record",
+                key: format!("{doc}#1"),
+                reason: "injected".into(),
+            });
+        }
         self.inner.load(doc).await
     }
     async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
@@ -73,6 +81,7 @@ fn fixture(config: EngineConfig) -> Fixture {
     let store = Arc::new(TestStore {
         inner: SledStore::open(dir.path()).expect("open"),
         fail_appends: AtomicBool::new(false),
+        fail_loads: AtomicBool::new(false),
         loads: AtomicUsize::new(0),
     });
     let rooms = Rooms::new(store.clone(), config, Arc::new(SystemClock));
@@ -307,4 +316,78 @@ async fn shutdown_stores_what_was_sent_and_closes_sessions() {
         .expect("applies");
     assert_eq!(text(&check), "0123456789");
     assert!(f.rooms.join(&doc).await.is_err());
+}
+
+#[tokio::test]
+async fn snapshots_every_n_changes_and_trims_the_log_behind_a_tail() {
+    let f = fixture(EngineConfig {
+        snapshot_every: 5,
+        keep_log_tail: 3,
+        ..EngineConfig::default()
+    });
+    let doc = name("periodic");
+    let mut s = f.rooms.join(&doc).await.expect("join");
+    next(&mut s).await;
+    let writer = Doc::new();
+    for i in 0..12 {
+        s.send(vec![edit(&writer, &i.to_string())])
+            .await
+            .expect("send");
+        // One change per batch: the presence echo marks each as handled.
+        s.send(vec![Inbound::AwarenessQuery]).await.expect("send");
+        assert!(matches!(next(&mut s).await, Inbound::Awareness(_)));
+    }
+    let stored = f.store.inner.load(&doc).await.expect("load");
+    let snapshot = stored.snapshot.clone().expect("periodic snapshot");
+    assert_eq!(
+        (snapshot.seq, snapshot.reason),
+        (10, SnapshotReason::Periodic)
+    );
+    assert_eq!(stored.last_seq(), 12);
+    let log = f.store.inner.read_log(&doc, 0, 100).await.expect("read");
+    assert_eq!(
+        log.first().map(|e| e.seq),
+        Some(8),
+        "3 changes kept behind the snapshot"
+    );
+}
+
+#[tokio::test]
+async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("broken");
+    {
+        let s = f.rooms.join(&doc).await.expect("join");
+        s.send(vec![edit(&Doc::new(), "precious")])
+            .await
+            .expect("send");
+    }
+    timeout(WAIT, f.rooms.shut_down()).await.expect("stops");
+    let before = f.store.inner.load(&doc).await.expect("load");
+
+    let rooms = Rooms::new(
+        f.store.clone(),
+        EngineConfig::default(),
+        Arc::new(SystemClock),
+    );
+    f.store.fail_loads.store(true, Ordering::SeqCst);
+    let err = rooms.join(&doc).await.expect_err("load fails");
+    assert!(
+        matches!(err, weft_sync::JoinError::LoadFailed(_)),
+        "{err:?}"
+    );
+    assert!(!rooms.is_loaded(&doc));
+    f.store.fail_loads.store(false, Ordering::SeqCst);
+    let after = f.store.inner.load(&doc).await.expect("load");
+    assert_eq!(after.last_seq(), before.last_seq());
+    assert_eq!(after.snapshot, before.snapshot);
+    // Once the store reads again, the document loads with its content.
+    let mut s = rooms.join(&doc).await.expect("join");
+    next(&mut s).await;
+    s.send(vec![Inbound::SyncStep1(StateVector::default())])
+        .await
+        .expect("send");
+    let fresh = Doc::new();
+    next_update_into(&mut s, &fresh).await;
+    assert_eq!(text(&fresh), "precious");
 }
