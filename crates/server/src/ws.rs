@@ -21,7 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use weft_storage::DocName;
 use weft_sync::protocol::decode_frame;
-use weft_sync::{JoinError, Session};
+use weft_sync::{RoomError, Session};
 
 use crate::api_error::ApiError;
 use crate::app::AppState;
@@ -73,9 +73,12 @@ async fn run(socket: WebSocket, doc: DocName, app: Arc<AppState>) {
         Ok(session) => session,
         Err(e) => {
             let code = match e {
-                JoinError::ShuttingDown => close_code::GOING_AWAY,
-                JoinError::Busy | JoinError::Retry => close_code::TRY_AGAIN_LATER,
-                JoinError::LoadFailed(_) => close_code::INTERNAL_ERROR,
+                RoomError::ShuttingDown => close_code::GOING_AWAY,
+                RoomError::Busy | RoomError::Retry => close_code::TRY_AGAIN_LATER,
+                RoomError::Rejected(_) => close_code::REJECTED,
+                RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => {
+                    close_code::INTERNAL_ERROR
+                }
             };
             warn!(error = %e, "could not join document");
             close(&mut sink, code, &e.to_string()).await;

@@ -33,15 +33,20 @@ pub struct Change {
     pub update: Bytes,
 }
 
-/// Where a frame goes.
+/// Something to tell subscribers. The room encodes each once per kind of
+/// subscriber (editors get y-sync frames, viewers get events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// Only to this connection.
+    /// A y-sync frame for one editor only (a sync reply).
     To(ConnId, Bytes),
-    /// To every connection but this one.
-    Others(ConnId, Bytes),
-    /// To every connection.
-    Everyone(Bytes),
+    /// An accepted change: editors other than `origin` get a sync update,
+    /// viewers an `update` event.
+    Change {
+        change: Change,
+        origin: Option<ConnId>,
+    },
+    /// Presence changed: editors and viewers alike are told.
+    Presence(AwarenessUpdate),
 }
 
 /// What handling some input requires of the caller, in order.
@@ -176,13 +181,18 @@ impl DocState {
     pub fn join(&mut self, conn: ConnId, fx: &mut Effects) {
         fx.deliveries
             .push(Delivery::To(conn, protocol::sync_step1(&self.awareness)));
-        if self.owners.is_empty() {
-            return;
-        }
-        if let Ok(update) = self.awareness.update() {
+        if let Some(update) = self.presence() {
             fx.deliveries
                 .push(Delivery::To(conn, protocol::awareness(update)));
         }
+    }
+
+    /// Every current presence state, if there is any.
+    pub fn presence(&self) -> Option<AwarenessUpdate> {
+        if self.owners.is_empty() {
+            return None;
+        }
+        self.awareness.update().ok()
     }
 
     /// Handles one decoded message from `conn`.
@@ -198,7 +208,7 @@ impl DocState {
                 fx.deliveries.push(Delivery::To(conn, reply));
                 Ok(())
             }
-            Inbound::Update(update) => self.apply_update(conn, update, fx),
+            Inbound::Update(update) => self.apply_update(Some(conn), update, fx),
             Inbound::Awareness(update) => self.apply_awareness(conn, update, fx),
             Inbound::AwarenessQuery => {
                 if let Ok(update) = self.awareness.update() {
@@ -214,7 +224,7 @@ impl DocState {
     /// Applies a change that did not come from a connection (an HTTP post,
     /// an import): everybody receives it.
     pub fn apply_external(&mut self, update: Update, fx: &mut Effects) -> Result<(), Rejection> {
-        self.apply_update(ConnId::MAX, update, fx)
+        self.apply_update(None, update, fx)
     }
 
     /// `conn` is gone: its presence is removed and everyone is told at once.
@@ -233,14 +243,13 @@ impl DocState {
             return;
         }
         if let Ok(update) = self.awareness.update_with_clients(gone) {
-            fx.deliveries
-                .push(Delivery::Everyone(protocol::awareness(update)));
+            fx.deliveries.push(Delivery::Presence(update));
         }
     }
 
     fn apply_update(
         &mut self,
-        conn: ConnId,
+        origin: Option<ConnId>,
         update: Update,
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
@@ -266,11 +275,9 @@ impl DocState {
                 at_ms: self.clock.now_ms(),
                 update: Bytes::from(delta),
             };
-            let frame = protocol::sync_update(&change.update);
-            fx.deliveries.push(if conn == ConnId::MAX {
-                Delivery::Everyone(frame)
-            } else {
-                Delivery::Others(conn, frame)
+            fx.deliveries.push(Delivery::Change {
+                change: change.clone(),
+                origin,
             });
             if self.recent.len() == self.recent_capacity {
                 self.recent.pop_front();
@@ -314,8 +321,7 @@ impl DocState {
         // any message as a dead connection, and their own 15 s presence
         // renewal coming back is what keeps a lone editor connected.
         if let Ok(update) = self.awareness.update_with_clients(summary.all_changes()) {
-            fx.deliveries
-                .push(Delivery::Everyone(protocol::awareness(update)));
+            fx.deliveries.push(Delivery::Presence(update));
         }
         Ok(())
     }
@@ -453,10 +459,14 @@ mod tests {
             assert_eq!(fx.changes.len(), 1);
             assert_eq!(fx.changes[0].seq, i as u64 + 1);
             assert_eq!(fx.changes[0].at_ms, 42);
-            let [Delivery::Others(1, frame)] = fx.deliveries.as_slice() else {
+            let [Delivery::Change {
+                change,
+                origin: Some(1),
+            }] = fx.deliveries.as_slice()
+            else {
                 panic!("{:?}", fx.deliveries);
             };
-            assert!(matches!(decode_one(frame), Inbound::Update(_)));
+            assert_eq!(change, &fx.changes[0]);
         }
         assert_eq!(s.last_seq(), 5);
         // The window keeps the newest four.
@@ -532,6 +542,10 @@ mod tests {
         let Inbound::Awareness(u) = decode_one(frame) else {
             panic!("expected awareness");
         };
+        presence_clients(&u)
+    }
+
+    fn presence_clients(u: &AwarenessUpdate) -> Vec<(u64, String)> {
         let mut v: Vec<_> = u
             .clients
             .iter()
@@ -551,11 +565,11 @@ mod tests {
             &mut fx,
         )
         .expect("ok");
-        let [Delivery::Everyone(frame)] = fx.deliveries.as_slice() else {
+        let [Delivery::Presence(update)] = fx.deliveries.as_slice() else {
             panic!("{:?}", fx.deliveries);
         };
         assert_eq!(
-            awareness_clients(frame),
+            presence_clients(update),
             vec![(100, r#"{"user":"ann"}"#.into())]
         );
 
@@ -574,10 +588,10 @@ mod tests {
         // Leaving removes it at once.
         let mut fx = Effects::default();
         s.leave(1, &mut fx);
-        let [Delivery::Everyone(frame)] = fx.deliveries.as_slice() else {
+        let [Delivery::Presence(update)] = fx.deliveries.as_slice() else {
             panic!("{:?}", fx.deliveries);
         };
-        assert_eq!(awareness_clients(frame), vec![(100, "null".into())]);
+        assert_eq!(presence_clients(update), vec![(100, "null".into())]);
         let mut fx = Effects::default();
         s.receive(2, Inbound::AwarenessQuery, &mut fx).expect("ok");
         let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {

@@ -7,16 +7,20 @@
 //! socket: transports live in the server crate.
 
 mod doc_state;
+mod event_id;
+pub mod json;
 pub mod protocol;
 mod room;
 mod rooms;
 mod session;
+pub mod viewer;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use doc_state::{Change, ConnId, Delivery, DocState, Effects, LoadError, Rejection};
+pub use event_id::{BadEventId, EventId};
 pub use rooms::Rooms;
-pub use session::{CloseReason, Session};
+pub use session::{CloseReason, Follower, Session};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -66,16 +70,29 @@ impl Clock for SystemClock {
     }
 }
 
-/// Why a connection could not join a document.
+/// A document's state as read through the engine.
+#[derive(Debug, Clone)]
+pub struct DocRead {
+    /// A Yjs v1 update: the whole document, or what a given state vector lacks.
+    pub update: Vec<u8>,
+    /// The newest change it includes.
+    pub id: EventId,
+}
+
+/// Why a request to a document's room failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JoinError {
+pub enum RoomError {
     #[error("the stored document could not be loaded: {0}")]
     LoadFailed(String),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("the document is busy loading and unloading; try again")]
     Busy,
-    /// Internal: the room was unloading; join a fresh one.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the change could not be stored ({0}); it was not applied")]
+    StorageFailure(String),
+    /// Internal: the room was unloading; ask a fresh one.
     #[error("the document was unloading")]
     Retry,
 }

@@ -87,6 +87,16 @@ fn decode_messages(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
     Ok(out)
 }
 
+/// Decodes a bare Yjs v1 update (not wrapped in a sync message).
+pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
+    if bytes.is_empty() {
+        return Err(ProtocolError::Malformed("empty update".into()));
+    }
+    catch_unwind(AssertUnwindSafe(|| Update::decode_v1(bytes)))
+        .map_err(|_| ProtocolError::DecoderPanicked)?
+        .map_err(|e| ProtocolError::Malformed(format!("not a Yjs v1 update: {e}")))
+}
+
 /// Sync step 1 carrying the document's state vector.
 pub fn sync_step1(awareness: &Awareness) -> Bytes {
     let sv = awareness.doc().transact().state_vector();

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,20 +21,33 @@ use tracing::{debug, error, info, warn};
 
 use weft_storage::{DocName, DocumentStore, LogEntry, NewSnapshot, SnapshotReason};
 
-use crate::doc_state::{ConnId, Delivery, DocState, Effects};
-use crate::protocol::Inbound;
+use yrs::{ReadTxn, StateVector, Transact};
+
+use crate::doc_state::{Change, ConnId, Delivery, DocState, Effects};
+use crate::protocol::{self, Inbound};
 use crate::rooms::RoomMap;
-use crate::session::{CloseReason, Subscriber};
-use crate::{Clock, EngineConfig, JoinError};
+use crate::session::{CloseReason, Kind, Subscriber};
+use crate::{viewer, Clock, DocRead, EngineConfig, EventId, RoomError};
 
 /// Most commands handled in one batch (one flush).
 const MAX_BATCH: usize = 256;
 
+type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
+
 pub(crate) enum Command {
+    /// An editor joins: it gets sync step 1 and presence.
     Join {
         conn: ConnId,
         subscriber: Subscriber,
-        reply: oneshot::Sender<Result<(), JoinError>>,
+        reply: Reply<()>,
+    },
+    /// A viewer joins: it gets a snapshot (or the changes after `resume`)
+    /// and presence, then live events.
+    Follow {
+        conn: ConnId,
+        subscriber: Subscriber,
+        resume: Option<EventId>,
+        reply: Reply<()>,
     },
     Receive {
         conn: ConnId,
@@ -43,6 +56,41 @@ pub(crate) enum Command {
     Leave {
         conn: ConnId,
     },
+    /// A change from outside any connection (the HTTP API).
+    Apply {
+        /// A Yjs v1 update, decoded by the room.
+        update: Bytes,
+        reply: Reply<Option<EventId>>,
+    },
+    /// The document's state, or what a state vector lacks.
+    Read {
+        since: Option<StateVector>,
+        reply: Reply<DocRead>,
+    },
+}
+
+impl Command {
+    /// Answers the command with `error` instead of running it.
+    fn refuse(self, error: RoomError) {
+        match self {
+            Command::Join { reply, .. } | Command::Follow { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Apply { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Read { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Receive { .. } | Command::Leave { .. } => {}
+        }
+    }
+}
+
+/// Replies that must wait until the batch's changes are on disk.
+enum Deferred {
+    Applied(Reply<Option<EventId>>, Result<Option<EventId>, RoomError>),
+    Read(Reply<DocRead>, DocRead),
 }
 
 /// Everything a room needs besides its document.
@@ -88,7 +136,7 @@ impl Room {
             Err(reason) => {
                 error!(doc = %name, %reason, "document failed to load; refusing connections to it");
                 cx.rooms.remove_if(&name, instance);
-                refuse_all(&mut rx, JoinError::LoadFailed(reason));
+                refuse_all(&mut rx, RoomError::LoadFailed(reason));
                 return;
             }
         };
@@ -137,6 +185,7 @@ impl Room {
 
     async fn handle(&mut self, batch: Vec<Command>) {
         let mut fx = Effects::default();
+        let mut deferred = Vec::new();
         for command in batch {
             match command {
                 Command::Join {
@@ -149,6 +198,23 @@ impl Room {
                         // change can fall between the two.
                         self.subscribers.insert(conn, subscriber);
                         self.state.join(conn, &mut fx);
+                    }
+                }
+                Command::Follow {
+                    conn,
+                    mut subscriber,
+                    resume,
+                    reply,
+                } => {
+                    if reply.send(Ok(())).is_ok() {
+                        // Changes up to here are in the opening payload;
+                        // live events take over after them.
+                        subscriber.kind = Kind::Viewer {
+                            after: self.state.last_seq(),
+                        };
+                        let opening = self.opening_for_viewer(resume).await;
+                        self.subscribers.insert(conn, subscriber);
+                        fx.deliveries.push(Delivery::To(conn, opening));
                     }
                 }
                 Command::Receive { conn, messages } => {
@@ -168,6 +234,34 @@ impl Room {
                         self.state.leave(conn, &mut fx);
                     }
                 }
+                Command::Apply { update, reply } => {
+                    let before = fx.changes.len();
+                    let applied = protocol::decode_update(&update)
+                        .map_err(|e| RoomError::Rejected(e.to_string()))
+                        .and_then(|u| {
+                            self.state
+                                .apply_external(u, &mut fx)
+                                .map_err(|r| RoomError::Rejected(r.to_string()))
+                        });
+                    let result = match applied {
+                        Ok(()) => Ok(fx.changes[before..].last().map(|c| EventId {
+                            incarnation: self.state.incarnation(),
+                            seq: c.seq,
+                        })),
+                        Err(e) => Err(e),
+                    };
+                    deferred.push(Deferred::Applied(reply, result));
+                }
+                Command::Read { since, reply } => {
+                    let txn = self.state.doc().transact();
+                    let update = txn.encode_state_as_update_v1(&since.unwrap_or_default());
+                    drop(txn);
+                    let id = EventId {
+                        incarnation: self.state.incarnation(),
+                        seq: self.state.last_seq(),
+                    };
+                    deferred.push(Deferred::Read(reply, DocRead { update, id }));
+                }
             }
         }
 
@@ -182,7 +276,13 @@ impl Room {
                 })
                 .collect();
             if let Err(e) = self.cx.store.append(&self.name, &entries).await {
-                self.storage_failed(e.to_string()).await;
+                let reason = e.to_string();
+                for d in deferred {
+                    if let Deferred::Applied(reply, _) = d {
+                        let _ = reply.send(Err(RoomError::StorageFailure(reason.clone())));
+                    }
+                }
+                self.storage_failed(reason).await;
                 return;
             }
             self.unsnapshotted += entries.len() as u64;
@@ -192,6 +292,16 @@ impl Room {
             // disk holds everything anyone was sent, so start again from it.
             self.reload("the document engine failed internally").await;
         }
+        for d in deferred {
+            match d {
+                Deferred::Applied(reply, result) => {
+                    let _ = reply.send(result);
+                }
+                Deferred::Read(reply, read) => {
+                    let _ = reply.send(Ok(read));
+                }
+            }
+        }
         self.deliver(fx);
 
         self.idle_since = self.subscribers.is_empty().then(Instant::now);
@@ -200,10 +310,78 @@ impl Room {
         }
     }
 
+    /// What a new viewer is sent first: the changes after `resume` when they
+    /// can all be had (from memory, else from the log), otherwise a snapshot;
+    /// then everyone's presence. One buffer, so it takes one queue slot.
+    async fn opening_for_viewer(&self, resume: Option<EventId>) -> Bytes {
+        let incarnation = self.state.incarnation();
+        let mut out = BytesMut::new();
+        match self.replay(resume).await {
+            Some(changes) => {
+                for change in &changes {
+                    out.extend_from_slice(&viewer::update_event(incarnation, change));
+                }
+            }
+            None => {
+                let id = EventId {
+                    incarnation,
+                    seq: self.state.last_seq(),
+                };
+                out.extend_from_slice(&viewer::snapshot_event(id, &self.state.encode_state()));
+            }
+        }
+        if let Some(presence) = self.state.presence() {
+            out.extend_from_slice(&viewer::awareness_event(&presence));
+        }
+        out.freeze()
+    }
+
+    /// Every change after `resume`, or `None` when that is not possible
+    /// (an id from another incarnation, from the future, or older than
+    /// what is retained).
+    async fn replay(&self, resume: Option<EventId>) -> Option<Vec<Change>> {
+        let id = resume?;
+        let last = self.state.last_seq();
+        if id.incarnation != self.state.incarnation() || id.seq > last {
+            return None;
+        }
+        let recent = self.state.recent();
+        let mut changes: Vec<Change> = if recent.front().is_some_and(|c| c.seq <= id.seq + 1)
+            || id.seq == last
+        {
+            Vec::new()
+        } else {
+            let wanted = usize::try_from(last - id.seq).ok()?;
+            let stored = self.cx.store.read_log(&self.name, id.seq, wanted).await;
+            match stored {
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(|e| Change {
+                        seq: e.seq,
+                        at_ms: e.at_ms,
+                        update: Bytes::from(e.update),
+                    })
+                    .collect(),
+                Err(e) => {
+                    warn!(doc = %self.name, error = %e, "could not read the log for a replay; sending a snapshot");
+                    return None;
+                }
+            }
+        };
+        let have = changes.last().map_or(id.seq, |c| c.seq);
+        changes.extend(recent.iter().filter(|c| c.seq > have).cloned());
+        let contiguous = changes
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.seq == id.seq + 1 + i as u64);
+        (contiguous && changes.len() as u64 == last - id.seq).then_some(changes)
+    }
+
     /// Puts frames on subscribers' queues. A full queue means the client has
     /// stopped reading: it is closed rather than skipped, since a Yjs client
     /// that silently misses an update would diverge.
     fn deliver(&mut self, fx: Effects) {
+        let incarnation = self.state.incarnation();
         let mut queue = fx.deliveries;
         while !queue.is_empty() {
             let mut gone = Vec::new();
@@ -214,16 +392,38 @@ impl Room {
                             offer(conn, sub, frame, &mut gone);
                         }
                     }
-                    Delivery::Others(except, frame) => {
+                    Delivery::Change { change, origin } => {
+                        // Each encoding is built at most once, then shared.
+                        let mut frame = None;
+                        let mut event = None;
                         for (&conn, sub) in &self.subscribers {
-                            if conn != except {
-                                offer(conn, sub, frame.clone(), &mut gone);
-                            }
+                            let bytes = match sub.kind {
+                                Kind::Editor if Some(conn) != origin => frame
+                                    .get_or_insert_with(|| protocol::sync_update(&change.update))
+                                    .clone(),
+                                Kind::Viewer { after } if change.seq > after => event
+                                    .get_or_insert_with(|| {
+                                        viewer::update_event(incarnation, &change)
+                                    })
+                                    .clone(),
+                                _ => continue,
+                            };
+                            offer(conn, sub, bytes, &mut gone);
                         }
                     }
-                    Delivery::Everyone(frame) => {
+                    Delivery::Presence(update) => {
+                        let mut frame = None;
+                        let mut event = None;
                         for (&conn, sub) in &self.subscribers {
-                            offer(conn, sub, frame.clone(), &mut gone);
+                            let bytes = match sub.kind {
+                                Kind::Editor => frame
+                                    .get_or_insert_with(|| protocol::awareness(update.clone()))
+                                    .clone(),
+                                Kind::Viewer { .. } => event
+                                    .get_or_insert_with(|| viewer::awareness_event(&update))
+                                    .clone(),
+                            };
+                            offer(conn, sub, bytes, &mut gone);
                         }
                     }
                 }
@@ -281,7 +481,7 @@ impl Room {
                 error!(doc = %self.name, error = %e, "reload failed; unloading document");
                 self.kick_all(CloseReason::StorageFailure(e));
                 self.cx.rooms.remove_if(&self.name, self.instance);
-                refuse_all(&mut self.rx, JoinError::LoadFailed(reason));
+                refuse_all(&mut self.rx, RoomError::LoadFailed(reason));
             }
         }
     }
@@ -322,7 +522,7 @@ impl Room {
         // Anyone who took a handle just before the removal retries and loads
         // a new room from storage, which already holds everything.
         self.rx.close();
-        refuse_all(&mut self.rx, JoinError::Retry);
+        refuse_all(&mut self.rx, RoomError::Retry);
         debug!(doc = %self.name, "document unloaded");
         true
     }
@@ -357,12 +557,10 @@ fn offer(
     }
 }
 
-fn refuse_all(rx: &mut mpsc::Receiver<Command>, error: JoinError) {
+fn refuse_all(rx: &mut mpsc::Receiver<Command>, error: RoomError) {
     rx.close();
     while let Ok(command) = rx.try_recv() {
-        if let Command::Join { reply, .. } = command {
-            let _ = reply.send(Err(error.clone()));
-        }
+        command.refuse(error.clone());
     }
 }
 

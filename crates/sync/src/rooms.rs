@@ -17,8 +17,11 @@ use tracing::Instrument;
 use weft_storage::{DocName, DocumentStore};
 
 use crate::room::{Command, Room, RoomContext};
-use crate::session::Session;
-use crate::{Clock, EngineConfig, JoinError};
+use bytes::Bytes;
+use yrs::StateVector;
+
+use crate::session::{Follower, Session};
+use crate::{Clock, DocRead, EngineConfig, EventId, RoomError};
 
 /// How often a join retries when it meets a room that is unloading.
 const JOIN_ATTEMPTS: usize = 5;
@@ -104,41 +107,108 @@ impl Rooms {
         self.inner.map.lock().contains_key(doc)
     }
 
-    /// Joins `doc`, loading it if needed. The session's first frames are the
-    /// room's sync step 1 and current presence.
-    pub async fn join(&self, doc: &DocName) -> Result<Session, JoinError> {
-        if self.inner.shutdown.is_cancelled() {
-            return Err(JoinError::ShuttingDown);
-        }
-        for _ in 0..JOIN_ATTEMPTS {
-            let room = self.room(doc);
-            let conn = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let (session, subscriber) = Session::pair(
-                conn,
-                doc.clone(),
-                room.tx.clone(),
-                self.inner.config.outbound_queue,
-                self.inner.tasks.clone(),
-            );
-            let (reply, answer) = oneshot::channel();
-            let join = Command::Join {
+    /// Joins `doc` as an editor, loading it if needed. The session's first
+    /// frames are the room's sync step 1 and current presence.
+    pub async fn join(&self, doc: &DocName) -> Result<Session, RoomError> {
+        let mut joined = None;
+        self.call(doc, |room, reply| {
+            let (session, subscriber) = self.session(doc, room);
+            let conn = session.id();
+            joined = Some(session);
+            Command::Join {
                 conn,
                 subscriber,
                 reply,
-            };
-            if room.tx.send(join).await.is_err() {
+            }
+        })
+        .await?;
+        joined.ok_or(RoomError::Busy)
+    }
+
+    /// Follows `doc` as a read-only viewer. The first chunk is a snapshot,
+    /// or, when `resume` names a change the server can replay from, exactly
+    /// the changes after it; then presence; then live events.
+    pub async fn follow(
+        &self,
+        doc: &DocName,
+        resume: Option<EventId>,
+    ) -> Result<Follower, RoomError> {
+        let mut joined = None;
+        self.call(doc, |room, reply| {
+            let (session, subscriber) = self.session(doc, room);
+            let conn = session.id();
+            joined = Some(session);
+            Command::Follow {
+                conn,
+                subscriber,
+                resume,
+                reply,
+            }
+        })
+        .await?;
+        joined.map(Follower::new).ok_or(RoomError::Busy)
+    }
+
+    /// Applies a Yjs v1 update from outside any connection. Returns once it
+    /// is durable and sent to everyone: the id of the change, or `None` if
+    /// it changed nothing.
+    pub async fn apply(&self, doc: &DocName, update: Bytes) -> Result<Option<EventId>, RoomError> {
+        self.call(doc, |_, reply| Command::Apply {
+            update: update.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// The whole document, or only what `since` lacks, as a Yjs v1 update.
+    pub async fn read(
+        &self,
+        doc: &DocName,
+        since: Option<StateVector>,
+    ) -> Result<DocRead, RoomError> {
+        self.call(doc, |_, reply| Command::Read {
+            since: since.clone(),
+            reply,
+        })
+        .await
+    }
+
+    fn session(&self, doc: &DocName, room: &RoomHandle) -> (Session, crate::session::Subscriber) {
+        let conn = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        Session::pair(
+            conn,
+            doc.clone(),
+            room.tx.clone(),
+            self.inner.config.outbound_queue,
+            self.inner.tasks.clone(),
+        )
+    }
+
+    /// Sends a command to `doc`'s room and waits for its answer, retrying
+    /// when it meets a room that is unloading.
+    async fn call<T>(
+        &self,
+        doc: &DocName,
+        mut make: impl FnMut(&RoomHandle, oneshot::Sender<Result<T, RoomError>>) -> Command,
+    ) -> Result<T, RoomError> {
+        for _ in 0..JOIN_ATTEMPTS {
+            if self.inner.shutdown.is_cancelled() {
+                return Err(RoomError::ShuttingDown);
+            }
+            let room = self.room(doc);
+            let (reply, answer) = oneshot::channel();
+            if room.tx.send(make(&room, reply)).await.is_err() {
                 continue; // the room unloaded meanwhile
             }
             match answer.await {
-                Ok(Ok(())) => return Ok(session),
-                Ok(Err(JoinError::Retry)) | Err(_) => continue,
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(RoomError::Retry)) | Err(_) => continue,
+                Ok(result) => return result,
             }
         }
         if self.inner.shutdown.is_cancelled() {
-            Err(JoinError::ShuttingDown)
+            Err(RoomError::ShuttingDown)
         } else {
-            Err(JoinError::Busy)
+            Err(RoomError::Busy)
         }
     }
 

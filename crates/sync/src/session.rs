@@ -42,9 +42,20 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
+/// What a subscriber is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// y-sync frames.
+    Editor,
+    /// Viewer events, for changes after `after` (earlier ones were in its
+    /// opening payload).
+    Viewer { after: u64 },
+}
+
 /// The room's side of a session: where its frames go.
 pub(crate) struct Subscriber {
     pub tx: mpsc::Sender<Bytes>,
+    pub kind: Kind,
     reason: Arc<OnceLock<CloseReason>>,
 }
 
@@ -84,7 +95,12 @@ impl Session {
             reason: reason.clone(),
             tasks,
         };
-        (session, Subscriber { tx, reason })
+        let subscriber = Subscriber {
+            tx,
+            kind: Kind::Editor,
+            reason,
+        };
+        (session, subscriber)
     }
 
     pub fn id(&self) -> ConnId {
@@ -136,5 +152,25 @@ impl Drop for Session {
                 });
             }
         }
+    }
+}
+
+/// A viewer's membership of a room: it only receives. Viewers cannot change
+/// a document because this type has no way to send.
+#[derive(Debug)]
+pub struct Follower(Session);
+
+impl Follower {
+    pub(crate) fn new(session: Session) -> Self {
+        Follower(session)
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.0.id()
+    }
+
+    /// The next chunk of viewer events, or why the room ended the stream.
+    pub async fn recv(&mut self) -> Result<Bytes, CloseReason> {
+        self.0.recv().await
     }
 }

@@ -373,7 +373,7 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     f.store.fail_loads.store(true, Ordering::SeqCst);
     let err = rooms.join(&doc).await.expect_err("load fails");
     assert!(
-        matches!(err, weft_sync::JoinError::LoadFailed(_)),
+        matches!(err, weft_sync::RoomError::LoadFailed(_)),
         "{err:?}"
     );
     assert!(!rooms.is_loaded(&doc));
