@@ -5,12 +5,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use weft_sync::RoomError;
 
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds, for 503s that will pass.
+    retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -25,6 +28,18 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
     }
 
@@ -39,6 +54,29 @@ impl IntoResponse for ApiError {
             error: self.code,
             message: &self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
+    }
+}
+
+impl From<RoomError> for ApiError {
+    fn from(e: RoomError) -> Self {
+        let message = e.to_string();
+        match e {
+            RoomError::Rejected(_) => Self::bad_request("invalid_update", message),
+            RoomError::StorageFailure(_) => Self::unavailable("storage_failure", message),
+            RoomError::LoadFailed(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "load_failed",
+                format!("{message}; run `weft verify` and restore from a backup"),
+            ),
+            RoomError::ShuttingDown => Self::unavailable("shutting_down", message),
+            RoomError::Busy | RoomError::Retry => Self::unavailable("busy", message),
+        }
     }
 }

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +13,7 @@ use tower_http::trace::TraceLayer;
 use weft_sync::Rooms;
 
 use crate::cli::ServeConfig;
-use crate::ws;
+use crate::{docs_api, sse, ws};
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -30,6 +31,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/ws/", get(ws::empty_name))
         .route("/ws/{*doc}", get(ws::upgrade))
+        .route("/sse/{doc}", get(sse::follow))
+        .route("/docs/{doc}", get(docs_api::state))
+        .route("/docs/{doc}/updates", post(docs_api::post_update))
+        .route("/docs/{doc}/json", get(docs_api::as_json))
+        .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

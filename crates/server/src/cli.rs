@@ -69,6 +69,15 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub outbound_queue: u64,
 
+    /// The `retry:` delay (milliseconds) SSE viewers are told to wait
+    /// before reconnecting.
+    #[arg(long, env = "WEFT_SSE_RETRY_MS", default_value_t = 3000)]
+    pub sse_retry_ms: u64,
+
+    /// How long an SSE stream may be silent before a `: keepalive` comment.
+    #[arg(long, env = "WEFT_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sse_keepalive: Duration,
+
     /// How long shutdown may take to close connections and store documents.
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

@@ -1,7 +1,8 @@
 //! weft-server: the network face of weft.
 //!
 //! `weft serve` opens the store, starts the document engine ([`weft_sync`])
-//! and serves it over HTTP: WebSocket for editors, health for operators.
+//! and serves it over HTTP: WebSocket for editors, Server-Sent Events for
+//! read-only viewers, an HTTP document API, and health for operators.
 //! Handlers are thin: they validate, then hand over to a [`weft_sync::Session`].
 
 mod api_error;
@@ -9,8 +10,11 @@ mod app;
 pub mod cli;
 mod close_code;
 mod doc_path;
+mod docs_api;
+mod event_gzip;
 mod serve;
 mod shutdown;
+mod sse;
 mod ws;
 
 pub use serve::serve;

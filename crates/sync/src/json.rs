@@ -13,6 +13,16 @@ use yrs::{
     XmlFragmentRef, XmlTextRef,
 };
 
+/// The JSON of a document given as a Yjs v1 update.
+pub fn update_to_json(update: &[u8]) -> Result<Value, String> {
+    let doc = Doc::new();
+    let update = crate::protocol::decode_update(update).map_err(|e| e.to_string())?;
+    doc.transact_mut()
+        .apply_update(update)
+        .map_err(|e| e.to_string())?;
+    Ok(doc_to_json(&doc))
+}
+
 /// Every root type of `doc`, by name.
 pub fn doc_to_json(doc: &Doc) -> Value {
     let txn = doc.transact();

@@ -13,7 +13,8 @@ use yrs::encoding::read::Cursor;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
-use yrs::{ReadTxn, StateVector, Transact, Update};
+pub use yrs::StateVector;
+use yrs::{ReadTxn, Transact, Update};
 
 /// A message from a client, fully decoded.
 #[derive(Debug)]
@@ -95,6 +96,13 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
     catch_unwind(AssertUnwindSafe(|| Update::decode_v1(bytes)))
         .map_err(|_| ProtocolError::DecoderPanicked)?
         .map_err(|e| ProtocolError::Malformed(format!("not a Yjs v1 update: {e}")))
+}
+
+/// Decodes a Yjs v1 state vector.
+pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, ProtocolError> {
+    catch_unwind(AssertUnwindSafe(|| StateVector::decode_v1(bytes)))
+        .map_err(|_| ProtocolError::DecoderPanicked)?
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
 /// Sync step 1 carrying the document's state vector.

@@ -213,3 +213,197 @@ pub async fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16,
     let body = String::from_utf8_lossy(&raw[head_end..head_end + length]).into_owned();
     (status, body)
 }
+
+/// An HTTP client connection (hyper) to the server: HTTP/1.1, or HTTP/2
+/// with prior knowledge (h2c), where many requests share one connection.
+pub enum Http {
+    H1(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>),
+}
+
+pub async fn http1(addr: &str) -> Http {
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("http1 handshake");
+    tokio::spawn(conn);
+    Http::H1(send)
+}
+
+pub async fn http2(addr: &str) -> Http {
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    Http::H2(send)
+}
+
+pub type HttpResponse = hyper::Response<hyper::body::Incoming>;
+
+impl Http {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> HttpResponse {
+        let mut req = hyper::Request::builder().method(method).uri(path);
+        if let Http::H1(_) = self {
+            req = req.header("host", "127.0.0.1");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("request");
+        let fut = match self {
+            Http::H1(s) => {
+                s.ready().await.expect("ready");
+                futures_util::future::Either::Left(s.send_request(req))
+            }
+            Http::H2(s) => {
+                s.ready().await.expect("ready");
+                futures_util::future::Either::Right(s.send_request(req))
+            }
+        };
+        timeout(WAIT, fut)
+            .await
+            .expect("response in time")
+            .expect("response")
+    }
+}
+
+/// A whole small response body.
+pub async fn body_bytes(resp: HttpResponse) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes()
+        .to_vec()
+}
+
+/// One-shot request on a fresh HTTP/1.1 connection.
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    let mut http = http1(addr).await;
+    let resp = http.request(method, path, headers, body).await;
+    let status = resp.status().as_u16();
+    (status, body_bytes(resp).await)
+}
+
+/// A parsed Server-Sent Event (or a comment / retry block).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<String>,
+    pub comment: Option<String>,
+}
+
+impl SseEvent {
+    pub fn data_bytes(&self) -> Vec<u8> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(self.data.as_deref().expect("data"))
+            .expect("base64 data")
+    }
+}
+
+/// Reads an event stream body, optionally gzip-compressed, block by block.
+pub struct SseReader {
+    body: hyper::body::Incoming,
+    gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+    buf: String,
+    pub wire_bytes: usize,
+}
+
+impl SseReader {
+    pub fn new(resp: HttpResponse) -> SseReader {
+        let gzip = resp
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|v| v == "gzip");
+        SseReader {
+            body: resp.into_body(),
+            gunzip: gzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
+            buf: String::new(),
+            wire_bytes: 0,
+        }
+    }
+
+    /// The next block (event, comment or retry), or None at end of stream.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        use http_body_util::BodyExt;
+        use std::io::Write;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                return Some(parse_block(&block));
+            }
+            let frame = timeout(WAIT, self.body.frame())
+                .await
+                .expect("stream produced data in time");
+            let Some(frame) = frame else { return None };
+            let Ok(frame) = frame else { return None };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            self.wire_bytes += data.len();
+            let text = match self.gunzip.as_mut() {
+                Some(gz) => {
+                    gz.write_all(&data).expect("valid gzip");
+                    gz.flush().expect("gzip flush");
+                    String::from_utf8(std::mem::take(gz.get_mut())).expect("utf8")
+                }
+                None => String::from_utf8(data.to_vec()).expect("utf8"),
+            };
+            self.buf.push_str(&text);
+        }
+    }
+
+    /// The next block that is an event (skips comments).
+    pub async fn next_event(&mut self) -> SseEvent {
+        loop {
+            let ev = self.next().await.expect("stream still open");
+            if ev.event.is_some() {
+                return ev;
+            }
+        }
+    }
+}
+
+fn parse_block(block: &str) -> SseEvent {
+    let mut ev = SseEvent::default();
+    for line in block.lines() {
+        if let Some(c) = line.strip_prefix(':') {
+            ev.comment = Some(c.trim().to_owned());
+        } else if let Some((field, value)) = line.split_once(':') {
+            let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+            match field {
+                "event" => ev.event = Some(value),
+                "id" => ev.id = Some(value),
+                "data" => {
+                    assert!(ev.data.is_none(), "one data line per event");
+                    ev.data = Some(value)
+                }
+                "retry" => ev.retry = Some(value),
+                other => panic!("unexpected field {other:?}"),
+            }
+        }
+    }
+    ev
+}

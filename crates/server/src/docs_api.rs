@@ -1,0 +1,100 @@
+//! The HTTP document API: read a document, post a change, see it as JSON.
+//!
+//! `POST /docs/{doc}/updates` goes through the same room as WebSocket edits,
+//! so it is durable before it is broadcast and reaches editors and viewers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+use weft_sync::json::update_to_json;
+use weft_sync::protocol::{decode_state_vector, StateVector};
+
+use crate::api_error::ApiError;
+use crate::app::AppState;
+use crate::doc_path::DocPath;
+
+#[derive(Debug, Deserialize)]
+pub struct StateParams {
+    /// Base64 state vector: answer only with what it lacks.
+    sv: Option<String>,
+}
+
+/// `GET /docs/{doc}`: the document (or what `?sv=` lacks) as a Yjs v1 update.
+pub async fn state(
+    State(app): State<Arc<AppState>>,
+    DocPath(doc): DocPath,
+    Query(params): Query<StateParams>,
+) -> Result<Response, ApiError> {
+    let since = params.sv.as_deref().map(parse_state_vector).transpose()?;
+    let read = app.rooms.read(&doc, since).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::HeaderName::from_static("weft-event-id"),
+                read.id.to_string(),
+            ),
+        ],
+        read.update,
+    )
+        .into_response())
+}
+
+/// `POST /docs/{doc}/updates`: apply a Yjs v1 update.
+pub async fn post_update(
+    State(app): State<Arc<AppState>>,
+    DocPath(doc): DocPath,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the update is larger than the limit of {} bytes; send smaller updates",
+                    app.config.max_message_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_request("unreadable_body", e.body_text())
+        }
+    })?;
+    match app.rooms.apply(&doc, body).await? {
+        Some(id) => Ok(Json(json!({ "id": id.to_string() })).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// `GET /docs/{doc}/json`: the root types as JSON.
+pub async fn as_json(
+    State(app): State<Arc<AppState>>,
+    DocPath(doc): DocPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let read = app.rooms.read(&doc, None).await?;
+    // Rendering a large document is real work: keep it off the async threads.
+    let rendered = tokio::task::spawn_blocking(move || update_to_json(&read.update)).await;
+    match rendered {
+        Ok(Ok(value)) => Ok(Json(value)),
+        Ok(Err(e)) => Err(ApiError::internal(e)),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+fn parse_state_vector(text: &str) -> Result<StateVector, ApiError> {
+    let bad = |why: String| ApiError::bad_request("invalid_state_vector", why);
+    let bytes = STANDARD
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
+        .map_err(|e| bad(format!("sv is not base64: {e}")))?;
+    decode_state_vector(&bytes).map_err(|e| bad(format!("sv is not a Yjs state vector: {e}")))
+}

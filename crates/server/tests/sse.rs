@@ -1,0 +1,407 @@
+//! The SSE viewer endpoint and the HTTP document API, over raw HTTP/1.1 and
+//! HTTP/2 (hyper clients), against the real binary.
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::*;
+use yrs::sync::awareness::AwarenessUpdateEntry;
+use yrs::sync::{AwarenessUpdate, Message as YMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// Appends `s` to the text "t" of `doc` and returns the update.
+fn insert(doc: &Doc, s: &str) -> Vec<u8> {
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    let len = text.len(&txn);
+    text.insert(&mut txn, len, s);
+    txn.encode_update_v1()
+}
+
+fn text(doc: &Doc) -> String {
+    doc.get_or_insert_text("t").get_string(&doc.transact())
+}
+
+fn apply_bytes(doc: &Doc, update: &[u8]) {
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).expect("valid update"))
+        .expect("applies");
+}
+
+/// POSTs an update and returns the event id the server gave it.
+async fn post(addr: &str, doc: &str, update: Vec<u8>) -> String {
+    let (status, body) = request(addr, "POST", &format!("/docs/{doc}/updates"), &[], update).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    json["id"].as_str().expect("id").to_owned()
+}
+
+async fn open_stream(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (HttpResponseHead, SseReader) {
+    let mut http = http1(addr).await;
+    let resp = http.request("GET", path, headers, Vec::new()).await;
+    let head = HttpResponseHead {
+        status: resp.status().as_u16(),
+        headers: resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+    };
+    // Keep the connection alive as long as the reader.
+    std::mem::forget(http);
+    (head, SseReader::new(resp))
+}
+
+struct HttpResponseHead {
+    status: u16,
+    headers: HashMap<String, String>,
+}
+
+fn seq_of(id: &str) -> u64 {
+    id.rsplit_once('-')
+        .and_then(|(_, s)| s.parse().ok())
+        .expect("seq in id")
+}
+
+#[tokio::test]
+async fn a_fresh_stream_has_headers_retry_snapshot_then_live_updates() {
+    let weft = Weft::start(&["--sse-retry-ms", "1234"]);
+    let writer = Doc::new();
+    let first = post(&weft.addr, "live", insert(&writer, "hello")).await;
+    assert_eq!(seq_of(&first), 1);
+
+    let (head, mut sse) = open_stream(&weft.addr, "/sse/live", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-type"], "text/event-stream");
+    assert_eq!(head.headers["cache-control"], "no-cache");
+    assert_eq!(head.headers["x-accel-buffering"], "no");
+    assert!(!head.headers.contains_key("content-length"));
+
+    let retry = sse.next().await.expect("retry block");
+    assert_eq!(retry.retry.as_deref(), Some("1234"));
+    let snapshot = sse.next_event().await;
+    assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
+    assert_eq!(snapshot.id.as_deref(), Some(first.as_str()));
+    let viewer = Doc::new();
+    apply_bytes(&viewer, &snapshot.data_bytes());
+    assert_eq!(text(&viewer), "hello");
+
+    for word in [" big", " wide", " world"] {
+        let id = post(&weft.addr, "live", insert(&writer, word)).await;
+        let ev = sse.next_event().await;
+        assert_eq!(ev.event.as_deref(), Some("update"));
+        assert_eq!(ev.id.as_deref(), Some(id.as_str()));
+        apply_bytes(&viewer, &ev.data_bytes());
+    }
+    assert_eq!(text(&viewer), "hello big wide world");
+}
+
+#[tokio::test]
+async fn quiet_streams_get_keepalive_comments() {
+    let weft = Weft::start(&["--sse-keepalive", "100ms"]);
+    let (_, mut sse) = open_stream(&weft.addr, "/sse/quiet", &[]).await;
+    sse.next().await; // retry
+    sse.next_event().await; // snapshot
+    let block = sse.next().await.expect("keepalive");
+    assert_eq!(block.comment.as_deref(), Some("keepalive"));
+    assert!(block.event.is_none() && block.id.is_none());
+}
+
+#[tokio::test]
+async fn resume_replays_exactly_the_missed_changes() {
+    let weft = Weft::start(&[]);
+    let writer = Doc::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(post(&weft.addr, "resume", insert(&writer, &format!("{i}"))).await);
+    }
+    let had = ids[1].clone();
+    for (how, path, headers) in [
+        (
+            "header",
+            "/sse/resume".to_owned(),
+            vec![("last-event-id", had.as_str())],
+        ),
+        ("query", format!("/sse/resume?lastEventId={had}"), vec![]),
+    ] {
+        let (_, mut sse) = open_stream(&weft.addr, &path, &headers).await;
+        sse.next().await; // retry
+                          // A viewer that had changes 1 and 2 gets 3, 4, 5: no snapshot, no repeats.
+        for want in &ids[2..] {
+            let ev = sse.next_event().await;
+            assert_eq!(ev.event.as_deref(), Some("update"), "{how}: {ev:?}");
+            assert_eq!(ev.id.as_deref(), Some(want.as_str()), "{how}");
+        }
+        let live = post(&weft.addr, "resume", insert(&writer, "+")).await;
+        let ev = sse.next_event().await;
+        assert_eq!(ev.id.as_deref(), Some(live.as_str()), "{how}: then live");
+        ids.push(live);
+    }
+}
+
+#[tokio::test]
+async fn unknown_foreign_future_or_expired_ids_get_a_snapshot() {
+    // A tiny in-memory window and log tail, so old ids really expire.
+    let weft = Weft::start(&[
+        "--recent-changes",
+        "2",
+        "--snapshot-every",
+        "4",
+        "--keep-log-tail",
+        "1",
+    ]);
+    let writer = Doc::new();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(post(&weft.addr, "expiry", insert(&writer, &format!("{i}"))).await);
+    }
+    let (inc, _) = ids[0].split_once('-').expect("id");
+    let foreign = format!("{:016x}-3", u64::from_str_radix(inc, 16).expect("hex") ^ 1);
+    let future = format!("{inc}-999");
+    for id in [
+        "garbage",
+        foreign.as_str(),
+        future.as_str(),
+        ids[0].as_str(),
+    ] {
+        let (_, mut sse) = open_stream(&weft.addr, "/sse/expiry", &[("last-event-id", id)]).await;
+        sse.next().await;
+        let ev = sse.next_event().await;
+        assert_eq!(ev.event.as_deref(), Some("snapshot"), "resume from {id}");
+        assert_eq!(ev.id.as_deref(), Some(ids[9].as_str()));
+        let viewer = Doc::new();
+        apply_bytes(&viewer, &ev.data_bytes());
+        assert_eq!(text(&viewer), text(&writer));
+    }
+}
+
+#[tokio::test]
+async fn resume_works_across_a_restart_from_the_stored_log() {
+    let mut weft = Weft::start(&["--recent-changes", "1"]);
+    let writer = Doc::new();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(post(&weft.addr, "restart", insert(&writer, &format!("{i}"))).await);
+    }
+    weft.kill9();
+    let weft = weft.restart(&["--recent-changes", "1"]);
+    let (_, mut sse) = open_stream(&weft.addr, "/sse/restart", &[("last-event-id", &ids[2])]).await;
+    sse.next().await;
+    for want in &ids[3..] {
+        let ev = sse.next_event().await;
+        assert_eq!(
+            (ev.event.as_deref(), ev.id.as_deref()),
+            (Some("update"), Some(want.as_str()))
+        );
+    }
+}
+
+fn presence(client: u64, clock: u32, json: &str) -> YMessage {
+    let mut clients = HashMap::new();
+    clients.insert(
+        ClientID::new(client),
+        AwarenessUpdateEntry {
+            clock,
+            json: json.into(),
+        },
+    );
+    YMessage::Awareness(AwarenessUpdate { clients })
+}
+
+fn awareness_of(ev: &SseEvent) -> HashMap<u64, String> {
+    assert_eq!(ev.event.as_deref(), Some("awareness"));
+    assert!(ev.id.is_none(), "presence events carry no id");
+    let update = AwarenessUpdate::decode_v1(&ev.data_bytes()).expect("awareness update");
+    update
+        .clients
+        .into_iter()
+        .map(|(c, e)| (c.get(), e.json.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn editors_reach_viewers_and_posts_reach_editors() {
+    let weft = Weft::start(&[]);
+    let mut editor = connect(&weft.url("mixed")).await;
+    next_message(&mut editor).await;
+    send(&mut editor, presence(7, 1, r#"{"user":"ed"}"#)).await;
+    next_message(&mut editor).await; // presence echo: the room has it
+
+    let (_, mut sse) = open_stream(&weft.addr, "/sse/mixed", &[]).await;
+    sse.next().await;
+    assert_eq!(sse.next_event().await.event.as_deref(), Some("snapshot"));
+    // Everyone's presence follows the snapshot.
+    assert_eq!(
+        awareness_of(&sse.next_event().await)[&7],
+        r#"{"user":"ed"}"#
+    );
+
+    // WebSocket edit → viewer.
+    let ed_doc = Doc::new();
+    send(&mut editor, update_message(insert(&ed_doc, "typed"))).await;
+    let viewer = Doc::new();
+    let ev = sse.next_event().await;
+    assert_eq!(ev.event.as_deref(), Some("update"));
+    apply_bytes(&viewer, &ev.data_bytes());
+    assert_eq!(text(&viewer), "typed");
+
+    // POST → editor and viewer.
+    let poster = Doc::new();
+    apply_bytes(
+        &poster,
+        &viewer
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default()),
+    );
+    let id = post(&weft.addr, "mixed", insert(&poster, " posted")).await;
+    apply(&ed_doc, next_message(&mut editor).await);
+    assert_eq!(text(&ed_doc), "typed posted");
+    let ev = sse.next_event().await;
+    assert_eq!(ev.id.as_deref(), Some(id.as_str()));
+
+    // Cursor moves and the editor leaving reach the viewer.
+    send(&mut editor, presence(7, 2, r#"{"user":"ed","cursor":3}"#)).await;
+    assert_eq!(
+        awareness_of(&sse.next_event().await)[&7],
+        r#"{"user":"ed","cursor":3}"#
+    );
+    drop(editor);
+    assert_eq!(awareness_of(&sse.next_event().await)[&7], "null");
+}
+
+#[tokio::test]
+async fn the_document_api_reads_diffs_and_renders_json() {
+    let weft = Weft::start(&["--max-message-bytes", "4096"]);
+    let abc = "abc".repeat(100);
+    let writer = Doc::new();
+    let first = insert(&writer, &"abc".repeat(100));
+    post(&weft.addr, "api", first.clone()).await;
+    let mid_sv = writer.transact().state_vector();
+    post(&weft.addr, "api", insert(&writer, "def")).await;
+
+    let (status, full) = request(&weft.addr, "GET", "/docs/api", &[], vec![]).await;
+    assert_eq!(status, 200);
+    let reader = Doc::new();
+    apply_bytes(&reader, &full);
+    assert_eq!(text(&reader), format!("{abc}def"));
+
+    use base64::Engine;
+    let sv = base64::engine::general_purpose::STANDARD.encode(mid_sv.encode_v1());
+    let sv = sv
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let (status, diff) = request(
+        &weft.addr,
+        "GET",
+        &format!("/docs/api?sv={sv}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(diff.len() < full.len());
+    let behind = Doc::new();
+    apply_bytes(&behind, &first);
+    apply_bytes(&behind, &diff);
+    assert_eq!(text(&behind), format!("{abc}def"));
+
+    let (status, json) = request(&weft.addr, "GET", "/docs/api/json", &[], vec![]).await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    assert_eq!(json, serde_json::json!({ "t": format!("{abc}def") }));
+
+    // Nothing new: 204. Garbage: 400 JSON. Too large: 413 JSON.
+    let again = writer
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let (status, _) = request(&weft.addr, "POST", "/docs/api/updates", &[], again).await;
+    assert_eq!(status, 204);
+    let (status, body) = request(&weft.addr, "POST", "/docs/api/updates", &[], vec![0xff; 9]).await;
+    assert_eq!(status, 400);
+    let err: serde_json::Value = serde_json::from_slice(&body).expect("json error");
+    assert_eq!(err["error"], "invalid_update");
+    let big = insert(&Doc::new(), &"x".repeat(8192));
+    let (status, body) = request(&weft.addr, "POST", "/docs/api/updates", &[], big).await;
+    assert_eq!(status, 413);
+    let err: serde_json::Value = serde_json::from_slice(&body).expect("json error");
+    assert_eq!(err["error"], "too_large");
+    let (status, body) = request(&weft.addr, "GET", "/docs/api?sv=%21%21", &[], vec![]).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    // The document is unchanged by the refused posts.
+    let (_, json) = request(&weft.addr, "GET", "/docs/api/json", &[], vec![]).await;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&json).expect("json")["t"],
+        format!("{abc}def")
+    );
+}
+
+#[tokio::test]
+async fn gzip_streams_deliver_each_event_at_once_and_smaller() {
+    let weft = Weft::start(&[]);
+    let writer = Doc::new();
+    let (head, mut zipped) =
+        open_stream(&weft.addr, "/sse/zip", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(head.headers["content-encoding"], "gzip");
+    let (_, mut plain) = open_stream(&weft.addr, "/sse/zip", &[]).await;
+    for s in [&mut zipped, &mut plain] {
+        s.next().await;
+        s.next_event().await;
+    }
+    let (z0, p0) = (zipped.wire_bytes, plain.wire_bytes);
+    let sentence = "The quick brown fox jumps over the lazy dog. ";
+    for i in 0..20 {
+        let id = post(
+            &weft.addr,
+            "zip",
+            insert(&writer, &sentence.repeat(1 + i % 3)),
+        )
+        .await;
+        // Each event is readable before the next change is even sent.
+        for s in [&mut zipped, &mut plain] {
+            let ev = s.next_event().await;
+            assert_eq!(ev.id.as_deref(), Some(id.as_str()));
+        }
+    }
+    let (z, p) = (zipped.wire_bytes - z0, plain.wire_bytes - p0);
+    eprintln!(
+        "20 updates: {p} bytes plain, {z} bytes gzip ({:.0}% saved)",
+        100.0 * (1.0 - z as f64 / p as f64)
+    );
+    assert!(z < p, "gzip {z} should beat plain {p}");
+}
+
+#[tokio::test]
+async fn a_hundred_streams_share_one_http2_connection() {
+    let weft = Weft::start(&[]);
+    let mut h2 = http2(&weft.addr).await;
+    let mut readers = Vec::new();
+    for i in 0..100 {
+        let resp = h2
+            .request(
+                "GET",
+                &format!("http://{}/sse/multi-{i}", weft.addr),
+                &[],
+                vec![],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let mut r = SseReader::new(resp);
+        r.next().await;
+        assert_eq!(r.next_event().await.event.as_deref(), Some("snapshot"));
+        readers.push(r);
+    }
+    for (i, r) in readers.iter_mut().enumerate() {
+        let id = post(&weft.addr, &format!("multi-{i}"), insert(&Doc::new(), "x")).await;
+        let ev = r.next_event().await;
+        assert_eq!(ev.id.as_deref(), Some(id.as_str()), "stream {i}");
+    }
+}
