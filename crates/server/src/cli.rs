@@ -78,6 +78,15 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_keepalive: Duration,
 
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN)
+    /// instead of plain HTTP. Needs --tls-key.
+    #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WEFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// How long shutdown may take to close connections and store documents.
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

@@ -12,9 +12,11 @@ mod close_code;
 mod doc_path;
 mod docs_api;
 mod event_gzip;
+mod peer;
 mod serve;
 mod shutdown;
 mod sse;
+mod tls;
 mod ws;
 
 pub use serve::serve;

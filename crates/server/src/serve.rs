@@ -5,7 +5,6 @@
 //! accepting, close every WebSocket with 1001, let every room store what it
 //! was sent and snapshot, then exit, all within `--shutdown-timeout`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -19,7 +18,9 @@ use weft_sync::{Rooms, SystemClock};
 
 use crate::app::{self, AppState};
 use crate::cli::ServeConfig;
+use crate::peer::PeerAddr;
 use crate::shutdown;
+use crate::tls::{self, TlsListener};
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -35,6 +36,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .context("the data directory is not writable")?;
     let rooms = Rooms::new(Arc::new(store), config.engine(), Arc::new(SystemClock));
 
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
@@ -50,19 +55,30 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     info!(data_dir = %config.data_dir.display(), "store open");
     // A stable line on stdout, for scripts and tests that asked for port 0.
-    println!("weft listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("weft listening on {scheme}://{addr}");
 
     let token = state.shutdown.clone();
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let signal = async move {
         shutdown::signal().await;
         token.cancel();
-    })
-    .await
-    .context("the server failed")?;
+    };
+    let app = router.into_make_service_with_connect_info::<PeerAddr>();
+    match tls {
+        Some(tls) => {
+            let accept_tasks = TaskTracker::new();
+            let listener = TlsListener::new(listener, tls, &accept_tasks, state.shutdown.clone())?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+                .context("the server failed")?;
+            accept_tasks.close();
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+            .context("the server failed")?,
+    }
 
     let deadline = config.shutdown_timeout;
     let finished = tokio::time::timeout(deadline, async {

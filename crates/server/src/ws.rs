@@ -6,7 +6,6 @@
 //! keepalive ping. Every way out of the loop closes with a code from
 //! [`close_code`] and leaves the room.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +26,12 @@ use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::close_code;
 use crate::doc_path::DocPath;
+use crate::peer::PeerAddr;
 
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {

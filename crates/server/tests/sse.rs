@@ -405,3 +405,40 @@ async fn a_hundred_streams_share_one_http2_connection() {
         assert_eq!(ev.id.as_deref(), Some(id.as_str()), "stream {i}");
     }
 }
+
+#[tokio::test]
+async fn a_viewer_that_stops_reading_is_cut_off_and_others_keep_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let weft = Weft::start(&["--outbound-queue", "8"]);
+    // The slow viewer asks for the stream and then never reads.
+    let mut slow = tokio::net::TcpStream::connect(&weft.addr)
+        .await
+        .expect("tcp");
+    slow.write_all(b"GET /sse/flood HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let (_, mut fast) = open_stream(&weft.addr, "/sse/flood", &[]).await;
+    fast.next().await;
+    fast.next_event().await;
+
+    let writer = Doc::new();
+    let chunk = "0123456789abcdef".repeat(4096); // 64 KiB of text per change
+    let total = 200;
+    let mut last = String::new();
+    for _ in 0..total {
+        last = post(&weft.addr, "flood", insert(&writer, &chunk)).await;
+        // The fast viewer gets each change before the next is sent.
+        let ev = fast.next_event().await;
+        assert_eq!(ev.id.as_deref(), Some(last.as_str()));
+    }
+
+    // Now read the slow one: a prefix of the changes, then the end.
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(WAIT, slow.read_to_end(&mut raw)).await;
+    assert!(read.is_ok(), "the slow viewer's stream must end, not hang");
+    let got = String::from_utf8_lossy(&raw)
+        .matches("event: update")
+        .count();
+    assert!(got < total, "cut off after {got} of {total} changes");
+    assert!(!String::from_utf8_lossy(&raw).contains(&last));
+}

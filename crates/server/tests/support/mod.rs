@@ -49,9 +49,10 @@ impl Weft {
             .expect("reads the address line");
         let addr = line
             .trim()
-            .strip_prefix("weft listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+            .strip_prefix("weft listening on ")
+            .and_then(|url| url.split_once("://"))
+            .map(|(_, addr)| addr.to_owned())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         Weft {
             child,
             addr,
@@ -232,12 +233,20 @@ pub async fn http1(addr: &str) -> Http {
 
 pub async fn http2(addr: &str) -> Http {
     let tcp = TcpStream::connect(addr).await.expect("tcp");
+    http2_over(tcp).await
+}
+
+/// HTTP/2 over an established stream (plain TCP: h2c; or TLS after ALPN h2).
+pub async fn http2_over<S>(io: S) -> Http
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
+        hyper_util::rt::TokioIo::new(io),
     )
     .await
-    .expect("h2c handshake");
+    .expect("HTTP/2 handshake");
     tokio::spawn(conn);
     Http::H2(send)
 }
