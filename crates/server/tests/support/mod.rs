@@ -366,7 +366,7 @@ impl SseReader {
             let frame = timeout(WAIT, self.body.frame())
                 .await
                 .expect("stream produced data in time");
-            let Some(frame) = frame else { return None };
+            let frame = frame?;
             let Ok(frame) = frame else { return None };
             let Ok(data) = frame.into_data() else {
                 continue;
