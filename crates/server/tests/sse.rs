@@ -86,16 +86,18 @@ async fn a_fresh_stream_has_headers_retry_snapshot_then_live_updates() {
 
     let retry = sse.next().await.expect("retry block");
     assert_eq!(retry.retry.as_deref(), Some("1234"));
-    let snapshot = sse.next_event().await;
+    let snapshot = sse.next_change().await;
     assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
     assert_eq!(snapshot.id.as_deref(), Some(first.as_str()));
     let viewer = Doc::new();
     apply_bytes(&viewer, &snapshot.data_bytes());
     assert_eq!(text(&viewer), "hello");
+    // Presence follows the snapshot, even when nobody is there.
+    assert!(awareness_of(&sse.next_event().await).is_empty());
 
     for word in [" big", " wide", " world"] {
         let id = post(&weft.addr, "live", insert(&writer, word)).await;
-        let ev = sse.next_event().await;
+        let ev = sse.next_change().await;
         assert_eq!(ev.event.as_deref(), Some("update"));
         assert_eq!(ev.id.as_deref(), Some(id.as_str()));
         apply_bytes(&viewer, &ev.data_bytes());
@@ -108,7 +110,8 @@ async fn quiet_streams_get_keepalive_comments() {
     let weft = Weft::start(&["--sse-keepalive", "100ms"]);
     let (_, mut sse) = open_stream(&weft.addr, "/sse/quiet", &[]).await;
     sse.next().await; // retry
-    sse.next_event().await; // snapshot
+    sse.next_change().await; // snapshot
+    sse.next_event().await; // presence
     let block = sse.next().await.expect("keepalive");
     assert_eq!(block.comment.as_deref(), Some("keepalive"));
     assert!(block.event.is_none() && block.id.is_none());
@@ -135,12 +138,12 @@ async fn resume_replays_exactly_the_missed_changes() {
         sse.next().await; // retry
                           // A viewer that had changes 1 and 2 gets 3, 4, 5: no snapshot, no repeats.
         for want in &ids[2..] {
-            let ev = sse.next_event().await;
+            let ev = sse.next_change().await;
             assert_eq!(ev.event.as_deref(), Some("update"), "{how}: {ev:?}");
             assert_eq!(ev.id.as_deref(), Some(want.as_str()), "{how}");
         }
         let live = post(&weft.addr, "resume", insert(&writer, "+")).await;
-        let ev = sse.next_event().await;
+        let ev = sse.next_change().await;
         assert_eq!(ev.id.as_deref(), Some(live.as_str()), "{how}: then live");
         ids.push(live);
     }
@@ -173,7 +176,7 @@ async fn unknown_foreign_future_or_expired_ids_get_a_snapshot() {
     ] {
         let (_, mut sse) = open_stream(&weft.addr, "/sse/expiry", &[("last-event-id", id)]).await;
         sse.next().await;
-        let ev = sse.next_event().await;
+        let ev = sse.next_change().await;
         assert_eq!(ev.event.as_deref(), Some("snapshot"), "resume from {id}");
         assert_eq!(ev.id.as_deref(), Some(ids[9].as_str()));
         let viewer = Doc::new();
@@ -195,7 +198,7 @@ async fn resume_works_across_a_restart_from_the_stored_log() {
     let (_, mut sse) = open_stream(&weft.addr, "/sse/restart", &[("last-event-id", &ids[2])]).await;
     sse.next().await;
     for want in &ids[3..] {
-        let ev = sse.next_event().await;
+        let ev = sse.next_change().await;
         assert_eq!(
             (ev.event.as_deref(), ev.id.as_deref()),
             (Some("update"), Some(want.as_str()))
@@ -236,7 +239,7 @@ async fn editors_reach_viewers_and_posts_reach_editors() {
 
     let (_, mut sse) = open_stream(&weft.addr, "/sse/mixed", &[]).await;
     sse.next().await;
-    assert_eq!(sse.next_event().await.event.as_deref(), Some("snapshot"));
+    assert_eq!(sse.next_change().await.event.as_deref(), Some("snapshot"));
     // Everyone's presence follows the snapshot.
     assert_eq!(
         awareness_of(&sse.next_event().await)[&7],
@@ -247,7 +250,7 @@ async fn editors_reach_viewers_and_posts_reach_editors() {
     let ed_doc = Doc::new();
     send(&mut editor, update_message(insert(&ed_doc, "typed"))).await;
     let viewer = Doc::new();
-    let ev = sse.next_event().await;
+    let ev = sse.next_change().await;
     assert_eq!(ev.event.as_deref(), Some("update"));
     apply_bytes(&viewer, &ev.data_bytes());
     assert_eq!(text(&viewer), "typed");
@@ -263,7 +266,7 @@ async fn editors_reach_viewers_and_posts_reach_editors() {
     let id = post(&weft.addr, "mixed", insert(&poster, " posted")).await;
     apply(&ed_doc, next_message(&mut editor).await);
     assert_eq!(text(&ed_doc), "typed posted");
-    let ev = sse.next_event().await;
+    let ev = sse.next_change().await;
     assert_eq!(ev.id.as_deref(), Some(id.as_str()));
 
     // Cursor moves and the editor leaving reach the viewer.
@@ -353,7 +356,7 @@ async fn gzip_streams_deliver_each_event_at_once_and_smaller() {
     let (_, mut plain) = open_stream(&weft.addr, "/sse/zip", &[]).await;
     for s in [&mut zipped, &mut plain] {
         s.next().await;
-        s.next_event().await;
+        s.next_change().await;
     }
     let (z0, p0) = (zipped.wire_bytes, plain.wire_bytes);
     let sentence = "The quick brown fox jumps over the lazy dog. ";
@@ -366,7 +369,7 @@ async fn gzip_streams_deliver_each_event_at_once_and_smaller() {
         .await;
         // Each event is readable before the next change is even sent.
         for s in [&mut zipped, &mut plain] {
-            let ev = s.next_event().await;
+            let ev = s.next_change().await;
             assert_eq!(ev.id.as_deref(), Some(id.as_str()));
         }
     }
@@ -396,12 +399,12 @@ async fn a_hundred_streams_share_one_http2_connection() {
         assert_eq!(resp.version(), hyper::Version::HTTP_2);
         let mut r = SseReader::new(resp);
         r.next().await;
-        assert_eq!(r.next_event().await.event.as_deref(), Some("snapshot"));
+        assert_eq!(r.next_change().await.event.as_deref(), Some("snapshot"));
         readers.push(r);
     }
     for (i, r) in readers.iter_mut().enumerate() {
         let id = post(&weft.addr, &format!("multi-{i}"), insert(&Doc::new(), "x")).await;
-        let ev = r.next_event().await;
+        let ev = r.next_change().await;
         assert_eq!(ev.id.as_deref(), Some(id.as_str()), "stream {i}");
     }
 }
@@ -419,7 +422,7 @@ async fn a_viewer_that_stops_reading_is_cut_off_and_others_keep_up() {
         .expect("write");
     let (_, mut fast) = open_stream(&weft.addr, "/sse/flood", &[]).await;
     fast.next().await;
-    fast.next_event().await;
+    fast.next_change().await;
 
     let writer = Doc::new();
     let chunk = "0123456789abcdef".repeat(4096); // 64 KiB of text per change
@@ -428,7 +431,7 @@ async fn a_viewer_that_stops_reading_is_cut_off_and_others_keep_up() {
     for _ in 0..total {
         last = post(&weft.addr, "flood", insert(&writer, &chunk)).await;
         // The fast viewer gets each change before the next is sent.
-        let ev = fast.next_event().await;
+        let ev = fast.next_change().await;
         assert_eq!(ev.id.as_deref(), Some(last.as_str()));
     }
 

@@ -70,7 +70,7 @@ async fn twenty_five_streams_over_one_tls_http2_connection() {
         assert_eq!(resp.version(), hyper::Version::HTTP_2);
         let mut r = SseReader::new(resp);
         r.next().await;
-        r.next_event().await;
+        r.next_change().await;
         readers.push(r);
     }
     for (i, r) in readers.iter_mut().enumerate() {
@@ -84,7 +84,7 @@ async fn twenty_five_streams_over_one_tls_http2_connection() {
             .await;
         assert_eq!(resp.status(), 200);
         assert_eq!(
-            r.next_event().await.event.as_deref(),
+            r.next_change().await.event.as_deref(),
             Some("update"),
             "stream {i}"
         );

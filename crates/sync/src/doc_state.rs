@@ -187,6 +187,13 @@ impl DocState {
         }
     }
 
+    /// Every current presence state (possibly none).
+    pub fn presence_all(&self) -> AwarenessUpdate {
+        self.awareness.update().unwrap_or_else(|_| AwarenessUpdate {
+            clients: Default::default(),
+        })
+    }
+
     /// Every current presence state, if there is any.
     pub fn presence(&self) -> Option<AwarenessUpdate> {
         if self.owners.is_empty() {

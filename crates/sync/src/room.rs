@@ -330,9 +330,9 @@ impl Room {
                 out.extend_from_slice(&viewer::snapshot_event(id, &self.state.encode_state()));
             }
         }
-        if let Some(presence) = self.state.presence() {
-            out.extend_from_slice(&viewer::awareness_event(&presence));
-        }
+        // Always sent, even when empty: a viewer that resumed learns that
+        // presence it still shows is gone.
+        out.extend_from_slice(&viewer::awareness_event(&self.state.presence_all()));
         out.freeze()
     }
 

@@ -395,6 +395,18 @@ impl SseReader {
     }
 }
 
+impl SseReader {
+    /// The next `snapshot` or `update` event (skips presence and comments).
+    pub async fn next_change(&mut self) -> SseEvent {
+        loop {
+            let ev = self.next_event().await;
+            if ev.event.as_deref() != Some("awareness") {
+                return ev;
+            }
+        }
+    }
+}
+
 fn parse_block(block: &str) -> SseEvent {
     let mut ev = SseEvent::default();
     for line in block.lines() {
