@@ -20,7 +20,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use weft_storage::DocName;
 use weft_sync::protocol::decode_frame;
-use weft_sync::{RoomError, Session};
+use weft_sync::{Access, RoomError, Session};
 
 use crate::api_error::ApiError;
 use crate::app::AppState;
@@ -69,7 +69,7 @@ type Sink = SplitSink<WebSocket, Message>;
 
 async fn run(socket: WebSocket, doc: DocName, app: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();
-    let mut session = match app.rooms.join(&doc).await {
+    let mut session = match app.rooms.join(&doc, Access::ReadWrite).await {
         Ok(session) => session,
         Err(e) => {
             let code = match e {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
-use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{ClientID, Doc, IdSet, ReadTxn, StateVector, Transact, Update, ID};
 
 use weft_storage::StoredDoc;
 
@@ -23,6 +23,15 @@ use crate::Clock;
 
 /// Identifies one connection (or other subscriber) of a room.
 pub type ConnId = u64;
+
+/// What a connection may do to a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Sync, presence and changes.
+    ReadWrite,
+    /// Sync and presence; changes are refused.
+    ReadOnly,
+}
 
 /// A change the document accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,14 +211,28 @@ impl DocState {
         self.awareness.update().ok()
     }
 
-    /// Handles one decoded message from `conn`.
+    /// Handles one decoded message from `conn`. A read-only connection may
+    /// sync and publish presence, but a change it sends is not applied; it
+    /// is answered with an auth "permission denied" message instead.
     pub fn receive(
         &mut self,
         conn: ConnId,
+        access: Access,
         message: Inbound,
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
         match message {
+            Inbound::Update(update) if access == Access::ReadOnly => {
+                // A read-only client's sync step 2 usually repeats what the
+                // document has (its delete set, at least); only a real change
+                // is refused.
+                if self.would_change(&update) {
+                    let reason = "read-only access: this connection may not change the document";
+                    fx.deliveries
+                        .push(Delivery::To(conn, protocol::permission_denied(reason)));
+                }
+                Ok(())
+            }
             Inbound::SyncStep1(sv) => {
                 let reply = protocol::sync_step2(&self.awareness, &sv);
                 fx.deliveries.push(Delivery::To(conn, reply));
@@ -252,6 +275,20 @@ impl DocState {
         if let Ok(update) = self.awareness.update_with_clients(gone) {
             fx.deliveries.push(Delivery::Presence(update));
         }
+    }
+
+    /// Whether applying `update` would add or delete anything.
+    pub fn would_change(&self, update: &Update) -> bool {
+        let txn = self.doc().transact();
+        let mut known = IdSet::new();
+        for (&client, &clock) in txn.state_vector().iter() {
+            known.insert(ID::new(client, 0), clock);
+        }
+        if !update.insertions(true).diff(&known).is_empty() {
+            return true;
+        }
+        let deleted = txn.snapshot().delete_set;
+        !update.delete_set().diff(&deleted).is_empty()
     }
 
     fn apply_update(
@@ -428,6 +465,7 @@ mod tests {
         let client = Doc::new();
         s.receive(
             1,
+            Access::ReadWrite,
             Inbound::Update(edit(&client, 0, "hello")),
             &mut Effects::default(),
         )
@@ -441,8 +479,13 @@ mod tests {
         assert!(matches!(decode_one(frame), Inbound::SyncStep1(_)));
 
         let mut fx = Effects::default();
-        s.receive(2, Inbound::SyncStep1(StateVector::default()), &mut fx)
-            .expect("ok");
+        s.receive(
+            2,
+            Access::ReadWrite,
+            Inbound::SyncStep1(StateVector::default()),
+            &mut fx,
+        )
+        .expect("ok");
         let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
             panic!("{:?}", fx.deliveries);
         };
@@ -461,8 +504,13 @@ mod tests {
         let client = Doc::new();
         for (i, word) in ["a", "b", "c", "d", "e"].iter().enumerate() {
             let mut fx = Effects::default();
-            s.receive(1, Inbound::Update(edit(&client, i as u32, word)), &mut fx)
-                .expect("applies");
+            s.receive(
+                1,
+                Access::ReadWrite,
+                Inbound::Update(edit(&client, i as u32, word)),
+                &mut fx,
+            )
+            .expect("applies");
             assert_eq!(fx.changes.len(), 1);
             assert_eq!(fx.changes[0].seq, i as u64 + 1);
             assert_eq!(fx.changes[0].at_ms, 42);
@@ -488,11 +536,17 @@ mod tests {
         let client = Doc::new();
         let update = edit(&client, 0, "x");
         let bytes = update.encode_v1();
-        s.receive(1, Inbound::Update(update), &mut Effects::default())
-            .expect("ok");
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(update),
+            &mut Effects::default(),
+        )
+        .expect("ok");
         let mut fx = Effects::default();
         let again = Update::decode_v1(&bytes).expect("valid");
-        s.receive(2, Inbound::Update(again), &mut fx).expect("ok");
+        s.receive(2, Access::ReadWrite, Inbound::Update(again), &mut fx)
+            .expect("ok");
         assert!(fx.changes.is_empty() && fx.deliveries.is_empty());
         assert_eq!(s.last_seq(), 1);
     }
@@ -503,8 +557,13 @@ mod tests {
         let client = Doc::new();
         let first = edit(&client, 0, &"abc".repeat(100));
         let first_bytes = first.encode_v1();
-        s.receive(1, Inbound::Update(first), &mut Effects::default())
-            .expect("ok");
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(first),
+            &mut Effects::default(),
+        )
+        .expect("ok");
         edit(&client, 300, "def");
         // A full-state update containing old and new content.
         let full = client
@@ -513,6 +572,7 @@ mod tests {
         let mut fx = Effects::default();
         s.receive(
             2,
+            Access::ReadWrite,
             Inbound::Update(Update::decode_v1(&full).expect("valid")),
             &mut fx,
         )
@@ -568,6 +628,7 @@ mod tests {
         let mut fx = Effects::default();
         s.receive(
             1,
+            Access::ReadWrite,
             Inbound::Awareness(presence(100, 1, r#"{"user":"ann"}"#)),
             &mut fx,
         )
@@ -600,7 +661,8 @@ mod tests {
         };
         assert_eq!(presence_clients(update), vec![(100, "null".into())]);
         let mut fx = Effects::default();
-        s.receive(2, Inbound::AwarenessQuery, &mut fx).expect("ok");
+        s.receive(2, Access::ReadWrite, Inbound::AwarenessQuery, &mut fx)
+            .expect("ok");
         let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
             panic!()
         };
@@ -612,6 +674,7 @@ mod tests {
         let mut s = state(&empty());
         s.receive(
             1,
+            Access::ReadWrite,
             Inbound::Awareness(presence(100, 1, "{}")),
             &mut Effects::default(),
         )
@@ -619,6 +682,7 @@ mod tests {
         // Same Yjs client on a new connection.
         s.receive(
             2,
+            Access::ReadWrite,
             Inbound::Awareness(presence(100, 2, "{}")),
             &mut Effects::default(),
         )
@@ -637,6 +701,7 @@ mod tests {
         let err = s
             .receive(
                 1,
+                Access::ReadWrite,
                 Inbound::Awareness(presence(5, 1, "{oops")),
                 &mut Effects::default(),
             )
@@ -649,6 +714,7 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         s.receive(
             1,
+            Access::ReadWrite,
             Inbound::Awareness(presence(5, 1, &deep)),
             &mut Effects::default(),
         )
@@ -681,8 +747,13 @@ mod tests {
             ("abcd".into(), 11, 7)
         );
         let mut fx = Effects::default();
-        s.receive(1, Inbound::Update(edit(&client, 4, "e")), &mut fx)
-            .expect("ok");
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(edit(&client, 4, "e")),
+            &mut fx,
+        )
+        .expect("ok");
         assert_eq!(fx.changes[0].seq, 12);
     }
 
@@ -706,5 +777,99 @@ mod tests {
         let frame = protocol::sync_step1(&s.awareness);
         let expected = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
         assert_eq!(frame.as_ref(), expected.as_slice());
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+    use weft_storage::DocMeta;
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, Text};
+
+    fn edit(doc: &Doc, at: u32, s: &str) -> Update {
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, at, s);
+        Update::decode_v1(&txn.encode_update_v1()).expect("valid")
+    }
+
+    #[test]
+    fn read_only_changes_are_refused_but_repeats_are_not() {
+        let stored = StoredDoc {
+            meta: DocMeta {
+                incarnation: 1,
+                created_at_ms: 0,
+            },
+            snapshot: None,
+            log: vec![],
+        };
+        let mut s = DocState::load(&stored, 8, Arc::new(crate::SystemClock)).expect("loads");
+        let writer = Doc::new();
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(edit(&writer, 0, "hello")),
+            &mut Effects::default(),
+        )
+        .expect("ok");
+        {
+            let text = writer.get_or_insert_text("t");
+            let mut txn = writer.transact_mut();
+            text.remove_range(&mut txn, 0, 1);
+            let delete = Update::decode_v1(&txn.encode_update_v1()).expect("valid");
+            drop(txn);
+            s.receive(
+                1,
+                Access::ReadWrite,
+                Inbound::Update(delete),
+                &mut Effects::default(),
+            )
+            .expect("ok");
+        }
+
+        // A reader whose step 2 repeats the document (with its delete set).
+        let reader = Doc::new();
+        let full = s.encode_state();
+        reader
+            .transact_mut()
+            .apply_update(Update::decode_v1(&full).expect("valid"))
+            .expect("ok");
+        let step2 = reader
+            .transact()
+            .encode_state_as_update_v1(&s.doc().transact().state_vector());
+        let mut fx = Effects::default();
+        s.receive(
+            2,
+            Access::ReadOnly,
+            Inbound::Update(Update::decode_v1(&step2).expect("valid")),
+            &mut fx,
+        )
+        .expect("ok");
+        assert!(fx.deliveries.is_empty() && fx.changes.is_empty());
+
+        // An insertion and a deletion from the reader are both refused.
+        for change in [edit(&reader, 0, "x"), {
+            let text = reader.get_or_insert_text("t");
+            let mut txn = reader.transact_mut();
+            text.remove_range(&mut txn, 1, 1);
+            Update::decode_v1(&txn.encode_update_v1()).expect("valid")
+        }] {
+            let mut fx = Effects::default();
+            s.receive(2, Access::ReadOnly, Inbound::Update(change), &mut fx)
+                .expect("not an error: the connection stays");
+            assert!(fx.changes.is_empty());
+            let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
+                panic!("{:?}", fx.deliveries);
+            };
+            assert_eq!(frame[0], 2, "an auth message");
+        }
+        assert_eq!(
+            s.doc()
+                .get_or_insert_text("t")
+                .get_string(&s.doc().transact()),
+            "ello"
+        );
+        assert_eq!(s.last_seq(), 2);
     }
 }

@@ -17,7 +17,7 @@ pub mod viewer;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use doc_state::{Change, ConnId, Delivery, DocState, Effects, LoadError, Rejection};
+pub use doc_state::{Access, Change, ConnId, Delivery, DocState, Effects, LoadError, Rejection};
 pub use event_id::{BadEventId, EventId};
 pub use rooms::Rooms;
 pub use session::{CloseReason, Follower, Session};

@@ -218,11 +218,11 @@ impl Room {
                     }
                 }
                 Command::Receive { conn, messages } => {
-                    if !self.subscribers.contains_key(&conn) {
+                    let Some(access) = self.subscribers.get(&conn).map(|s| s.access) else {
                         continue; // already closed; drop what it still sent
-                    }
+                    };
                     for message in messages {
-                        if let Err(rejection) = self.state.receive(conn, message, &mut fx) {
+                        if let Err(rejection) = self.state.receive(conn, access, message, &mut fx) {
                             warn!(doc = %self.name, conn, %rejection, "closing connection");
                             self.kick(conn, CloseReason::Rejected(rejection.to_string()), &mut fx);
                             break;

@@ -20,6 +20,7 @@ use crate::room::{Command, Room, RoomContext};
 use bytes::Bytes;
 use yrs::StateVector;
 
+use crate::doc_state::Access;
 use crate::session::{Follower, Session};
 use crate::{Clock, DocRead, EngineConfig, EventId, RoomError};
 
@@ -109,10 +110,10 @@ impl Rooms {
 
     /// Joins `doc` as an editor, loading it if needed. The session's first
     /// frames are the room's sync step 1 and current presence.
-    pub async fn join(&self, doc: &DocName) -> Result<Session, RoomError> {
+    pub async fn join(&self, doc: &DocName, access: Access) -> Result<Session, RoomError> {
         let mut joined = None;
         self.call(doc, |room, reply| {
-            let (session, subscriber) = self.session(doc, room);
+            let (session, subscriber) = self.session(doc, room, access);
             let conn = session.id();
             joined = Some(session);
             Command::Join {
@@ -135,7 +136,7 @@ impl Rooms {
     ) -> Result<Follower, RoomError> {
         let mut joined = None;
         self.call(doc, |room, reply| {
-            let (session, subscriber) = self.session(doc, room);
+            let (session, subscriber) = self.session(doc, room, Access::ReadOnly);
             let conn = session.id();
             joined = Some(session);
             Command::Follow {
@@ -173,13 +174,19 @@ impl Rooms {
         .await
     }
 
-    fn session(&self, doc: &DocName, room: &RoomHandle) -> (Session, crate::session::Subscriber) {
+    fn session(
+        &self,
+        doc: &DocName,
+        room: &RoomHandle,
+        access: Access,
+    ) -> (Session, crate::session::Subscriber) {
         let conn = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         Session::pair(
             conn,
             doc.clone(),
             room.tx.clone(),
             self.inner.config.outbound_queue,
+            access,
             self.inner.tasks.clone(),
         )
     }

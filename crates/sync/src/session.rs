@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use weft_storage::DocName;
 
-use crate::doc_state::ConnId;
+use crate::doc_state::{Access, ConnId};
 use crate::protocol::Inbound;
 use crate::room::Command;
 
@@ -56,6 +56,7 @@ pub(crate) enum Kind {
 pub(crate) struct Subscriber {
     pub tx: mpsc::Sender<Bytes>,
     pub kind: Kind,
+    pub access: Access,
     reason: Arc<OnceLock<CloseReason>>,
 }
 
@@ -83,6 +84,7 @@ impl Session {
         doc: DocName,
         room: mpsc::Sender<Command>,
         queue: usize,
+        access: Access,
         tasks: TaskTracker,
     ) -> (Session, Subscriber) {
         let (tx, outbound) = mpsc::channel(queue.max(1));
@@ -98,6 +100,7 @@ impl Session {
         let subscriber = Subscriber {
             tx,
             kind: Kind::Editor,
+            access,
             reason,
         };
         (session, subscriber)

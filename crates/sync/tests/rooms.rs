@@ -12,7 +12,7 @@ use weft_storage::{
     StoredDoc,
 };
 use weft_sync::protocol::{decode_frame, Inbound};
-use weft_sync::{CloseReason, EngineConfig, Rooms, Session, SystemClock};
+use weft_sync::{Access, CloseReason, EngineConfig, Rooms, Session, SystemClock};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, StateVector, Text, Transact, Update};
 
@@ -130,8 +130,8 @@ fn text(doc: &Doc) -> String {
 async fn an_update_reaches_the_others_only_after_it_is_stored() {
     let f = fixture(EngineConfig::default());
     let doc = name("d");
-    let mut a = f.rooms.join(&doc).await.expect("join");
-    let mut b = f.rooms.join(&doc).await.expect("join");
+    let mut a = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut b = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     assert!(matches!(next(&mut a).await, Inbound::SyncStep1(_)));
     assert!(matches!(next(&mut b).await, Inbound::SyncStep1(_)));
 
@@ -160,7 +160,7 @@ async fn racing_joins_load_the_document_once() {
     let doc = name("race");
     let joins = (0..50).map(|_| {
         let (rooms, doc) = (f.rooms.clone(), doc.clone());
-        async move { rooms.join(&doc).await }
+        async move { rooms.join(&doc, Access::ReadWrite).await }
     });
     let sessions = futures_join_all(joins).await;
     assert_eq!(sessions.len(), 50);
@@ -185,8 +185,8 @@ where
 async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     let f = fixture(EngineConfig::default());
     let doc = name("faulty");
-    let mut a = f.rooms.join(&doc).await.expect("join");
-    let mut b = f.rooms.join(&doc).await.expect("join");
+    let mut a = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut b = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     next(&mut a).await;
     next(&mut b).await;
     let writer = Doc::new();
@@ -213,7 +213,7 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     }
 
     f.store.fail_appends.store(false, Ordering::SeqCst);
-    let mut c = f.rooms.join(&doc).await.expect("join");
+    let mut c = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     next(&mut c).await;
     c.send(vec![Inbound::SyncStep1(StateVector::default())])
         .await
@@ -230,8 +230,8 @@ async fn a_client_that_stops_reading_is_closed_not_skipped() {
         ..EngineConfig::default()
     });
     let doc = name("slow");
-    let writer_session = f.rooms.join(&doc).await.expect("join");
-    let mut slow = f.rooms.join(&doc).await.expect("join");
+    let writer_session = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut slow = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     let writer = Doc::new();
     for i in 0..20 {
         writer_session
@@ -259,7 +259,7 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     });
     let doc = name("idle");
     {
-        let s = f.rooms.join(&doc).await.expect("join");
+        let s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
         s.send(vec![edit(&Doc::new(), "x")]).await.expect("send");
     }
     timeout(WAIT, async {
@@ -273,7 +273,7 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     let snapshot = stored.snapshot.expect("an idle snapshot");
     assert_eq!((snapshot.seq, snapshot.reason), (1, SnapshotReason::Idle));
     // Joining again loads it afresh, with its content.
-    let mut s = f.rooms.join(&doc).await.expect("rejoin");
+    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("rejoin");
     next(&mut s).await;
     s.send(vec![Inbound::SyncStep1(StateVector::default())])
         .await
@@ -288,7 +288,7 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
 async fn shutdown_stores_what_was_sent_and_closes_sessions() {
     let f = fixture(EngineConfig::default());
     let doc = name("bye");
-    let mut s = f.rooms.join(&doc).await.expect("join");
+    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     let writer = Doc::new();
     for i in 0..10 {
         s.send(vec![edit(&writer, &i.to_string())])
@@ -315,7 +315,7 @@ async fn shutdown_stores_what_was_sent_and_closes_sessions() {
         .apply_update(Update::decode_v1(&snapshot.state).expect("valid"))
         .expect("applies");
     assert_eq!(text(&check), "0123456789");
-    assert!(f.rooms.join(&doc).await.is_err());
+    assert!(f.rooms.join(&doc, Access::ReadWrite).await.is_err());
 }
 
 #[tokio::test]
@@ -326,7 +326,7 @@ async fn snapshots_every_n_changes_and_trims_the_log_behind_a_tail() {
         ..EngineConfig::default()
     });
     let doc = name("periodic");
-    let mut s = f.rooms.join(&doc).await.expect("join");
+    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     next(&mut s).await;
     let writer = Doc::new();
     for i in 0..12 {
@@ -357,7 +357,7 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     let f = fixture(EngineConfig::default());
     let doc = name("broken");
     {
-        let s = f.rooms.join(&doc).await.expect("join");
+        let s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
         s.send(vec![edit(&Doc::new(), "precious")])
             .await
             .expect("send");
@@ -371,7 +371,10 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
         Arc::new(SystemClock),
     );
     f.store.fail_loads.store(true, Ordering::SeqCst);
-    let err = rooms.join(&doc).await.expect_err("load fails");
+    let err = rooms
+        .join(&doc, Access::ReadWrite)
+        .await
+        .expect_err("load fails");
     assert!(
         matches!(err, weft_sync::RoomError::LoadFailed(_)),
         "{err:?}"
@@ -382,7 +385,7 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     assert_eq!(after.last_seq(), before.last_seq());
     assert_eq!(after.snapshot, before.snapshot);
     // Once the store reads again, the document loads with its content.
-    let mut s = rooms.join(&doc).await.expect("join");
+    let mut s = rooms.join(&doc, Access::ReadWrite).await.expect("join");
     next(&mut s).await;
     s.send(vec![Inbound::SyncStep1(StateVector::default())])
         .await
