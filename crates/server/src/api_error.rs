@@ -7,6 +7,8 @@ use axum::Json;
 use serde::Serialize;
 use weft_sync::RoomError;
 
+use crate::auth::AuthError;
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -61,6 +63,12 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::new(e.status(), e.code(), e.to_string())
     }
 }
 

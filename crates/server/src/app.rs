@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -12,13 +14,16 @@ use tower_http::trace::TraceLayer;
 
 use weft_sync::Rooms;
 
+use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
-use crate::{docs_api, sse, ws};
+use crate::{docs_api, origin, sse, token_api, ws};
 
 /// What every handler can reach.
 #[derive(Debug)]
 pub struct AppState {
     pub config: ServeConfig,
+    /// `None`: open mode, every request may write.
+    pub auth: Option<Authenticator>,
     pub rooms: Rooms,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
@@ -35,12 +40,47 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/{doc}", get(docs_api::state))
         .route("/docs/{doc}/updates", post(docs_api::post_update))
         .route("/docs/{doc}/json", get(docs_api::as_json))
+        .route("/auth/token", post(token_api::mint))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(origin::cors(&state.config.allowed_origins))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+            tracing::info_span!("http", method = %req.method(), uri = %redacted(req.uri()))
+        }))
         .with_state(state)
+}
+
+/// The URI with any `token=` value hidden: query tokens must not end up in
+/// logs.
+fn redacted(uri: &Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.path().to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("token", _)) => "token=<redacted>".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), pairs.join("&"))
 }
 
 /// 200 once the server is up: the store was opened before it listened.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_never_reach_the_access_log() {
+        let uri: Uri = "/ws/doc?a=1&token=secret.jwt.here&b=2"
+            .parse()
+            .expect("uri");
+        let shown = redacted(&uri);
+        assert_eq!(shown, "/ws/doc?a=1&token=<redacted>&b=2");
+        assert!(!shown.contains("secret"));
+    }
 }

@@ -87,12 +87,72 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Shared secret for HS256 document tokens (at least 32 bytes). With no
+    /// secret and no public key, weft runs open: anyone may read and write.
+    #[arg(long, env = "WEFT_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<Secret>,
+
+    /// Read the HS256 secret from this file instead.
+    #[arg(long, env = "WEFT_AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA for RS256, P-256 for ES256) to verify tokens that
+    /// another service signs.
+    #[arg(long, env = "WEFT_AUTH_PUBLIC_KEY")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// Close connections when their token expires (4401), so revoking access
+    /// takes effect within a token's lifetime.
+    #[arg(long, env = "WEFT_AUTH_EXPIRY_DISCONNECTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auth_expiry_disconnects: bool,
+
+    /// Key for `POST /auth/token` and the admin API, sent as
+    /// `Authorization: Bearer <key>`. Without it those endpoints are off.
+    #[arg(long, env = "WEFT_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
+
+    /// Origins (like https://app.example.com) allowed to open WebSockets and
+    /// event streams and to call the HTTP API from a browser; comma-separated.
+    /// Unset: any origin.
+    #[arg(long, env = "WEFT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// How long shutdown may take to close connections and store documents.
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 }
 
+/// A secret setting: never shown by `Debug` (and so never logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 impl ServeConfig {
+    pub fn admin_key(&self) -> Option<&str> {
+        self.admin_key
+            .as_ref()
+            .map(Secret::expose)
+            .filter(|k| !k.is_empty())
+    }
+
     pub fn engine(&self) -> weft_sync::EngineConfig {
         weft_sync::EngineConfig {
             unload_grace: self.unload_grace,

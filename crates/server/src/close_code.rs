@@ -18,6 +18,12 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 /// presence that is not JSON).
 pub const REJECTED: u16 = 4400;
 
+/// No valid token: missing, malformed, expired (also when it expires during
+/// the connection) or not signed for this server. Get a new token.
+pub const UNAUTHORIZED: u16 = 4401;
+/// A valid token that does not cover this document.
+pub const FORBIDDEN: u16 = 4403;
+
 /// The close code for a session the document engine ended.
 pub fn for_reason(reason: &CloseReason) -> u16 {
     match reason {

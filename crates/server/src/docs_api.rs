@@ -18,8 +18,10 @@ use serde_json::json;
 use weft_sync::json::update_to_json;
 use weft_sync::protocol::{decode_state_vector, StateVector};
 
+use crate::access::Credentials;
 use crate::api_error::ApiError;
 use crate::app::AppState;
+use crate::auth::Mode;
 use crate::doc_path::DocPath;
 
 #[derive(Debug, Deserialize)]
@@ -33,7 +35,9 @@ pub async fn state(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
     Query(params): Query<StateParams>,
+    credentials: Credentials,
 ) -> Result<Response, ApiError> {
+    app.authorize(&credentials, &doc, Mode::Read)?;
     let since = params.sv.as_deref().map(parse_state_vector).transpose()?;
     let read = app.rooms.read(&doc, since).await?;
     Ok((
@@ -53,8 +57,10 @@ pub async fn state(
 pub async fn post_update(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
+    credentials: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    app.authorize(&credentials, &doc, Mode::Write)?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -79,7 +85,9 @@ pub async fn post_update(
 pub async fn as_json(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
+    credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&credentials, &doc, Mode::Read)?;
     let read = app.rooms.read(&doc, None).await?;
     // Rendering a large document is real work: keep it off the async threads.
     let rendered = tokio::task::spawn_blocking(move || update_to_json(&read.update)).await;

@@ -5,18 +5,23 @@
 //! read-only viewers, an HTTP document API, and health for operators.
 //! Handlers are thin: they validate, then hand over to a [`weft_sync::Session`].
 
+mod access;
+mod admin_key;
 mod api_error;
 mod app;
+mod auth;
 pub mod cli;
 mod close_code;
 mod doc_path;
 mod docs_api;
 mod event_gzip;
+mod origin;
 mod peer;
 mod serve;
 mod shutdown;
 mod sse;
 mod tls;
+mod token_api;
 mod ws;
 
 pub use serve::serve;

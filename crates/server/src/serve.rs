@@ -17,6 +17,7 @@ use weft_storage::SledStore;
 use weft_sync::{Rooms, SystemClock};
 
 use crate::app::{self, AppState};
+use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
 use crate::peer::PeerAddr;
 use crate::shutdown;
@@ -45,8 +46,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("could not listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
 
+    let auth = authenticator(&config)?;
     let state = Arc::new(AppState {
         config: config.clone(),
+        auth,
         rooms: rooms.clone(),
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
@@ -96,4 +99,30 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The token checker from the configuration; warns loudly when there is none.
+fn authenticator(config: &ServeConfig) -> anyhow::Result<Option<Authenticator>> {
+    let from_file = match &config.auth_secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("could not read the auth secret file {}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let secret = from_file.or_else(|| config.auth_secret.as_ref().map(|s| s.expose().to_owned()));
+    let auth = Authenticator::new(secret.as_deref(), config.auth_public_key.as_deref())?;
+    match &auth {
+        Some(a) => info!(?a, "document tokens required"),
+        None => warn!(
+            "AUTH IS OFF: no --auth-secret or --auth-public-key, so anyone who can reach this \
+             server can read and write every document. Configure one before exposing it."
+        ),
+    }
+    if config.admin_key().is_none() {
+        info!("no --admin-key: /auth/token and the admin API are off");
+    }
+    Ok(auth)
 }

@@ -22,10 +22,13 @@ use tracing::debug;
 
 use weft_sync::{EventId, Follower};
 
+use crate::access::Credentials;
 use crate::api_error::ApiError;
 use crate::app::AppState;
+use crate::auth::Mode;
 use crate::doc_path::DocPath;
 use crate::event_gzip::{accepts_gzip, EventGzip};
+use crate::ws::sleep_until;
 
 #[derive(Debug, Deserialize)]
 pub struct SseParams {
@@ -39,7 +42,10 @@ pub async fn follow(
     DocPath(doc): DocPath,
     Query(params): Query<SseParams>,
     headers: HeaderMap,
+    credentials: Credentials,
 ) -> Result<Response, ApiError> {
+    app.check_origin(&headers)?;
+    let grant = app.authorize(&credentials, &doc, Mode::Read)?;
     let resume_text = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -61,6 +67,7 @@ pub async fn follow(
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let opening = Bytes::from(format!("retry: {}\n\n", app.config.sse_retry_ms));
     let stream = EventStream {
+        expiry: app.token_deadline(&grant),
         tracked: app.connections.token(),
         app,
         follower,
@@ -93,6 +100,8 @@ struct EventStream {
     gzip: Option<EventGzip>,
     /// Sent before anything else.
     opening: Option<Bytes>,
+    /// The token's expiry, when it ends the stream.
+    expiry: Option<Instant>,
     ended: bool,
     /// Keeps shutdown waiting until the stream has ended.
     #[allow(dead_code)]
@@ -120,6 +129,10 @@ impl EventStream {
                     }
                 },
                 _ = self.keepalive.tick() => Some(Bytes::from_static(b": keepalive\n\n")),
+                _ = sleep_until(self.expiry) => {
+                    debug!("token expired; viewer stream ends");
+                    None
+                }
             },
         };
         match (chunk, self.gzip.as_mut()) {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -22,8 +23,10 @@ use weft_storage::DocName;
 use weft_sync::protocol::decode_frame;
 use weft_sync::{Access, RoomError, Session};
 
+use crate::access::Credentials;
 use crate::api_error::ApiError;
 use crate::app::AppState;
+use crate::auth::{Grant, Mode};
 use crate::close_code;
 use crate::doc_path::DocPath;
 use crate::peer::PeerAddr;
@@ -32,8 +35,13 @@ pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    credentials: Credentials,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Err(e) = app.check_origin(&headers) {
+        return e.into_response();
+    }
     let ws = match ws {
         Ok(ws) => ws,
         Err(e) => {
@@ -45,14 +53,28 @@ pub async fn upgrade(
             .into_response()
         }
     };
+    // Browsers cannot see the status of a refused upgrade, so a refusal is
+    // an accepted upgrade closed at once with 4401/4403 and the reason.
+    let grant = app.authorize(&credentials, &doc, Mode::Read);
     let max = app.config.max_message_bytes;
     // The connection task counts as tracked from here until it ends.
     let tracked = app.connections.token();
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            let span = tracing::info_span!("ws", doc = %doc, %peer, conn = tracing::field::Empty);
-            run(socket, doc, app).instrument(span).await;
+            let sub = grant.as_ref().ok().and_then(|g| g.sub.clone());
+            let span = tracing::info_span!(
+                "ws", doc = %doc, %peer, sub = sub.as_deref().unwrap_or("-"), conn = tracing::field::Empty
+            );
+            match grant {
+                Ok(grant) => run(socket, doc, grant, app).instrument(span).await,
+                Err(e) => {
+                    let _guard = span.enter();
+                    info!(error = %e, "refused");
+                    let (mut sink, _) = socket.split();
+                    close(&mut sink, e.close_code(), &e.to_string()).await;
+                }
+            }
             drop(tracked);
         })
 }
@@ -67,9 +89,13 @@ pub async fn empty_name() -> ApiError {
 
 type Sink = SplitSink<WebSocket, Message>;
 
-async fn run(socket: WebSocket, doc: DocName, app: Arc<AppState>) {
+async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();
-    let mut session = match app.rooms.join(&doc, Access::ReadWrite).await {
+    let access = match grant.mode {
+        Mode::Write => Access::ReadWrite,
+        Mode::Read => Access::ReadOnly,
+    };
+    let mut session = match app.rooms.join(&doc, access).await {
         Ok(session) => session,
         Err(e) => {
             let code = match e {
@@ -86,8 +112,9 @@ async fn run(socket: WebSocket, doc: DocName, app: Arc<AppState>) {
         }
     };
     tracing::Span::current().record("conn", session.id());
-    info!("connected");
-    let end = connection_loop(&mut sink, &mut stream, &mut session, &app).await;
+    info!(mode = grant.mode.as_str(), "connected");
+    let expiry = app.token_deadline(&grant);
+    let end = connection_loop(&mut sink, &mut stream, &mut session, expiry, &app).await;
     match end {
         End::Close(code, reason) => {
             info!(code, %reason, "closing connection");
@@ -108,6 +135,7 @@ async fn connection_loop(
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
     session: &mut Session,
+    expiry: Option<Instant>,
     app: &AppState,
 ) -> End {
     let every = app.config.ping_interval.max(Duration::from_millis(10));
@@ -156,6 +184,9 @@ async fn connection_loop(
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
+            _ = sleep_until(expiry) => {
+                return End::Close(close_code::UNAUTHORIZED, "token expired".into());
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > every * 2 {
                     debug!("no answer to pings");
@@ -198,4 +229,12 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
     // The peer may already be gone; there is nothing else to tell it.
     let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
+}
+
+/// Waits until `deadline`, or forever without one.
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

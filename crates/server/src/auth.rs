@@ -1,0 +1,323 @@
+//! Document tokens: who may read or write which documents.
+//!
+//! A token is a JWT (HS256 with `--auth-secret`, or RS256/ES256 verified with
+//! `--auth-public-key`) whose claims name a document (or a prefix pattern
+//! ending in `*`), a mode (`read` or `write`), an expiry and optionally a
+//! subject. Any backend holding the secret or the private key can mint them;
+//! weft mints HS256 tokens itself at `POST /auth/token`. With neither a
+//! secret nor a key configured, weft runs open: every request may write.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use weft_storage::DocName;
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Read,
+    Write,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Read => "read",
+            Mode::Write => "write",
+        }
+    }
+}
+
+/// The claims weft reads and writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// A document name, or a prefix pattern ending in `*` (`team-a.*`).
+    pub doc: String,
+    pub mode: Mode,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+}
+
+/// What a request was granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub mode: Mode,
+    pub sub: Option<String>,
+    /// When the token stops being valid (`None` in open mode).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required: pass ?token=, an Authorization: Bearer header, or a weft_token cookie")]
+    Missing,
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    #[error("the token has expired; get a new one")]
+    Expired,
+    #[error("the token's signature does not verify: it was not issued for this server")]
+    BadSignature,
+    #[error("the token is for {allowed:?}, not for document {doc:?}")]
+    WrongDocument { allowed: String, doc: String },
+    #[error("the token only allows reading; writing needs a write token")]
+    ReadOnly,
+}
+
+impl AuthError {
+    /// 401: no usable identity. 403: a valid token that does not cover this.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::WrongDocument { .. } | AuthError::ReadOnly => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Malformed(_) => "token_malformed",
+            AuthError::Expired => "token_expired",
+            AuthError::BadSignature => "token_bad_signature",
+            AuthError::WrongDocument { .. } => "token_wrong_document",
+            AuthError::ReadOnly => "token_read_only",
+        }
+    }
+
+    /// The WebSocket close code carrying the same meaning.
+    pub fn close_code(&self) -> u16 {
+        if self.status() == StatusCode::FORBIDDEN {
+            crate::close_code::FORBIDDEN
+        } else {
+            crate::close_code::UNAUTHORIZED
+        }
+    }
+}
+
+/// Verifies (and, with a secret, mints) document tokens.
+pub struct Authenticator {
+    verifiers: Vec<(Algorithm, DecodingKey)>,
+    signer: Option<EncodingKey>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algs: Vec<_> = self.verifiers.iter().map(|(a, _)| a).collect();
+        f.debug_struct("Authenticator")
+            .field("algorithms", &algs)
+            .field("can_mint", &self.signer.is_some())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// From the configured secret and/or public key file. `None`: open mode.
+    pub fn new(secret: Option<&str>, public_key: Option<&Path>) -> anyhow::Result<Option<Self>> {
+        use anyhow::Context;
+        let mut verifiers = Vec::new();
+        let mut signer = None;
+        if let Some(secret) = secret {
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "the auth secret is {} bytes; use at least 32 random bytes",
+                secret.len()
+            );
+            verifiers.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.as_bytes()),
+            ));
+            signer = Some(EncodingKey::from_secret(secret.as_bytes()));
+        }
+        if let Some(path) = public_key {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("could not read the public key {}", path.display()))?;
+            let key = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                (Algorithm::RS256, k)
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                (Algorithm::ES256, k)
+            } else {
+                anyhow::bail!(
+                    "{} is not a PEM RSA or EC (P-256) public key",
+                    path.display()
+                );
+            };
+            verifiers.push(key);
+        }
+        Ok((!verifiers.is_empty()).then_some(Authenticator { verifiers, signer }))
+    }
+
+    /// Checks `token` for access to `doc` with at least `needed`.
+    pub fn check(
+        &self,
+        token: Option<&str>,
+        doc: &DocName,
+        needed: Mode,
+    ) -> Result<Grant, AuthError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let (alg, key) = self
+            .verifiers
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .ok_or(AuthError::BadSignature)?;
+        let mut validation = Validation::new(*alg);
+        validation.set_required_spec_claims(&["exp"]);
+        // No leeway: a token is refused at the second it expires, the same
+        // second open connections are closed.
+        validation.leeway = 0;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidEcdsaKey => AuthError::BadSignature,
+                _ => AuthError::Malformed(e.to_string()),
+            })?
+            .claims;
+        if !pattern_covers(&claims.doc, doc.as_str()) {
+            return Err(AuthError::WrongDocument {
+                allowed: claims.doc,
+                doc: doc.to_string(),
+            });
+        }
+        if claims.mode < needed {
+            return Err(AuthError::ReadOnly);
+        }
+        Ok(Grant {
+            mode: claims.mode,
+            sub: claims.sub,
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+        })
+    }
+
+    /// Mints an HS256 token; `None` without a shared secret.
+    pub fn mint(&self, claims: &Claims) -> Option<Result<String, String>> {
+        let key = self.signer.as_ref()?;
+        Some(
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, key)
+                .map_err(|e| e.to_string()),
+        )
+    }
+}
+
+/// Whether a token's `doc` claim covers `doc`: equal, or a prefix pattern.
+pub fn pattern_covers(pattern: &str, doc: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => doc.starts_with(prefix),
+        None => pattern == doc,
+    }
+}
+
+/// Whether a `doc` claim is a name or a prefix pattern of valid characters.
+pub fn valid_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_suffix('*').unwrap_or(pattern);
+    (name.is_empty() && pattern == "*") || DocName::new(name).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn auth() -> Authenticator {
+        Authenticator::new(Some(SECRET), None)
+            .expect("valid")
+            .expect("configured")
+    }
+
+    fn token(doc: &str, mode: Mode, exp: u64) -> String {
+        let claims = Claims {
+            doc: doc.into(),
+            mode,
+            exp,
+            sub: Some("ann".into()),
+        };
+        auth().mint(&claims).expect("can mint").expect("mints")
+    }
+
+    fn doc(s: &str) -> DocName {
+        DocName::new(s).expect("valid")
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_covers("a", "a"));
+        assert!(!pattern_covers("a", "ab"));
+        assert!(pattern_covers("team-a.*", "team-a.notes"));
+        assert!(!pattern_covers("team-a.*", "team-b.notes"));
+        assert!(pattern_covers("*", "anything"));
+        assert!(valid_pattern("*") && valid_pattern("x.*") && valid_pattern("x"));
+        assert!(!valid_pattern("a/b") && !valid_pattern("") && !valid_pattern("**"));
+    }
+
+    #[test]
+    fn grants_and_refusals() {
+        let a = auth();
+        let later = now() + 600;
+        let g = a
+            .check(
+                Some(&token("d", Mode::Write, later)),
+                &doc("d"),
+                Mode::Write,
+            )
+            .expect("write ok");
+        assert_eq!((g.mode, g.sub.as_deref()), (Mode::Write, Some("ann")));
+        assert!(a
+            .check(Some(&token("d", Mode::Read, later)), &doc("d"), Mode::Read)
+            .is_ok());
+        assert_eq!(
+            a.check(Some(&token("d", Mode::Read, later)), &doc("d"), Mode::Write),
+            Err(AuthError::ReadOnly)
+        );
+        assert!(matches!(
+            a.check(Some(&token("e", Mode::Write, later)), &doc("d"), Mode::Read),
+            Err(AuthError::WrongDocument { .. })
+        ));
+        assert_eq!(
+            a.check(
+                Some(&token("d", Mode::Write, now() - 1)),
+                &doc("d"),
+                Mode::Read
+            ),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            a.check(None, &doc("d"), Mode::Read),
+            Err(AuthError::Missing)
+        );
+        assert!(matches!(
+            a.check(Some("not.a.jwt"), &doc("d"), Mode::Read),
+            Err(AuthError::Malformed(_))
+        ));
+        let other = Authenticator::new(Some("another-secret-another-secret-xx"), None)
+            .expect("valid")
+            .expect("configured");
+        assert_eq!(
+            other.check(Some(&token("d", Mode::Write, later)), &doc("d"), Mode::Read),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(Authenticator::new(Some("short"), None).is_err());
+        assert!(Authenticator::new(None, None).expect("ok").is_none());
+    }
+}

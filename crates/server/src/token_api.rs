@@ -1,0 +1,102 @@
+//! `POST /auth/token`: an application backend, after its own login, asks
+//! weft for a short-lived document token for the browser.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::admin_key::AdminKey;
+use crate::api_error::ApiError;
+use crate::app::AppState;
+use crate::auth::{valid_pattern, Claims, Mode};
+
+/// Longest lifetime a minted token may have.
+const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+
+#[derive(Debug, Deserialize)]
+pub struct TokenRequest {
+    doc: String,
+    mode: Mode,
+    #[serde(default = "default_ttl")]
+    ttl_secs: u64,
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+fn default_ttl() -> u64 {
+    600
+}
+
+pub async fn mint(
+    State(app): State<Arc<AppState>>,
+    _admin: AdminKey,
+    headers: HeaderMap,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let Some(auth) = &app.auth else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "auth_disabled",
+            "weft runs open (no --auth-secret): every request is allowed, so there is no token to mint",
+        ));
+    };
+    if !valid_pattern(&req.doc) {
+        return Err(ApiError::bad_request(
+            "invalid_doc_name",
+            "doc must be a document name, or a prefix ending in * (like team-a.*)",
+        ));
+    }
+    if req.ttl_secs == 0 || req.ttl_secs > MAX_TTL_SECS {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("ttl_secs must be between 1 and {MAX_TTL_SECS}"),
+        ));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = Claims {
+        doc: req.doc.clone(),
+        mode: req.mode,
+        exp: now + req.ttl_secs,
+        sub: req.sub,
+    };
+    let token = match auth.mint(&claims) {
+        Some(Ok(token)) => token,
+        Some(Err(e)) => return Err(ApiError::internal(format!("could not sign the token: {e}"))),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "cannot_mint",
+                "weft verifies tokens with a public key only; mint them where the private key is, \
+                 or configure --auth-secret",
+            ))
+        }
+    };
+    // URLs only for a single document; a pattern names no one URL.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| app.config.listen.to_string());
+    let tls = app.config.tls_cert.is_some();
+    let (ws, http) = if tls {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let single = !req.doc.ends_with('*');
+    Ok(Json(json!({
+        "token": token,
+        "expires_at": claims.exp,
+        "ws_url": single.then(|| format!("{ws}://{host}/ws/{}?token={token}", req.doc)),
+        "sse_url": single.then(|| format!("{http}://{host}/sse/{}?token={token}", req.doc)),
+    })))
+}
