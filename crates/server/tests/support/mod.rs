@@ -33,13 +33,35 @@ impl Weft {
     }
 
     pub fn start_in(data_dir: tempfile::TempDir, listen: &str, args: &[&str]) -> Weft {
+        Self::spawn(data_dir, listen, args, None)
+    }
+
+    /// Starts with `RUST_LOG=debug` and the log written to `log_path`.
+    pub fn start_logging_to(log_path: &std::path::Path, args: &[&str]) -> Weft {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn(data_dir, "127.0.0.1:0", args, Some(log_path))
+    }
+
+    fn spawn(
+        data_dir: tempfile::TempDir,
+        listen: &str,
+        args: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> Weft {
+        let (level, stderr) = match log {
+            Some(path) => (
+                "debug",
+                Stdio::from(std::fs::File::create(path).expect("log file")),
+            ),
+            None => ("warn", Stdio::inherit()),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir.path())
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("weft starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -218,7 +240,11 @@ pub async fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16,
 /// An HTTP client connection (hyper) to the server: HTTP/1.1, or HTTP/2
 /// with prior knowledge (h2c), where many requests share one connection.
 pub enum Http {
-    H1(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>),
+    /// With the `Host` to send.
+    H1(
+        hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+        String,
+    ),
     H2(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>),
 }
 
@@ -228,7 +254,7 @@ pub async fn http1(addr: &str) -> Http {
         .await
         .expect("http1 handshake");
     tokio::spawn(conn);
-    Http::H1(send)
+    Http::H1(send, addr.to_owned())
 }
 
 pub async fn http2(addr: &str) -> Http {
@@ -262,8 +288,8 @@ impl Http {
         body: Vec<u8>,
     ) -> HttpResponse {
         let mut req = hyper::Request::builder().method(method).uri(path);
-        if let Http::H1(_) = self {
-            req = req.header("host", "127.0.0.1");
+        if let Http::H1(_, host) = self {
+            req = req.header("host", host.as_str());
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -272,7 +298,7 @@ impl Http {
             .body(http_body_util::Full::new(bytes::Bytes::from(body)))
             .expect("request");
         let fut = match self {
-            Http::H1(s) => {
+            Http::H1(s, _) => {
                 s.ready().await.expect("ready");
                 futures_util::future::Either::Left(s.send_request(req))
             }
