@@ -71,8 +71,8 @@ pub async fn upgrade(
                 Err(e) => {
                     let _guard = span.enter();
                     info!(error = %e, "refused");
-                    let (mut sink, _) = socket.split();
-                    close(&mut sink, e.close_code(), &e.to_string()).await;
+                    let (mut sink, mut stream) = socket.split();
+                    close(&mut sink, &mut stream, e.close_code(), &e.to_string()).await;
                 }
             }
             drop(tracked);
@@ -107,7 +107,7 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) 
                 }
             };
             warn!(error = %e, "could not join document");
-            close(&mut sink, code, &e.to_string()).await;
+            close(&mut sink, &mut stream, code, &e.to_string()).await;
             return;
         }
     };
@@ -118,7 +118,7 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) 
     match end {
         End::Close(code, reason) => {
             info!(code, %reason, "closing connection");
-            close(&mut sink, code, &reason).await;
+            close(&mut sink, &mut stream, code, &reason).await;
         }
         End::Gone(why) => info!(why, "connection ended"),
     }
@@ -221,15 +221,32 @@ fn read_error(e: axum::Error) -> End {
     }
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &str) {
+/// The closing handshake: send our close frame, then read until the peer's
+/// answers (briefly). Dropping a socket with unread data makes the kernel
+/// reset the connection, and a reset can destroy the close frame before the
+/// client reads it: it would see 1006 instead of our code.
+async fn close(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: close_code::truncate_reason(reason).into(),
     };
     // The peer may already be gone; there is nothing else to tell it.
-    let _ = sink.send(Message::Close(Some(frame))).await;
+    if sink.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     let _ = sink.close().await;
 }
+
+/// How long to wait for the peer's answer to our close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// Waits until `deadline`, or forever without one.
 pub async fn sleep_until(deadline: Option<Instant>) {
