@@ -37,6 +37,12 @@ pub enum StorageError {
         found: u16,
     },
 
+    #[error("document {0} already exists in this store; restore into an empty data directory")]
+    AlreadyExists(String),
+
+    #[error("not a weft backup archive: {0}")]
+    BadArchive(String),
+
     #[error("could not encode {kind}: {reason}")]
     Encode { kind: &'static str, reason: String },
 }

@@ -5,16 +5,19 @@
 //! whole interface the document engine sees; [`SledStore`] is the embedded
 //! default. This is the only crate that names sled.
 
+pub mod archive;
 mod doc_name;
 mod error;
 mod record;
+mod retention;
 mod sled_store;
 
 use async_trait::async_trait;
 
 pub use doc_name::{DocName, InvalidDocName, MAX_DOC_NAME_LEN};
 pub use error::StorageError;
-pub use record::{DocMeta, LogEntry, Snapshot, SnapshotReason, SCHEMA_VERSION};
+pub use record::{DocMeta, LogEntry, Snapshot, SnapshotInfo, SnapshotReason, SCHEMA_VERSION};
+pub use retention::RetentionPolicy;
 pub use sled_store::SledStore;
 
 /// What a document looks like on disk when it is loaded.
@@ -35,6 +38,39 @@ impl StoredDoc {
             .last()
             .map_or(snapshot_seq, |e| e.seq.max(snapshot_seq))
     }
+}
+
+/// What an operator sees of a stored document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocInfo {
+    pub name: DocName,
+    pub meta: DocMeta,
+    /// The newest change's sequence number (0: none).
+    pub last_seq: u64,
+    /// When the newest change was accepted, if any is known.
+    pub last_change_ms: Option<u64>,
+    /// Bytes on disk: the newest snapshot plus the logged changes.
+    pub size_bytes: u64,
+    pub snapshots: usize,
+}
+
+/// Everything stored about one document, for backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocDump {
+    pub name: DocName,
+    pub meta: DocMeta,
+    /// Oldest first.
+    pub snapshots: Vec<Snapshot>,
+    /// Oldest first.
+    pub log: Vec<LogEntry>,
+}
+
+/// A record that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    /// Which record (document and sequence number or snapshot id).
+    pub location: String,
+    pub problem: String,
 }
 
 /// A snapshot to be stored; the store assigns its id.
@@ -78,4 +114,34 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every stored document, in name order.
     async fn list(&self) -> Result<Vec<DocName>, StorageError>;
+
+    /// A document's facts, or `None` if it is not stored.
+    async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError>;
+
+    /// A document's snapshot history, oldest first.
+    async fn list_snapshots(&self, doc: &DocName) -> Result<Vec<SnapshotInfo>, StorageError>;
+
+    /// One snapshot with its state.
+    async fn get_snapshot(&self, doc: &DocName, id: u64) -> Result<Option<Snapshot>, StorageError>;
+
+    /// Drops the snapshots `policy` does not keep; returns how many went.
+    async fn prune_snapshots(
+        &self,
+        doc: &DocName,
+        policy: RetentionPolicy,
+        now_ms: u64,
+    ) -> Result<usize, StorageError>;
+
+    /// Removes a document and its history; `false` if there was none.
+    async fn delete(&self, doc: &DocName) -> Result<bool, StorageError>;
+
+    /// Everything stored about a document, or `None`.
+    async fn dump(&self, doc: &DocName) -> Result<Option<DocDump>, StorageError>;
+
+    /// Stores a dumped document as it was (ids, sequence numbers,
+    /// incarnation). Refuses to overwrite a document that exists.
+    async fn restore_dump(&self, dump: DocDump) -> Result<(), StorageError>;
+
+    /// Decodes every record; returns those that do not decode.
+    async fn verify(&self) -> Result<Vec<Corruption>, StorageError>;
 }

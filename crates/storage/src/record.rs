@@ -38,6 +38,21 @@ pub enum SnapshotReason {
     Import,
 }
 
+impl std::str::FromStr for SnapshotReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "periodic" => SnapshotReason::Periodic,
+            "idle" => SnapshotReason::Idle,
+            "shutdown" => SnapshotReason::Shutdown,
+            "manual" => SnapshotReason::Manual,
+            "restore" => SnapshotReason::Restore,
+            "import" => SnapshotReason::Import,
+            other => return Err(format!("unknown snapshot reason {other:?}")),
+        })
+    }
+}
+
 impl SnapshotReason {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +78,17 @@ pub struct Snapshot {
     pub reason: SnapshotReason,
     /// The whole document as a Yjs v1 update.
     pub state: Vec<u8>,
+}
+
+/// A snapshot without its state: what a history listing shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: u64,
+    pub seq: u64,
+    pub taken_at_ms: u64,
+    pub reason: SnapshotReason,
+    /// Bytes of the encoded document.
+    pub size: u64,
 }
 
 /// Per-document facts that are not part of its content.
@@ -95,6 +121,16 @@ pub(crate) struct SnapshotRecord {
     pub state: Vec<u8>,
 }
 
+/// What listing a document's history needs, without the (large) state.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SnapshotIndexRecord {
+    pub version: u16,
+    pub seq: u64,
+    pub taken_at_ms: u64,
+    pub reason: SnapshotReason,
+    pub size: u64,
+}
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct MetaRecord {
     pub version: u16,
@@ -117,6 +153,13 @@ impl Versioned for LogRecord {
 
 impl Versioned for SnapshotRecord {
     const KIND: &'static str = "snapshot";
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+impl Versioned for SnapshotIndexRecord {
+    const KIND: &'static str = "snapshot index entry";
     fn version(&self) -> u16 {
         self.version
     }

@@ -1,9 +1,11 @@
 //! `SledStore`: the embedded default store, one sled database per data directory.
 //!
-//! Layout: three trees keyed by `name 0x00 …` (names never contain NUL):
-//! - `meta`:      `name`                  → document metadata
-//! - `log`:       `name 0x00 seq (BE u64)` → one logged change
-//! - `snapshots`: `name 0x00 id (BE u64)`  → one snapshot (ids increase, so the last is newest)
+//! Layout: four trees keyed by `name 0x00 …` (names never contain NUL):
+//! - `meta`:           `name`                  → document metadata
+//! - `log`:            `name 0x00 seq (BE u64)` → one logged change
+//! - `snapshots`:      `name 0x00 id (BE u64)`  → one snapshot (ids count up per
+//!   document, so the last is the newest)
+//! - `snapshot_index`: same keys               → the snapshot without its state
 //!
 //! sled calls can block on disk, so each operation runs on tokio's blocking pool.
 
@@ -12,13 +14,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::record::{self, LogRecord, MetaRecord, SnapshotRecord, SCHEMA_VERSION};
-use crate::{
-    DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot, Snapshot, StorageError, StoredDoc,
+use crate::record::{
+    self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord, SCHEMA_VERSION,
 };
-
-/// How many snapshots per document are kept; older ones are pruned on compaction.
-const SNAPSHOT_HISTORY: usize = 20;
+use crate::{
+    Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
+    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
+};
 
 /// A document store in a sled database.
 #[derive(Debug, Clone)]
@@ -27,6 +29,7 @@ pub struct SledStore {
     meta: sled::Tree,
     log: sled::Tree,
     snapshots: sled::Tree,
+    snapshot_index: sled::Tree,
 }
 
 impl SledStore {
@@ -48,6 +51,7 @@ impl SledStore {
             meta: tree("meta")?,
             log: tree("log")?,
             snapshots: tree("snapshots")?,
+            snapshot_index: tree("snapshot_index")?,
             db,
         })
     }
@@ -157,20 +161,17 @@ impl SledStore {
         snapshot: NewSnapshot,
         keep_log_tail: u64,
     ) -> Result<u64, StorageError> {
-        let id = self
-            .db
-            .generate_id()
-            .map_err(io("allocating a snapshot id"))?;
-        let rec = SnapshotRecord {
-            version: SCHEMA_VERSION,
-            seq: snapshot.seq,
-            taken_at_ms: snapshot.taken_at_ms,
-            reason: snapshot.reason,
-            state: snapshot.state,
-        };
-        self.snapshots
-            .insert(key(doc, id), record::encode(&rec)?)
-            .map_err(io("writing a snapshot"))?;
+        let id = self.last_snapshot_id(doc)? + 1;
+        self.put_snapshot(
+            doc,
+            &Snapshot {
+                id,
+                seq: snapshot.seq,
+                taken_at_ms: snapshot.taken_at_ms,
+                reason: snapshot.reason,
+                state: snapshot.state,
+            },
+        )?;
         // The snapshot must be on disk before the log entries it replaces go.
         self.db.flush().map_err(io("flushing a snapshot"))?;
 
@@ -184,23 +185,254 @@ impl SledStore {
                 .apply_batch(batch)
                 .map_err(io("compacting the update log"))?;
         }
+        Ok(id)
+    }
 
-        let old: Vec<sled::IVec> = self
-            .snapshots
+    fn last_snapshot_id(&self, doc: &DocName) -> Result<u64, StorageError> {
+        Ok(self
+            .snapshot_index
             .scan_prefix(prefix(doc))
             .keys()
-            .collect::<Result<_, _>>()
-            .map_err(io("listing snapshots"))?;
-        if old.len() > SNAPSHOT_HISTORY {
-            let mut batch = sled::Batch::default();
-            for k in &old[..old.len() - SNAPSHOT_HISTORY] {
-                batch.remove(k.clone());
-            }
-            self.snapshots
-                .apply_batch(batch)
-                .map_err(io("pruning snapshots"))?;
+            .next_back()
+            .transpose()
+            .map_err(io("reading snapshots"))?
+            .map_or(0, |k| suffix_u64(&k)))
+    }
+
+    fn put_snapshot(&self, doc: &DocName, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let k = key(doc, snapshot.id);
+        let index = SnapshotIndexRecord {
+            version: SCHEMA_VERSION,
+            seq: snapshot.seq,
+            taken_at_ms: snapshot.taken_at_ms,
+            reason: snapshot.reason,
+            size: snapshot.state.len() as u64,
+        };
+        let rec = SnapshotRecord {
+            version: SCHEMA_VERSION,
+            seq: snapshot.seq,
+            taken_at_ms: snapshot.taken_at_ms,
+            reason: snapshot.reason,
+            state: snapshot.state.clone(),
+        };
+        self.snapshots
+            .insert(k.clone(), record::encode(&rec)?)
+            .map_err(io("writing a snapshot"))?;
+        self.snapshot_index
+            .insert(k, record::encode(&index)?)
+            .map_err(io("writing a snapshot"))?;
+        Ok(())
+    }
+
+    fn read_meta(&self, doc: &DocName) -> Result<Option<DocMeta>, StorageError> {
+        let Some(bytes) = self
+            .meta
+            .get(doc.as_str())
+            .map_err(io("reading metadata"))?
+        else {
+            return Ok(None);
+        };
+        let r: MetaRecord = record::decode(doc.as_str(), &bytes)?;
+        Ok(Some(DocMeta {
+            incarnation: r.incarnation,
+            created_at_ms: r.created_at_ms,
+        }))
+    }
+
+    fn list_snapshots_now(&self, doc: &DocName) -> Result<Vec<SnapshotInfo>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.snapshot_index.scan_prefix(prefix(doc)) {
+            let (k, v) = item.map_err(io("listing snapshots"))?;
+            let id = suffix_u64(&k);
+            let r: SnapshotIndexRecord = record::decode(&format!("{doc}@{id}"), &v)?;
+            out.push(SnapshotInfo {
+                id,
+                seq: r.seq,
+                taken_at_ms: r.taken_at_ms,
+                reason: r.reason,
+                size: r.size,
+            });
         }
-        Ok(id)
+        Ok(out)
+    }
+
+    fn get_snapshot_now(&self, doc: &DocName, id: u64) -> Result<Option<Snapshot>, StorageError> {
+        let k = key(doc, id);
+        match self.snapshots.get(&k).map_err(io("reading a snapshot"))? {
+            Some(v) => decode_snapshot(doc, &k, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn prune_now(
+        &self,
+        doc: &DocName,
+        policy: RetentionPolicy,
+        now_ms: u64,
+    ) -> Result<usize, StorageError> {
+        let all = self.list_snapshots_now(doc)?;
+        let keep = policy.keep(&all, now_ms);
+        let mut snapshots = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        let mut removed = 0;
+        for s in all.iter().filter(|s| !keep.contains(&s.id)) {
+            snapshots.remove(key(doc, s.id));
+            index.remove(key(doc, s.id));
+            removed += 1;
+        }
+        self.snapshots
+            .apply_batch(snapshots)
+            .map_err(io("pruning snapshots"))?;
+        self.snapshot_index
+            .apply_batch(index)
+            .map_err(io("pruning snapshots"))?;
+        Ok(removed)
+    }
+
+    fn info_now(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {
+        let Some(meta) = self.read_meta(doc)? else {
+            return Ok(None);
+        };
+        let snapshots = self.list_snapshots_now(doc)?;
+        let newest = snapshots.last();
+        let mut size_bytes = newest.map_or(0, |s| s.size);
+        let mut last_log: Option<(u64, sled::IVec)> = None;
+        for item in self.log.scan_prefix(prefix(doc)) {
+            let (k, v) = item.map_err(io("reading the update log"))?;
+            size_bytes += v.len() as u64;
+            last_log = Some((suffix_u64(&k), v));
+        }
+        let (mut last_seq, mut last_change_ms) =
+            (newest.map_or(0, |s| s.seq), newest.map(|s| s.taken_at_ms));
+        if let Some((seq, v)) = last_log {
+            if seq >= last_seq {
+                let r: LogRecord = record::decode(&format!("{doc}#{seq}"), &v)?;
+                last_seq = seq;
+                last_change_ms = Some(r.at_ms);
+            }
+        }
+        Ok(Some(DocInfo {
+            name: doc.clone(),
+            meta,
+            last_seq,
+            last_change_ms,
+            size_bytes,
+            snapshots: snapshots.len(),
+        }))
+    }
+
+    fn delete_now(&self, doc: &DocName) -> Result<bool, StorageError> {
+        let existed = self
+            .meta
+            .remove(doc.as_str())
+            .map_err(io("deleting a document"))?
+            .is_some();
+        for tree in [&self.log, &self.snapshots, &self.snapshot_index] {
+            let mut batch = sled::Batch::default();
+            for k in tree.scan_prefix(prefix(doc)).keys() {
+                batch.remove(k.map_err(io("deleting a document"))?);
+            }
+            tree.apply_batch(batch).map_err(io("deleting a document"))?;
+        }
+        self.db.flush().map_err(io("flushing a deletion"))?;
+        Ok(existed)
+    }
+
+    fn dump_now(&self, doc: &DocName) -> Result<Option<DocDump>, StorageError> {
+        let Some(meta) = self.read_meta(doc)? else {
+            return Ok(None);
+        };
+        let mut snapshots = Vec::new();
+        for item in self.snapshots.scan_prefix(prefix(doc)) {
+            let (k, v) = item.map_err(io("reading snapshots"))?;
+            snapshots.push(decode_snapshot(doc, &k, &v)?);
+        }
+        Ok(Some(DocDump {
+            name: doc.clone(),
+            meta,
+            snapshots,
+            log: self.read_log_now(doc, 0, usize::MAX)?,
+        }))
+    }
+
+    fn restore_dump_now(&self, dump: DocDump) -> Result<(), StorageError> {
+        let doc = &dump.name;
+        if self.read_meta(doc)?.is_some() {
+            return Err(StorageError::AlreadyExists(doc.to_string()));
+        }
+        for snapshot in &dump.snapshots {
+            self.put_snapshot(doc, snapshot)?;
+        }
+        let mut batch = sled::Batch::default();
+        for entry in &dump.log {
+            let rec = LogRecord {
+                version: SCHEMA_VERSION,
+                at_ms: entry.at_ms,
+                update: entry.update.clone(),
+            };
+            batch.insert(key(doc, entry.seq), record::encode(&rec)?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(io("restoring the update log"))?;
+        // Metadata last: a document only exists once all of it is there.
+        let meta = MetaRecord {
+            version: SCHEMA_VERSION,
+            incarnation: dump.meta.incarnation,
+            created_at_ms: dump.meta.created_at_ms,
+        };
+        self.meta
+            .insert(doc.as_str(), record::encode(&meta)?)
+            .map_err(io("restoring metadata"))?;
+        self.db
+            .flush()
+            .map_err(io("flushing a restored document"))?;
+        Ok(())
+    }
+
+    fn verify_now(&self) -> Result<Vec<Corruption>, StorageError> {
+        let mut found = Vec::new();
+        let mut check = |location: String, result: Result<(), StorageError>| {
+            if let Err(e) = result {
+                found.push(Corruption {
+                    location,
+                    problem: e.to_string(),
+                });
+            }
+        };
+        for item in self.meta.iter() {
+            let (k, v) = item.map_err(io("verifying"))?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            check(
+                format!("{name} (metadata)"),
+                record::decode::<MetaRecord>(&name, &v).map(drop),
+            );
+        }
+        for item in self.log.iter() {
+            let (k, v) = item.map_err(io("verifying"))?;
+            let label = format!("{}#{}", key_name(&k), suffix_u64(&k));
+            check(
+                label.clone(),
+                record::decode::<LogRecord>(&label, &v).map(drop),
+            );
+        }
+        for item in self.snapshots.iter() {
+            let (k, v) = item.map_err(io("verifying"))?;
+            let label = format!("{} snapshot {}", key_name(&k), suffix_u64(&k));
+            check(
+                label.clone(),
+                record::decode::<SnapshotRecord>(&label, &v).map(drop),
+            );
+        }
+        for item in self.snapshot_index.iter() {
+            let (k, v) = item.map_err(io("verifying"))?;
+            let label = format!("{} snapshot {} (index)", key_name(&k), suffix_u64(&k));
+            check(
+                label.clone(),
+                record::decode::<SnapshotIndexRecord>(&label, &v).map(drop),
+            );
+        }
+        Ok(found)
     }
 
     fn list_now(&self) -> Result<Vec<DocName>, StorageError> {
@@ -264,6 +496,57 @@ impl DocumentStore for SledStore {
     async fn list(&self) -> Result<Vec<DocName>, StorageError> {
         let store = self.clone();
         blocking("listing documents", move || store.list_now()).await
+    }
+
+    async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {
+        let (store, doc) = (self.clone(), doc.clone());
+        blocking("reading document facts", move || store.info_now(&doc)).await
+    }
+
+    async fn list_snapshots(&self, doc: &DocName) -> Result<Vec<SnapshotInfo>, StorageError> {
+        let (store, doc) = (self.clone(), doc.clone());
+        blocking("listing snapshots", move || store.list_snapshots_now(&doc)).await
+    }
+
+    async fn get_snapshot(&self, doc: &DocName, id: u64) -> Result<Option<Snapshot>, StorageError> {
+        let (store, doc) = (self.clone(), doc.clone());
+        blocking("reading a snapshot", move || {
+            store.get_snapshot_now(&doc, id)
+        })
+        .await
+    }
+
+    async fn prune_snapshots(
+        &self,
+        doc: &DocName,
+        policy: RetentionPolicy,
+        now_ms: u64,
+    ) -> Result<usize, StorageError> {
+        let (store, doc) = (self.clone(), doc.clone());
+        blocking("pruning snapshots", move || {
+            store.prune_now(&doc, policy, now_ms)
+        })
+        .await
+    }
+
+    async fn delete(&self, doc: &DocName) -> Result<bool, StorageError> {
+        let (store, doc) = (self.clone(), doc.clone());
+        blocking("deleting a document", move || store.delete_now(&doc)).await
+    }
+
+    async fn dump(&self, doc: &DocName) -> Result<Option<DocDump>, StorageError> {
+        let (store, doc) = (self.clone(), doc.clone());
+        blocking("reading a document", move || store.dump_now(&doc)).await
+    }
+
+    async fn restore_dump(&self, dump: DocDump) -> Result<(), StorageError> {
+        let store = self.clone();
+        blocking("restoring a document", move || store.restore_dump_now(dump)).await
+    }
+
+    async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
+        let store = self.clone();
+        blocking("verifying the store", move || store.verify_now()).await
     }
 }
 
@@ -333,6 +616,12 @@ fn key(doc: &DocName, n: u64) -> Vec<u8> {
     let mut k = prefix(doc);
     k.extend_from_slice(&n.to_be_bytes());
     k
+}
+
+/// The document name at the start of a `name 0x00 n` key.
+fn key_name(key: &[u8]) -> String {
+    let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+    String::from_utf8_lossy(&key[..end]).into_owned()
 }
 
 /// The big-endian u64 at the end of a `name 0x00 n` key.
@@ -431,30 +720,77 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn snapshot_history_is_bounded() {
+    async fn history_lists_prunes_dumps_and_restores() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         let d = doc("h");
-        for seq in 0..(SNAPSHOT_HISTORY as u64 + 5) {
+        store.load(&d).await.expect("load creates the document");
+        store
+            .append(&d, &[entry(1), entry(2)])
+            .await
+            .expect("append");
+        for seq in 1..=25u64 {
             let snap = NewSnapshot {
                 seq,
                 taken_at_ms: seq,
                 reason: SnapshotReason::Manual,
-                state: vec![],
+                state: vec![seq as u8],
             };
-            store.compact(&d, snap, 0).await.expect("compact");
+            assert_eq!(store.compact(&d, snap, 100).await.expect("compact"), seq);
         }
-        assert_eq!(
-            store.snapshots.scan_prefix(prefix(&d)).count(),
-            SNAPSHOT_HISTORY
-        );
-        let newest = store
-            .load(&d)
+        let listed = store.list_snapshots(&d).await.expect("list");
+        assert_eq!(listed.len(), 25);
+        assert_eq!((listed[24].id, listed[24].size), (25, 1));
+        let third = store
+            .get_snapshot(&d, 3)
             .await
-            .expect("load")
-            .snapshot
-            .expect("snapshot");
-        assert_eq!(newest.seq, SNAPSHOT_HISTORY as u64 + 4);
+            .expect("get")
+            .expect("exists");
+        assert_eq!(third.state, vec![3]);
+
+        let policy = RetentionPolicy {
+            keep_last: 20,
+            hourly_for: std::time::Duration::ZERO,
+            daily_for: std::time::Duration::ZERO,
+        };
+        assert_eq!(
+            store
+                .prune_snapshots(&d, policy, 1_000_000)
+                .await
+                .expect("prune"),
+            5
+        );
+        let left = store.list_snapshots(&d).await.expect("list");
+        assert_eq!(left.first().map(|s| s.id), Some(6));
+        assert!(store.get_snapshot(&d, 3).await.expect("get").is_none());
+
+        let info = store.info(&d).await.expect("info").expect("exists");
+        assert_eq!((info.last_seq, info.snapshots), (25, 20));
+        assert!(store.info(&doc("nope")).await.expect("info").is_none());
+
+        let dump = store.dump(&d).await.expect("dump").expect("exists");
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let other = SledStore::open(other_dir.path()).expect("open");
+        other.restore_dump(dump.clone()).await.expect("restore");
+        assert_eq!(other.dump(&d).await.expect("dump"), Some(dump.clone()));
+        assert!(matches!(
+            other.restore_dump(dump).await,
+            Err(StorageError::AlreadyExists(_))
+        ));
+        // New snapshots continue after the restored ids.
+        let snap = NewSnapshot {
+            seq: 26,
+            taken_at_ms: 26,
+            reason: SnapshotReason::Periodic,
+            state: vec![],
+        };
+        assert_eq!(other.compact(&d, snap, 100).await.expect("compact"), 26);
+
+        assert!(store.delete(&d).await.expect("delete"));
+        assert!(store.info(&d).await.expect("info").is_none());
+        assert!(store.read_log(&d, 0, 10).await.expect("read").is_empty());
+        assert!(store.list_snapshots(&d).await.expect("list").is_empty());
+        assert!(!store.delete(&d).await.expect("delete"));
     }
 
     #[tokio::test]
@@ -468,14 +804,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn corrupt_log_records_fail_loading() {
+    async fn corrupt_log_records_fail_loading_and_verification() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         let d = doc("bad");
         store.append(&d, &[entry(1)]).await.expect("append");
+        assert!(store.verify().await.expect("verify").is_empty());
         store.log.insert(key(&d, 2), &[0xc1][..]).expect("insert");
         let err = store.load(&d).await.expect_err("must fail");
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+        let found = store.verify().await.expect("verify");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].location, "bad#2");
     }
 
     #[tokio::test]
