@@ -8,6 +8,7 @@
 pub mod archive;
 mod doc_name;
 mod error;
+mod faulty;
 mod record;
 mod retention;
 mod sled_store;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 
 pub use doc_name::{DocName, InvalidDocName, MAX_DOC_NAME_LEN};
 pub use error::StorageError;
+pub use faulty::FaultyStore;
 pub use record::{DocMeta, LogEntry, Snapshot, SnapshotInfo, SnapshotReason, SCHEMA_VERSION};
 pub use retention::RetentionPolicy;
 pub use sled_store::SledStore;

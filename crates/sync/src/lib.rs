@@ -10,6 +10,7 @@ mod doc_state;
 mod event_id;
 pub mod json;
 pub mod protocol;
+pub mod restore;
 mod room;
 mod rooms;
 mod session;

@@ -1,16 +1,11 @@
 //! The engine end to end, without sockets: rooms over a real sled store (and
 //! a store that fails or counts on purpose), driven through `Session`s.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::time::timeout;
-use weft_storage::{
-    DocName, DocumentStore, LogEntry, NewSnapshot, SledStore, SnapshotReason, StorageError,
-    StoredDoc,
-};
+use weft_storage::{DocName, DocumentStore, FaultyStore, SledStore, SnapshotReason};
 use weft_sync::protocol::{decode_frame, Inbound};
 use weft_sync::{Access, CloseReason, EngineConfig, Rooms, Session, SystemClock};
 use yrs::updates::decoder::Decode;
@@ -18,57 +13,7 @@ use yrs::{Doc, GetString, StateVector, Text, Transact, Update};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A store that delegates to sled and can fail appends or count loads.
-#[derive(Debug)]
-struct TestStore {
-    inner: SledStore,
-    fail_appends: AtomicBool,
-    fail_loads: AtomicBool,
-    loads: AtomicUsize,
-}
-
-#[async_trait]
-impl DocumentStore for TestStore {
-    async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        if self.fail_loads.load(Ordering::SeqCst) {
-            return Err(StorageError::Corrupt {
-                kind: "log record",
-                key: format!("{doc}#1"),
-                reason: "injected".into(),
-            });
-        }
-        self.inner.load(doc).await
-    }
-    async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
-        if self.fail_appends.load(Ordering::SeqCst) {
-            return Err(StorageError::Io {
-                action: "appending",
-                reason: "disk full (injected)".into(),
-            });
-        }
-        self.inner.append(doc, entries).await
-    }
-    async fn compact(
-        &self,
-        doc: &DocName,
-        snapshot: NewSnapshot,
-        keep: u64,
-    ) -> Result<u64, StorageError> {
-        self.inner.compact(doc, snapshot, keep).await
-    }
-    async fn read_log(
-        &self,
-        doc: &DocName,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StorageError> {
-        self.inner.read_log(doc, after, limit).await
-    }
-    async fn list(&self) -> Result<Vec<DocName>, StorageError> {
-        self.inner.list().await
-    }
-}
+type TestStore = FaultyStore<SledStore>;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -78,12 +23,7 @@ struct Fixture {
 
 fn fixture(config: EngineConfig) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(TestStore {
-        inner: SledStore::open(dir.path()).expect("open"),
-        fail_appends: AtomicBool::new(false),
-        fail_loads: AtomicBool::new(false),
-        loads: AtomicUsize::new(0),
-    });
+    let store = Arc::new(FaultyStore::new(SledStore::open(dir.path()).expect("open")));
     let rooms = Rooms::new(store.clone(), config, Arc::new(SystemClock));
     Fixture {
         _dir: dir,
@@ -141,7 +81,7 @@ async fn an_update_reaches_the_others_only_after_it_is_stored() {
     next_update_into(&mut b, &reader).await;
     assert_eq!(text(&reader), "hello");
     // By the time b saw it, it was on disk.
-    let log = f.store.inner.read_log(&doc, 0, 10).await.expect("read");
+    let log = f.store.inner().read_log(&doc, 0, 10).await.expect("read");
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].seq, 1);
     // The sender is not sent its own change back.
@@ -164,7 +104,7 @@ async fn racing_joins_load_the_document_once() {
     });
     let sessions = futures_join_all(joins).await;
     assert_eq!(sessions.len(), 50);
-    assert_eq!(f.store.loads.load(Ordering::SeqCst), 1);
+    assert_eq!(f.store.loads(), 1);
 }
 
 async fn futures_join_all<F, T, E>(futs: impl Iterator<Item = F>) -> Vec<T>
@@ -194,7 +134,7 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     let reader = Doc::new();
     next_update_into(&mut b, &reader).await;
 
-    f.store.fail_appends.store(true, Ordering::SeqCst);
+    f.store.fail_appends(true);
     a.send(vec![edit(&writer, "lost")]).await.expect("send");
     for s in [&mut a, &mut b] {
         let reason = loop {
@@ -212,7 +152,7 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
         );
     }
 
-    f.store.fail_appends.store(false, Ordering::SeqCst);
+    f.store.fail_appends(false);
     let mut c = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     next(&mut c).await;
     c.send(vec![Inbound::SyncStep1(StateVector::default())])
@@ -269,7 +209,7 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     })
     .await
     .expect("unloaded within the bound");
-    let stored = f.store.inner.load(&doc).await.expect("load");
+    let stored = f.store.inner().load(&doc).await.expect("load");
     let snapshot = stored.snapshot.expect("an idle snapshot");
     assert_eq!((snapshot.seq, snapshot.reason), (1, SnapshotReason::Idle));
     // Joining again loads it afresh, with its content.
@@ -281,7 +221,7 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     let fresh = Doc::new();
     next_update_into(&mut s, &fresh).await;
     assert_eq!(text(&fresh), "x");
-    assert_eq!(f.store.loads.load(Ordering::SeqCst), 2);
+    assert_eq!(f.store.loads(), 2);
 }
 
 #[tokio::test]
@@ -305,7 +245,7 @@ async fn shutdown_stores_what_was_sent_and_closes_sessions() {
         }
     };
     assert_eq!(reason, CloseReason::ShuttingDown);
-    let stored = f.store.inner.load(&doc).await.expect("load");
+    let stored = f.store.inner().load(&doc).await.expect("load");
     assert_eq!(stored.last_seq(), 10);
     let snapshot = stored.snapshot.expect("shutdown snapshot");
     assert_eq!(snapshot.reason, SnapshotReason::Shutdown);
@@ -337,14 +277,14 @@ async fn snapshots_every_n_changes_and_trims_the_log_behind_a_tail() {
         s.send(vec![Inbound::AwarenessQuery]).await.expect("send");
         assert!(matches!(next(&mut s).await, Inbound::Awareness(_)));
     }
-    let stored = f.store.inner.load(&doc).await.expect("load");
+    let stored = f.store.inner().load(&doc).await.expect("load");
     let snapshot = stored.snapshot.clone().expect("periodic snapshot");
     assert_eq!(
         (snapshot.seq, snapshot.reason),
         (10, SnapshotReason::Periodic)
     );
     assert_eq!(stored.last_seq(), 12);
-    let log = f.store.inner.read_log(&doc, 0, 100).await.expect("read");
+    let log = f.store.inner().read_log(&doc, 0, 100).await.expect("read");
     assert_eq!(
         log.first().map(|e| e.seq),
         Some(8),
@@ -363,14 +303,14 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
             .expect("send");
     }
     timeout(WAIT, f.rooms.shut_down()).await.expect("stops");
-    let before = f.store.inner.load(&doc).await.expect("load");
+    let before = f.store.inner().load(&doc).await.expect("load");
 
     let rooms = Rooms::new(
         f.store.clone(),
         EngineConfig::default(),
         Arc::new(SystemClock),
     );
-    f.store.fail_loads.store(true, Ordering::SeqCst);
+    f.store.fail_loads(true);
     let err = rooms
         .join(&doc, Access::ReadWrite)
         .await
@@ -380,8 +320,8 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
         "{err:?}"
     );
     assert!(!rooms.is_loaded(&doc));
-    f.store.fail_loads.store(false, Ordering::SeqCst);
-    let after = f.store.inner.load(&doc).await.expect("load");
+    f.store.fail_loads(false);
+    let after = f.store.inner().load(&doc).await.expect("load");
     assert_eq!(after.last_seq(), before.last_seq());
     assert_eq!(after.snapshot, before.snapshot);
     // Once the store reads again, the document loads with its content.
