@@ -77,6 +77,7 @@ impl From<RoomError> for ApiError {
         let message = e.to_string();
         match e {
             RoomError::Rejected(_) => Self::bad_request("invalid_update", message),
+            RoomError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             RoomError::StorageFailure(_) => Self::unavailable("storage_failure", message),
             RoomError::LoadFailed(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -24,6 +24,10 @@ pub const UNAUTHORIZED: u16 = 4401;
 /// A valid token that does not cover this document.
 pub const FORBIDDEN: u16 = 4403;
 
+/// An operator deleted the document. Reconnecting would start a new, empty
+/// document (and sync the client's copy into it): stop instead.
+pub const DOCUMENT_DELETED: u16 = 4404;
+
 /// The close code for a session the document engine ended.
 pub fn for_reason(reason: &CloseReason) -> u16 {
     match reason {
@@ -31,6 +35,7 @@ pub fn for_reason(reason: &CloseReason) -> u16 {
         CloseReason::TooSlow => TRY_AGAIN_LATER,
         CloseReason::StorageFailure(_) => INTERNAL_ERROR,
         CloseReason::ShuttingDown => GOING_AWAY,
+        CloseReason::Deleted => DOCUMENT_DELETED,
     }
 }
 

@@ -101,7 +101,7 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) 
             let code = match e {
                 RoomError::ShuttingDown => close_code::GOING_AWAY,
                 RoomError::Busy | RoomError::Retry => close_code::TRY_AGAIN_LATER,
-                RoomError::Rejected(_) => close_code::REJECTED,
+                RoomError::Rejected(_) | RoomError::NotFound(_) => close_code::REJECTED,
                 RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => {
                     close_code::INTERNAL_ERROR
                 }

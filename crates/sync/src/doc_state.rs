@@ -257,6 +257,51 @@ impl DocState {
         self.apply_update(None, update, fx)
     }
 
+    /// Makes a change of the server's own (a restore): `edit` runs a
+    /// transaction on the document and returns its update, which is
+    /// recorded and delivered like any change. Returns its sequence number,
+    /// or `None` if it changed nothing.
+    pub fn apply_local(
+        &mut self,
+        fx: &mut Effects,
+        edit: impl FnOnce(&Doc) -> Result<Vec<u8>, String>,
+    ) -> Result<Option<u64>, String> {
+        let doc = self.awareness.doc();
+        let delta = match catch_unwind(AssertUnwindSafe(|| edit(doc))) {
+            Ok(result) => result?,
+            Err(_) => {
+                self.poisoned = true;
+                return Err("the document engine failed internally".into());
+            }
+        };
+        Ok(self.record(None, delta, fx))
+    }
+
+    /// Records what a transaction changed as the next change.
+    fn record(&mut self, origin: Option<ConnId>, delta: Vec<u8>, fx: &mut Effects) -> Option<u64> {
+        if is_empty_update(&delta) {
+            return None;
+        }
+        self.last_seq += 1;
+        let change = Change {
+            seq: self.last_seq,
+            at_ms: self.clock.now_ms(),
+            update: Bytes::from(delta),
+        };
+        fx.deliveries.push(Delivery::Change {
+            change: change.clone(),
+            origin,
+        });
+        if self.recent.len() == self.recent_capacity {
+            self.recent.pop_front();
+        }
+        if self.recent_capacity > 0 {
+            self.recent.push_back(change.clone());
+        }
+        fx.changes.push(change);
+        Some(self.last_seq)
+    }
+
     /// `conn` is gone: its presence is removed and everyone is told at once.
     pub fn leave(&mut self, conn: ConnId, fx: &mut Effects) {
         let mut gone = Vec::new();
@@ -312,25 +357,7 @@ impl DocState {
                 return Err(Rejection::UpdatePanicked);
             }
         };
-        if !is_empty_update(&delta) {
-            self.last_seq += 1;
-            let change = Change {
-                seq: self.last_seq,
-                at_ms: self.clock.now_ms(),
-                update: Bytes::from(delta),
-            };
-            fx.deliveries.push(Delivery::Change {
-                change: change.clone(),
-                origin,
-            });
-            if self.recent.len() == self.recent_capacity {
-                self.recent.pop_front();
-            }
-            if self.recent_capacity > 0 {
-                self.recent.push_back(change.clone());
-            }
-            fx.changes.push(change);
-        }
+        self.record(origin, delta, fx);
         result.map_err(|e| Rejection::InvalidUpdate(e.to_string()))
     }
 

@@ -80,6 +80,23 @@ pub struct DocRead {
     pub id: EventId,
 }
 
+/// The outcome of a restore or an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The change it made, if the content was not already so.
+    pub change: Option<EventId>,
+    /// The snapshot taken right after it.
+    pub snapshot: u64,
+}
+
+/// Who is connected to a live document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomStats {
+    pub editors: usize,
+    pub viewers: usize,
+    pub last_seq: u64,
+}
+
 /// Why a request to a document's room failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoomError {
@@ -93,6 +110,8 @@ pub enum RoomError {
     Rejected(String),
     #[error("the change could not be stored ({0}); it was not applied")]
     StorageFailure(String),
+    #[error("{0}")]
+    NotFound(String),
     /// Internal: the room was unloading; ask a fresh one.
     #[error("the document was unloading")]
     Retry,

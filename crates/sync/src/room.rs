@@ -27,7 +27,7 @@ use crate::doc_state::{Change, ConnId, Delivery, DocState, Effects};
 use crate::protocol::{self, Inbound};
 use crate::rooms::RoomMap;
 use crate::session::{CloseReason, Kind, Subscriber};
-use crate::{viewer, Clock, DocRead, EngineConfig, EventId, RoomError};
+use crate::{restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats};
 
 /// Most commands handled in one batch (one flush).
 const MAX_BATCH: usize = 256;
@@ -67,6 +67,29 @@ pub(crate) enum Command {
         since: Option<StateVector>,
         reply: Reply<DocRead>,
     },
+    /// Take a snapshot now; answers its id.
+    Snapshot {
+        reason: SnapshotReason,
+        reply: Reply<u64>,
+    },
+    /// Bring the content back to stored snapshot `snapshot`, as a change.
+    Restore {
+        snapshot: u64,
+        reply: Reply<Restored>,
+    },
+    /// Merge a Yjs v1 update as a change, then snapshot (reason `import`).
+    Import {
+        update: Bytes,
+        reply: Reply<Restored>,
+    },
+    /// Close every connection and remove the document from storage.
+    Delete {
+        reply: Reply<bool>,
+    },
+    /// Who is connected.
+    Stats {
+        reply: Reply<RoomStats>,
+    },
 }
 
 impl Command {
@@ -82,6 +105,18 @@ impl Command {
             Command::Read { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
+            Command::Snapshot { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Restore { reply, .. } | Command::Import { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Delete { reply } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(Err(error));
+            }
             Command::Receive { .. } | Command::Leave { .. } => {}
         }
     }
@@ -91,6 +126,11 @@ impl Command {
 enum Deferred {
     Applied(Reply<Option<EventId>>, Result<Option<EventId>, RoomError>),
     Read(Reply<DocRead>, DocRead),
+    /// Snapshot once the batch is stored, then answer with its id.
+    Snapshot(Reply<u64>, SnapshotReason),
+    /// A restore or import: snapshot once stored, then answer.
+    Changed(Reply<Restored>, Option<EventId>, SnapshotReason),
+    Delete(Reply<bool>),
 }
 
 /// Everything a room needs besides its document.
@@ -183,7 +223,8 @@ impl Room {
         }
     }
 
-    async fn handle(&mut self, batch: Vec<Command>) {
+    /// Runs a batch; `true` when the room must stop (its document was deleted).
+    async fn handle(&mut self, batch: Vec<Command>) -> bool {
         let mut fx = Effects::default();
         let mut deferred = Vec::new();
         for command in batch {
@@ -262,6 +303,67 @@ impl Room {
                     };
                     deferred.push(Deferred::Read(reply, DocRead { update, id }));
                 }
+                Command::Snapshot { reason, reply } => {
+                    deferred.push(Deferred::Snapshot(reply, reason));
+                }
+                Command::Restore { snapshot, reply } => {
+                    let old = match self.cx.store.get_snapshot(&self.name, snapshot).await {
+                        Ok(Some(old)) => old,
+                        Ok(None) => {
+                            let _ = reply.send(Err(RoomError::NotFound(format!(
+                                "document {} has no snapshot {snapshot}",
+                                self.name
+                            ))));
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(RoomError::StorageFailure(e.to_string())));
+                            continue;
+                        }
+                    };
+                    let state = &mut self.state;
+                    match state.apply_local(&mut fx, |doc| restore::restore_into(doc, &old.state)) {
+                        Ok(change) => {
+                            let id = change.map(|seq| self.event_id(seq));
+                            deferred.push(Deferred::Changed(reply, id, SnapshotReason::Restore));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(RoomError::Rejected(e)));
+                        }
+                    }
+                }
+                Command::Import { update, reply } => {
+                    let before = fx.changes.len();
+                    let applied = protocol::decode_update(&update)
+                        .map_err(|e| RoomError::Rejected(e.to_string()))
+                        .and_then(|u| {
+                            self.state
+                                .apply_external(u, &mut fx)
+                                .map_err(|r| RoomError::Rejected(r.to_string()))
+                        });
+                    match applied {
+                        Ok(()) => {
+                            let id = fx.changes[before..].last().map(|c| self.event_id(c.seq));
+                            deferred.push(Deferred::Changed(reply, id, SnapshotReason::Import));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Command::Delete { reply } => deferred.push(Deferred::Delete(reply)),
+                Command::Stats { reply } => {
+                    let viewers = self
+                        .subscribers
+                        .values()
+                        .filter(|s| matches!(s.kind, Kind::Viewer { .. }))
+                        .count();
+                    let _ = reply.send(Ok(RoomStats {
+                        editors: self.subscribers.len() - viewers,
+                        viewers,
+                        last_seq: self.state.last_seq(),
+                    }));
+                }
             }
         }
 
@@ -278,12 +380,19 @@ impl Room {
             if let Err(e) = self.cx.store.append(&self.name, &entries).await {
                 let reason = e.to_string();
                 for d in deferred {
-                    if let Deferred::Applied(reply, _) = d {
-                        let _ = reply.send(Err(RoomError::StorageFailure(reason.clone())));
+                    let failure = RoomError::StorageFailure(reason.clone());
+                    match d {
+                        Deferred::Applied(reply, _) => {
+                            let _ = reply.send(Err(failure));
+                        }
+                        Deferred::Changed(reply, ..) => {
+                            let _ = reply.send(Err(failure));
+                        }
+                        _ => {}
                     }
                 }
                 self.storage_failed(reason).await;
-                return;
+                return false;
             }
             self.unsnapshotted += entries.len() as u64;
         }
@@ -292,6 +401,8 @@ impl Room {
             // disk holds everything anyone was sent, so start again from it.
             self.reload("the document engine failed internally").await;
         }
+        self.deliver(fx);
+        let mut delete = None;
         for d in deferred {
             match d {
                 Deferred::Applied(reply, result) => {
@@ -300,14 +411,48 @@ impl Room {
                 Deferred::Read(reply, read) => {
                     let _ = reply.send(Ok(read));
                 }
+                Deferred::Snapshot(reply, reason) => {
+                    let _ = reply.send(self.snapshot(reason).await);
+                }
+                Deferred::Changed(reply, change, reason) => {
+                    let outcome = self.snapshot(reason).await.map(|snapshot| Restored { change, snapshot });
+                    let _ = reply.send(outcome);
+                }
+                Deferred::Delete(reply) => delete = Some(reply),
             }
         }
-        self.deliver(fx);
+        if let Some(reply) = delete {
+            self.delete(reply).await;
+            return true;
+        }
 
         self.idle_since = self.subscribers.is_empty().then(Instant::now);
         if self.unsnapshotted >= self.cx.config.snapshot_every {
-            self.snapshot(SnapshotReason::Periodic).await;
+            let _ = self.snapshot(SnapshotReason::Periodic).await;
         }
+        false
+    }
+
+    fn event_id(&self, seq: u64) -> EventId {
+        EventId {
+            incarnation: self.state.incarnation(),
+            seq,
+        }
+    }
+
+    /// Ends the document: everyone is told, the data goes, the room stops.
+    async fn delete(&mut self, reply: Reply<bool>) {
+        self.kick_all(CloseReason::Deleted);
+        self.cx.rooms.remove_if(&self.name, self.instance);
+        refuse_all(&mut self.rx, RoomError::Retry);
+        let result = self
+            .cx
+            .store
+            .delete(&self.name)
+            .await
+            .map_err(|e| RoomError::StorageFailure(e.to_string()));
+        info!(doc = %self.name, "document deleted");
+        let _ = reply.send(result);
     }
 
     /// What a new viewer is sent first: the changes after `resume` when they
@@ -486,7 +631,7 @@ impl Room {
         }
     }
 
-    async fn snapshot(&mut self, reason: SnapshotReason) {
+    async fn snapshot(&mut self, reason: SnapshotReason) -> Result<u64, RoomError> {
         let snapshot = NewSnapshot {
             seq: self.state.last_seq(),
             taken_at_ms: self.cx.clock.now_ms(),
@@ -503,16 +648,20 @@ impl Room {
             Ok(id) => {
                 debug!(doc = %self.name, id, size, reason = reason.as_str(), "snapshot stored");
                 self.unsnapshotted = 0;
+                Ok(id)
             }
             // The log still holds every change; a later snapshot will retry.
-            Err(e) => warn!(doc = %self.name, error = %e, "snapshot failed"),
+            Err(e) => {
+                warn!(doc = %self.name, error = %e, "snapshot failed");
+                Err(RoomError::StorageFailure(e.to_string()))
+            }
         }
     }
 
     /// Unloads the document if nobody joined during the grace period.
     async fn try_unload(&mut self) -> bool {
         if self.unsnapshotted > 0 {
-            self.snapshot(SnapshotReason::Idle).await;
+            let _ = self.snapshot(SnapshotReason::Idle).await;
         }
         // Commands sent while snapshotting keep the room alive.
         if !self.rx.is_empty() || !self.subscribers.is_empty() {
@@ -533,12 +682,12 @@ impl Room {
         while let Ok(c) = self.rx.try_recv() {
             batch.push(c);
         }
-        if !batch.is_empty() {
-            self.handle(batch).await;
+        if !batch.is_empty() && self.handle(batch).await {
+            return;
         }
         self.kick_all(CloseReason::ShuttingDown);
         if self.unsnapshotted > 0 {
-            self.snapshot(SnapshotReason::Shutdown).await;
+            let _ = self.snapshot(SnapshotReason::Shutdown).await;
         }
         self.cx.rooms.remove_if(&self.name, self.instance);
     }

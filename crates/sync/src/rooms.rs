@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use weft_storage::{DocName, DocumentStore};
+use weft_storage::{DocName, DocumentStore, SnapshotReason};
 
 use crate::room::{Command, Room, RoomContext};
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use yrs::StateVector;
 
 use crate::doc_state::Access;
 use crate::session::{Follower, Session};
-use crate::{Clock, DocRead, EngineConfig, EventId, RoomError};
+use crate::{Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats};
 
 /// How often a join retries when it meets a room that is unloading.
 const JOIN_ATTEMPTS: usize = 5;
@@ -172,6 +172,67 @@ impl Rooms {
             reply,
         })
         .await
+    }
+
+    /// Takes a snapshot now (reason `manual`); answers its id.
+    pub async fn snapshot_now(&self, doc: &DocName) -> Result<u64, RoomError> {
+        self.require_stored(doc).await?;
+        self.call(doc, |_, reply| Command::Snapshot {
+            reason: SnapshotReason::Manual,
+            reply,
+        })
+        .await
+    }
+
+    /// Brings `doc` back to snapshot `snapshot` as a new change, so live
+    /// editors converge to it; the result is itself snapshotted (`restore`).
+    pub async fn restore(&self, doc: &DocName, snapshot: u64) -> Result<Restored, RoomError> {
+        self.require_stored(doc).await?;
+        self.call(doc, |_, reply| Command::Restore { snapshot, reply })
+            .await
+    }
+
+    /// Merges a Yjs v1 update into `doc` (created if new) as a change, then
+    /// snapshots it (`import`).
+    pub async fn import(&self, doc: &DocName, update: Bytes) -> Result<Restored, RoomError> {
+        self.call(doc, |_, reply| Command::Import {
+            update: update.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Closes every connection to `doc` and removes it from storage.
+    pub async fn delete(&self, doc: &DocName) -> Result<(), RoomError> {
+        self.require_stored(doc).await?;
+        match self.call(doc, |_, reply| Command::Delete { reply }).await {
+            Ok(_) => Ok(()),
+            // A document that cannot load can still be deleted.
+            Err(RoomError::LoadFailed(_)) => self
+                .inner
+                .store
+                .delete(doc)
+                .await
+                .map(drop)
+                .map_err(|e| RoomError::StorageFailure(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Who is connected to `doc`, if it is loaded (it is not loaded for this).
+    pub async fn stats(&self, doc: &DocName) -> Option<RoomStats> {
+        let room = self.inner.map.lock().get(doc).cloned()?;
+        let (reply, answer) = oneshot::channel();
+        room.tx.send(Command::Stats { reply }).await.ok()?;
+        answer.await.ok()?.ok()
+    }
+
+    async fn require_stored(&self, doc: &DocName) -> Result<(), RoomError> {
+        match self.inner.store.info(doc).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(RoomError::NotFound(format!("there is no document {doc}"))),
+            Err(e) => Err(RoomError::StorageFailure(e.to_string())),
+        }
     }
 
     fn session(

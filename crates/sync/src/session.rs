@@ -29,6 +29,8 @@ pub enum CloseReason {
     StorageFailure(String),
     /// The server is shutting down.
     ShuttingDown,
+    /// An operator deleted the document.
+    Deleted,
 }
 
 impl std::fmt::Display for CloseReason {
@@ -38,6 +40,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::TooSlow => f.write_str("client too slow: it stopped reading"),
             CloseReason::StorageFailure(_) => f.write_str("storage failure; reconnect to resync"),
             CloseReason::ShuttingDown => f.write_str("server shutting down"),
+            CloseReason::Deleted => f.write_str("document deleted by an operator"),
         }
     }
 }
