@@ -14,6 +14,7 @@ use tower_http::trace::TraceLayer;
 
 use weft_sync::Rooms;
 
+use crate::admin::{self, ops::LocalAdmin};
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
 use crate::{docs_api, origin, sse, token_api, ws};
@@ -25,6 +26,8 @@ pub struct AppState {
     /// `None`: open mode, every request may write.
     pub auth: Option<Authenticator>,
     pub rooms: Rooms,
+    /// Operator actions, for the admin API.
+    pub admin: LocalAdmin,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -41,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/{doc}/updates", post(docs_api::post_update))
         .route("/docs/{doc}/json", get(docs_api::as_json))
         .route("/auth/token", post(token_api::mint))
+        .nest("/admin", admin::api::router())
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(origin::cors(&state.config.allowed_origins))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {

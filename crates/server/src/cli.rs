@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::commands::{AdminCommand, BackupArgs, DocsCommand, SnapshotCommand, Target};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "weft",
@@ -25,6 +27,50 @@ pub enum Command {
         after_help = "Examples:\n  weft serve\n  weft serve --listen 0.0.0.0:8080 --data-dir /var/lib/weft"
     )]
     Serve(ServeConfig),
+    /// List, show and delete documents.
+    Docs {
+        #[command(subcommand)]
+        command: DocsCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A document's snapshot history: list, take, inspect, export, import,
+    /// restore, diff.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write every document with its history to one archive, or load one.
+    #[command(
+        after_help = "Examples:\n  weft backup -o weft.backup\n  weft backup -o weft.backup --server http://127.0.0.1:8080 --admin-key $KEY\n  weft backup restore weft.backup --data-dir ./fresh-data"
+    )]
+    Backup {
+        #[command(flatten)]
+        args: BackupArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Decode every stored record; report the ones that fail (exit 1).
+    #[command(after_help = "Example:\n  weft verify --data-dir ./weft-data")]
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+impl Command {
+    /// The operator commands, apart from `serve`.
+    pub fn into_admin(self) -> Result<(AdminCommand, Target), Box<ServeConfig>> {
+        match self {
+            Command::Serve(config) => Err(Box::new(config)),
+            Command::Docs { command, target } => Ok((AdminCommand::Docs(command), target)),
+            Command::Snapshot { command, target } => Ok((AdminCommand::Snapshot(command), target)),
+            Command::Backup { args, target } => Ok((AdminCommand::Backup(args), target)),
+            Command::Verify { target } => Ok((AdminCommand::Verify, target)),
+        }
+    }
 }
 
 /// Everything `weft serve` can be told.
@@ -117,6 +163,22 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Snapshot retention: always keep this many newest snapshots per document.
+    #[arg(long, env = "WEFT_SNAPSHOT_KEEP_LAST", default_value_t = 20)]
+    pub snapshot_keep_last: usize,
+
+    /// Snapshot retention: keep one per hour for this long.
+    #[arg(long, env = "WEFT_SNAPSHOT_KEEP_HOURLY", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub snapshot_keep_hourly: Duration,
+
+    /// Snapshot retention: keep one per day for this long.
+    #[arg(long, env = "WEFT_SNAPSHOT_KEEP_DAILY", default_value = "90days", value_parser = humantime::parse_duration)]
+    pub snapshot_keep_daily: Duration,
+
+    /// How often old snapshots are pruned by the retention policy.
+    #[arg(long, env = "WEFT_PRUNE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub prune_interval: Duration,
+
     /// How long shutdown may take to close connections and store documents.
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -146,6 +208,14 @@ impl std::str::FromStr for Secret {
 }
 
 impl ServeConfig {
+    pub fn retention(&self) -> weft_storage::RetentionPolicy {
+        weft_storage::RetentionPolicy {
+            keep_last: self.snapshot_keep_last,
+            hourly_for: self.snapshot_keep_hourly,
+            daily_for: self.snapshot_keep_daily,
+        }
+    }
+
     pub fn admin_key(&self) -> Option<&str> {
         self.admin_key
             .as_ref()

@@ -6,6 +6,7 @@
 //! Handlers are thin: they validate, then hand over to a [`weft_sync::Session`].
 
 mod access;
+pub mod admin;
 mod admin_key;
 mod api_error;
 mod app;

@@ -4,15 +4,37 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use weft_server::cli::{Cli, Command};
 
+use std::process::ExitCode;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    let command = Cli::parse().command;
+    // Operator commands print results; only warnings go to the log there.
+    let default_level = if matches!(command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Serve(config) => weft_server::serve(config).await,
+    match command.into_admin() {
+        Err(config) => match weft_server::serve(*config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok((admin, target)) => match weft_server::admin::commands::run(admin, target).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

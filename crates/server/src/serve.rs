@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use weft_storage::SledStore;
+use weft_storage::{DocumentStore, RetentionPolicy, SledStore};
 use weft_sync::{Rooms, SystemClock};
 
+use crate::admin::ops::LocalAdmin;
 use crate::app::{self, AppState};
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
@@ -35,7 +36,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .check_writable()
         .await
         .context("the data directory is not writable")?;
-    let rooms = Rooms::new(Arc::new(store), config.engine(), Arc::new(SystemClock));
+    let store: Arc<dyn DocumentStore> = Arc::new(store);
+    let rooms = Rooms::new(store.clone(), config.engine(), Arc::new(SystemClock));
 
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
@@ -51,10 +53,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config: config.clone(),
         auth,
         rooms: rooms.clone(),
+        admin: LocalAdmin::new(store.clone(), rooms.clone()),
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
     });
     let router = app::router(state.clone());
+    state.connections.spawn(prune_snapshots(
+        store.clone(),
+        config.retention(),
+        config.prune_interval,
+        state.shutdown.clone(),
+    ));
 
     info!(data_dir = %config.data_dir.display(), "store open");
     // A stable line on stdout, for scripts and tests that asked for port 0.
@@ -125,4 +134,33 @@ fn authenticator(config: &ServeConfig) -> anyhow::Result<Option<Authenticator>> 
         info!("no --admin-key: /auth/token and the admin API are off");
     }
     Ok(auth)
+}
+
+/// Applies the snapshot retention policy to every document, now and then.
+async fn prune_snapshots(
+    store: Arc<dyn DocumentStore>,
+    policy: RetentionPolicy,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(docs) = store.list().await else {
+            continue;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for doc in docs {
+            match store.prune_snapshots(&doc, policy, now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(%doc, pruned = n, "old snapshots pruned"),
+                Err(e) => warn!(%doc, error = %e, "pruning snapshots failed"),
+            }
+        }
+    }
 }

@@ -27,7 +27,9 @@ use crate::doc_state::{Change, ConnId, Delivery, DocState, Effects};
 use crate::protocol::{self, Inbound};
 use crate::rooms::RoomMap;
 use crate::session::{CloseReason, Kind, Subscriber};
-use crate::{restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats};
+use crate::{
+    restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats,
+};
 
 /// Most commands handled in one batch (one flush).
 const MAX_BATCH: usize = 256;
@@ -415,7 +417,10 @@ impl Room {
                     let _ = reply.send(self.snapshot(reason).await);
                 }
                 Deferred::Changed(reply, change, reason) => {
-                    let outcome = self.snapshot(reason).await.map(|snapshot| Restored { change, snapshot });
+                    let outcome = self
+                        .snapshot(reason)
+                        .await
+                        .map(|snapshot| Restored { change, snapshot });
                     let _ = reply.send(outcome);
                 }
                 Deferred::Delete(reply) => delete = Some(reply),

@@ -1,0 +1,188 @@
+//! The admin HTTP API under `/admin`: every route needs the admin key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use weft_storage::DocName;
+
+use super::{AdminError, Backend, Progress};
+use crate::admin_key::AdminKey;
+use crate::app::AppState;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/docs", get(list))
+        .route("/docs/{doc}", get(show).delete(delete))
+        .route(
+            "/docs/{doc}/snapshots",
+            get(snapshots).post(create_snapshot),
+        )
+        .route("/docs/{doc}/snapshots/{id}", get(snapshot_state))
+        .route("/docs/{doc}/state", get(current_state))
+        .route("/docs/{doc}/restore", post(restore))
+        .route("/docs/{doc}/import", post(import))
+        .route(
+            "/backup",
+            get(backup)
+                .post(restore_backup)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/verify", get(verify))
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// Path parameters, with the document name validated.
+struct Target {
+    doc: DocName,
+    id: Option<u64>,
+}
+
+fn target(params: HashMap<String, String>) -> Result<Target, AdminError> {
+    let raw = params.get("doc").cloned().unwrap_or_default();
+    let doc = DocName::new(raw).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    let id =
+        match params.get("id") {
+            Some(id) => Some(id.parse().map_err(|_| {
+                AdminError::BadRequest(format!("snapshot id {id:?} is not a number"))
+            })?),
+            None => None,
+        };
+    Ok(Target { doc, id })
+}
+
+fn octets(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+}
+
+async fn list(State(app): State<Arc<AppState>>, _: AdminKey) -> Result<Response, AdminError> {
+    Ok(Json(app.admin.list_docs().await?).into_response())
+}
+
+async fn show(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    Ok(Json(app.admin.show_doc(&t.doc).await?).into_response())
+}
+
+async fn delete(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    app.admin.delete_doc(&t.doc).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn snapshots(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    Ok(Json(app.admin.list_snapshots(&t.doc).await?).into_response())
+}
+
+async fn create_snapshot(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    let view = app.admin.create_snapshot(&t.doc).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn snapshot_state(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    Ok(octets(app.admin.state(&t.doc, t.id).await?))
+}
+
+async fn current_state(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    Ok(octets(app.admin.state(&t.doc, None).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct RestoreRequest {
+    snapshot: u64,
+}
+
+async fn restore(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+    body: Result<Json<RestoreRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    let Json(req) = body.map_err(|e| {
+        AdminError::BadRequest(format!("{}; send {{\"snapshot\": <id>}}", e.body_text()))
+    })?;
+    Ok(Json(app.admin.restore(&t.doc, req.snapshot).await?).into_response())
+}
+
+async fn import(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    Ok(Json(app.admin.import(&t.doc, body.to_vec()).await?).into_response())
+}
+
+async fn backup(State(app): State<Arc<AppState>>, _: AdminKey) -> Response {
+    let body = Body::from_stream(app.admin.archive_chunks());
+    (
+        [(header::CONTENT_TYPE, "application/vnd.weft.backup")],
+        body,
+    )
+        .into_response()
+}
+
+struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: Option<u64>, _: &str) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+async fn restore_backup(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let mut input: &[u8] = &body;
+    let summary = app.admin.restore_backup(&mut input, &Silent).await?;
+    Ok(Json(summary).into_response())
+}
+
+async fn verify(State(app): State<Arc<AppState>>, _: AdminKey) -> Result<Response, AdminError> {
+    Ok(Json(app.admin.verify().await?).into_response())
+}

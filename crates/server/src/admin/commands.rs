@@ -1,0 +1,494 @@
+//! The operator commands: `weft docs`, `weft snapshot`, `weft backup`,
+//! `weft verify`. Each runs against a [`Backend`]: a running server
+//! (`--server URL --admin-key KEY`) or a data directory (`--data-dir DIR`).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use comfy_table::presets::NOTHING;
+use comfy_table::Table;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use weft_storage::archive::ArchiveReader;
+use weft_storage::{DocName, SledStore, StorageError};
+use weft_sync::{EngineConfig, Rooms, SystemClock};
+
+use super::client::RemoteAdmin;
+use super::ops::LocalAdmin;
+use super::{AdminError, Backend, DocSummary, Progress, SnapshotView};
+use crate::cli::Secret;
+
+/// Where the operation happens.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Talk to a running server (its admin API), e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "WEFT_SERVER", global = true)]
+    server: Option<String>,
+
+    /// The server's admin key (with --server).
+    #[arg(long, env = "WEFT_ADMIN_KEY", hide_env_values = true, global = true)]
+    admin_key: Option<Secret>,
+
+    /// Work on this data directory directly (no server may be running on it).
+    #[arg(
+        long,
+        env = "WEFT_DATA_DIR",
+        default_value = "./weft-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocsCommand {
+    /// List documents with their size, last change and live connections.
+    #[command(
+        after_help = "Examples:\n  weft docs list --data-dir ./weft-data\n  weft docs list --server http://127.0.0.1:8080 --admin-key $KEY --json"
+    )]
+    List,
+    /// Show one document and its snapshot history.
+    #[command(after_help = "Example:\n  weft docs show my-doc")]
+    Show { doc: String },
+    /// Delete a document and its history; connected clients are closed (4404).
+    #[command(
+        after_help = "Example:\n  weft docs delete my-doc --server http://127.0.0.1:8080 --admin-key $KEY"
+    )]
+    Delete { doc: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List a document's snapshots.
+    #[command(after_help = "Example:\n  weft snapshot list my-doc")]
+    List { doc: String },
+    /// Take a snapshot now.
+    #[command(after_help = "Example:\n  weft snapshot create my-doc")]
+    Create { doc: String },
+    /// Print a document's content (now, or as of a snapshot) as JSON.
+    #[command(
+        after_help = "Examples:\n  weft snapshot inspect my-doc\n  weft snapshot inspect my-doc --snapshot 3"
+    )]
+    Inspect {
+        doc: String,
+        #[arg(long)]
+        snapshot: Option<u64>,
+    },
+    /// Write a document (now, or as of a snapshot) as a Yjs v1 update that
+    /// `Y.applyUpdate` loads.
+    #[command(after_help = "Example:\n  weft snapshot export my-doc --snapshot 3 -o my-doc.yjs")]
+    Export {
+        doc: String,
+        #[arg(long)]
+        snapshot: Option<u64>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Merge a Yjs v1 update from a file into a document, as a change.
+    #[command(after_help = "Example:\n  weft snapshot import my-doc my-doc.yjs")]
+    Import { doc: String, file: PathBuf },
+    /// Bring a document back to a snapshot, live: connected editors converge
+    /// to it without reloading. The result is snapshotted, so it can be undone.
+    #[command(after_help = "Example:\n  weft snapshot restore my-doc --snapshot 3")]
+    Restore {
+        doc: String,
+        #[arg(long)]
+        snapshot: u64,
+    },
+    /// Show what changed in each root type between two snapshots.
+    #[command(after_help = "Example:\n  weft snapshot diff my-doc 3 7")]
+    Diff { doc: String, from: u64, to: u64 },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    restore: Option<BackupCommand>,
+    /// Where to write the archive.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Load every document of an archive into the target (documents that
+    /// already exist there are refused).
+    #[command(after_help = "Example:\n  weft backup restore weft.backup --data-dir ./fresh-data")]
+    Restore { file: PathBuf },
+}
+
+/// What every admin command is given.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    #[command(subcommand)]
+    Docs(DocsCommand),
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    Backup(BackupArgs),
+    Verify,
+}
+
+/// Runs an admin command; the process exit code is 0 on success, 1 on failure.
+pub async fn run(command: AdminCommand, target: Target) -> Result<(), AdminError> {
+    let (backend, engine) = connect(&target)?;
+    let result = execute(command, &target, backend.as_ref()).await;
+    if let Some(rooms) = engine {
+        // Offline changes were made through the engine: let it store them.
+        rooms.shut_down().await;
+    }
+    result
+}
+
+fn connect(target: &Target) -> Result<(Box<dyn Backend>, Option<Rooms>), AdminError> {
+    if let Some(server) = &target.server {
+        let key = target.admin_key.as_ref().ok_or_else(|| {
+            AdminError::BadRequest("--server needs --admin-key (or WEFT_ADMIN_KEY)".into())
+        })?;
+        return Ok((Box::new(RemoteAdmin::new(server, key.expose())?), None));
+    }
+    if !target.data_dir.exists() {
+        return Err(AdminError::NotFound(format!(
+            "there is no data directory {}; give --data-dir, or --server for a running server",
+            target.data_dir.display()
+        )));
+    }
+    let store = SledStore::open(&target.data_dir).map_err(|e| match e {
+        StorageError::Locked { path } => AdminError::Unavailable(format!(
+            "the data directory {} is in use by a running server; use --server URL --admin-key KEY",
+            path.display()
+        )),
+        other => AdminError::Failed(other.to_string()),
+    })?;
+    let store = Arc::new(store);
+    let rooms = Rooms::new(
+        store.clone(),
+        EngineConfig::default(),
+        Arc::new(SystemClock),
+    );
+    Ok((Box::new(LocalAdmin::new(store, rooms.clone())), Some(rooms)))
+}
+
+fn doc_name(raw: &str) -> Result<DocName, AdminError> {
+    DocName::new(raw).map_err(|e| AdminError::BadRequest(e.to_string()))
+}
+
+async fn execute(
+    command: AdminCommand,
+    target: &Target,
+    backend: &dyn Backend,
+) -> Result<(), AdminError> {
+    let json = target.json;
+    match command {
+        AdminCommand::Docs(DocsCommand::List) => {
+            let docs = backend.list_docs().await?;
+            print(json, &docs, || docs_table(&docs))
+        }
+        AdminCommand::Docs(DocsCommand::Show { doc }) => {
+            let detail = backend.show_doc(&doc_name(&doc)?).await?;
+            print(json, &detail, || {
+                let s = &detail.summary;
+                format!(
+                    "document     {}\nsize         {}\nlast seq     {}\nlast change  {}\ncreated      {}\nconnections  {} editors, {} viewers\n\nsnapshots\n{}",
+                    s.name,
+                    bytes(s.size_bytes),
+                    s.last_seq,
+                    s.last_change_ms.map_or("-".into(), when),
+                    when(s.created_at_ms),
+                    s.editors,
+                    s.viewers,
+                    snapshots_table(&detail.history)
+                )
+            })
+        }
+        AdminCommand::Docs(DocsCommand::Delete { doc }) => {
+            let doc = doc_name(&doc)?;
+            backend.delete_doc(&doc).await?;
+            print(
+                json,
+                &serde_json::json!({ "deleted": doc.as_str() }),
+                || format!("deleted {doc}"),
+            )
+        }
+        AdminCommand::Snapshot(cmd) => snapshot(cmd, json, backend).await,
+        AdminCommand::Backup(args) => backup(args, json, backend).await,
+        AdminCommand::Verify => {
+            let report = backend.verify().await?;
+            print(json, &report, || {
+                let mut out = format!(
+                    "checked {} documents, {} records: {} problems",
+                    report.documents,
+                    report.records,
+                    report.problems.len()
+                );
+                for p in &report.problems {
+                    out.push_str(&format!("\n  {}: {}", p.location, p.problem));
+                }
+                out
+            })?;
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(AdminError::Failed(format!(
+                    "{} records are corrupt; restore them from a backup",
+                    report.problems.len()
+                )))
+            }
+        }
+    }
+}
+
+async fn snapshot(
+    cmd: SnapshotCommand,
+    json: bool,
+    backend: &dyn Backend,
+) -> Result<(), AdminError> {
+    match cmd {
+        SnapshotCommand::List { doc } => {
+            let list = backend.list_snapshots(&doc_name(&doc)?).await?;
+            print(json, &list, || snapshots_table(&list))
+        }
+        SnapshotCommand::Create { doc } => {
+            let doc = doc_name(&doc)?;
+            let s = backend.create_snapshot(&doc).await?;
+            print(json, &s, || {
+                format!(
+                    "snapshot {} of {doc} at seq {} ({})",
+                    s.id,
+                    s.seq,
+                    bytes(s.size_bytes)
+                )
+            })
+        }
+        SnapshotCommand::Inspect { doc, snapshot } => {
+            let state = backend.state(&doc_name(&doc)?, snapshot).await?;
+            let content = weft_sync::json::update_to_json(&state).map_err(AdminError::Failed)?;
+            let pretty = serde_json::to_string_pretty(&content)
+                .map_err(|e| AdminError::Failed(e.to_string()))?;
+            println!("{pretty}");
+            Ok(())
+        }
+        SnapshotCommand::Export {
+            doc,
+            snapshot,
+            output,
+        } => {
+            let state = backend.state(&doc_name(&doc)?, snapshot).await?;
+            write_file(&output, &state)?;
+            let summary = serde_json::json!({ "file": output, "bytes": state.len() });
+            print(json, &summary, || {
+                format!(
+                    "wrote {} to {}",
+                    bytes(state.len() as u64),
+                    output.display()
+                )
+            })
+        }
+        SnapshotCommand::Import { doc, file } => {
+            let update = std::fs::read(&file).map_err(|e| {
+                AdminError::BadRequest(format!("could not read {}: {e}", file.display()))
+            })?;
+            let view = backend.import(&doc_name(&doc)?, update).await?;
+            print(json, &view, || match &view.change {
+                Some(id) => format!("imported as change {id}; snapshot {}", view.snapshot),
+                None => format!("nothing new to import; snapshot {}", view.snapshot),
+            })
+        }
+        SnapshotCommand::Restore { doc, snapshot } => {
+            let view = backend.restore(&doc_name(&doc)?, snapshot).await?;
+            print(json, &view, || {
+                match &view.change {
+                Some(id) => format!(
+                    "restored snapshot {snapshot} as change {id}; the result is snapshot {} (restore that to undo)",
+                    view.snapshot
+                ),
+                None => format!("the document already matches snapshot {snapshot}"),
+            }
+            })
+        }
+        SnapshotCommand::Diff { doc, from, to } => {
+            let doc = doc_name(&doc)?;
+            let old = backend.state(&doc, Some(from)).await?;
+            let new = backend.state(&doc, Some(to)).await?;
+            let old = weft_sync::json::update_to_json(&old).map_err(AdminError::Failed)?;
+            let new = weft_sync::json::update_to_json(&new).map_err(AdminError::Failed)?;
+            let diff = super::diff::roots(&old, &new);
+            print(json, &diff, || super::diff::render(&diff, from, to))
+        }
+    }
+}
+
+async fn backup(args: BackupArgs, json: bool, backend: &dyn Backend) -> Result<(), AdminError> {
+    let progress = Bar::new();
+    match (args.restore, args.output) {
+        (Some(BackupCommand::Restore { file }), _) => {
+            let mut input = std::fs::File::open(&file)
+                .map(std::io::BufReader::new)
+                .map_err(|e| {
+                    AdminError::BadRequest(format!("could not open {}: {e}", file.display()))
+                })?;
+            let summary = backend.restore_backup(&mut input, &progress).await?;
+            print(json, &summary, || {
+                format!(
+                    "restored {} documents from {}",
+                    summary.documents,
+                    file.display()
+                )
+            })
+        }
+        (None, Some(output)) => {
+            let file = std::fs::File::create(&output).map_err(|e| {
+                AdminError::BadRequest(format!("could not create {}: {e}", output.display()))
+            })?;
+            let mut out = std::io::BufWriter::new(file);
+            let written = backend.backup(&mut out, &progress).await?;
+            drop(out);
+            // Read it back: a complete, readable archive or an error now.
+            let documents = count_archive(&output)?;
+            let summary = serde_json::json!({ "file": output, "documents": documents, "bytes": written.bytes });
+            print(json, &summary, || {
+                format!(
+                    "wrote {documents} documents ({}) to {}",
+                    bytes(written.bytes),
+                    output.display()
+                )
+            })
+        }
+        (None, None) => Err(AdminError::BadRequest(
+            "say where to write the backup: weft backup -o FILE (or: weft backup restore FILE)"
+                .into(),
+        )),
+    }
+}
+
+fn count_archive(path: &Path) -> Result<u64, AdminError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| AdminError::Failed(format!("could not read back {}: {e}", path.display())))?;
+    let mut reader = ArchiveReader::new(std::io::BufReader::new(file))?;
+    let mut n = 0;
+    while reader.next_document()?.is_some() {
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
+    std::fs::write(path, bytes)
+        .map_err(|e| AdminError::Failed(format!("could not write {}: {e}", path.display())))
+}
+
+fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> Result<(), AdminError> {
+    if json {
+        let text =
+            serde_json::to_string_pretty(value).map_err(|e| AdminError::Failed(e.to_string()))?;
+        println!("{text}");
+    } else {
+        println!("{}", human());
+    }
+    Ok(())
+}
+
+fn docs_table(docs: &[DocSummary]) -> String {
+    if docs.is_empty() {
+        return "no documents".into();
+    }
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header([
+        "DOCUMENT",
+        "SIZE",
+        "LAST SEQ",
+        "LAST CHANGE",
+        "SNAPSHOTS",
+        "EDITORS",
+        "VIEWERS",
+    ]);
+    for d in docs {
+        t.add_row([
+            d.name.clone(),
+            bytes(d.size_bytes),
+            d.last_seq.to_string(),
+            d.last_change_ms.map_or("-".into(), when),
+            d.snapshots.to_string(),
+            d.editors.to_string(),
+            d.viewers.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
+fn snapshots_table(list: &[SnapshotView]) -> String {
+    if list.is_empty() {
+        return "no snapshots".into();
+    }
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(["ID", "SEQ", "TAKEN", "REASON", "SIZE"]);
+    for s in list {
+        t.add_row([
+            s.id.to_string(),
+            s.seq.to_string(),
+            when(s.taken_at_ms),
+            s.reason.clone(),
+            bytes(s.size_bytes),
+        ]);
+    }
+    t.to_string()
+}
+
+fn when(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n < 1024 => format!("{n} B"),
+        n if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// A progress bar on a terminal; nothing when stderr is piped.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        if std::io::stderr().is_terminal() {
+            Bar(ProgressBar::new(0))
+        } else {
+            Bar(ProgressBar::hidden())
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: Option<u64>, what: &str) {
+        let template = match total {
+            Some(total) => {
+                self.0.set_length(total);
+                format!("{{bar:40}} {{pos}}/{{len}} {what}")
+            }
+            None => format!("{{spinner}} {{bytes}} {what}"),
+        };
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            self.0.set_style(style);
+        }
+    }
+    fn advance(&self, by: u64) {
+        self.0.inc(by);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}

@@ -1,0 +1,165 @@
+//! What admin operations return, as JSON on the wire and in `--json` output.
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use weft_storage::{DocInfo, SnapshotInfo};
+use weft_sync::{Restored, RoomError, RoomStats};
+
+/// One document, as `docs list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocSummary {
+    pub name: String,
+    pub size_bytes: u64,
+    pub last_seq: u64,
+    /// Milliseconds since the epoch.
+    pub last_change_ms: Option<u64>,
+    pub created_at_ms: u64,
+    pub snapshots: usize,
+    /// Live connections (0 when the document is not loaded).
+    pub editors: usize,
+    pub viewers: usize,
+}
+
+impl DocSummary {
+    pub fn new(info: DocInfo, live: Option<RoomStats>) -> Self {
+        let live = live.unwrap_or_default();
+        DocSummary {
+            name: info.name.to_string(),
+            size_bytes: info.size_bytes,
+            last_seq: info.last_seq.max(live.last_seq),
+            last_change_ms: info.last_change_ms,
+            created_at_ms: info.meta.created_at_ms,
+            snapshots: info.snapshots,
+            editors: live.editors,
+            viewers: live.viewers,
+        }
+    }
+}
+
+/// One document with its snapshot history, as `docs show` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocDetail {
+    #[serde(flatten)]
+    pub summary: DocSummary,
+    pub history: Vec<SnapshotView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    pub id: u64,
+    pub seq: u64,
+    pub taken_at_ms: u64,
+    pub reason: String,
+    pub size_bytes: u64,
+}
+
+impl From<SnapshotInfo> for SnapshotView {
+    fn from(s: SnapshotInfo) -> Self {
+        SnapshotView {
+            id: s.id,
+            seq: s.seq,
+            taken_at_ms: s.taken_at_ms,
+            reason: s.reason.as_str().to_owned(),
+            size_bytes: s.size,
+        }
+    }
+}
+
+/// What a restore or import did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeView {
+    /// The event id of the change, or `None` when nothing changed.
+    pub change: Option<String>,
+    /// The snapshot taken right after.
+    pub snapshot: u64,
+}
+
+impl From<Restored> for ChangeView {
+    fn from(r: Restored) -> Self {
+        ChangeView {
+            change: r.change.map(|id| id.to_string()),
+            snapshot: r.snapshot,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSummary {
+    pub documents: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub documents: usize,
+    pub records: usize,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub location: String,
+    pub problem: String,
+}
+
+/// Why an admin operation failed, with what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl AdminError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::NotFound(_) => "not_found",
+            AdminError::BadRequest(_) => "bad_request",
+            AdminError::Unauthorized(_) => "unauthorized",
+            AdminError::Unavailable(_) => "unavailable",
+            AdminError::Failed(_) => "failed",
+        }
+    }
+}
+
+impl From<RoomError> for AdminError {
+    fn from(e: RoomError) -> Self {
+        let m = e.to_string();
+        match e {
+            RoomError::NotFound(_) => AdminError::NotFound(m),
+            RoomError::Rejected(_) => AdminError::BadRequest(m),
+            RoomError::ShuttingDown | RoomError::Busy | RoomError::Retry => {
+                AdminError::Unavailable(m)
+            }
+            RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => AdminError::Failed(m),
+        }
+    }
+}
+
+impl From<weft_storage::StorageError> for AdminError {
+    fn from(e: weft_storage::StorageError) -> Self {
+        match e {
+            weft_storage::StorageError::BadArchive(_)
+            | weft_storage::StorageError::AlreadyExists(_) => AdminError::BadRequest(e.to_string()),
+            _ => AdminError::Failed(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! `LocalAdmin`: admin operations on a store, through the document engine.
+//!
+//! Changes (restore, import, delete, snapshots) go through the document's
+//! room, exactly as in a running server, so live editors see them and the
+//! durability rules hold. Read-only operations read the store.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use weft_storage::archive::{self, ArchiveReader};
+use weft_storage::{DocName, DocumentStore};
+use weft_sync::protocol::decode_update;
+use weft_sync::Rooms;
+
+use super::{
+    AdminError, Backend, BackupSummary, ChangeView, DocDetail, DocSummary, Problem, Progress,
+    SnapshotView, VerifyReport,
+};
+
+#[derive(Debug, Clone)]
+pub struct LocalAdmin {
+    store: Arc<dyn DocumentStore>,
+    rooms: Rooms,
+}
+
+impl LocalAdmin {
+    pub fn new(store: Arc<dyn DocumentStore>, rooms: Rooms) -> Self {
+        LocalAdmin { store, rooms }
+    }
+
+    /// The backup archive of every document, as a stream of chunks: the
+    /// header, one chunk per document, the end marker.
+    pub fn archive_chunks(&self) -> impl Stream<Item = Result<Bytes, AdminError>> + Send + 'static {
+        enum Step {
+            Start,
+            Doc(Vec<DocName>, usize, u64),
+            Done,
+        }
+        let admin = self.clone();
+        futures_util::stream::unfold(Step::Start, move |step| {
+            let admin = admin.clone();
+            async move {
+                match step {
+                    Step::Start => {
+                        let first = match admin.store.list().await {
+                            Ok(docs) => archive::header(docs.len() as u64, now_ms())
+                                .map(|h| (Bytes::from(h), Step::Doc(docs, 0, 0))),
+                            Err(e) => Err(e),
+                        };
+                        Some(match first {
+                            Ok((chunk, next)) => (Ok(chunk), next),
+                            Err(e) => (Err(e.into()), Step::Done),
+                        })
+                    }
+                    Step::Doc(docs, i, written) if i == docs.len() => Some((
+                        archive::end(written).map(Bytes::from).map_err(Into::into),
+                        Step::Done,
+                    )),
+                    Step::Doc(docs, i, written) => {
+                        let chunk = match admin.store.dump(&docs[i]).await {
+                            Ok(Some(dump)) => archive::document(&dump).map(|b| (Bytes::from(b), 1)),
+                            Ok(None) => Ok((Bytes::new(), 0)), // deleted meanwhile
+                            Err(e) => Err(e),
+                        };
+                        Some(match chunk {
+                            Ok((bytes, n)) => (Ok(bytes), Step::Doc(docs, i + 1, written + n)),
+                            Err(e) => (Err(e.into()), Step::Done),
+                        })
+                    }
+                    Step::Done => None,
+                }
+            }
+        })
+    }
+
+    async fn summary(&self, doc: &DocName) -> Result<DocSummary, AdminError> {
+        let info = self.store.info(doc).await?.ok_or_else(|| not_found(doc))?;
+        Ok(DocSummary::new(info, self.rooms.stats(doc).await))
+    }
+}
+
+fn not_found(doc: &DocName) -> AdminError {
+    AdminError::NotFound(format!(
+        "there is no document {doc}; `weft docs list` shows what there is"
+    ))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn io_failed(e: std::io::Error) -> AdminError {
+    AdminError::Failed(format!("writing the backup failed: {e}"))
+}
+
+#[async_trait]
+impl Backend for LocalAdmin {
+    async fn list_docs(&self) -> Result<Vec<DocSummary>, AdminError> {
+        let mut out = Vec::new();
+        for doc in self.store.list().await? {
+            if let Some(info) = self.store.info(&doc).await? {
+                out.push(DocSummary::new(info, self.rooms.stats(&doc).await));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn show_doc(&self, doc: &DocName) -> Result<DocDetail, AdminError> {
+        let summary = self.summary(doc).await?;
+        let history = self.list_snapshots(doc).await?;
+        Ok(DocDetail { summary, history })
+    }
+
+    async fn delete_doc(&self, doc: &DocName) -> Result<(), AdminError> {
+        Ok(self.rooms.delete(doc).await?)
+    }
+
+    async fn list_snapshots(&self, doc: &DocName) -> Result<Vec<SnapshotView>, AdminError> {
+        self.summary(doc).await?;
+        let list = self.store.list_snapshots(doc).await?;
+        Ok(list.into_iter().map(SnapshotView::from).collect())
+    }
+
+    async fn create_snapshot(&self, doc: &DocName) -> Result<SnapshotView, AdminError> {
+        let id = self.rooms.snapshot_now(doc).await?;
+        let list = self.store.list_snapshots(doc).await?;
+        list.into_iter()
+            .find(|s| s.id == id)
+            .map(SnapshotView::from)
+            .ok_or_else(|| {
+                AdminError::Failed(format!("snapshot {id} vanished right after it was taken"))
+            })
+    }
+
+    async fn state(&self, doc: &DocName, snapshot: Option<u64>) -> Result<Vec<u8>, AdminError> {
+        self.summary(doc).await?;
+        match snapshot {
+            Some(id) => self
+                .store
+                .get_snapshot(doc, id)
+                .await?
+                .map(|s| s.state)
+                .ok_or_else(|| {
+                    AdminError::NotFound(format!(
+                        "document {doc} has no snapshot {id}; `weft snapshot list {doc}` shows them"
+                    ))
+                }),
+            None => Ok(self.rooms.read(doc, None).await?.update),
+        }
+    }
+
+    async fn restore(&self, doc: &DocName, snapshot: u64) -> Result<ChangeView, AdminError> {
+        Ok(self.rooms.restore(doc, snapshot).await?.into())
+    }
+
+    async fn import(&self, doc: &DocName, update: Vec<u8>) -> Result<ChangeView, AdminError> {
+        Ok(self.rooms.import(doc, Bytes::from(update)).await?.into())
+    }
+
+    async fn backup(
+        &self,
+        out: &mut (dyn Write + Send),
+        progress: &dyn Progress,
+    ) -> Result<BackupSummary, AdminError> {
+        let docs = self.store.list().await?.len() as u64;
+        progress.start(Some(docs), "documents");
+        let mut bytes = 0;
+        let mut chunks = std::pin::pin!(self.archive_chunks());
+        let mut first = true;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            out.write_all(&chunk).map_err(io_failed)?;
+            bytes += chunk.len() as u64;
+            // Every chunk after the header is a document (or the end).
+            if !std::mem::take(&mut first) {
+                progress.advance(1);
+            }
+        }
+        out.flush().map_err(io_failed)?;
+        progress.finish();
+        Ok(BackupSummary {
+            documents: docs,
+            bytes,
+        })
+    }
+
+    async fn restore_backup(
+        &self,
+        input: &mut (dyn Read + Send),
+        progress: &dyn Progress,
+    ) -> Result<BackupSummary, AdminError> {
+        let mut reader = ArchiveReader::new(input)?;
+        progress.start(Some(reader.documents), "documents");
+        let mut restored = 0;
+        while let Some(dump) = reader.next_document()? {
+            self.store.restore_dump(dump).await?;
+            restored += 1;
+            progress.advance(1);
+        }
+        progress.finish();
+        Ok(BackupSummary {
+            documents: restored,
+            bytes: 0,
+        })
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, AdminError> {
+        let mut problems: Vec<Problem> = self
+            .store
+            .verify()
+            .await?
+            .into_iter()
+            .map(|c| Problem {
+                location: c.location,
+                problem: c.problem,
+            })
+            .collect();
+        let docs = self.store.list().await?;
+        let mut records = 0;
+        for doc in &docs {
+            // Records that decode may still not be Yjs updates.
+            let dump = match self.store.dump(doc).await {
+                Ok(Some(dump)) => dump,
+                Ok(None) => continue,
+                Err(_) => continue, // already reported by the store
+            };
+            records += 1 + dump.snapshots.len() + dump.log.len();
+            for s in &dump.snapshots {
+                if let Err(e) = decode_update(&s.state) {
+                    problems.push(Problem {
+                        location: format!("{doc} snapshot {}", s.id),
+                        problem: format!("not a Yjs update: {e}"),
+                    });
+                }
+            }
+            for e in &dump.log {
+                if let Err(err) = decode_update(&e.update) {
+                    problems.push(Problem {
+                        location: format!("{doc}#{}", e.seq),
+                        problem: format!("not a Yjs update: {err}"),
+                    });
+                }
+            }
+        }
+        Ok(VerifyReport {
+            documents: docs.len(),
+            records,
+            problems,
+        })
+    }
+}
