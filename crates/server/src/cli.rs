@@ -26,7 +26,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  weft serve\n  weft serve --listen 0.0.0.0:8080 --data-dir /var/lib/weft"
     )]
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// List, show and delete documents.
     Docs {
         #[command(subcommand)]
@@ -64,7 +64,7 @@ impl Command {
     /// The operator commands, apart from `serve`.
     pub fn into_admin(self) -> Result<(AdminCommand, Target), Box<ServeConfig>> {
         match self {
-            Command::Serve(config) => Err(Box::new(config)),
+            Command::Serve(config) => Err(config),
             Command::Docs { command, target } => Ok((AdminCommand::Docs(command), target)),
             Command::Snapshot { command, target } => Ok((AdminCommand::Snapshot(command), target)),
             Command::Backup { args, target } => Ok((AdminCommand::Backup(args), target)),
