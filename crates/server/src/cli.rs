@@ -179,6 +179,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_PRUNE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub prune_interval: Duration,
 
+    /// Bytes a connection may have queued before it counts as too slow and
+    /// is closed (1013). One frame larger than this still goes into an
+    /// empty queue.
+    #[arg(long, env = "WEFT_OUTBOUND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
     /// How long shutdown may take to close connections and store documents.
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -230,6 +236,7 @@ impl ServeConfig {
             snapshot_every: self.snapshot_every,
             keep_log_tail: self.keep_log_tail,
             outbound_queue: usize::try_from(self.outbound_queue).unwrap_or(usize::MAX),
+            outbound_queue_bytes: self.outbound_queue_bytes,
             ..weft_sync::EngineConfig::default()
         }
     }

@@ -462,3 +462,31 @@ async fn verify_finds_a_corrupted_record() {
         assert!(stdout.contains("1 problems"), "{stdout}");
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_live_document_closes_its_connections_with_4404() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = Weft::start(&["--admin-key", ADMIN]);
+    post(&server.addr, "doomed", insert(&Doc::new(), "bye")).await;
+    let mut ws = connect(&server.url("doomed")).await;
+    next_message(&mut ws).await;
+    let addr = server.addr.clone();
+    tokio::task::block_in_place(|| {
+        Mode::Online(&addr).ok(&["docs", "delete", "doomed"]);
+    });
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!(code, CloseCode::Library(4404), "{reason}");
+    let auth = format!("Bearer {ADMIN}");
+    let (status, _) = request(
+        &server.addr,
+        "GET",
+        "/admin/docs/doomed",
+        &[("authorization", &auth)],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 404);
+    // The name can be used again, for a new, empty document.
+    let (status, body) = request(&server.addr, "GET", "/docs/doomed/json", &[], vec![]).await;
+    assert_eq!((status, body), (200, b"{}".to_vec()));
+}

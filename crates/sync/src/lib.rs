@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub keep_log_tail: u64,
     /// Frames a connection may have waiting before it counts as too slow.
     pub outbound_queue: usize,
+    /// Bytes a connection may have waiting before it counts as too slow.
+    pub outbound_queue_bytes: usize,
     /// Commands a room may have waiting before senders wait.
     pub command_queue: usize,
 }
@@ -48,6 +50,7 @@ impl Default for EngineConfig {
             snapshot_every: 1000,
             keep_log_tail: 10_000,
             outbound_queue: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
             command_queue: 1024,
         }
     }

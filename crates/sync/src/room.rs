@@ -26,7 +26,7 @@ use yrs::{ReadTxn, StateVector, Transact};
 use crate::doc_state::{Change, ConnId, Delivery, DocState, Effects};
 use crate::protocol::{self, Inbound};
 use crate::rooms::RoomMap;
-use crate::session::{CloseReason, Kind, Subscriber};
+use crate::session::{CloseReason, Kind, Offer, Subscriber};
 use crate::{
     restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats,
 };
@@ -704,10 +704,10 @@ fn offer(
     frame: Bytes,
     gone: &mut Vec<(ConnId, Option<CloseReason>)>,
 ) {
-    match sub.tx.try_send(frame) {
+    match sub.offer(frame) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => gone.push((conn, Some(CloseReason::TooSlow))),
-        Err(mpsc::error::TrySendError::Closed(_)) => gone.push((conn, None)),
+        Err(Offer::Full) => gone.push((conn, Some(CloseReason::TooSlow))),
+        Err(Offer::Closed) => gone.push((conn, None)),
     }
 }
 

@@ -246,7 +246,10 @@ impl Rooms {
             conn,
             doc.clone(),
             room.tx.clone(),
-            self.inner.config.outbound_queue,
+            (
+                self.inner.config.outbound_queue,
+                self.inner.config.outbound_queue_bytes,
+            ),
             access,
             self.inner.tasks.clone(),
         )

@@ -6,6 +6,7 @@
 //! shutting down) `recv` returns the [`CloseReason`] so the transport can
 //! close with the right code. Dropping the session leaves the room.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -57,13 +58,43 @@ pub(crate) enum Kind {
 
 /// The room's side of a session: where its frames go.
 pub(crate) struct Subscriber {
-    pub tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Bytes>,
     pub kind: Kind,
     pub access: Access,
     reason: Arc<OnceLock<CloseReason>>,
+    /// Bytes queued and not yet taken by the connection.
+    queued: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
+}
+
+/// Why a frame could not be queued.
+pub(crate) enum Offer {
+    /// The client is not keeping up.
+    Full,
+    /// The connection is gone.
+    Closed,
 }
 
 impl Subscriber {
+    /// Queues a frame unless the queue is full, by count or by bytes. One
+    /// frame is always accepted into an empty queue, however large, so a big
+    /// document can still be sent whole.
+    pub fn offer(&self, frame: Bytes) -> Result<(), Offer> {
+        let len = frame.len();
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + len > self.max_queued_bytes {
+            return Err(Offer::Full);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.try_send(frame).map_err(|e| {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Offer::Full,
+                mpsc::error::TrySendError::Closed(_) => Offer::Closed,
+            }
+        })
+    }
+
     /// Records why the session ends; dropping `self` then ends it.
     pub fn close(self, reason: CloseReason) {
         let _ = self.reason.set(reason);
@@ -78,6 +109,7 @@ pub struct Session {
     room: mpsc::Sender<Command>,
     outbound: mpsc::Receiver<Bytes>,
     reason: Arc<OnceLock<CloseReason>>,
+    queued: Arc<AtomicUsize>,
     tasks: TaskTracker,
 }
 
@@ -86,18 +118,21 @@ impl Session {
         conn: ConnId,
         doc: DocName,
         room: mpsc::Sender<Command>,
-        queue: usize,
+        limits: (usize, usize),
         access: Access,
         tasks: TaskTracker,
     ) -> (Session, Subscriber) {
-        let (tx, outbound) = mpsc::channel(queue.max(1));
+        let (frames, bytes) = limits;
+        let (tx, outbound) = mpsc::channel(frames.max(1));
         let reason = Arc::new(OnceLock::new());
+        let queued = Arc::new(AtomicUsize::new(0));
         let session = Session {
             conn,
             doc,
             room,
             outbound,
             reason: reason.clone(),
+            queued: queued.clone(),
             tasks,
         };
         let subscriber = Subscriber {
@@ -105,6 +140,8 @@ impl Session {
             kind: Kind::Editor,
             access,
             reason,
+            queued,
+            max_queued_bytes: bytes,
         };
         (session, subscriber)
     }
@@ -120,7 +157,10 @@ impl Session {
     /// The next frame for this client, or why the room ended the session.
     pub async fn recv(&mut self) -> Result<Bytes, CloseReason> {
         match self.outbound.recv().await {
-            Some(frame) => Ok(frame),
+            Some(frame) => {
+                self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                Ok(frame)
+            }
             None => Err(self.close_reason()),
         }
     }

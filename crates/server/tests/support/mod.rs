@@ -53,7 +53,7 @@ impl Weft {
                 "debug",
                 Stdio::from(std::fs::File::create(path).expect("log file")),
             ),
-            None => ("warn", Stdio::inherit()),
+            None => ("error", Stdio::inherit()),
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["serve", "--listen", listen, "--data-dir"])
