@@ -38,7 +38,7 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
-    fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             retry_after: Some(1),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
@@ -78,6 +78,10 @@ impl From<RoomError> for ApiError {
         match e {
             RoomError::Rejected(_) => Self::bad_request("invalid_update", message),
             RoomError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            RoomError::TooLarge(_) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", message)
+            }
+            RoomError::Full(_) => Self::unavailable("document_full", message),
             RoomError::StorageFailure(_) => Self::unavailable("storage_failure", message),
             RoomError::LoadFailed(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -17,6 +17,7 @@ use weft_sync::Rooms;
 use crate::admin::{self, ops::LocalAdmin};
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
+use crate::limits::ConnectionLimit;
 use crate::{docs_api, origin, sse, token_api, ws};
 
 /// What every handler can reach.
@@ -32,6 +33,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Live WebSocket and SSE connections, against `--max-connections`.
+    pub connection_limit: ConnectionLimit,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

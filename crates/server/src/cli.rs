@@ -185,6 +185,35 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_OUTBOUND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub outbound_queue_bytes: usize,
 
+    /// Largest a document may grow, in bytes (its last snapshot plus the
+    /// changes since); a change that would pass it is refused (WebSocket
+    /// close 4413, HTTP 413) and does not alter the document. 0: no limit.
+    #[arg(long, env = "WEFT_MAX_DOCUMENT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_document_bytes: u64,
+
+    /// Largest presence (awareness) state one client may publish, in bytes.
+    #[arg(long, env = "WEFT_MAX_PRESENCE_BYTES", default_value_t = 64 * 1024)]
+    pub max_presence_bytes: usize,
+
+    /// Connections (editors and viewers) one document accepts; more are
+    /// refused (WebSocket close 1013, HTTP 503 with Retry-After). 0: no limit.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_DOC", default_value_t = 10_000)]
+    pub max_connections_per_doc: usize,
+
+    /// Connections the server accepts in all (WebSocket and SSE); more are
+    /// refused like the per-document limit. 0: no limit.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Messages per second one WebSocket may send, sustained; beyond the
+    /// burst it is closed (4429). 0: no limit.
+    #[arg(long, env = "WEFT_MAX_MESSAGES_PER_SEC", default_value_t = 200)]
+    pub max_messages_per_sec: u32,
+
+    /// Messages a WebSocket may send at once above the sustained rate.
+    #[arg(long, env = "WEFT_MESSAGE_BURST", default_value_t = 2000)]
+    pub message_burst: u32,
+
     /// How long shutdown may take to close connections and store documents.
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -237,6 +266,11 @@ impl ServeConfig {
             keep_log_tail: self.keep_log_tail,
             outbound_queue: usize::try_from(self.outbound_queue).unwrap_or(usize::MAX),
             outbound_queue_bytes: self.outbound_queue_bytes,
+            limits: weft_sync::DocLimits {
+                max_document_bytes: self.max_document_bytes,
+                max_presence_bytes: self.max_presence_bytes,
+            },
+            max_connections_per_doc: self.max_connections_per_doc,
             ..weft_sync::EngineConfig::default()
         }
     }

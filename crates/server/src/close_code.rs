@@ -28,6 +28,13 @@ pub const FORBIDDEN: u16 = 4403;
 /// document (and sync the client's copy into it): stop instead.
 pub const DOCUMENT_DELETED: u16 = 4404;
 
+/// A change would have made the document larger than its limit
+/// (`--max-document-bytes`); it was not applied.
+pub const DOCUMENT_TOO_LARGE: u16 = 4413;
+/// The connection sent messages faster than `--max-messages-per-sec`
+/// (beyond the burst) for too long.
+pub const RATE_LIMITED: u16 = 4429;
+
 /// The close code for a session the document engine ended.
 pub fn for_reason(reason: &CloseReason) -> u16 {
     match reason {
@@ -36,6 +43,7 @@ pub fn for_reason(reason: &CloseReason) -> u16 {
         CloseReason::StorageFailure(_) => INTERNAL_ERROR,
         CloseReason::ShuttingDown => GOING_AWAY,
         CloseReason::Deleted => DOCUMENT_DELETED,
+        CloseReason::TooLarge(_) => DOCUMENT_TOO_LARGE,
     }
 }
 

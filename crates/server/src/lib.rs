@@ -16,6 +16,7 @@ mod close_code;
 mod doc_path;
 mod docs_api;
 mod event_gzip;
+mod limits;
 mod origin;
 mod peer;
 mod serve;

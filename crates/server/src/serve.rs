@@ -20,6 +20,7 @@ use crate::admin::ops::LocalAdmin;
 use crate::app::{self, AppState};
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
+use crate::limits::ConnectionLimit;
 use crate::peer::PeerAddr;
 use crate::shutdown;
 use crate::tls::{self, TlsListener};
@@ -56,6 +57,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         admin: LocalAdmin::new(store.clone(), rooms.clone()),
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
+        connection_limit: ConnectionLimit::new(config.max_connections),
     });
     let router = app::router(state.clone());
     state.connections.spawn(prune_snapshots(

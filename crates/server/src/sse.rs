@@ -28,6 +28,7 @@ use crate::app::AppState;
 use crate::auth::Mode;
 use crate::doc_path::DocPath;
 use crate::event_gzip::{accepts_gzip, EventGzip};
+use crate::limits::ConnectionSlot;
 use crate::ws::sleep_until;
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +47,15 @@ pub async fn follow(
 ) -> Result<Response, ApiError> {
     app.check_origin(&headers)?;
     let grant = app.authorize(&credentials, &doc, Mode::Read)?;
+    let slot = app.connection_limit.try_admit().ok_or_else(|| {
+        ApiError::unavailable(
+            "server_full",
+            format!(
+                "the server has its maximum of {} connections; try again later",
+                app.connection_limit.max()
+            ),
+        )
+    })?;
     let resume_text = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -67,6 +77,7 @@ pub async fn follow(
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let opening = Bytes::from(format!("retry: {}\n\n", app.config.sse_retry_ms));
     let stream = EventStream {
+        _slot: slot,
         expiry: app.token_deadline(&grant),
         tracked: app.connections.token(),
         app,
@@ -103,6 +114,8 @@ struct EventStream {
     /// The token's expiry, when it ends the stream.
     expiry: Option<Instant>,
     ended: bool,
+    /// Its place under `--max-connections`, freed when the stream ends.
+    _slot: ConnectionSlot,
     /// Keeps shutdown waiting until the stream has ended.
     #[allow(dead_code)]
     tracked: TaskTrackerToken,

@@ -29,6 +29,7 @@ use crate::app::AppState;
 use crate::auth::{Grant, Mode};
 use crate::close_code;
 use crate::doc_path::DocPath;
+use crate::limits;
 use crate::peer::PeerAddr;
 
 pub async fn upgrade(
@@ -54,25 +55,37 @@ pub async fn upgrade(
         }
     };
     // Browsers cannot see the status of a refused upgrade, so a refusal is
-    // an accepted upgrade closed at once with 4401/4403 and the reason.
-    let grant = app.authorize(&credentials, &doc, Mode::Read);
+    // an accepted upgrade closed at once with a code and the reason.
+    let admitted = match app.connection_limit.try_admit() {
+        Some(slot) => app
+            .authorize(&credentials, &doc, Mode::Read)
+            .map(|grant| (grant, slot))
+            .map_err(|e| (e.close_code(), e.to_string())),
+        None => Err((
+            close_code::TRY_AGAIN_LATER,
+            format!(
+                "the server has its maximum of {} connections; try again later",
+                app.connection_limit.max()
+            ),
+        )),
+    };
     let max = app.config.max_message_bytes;
     // The connection task counts as tracked from here until it ends.
     let tracked = app.connections.token();
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            let sub = grant.as_ref().ok().and_then(|g| g.sub.clone());
+            let sub = admitted.as_ref().ok().and_then(|(g, _)| g.sub.clone());
             let span = tracing::info_span!(
                 "ws", doc = %doc, %peer, sub = sub.as_deref().unwrap_or("-"), conn = tracing::field::Empty
             );
-            match grant {
-                Ok(grant) => run(socket, doc, grant, app).instrument(span).await,
-                Err(e) => {
+            match admitted {
+                Ok((grant, _slot)) => run(socket, doc, grant, app).instrument(span).await,
+                Err((code, reason)) => {
                     let _guard = span.enter();
-                    info!(error = %e, "refused");
+                    info!(code, %reason, "refused");
                     let (mut sink, mut stream) = socket.split();
-                    close(&mut sink, &mut stream, e.close_code(), &e.to_string()).await;
+                    close(&mut sink, &mut stream, code, &reason).await;
                 }
             }
             drop(tracked);
@@ -100,7 +113,10 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) 
         Err(e) => {
             let code = match e {
                 RoomError::ShuttingDown => close_code::GOING_AWAY,
-                RoomError::Busy | RoomError::Retry => close_code::TRY_AGAIN_LATER,
+                RoomError::Busy | RoomError::Retry | RoomError::Full(_) => {
+                    close_code::TRY_AGAIN_LATER
+                }
+                RoomError::TooLarge(_) => close_code::DOCUMENT_TOO_LARGE,
                 RoomError::Rejected(_) | RoomError::NotFound(_) => close_code::REJECTED,
                 RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => {
                     close_code::INTERNAL_ERROR
@@ -142,6 +158,7 @@ async fn connection_loop(
     let mut ping = interval_at(Instant::now() + every, every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst);
 
     loop {
         tokio::select! {
@@ -165,11 +182,20 @@ async fn connection_loop(
                     None => return End::Gone("peer closed the socket"),
                     Some(Err(e)) => return read_error(e),
                     Some(Ok(Message::Binary(frame))) => {
+                        if rate.as_ref().is_some_and(|r| r.check().is_err()) {
+                            return End::Close(
+                                close_code::RATE_LIMITED,
+                                format!(
+                                    "more than {} messages per second; slow down",
+                                    app.config.max_messages_per_sec
+                                ),
+                            );
+                        }
                         let messages = match decode_frame(&frame) {
                             Ok(messages) => messages,
                             Err(e) => return End::Close(close_code::PROTOCOL_ERROR, e.to_string()),
                         };
-                        if let Err(reason) = session.send(messages).await {
+                        if let Err(reason) = session.send(messages, frame.len()).await {
                             return End::Close(close_code::for_reason(&reason), reason.to_string());
                         }
                     }

@@ -75,6 +75,8 @@ pub enum Rejection {
     UpdatePanicked,
     #[error("awareness update rejected: {0}")]
     InvalidAwareness(String),
+    #[error("change refused: the document would grow past its limit of {limit} bytes")]
+    DocumentTooLarge { limit: u64 },
 }
 
 /// A stored document that could not be turned back into a live one.
@@ -99,6 +101,17 @@ pub struct DocState {
     /// Set when yrs panicked mid-transaction: memory may no longer match
     /// storage, so the caller must rebuild from storage.
     poisoned: bool,
+    /// Roughly how many bytes the document takes: its last snapshot plus
+    /// every change since. An upper bound on its encoded size.
+    size_estimate: u64,
+    limits: DocLimits,
+}
+
+/// Limits on what clients may make a document hold (0: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DocLimits {
+    pub max_document_bytes: u64,
+    pub max_presence_bytes: usize,
 }
 
 impl std::fmt::Debug for DocState {
@@ -140,7 +153,34 @@ impl DocState {
             recent_capacity,
             owners: HashMap::new(),
             poisoned: false,
+            size_estimate: stored.snapshot.as_ref().map_or(0, |s| s.state.len() as u64)
+                + stored
+                    .log
+                    .iter()
+                    .map(|e| e.update.len() as u64)
+                    .sum::<u64>(),
+            limits: DocLimits::default(),
         })
+    }
+
+    pub fn set_limits(&mut self, limits: DocLimits) {
+        self.limits = limits;
+    }
+
+    /// Whether a message of `len` bytes carrying a change may be applied
+    /// without the document passing its size limit. Checked before applying,
+    /// so a refused change never alters the document.
+    pub fn admits(&self, len: usize) -> Result<(), Rejection> {
+        let limit = self.limits.max_document_bytes;
+        if limit > 0 && self.size_estimate + len as u64 > limit {
+            return Err(Rejection::DocumentTooLarge { limit });
+        }
+        Ok(())
+    }
+
+    /// The document's size is known exactly again (a snapshot was encoded).
+    pub fn set_size(&mut self, bytes: u64) {
+        self.size_estimate = bytes;
     }
 
     /// Replaces the document's content with what storage holds, keeping
@@ -152,6 +192,7 @@ impl DocState {
             let _ = fresh.awareness.apply_update(presence);
         }
         fresh.owners = std::mem::take(&mut self.owners);
+        fresh.limits = self.limits;
         *self = fresh;
         Ok(())
     }
@@ -283,6 +324,7 @@ impl DocState {
             return None;
         }
         self.last_seq += 1;
+        self.size_estimate += delta.len() as u64;
         let change = Change {
             seq: self.last_seq,
             at_ms: self.clock.now_ms(),
@@ -369,6 +411,13 @@ impl DocState {
     ) -> Result<(), Rejection> {
         // Other clients JSON.parse every state; refuse what they could not.
         for (client, entry) in &update.clients {
+            let max = self.limits.max_presence_bytes;
+            if max > 0 && entry.json.len() > max {
+                return Err(Rejection::InvalidAwareness(format!(
+                    "state of client {client} is {} bytes; the limit is {max}",
+                    entry.json.len()
+                )));
+            }
             if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&entry.json) {
                 return Err(Rejection::InvalidAwareness(format!(
                     "state of client {client} is not JSON: {e}"
@@ -898,5 +947,79 @@ mod access_tests {
             "ello"
         );
         assert_eq!(s.last_seq(), 2);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use weft_storage::DocMeta;
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, Text};
+
+    #[test]
+    fn size_and_presence_limits_refuse_without_changing_anything() {
+        let stored = StoredDoc {
+            meta: DocMeta {
+                incarnation: 1,
+                created_at_ms: 0,
+            },
+            snapshot: None,
+            log: vec![],
+        };
+        let mut s = DocState::load(&stored, 8, Arc::new(crate::SystemClock)).expect("loads");
+        s.set_limits(DocLimits {
+            max_document_bytes: 200,
+            max_presence_bytes: 16,
+        });
+        let client = Doc::new();
+        let text = client.get_or_insert_text("t");
+        let small = {
+            let mut txn = client.transact_mut();
+            text.insert(&mut txn, 0, "hello");
+            txn.encode_update_v1()
+        };
+        assert!(s.admits(small.len()).is_ok());
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(Update::decode_v1(&small).expect("valid")),
+            &mut Effects::default(),
+        )
+        .expect("applies");
+        let big = {
+            let mut txn = client.transact_mut();
+            text.insert(&mut txn, 5, &"x".repeat(300));
+            txn.encode_update_v1()
+        };
+        assert_eq!(
+            s.admits(big.len()),
+            Err(Rejection::DocumentTooLarge { limit: 200 })
+        );
+        assert_eq!(
+            s.doc()
+                .get_or_insert_text("t")
+                .get_string(&s.doc().transact()),
+            "hello"
+        );
+
+        let mut clients = HashMap::new();
+        clients.insert(
+            ClientID::new(9),
+            yrs::sync::awareness::AwarenessUpdateEntry {
+                clock: 1,
+                json: r#"{"name":"far too long a name"}"#.into(),
+            },
+        );
+        let err = s
+            .receive(
+                1,
+                Access::ReadWrite,
+                Inbound::Awareness(AwarenessUpdate { clients }),
+                &mut Effects::default(),
+            )
+            .expect_err("too big");
+        assert!(matches!(err, Rejection::InvalidAwareness(_)), "{err}");
+        assert!(s.presence().is_none());
     }
 }

@@ -18,7 +18,9 @@ pub mod viewer;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use doc_state::{Access, Change, ConnId, Delivery, DocState, Effects, LoadError, Rejection};
+pub use doc_state::{
+    Access, Change, ConnId, Delivery, DocLimits, DocState, Effects, LoadError, Rejection,
+};
 pub use event_id::{BadEventId, EventId};
 pub use rooms::Rooms;
 pub use session::{CloseReason, Follower, Session};
@@ -40,6 +42,10 @@ pub struct EngineConfig {
     pub outbound_queue_bytes: usize,
     /// Commands a room may have waiting before senders wait.
     pub command_queue: usize,
+    /// What clients may make a document hold.
+    pub limits: DocLimits,
+    /// Connections (editors and viewers) one document accepts (0: no limit).
+    pub max_connections_per_doc: usize,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +58,11 @@ impl Default for EngineConfig {
             outbound_queue: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
             command_queue: 1024,
+            limits: DocLimits {
+                max_document_bytes: 256 * 1024 * 1024,
+                max_presence_bytes: 64 * 1024,
+            },
+            max_connections_per_doc: 10_000,
         }
     }
 }
@@ -115,6 +126,10 @@ pub enum RoomError {
     StorageFailure(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the document has its maximum of {0} connections; try again later")]
+    Full(usize),
     /// Internal: the room was unloading; ask a fresh one.
     #[error("the document was unloading")]
     Retry,

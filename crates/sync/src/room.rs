@@ -23,7 +23,7 @@ use weft_storage::{DocName, DocumentStore, LogEntry, NewSnapshot, SnapshotReason
 
 use yrs::{ReadTxn, StateVector, Transact};
 
-use crate::doc_state::{Change, ConnId, Delivery, DocState, Effects};
+use crate::doc_state::{Access, Change, ConnId, Delivery, DocState, Effects};
 use crate::protocol::{self, Inbound};
 use crate::rooms::RoomMap;
 use crate::session::{CloseReason, Kind, Offer, Subscriber};
@@ -54,6 +54,8 @@ pub(crate) enum Command {
     Receive {
         conn: ConnId,
         messages: Vec<Inbound>,
+        /// Size of the frame they came in, for the document size limit.
+        bytes: usize,
     },
     Leave {
         conn: ConnId,
@@ -169,7 +171,10 @@ impl Room {
         let started = Instant::now();
         let loaded = match cx.store.load(&name).await {
             Ok(stored) => DocState::load(&stored, cx.config.recent_changes, cx.clock.clone())
-                .map(|state| (state, stored.log.len() as u64))
+                .map(|mut state| {
+                    state.set_limits(cx.config.limits);
+                    (state, stored.log.len() as u64)
+                })
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -236,7 +241,9 @@ impl Room {
                     subscriber,
                     reply,
                 } => {
-                    if reply.send(Ok(())).is_ok() {
+                    if let Err(full) = self.has_room() {
+                        let _ = reply.send(Err(full));
+                    } else if reply.send(Ok(())).is_ok() {
                         // Subscribed before the initial sync is queued, so no
                         // change can fall between the two.
                         self.subscribers.insert(conn, subscriber);
@@ -249,7 +256,9 @@ impl Room {
                     resume,
                     reply,
                 } => {
-                    if reply.send(Ok(())).is_ok() {
+                    if let Err(full) = self.has_room() {
+                        let _ = reply.send(Err(full));
+                    } else if reply.send(Ok(())).is_ok() {
                         // Changes up to here are in the opening payload;
                         // live events take over after them.
                         subscriber.kind = Kind::Viewer {
@@ -260,10 +269,23 @@ impl Room {
                         fx.deliveries.push(Delivery::To(conn, opening));
                     }
                 }
-                Command::Receive { conn, messages } => {
+                Command::Receive {
+                    conn,
+                    messages,
+                    bytes,
+                } => {
                     let Some(access) = self.subscribers.get(&conn).map(|s| s.access) else {
                         continue; // already closed; drop what it still sent
                     };
+                    let writes =
+                        access == Access::ReadWrite && messages.iter().any(Inbound::is_update);
+                    if writes {
+                        if let Err(rejection) = self.state.admits(bytes) {
+                            warn!(doc = %self.name, conn, %rejection, "closing connection");
+                            self.kick(conn, CloseReason::TooLarge(rejection.to_string()), &mut fx);
+                            continue;
+                        }
+                    }
                     for message in messages {
                         if let Err(rejection) = self.state.receive(conn, access, message, &mut fx) {
                             warn!(doc = %self.name, conn, %rejection, "closing connection");
@@ -279,8 +301,14 @@ impl Room {
                 }
                 Command::Apply { update, reply } => {
                     let before = fx.changes.len();
-                    let applied = protocol::decode_update(&update)
-                        .map_err(|e| RoomError::Rejected(e.to_string()))
+                    let applied = self
+                        .state
+                        .admits(update.len())
+                        .map_err(|e| RoomError::TooLarge(e.to_string()))
+                        .and_then(|()| {
+                            protocol::decode_update(&update)
+                                .map_err(|e| RoomError::Rejected(e.to_string()))
+                        })
                         .and_then(|u| {
                             self.state
                                 .apply_external(u, &mut fx)
@@ -336,8 +364,14 @@ impl Room {
                 }
                 Command::Import { update, reply } => {
                     let before = fx.changes.len();
-                    let applied = protocol::decode_update(&update)
-                        .map_err(|e| RoomError::Rejected(e.to_string()))
+                    let applied = self
+                        .state
+                        .admits(update.len())
+                        .map_err(|e| RoomError::TooLarge(e.to_string()))
+                        .and_then(|()| {
+                            protocol::decode_update(&update)
+                                .map_err(|e| RoomError::Rejected(e.to_string()))
+                        })
                         .and_then(|u| {
                             self.state
                                 .apply_external(u, &mut fx)
@@ -436,6 +470,15 @@ impl Room {
             let _ = self.snapshot(SnapshotReason::Periodic).await;
         }
         false
+    }
+
+    /// Whether another connection may join.
+    fn has_room(&self) -> Result<(), RoomError> {
+        let max = self.cx.config.max_connections_per_doc;
+        if max > 0 && self.subscribers.len() >= max {
+            return Err(RoomError::Full(max));
+        }
+        Ok(())
     }
 
     fn event_id(&self, seq: u64) -> EventId {
@@ -653,6 +696,7 @@ impl Room {
             Ok(id) => {
                 debug!(doc = %self.name, id, size, reason = reason.as_str(), "snapshot stored");
                 self.unsnapshotted = 0;
+                self.state.set_size(size as u64);
                 Ok(id)
             }
             // The log still holds every change; a later snapshot will retry.

@@ -32,6 +32,8 @@ pub enum CloseReason {
     ShuttingDown,
     /// An operator deleted the document.
     Deleted,
+    /// A change would have made the document larger than its limit.
+    TooLarge(String),
 }
 
 impl std::fmt::Display for CloseReason {
@@ -42,6 +44,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::StorageFailure(_) => f.write_str("storage failure; reconnect to resync"),
             CloseReason::ShuttingDown => f.write_str("server shutting down"),
             CloseReason::Deleted => f.write_str("document deleted by an operator"),
+            CloseReason::TooLarge(why) => f.write_str(why),
         }
     }
 }
@@ -167,10 +170,12 @@ impl Session {
 
     /// Hands decoded messages to the room. Waits while the room is busy,
     /// which slows a fast sender down instead of queueing without bound.
-    pub async fn send(&self, messages: Vec<Inbound>) -> Result<(), CloseReason> {
+    /// `bytes` is the size of the frame they came in.
+    pub async fn send(&self, messages: Vec<Inbound>, bytes: usize) -> Result<(), CloseReason> {
         let command = Command::Receive {
             conn: self.conn,
             messages,
+            bytes,
         };
         self.room
             .send(command)

@@ -76,7 +76,7 @@ async fn an_update_reaches_the_others_only_after_it_is_stored() {
     assert!(matches!(next(&mut b).await, Inbound::SyncStep1(_)));
 
     let writer = Doc::new();
-    a.send(vec![edit(&writer, "hello")]).await.expect("send");
+    a.send(vec![edit(&writer, "hello")], 0).await.expect("send");
     let reader = Doc::new();
     next_update_into(&mut b, &reader).await;
     assert_eq!(text(&reader), "hello");
@@ -85,7 +85,7 @@ async fn an_update_reaches_the_others_only_after_it_is_stored() {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].seq, 1);
     // The sender is not sent its own change back.
-    a.send(vec![Inbound::SyncStep1(StateVector::default())])
+    a.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
         .expect("send");
     assert!(
@@ -130,12 +130,12 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     next(&mut a).await;
     next(&mut b).await;
     let writer = Doc::new();
-    a.send(vec![edit(&writer, "kept ")]).await.expect("send");
+    a.send(vec![edit(&writer, "kept ")], 0).await.expect("send");
     let reader = Doc::new();
     next_update_into(&mut b, &reader).await;
 
     f.store.fail_appends(true);
-    a.send(vec![edit(&writer, "lost")]).await.expect("send");
+    a.send(vec![edit(&writer, "lost")], 0).await.expect("send");
     for s in [&mut a, &mut b] {
         let reason = loop {
             match timeout(WAIT, s.recv()).await.expect("closed in time") {
@@ -155,7 +155,7 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     f.store.fail_appends(false);
     let mut c = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     next(&mut c).await;
-    c.send(vec![Inbound::SyncStep1(StateVector::default())])
+    c.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
         .expect("send");
     let fresh = Doc::new();
@@ -175,7 +175,7 @@ async fn a_client_that_stops_reading_is_closed_not_skipped() {
     let writer = Doc::new();
     for i in 0..20 {
         writer_session
-            .send(vec![edit(&writer, &i.to_string())])
+            .send(vec![edit(&writer, &i.to_string())], 0)
             .await
             .expect("send");
     }
@@ -200,7 +200,7 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     let doc = name("idle");
     {
         let s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-        s.send(vec![edit(&Doc::new(), "x")]).await.expect("send");
+        s.send(vec![edit(&Doc::new(), "x")], 0).await.expect("send");
     }
     timeout(WAIT, async {
         while f.rooms.is_loaded(&doc) {
@@ -215,7 +215,7 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     // Joining again loads it afresh, with its content.
     let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("rejoin");
     next(&mut s).await;
-    s.send(vec![Inbound::SyncStep1(StateVector::default())])
+    s.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
         .expect("send");
     let fresh = Doc::new();
@@ -231,7 +231,7 @@ async fn shutdown_stores_what_was_sent_and_closes_sessions() {
     let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     let writer = Doc::new();
     for i in 0..10 {
-        s.send(vec![edit(&writer, &i.to_string())])
+        s.send(vec![edit(&writer, &i.to_string())], 0)
             .await
             .expect("send");
     }
@@ -270,11 +270,13 @@ async fn snapshots_every_n_changes_and_trims_the_log_behind_a_tail() {
     next(&mut s).await;
     let writer = Doc::new();
     for i in 0..12 {
-        s.send(vec![edit(&writer, &i.to_string())])
+        s.send(vec![edit(&writer, &i.to_string())], 0)
             .await
             .expect("send");
         // One change per batch: the presence echo marks each as handled.
-        s.send(vec![Inbound::AwarenessQuery]).await.expect("send");
+        s.send(vec![Inbound::AwarenessQuery], 0)
+            .await
+            .expect("send");
         assert!(matches!(next(&mut s).await, Inbound::Awareness(_)));
     }
     let stored = f.store.inner().load(&doc).await.expect("load");
@@ -298,7 +300,7 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     let doc = name("broken");
     {
         let s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-        s.send(vec![edit(&Doc::new(), "precious")])
+        s.send(vec![edit(&Doc::new(), "precious")], 0)
             .await
             .expect("send");
     }
@@ -327,7 +329,7 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     // Once the store reads again, the document loads with its content.
     let mut s = rooms.join(&doc, Access::ReadWrite).await.expect("join");
     next(&mut s).await;
-    s.send(vec![Inbound::SyncStep1(StateVector::default())])
+    s.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
         .expect("send");
     let fresh = Doc::new();

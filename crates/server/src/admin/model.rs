@@ -145,8 +145,8 @@ impl From<RoomError> for AdminError {
         let m = e.to_string();
         match e {
             RoomError::NotFound(_) => AdminError::NotFound(m),
-            RoomError::Rejected(_) => AdminError::BadRequest(m),
-            RoomError::ShuttingDown | RoomError::Busy | RoomError::Retry => {
+            RoomError::Rejected(_) | RoomError::TooLarge(_) => AdminError::BadRequest(m),
+            RoomError::ShuttingDown | RoomError::Busy | RoomError::Retry | RoomError::Full(_) => {
                 AdminError::Unavailable(m)
             }
             RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => AdminError::Failed(m),
