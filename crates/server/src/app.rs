@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use weft_sync::Rooms;
 
@@ -50,9 +50,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/admin", admin::api::router())
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(origin::cors(&state.config.allowed_origins))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
-            tracing::info_span!("http", method = %req.method(), uri = %redacted(req.uri()))
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<Body>| {
+                    tracing::info_span!("http", method = %req.method(), uri = %redacted(req.uri()))
+                })
+                // A 503 under load is weft working as configured, not a fault.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
         .with_state(state)
 }
 

@@ -50,6 +50,12 @@ export class Weft {
     await this.exited
   }
 
+  /** Sends `signal` and resolves with how the process ended. */
+  async signal (signal) {
+    this.proc.kill(signal)
+    return this.exited
+  }
+
   async stop () {
     if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) {
       this.proc.kill('SIGTERM')
