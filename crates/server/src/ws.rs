@@ -256,19 +256,21 @@ async fn close(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: u16, 
         code,
         reason: close_code::truncate_reason(reason).into(),
     };
-    // The peer may already be gone; there is nothing else to tell it.
-    if sink.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
+    // Bounded as a whole: a peer that stopped reading (the usual reason for
+    // closing it) would otherwise hold this task forever on a full socket.
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        // The peer may already be gone; there is nothing else to tell it.
+        if sink.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
         }
+        let _ = sink.close().await;
     })
     .await;
-    let _ = sink.close().await;
 }
 
 /// How long to wait for the peer's answer to our close frame.
