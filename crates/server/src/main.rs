@@ -9,6 +9,9 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let command = Cli::parse().command;
+    // yrs panics on some malformed input; those are caught and refused, not
+    // printed as crashes.
+    weft_sync::guard::install_panic_hook();
     // Operator commands print results; only warnings go to the log there.
     let default_level = if matches!(command, Command::Serve(_)) {
         "info"

@@ -8,7 +8,6 @@
 //! the [`room`](crate::room) task around it does the storing and sending.
 
 use std::collections::{HashMap, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use yrs::{ClientID, Doc, IdSet, ReadTxn, StateVector, Transact, Update, ID};
 
 use weft_storage::StoredDoc;
 
+use crate::guard::guarded;
 use crate::protocol::{self, Inbound};
 use crate::Clock;
 
@@ -71,8 +71,8 @@ pub struct Effects {
 pub enum Rejection {
     #[error("update rejected: {0}")]
     InvalidUpdate(String),
-    #[error("update rejected: it made the document engine fail internally")]
-    UpdatePanicked,
+    #[error("update rejected: it made the document engine fail internally ({0})")]
+    UpdatePanicked(String),
     #[error("awareness update rejected: {0}")]
     InvalidAwareness(String),
     #[error("change refused: the document would grow past its limit of {limit} bytes")]
@@ -308,11 +308,11 @@ impl DocState {
         edit: impl FnOnce(&Doc) -> Result<Vec<u8>, String>,
     ) -> Result<Option<u64>, String> {
         let doc = self.awareness.doc();
-        let delta = match catch_unwind(AssertUnwindSafe(|| edit(doc))) {
+        let delta = match guarded(|| edit(doc)) {
             Ok(result) => result?,
-            Err(_) => {
+            Err(panic) => {
                 self.poisoned = true;
-                return Err("the document engine failed internally".into());
+                return Err(format!("the document engine failed internally: {panic}"));
             }
         };
         Ok(self.record(None, delta, fx))
@@ -385,18 +385,18 @@ impl DocState {
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
         let doc = self.awareness.doc();
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let outcome = guarded(|| {
             let mut txn = doc.transact_mut();
             let result = txn.apply_update(update);
             // Whatever was integrated before an error is in the document now,
             // so it is recorded like any change.
             (result, txn.encode_update_v1())
-        }));
+        });
         let (result, delta) = match outcome {
             Ok(pair) => pair,
-            Err(_) => {
+            Err(panic) => {
                 self.poisoned = true;
-                return Err(Rejection::UpdatePanicked);
+                return Err(Rejection::UpdatePanicked(panic));
             }
         };
         self.record(origin, delta, fx);
@@ -418,7 +418,9 @@ impl DocState {
                     entry.json.len()
                 )));
             }
-            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&entry.json) {
+            // Parsed for real (not skimmed): serde_json's nesting limit
+            // refuses states nested deeper than clients can parse.
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(&entry.json) {
                 return Err(Rejection::InvalidAwareness(format!(
                     "state of client {client} is not JSON: {e}"
                 )));
@@ -459,7 +461,7 @@ fn load_doc(stored: &StoredDoc) -> Result<Doc, LoadError> {
                 .iter()
                 .map(|e| (format!("change #{}", e.seq), e.update.as_slice())),
         );
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let outcome = guarded(|| {
         let mut txn = doc.transact_mut();
         for (part, bytes) in parts {
             let update = Update::decode_v1(bytes).map_err(|e| LoadError {
@@ -472,13 +474,13 @@ fn load_doc(stored: &StoredDoc) -> Result<Doc, LoadError> {
             })?;
         }
         Ok(())
-    }));
+    });
     match outcome {
         Ok(Ok(())) => Ok(doc),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(LoadError {
+        Err(panic) => Err(LoadError {
             part: "history".into(),
-            reason: "the document engine failed internally while replaying it".into(),
+            reason: format!("the document engine failed internally while replaying it: {panic}"),
         }),
     }
 }
@@ -786,15 +788,20 @@ mod tests {
             matches!(err, Some(Rejection::InvalidAwareness(_))),
             "{err:?}"
         );
-        // Deep nesting is valid JSON; checking it must not recurse per level.
+        // Nesting deep enough to overflow a client's parser is refused too.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        s.receive(
-            1,
-            Access::ReadWrite,
-            Inbound::Awareness(presence(5, 1, &deep)),
-            &mut Effects::default(),
-        )
-        .expect("accepted");
+        let err = s
+            .receive(
+                1,
+                Access::ReadWrite,
+                Inbound::Awareness(presence(5, 1, &deep)),
+                &mut Effects::default(),
+            )
+            .err();
+        assert!(
+            matches!(err, Some(Rejection::InvalidAwareness(_))),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod doc_state;
 mod event_id;
+pub mod guard;
 pub mod json;
 pub mod protocol;
 pub mod restore;

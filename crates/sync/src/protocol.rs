@@ -6,9 +6,9 @@
 //! front, turning every failure into a [`ProtocolError`], and making sure a
 //! panic inside yrs becomes an error instead of taking the server down.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use bytes::Bytes;
+
+use crate::guard::guarded;
 use yrs::encoding::read::Cursor;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
@@ -48,8 +48,8 @@ pub enum ProtocolError {
     Malformed(String),
     #[error("unknown message type {0}: expected 0 (sync), 1 (awareness), 2 (auth) or 3 (query awareness)")]
     UnknownMessageType(u8),
-    #[error("the frame made the decoder fail internally; it is not a valid y-protocols message")]
-    DecoderPanicked,
+    #[error("not a valid y-protocols message (the decoder failed internally: {0})")]
+    DecoderPanicked(String),
 }
 
 /// Decodes every message in one binary frame.
@@ -57,8 +57,8 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
     if frame.is_empty() {
         return Err(ProtocolError::EmptyFrame);
     }
-    catch_unwind(AssertUnwindSafe(|| decode_messages(frame)))
-        .unwrap_or(Err(ProtocolError::DecoderPanicked))
+    guarded(|| decode_messages(frame))
+        .unwrap_or_else(|panic| Err(ProtocolError::DecoderPanicked(panic)))
 }
 
 fn decode_messages(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
@@ -93,15 +93,15 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
     if bytes.is_empty() {
         return Err(ProtocolError::Malformed("empty update".into()));
     }
-    catch_unwind(AssertUnwindSafe(|| Update::decode_v1(bytes)))
-        .map_err(|_| ProtocolError::DecoderPanicked)?
+    guarded(|| Update::decode_v1(bytes))
+        .map_err(ProtocolError::DecoderPanicked)?
         .map_err(|e| ProtocolError::Malformed(format!("not a Yjs v1 update: {e}")))
 }
 
 /// Decodes a Yjs v1 state vector.
 pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, ProtocolError> {
-    catch_unwind(AssertUnwindSafe(|| StateVector::decode_v1(bytes)))
-        .map_err(|_| ProtocolError::DecoderPanicked)?
+    guarded(|| StateVector::decode_v1(bytes))
+        .map_err(ProtocolError::DecoderPanicked)?
         .map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
