@@ -9,6 +9,7 @@
 mod doc_state;
 mod event_id;
 pub mod guard;
+pub mod harness;
 pub mod json;
 pub mod protocol;
 pub mod restore;

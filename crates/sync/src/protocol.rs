@@ -198,4 +198,17 @@ mod tests {
         // Valid framing around an update body that is not an update.
         assert!(decode_frame(&[0, 2, 3, 0xff, 0xff, 0xff]).is_err());
     }
+
+    #[test]
+    fn a_client_id_wider_than_53_bits_is_refused_not_a_crash() {
+        // yrs asserts on such ids; the guard turns that into an error.
+        crate::guard::install_panic_hook();
+        let mut inner = vec![1];
+        inner.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]); // 2^60
+        inner.extend_from_slice(&[1, 2, b'{', b'}']);
+        let mut frame = vec![1, inner.len() as u8];
+        frame.extend_from_slice(&inner);
+        let err = decode_frame(&frame).expect_err("refused");
+        assert!(matches!(err, ProtocolError::DecoderPanicked(_)), "{err}");
+    }
 }

@@ -1,0 +1,97 @@
+//! Entry points for fuzzing: the code paths client bytes reach, as plain
+//! functions of those bytes. The `fuzz/` targets call them under
+//! libFuzzer; `tests/fuzz_corpus.rs` replays the checked-in corpus through
+//! them on every test run.
+
+use std::sync::Arc;
+
+use weft_storage::{DocMeta, StoredDoc};
+
+use crate::doc_state::{Access, DocLimits, DocState, Effects};
+use crate::protocol::decode_frame;
+use crate::SystemClock;
+
+/// Decodes `data` as one WebSocket frame of y-protocols messages.
+pub fn decode(data: &[u8]) {
+    let _ = decode_frame(data);
+}
+
+/// Splits fuzz input into frames, each a little-endian u16 length and then
+/// that many bytes (the last frame takes whatever is left).
+fn frames(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if data.len() < 2 {
+            return None;
+        }
+        let len = usize::from(u16::from_le_bytes([data[0], data[1]])).min(data.len() - 2);
+        let (frame, rest) = data[2..].split_at(len);
+        data = rest;
+        Some(frame)
+    })
+}
+
+/// Feeds `data`, split into frames, to a live document from
+/// a writer and a read-only connection, as a room would, and checks the
+/// document still encodes and reloads from what it produced.
+pub fn room(data: &[u8]) {
+    let stored = StoredDoc {
+        meta: DocMeta {
+            incarnation: 1,
+            created_at_ms: 0,
+        },
+        snapshot: None,
+        log: Vec::new(),
+    };
+    let Ok(mut state) = DocState::load(&stored, 16, Arc::new(SystemClock)) else {
+        return;
+    };
+    state.set_limits(DocLimits {
+        max_document_bytes: 1 << 20,
+        max_presence_bytes: 4096,
+    });
+    let mut fx = Effects::default();
+    state.join(1, &mut fx);
+    state.join(2, &mut fx);
+    let mut changes = Vec::new();
+    for (i, frame) in frames(data).enumerate() {
+        let Ok(messages) = decode_frame(frame) else {
+            continue;
+        };
+        let (conn, access) = if i % 3 == 2 {
+            (2, Access::ReadOnly)
+        } else {
+            (1, Access::ReadWrite)
+        };
+        if state.admits(frame.len()).is_err() {
+            continue;
+        }
+        let mut fx = Effects::default();
+        for message in messages {
+            if state.receive(conn, access, message, &mut fx).is_err() {
+                break;
+            }
+        }
+        changes.extend(fx.changes);
+        if state.is_poisoned() {
+            return; // the room would reload from storage here
+        }
+    }
+    state.leave(1, &mut Effects::default());
+    // What was recorded must rebuild the same document.
+    let replay = StoredDoc {
+        log: changes
+            .iter()
+            .map(|c| weft_storage::LogEntry {
+                seq: c.seq,
+                at_ms: c.at_ms,
+                update: c.update.to_vec(),
+            })
+            .collect(),
+        ..stored
+    };
+    if let Ok(reloaded) = DocState::load(&replay, 16, Arc::new(SystemClock)) {
+        assert_eq!(reloaded.last_seq(), state.last_seq());
+    } else {
+        panic!("changes the document accepted do not reload");
+    }
+}
