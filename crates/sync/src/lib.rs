@@ -11,6 +11,7 @@ mod event_id;
 pub mod guard;
 pub mod harness;
 pub mod json;
+mod plausible;
 pub mod protocol;
 pub mod restore;
 mod room;

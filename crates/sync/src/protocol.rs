@@ -9,6 +9,7 @@
 use bytes::Bytes;
 
 use crate::guard::guarded;
+use crate::plausible;
 use yrs::encoding::read::Cursor;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
@@ -57,6 +58,7 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
     if frame.is_empty() {
         return Err(ProtocolError::EmptyFrame);
     }
+    plausible::frame(frame)?;
     guarded(|| decode_messages(frame))
         .unwrap_or_else(|panic| Err(ProtocolError::DecoderPanicked(panic)))
 }
@@ -93,6 +95,7 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
     if bytes.is_empty() {
         return Err(ProtocolError::Malformed("empty update".into()));
     }
+    plausible::update(bytes)?;
     guarded(|| Update::decode_v1(bytes))
         .map_err(ProtocolError::DecoderPanicked)?
         .map_err(|e| ProtocolError::Malformed(format!("not a Yjs v1 update: {e}")))
@@ -100,6 +103,7 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
 
 /// Decodes a Yjs v1 state vector.
 pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, ProtocolError> {
+    plausible::state_vector(bytes)?;
     guarded(|| StateVector::decode_v1(bytes))
         .map_err(ProtocolError::DecoderPanicked)?
         .map_err(|e| ProtocolError::Malformed(e.to_string()))

@@ -152,6 +152,25 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
         );
     }
 
+    // While the disk still fails, reads keep being served.
+    let read = f.rooms.read(&doc, None).await.expect("reads still work");
+    let fresh = Doc::new();
+    fresh
+        .transact_mut()
+        .apply_update(Update::decode_v1(&read.update).expect("valid"))
+        .expect("applies");
+    assert_eq!(text(&fresh), "kept ");
+    let mut viewer = f
+        .rooms
+        .follow(&doc, None)
+        .await
+        .expect("viewers still join");
+    let opening = timeout(WAIT, viewer.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert!(opening.starts_with(b"event: snapshot"));
+
     f.store.fail_appends(false);
     let mut c = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
     next(&mut c).await;
