@@ -18,7 +18,7 @@ use crate::admin::{self, ops::LocalAdmin};
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
-use crate::{docs_api, origin, sse, token_api, ws};
+use crate::{docs_api, origin, sse, token_api, web, ws};
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -48,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/{doc}/json", get(docs_api::as_json))
         .route("/auth/token", post(token_api::mint))
         .nest("/admin", admin::api::router())
+        .merge(web::router())
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(origin::cors(&state.config.allowed_origins))
         .layer(

@@ -24,6 +24,7 @@ mod shutdown;
 mod sse;
 mod tls;
 mod token_api;
+mod web;
 mod ws;
 
 pub use serve::serve;
