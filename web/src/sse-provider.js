@@ -62,14 +62,15 @@ export class SseProvider extends Observable {
       this._setStatus(source.readyState === 2 ? 'disconnected' : 'connecting')
       if (source.readyState === 2) this._source = null
     }
+    // The id is set first, so 'update' listeners on the Y.Doc already see it.
     source.addEventListener('snapshot', event => {
-      Y.applyUpdate(this.doc, fromBase64(event.data), this)
       this.lastEventId = event.lastEventId
+      Y.applyUpdate(this.doc, fromBase64(event.data), this)
       this._setSynced(true)
     })
     source.addEventListener('update', event => {
-      Y.applyUpdate(this.doc, fromBase64(event.data), this)
       this.lastEventId = event.lastEventId
+      Y.applyUpdate(this.doc, fromBase64(event.data), this)
       // A resumed stream starts with updates, not a snapshot.
       this._setSynced(true)
     })

@@ -29,7 +29,7 @@ export class Weft {
       const timer = setTimeout(() => reject(new Error(`weft did not start within 20 s: ${this.stderr}`)), 20000)
       proc.stdout.on('data', d => {
         out += d
-        const m = out.match(/weft listening on http:\/\/(\S+)/)
+        const m = out.match(/weft listening on https?:\/\/(\S+)/)
         if (m) { clearTimeout(timer); resolve(m[1]) }
       })
       proc.on('exit', code => { clearTimeout(timer); reject(new Error(`weft exited with ${code}: ${this.stderr}`)) })
