@@ -220,10 +220,19 @@ impl DocState {
     }
 
     /// The whole document as a Yjs v1 update.
-    pub fn encode_state(&self) -> Vec<u8> {
-        self.doc()
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
+    pub fn encode_state(&mut self) -> Result<Vec<u8>, String> {
+        self.encode_diff(&StateVector::default())
+    }
+
+    /// What the document has that `since` lacks, as a Yjs v1 update. A
+    /// failure inside yrs poisons the document (the room reloads it).
+    pub fn encode_diff(&mut self, since: &StateVector) -> Result<Vec<u8>, String> {
+        let doc = self.awareness.doc();
+        let encoded = guarded(|| doc.transact().encode_state_as_update_v1(since));
+        if encoded.is_err() {
+            self.poisoned = true;
+        }
+        encoded.map_err(|panic| format!("the document engine failed internally: {panic}"))
     }
 
     /// A new connection: it gets sync step 1 and everyone's presence. The
@@ -256,6 +265,24 @@ impl DocState {
     /// sync and publish presence, but a change it sends is not applied; it
     /// is answered with an auth "permission denied" message instead.
     pub fn receive(
+        &mut self,
+        conn: ConnId,
+        access: Access,
+        message: Inbound,
+        fx: &mut Effects,
+    ) -> Result<(), Rejection> {
+        // Client input can leave state that makes yrs panic later (a
+        // pending struct it cannot re-encode, say), so every step is guarded.
+        match guarded(|| self.receive_unguarded(conn, access, message, fx)) {
+            Ok(result) => result,
+            Err(panic) => {
+                self.poisoned = true;
+                Err(Rejection::UpdatePanicked(panic))
+            }
+        }
+    }
+
+    fn receive_unguarded(
         &mut self,
         conn: ConnId,
         access: Access,
@@ -913,7 +940,7 @@ mod access_tests {
 
         // A reader whose step 2 repeats the document (with its delete set).
         let reader = Doc::new();
-        let full = s.encode_state();
+        let full = s.encode_state().expect("encodes");
         reader
             .transact_mut()
             .apply_update(Update::decode_v1(&full).expect("valid"))

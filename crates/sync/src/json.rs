@@ -15,12 +15,15 @@ use yrs::{
 
 /// The JSON of a document given as a Yjs v1 update.
 pub fn update_to_json(update: &[u8]) -> Result<Value, String> {
-    let doc = Doc::new();
     let update = crate::protocol::decode_update(update).map_err(|e| e.to_string())?;
-    doc.transact_mut()
-        .apply_update(update)
-        .map_err(|e| e.to_string())?;
-    Ok(doc_to_json(&doc))
+    crate::guard::guarded(|| {
+        let doc = Doc::new();
+        doc.transact_mut()
+            .apply_update(update)
+            .map_err(|e| e.to_string())?;
+        Ok(doc_to_json(&doc))
+    })
+    .map_err(|panic| format!("the document engine failed internally: {panic}"))?
 }
 
 /// Every root type of `doc`, by name.

@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use weft_storage::{DocName, DocumentStore, LogEntry, NewSnapshot, SnapshotReason};
 
-use yrs::{ReadTxn, StateVector, Transact};
+use yrs::StateVector;
 
 use crate::doc_state::{Access, Change, ConnId, Delivery, DocState, Effects};
 use crate::protocol::{self, Inbound};
@@ -324,14 +324,15 @@ impl Room {
                     deferred.push(Deferred::Applied(reply, result));
                 }
                 Command::Read { since, reply } => {
-                    let txn = self.state.doc().transact();
-                    let update = txn.encode_state_as_update_v1(&since.unwrap_or_default());
-                    drop(txn);
-                    let id = EventId {
-                        incarnation: self.state.incarnation(),
-                        seq: self.state.last_seq(),
-                    };
-                    deferred.push(Deferred::Read(reply, DocRead { update, id }));
+                    match self.state.encode_diff(&since.unwrap_or_default()) {
+                        Ok(update) => {
+                            let id = self.event_id(self.state.last_seq());
+                            deferred.push(Deferred::Read(reply, DocRead { update, id }));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(RoomError::StorageFailure(e)));
+                        }
+                    }
                 }
                 Command::Snapshot { reason, reply } => {
                     deferred.push(Deferred::Snapshot(reply, reason));
@@ -506,7 +507,7 @@ impl Room {
     /// What a new viewer is sent first: the changes after `resume` when they
     /// can all be had (from memory, else from the log), otherwise a snapshot;
     /// then everyone's presence. One buffer, so it takes one queue slot.
-    async fn opening_for_viewer(&self, resume: Option<EventId>) -> Bytes {
+    async fn opening_for_viewer(&mut self, resume: Option<EventId>) -> Bytes {
         let incarnation = self.state.incarnation();
         let mut out = BytesMut::new();
         match self.replay(resume).await {
@@ -520,7 +521,12 @@ impl Room {
                     incarnation,
                     seq: self.state.last_seq(),
                 };
-                out.extend_from_slice(&viewer::snapshot_event(id, &self.state.encode_state()));
+                match self.state.encode_state() {
+                    Ok(state) => out.extend_from_slice(&viewer::snapshot_event(id, &state)),
+                    // Nothing to send now; the room reloads the document
+                    // after this batch and the viewer can reconnect.
+                    Err(e) => warn!(doc = %self.name, error = %e, "could not encode a snapshot"),
+                }
             }
         }
         // Always sent, even when empty: a viewer that resumed learns that
@@ -680,11 +686,15 @@ impl Room {
     }
 
     async fn snapshot(&mut self, reason: SnapshotReason) -> Result<u64, RoomError> {
+        let state = self
+            .state
+            .encode_state()
+            .map_err(RoomError::StorageFailure)?;
         let snapshot = NewSnapshot {
             seq: self.state.last_seq(),
             taken_at_ms: self.cx.clock.now_ms(),
             reason,
-            state: self.state.encode_state(),
+            state,
         };
         let size = snapshot.state.len();
         match self
