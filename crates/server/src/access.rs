@@ -70,7 +70,12 @@ impl AppState {
                 sub: None,
                 expires_at: None,
             }),
-            Some(auth) => auth.check(credentials.0.as_deref(), doc, needed),
+            Some(auth) => auth
+                .check(credentials.0.as_deref(), doc, needed)
+                .inspect_err(|e| {
+                    metrics::counter!("weft_auth_failures_total", "reason" => e.code())
+                        .increment(1);
+                }),
         }
     }
 

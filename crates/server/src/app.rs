@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::{Request, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,13 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use weft_storage::SledStore;
 use weft_sync::Rooms;
 
 use crate::admin::{self, ops::LocalAdmin};
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
-use crate::{docs_api, origin, sse, token_api, web, ws};
+use crate::{docs_api, origin, sse, telemetry, token_api, web, ws};
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -35,11 +38,19 @@ pub struct AppState {
     pub connections: TaskTracker,
     /// Live WebSocket and SSE connections, against `--max-connections`.
     pub connection_limit: ConnectionLimit,
+    /// The embedded store, for readiness checks.
+    pub store_probe: SledStore,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let router = if state.config.metrics_listen.is_none() {
+        Router::new().route("/metrics", get(telemetry::render))
+    } else {
+        Router::new()
+    };
+    router
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/ws/", get(ws::empty_name))
         .route("/ws/{*doc}", get(ws::upgrade))
         .route("/sse/{doc}", get(sse::follow))
@@ -78,9 +89,27 @@ fn redacted(uri: &Uri) -> String {
     format!("{}?{}", uri.path(), pairs.join("&"))
 }
 
-/// 200 once the server is up: the store was opened before it listened.
+/// 200 while the process is up: the store was opened before it listened.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// 200 when weft can take work: the store accepts a write and the server is
+/// not shutting down; 503 otherwise, so a load balancer stops sending.
+async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
+    if app.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "shutting_down" })),
+        );
+    }
+    match app.store_probe.check_writable().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "store_unwritable", "message": e.to_string() })),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 
 use crate::admin::commands::{AdminCommand, BackupArgs, DocsCommand, SnapshotCommand, Target};
 
@@ -73,12 +74,33 @@ impl Command {
     }
 }
 
-/// Everything `weft serve` can be told.
-#[derive(Debug, Clone, Args)]
+/// Everything `weft serve` can be told: each setting is a flag, an
+/// environment variable, and a key of the `--config` TOML file (the flag's
+/// name, with `-` or `_`), in that order of precedence.
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct ServeConfig {
+    /// A TOML file of settings (keys are flag names: `listen = "0.0.0.0:8080"`).
+    #[arg(long, env = "WEFT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+
     /// Address to listen on.
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Serve `GET /metrics` (Prometheus) on this separate address only,
+    /// instead of on the main one.
+    #[arg(long, env = "WEFT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format: `pretty` for people, `json` for log pipelines.
+    #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
+    pub log_format: String,
 
     /// Directory of the embedded database (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
@@ -92,10 +114,12 @@ pub struct ServeConfig {
     /// How often the server pings each WebSocket; a peer silent for two
     /// intervals is dropped.
     #[arg(long, env = "WEFT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
     pub ping_interval: Duration,
 
     /// How long a document stays loaded after its last connection leaves.
     #[arg(long, env = "WEFT_UNLOAD_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
     pub unload_grace: Duration,
 
     /// Recent changes each live document keeps in memory for replay.
@@ -122,6 +146,7 @@ pub struct ServeConfig {
 
     /// How long an SSE stream may be silent before a `: keepalive` comment.
     #[arg(long, env = "WEFT_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
     pub sse_keepalive: Duration,
 
     /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN)
@@ -169,14 +194,17 @@ pub struct ServeConfig {
 
     /// Snapshot retention: keep one per hour for this long.
     #[arg(long, env = "WEFT_SNAPSHOT_KEEP_HOURLY", default_value = "7days", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
     pub snapshot_keep_hourly: Duration,
 
     /// Snapshot retention: keep one per day for this long.
     #[arg(long, env = "WEFT_SNAPSHOT_KEEP_DAILY", default_value = "90days", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
     pub snapshot_keep_daily: Duration,
 
     /// How often old snapshots are pruned by the retention policy.
     #[arg(long, env = "WEFT_PRUNE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
     pub prune_interval: Duration,
 
     /// Bytes a connection may have queued before it counts as too slow and
@@ -216,12 +244,24 @@ pub struct ServeConfig {
 
     /// How long shutdown may take to close connections and store documents.
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
     pub shutdown_timeout: Duration,
 }
 
-/// A secret setting: never shown by `Debug` (and so never logged).
+fn human_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// A secret setting: never shown by `Debug` or serialized (and so never
+/// logged or printed).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
 
 impl Secret {
     pub fn expose(&self) -> &str {

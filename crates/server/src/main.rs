@@ -6,9 +6,41 @@ use weft_server::cli::{Cli, Command};
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // The config file becomes environment variables, before any thread runs.
+    let args: Vec<_> = std::env::args_os().collect();
+    if let Err(e) = weft_server::config_file::apply(&args) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let command = Cli::parse().command;
+    if let Command::Serve(config) = &command {
+        if config.print_config {
+            return match weft_server::config_file::print(config) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(command)),
+        Err(e) => {
+            eprintln!("error: could not start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> ExitCode {
     // yrs panics on some malformed input; those are caught and refused, not
     // printed as crashes.
     weft_sync::guard::install_panic_hook();
@@ -18,12 +50,20 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let json = matches!(&command, Command::Serve(c) if c.log_format == "json");
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        logs.init();
+    }
     match command.into_admin() {
         Err(config) => match weft_server::serve(*config).await {
             Ok(()) => ExitCode::SUCCESS,

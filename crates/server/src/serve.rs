@@ -23,9 +23,11 @@ use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
 use crate::peer::PeerAddr;
 use crate::shutdown;
+use crate::telemetry;
 use crate::tls::{self, TlsListener};
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    telemetry::install()?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "could not create the data directory {}",
@@ -37,6 +39,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .check_writable()
         .await
         .context("the data directory is not writable")?;
+    let store_probe = store.clone();
     let store: Arc<dyn DocumentStore> = Arc::new(store);
     let rooms = Rooms::new(store.clone(), config.engine(), Arc::new(SystemClock));
 
@@ -58,8 +61,22 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
         connection_limit: ConnectionLimit::new(config.max_connections),
+        store_probe,
     });
     let router = app::router(state.clone());
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("could not listen for metrics on {addr}"))?;
+        info!(%addr, "metrics on their own address");
+        let metrics = axum::Router::new().route("/metrics", axum::routing::get(telemetry::render));
+        let token = state.shutdown.clone();
+        state.connections.spawn(async move {
+            let _ = axum::serve(listener, metrics)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+        });
+    }
     state.connections.spawn(prune_snapshots(
         store.clone(),
         config.retention(),

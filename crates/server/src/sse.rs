@@ -29,6 +29,7 @@ use crate::auth::Mode;
 use crate::doc_path::DocPath;
 use crate::event_gzip::{accepts_gzip, EventGzip};
 use crate::limits::ConnectionSlot;
+use crate::telemetry::{self, LiveConnection};
 use crate::ws::sleep_until;
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +78,7 @@ pub async fn follow(
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let opening = Bytes::from(format!("retry: {}\n\n", app.config.sse_retry_ms));
     let stream = EventStream {
+        _live: LiveConnection::new("sse", grant.mode.as_str()),
         _slot: slot,
         expiry: app.token_deadline(&grant),
         tracked: app.connections.token(),
@@ -116,6 +118,8 @@ struct EventStream {
     ended: bool,
     /// Its place under `--max-connections`, freed when the stream ends.
     _slot: ConnectionSlot,
+    /// Its count in `weft_connections`.
+    _live: LiveConnection,
     /// Keeps shutdown waiting until the stream has ended.
     #[allow(dead_code)]
     tracked: TaskTrackerToken,
@@ -151,9 +155,13 @@ impl EventStream {
         match (chunk, self.gzip.as_mut()) {
             (Some(chunk), Some(gz)) => {
                 let wire = gz.compress(&chunk);
+                telemetry::carried("sse", "out", wire.len());
                 Some((Ok(wire), self))
             }
-            (Some(chunk), None) => Some((Ok(chunk), self)),
+            (Some(chunk), None) => {
+                telemetry::carried("sse", "out", chunk.len());
+                Some((Ok(chunk), self))
+            }
             (None, _) => {
                 self.ended = true;
                 let trailer = self.gzip.take()?.finish();

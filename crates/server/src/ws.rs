@@ -31,6 +31,7 @@ use crate::close_code;
 use crate::doc_path::DocPath;
 use crate::limits;
 use crate::peer::PeerAddr;
+use crate::telemetry::{self, LiveConnection};
 
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
@@ -129,6 +130,7 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) 
     };
     tracing::Span::current().record("conn", session.id());
     info!(mode = grant.mode.as_str(), "connected");
+    let _live = LiveConnection::new("ws", grant.mode.as_str());
     let expiry = app.token_deadline(&grant);
     let end = connection_loop(&mut sink, &mut stream, &mut session, expiry, &app).await;
     match end {
@@ -168,6 +170,7 @@ async fn connection_loop(
             }
             outbound = session.recv() => match outbound {
                 Ok(frame) => {
+                    telemetry::carried("ws", "out", frame.len());
                     if sink.send(Message::Binary(frame)).await.is_err() {
                         return End::Gone("write failed");
                     }
@@ -182,6 +185,7 @@ async fn connection_loop(
                     None => return End::Gone("peer closed the socket"),
                     Some(Err(e)) => return read_error(e),
                     Some(Ok(Message::Binary(frame))) => {
+                        telemetry::carried("ws", "in", frame.len());
                         if rate.as_ref().is_some_and(|r| r.check().is_err()) {
                             return End::Close(
                                 close_code::RATE_LIMITED,
@@ -252,6 +256,7 @@ fn read_error(e: axum::Error) -> End {
 /// reset the connection, and a reset can destroy the close frame before the
 /// client reads it: it would see 1006 instead of our code.
 async fn close(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: u16, reason: &str) {
+    metrics::counter!("weft_ws_closes_total", "code" => code.to_string()).increment(1);
     let frame = CloseFrame {
         code,
         reason: close_code::truncate_reason(reason).into(),

@@ -295,6 +295,8 @@ impl DocState {
                 // document has (its delete set, at least); only a real change
                 // is refused.
                 if self.would_change(&update) {
+                    metrics::counter!("weft_changes_refused_total", "reason" => "read_only")
+                        .increment(1);
                     let reason = "read-only access: this connection may not change the document";
                     fx.deliveries
                         .push(Delivery::To(conn, protocol::permission_denied(reason)));

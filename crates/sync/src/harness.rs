@@ -3,7 +3,7 @@
 //! libFuzzer; `tests/fuzz_corpus.rs` replays the checked-in corpus through
 //! them on every test run.
 
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use weft_storage::{DocMeta, StoredDoc};
 
@@ -11,8 +11,17 @@ use crate::doc_state::{Access, DocLimits, DocState, Effects};
 use crate::protocol::decode_frame;
 use crate::SystemClock;
 
+/// libFuzzer's panic hook aborts on any panic, even one a guard catches;
+/// ours (set once, on top of it) lets caught panics through and still
+/// aborts on the rest.
+fn hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(crate::guard::install_panic_hook);
+}
+
 /// Decodes `data` as one WebSocket frame of y-protocols messages.
 pub fn decode(data: &[u8]) {
+    hook();
     let _ = decode_frame(data);
 }
 
@@ -34,6 +43,7 @@ fn frames(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// a writer and a read-only connection, as a room would, and checks the
 /// document still encodes and reloads from what it produced.
 pub fn room(data: &[u8]) {
+    hook();
     let stored = StoredDoc {
         meta: DocMeta {
             incarnation: 1,

@@ -188,6 +188,8 @@ impl Room {
             }
         };
         debug!(doc = %name, last_seq = state.last_seq(), elapsed = ?started.elapsed(), "document loaded");
+        metrics::histogram!("weft_document_load_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("weft_documents_loaded").increment(1.0);
         let mut room = Room {
             name,
             instance,
@@ -199,6 +201,7 @@ impl Room {
             cx,
         };
         room.run_loop().await;
+        metrics::gauge!("weft_documents_loaded").decrement(1.0);
     }
 
     async fn run_loop(&mut self) {
@@ -232,6 +235,7 @@ impl Room {
 
     /// Runs a batch; `true` when the room must stop (its document was deleted).
     async fn handle(&mut self, batch: Vec<Command>) -> bool {
+        let started = Instant::now();
         let mut fx = Effects::default();
         let mut deferred = Vec::new();
         for command in batch {
@@ -414,7 +418,13 @@ impl Room {
                     update: c.update.to_vec(),
                 })
                 .collect();
-            if let Err(e) = self.cx.store.append(&self.name, &entries).await {
+            let appending = Instant::now();
+            let appended = self.cx.store.append(&self.name, &entries).await;
+            metrics::histogram!("weft_durable_append_seconds")
+                .record(appending.elapsed().as_secs_f64());
+            if let Err(e) = appended {
+                metrics::counter!("weft_changes_refused_total", "reason" => "storage_failure")
+                    .increment(entries.len() as u64);
                 let reason = e.to_string();
                 for d in deferred {
                     let failure = RoomError::StorageFailure(reason.clone());
@@ -432,13 +442,20 @@ impl Room {
                 return false;
             }
             self.unsnapshotted += entries.len() as u64;
+            metrics::counter!("weft_changes_accepted_total").increment(entries.len() as u64);
         }
         if self.state.is_poisoned() {
             // Memory may not match the disk after a panic inside yrs; the
             // disk holds everything anyone was sent, so start again from it.
             self.reload("the document engine failed internally").await;
         }
+        let changed = !fx.changes.is_empty();
         self.deliver(fx);
+        if changed {
+            // From the batch arriving to every subscriber's queue holding it.
+            metrics::histogram!("weft_fanout_delivery_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
         let mut delete = None;
         for d in deferred {
             match d {
@@ -633,6 +650,12 @@ impl Room {
             for (conn, reason) in gone {
                 if let Some(sub) = self.subscribers.remove(&conn) {
                     if let Some(reason) = reason {
+                        let transport = match sub.kind {
+                            Kind::Editor => "ws",
+                            Kind::Viewer { .. } => "sse",
+                        };
+                        metrics::counter!("weft_slow_client_disconnects_total", "transport" => transport)
+                            .increment(1);
                         warn!(doc = %self.name, conn, "client stopped reading; closing it");
                         sub.close(reason);
                     }
@@ -644,6 +667,12 @@ impl Room {
     }
 
     fn kick(&mut self, conn: ConnId, reason: CloseReason, fx: &mut Effects) {
+        let label = match &reason {
+            CloseReason::TooLarge(_) => "document_too_large",
+            CloseReason::Rejected(_) => "invalid",
+            _ => "other",
+        };
+        metrics::counter!("weft_changes_refused_total", "reason" => label).increment(1);
         if let Some(sub) = self.subscribers.remove(&conn) {
             sub.close(reason);
             self.state.leave(conn, fx);
@@ -686,6 +715,7 @@ impl Room {
     }
 
     async fn snapshot(&mut self, reason: SnapshotReason) -> Result<u64, RoomError> {
+        let started = Instant::now();
         let state = self
             .state
             .encode_state()
@@ -705,6 +735,9 @@ impl Room {
         {
             Ok(id) => {
                 debug!(doc = %self.name, id, size, reason = reason.as_str(), "snapshot stored");
+                metrics::counter!("weft_snapshots_total", "reason" => reason.as_str()).increment(1);
+                metrics::histogram!("weft_snapshot_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 self.unsnapshotted = 0;
                 self.state.set_size(size as u64);
                 Ok(id)
@@ -732,6 +765,7 @@ impl Room {
         self.rx.close();
         refuse_all(&mut self.rx, RoomError::Retry);
         debug!(doc = %self.name, "document unloaded");
+        metrics::counter!("weft_document_evictions_total").increment(1);
         true
     }
 
