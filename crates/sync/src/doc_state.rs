@@ -344,6 +344,10 @@ impl DocState {
                 return Err(format!("the document engine failed internally: {panic}"));
             }
         };
+        if !is_empty_update(&delta) && !readable(&delta) {
+            self.poisoned = true;
+            return Err("the change cannot be stored: it does not read back".into());
+        }
         Ok(self.record(None, delta, fx))
     }
 
@@ -428,6 +432,15 @@ impl DocState {
                 return Err(Rejection::UpdatePanicked(panic));
             }
         };
+        if !is_empty_update(&delta) && !readable(&delta) {
+            // yrs integrated something it cannot write back out: storing it
+            // would make the document unloadable. Memory is now ahead of the
+            // disk, so the room reloads from it.
+            self.poisoned = true;
+            return Err(Rejection::InvalidUpdate(
+                "it left the document in a state that cannot be stored".into(),
+            ));
+        }
         self.record(origin, delta, fx);
         result.map_err(|e| Rejection::InvalidUpdate(e.to_string()))
     }
@@ -512,6 +525,11 @@ fn load_doc(stored: &StoredDoc) -> Result<Doc, LoadError> {
             reason: format!("the document engine failed internally while replaying it: {panic}"),
         }),
     }
+}
+
+/// Whether a change yrs encoded decodes again (what is stored must load).
+fn readable(update: &[u8]) -> bool {
+    matches!(guarded(|| Update::decode_v1(update)), Ok(Ok(_)))
 }
 
 /// A v1 update with no structs and no deletions.

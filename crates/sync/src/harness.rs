@@ -99,9 +99,8 @@ pub fn room(data: &[u8]) {
             .collect(),
         ..stored
     };
-    if let Ok(reloaded) = DocState::load(&replay, 16, Arc::new(SystemClock)) {
-        assert_eq!(reloaded.last_seq(), state.last_seq());
-    } else {
-        panic!("changes the document accepted do not reload");
+    match DocState::load(&replay, 16, Arc::new(SystemClock)) {
+        Ok(reloaded) => assert_eq!(reloaded.last_seq(), state.last_seq()),
+        Err(e) => panic!("changes the document accepted do not reload: {e}"),
     }
 }
