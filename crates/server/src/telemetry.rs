@@ -30,6 +30,8 @@ pub fn install() -> anyhow::Result<()> {
         .install_recorder()?;
     let _ = HANDLE.set(handle);
     describe();
+    // Present from the first scrape, not only once something happened.
+    metrics::gauge!("weft_documents_loaded").set(0.0);
     Ok(())
 }
 
