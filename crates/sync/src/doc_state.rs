@@ -8,6 +8,7 @@
 //! the [`room`](crate::room) task around it does the storing and sending.
 
 use std::collections::{HashMap, VecDeque};
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -419,11 +420,18 @@ impl DocState {
     ) -> Result<(), Rejection> {
         let doc = self.awareness.doc();
         let outcome = guarded(|| {
-            let mut txn = doc.transact_mut();
+            // If yrs panics mid-transaction, unwinding would drop (commit)
+            // the half-done transaction, and a second panic there aborts the
+            // whole process. So the transaction is only ever dropped on the
+            // normal path; after a panic it is leaked with the document,
+            // which the room then replaces by reloading from disk.
+            let mut txn = ManuallyDrop::new(doc.transact_mut());
             let result = txn.apply_update(update);
             // Whatever was integrated before an error is in the document now,
             // so it is recorded like any change.
-            (result, txn.encode_update_v1())
+            let delta = txn.encode_update_v1();
+            drop(ManuallyDrop::into_inner(txn));
+            (result, delta)
         });
         let (result, delta) = match outcome {
             Ok(pair) => pair,
@@ -504,7 +512,8 @@ fn load_doc(stored: &StoredDoc) -> Result<Doc, LoadError> {
                 .map(|e| (format!("change #{}", e.seq), e.update.as_slice())),
         );
     let outcome = guarded(|| {
-        let mut txn = doc.transact_mut();
+        // Dropped only on the normal path (see `apply_update`).
+        let mut txn = ManuallyDrop::new(doc.transact_mut());
         for (part, bytes) in parts {
             let update = Update::decode_v1(bytes).map_err(|e| LoadError {
                 part: part.clone(),
@@ -515,6 +524,7 @@ fn load_doc(stored: &StoredDoc) -> Result<Doc, LoadError> {
                 reason: e.to_string(),
             })?;
         }
+        drop(ManuallyDrop::into_inner(txn));
         Ok(())
     });
     match outcome {

@@ -9,6 +9,7 @@
 //! like any edit and converge to the old content without reloading.
 
 use std::collections::BTreeMap;
+use std::mem::ManuallyDrop;
 
 use yrs::types::xml::XmlIn;
 use yrs::types::AsPrelim;
@@ -41,12 +42,14 @@ pub fn restore_into(doc: &Doc, old_state: &[u8]) -> Result<Vec<u8>, String> {
         targets.insert(name.to_owned(), out.as_prelim(&old_txn));
     }
 
-    let mut txn = doc.transact_mut();
+    // Plan first, so a root that cannot be restored stops the restore
+    // before anything changed.
+    let mut txn = ManuallyDrop::new(doc.transact_mut());
     let current: BTreeMap<String, Option<RootKind>> = txn
         .root_refs()
         .map(|(name, out)| (name.to_owned(), kind_of_current(&txn, out)))
         .collect();
-
+    let mut plan = Vec::new();
     for (name, current_kind) in &current {
         let target = targets.remove(name);
         let target_kind = target.as_ref().and_then(kind_of_target);
@@ -56,20 +59,27 @@ pub fn restore_into(doc: &Doc, old_state: &[u8]) -> Result<Vec<u8>, String> {
         };
         if let (Some(a), Some(b)) = (current_kind, target_kind) {
             if *a != b {
+                drop(ManuallyDrop::into_inner(txn));
                 return Err(format!(
                     "root {name:?} is a {a:?} now but was a {b:?} in the snapshot; it cannot be restored"
                 ));
             }
         }
-        rewrite(&mut txn, name, kind, target);
+        plan.push((name.clone(), kind, target));
     }
     // Roots that only the snapshot has.
     for (name, target) in targets {
         if let Some(kind) = kind_of_target(&target) {
-            rewrite(&mut txn, &name, kind, Some(target));
+            plan.push((name, kind, Some(target)));
         }
     }
-    Ok(txn.encode_update_v1())
+    for (name, kind, target) in plan {
+        rewrite(&mut txn, &name, kind, target);
+    }
+    let update = txn.encode_update_v1();
+    // Dropped (committed) only on the normal path: see DocState::apply_update.
+    drop(ManuallyDrop::into_inner(txn));
+    Ok(update)
 }
 
 fn kind_of_current(txn: &TransactionMut, out: Out) -> Option<RootKind> {
