@@ -242,6 +242,25 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_MESSAGE_BURST", default_value_t = 2000)]
     pub message_burst: u32,
 
+    /// POST a signed notification here when a document changes (repeatable,
+    /// or comma-separated in the environment variable).
+    #[arg(long = "webhook-url", env = "WEFT_WEBHOOK_URLS", value_delimiter = ',')]
+    pub webhook_urls: Vec<String>,
+
+    /// Key for the webhooks' HMAC-SHA256 signature (required with a URL).
+    #[arg(long, env = "WEFT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+
+    /// A document's notification waits until it has been quiet this long.
+    #[arg(long, env = "WEFT_WEBHOOK_DEBOUNCE", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub webhook_debounce: Duration,
+
+    /// ... but no longer than this after its first change.
+    #[arg(long, env = "WEFT_WEBHOOK_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub webhook_max_wait: Duration,
+
     /// How long shutdown may take to close connections and store documents.
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "human_duration")]

@@ -27,6 +27,7 @@ mod telemetry;
 mod tls;
 mod token_api;
 mod web;
+mod webhooks;
 mod ws;
 
 pub use serve::serve;

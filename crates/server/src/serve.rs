@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use weft_storage::{DocumentStore, RetentionPolicy, SledStore};
+use weft_sync::changes::ChangeFeed;
 use weft_sync::{Rooms, SystemClock};
 
 use crate::admin::ops::LocalAdmin;
@@ -25,6 +26,7 @@ use crate::peer::PeerAddr;
 use crate::shutdown;
 use crate::telemetry;
 use crate::tls::{self, TlsListener};
+use crate::webhooks::{self, WebhookConfig};
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     telemetry::install()?;
@@ -41,7 +43,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .context("the data directory is not writable")?;
     let store_probe = store.clone();
     let store: Arc<dyn DocumentStore> = Arc::new(store);
-    let rooms = Rooms::new(store.clone(), config.engine(), Arc::new(SystemClock));
+    let changes = Arc::new(ChangeFeed::default());
+    let mut rooms = Rooms::new(store.clone(), config.engine(), Arc::new(SystemClock));
+    let webhooks = webhook_config(&config)?;
+    if webhooks.is_some() {
+        rooms = rooms.with_change_feed(changes.clone());
+    }
 
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
@@ -64,6 +71,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         store_probe,
     });
     let router = app::router(state.clone());
+    if let Some(webhooks) = &webhooks {
+        info!(urls = webhooks.urls.len(), "change webhooks on");
+        webhooks::start(
+            webhooks.clone(),
+            changes.clone(),
+            store.clone(),
+            &state.connections,
+            state.shutdown.clone(),
+        );
+    }
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -117,6 +134,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         state.connections.close();
         state.connections.wait().await;
         rooms.shut_down().await;
+        if let Some(webhooks) = &webhooks {
+            webhooks::queue_pending(webhooks, &changes, store.as_ref()).await;
+        }
     })
     .await;
     match finished {
@@ -182,4 +202,34 @@ async fn prune_snapshots(
             }
         }
     }
+}
+
+fn webhook_config(config: &ServeConfig) -> anyhow::Result<Option<WebhookConfig>> {
+    let urls: Vec<String> = config
+        .webhook_urls
+        .iter()
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .collect();
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    for url in &urls {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "webhook URL {url:?} must start with http:// or https://"
+        );
+    }
+    let secret = config
+        .webhook_secret
+        .as_ref()
+        .map(|s| s.expose().to_owned())
+        .filter(|s| !s.is_empty())
+        .context("--webhook-url needs --webhook-secret, so receivers can check the signature")?;
+    Ok(Some(WebhookConfig {
+        urls,
+        secret,
+        debounce: config.webhook_debounce,
+        max_wait: config.webhook_max_wait,
+    }))
 }

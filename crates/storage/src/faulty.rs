@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::{
     Corruption, DocDump, DocInfo, DocName, DocumentStore, LogEntry, NewSnapshot, RetentionPolicy,
-    Snapshot, SnapshotInfo, StorageError, StoredDoc,
+    Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
 };
 
 #[derive(Debug)]
@@ -128,5 +128,21 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
 
     async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
         self.inner.verify().await
+    }
+
+    async fn enqueue_webhooks(&self, d: &[WebhookDelivery]) -> Result<(), StorageError> {
+        self.inner.enqueue_webhooks(d).await
+    }
+
+    async fn webhook_queue(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, WebhookDelivery)>, StorageError> {
+        self.inner.webhook_queue(url, limit).await
+    }
+
+    async fn ack_webhook(&self, id: u64) -> Result<(), StorageError> {
+        self.inner.ack_webhook(id).await
     }
 }

@@ -146,4 +146,29 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Decodes every record; returns those that do not decode.
     async fn verify(&self) -> Result<Vec<Corruption>, StorageError>;
+
+    /// Queues webhook deliveries durably (flushed before returning).
+    async fn enqueue_webhooks(&self, deliveries: &[WebhookDelivery]) -> Result<(), StorageError>;
+
+    /// Queued deliveries for `url`, oldest first, with their ids.
+    async fn webhook_queue(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, WebhookDelivery)>, StorageError>;
+
+    /// Removes a delivered notification from the queue.
+    async fn ack_webhook(&self, id: u64) -> Result<(), StorageError>;
+}
+
+/// A change notification waiting to be sent to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookDelivery {
+    pub url: String,
+    pub doc: String,
+    /// The newest change the notification covers.
+    pub last_seq: u64,
+    pub incarnation: u64,
+    pub first_change_ms: u64,
+    pub last_change_ms: u64,
 }

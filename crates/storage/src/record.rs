@@ -138,6 +138,19 @@ pub(crate) struct MetaRecord {
     pub created_at_ms: u64,
 }
 
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WebhookRecord {
+    pub version: u16,
+    pub delivery: crate::WebhookDelivery,
+}
+
+impl Versioned for WebhookRecord {
+    const KIND: &'static str = "webhook delivery";
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
 /// Implemented by every on-disk record so decoding can check its version.
 pub(crate) trait Versioned: Serialize + DeserializeOwned {
     const KIND: &'static str;

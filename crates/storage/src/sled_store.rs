@@ -6,6 +6,7 @@
 //! - `snapshots`:      `name 0x00 id (BE u64)`  → one snapshot (ids count up per
 //!   document, so the last is the newest)
 //! - `snapshot_index`: same keys               → the snapshot without its state
+//! - `webhooks`:       `id (BE u64)`            → a queued change notification
 //!
 //! sled calls can block on disk, so each operation runs on tokio's blocking pool.
 
@@ -15,11 +16,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use crate::record::{
-    self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord, SCHEMA_VERSION,
+    self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord, WebhookRecord, SCHEMA_VERSION,
 };
 use crate::{
     Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
-    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
+    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
 };
 
 /// A document store in a sled database.
@@ -30,6 +31,7 @@ pub struct SledStore {
     log: sled::Tree,
     snapshots: sled::Tree,
     snapshot_index: sled::Tree,
+    webhooks: sled::Tree,
 }
 
 impl SledStore {
@@ -52,6 +54,7 @@ impl SledStore {
             log: tree("log")?,
             snapshots: tree("snapshots")?,
             snapshot_index: tree("snapshot_index")?,
+            webhooks: tree("webhooks")?,
             db,
         })
     }
@@ -547,6 +550,65 @@ impl DocumentStore for SledStore {
     async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
         let store = self.clone();
         blocking("verifying the store", move || store.verify_now()).await
+    }
+
+    async fn enqueue_webhooks(&self, deliveries: &[WebhookDelivery]) -> Result<(), StorageError> {
+        let (store, deliveries) = (self.clone(), deliveries.to_vec());
+        blocking("queueing webhooks", move || {
+            let mut batch = sled::Batch::default();
+            for delivery in deliveries {
+                let id = store.db.generate_id().map_err(io("queueing webhooks"))?;
+                let rec = WebhookRecord {
+                    version: SCHEMA_VERSION,
+                    delivery,
+                };
+                batch.insert(&id.to_be_bytes()[..], record::encode(&rec)?);
+            }
+            store
+                .webhooks
+                .apply_batch(batch)
+                .map_err(io("queueing webhooks"))?;
+            store.db.flush().map_err(io("flushing the webhook queue"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_queue(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, WebhookDelivery)>, StorageError> {
+        let (store, url) = (self.clone(), url.to_owned());
+        blocking("reading the webhook queue", move || {
+            let mut out = Vec::new();
+            for item in store.webhooks.iter() {
+                let (k, v) = item.map_err(io("reading the webhook queue"))?;
+                let id = suffix_u64(&k);
+                let rec: WebhookRecord = record::decode(&format!("webhook {id}"), &v)?;
+                if rec.delivery.url == url {
+                    out.push((id, rec.delivery));
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ack_webhook(&self, id: u64) -> Result<(), StorageError> {
+        let store = self.clone();
+        blocking("acknowledging a webhook", move || {
+            store
+                .webhooks
+                .remove(&id.to_be_bytes()[..])
+                .map_err(io("acknowledging a webhook"))?;
+            store.db.flush().map_err(io("flushing the webhook queue"))?;
+            Ok(())
+        })
+        .await
     }
 }
 

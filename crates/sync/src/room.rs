@@ -23,6 +23,7 @@ use weft_storage::{DocName, DocumentStore, LogEntry, NewSnapshot, SnapshotReason
 
 use yrs::StateVector;
 
+use crate::changes::ChangeFeed;
 use crate::doc_state::{Access, Change, ConnId, Delivery, DocState, Effects};
 use crate::protocol::{self, Inbound};
 use crate::rooms::RoomMap;
@@ -144,6 +145,8 @@ pub(crate) struct RoomContext {
     pub clock: Arc<dyn Clock>,
     pub rooms: Arc<RoomMap>,
     pub shutdown: CancellationToken,
+    /// Where stored changes are announced, if anyone listens.
+    pub changes: Option<Arc<ChangeFeed>>,
 }
 
 pub(crate) struct Room {
@@ -443,6 +446,9 @@ impl Room {
             }
             self.unsnapshotted += entries.len() as u64;
             metrics::counter!("weft_changes_accepted_total").increment(entries.len() as u64);
+            if let (Some(feed), Some(last)) = (&self.cx.changes, entries.last()) {
+                feed.record(&self.name, self.state.incarnation(), last.seq, last.at_ms);
+            }
         }
         if self.state.is_poisoned() {
             // Memory may not match the disk after a panic inside yrs; the

@@ -20,6 +20,7 @@ use crate::room::{Command, Room, RoomContext};
 use bytes::Bytes;
 use yrs::StateVector;
 
+use crate::changes::ChangeFeed;
 use crate::doc_state::Access;
 use crate::session::{Follower, Session};
 use crate::{Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats};
@@ -69,6 +70,7 @@ struct Inner {
     next_id: AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    changes: Option<Arc<ChangeFeed>>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -90,8 +92,17 @@ impl Rooms {
                 next_id: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                changes: None,
             }),
         }
+    }
+
+    /// Rooms will record every stored change in `feed`. Call before use.
+    pub fn with_change_feed(mut self, feed: Arc<ChangeFeed>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.changes = Some(feed);
+        }
+        self
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -301,6 +312,7 @@ impl Rooms {
             clock: self.inner.clock.clone(),
             rooms: self.inner.map.clone(),
             shutdown: self.inner.shutdown.clone(),
+            changes: self.inner.changes.clone(),
         };
         let span = tracing::info_span!("room", doc = %doc);
         self.inner
