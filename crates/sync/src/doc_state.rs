@@ -419,6 +419,20 @@ impl DocState {
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
         let doc = self.awareness.doc();
+        // An update that starts past what the document has for a client
+        // would wait in yrs' pending store, whose merging has crashed on
+        // crafted input (found by fuzzing). It is set aside instead: a
+        // client only sends one when it typed just before its sync step 2
+        // on a fresh connection, and that step 2 brings it all anyway.
+        let known = doc.transact().state_vector();
+        let gap = update
+            .state_vector_lower()
+            .iter()
+            .any(|(client, clock)| *clock > known.get(client));
+        if gap {
+            metrics::counter!("weft_changes_refused_total", "reason" => "gap").increment(1);
+            return Ok(());
+        }
         let outcome = guarded(|| {
             // If yrs panics mid-transaction, unwinding would drop (commit)
             // the half-done transaction, and a second panic there aborts the
