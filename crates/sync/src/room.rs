@@ -307,27 +307,7 @@ impl Room {
                     }
                 }
                 Command::Apply { update, reply } => {
-                    let before = fx.changes.len();
-                    let applied = self
-                        .state
-                        .admits(update.len())
-                        .map_err(|e| RoomError::TooLarge(e.to_string()))
-                        .and_then(|()| {
-                            protocol::decode_update(&update)
-                                .map_err(|e| RoomError::Rejected(e.to_string()))
-                        })
-                        .and_then(|u| {
-                            self.state
-                                .apply_external(u, &mut fx)
-                                .map_err(|r| RoomError::Rejected(r.to_string()))
-                        });
-                    let result = match applied {
-                        Ok(()) => Ok(fx.changes[before..].last().map(|c| EventId {
-                            incarnation: self.state.incarnation(),
-                            seq: c.seq,
-                        })),
-                        Err(e) => Err(e),
-                    };
+                    let result = self.apply_from_outside(&update, &mut fx);
                     deferred.push(Deferred::Applied(reply, result));
                 }
                 Command::Read { since, reply } => {
@@ -371,24 +351,9 @@ impl Room {
                     }
                 }
                 Command::Import { update, reply } => {
-                    let before = fx.changes.len();
-                    let applied = self
-                        .state
-                        .admits(update.len())
-                        .map_err(|e| RoomError::TooLarge(e.to_string()))
-                        .and_then(|()| {
-                            protocol::decode_update(&update)
-                                .map_err(|e| RoomError::Rejected(e.to_string()))
-                        })
-                        .and_then(|u| {
-                            self.state
-                                .apply_external(u, &mut fx)
-                                .map_err(|r| RoomError::Rejected(r.to_string()))
-                        });
-                    match applied {
-                        Ok(()) => {
-                            let id = fx.changes[before..].last().map(|c| self.event_id(c.seq));
-                            deferred.push(Deferred::Changed(reply, id, SnapshotReason::Import));
+                    match self.apply_from_outside(&update, &mut fx) {
+                        Ok(id) => {
+                            deferred.push(Deferred::Changed(reply, id, SnapshotReason::Import))
                         }
                         Err(e) => {
                             let _ = reply.send(Err(e));
@@ -494,6 +459,25 @@ impl Room {
             let _ = self.snapshot(SnapshotReason::Periodic).await;
         }
         false
+    }
+
+    /// Applies a Yjs v1 update that came from outside any connection (the
+    /// HTTP API, an import): the id of the change it made, if any.
+    fn apply_from_outside(
+        &mut self,
+        update: &[u8],
+        fx: &mut Effects,
+    ) -> Result<Option<EventId>, RoomError> {
+        let before = fx.changes.len();
+        self.state
+            .admits(update.len())
+            .map_err(|e| RoomError::TooLarge(e.to_string()))?;
+        let update =
+            protocol::decode_update(update).map_err(|e| RoomError::Rejected(e.to_string()))?;
+        self.state
+            .apply_external(update, fx)
+            .map_err(|r| RoomError::Rejected(r.to_string()))?;
+        Ok(fx.changes[before..].last().map(|c| self.event_id(c.seq)))
     }
 
     /// Whether another connection may join.
