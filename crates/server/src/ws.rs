@@ -73,8 +73,12 @@ pub async fn upgrade(
     let max = app.config.max_message_bytes;
     // The connection task counts as tracked from here until it ends.
     let tracked = app.connections.token();
+    // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to
+    // gather writes) would cost every idle connection hundreds of KiB.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             let sub = admitted.as_ref().ok().and_then(|(g, _)| g.sub.clone());
             let span = tracing::info_span!(
@@ -102,6 +106,10 @@ pub async fn empty_name() -> ApiError {
 }
 
 type Sink = SplitSink<WebSocket, Message>;
+
+/// Bytes read from a socket at a time; frames larger than this are read in
+/// several steps.
+const READ_BUFFER: usize = 4096;
 
 async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();

@@ -1,0 +1,130 @@
+//! The `fanout` scenario: writers change one document at a fixed total rate
+//! while WebSocket subscribers and SSE viewers receive every change; each
+//! change's delivery delay is measured at every receiver.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::clients::{self, Writer};
+use crate::probe::{self, Usage};
+use crate::stats::{percentiles, Percentiles};
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// The server's y-websocket base URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub ws: String,
+    /// The server's address for SSE viewers (weft only); none: no viewers.
+    #[arg(long)]
+    pub sse: Option<String>,
+    #[arg(long, default_value = "bench-fanout")]
+    pub doc: String,
+    /// WebSocket subscribers.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// SSE viewers.
+    #[arg(long, default_value_t = 0)]
+    pub viewers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// Changes per second, all writers together.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Bytes of text per change.
+    #[arg(long, default_value_t = 32)]
+    pub payload: usize,
+    /// The server's process id, to report its CPU and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FanoutResult {
+    pub subscribers: usize,
+    pub viewers: usize,
+    pub writers: usize,
+    pub changes_sent: usize,
+    pub ws: Option<Percentiles>,
+    pub sse: Option<Percentiles>,
+    pub ws_deliveries_missing: usize,
+    pub sse_deliveries_missing: usize,
+    pub server_cpu_seconds: Option<f64>,
+    pub server_rss_kib: Option<u64>,
+}
+
+pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
+    let url = format!("{}/{}", args.ws.trim_end_matches('/'), args.doc);
+    let ws_lat = Arc::new(Mutex::new(Vec::new()));
+    let sse_lat = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..args.subscribers {
+        let ws = clients::connect(&url).await?;
+        let lat = ws_lat.clone();
+        tasks.push(tokio::spawn(clients::subscribe(ws, move |d, _| {
+            lat.lock().map(|mut l| l.push(d)).ok();
+        })));
+    }
+    if let Some(addr) = &args.sse {
+        for _ in 0..args.viewers {
+            let body = clients::open_sse(addr, &format!("/sse/{}", args.doc), false).await?;
+            let lat = sse_lat.clone();
+            tasks.push(tokio::spawn(clients::view(body, move |d, _| {
+                lat.lock().map(|mut l| l.push(d)).ok();
+            })));
+        }
+    }
+    let mut writers = Vec::new();
+    for _ in 0..args.writers.max(1) {
+        writers.push(Writer::connect(&url, args.payload).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = args.server_pid.map(probe::usage);
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let started = Instant::now();
+    let mut next = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < args.duration {
+        let n = writers.len();
+        let w = &mut writers[sent % n];
+        w.send().await?;
+        w.drain().await;
+        sent += 1;
+        next += interval;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    // Let the last changes arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = args.server_pid.map(probe::usage);
+    for t in &tasks {
+        t.abort();
+    }
+
+    let expected_ws = sent * args.subscribers;
+    let expected_sse = if args.sse.is_some() {
+        sent * args.viewers
+    } else {
+        0
+    };
+    let mut ws = ws_lat.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut sse = sse_lat.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(FanoutResult {
+        subscribers: args.subscribers,
+        viewers: args.viewers,
+        writers: writers.len(),
+        changes_sent: sent,
+        ws_deliveries_missing: expected_ws.saturating_sub(ws.len()),
+        sse_deliveries_missing: expected_sse.saturating_sub(sse.len()),
+        ws: percentiles(&mut ws),
+        sse: percentiles(&mut sse),
+        server_cpu_seconds: before
+            .zip(after)
+            .map(|(b, a): (Usage, Usage)| a.cpu_seconds - b.cpu_seconds),
+        server_rss_kib: after.map(|a| a.rss_kib),
+    })
+}
