@@ -395,46 +395,21 @@ impl SledStore {
 
     fn verify_now(&self) -> Result<Vec<Corruption>, StorageError> {
         let mut found = Vec::new();
-        let mut check = |location: String, result: Result<(), StorageError>| {
-            if let Err(e) = result {
-                found.push(Corruption {
-                    location,
-                    problem: e.to_string(),
-                });
-            }
-        };
-        for item in self.meta.iter() {
-            let (k, v) = item.map_err(io("verifying"))?;
-            let name = String::from_utf8_lossy(&k).into_owned();
-            check(
-                format!("{name} (metadata)"),
-                record::decode::<MetaRecord>(&name, &v).map(drop),
-            );
-        }
-        for item in self.log.iter() {
-            let (k, v) = item.map_err(io("verifying"))?;
-            let label = format!("{}#{}", key_name(&k), suffix_u64(&k));
-            check(
-                label.clone(),
-                record::decode::<LogRecord>(&label, &v).map(drop),
-            );
-        }
-        for item in self.snapshots.iter() {
-            let (k, v) = item.map_err(io("verifying"))?;
-            let label = format!("{} snapshot {}", key_name(&k), suffix_u64(&k));
-            check(
-                label.clone(),
-                record::decode::<SnapshotRecord>(&label, &v).map(drop),
-            );
-        }
-        for item in self.snapshot_index.iter() {
-            let (k, v) = item.map_err(io("verifying"))?;
-            let label = format!("{} snapshot {} (index)", key_name(&k), suffix_u64(&k));
-            check(
-                label.clone(),
-                record::decode::<SnapshotIndexRecord>(&label, &v).map(drop),
-            );
-        }
+        verify_tree::<MetaRecord>(&self.meta, &mut found, |k| {
+            format!("{} (metadata)", String::from_utf8_lossy(k))
+        })?;
+        verify_tree::<LogRecord>(&self.log, &mut found, |k| {
+            format!("{}#{}", key_name(k), suffix_u64(k))
+        })?;
+        verify_tree::<SnapshotRecord>(&self.snapshots, &mut found, |k| {
+            format!("{} snapshot {}", key_name(k), suffix_u64(k))
+        })?;
+        verify_tree::<SnapshotIndexRecord>(&self.snapshot_index, &mut found, |k| {
+            format!("{} snapshot {} (index)", key_name(k), suffix_u64(k))
+        })?;
+        verify_tree::<WebhookRecord>(&self.webhooks, &mut found, |k| {
+            format!("webhook {}", suffix_u64(k))
+        })?;
         Ok(found)
     }
 
@@ -678,6 +653,26 @@ fn key(doc: &DocName, n: u64) -> Vec<u8> {
     let mut k = prefix(doc);
     k.extend_from_slice(&n.to_be_bytes());
     k
+}
+
+/// Decodes every record of `tree` as `R`; what fails goes into `found`,
+/// named by `label` from its key.
+fn verify_tree<R: record::Versioned>(
+    tree: &sled::Tree,
+    found: &mut Vec<Corruption>,
+    label: impl Fn(&[u8]) -> String,
+) -> Result<(), StorageError> {
+    for item in tree.iter() {
+        let (k, v) = item.map_err(io("verifying"))?;
+        let location = label(&k);
+        if let Err(e) = record::decode::<R>(&location, &v) {
+            found.push(Corruption {
+                location,
+                problem: e.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The document name at the start of a `name 0x00 n` key.
