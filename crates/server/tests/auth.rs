@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use yrs::sync::{Message as YMessage, SyncMessage};
-use yrs::{Doc, GetString, StateVector, Text, Transact};
+use yrs::{Doc, GetString, StateVector, Transact};
 
 const SECRET: &str = "weft-test-secret-0123456789abcdefghij";
 const ADMIN: &str = "admin-key-for-tests";
@@ -40,14 +40,6 @@ fn secured(extra: &[&str]) -> Weft {
     let mut args = vec!["--auth-secret", SECRET, "--admin-key", ADMIN];
     args.extend_from_slice(extra);
     Weft::start(&args)
-}
-
-fn insert(doc: &Doc, s: &str) -> Vec<u8> {
-    let text = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-    txn.encode_update_v1()
 }
 
 async fn error_code(

@@ -10,7 +10,7 @@ use assert_cmd::Command;
 use serde_json::Value;
 use support::*;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, Text, Transact, Update};
+use yrs::{Doc, GetString, Transact, Update};
 
 const ADMIN: &str = "cli-admin-key";
 
@@ -68,14 +68,6 @@ impl Mode<'_> {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
-}
-
-fn insert(doc: &Doc, s: &str) -> Vec<u8> {
-    let text = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-    txn.encode_update_v1()
 }
 
 async fn post(addr: &str, doc: &str, update: Vec<u8>) {

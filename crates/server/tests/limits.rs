@@ -12,15 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::sync::{AwarenessUpdate, Message as YMessage, SyncMessage};
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, StateVector, Text, Transact};
-
-fn insert(doc: &Doc, s: &str) -> Vec<u8> {
-    let text = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-    txn.encode_update_v1()
-}
+use yrs::{ClientID, Doc, StateVector};
 
 async fn text_of(addr: &str, doc: &str) -> String {
     let (_, body) = request(addr, "GET", &format!("/docs/{doc}/json"), &[], vec![]).await;

@@ -11,18 +11,10 @@ use futures_util::SinkExt;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use yrs::sync::Message as YMessage;
-use yrs::{Doc, Text, Transact};
+use yrs::Doc;
 
 const SECRET: &str = "operability-secret-0123456789abcdef";
 const ADMIN: &str = "ops-admin";
-
-fn insert(doc: &Doc, s: &str) -> Vec<u8> {
-    let text = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-    txn.encode_update_v1()
-}
 
 fn token(doc: &str, mode: &str) -> String {
     let exp = std::time::SystemTime::now()

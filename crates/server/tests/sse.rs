@@ -6,24 +6,10 @@ mod support;
 use std::collections::HashMap;
 
 use support::*;
-use yrs::sync::awareness::AwarenessUpdateEntry;
-use yrs::sync::{AwarenessUpdate, Message as YMessage};
+use yrs::sync::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
-
-/// Appends `s` to the text "t" of `doc` and returns the update.
-fn insert(doc: &Doc, s: &str) -> Vec<u8> {
-    let text = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-    txn.encode_update_v1()
-}
-
-fn text(doc: &Doc) -> String {
-    doc.get_or_insert_text("t").get_string(&doc.transact())
-}
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 fn apply_bytes(doc: &Doc, update: &[u8]) {
     doc.transact_mut()
@@ -204,18 +190,6 @@ async fn resume_works_across_a_restart_from_the_stored_log() {
             (Some("update"), Some(want.as_str()))
         );
     }
-}
-
-fn presence(client: u64, clock: u32, json: &str) -> YMessage {
-    let mut clients = HashMap::new();
-    clients.insert(
-        ClientID::new(client),
-        AwarenessUpdateEntry {
-            clock,
-            json: json.into(),
-        },
-    );
-    YMessage::Awareness(AwarenessUpdate { clients })
 }
 
 fn awareness_of(ev: &SseEvent) -> HashMap<u64, String> {

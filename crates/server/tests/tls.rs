@@ -7,15 +7,7 @@ use std::sync::Arc;
 use support::*;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use yrs::{Doc, Text, Transact};
-
-fn insert(doc: &Doc, s: &str) -> Vec<u8> {
-    let text = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-    txn.encode_update_v1()
-}
+use yrs::Doc;
 
 #[tokio::test]
 async fn twenty_five_streams_over_one_tls_http2_connection() {

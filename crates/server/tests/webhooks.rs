@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 use support::*;
-use yrs::{Doc, Text, Transact};
+use yrs::Doc;
 
 const SECRET: &str = "webhook-test-secret";
 
@@ -72,14 +72,6 @@ async fn receiver(fail_next: usize) -> (String, Shared) {
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, shared)
-}
-
-fn insert(doc: &Doc, s: &str) -> Vec<u8> {
-    let text = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-    txn.encode_update_v1()
 }
 
 async fn post_change(addr: &str, doc: &str, writer: &Doc, s: &str) {

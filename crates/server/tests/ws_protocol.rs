@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::collections::HashMap;
-
 use futures_util::SinkExt;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,33 +9,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use yrs::sync::awareness::AwarenessUpdateEntry;
-use yrs::sync::{AwarenessUpdate, Message as YMessage, SyncMessage};
-use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, Transact};
-
-fn presence(client: u64, clock: u32, json: &str) -> YMessage {
-    let mut clients = HashMap::new();
-    clients.insert(
-        ClientID::new(client),
-        AwarenessUpdateEntry {
-            clock,
-            json: json.into(),
-        },
-    );
-    YMessage::Awareness(AwarenessUpdate { clients })
-}
-
-fn insert(doc: &Doc, s: &str) -> Vec<u8> {
-    let text = doc.get_or_insert_text("t");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-    txn.encode_update_v1()
-}
-
-fn text(doc: &Doc) -> String {
-    doc.get_or_insert_text("t").get_string(&doc.transact())
-}
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact};
 
 #[tokio::test]
 async fn handshake_order_presence_and_step2() {

@@ -470,3 +470,34 @@ fn parse_block(block: &str) -> SseEvent {
     }
     ev
 }
+
+/// Appends `s` to the text "t" of `doc`; returns that change as an update.
+pub fn insert(doc: &yrs::Doc, s: &str) -> Vec<u8> {
+    use yrs::{Text, Transact};
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    let len = text.len(&txn);
+    text.insert(&mut txn, len, s);
+    txn.encode_update_v1()
+}
+
+/// The text "t" of `doc`.
+pub fn text(doc: &yrs::Doc) -> String {
+    use yrs::{GetString, Transact};
+    let t = doc.get_or_insert_text("t");
+    let s = t.get_string(&doc.transact());
+    s
+}
+
+/// An awareness message setting client `client`'s state.
+pub fn presence(client: u64, clock: u32, json: &str) -> YMessage {
+    let mut clients = std::collections::HashMap::new();
+    clients.insert(
+        yrs::ClientID::new(client),
+        yrs::sync::awareness::AwarenessUpdateEntry {
+            clock,
+            json: json.into(),
+        },
+    );
+    YMessage::Awareness(yrs::sync::AwarenessUpdate { clients })
+}
