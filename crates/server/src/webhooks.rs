@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use weft_storage::{DocumentStore, WebhookDelivery};
-use weft_sync::changes::ChangeFeed;
+use weft_storage::{DocName, DocumentStore, WebhookDelivery};
+use weft_sync::changes::{ChangeFeed, Pending};
 use weft_sync::EventId;
 
 /// How webhooks are sent.
@@ -109,31 +109,25 @@ pub async fn queue_pending(config: &WebhookConfig, feed: &ChangeFeed, store: &dy
     enqueue(config, feed.take_due(now_ms(), 0, 0), store).await;
 }
 
-async fn enqueue(
-    config: &WebhookConfig,
-    due: Vec<(weft_storage::DocName, weft_sync::changes::Pending)>,
-    store: &dyn DocumentStore,
-) {
+async fn enqueue(config: &WebhookConfig, due: Vec<(DocName, Pending)>, store: &dyn DocumentStore) {
     if due.is_empty() {
         return;
     }
-    {
-        let deliveries: Vec<WebhookDelivery> = due
-            .iter()
-            .flat_map(|(doc, p)| {
-                config.urls.iter().map(move |url| WebhookDelivery {
-                    url: url.clone(),
-                    doc: doc.to_string(),
-                    last_seq: p.last_seq,
-                    incarnation: p.incarnation,
-                    first_change_ms: p.first_change_ms,
-                    last_change_ms: p.last_change_ms,
-                })
+    let deliveries: Vec<WebhookDelivery> = due
+        .iter()
+        .flat_map(|(doc, p)| {
+            config.urls.iter().map(move |url| WebhookDelivery {
+                url: url.clone(),
+                doc: doc.to_string(),
+                last_seq: p.last_seq,
+                incarnation: p.incarnation,
+                first_change_ms: p.first_change_ms,
+                last_change_ms: p.last_change_ms,
             })
-            .collect();
-        if let Err(e) = store.enqueue_webhooks(&deliveries).await {
-            warn!(error = %e, "could not queue webhook deliveries; they are lost");
-        }
+        })
+        .collect();
+    if let Err(e) = store.enqueue_webhooks(&deliveries).await {
+        warn!(error = %e, "could not queue webhook deliveries; they are lost");
     }
 }
 

@@ -482,3 +482,63 @@ async fn deleting_a_live_document_closes_its_connections_with_4404() {
     let (status, body) = request(&server.addr, "GET", "/docs/doomed/json", &[], vec![]).await;
     assert_eq!((status, body), (200, b"{}".to_vec()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_snapshots_are_pruned_in_the_background() {
+    let server = Weft::start(&[
+        "--admin-key",
+        ADMIN,
+        "--snapshot-keep-last",
+        "2",
+        "--snapshot-keep-hourly",
+        "0s",
+        "--snapshot-keep-daily",
+        "0s",
+        "--prune-interval",
+        "1s",
+    ]);
+    post(&server.addr, "pruned", insert(&Doc::new(), "x")).await;
+    let auth = format!("Bearer {ADMIN}");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = request(
+            &server.addr,
+            "POST",
+            "/admin/docs/pruned/snapshots",
+            &[("authorization", &auth)],
+            vec![],
+        )
+        .await;
+        assert_eq!(status, 201);
+        ids.push(
+            serde_json::from_slice::<Value>(&body).expect("json")["id"]
+                .as_u64()
+                .expect("id"),
+        );
+    }
+    let mut kept = Vec::new();
+    for _ in 0..100 {
+        let (_, body) = request(
+            &server.addr,
+            "GET",
+            "/admin/docs/pruned/snapshots",
+            &[("authorization", &auth)],
+            vec![],
+        )
+        .await;
+        kept = serde_json::from_slice::<Vec<Value>>(&body)
+            .expect("json")
+            .iter()
+            .map(|s| s["id"].as_u64().expect("id"))
+            .collect();
+        if kept.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        kept,
+        ids[3..].to_vec(),
+        "the two newest are kept, the rest pruned"
+    );
+}
