@@ -106,6 +106,11 @@ pub struct DocState {
     /// every change since. An upper bound on its encoded size.
     size_estimate: u64,
     limits: DocLimits,
+    /// Sync step 2 for an empty state vector (what every new client asks
+    /// for), encoded once per document version and shared by every joiner
+    /// until the next change: encoding a large document is the dominant
+    /// cost of a join.
+    full_step2: Option<(u64, Bytes)>,
 }
 
 /// Limits on what clients may make a document hold (0: no limit).
@@ -161,6 +166,7 @@ impl DocState {
                     .map(|e| e.update.len() as u64)
                     .sum::<u64>(),
             limits: DocLimits::default(),
+            full_step2: None,
         })
     }
 
@@ -247,6 +253,19 @@ impl DocState {
         }
     }
 
+    /// Sync step 2 carrying the whole document, from the cache when the
+    /// document has not changed since it was encoded.
+    fn full_step2(&mut self) -> Bytes {
+        match &self.full_step2 {
+            Some((seq, frame)) if *seq == self.last_seq => frame.clone(),
+            _ => {
+                let frame = protocol::sync_step2(&self.awareness, &StateVector::default());
+                self.full_step2 = Some((self.last_seq, frame.clone()));
+                frame
+            }
+        }
+    }
+
     /// Every current presence state (possibly none).
     pub fn presence_all(&self) -> AwarenessUpdate {
         self.awareness.update().unwrap_or_else(|_| AwarenessUpdate {
@@ -305,7 +324,11 @@ impl DocState {
                 Ok(())
             }
             Inbound::SyncStep1(sv) => {
-                let reply = protocol::sync_step2(&self.awareness, &sv);
+                let reply = if sv.is_empty() {
+                    self.full_step2()
+                } else {
+                    protocol::sync_step2(&self.awareness, &sv)
+                };
                 fx.deliveries.push(Delivery::To(conn, reply));
                 Ok(())
             }
@@ -645,6 +668,53 @@ mod tests {
         fresh.transact_mut().apply_update(update).expect("applies");
         assert_eq!(text_of(&fresh), "hello");
         assert!(fx.changes.is_empty());
+    }
+
+    #[test]
+    fn simultaneous_joiners_share_one_encoded_step2_until_the_next_change() {
+        let mut s = state(&empty());
+        let client = Doc::new();
+        let mut step2_for = |s: &mut DocState, conn| {
+            let mut fx = Effects::default();
+            s.receive(
+                conn,
+                Access::ReadWrite,
+                Inbound::SyncStep1(StateVector::default()),
+                &mut fx,
+            )
+            .expect("ok");
+            let [Delivery::To(_, frame)] = fx.deliveries.as_slice() else {
+                panic!("{:?}", fx.deliveries);
+            };
+            frame.clone()
+        };
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(edit(&client, 0, "one")),
+            &mut Effects::default(),
+        )
+        .expect("applies");
+        let a = step2_for(&mut s, 2);
+        let b = step2_for(&mut s, 3);
+        // The very same buffer, not an equal copy.
+        assert_eq!(a.as_ptr(), b.as_ptr());
+
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(edit(&client, 3, " two")),
+            &mut Effects::default(),
+        )
+        .expect("applies");
+        let c = step2_for(&mut s, 4);
+        assert_ne!(a.as_ptr(), c.as_ptr());
+        let Inbound::Update(update) = decode_one(&c) else {
+            panic!("expected step 2");
+        };
+        let fresh = Doc::new();
+        fresh.transact_mut().apply_update(update).expect("applies");
+        assert_eq!(text_of(&fresh), "one two");
     }
 
     #[test]
