@@ -12,6 +12,7 @@ use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::sync::{Message as YMessage, SyncMessage};
@@ -40,8 +41,24 @@ pub fn since(stamp: u64) -> Duration {
     Duration::from_micros(now_micros().saturating_sub(stamp))
 }
 
+/// A document's WebSocket URL: `base` with `{doc}` replaced by the name
+/// (for servers that put it mid-path, like y-sweet's
+/// `ws://host/d/{doc}/ws/{doc}`), or the name appended as y-websocket does.
+pub fn doc_url(base: &str, doc: &str) -> String {
+    if base.contains("{doc}") {
+        base.replace("{doc}", doc)
+    } else {
+        format!("{}/{doc}", base.trim_end_matches('/'))
+    }
+}
+
 pub async fn connect(url: &str) -> anyhow::Result<Ws> {
-    let (ws, _) = tokio_tungstenite::connect_async(url)
+    // Browsers take messages of any size; a large document's sync step 2
+    // is one message, so tungstenite's 16/64 MiB defaults must not apply.
+    let config = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)
@@ -56,20 +73,33 @@ pub struct Writer {
 
 impl Writer {
     pub async fn connect(url: &str, payload_bytes: usize) -> anyhow::Result<Self> {
+        Self::with_padding(url, "x".repeat(payload_bytes.saturating_sub(20))).await
+    }
+
+    /// A writer whose every change carries `padding` after its stamp.
+    pub async fn with_padding(url: &str, padding: String) -> anyhow::Result<Self> {
         Ok(Writer {
             ws: connect(url).await?,
             doc: Doc::new(),
-            padding: "x".repeat(payload_bytes.saturating_sub(20)),
+            padding,
         })
     }
 
     /// Sends one change stamped with the current time.
     pub async fn send(&mut self) -> anyhow::Result<()> {
+        let padding = std::mem::take(&mut self.padding);
+        let sent = self.send_text(&padding).await;
+        self.padding = padding;
+        sent
+    }
+
+    /// Sends one change: the stamp, then `padding`.
+    pub async fn send_text(&mut self, padding: &str) -> anyhow::Result<()> {
         let update = {
             let text = self.doc.get_or_insert_text("t");
             let mut txn = self.doc.transact_mut();
             let len = text.len(&txn);
-            let content = format!("wbts{:016x}{}", now_micros(), self.padding);
+            let content = format!("wbts{:016x}{padding}", now_micros());
             text.insert(&mut txn, len, &content);
             txn.encode_update_v1()
         };
@@ -84,8 +114,26 @@ impl Writer {
     }
 }
 
+/// A sync update frame of a change stamped with the current time, from a
+/// client of its own: a marker to send after other changes.
+pub fn stamped_frame() -> Vec<u8> {
+    marker_frame(now_micros())
+}
+
+/// A sync update frame of a change carrying the stamp `at`.
+pub fn marker_frame(at: u64) -> Vec<u8> {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, &format!("wbts{at:016x}"));
+    YMessage::Sync(SyncMessage::Update(txn.encode_update_v1())).encode_v1()
+}
+
 /// Reads a WebSocket until it ends, reporting each stamped change's delay.
-pub async fn subscribe(mut ws: Ws, mut seen: impl FnMut(Duration, usize)) {
+pub async fn subscribe<S>(mut ws: S, mut seen: impl FnMut(Duration, usize))
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     while let Some(Ok(message)) = ws.next().await {
         if let Message::Binary(frame) = message {
             // Sync update frames only: 0 (sync), 2 (update).
@@ -98,13 +146,53 @@ pub async fn subscribe(mut ws: Ws, mut seen: impl FnMut(Duration, usize)) {
     }
 }
 
+/// Connects, asks for the whole document (sync step 1 with an empty state
+/// vector, as a new editor does) and waits for sync step 2. Returns the time
+/// that took and the step 2 frame's size.
+pub async fn join(url: &str) -> anyhow::Result<(Duration, usize)> {
+    let (took, frame) = join_frame(url).await?;
+    Ok((took, frame.len()))
+}
+
+/// [`join`], keeping the step 2 frame.
+pub async fn join_frame(url: &str) -> anyhow::Result<(Duration, bytes::Bytes)> {
+    let started = std::time::Instant::now();
+    let mut ws = connect(url).await?;
+    let step1 = YMessage::Sync(SyncMessage::SyncStep1(Default::default())).encode_v1();
+    ws.send(Message::Binary(step1.into())).await?;
+    while let Some(message) = ws.next().await {
+        if let Message::Binary(frame) = message? {
+            // 0 (sync), 1 (step 2).
+            if frame.starts_with(&[0, 1]) {
+                let took = started.elapsed();
+                ws.close(None).await.ok();
+                return Ok((took, frame));
+            }
+        }
+    }
+    anyhow::bail!("{url} closed before sending sync step 2")
+}
+
 /// Opens an event stream; returns the response body.
 pub async fn open_sse(addr: &str, path: &str, gzip: bool) -> anyhow::Result<hyper::body::Incoming> {
     let tcp = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
+    open_sse_on(tcp, addr, path, gzip).await
+}
+
+/// Opens an event stream over a connection already made.
+pub async fn open_sse_on<T>(
+    io: T,
+    addr: &str,
+    path: &str,
+    gzip: bool,
+) -> anyhow::Result<hyper::body::Incoming>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
     tokio::spawn(conn);
     let mut req = hyper::Request::get(path).header("host", addr);
     if gzip {
@@ -117,15 +205,36 @@ pub async fn open_sse(addr: &str, path: &str, gzip: bool) -> anyhow::Result<hype
     Ok(resp.into_body())
 }
 
-/// Reads an (uncompressed) event stream until it ends, reporting each
-/// stamped update's delay and the wire bytes it took.
+/// Reads an event stream until it ends, reporting each stamped update's
+/// delay and its size as text. `gzip`: the body is gzip-encoded.
 pub async fn view(mut body: hyper::body::Incoming, mut seen: impl FnMut(Duration, usize)) {
+    view_encoded(&mut body, false, &mut seen).await
+}
+
+pub async fn view_encoded(
+    body: &mut hyper::body::Incoming,
+    gzip: bool,
+    seen: &mut impl FnMut(Duration, usize),
+) {
+    use std::io::Write;
     let mut buf = Vec::new();
+    let mut gunzip = flate2::write::GzDecoder::new(Vec::new());
     while let Some(Ok(frame)) = body.frame().await {
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        buf.extend_from_slice(&data);
+        if gzip {
+            if gunzip
+                .write_all(&data)
+                .and_then(|()| gunzip.flush())
+                .is_err()
+            {
+                return;
+            }
+            buf.append(gunzip.get_mut());
+        } else {
+            buf.extend_from_slice(&data);
+        }
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = buf.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&event);
@@ -147,6 +256,12 @@ pub async fn view(mut body: hyper::body::Incoming, mut seen: impl FnMut(Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doc_urls_append_the_name_or_fill_it_in() {
+        assert_eq!(doc_url("ws://h/ws/", "a"), "ws://h/ws/a");
+        assert_eq!(doc_url("ws://h/d/{doc}/ws/{doc}", "a"), "ws://h/d/a/ws/a");
+    }
 
     #[test]
     fn stamps_are_found_in_raw_bytes() {

@@ -22,9 +22,9 @@ pub struct FanoutArgs {
     pub sse: Option<String>,
     #[arg(long, default_value = "bench-fanout")]
     pub doc: String,
-    /// WebSocket subscribers.
-    #[arg(long, default_value_t = 100)]
-    pub subscribers: usize,
+    /// WebSocket subscribers; a comma-separated ladder runs once per step.
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 5000])]
+    pub subscribers: Vec<usize>,
     /// SSE viewers.
     #[arg(long, default_value_t = 0)]
     pub viewers: usize,
@@ -57,12 +57,32 @@ pub struct FanoutResult {
     pub server_rss_kib: Option<u64>,
 }
 
-pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
-    let url = format!("{}/{}", args.ws.trim_end_matches('/'), args.doc);
+#[derive(Debug, Serialize)]
+pub struct FanoutLadder {
+    pub steps: Vec<FanoutResult>,
+}
+
+pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutLadder> {
+    let mut steps = Vec::new();
+    for &n in &args.subscribers {
+        let doc = format!("{}-{n}-{}", args.doc, args.writers);
+        steps.push(run_step(&args, &doc, n).await?);
+        // Let the closed connections go before the next step.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    Ok(FanoutLadder { steps })
+}
+
+async fn run_step(
+    args: &FanoutArgs,
+    doc: &str,
+    subscribers: usize,
+) -> anyhow::Result<FanoutResult> {
+    let url = clients::doc_url(&args.ws, doc);
     let ws_lat = Arc::new(Mutex::new(Vec::new()));
     let sse_lat = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    for _ in 0..args.subscribers {
+    for _ in 0..subscribers {
         let ws = clients::connect(&url).await?;
         let lat = ws_lat.clone();
         tasks.push(tokio::spawn(clients::subscribe(ws, move |d, _| {
@@ -71,7 +91,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
     }
     if let Some(addr) = &args.sse {
         for _ in 0..args.viewers {
-            let body = clients::open_sse(addr, &format!("/sse/{}", args.doc), false).await?;
+            let body = clients::open_sse(addr, &format!("/sse/{doc}"), false).await?;
             let lat = sse_lat.clone();
             tasks.push(tokio::spawn(clients::view(body, move |d, _| {
                 lat.lock().map(|mut l| l.push(d)).ok();
@@ -105,7 +125,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         t.abort();
     }
 
-    let expected_ws = sent * args.subscribers;
+    let expected_ws = sent * subscribers;
     let expected_sse = if args.sse.is_some() {
         sent * args.viewers
     } else {
@@ -114,7 +134,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
     let mut ws = ws_lat.lock().map(|l| l.clone()).unwrap_or_default();
     let mut sse = sse_lat.lock().map(|l| l.clone()).unwrap_or_default();
     Ok(FanoutResult {
-        subscribers: args.subscribers,
+        subscribers,
         viewers: args.viewers,
         writers: writers.len(),
         changes_sent: sent,

@@ -45,13 +45,19 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
     // Open the documents first, so only connections are measured.
     let mut warm = Vec::new();
     for d in 0..args.docs {
-        warm.push(clients::connect(&format!("{}/idle-{d}", args.ws)).await?);
+        warm.push(clients::connect(&clients::doc_url(&args.ws, &format!("idle-{d}"))).await?);
     }
     settle().await;
     let base = probe::usage(args.server_pid);
     let mut held = Vec::new();
     for i in 0..args.connections {
-        held.push(clients::connect(&format!("{}/idle-{}", args.ws, i % args.docs)).await?);
+        held.push(
+            clients::connect(&clients::doc_url(
+                &args.ws,
+                &format!("idle-{}", i % args.docs),
+            ))
+            .await?,
+        );
     }
     settle().await;
     let with_ws = probe::usage(args.server_pid);

@@ -1,17 +1,27 @@
 //! `weft-bench`: a load generator for y-websocket-compatible servers (weft
 //! or any other) and weft's SSE viewers. Each scenario prints a table and
-//! writes JSON with `--json FILE`.
+//! writes JSON with `--json FILE`; `compare` puts several servers' results
+//! side by side.
 
 mod clients;
+mod coldload;
+mod compare;
 mod fanout;
 mod idle;
+mod ingest;
+mod join;
 mod probe;
 mod stats;
+mod trace;
+mod transports;
+mod wire;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+
+use crate::stats::Percentiles;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +42,16 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Idle connections: server memory and CPU per connection.
     Idle(idle::IdleArgs),
+    /// Replays an editing trace from one client: time until all is durable.
+    Ingest(ingest::IngestArgs),
+    /// Many clients join a large document at once: time until each is synced.
+    Join(join::JoinArgs),
+    /// WebSocket vs SSE (plain and gzip): delay and wire bytes per message.
+    Transports(transports::TransportsArgs),
+    /// Connect → sync step 2 for a stored document not in memory.
+    Coldload(coldload::ColdloadArgs),
+    /// One table of several servers' results, with ratios against weft.
+    Compare(compare::CompareArgs),
 }
 
 #[tokio::main]
@@ -40,23 +60,16 @@ async fn main() -> anyhow::Result<()> {
     let json = match cli.scenario {
         Scenario::Fanout(args) => {
             let r = fanout::run(args).await?;
-            println!(
-                "fanout: {} writers, {} subscribers, {} viewers, {} changes",
-                r.writers, r.subscribers, r.viewers, r.changes_sent
-            );
-            for (name, p, missing) in [
-                ("ws", r.ws, r.ws_deliveries_missing),
-                ("sse", r.sse, r.sse_deliveries_missing),
-            ] {
-                if let Some(p) = p {
-                    println!(
-                        "  {name:3} p50 {:8.3} ms  p99 {:8.3} ms  p999 {:8.3} ms  max {:8.3} ms  ({} deliveries, {missing} missing)",
-                        p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms, p.samples
-                    );
+            for s in &r.steps {
+                println!(
+                    "fanout: {} writers, {} subscribers, {} viewers, {} changes",
+                    s.writers, s.subscribers, s.viewers, s.changes_sent
+                );
+                print_latency("ws", s.ws, s.ws_deliveries_missing);
+                print_latency("sse", s.sse, s.sse_deliveries_missing);
+                if let (Some(cpu), Some(rss)) = (s.server_cpu_seconds, s.server_rss_kib) {
+                    println!("  server: {cpu:.2} CPU s, {} MiB RSS", rss / 1024);
                 }
-            }
-            if let (Some(cpu), Some(rss)) = (r.server_cpu_seconds, r.server_rss_kib) {
-                println!("  server: {cpu:.2} CPU s, {} MiB RSS", rss / 1024);
             }
             to_json(&r)?
         }
@@ -76,11 +89,88 @@ async fn main() -> anyhow::Result<()> {
             );
             to_json(&r)?
         }
+        Scenario::Ingest(args) => {
+            let r = ingest::run(args).await?;
+            println!(
+                "ingest: {} changes ({} KB of updates) from {}",
+                r.changes,
+                r.update_bytes / 1000,
+                r.trace
+            );
+            println!("  in-process yrs apply: {:9.0} ms", r.in_process_ms);
+            println!(
+                "  server, all durable:  {:9.0} ms  ({:.0} changes/s, {:.2}× in-process)",
+                r.server_ms, r.changes_per_second, r.ratio_to_in_process
+            );
+            to_json(&r)?
+        }
+        Scenario::Join(args) => {
+            let r = join::run(args).await?;
+            for run in &r.runs {
+                println!(
+                    "join: {} clients, {} document ({:.1} MB): {} synced, {} failed",
+                    run.clients,
+                    run.document,
+                    run.document_bytes as f64 / 1e6,
+                    run.synced,
+                    run.failed
+                );
+                print_latency("  ", run.latency, 0);
+            }
+            to_json(&r)?
+        }
+        Scenario::Transports(args) => {
+            let r = transports::run(args).await?;
+            println!(
+                "{:10} {:>8} {:>9} {:>9} {:>9} {:>12} {:>8}",
+                "transport", "payload", "received", "p50 ms", "p99 ms", "wire B/msg", "wire/text"
+            );
+            for run in &r.runs {
+                let (p50, p99) = run
+                    .latency
+                    .map_or((f64::NAN, f64::NAN), |p| (p.p50_ms, p.p99_ms));
+                println!(
+                    "{:10} {:>8} {:>9} {:>9.3} {:>9.3} {:>12.0} {:>8.2}",
+                    run.transport,
+                    run.payload_bytes,
+                    format!("{}/{}", run.received, run.messages),
+                    p50,
+                    p99,
+                    run.wire_bytes_per_message,
+                    run.wire_to_text_ratio
+                );
+            }
+            to_json(&r)?
+        }
+        Scenario::Coldload(args) => {
+            let r = coldload::run(args).await?;
+            println!(
+                "coldload {}: {:.1} ms cold, {} warm (sync step 2 of {} KB)",
+                r.doc,
+                r.cold_ms,
+                r.warm_ms.map_or("–".into(), |w| format!("{w:.1} ms")),
+                r.step2_bytes / 1000
+            );
+            to_json(&r)?
+        }
+        Scenario::Compare(args) => {
+            println!("{}", compare::run(args)?);
+            return Ok(());
+        }
     };
     if let Some(path) = cli.json {
         std::fs::write(&path, json)?;
     }
     Ok(())
+}
+
+fn print_latency(name: &str, p: Option<Percentiles>, missing: usize) {
+    if let Some(p) = p {
+        println!(
+            "  {name:3} p50 {:8.3} ms  p99 {:8.3} ms  p999 {:8.3} ms  max {:8.3} ms  ({} deliveries, {missing} missing)",
+            p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms, p.samples
+        );
+    }
 }
 
 fn to_json<T: Serialize>(value: &T) -> anyhow::Result<String> {

@@ -1,0 +1,50 @@
+//! The `coldload` scenario: connect → sync step 2 for a stored document
+//! that is not in memory (run it right after the server starts, on a
+//! document an earlier `ingest` stored), then the same again while the
+//! document is loaded, for contrast.
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::clients;
+
+#[derive(Debug, Clone, Args)]
+pub struct ColdloadArgs {
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub ws: String,
+    /// A stored document (e.g. the one `ingest` wrote).
+    #[arg(long, default_value = "bench-ingest")]
+    pub doc: String,
+    /// Joins after the first, with the document loaded.
+    #[arg(long, default_value_t = 5)]
+    pub warm_runs: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ColdloadResult {
+    pub doc: String,
+    pub step2_bytes: usize,
+    pub cold_ms: f64,
+    /// The best warm join.
+    pub warm_ms: Option<f64>,
+}
+
+pub async fn run(args: ColdloadArgs) -> anyhow::Result<ColdloadResult> {
+    let url = clients::doc_url(&args.ws, &args.doc);
+    let (cold, step2_bytes) = clients::join(&url).await?;
+    anyhow::ensure!(
+        step2_bytes > 64,
+        "{url} answered with an empty document ({step2_bytes} bytes): store it first (ingest)"
+    );
+    let mut warm: Option<f64> = None;
+    for _ in 0..args.warm_runs {
+        let ms = clients::join(&url).await?.0.as_secs_f64() * 1000.0;
+        warm = Some(warm.map_or(ms, |w| w.min(ms)));
+    }
+    Ok(ColdloadResult {
+        doc: args.doc,
+        step2_bytes,
+        cold_ms: cold.as_secs_f64() * 1000.0,
+        warm_ms: warm,
+    })
+}

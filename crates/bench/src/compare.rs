@@ -1,0 +1,211 @@
+//! `weft-bench compare`: one table of the figures each server reached in
+//! the same run (JSON results in `DIR/<server>/<scenario>.json`), with the
+//! ratio peer / weft for each. Every figure is lower-is-better, so a ratio
+//! above 1 means weft is ahead. A scenario a server could not run has
+//! `DIR/<server>/<scenario>.skip` holding the reason, shown in its cells.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use comfy_table::Table;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The results directory.
+    pub dir: PathBuf,
+    /// Servers, weft first: each is a subdirectory of DIR.
+    #[arg(long, value_delimiter = ',', default_values_t = ["weft".to_string(), "y-websocket-server".into(), "y-sweet".into()])]
+    pub servers: Vec<String>,
+}
+
+/// One figure: which scenario file, how to find it, what it is.
+struct Figure {
+    scenario: &'static str,
+    label: String,
+    pointer: String,
+    unit: &'static str,
+}
+
+fn figures() -> Vec<Figure> {
+    let f = |scenario, label: &str, pointer: &str, unit| Figure {
+        scenario,
+        label: label.to_owned(),
+        pointer: pointer.to_owned(),
+        unit,
+    };
+    let mut all = Vec::new();
+    for (i, n) in ["100", "1,000", "5,000"].iter().enumerate() {
+        all.push(f(
+            "fanout",
+            &format!("fanout, 1 writer, {n} subs: p50"),
+            &format!("/steps/{i}/ws/p50_ms"),
+            "ms",
+        ));
+        all.push(f(
+            "fanout",
+            &format!("fanout, 1 writer, {n} subs: p99"),
+            &format!("/steps/{i}/ws/p99_ms"),
+            "ms",
+        ));
+        all.push(f(
+            "fanout",
+            &format!("fanout, 1 writer, {n} subs: server CPU"),
+            &format!("/steps/{i}/server_cpu_seconds"),
+            "s",
+        ));
+    }
+    all.push(f(
+        "fanout-writers",
+        "fanout, 200 writers: p50",
+        "/steps/0/ws/p50_ms",
+        "ms",
+    ));
+    all.push(f(
+        "fanout-writers",
+        "fanout, 200 writers: p99",
+        "/steps/0/ws/p99_ms",
+        "ms",
+    ));
+    all.push(f(
+        "idle",
+        "idle: RSS per WebSocket",
+        "/ws_bytes_per_connection",
+        "B",
+    ));
+    all.push(f(
+        "ingest",
+        "ingest automerge-paper: total",
+        "/server_ms",
+        "ms",
+    ));
+    all.push(f(
+        "join",
+        "join 150 × trace doc: p99",
+        "/runs/0/latency/p99_ms",
+        "ms",
+    ));
+    all.push(f(
+        "join",
+        "join 150 × 20 MB doc: p50",
+        "/runs/1/latency/p50_ms",
+        "ms",
+    ));
+    all.push(f(
+        "join",
+        "join 150 × 20 MB doc: all synced",
+        "/runs/1/latency/max_ms",
+        "ms",
+    ));
+    for (i, size) in ["10 B", "1 KB", "100 KB"].iter().enumerate() {
+        // WebSocket is the first receiver of each payload size.
+        let run = i * 3;
+        all.push(f(
+            "transports",
+            &format!("websocket {size}: p50"),
+            &format!("/runs/{run}/latency/p50_ms"),
+            "ms",
+        ));
+        all.push(f(
+            "transports",
+            &format!("websocket {size}: wire bytes/msg"),
+            &format!("/runs/{run}/wire_bytes_per_message"),
+            "B",
+        ));
+    }
+    all.push(f("coldload", "coldload automerge-paper", "/cold_ms", "ms"));
+    all
+}
+
+pub fn run(args: CompareArgs) -> anyhow::Result<String> {
+    let mut table = Table::new();
+    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    let mut header = vec!["figure".to_string()];
+    for (i, s) in args.servers.iter().enumerate() {
+        header.push(s.clone());
+        if i > 0 {
+            header.push(format!("{s} / weft"));
+        }
+    }
+    table.set_header(header);
+    for fig in figures() {
+        let values: Vec<Result<f64, String>> = args
+            .servers
+            .iter()
+            .map(|s| value(&args.dir.join(s), &fig))
+            .collect();
+        let mut row = vec![fig.label.clone()];
+        for (i, v) in values.iter().enumerate() {
+            row.push(match v {
+                Ok(x) => format!("{} {}", pretty(*x), fig.unit),
+                Err(why) => why.clone(),
+            });
+            if i > 0 {
+                row.push(match (&values[0], v) {
+                    (Ok(w), Ok(p)) if *w > 0.0 => format!("{:.2}×", p / w),
+                    _ => "–".into(),
+                });
+            }
+        }
+        table.add_row(row);
+    }
+    Ok(table.to_string())
+}
+
+fn value(dir: &Path, fig: &Figure) -> Result<f64, String> {
+    let skip = dir.join(format!("{}.skip", fig.scenario));
+    if let Ok(why) = std::fs::read_to_string(&skip) {
+        return Err(format!("n/a: {}", why.trim()));
+    }
+    let path = dir.join(format!("{}.json", fig.scenario));
+    let text = std::fs::read_to_string(&path).map_err(|_| "not run".to_string())?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| format!("bad JSON: {e}"))?;
+    json.pointer(&fig.pointer)
+        .and_then(Value::as_f64)
+        .ok_or_else(|| "no result".to_string())
+}
+
+fn pretty(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_skipped_and_present_figures_each_show_for_what_they_are() {
+        let dir = tempfile_dir();
+        std::fs::create_dir_all(dir.join("weft")).expect("dir");
+        std::fs::create_dir_all(dir.join("peer")).expect("dir");
+        std::fs::write(dir.join("weft/coldload.json"), r#"{"cold_ms": 20.0}"#).expect("write");
+        std::fs::write(dir.join("peer/coldload.json"), r#"{"cold_ms": 50.0}"#).expect("write");
+        std::fs::write(dir.join("peer/idle.skip"), "needs /proc of the server").expect("write");
+        let table = run(CompareArgs {
+            dir: dir.clone(),
+            servers: vec!["weft".into(), "peer".into()],
+        })
+        .expect("table");
+        let line = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(label))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(line("coldload").contains("2.50×"), "{table}");
+        assert!(line("idle").contains("n/a: needs /proc"), "{table}");
+        assert!(line("ingest").contains("not run"), "{table}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("weft-bench-compare-{}", std::process::id()))
+    }
+}
