@@ -17,6 +17,10 @@ pub struct FanoutArgs {
     /// The server's y-websocket base URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub ws: String,
+    /// Where writers connect, if not to --ws: another node of a cluster,
+    /// to measure fan-out across nodes.
+    #[arg(long)]
+    pub writer_ws: Option<String>,
     /// The server's address for SSE viewers (weft only); none: no viewers.
     #[arg(long)]
     pub sse: Option<String>,
@@ -98,9 +102,10 @@ async fn run_step(
             })));
         }
     }
+    let writer_url = clients::doc_url(args.writer_ws.as_deref().unwrap_or(&args.ws), doc);
     let mut writers = Vec::new();
     for _ in 0..args.writers.max(1) {
-        writers.push(Writer::connect(&url, args.payload).await?);
+        writers.push(Writer::connect(&writer_url, args.payload).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 

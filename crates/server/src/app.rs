@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use weft_storage::SledStore;
+use weft_storage::DocumentStore;
 use weft_sync::Rooms;
 
 use crate::admin::{self, ops::LocalAdmin};
@@ -39,7 +39,8 @@ pub struct AppState {
     /// Live WebSocket and SSE connections, against `--max-connections`.
     pub connection_limit: ConnectionLimit,
     /// The embedded store, for readiness checks.
-    pub store_probe: SledStore,
+    /// The store, for the readiness check.
+    pub store_probe: Arc<dyn DocumentStore>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

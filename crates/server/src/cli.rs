@@ -106,6 +106,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
     pub data_dir: PathBuf,
 
+    /// Cluster mode: keep documents in Redis at this URL
+    /// (`redis://host:6379/0`) instead of --data-dir, so several weft nodes
+    /// can serve the same documents behind any load balancer.
+    #[arg(long, env = "WEFT_REDIS", hide_env_values = true)]
+    pub redis: Option<Secret>,
+
     /// Largest WebSocket message accepted, in bytes; larger ones close the
     /// connection with 1009.
     #[arg(long, env = "WEFT_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use weft_storage::{DocumentStore, RetentionPolicy, SledStore};
+use weft_storage::{DocumentStore, RedisStore, RetentionPolicy, SledStore};
 use weft_sync::changes::ChangeFeed;
 use weft_sync::{Rooms, SystemClock};
 
@@ -28,8 +28,20 @@ use crate::telemetry;
 use crate::tls::{self, TlsListener};
 use crate::webhooks::{self, WebhookConfig};
 
-pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    telemetry::install()?;
+/// The embedded sled store, or Redis in cluster mode.
+async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn DocumentStore>> {
+    if let Some(url) = &config.redis {
+        anyhow::ensure!(
+            config.webhook_urls.is_empty(),
+            "webhooks are not available in cluster mode (--redis) yet; drop --webhook-url or run one node"
+        );
+        let store = RedisStore::connect(url.expose()).await?;
+        store
+            .check_writable()
+            .await
+            .context("Redis does not take writes")?;
+        return Ok(Arc::new(store));
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "could not create the data directory {}",
@@ -41,8 +53,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .check_writable()
         .await
         .context("the data directory is not writable")?;
+    Ok(Arc::new(store))
+}
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    telemetry::install()?;
+    let store = open_store(&config).await?;
     let store_probe = store.clone();
-    let store: Arc<dyn DocumentStore> = Arc::new(store);
     let changes = Arc::new(ChangeFeed::default());
     let mut rooms = Rooms::new(store.clone(), config.engine(), Arc::new(SystemClock));
     let webhooks = webhook_config(&config)?;
@@ -101,7 +118,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         state.shutdown.clone(),
     ));
 
-    info!(data_dir = %config.data_dir.display(), "store open");
+    match &config.redis {
+        Some(_) => info!("cluster mode: documents in Redis"),
+        None => info!(data_dir = %config.data_dir.display(), "store open"),
+    }
     // A stable line on stdout, for scripts and tests that asked for port 0.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("weft listening on {scheme}://{addr}");

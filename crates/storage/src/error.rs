@@ -45,4 +45,13 @@ pub enum StorageError {
 
     #[error("could not encode {kind}: {reason}")]
     Encode { kind: &'static str, reason: String },
+
+    #[error("another node stored change {last_seq} first; catch up and retry")]
+    Conflict { last_seq: u64 },
+
+    #[error("{0}; try again shortly")]
+    Busy(&'static str),
+
+    #[error("{0} is not available with this storage backend (cluster mode); use the embedded store for it")]
+    Unsupported(&'static str),
 }

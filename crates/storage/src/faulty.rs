@@ -54,6 +54,10 @@ impl<S: DocumentStore> FaultyStore<S> {
 
 #[async_trait]
 impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
+    async fn check_writable(&self) -> Result<(), StorageError> {
+        self.inner.check_writable().await
+    }
+
     async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         if self.fail_loads.load(Ordering::SeqCst) {

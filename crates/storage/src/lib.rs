@@ -3,13 +3,15 @@
 //! A document is a compacted [`Snapshot`] plus an update log of the changes
 //! after it, each under its sequence number. The [`DocumentStore`] trait is the
 //! whole interface the document engine sees; [`SledStore`] is the embedded
-//! default. This is the only crate that names sled.
+//! default and [`RedisStore`] the shared store of a cluster. This is the only
+//! crate that names sled or Redis.
 
 pub mod archive;
 mod doc_name;
 mod error;
 mod faulty;
 mod record;
+mod redis_store;
 mod retention;
 mod sled_store;
 
@@ -19,6 +21,7 @@ pub use doc_name::{DocName, InvalidDocName, MAX_DOC_NAME_LEN};
 pub use error::StorageError;
 pub use faulty::FaultyStore;
 pub use record::{DocMeta, LogEntry, Snapshot, SnapshotInfo, SnapshotReason, SCHEMA_VERSION};
+pub use redis_store::RedisStore;
 pub use retention::RetentionPolicy;
 pub use sled_store::SledStore;
 
@@ -94,7 +97,9 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
     async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError>;
 
     /// Appends changes (in increasing `seq` order) and returns once they are
-    /// on disk. Changes that arrive together share one flush.
+    /// on disk. Changes that arrive together share one flush. A store shared
+    /// by several nodes refuses with [`StorageError::Conflict`] when another
+    /// node already used the first sequence number.
     async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError>;
 
     /// Stores `snapshot` durably, then drops log entries more than
@@ -159,6 +164,34 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Removes a delivered notification from the queue.
     async fn ack_webhook(&self, id: u64) -> Result<(), StorageError>;
+
+    /// Proves the store takes writes right now (for readiness checks).
+    async fn check_writable(&self) -> Result<(), StorageError>;
+
+    /// Changes other processes append to the document after `after`, in
+    /// order, as they are stored; `None` for a store only this process
+    /// writes (the embedded one).
+    async fn watch(
+        &self,
+        _doc: &DocName,
+        _after: u64,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
+        Ok(None)
+    }
+
+    /// Sends an awareness update to the other processes serving `doc`.
+    async fn publish_presence(&self, _doc: &DocName, _update: &[u8]) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Awareness updates the other processes publish for `doc`; `None` when
+    /// there are no other processes.
+    async fn watch_presence(
+        &self,
+        _doc: &DocName,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<Vec<u8>>>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// A change notification waiting to be sent to a webhook.

@@ -60,7 +60,7 @@ impl SledStore {
     }
 
     /// Writes and flushes a no-op record: proves the disk accepts writes.
-    pub async fn check_writable(&self) -> Result<(), StorageError> {
+    pub async fn check_disk_writable(&self) -> Result<(), StorageError> {
         let db = self.db.clone();
         blocking("checking the store is writable", move || {
             db.insert("weft:probe", &now_ms().to_be_bytes()[..])?;
@@ -429,6 +429,10 @@ impl SledStore {
 
 #[async_trait]
 impl DocumentStore for SledStore {
+    async fn check_writable(&self) -> Result<(), StorageError> {
+        self.check_disk_writable().await
+    }
+
     async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
         blocking("loading a document", move || store.load_now(&doc)).await

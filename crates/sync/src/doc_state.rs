@@ -16,7 +16,7 @@ use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, IdSet, ReadTxn, StateVector, Transact, Update, ID};
 
-use weft_storage::StoredDoc;
+use weft_storage::{LogEntry, StoredDoc};
 
 use crate::guard::guarded;
 use crate::protocol::{self, Inbound};
@@ -78,6 +78,14 @@ pub enum Rejection {
     InvalidAwareness(String),
     #[error("change refused: the document would grow past its limit of {limit} bytes")]
     DocumentTooLarge { limit: u64 },
+}
+
+/// Stored changes that do not follow on from the live document's newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stored changes jump from #{have} to #{got}")]
+pub struct StoredGap {
+    pub have: u64,
+    pub got: u64,
 }
 
 /// A stored document that could not be turned back into a live one.
@@ -375,6 +383,119 @@ impl DocState {
         Ok(self.record(None, delta, fx))
     }
 
+    /// Changes another node stored (cluster mode), oldest first. Those this
+    /// document already has are skipped; the others are applied under the
+    /// sequence numbers the store gave them and delivered to everyone, but
+    /// not stored again. `Err(StoredGap)` when they do not follow on from
+    /// `last_seq` (this node fell behind a trim): the caller reloads.
+    pub fn apply_stored(
+        &mut self,
+        entries: &[LogEntry],
+        fx: &mut Effects,
+    ) -> Result<(), StoredGap> {
+        for e in entries {
+            if e.seq <= self.last_seq {
+                continue;
+            }
+            if e.seq != self.last_seq + 1 {
+                return Err(StoredGap {
+                    have: self.last_seq,
+                    got: e.seq,
+                });
+            }
+            let doc = self.awareness.doc();
+            let applied = guarded(|| {
+                let update = Update::decode_v1(&e.update).map_err(|e| e.to_string())?;
+                let mut txn = ManuallyDrop::new(doc.transact_mut());
+                let result = txn.apply_update(update).map_err(|e| e.to_string());
+                drop(ManuallyDrop::into_inner(txn));
+                result
+            });
+            if !matches!(applied, Ok(Ok(()))) {
+                // Every node stored and applied it; memory here is suspect.
+                self.poisoned = true;
+            }
+            self.last_seq = e.seq;
+            self.size_estimate += e.update.len() as u64;
+            let change = Change {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                update: Bytes::from(e.update.clone()),
+            };
+            self.remember(change.clone());
+            fx.deliveries.push(Delivery::Change {
+                change,
+                origin: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Another node stored changes `remote` first (cluster mode): this
+    /// node's pending changes in `fx`, numbered after the old `last_seq`,
+    /// are renumbered to follow them, and `remote` is applied and delivered
+    /// before them. Deliveries keep their order otherwise.
+    pub fn rebase(&mut self, remote: &[LogEntry], fx: &mut Effects) -> Result<(), StoredGap> {
+        let pending = fx.changes.len() as u64;
+        let first_pending = self.last_seq + 1 - pending;
+        // Take this node's changes back out of the window and the deliveries.
+        for _ in 0..pending {
+            if self.recent.back().is_some_and(|c| c.seq >= first_pending) {
+                self.recent.pop_back();
+            }
+        }
+        self.last_seq = first_pending - 1;
+        let mut mine = Vec::new();
+        let mut others = Vec::new();
+        for d in fx.deliveries.drain(..) {
+            match d {
+                Delivery::Change { change, origin } if change.seq >= first_pending => {
+                    mine.push((change, origin));
+                }
+                other => others.push(other),
+            }
+        }
+        fx.deliveries = others;
+        fx.changes.clear();
+        let mut remote_fx = Effects::default();
+        self.apply_stored(remote, &mut remote_fx)?;
+        fx.deliveries.extend(remote_fx.deliveries);
+        for (change, origin) in mine {
+            self.last_seq += 1;
+            let change = Change {
+                seq: self.last_seq,
+                ..change
+            };
+            self.remember(change.clone());
+            fx.changes.push(change.clone());
+            fx.deliveries.push(Delivery::Change { change, origin });
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, change: Change) {
+        if self.recent.len() == self.recent_capacity {
+            self.recent.pop_front();
+        }
+        if self.recent_capacity > 0 {
+            self.recent.push_back(change);
+        }
+    }
+
+    /// Presence another node published (cluster mode): applied and passed
+    /// on to this node's subscribers; no local connection owns it.
+    pub fn apply_remote_presence(&mut self, update: &[u8], fx: &mut Effects) {
+        use yrs::updates::decoder::Decode as _;
+        let Ok(update) = AwarenessUpdate::decode_v1(update) else {
+            return;
+        };
+        if let Ok(Some(summary)) = self.awareness.apply_update_summary(update) {
+            if let Ok(update) = self.awareness.update_with_clients(summary.all_changes()) {
+                fx.deliveries.push(Delivery::Presence(update));
+            }
+        }
+    }
+
     /// Records what a transaction changed as the next change.
     fn record(&mut self, origin: Option<ConnId>, delta: Vec<u8>, fx: &mut Effects) -> Option<u64> {
         if is_empty_update(&delta) {
@@ -391,12 +512,7 @@ impl DocState {
             change: change.clone(),
             origin,
         });
-        if self.recent.len() == self.recent_capacity {
-            self.recent.pop_front();
-        }
-        if self.recent_capacity > 0 {
-            self.recent.push_back(change.clone());
-        }
+        self.remember(change.clone());
         fx.changes.push(change);
         Some(self.last_seq)
     }

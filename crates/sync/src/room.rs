@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use weft_storage::{DocName, DocumentStore, LogEntry, NewSnapshot, SnapshotReason};
+use weft_storage::{DocName, DocumentStore, LogEntry, NewSnapshot, SnapshotReason, StorageError};
 
 use yrs::StateVector;
 
@@ -34,6 +34,10 @@ use crate::{
 
 /// Most commands handled in one batch (one flush).
 const MAX_BATCH: usize = 256;
+
+/// How often one batch may be renumbered after other nodes' changes before
+/// it is refused (cluster mode).
+const MAX_REBASES: u32 = 16;
 
 type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
 
@@ -161,6 +165,9 @@ pub(crate) struct Room {
     idle_since: Option<Instant>,
     rx: mpsc::Receiver<Command>,
     cx: RoomContext,
+    /// Cluster mode: changes other nodes store, and their presence.
+    remote: Option<mpsc::Receiver<Vec<LogEntry>>>,
+    remote_presence: Option<mpsc::Receiver<Vec<u8>>>,
 }
 
 impl Room {
@@ -193,6 +200,21 @@ impl Room {
         debug!(doc = %name, last_seq = state.last_seq(), elapsed = ?started.elapsed(), "document loaded");
         metrics::histogram!("weft_document_load_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("weft_documents_loaded").increment(1.0);
+        // Followed from the newest change loaded, so nothing stored
+        // meanwhile is missed.
+        let remote = match cx.store.watch(&name, state.last_seq()).await {
+            Ok(remote) => remote,
+            Err(e) => {
+                error!(doc = %name, error = %e, "cannot follow the shared log; refusing connections");
+                cx.rooms.remove_if(&name, instance);
+                refuse_all(&mut rx, RoomError::LoadFailed(e.to_string()));
+                return;
+            }
+        };
+        let remote_presence = cx.store.watch_presence(&name).await.unwrap_or_else(|e| {
+            warn!(doc = %name, error = %e, "presence from other nodes is unavailable");
+            None
+        });
         let mut room = Room {
             name,
             instance,
@@ -202,6 +224,8 @@ impl Room {
             idle_since: Some(Instant::now()),
             rx,
             cx,
+            remote,
+            remote_presence,
         };
         room.run_loop().await;
         metrics::gauge!("weft_documents_loaded").decrement(1.0);
@@ -226,6 +250,14 @@ impl Room {
                         }
                     }
                     self.handle(batch).await;
+                }
+                Some(entries) = recv_from(&mut self.remote) => {
+                    self.handle_stored_elsewhere(entries).await;
+                }
+                Some(update) = recv_from(&mut self.remote_presence) => {
+                    let mut fx = Effects::default();
+                    self.state.apply_remote_presence(&update, &mut fx);
+                    self.deliver(fx);
                 }
                 _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     if self.try_unload().await {
@@ -387,7 +419,25 @@ impl Room {
                 })
                 .collect();
             let appending = Instant::now();
-            let appended = self.cx.store.append(&self.name, &entries).await;
+            let mut entries = entries;
+            let mut appended = self.cx.store.append(&self.name, &entries).await;
+            let mut tries = 0;
+            while let Err(StorageError::Conflict { .. }) = appended {
+                // Another node stored changes first (cluster mode): take
+                // them in, renumber ours after them and try again.
+                tries += 1;
+                let first = entries.first().map_or(0, |e| e.seq);
+                appended = match self.catch_up(first, &mut fx, &mut deferred).await {
+                    Ok(rebased) if tries <= MAX_REBASES => {
+                        entries = rebased;
+                        self.cx.store.append(&self.name, &entries).await
+                    }
+                    Ok(_) => Err(StorageError::Busy(
+                        "too many nodes are writing this document at once",
+                    )),
+                    Err(e) => Err(e),
+                };
+            }
             metrics::histogram!("weft_durable_append_seconds")
                 .record(appending.elapsed().as_secs_f64());
             if let Err(e) = appended {
@@ -421,6 +471,7 @@ impl Room {
             self.reload("the document engine failed internally").await;
         }
         let changed = !fx.changes.is_empty();
+        self.publish_presence(&fx).await;
         self.deliver(fx);
         if changed {
             // From the batch arriving to every subscriber's queue holding it.
@@ -459,6 +510,90 @@ impl Room {
             let _ = self.snapshot(SnapshotReason::Periodic).await;
         }
         false
+    }
+
+    /// After a refused append: reads what other nodes stored from `first`
+    /// on, rebases this batch's changes after it and fixes up what already
+    /// refers to their old numbers. Returns the batch's changes renumbered.
+    async fn catch_up(
+        &mut self,
+        first: u64,
+        fx: &mut Effects,
+        deferred: &mut [Deferred],
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let remote = self
+            .cx
+            .store
+            .read_log(&self.name, first.saturating_sub(1), usize::MAX)
+            .await?;
+        self.state
+            .rebase(&remote, fx)
+            .map_err(|gap| StorageError::Io {
+                action: "catching up with other nodes",
+                reason: gap.to_string(),
+            })?;
+        self.unsnapshotted += remote.len() as u64;
+        let shift = remote.len() as u64;
+        // Viewers that joined during the batch were told its old numbers.
+        for sub in self.subscribers.values_mut() {
+            if let Kind::Viewer { after } = &mut sub.kind {
+                if *after >= first {
+                    *after = first - 1;
+                }
+            }
+        }
+        for d in deferred.iter_mut() {
+            let id = match d {
+                Deferred::Applied(_, Ok(Some(id))) | Deferred::Changed(_, Some(id), _) => id,
+                _ => continue,
+            };
+            if id.seq >= first {
+                id.seq += shift;
+            }
+        }
+        Ok(fx
+            .changes
+            .iter()
+            .map(|c| LogEntry {
+                seq: c.seq,
+                at_ms: c.at_ms,
+                update: c.update.to_vec(),
+            })
+            .collect())
+    }
+
+    /// Presence changes made here go to the other nodes (cluster mode; a
+    /// no-op for a store of one process).
+    async fn publish_presence(&self, fx: &Effects) {
+        use yrs::updates::encoder::Encode;
+        for d in &fx.deliveries {
+            if let Delivery::Presence(update) = d {
+                if let Err(e) = self
+                    .cx
+                    .store
+                    .publish_presence(&self.name, &update.encode_v1())
+                    .await
+                {
+                    debug!(doc = %self.name, error = %e, "presence not published");
+                }
+            }
+        }
+    }
+
+    /// Changes other nodes stored (cluster mode), in order.
+    async fn handle_stored_elsewhere(&mut self, entries: Vec<LogEntry>) {
+        let mut fx = Effects::default();
+        let applied = self.state.apply_stored(&entries, &mut fx);
+        let fresh = fx.deliveries.len() as u64;
+        self.unsnapshotted += fresh;
+        self.deliver(fx);
+        if let Err(gap) = applied {
+            // Trimmed past this node's position: the store has it all.
+            self.reload(&gap.to_string()).await;
+        } else if self.state.is_poisoned() {
+            self.reload("a change stored by another node did not apply")
+                .await;
+        }
     }
 
     /// Applies a Yjs v1 update that came from outside any connection (the
@@ -732,6 +867,11 @@ impl Room {
                 self.state.set_size(size as u64);
                 Ok(id)
             }
+            // Another node holds the lease; its snapshot serves everyone.
+            Err(e @ StorageError::Busy(_)) => {
+                debug!(doc = %self.name, error = %e, "snapshot skipped");
+                Err(RoomError::StorageFailure(e.to_string()))
+            }
             // The log still holds every change; a later snapshot will retry.
             Err(e) => {
                 warn!(doc = %self.name, error = %e, "snapshot failed");
@@ -793,6 +933,14 @@ fn refuse_all(rx: &mut mpsc::Receiver<Command>, error: RoomError) {
     rx.close();
     while let Ok(command) = rx.try_recv() {
         command.refuse(error.clone());
+    }
+}
+
+/// The next item of an optional channel; pending forever without one.
+async fn recv_from<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,677 @@
+//! `RedisStore`: documents in Redis, shared by every weft node of a cluster.
+//!
+//! Keys (the `{…}` hash tag keeps one document's keys in one Redis Cluster
+//! slot, so the append script can touch them together):
+//! - `weft:{doc}:log`: a Redis Stream, one entry per change, with the
+//!   explicit id `0-<seq>`: the stream position *is* the sequence number,
+//!   so event ids built from it mean the same on every node.
+//! - `weft:{doc}:seq`: the newest sequence number. The append script adds
+//!   entries only if it still equals what the caller last saw, so two nodes
+//!   never give one number to two changes (the loser catches up and retries).
+//! - `weft:{doc}:meta` (incarnation, created), `weft:{doc}:snapshots` (id →
+//!   record), `weft:{doc}:head` (newest snapshot id), `weft:{doc}:lease`
+//!   (which node may compact), and the set `weft:docs` of names.
+//! - Channel `weft:{doc}:presence`: awareness between nodes, never stored.
+//!
+//! Records are the same schema-versioned MessagePack as the sled store's.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Script, Value};
+use tokio::sync::mpsc;
+
+use crate::record::{self, LogRecord, MetaRecord, SnapshotRecord};
+use crate::{
+    Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
+    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    SCHEMA_VERSION,
+};
+
+/// Appends entries only if the document's newest sequence number is still
+/// ARGV[1]; returns `{1, new_last}` or `{0, current_last}`.
+const APPEND: &str = r"
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current ~= tonumber(ARGV[1]) then return {0, current} end
+local last = current
+for i = 2, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 'r', ARGV[i + 1])
+  last = tonumber(ARGV[i])
+end
+redis.call('SET', KEYS[2], last)
+return {1, last}
+";
+
+/// Stores snapshot ARGV[1]; it becomes the head only if it is at least as
+/// new as the head (a node that lags behind must not move it back), and the
+/// log is trimmed to ARGV[4] changes behind the head.
+const STORE_SNAPSHOT: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local head = tonumber(redis.call('GET', KEYS[3]) or '0')
+local seq = tonumber(ARGV[3])
+if seq >= head then
+  redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('SET', KEYS[3], seq)
+  head = seq
+end
+local from = head - tonumber(ARGV[4]) + 1
+if from > 1 then redis.call('XTRIM', KEYS[4], 'MINID', '0-' .. from) end
+return 1
+";
+
+/// Deletes the lease only if this node still holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// How long a compaction lease lasts if its holder dies mid-way.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// Documents in Redis; see the module docs for the layout.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    conn: MultiplexedConnection,
+    /// Tells this node's presence messages apart from other nodes'.
+    node: u64,
+    append: Script,
+    store_snapshot: Script,
+    release: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("node", &format_args!("{:016x}", self.node))
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(action: &'static str) -> impl Fn(redis::RedisError) -> StorageError {
+    move |e| StorageError::Io {
+        action,
+        reason: format!("Redis: {e}"),
+    }
+}
+
+fn key(doc: &DocName, what: &str) -> String {
+    format!("weft:{{{doc}}}:{what}")
+}
+
+fn stream_id(seq: u64) -> String {
+    format!("0-{seq}")
+}
+
+fn seq_of(id: &str) -> Option<u64> {
+    id.strip_prefix("0-")?.parse().ok()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisStore {
+    /// Connects to Redis at `url` (`redis://host:port/db`).
+    pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        let open = |reason: String| StorageError::Open {
+            path: url.into(),
+            reason,
+        };
+        let client = redis::Client::open(url).map_err(|e| open(format!("bad Redis URL: {e}")))?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| open(format!("cannot reach Redis: {e}")))?;
+        let mut node = [0u8; 8];
+        getrandom::fill(&mut node).map_err(|e| open(e.to_string()))?;
+        Ok(RedisStore {
+            client,
+            conn,
+            node: u64::from_le_bytes(node),
+            append: Script::new(APPEND),
+            store_snapshot: Script::new(STORE_SNAPSHOT),
+            release: Script::new(RELEASE),
+        })
+    }
+
+    fn conn(&self) -> MultiplexedConnection {
+        self.conn.clone()
+    }
+
+    async fn meta(&self, doc: &DocName) -> Result<Option<DocMeta>, StorageError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn()
+            .get(key(doc, "meta"))
+            .await
+            .map_err(io("reading document metadata"))?;
+        bytes
+            .map(|b| {
+                let r: MetaRecord = record::decode(&key(doc, "meta"), &b)?;
+                Ok(DocMeta {
+                    incarnation: r.incarnation,
+                    created_at_ms: r.created_at_ms,
+                })
+            })
+            .transpose()
+    }
+
+    async fn last_seq(&self, doc: &DocName) -> Result<u64, StorageError> {
+        let seq: Option<u64> = self
+            .conn()
+            .get(key(doc, "seq"))
+            .await
+            .map_err(io("reading the newest sequence number"))?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn head(&self, doc: &DocName) -> Result<Option<Snapshot>, StorageError> {
+        let head: Option<u64> = self
+            .conn()
+            .get(key(doc, "head"))
+            .await
+            .map_err(io("reading the newest snapshot id"))?;
+        match head {
+            Some(id) => self.get_snapshot(doc, id).await,
+            None => Ok(None),
+        }
+    }
+
+    fn decode_entries(
+        doc: &DocName,
+        reply: StreamRangeReply,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let at = format!("{} {}", key(doc, "log"), entry.id);
+                let seq = seq_of(&entry.id).ok_or_else(|| StorageError::Corrupt {
+                    kind: "log record",
+                    key: at.clone(),
+                    reason: "stream id is not 0-<seq>".into(),
+                })?;
+                let bytes: Vec<u8> = entry.get("r").ok_or_else(|| StorageError::Corrupt {
+                    kind: "log record",
+                    key: at.clone(),
+                    reason: "no record field".into(),
+                })?;
+                let r: LogRecord = record::decode(&at, &bytes)?;
+                Ok(LogEntry {
+                    seq,
+                    at_ms: r.at_ms,
+                    update: r.update,
+                })
+            })
+            .collect()
+    }
+
+    async fn snapshot_records(&self, doc: &DocName) -> Result<Vec<Snapshot>, StorageError> {
+        let all: Vec<(u64, Vec<u8>)> = self
+            .conn()
+            .hgetall(key(doc, "snapshots"))
+            .await
+            .map_err(io("reading snapshots"))?;
+        let mut snapshots = all
+            .into_iter()
+            .map(|(id, bytes)| {
+                let r: SnapshotRecord =
+                    record::decode(&format!("{} {id}", key(doc, "snapshots")), &bytes)?;
+                Ok(Snapshot {
+                    id,
+                    seq: r.seq,
+                    taken_at_ms: r.taken_at_ms,
+                    reason: r.reason,
+                    state: r.state,
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        snapshots.sort_by_key(|s| s.id);
+        Ok(snapshots)
+    }
+}
+
+fn unsupported(what: &'static str) -> StorageError {
+    StorageError::Unsupported(what)
+}
+
+#[async_trait]
+impl DocumentStore for RedisStore {
+    async fn check_writable(&self) -> Result<(), StorageError> {
+        let _: () = self
+            .conn()
+            .set("weft:probe", now_ms())
+            .await
+            .map_err(io("checking Redis takes writes"))?;
+        Ok(())
+    }
+
+    async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
+        let mut conn = self.conn();
+        let fresh = MetaRecord {
+            version: SCHEMA_VERSION,
+            incarnation: {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).map_err(|e| StorageError::Io {
+                    action: "creating a document",
+                    reason: e.to_string(),
+                })?;
+                u64::from_le_bytes(b)
+            },
+            created_at_ms: now_ms(),
+        };
+        // The first node to load a document fixes its incarnation for all.
+        let _: bool = conn
+            .set_nx(key(doc, "meta"), record::encode(&fresh)?)
+            .await
+            .map_err(io("creating document metadata"))?;
+        let _: i64 = conn
+            .sadd("weft:docs", doc.as_str())
+            .await
+            .map_err(io("listing the document"))?;
+        let meta = self.meta(doc).await?.ok_or_else(|| StorageError::Io {
+            action: "loading a document",
+            reason: "its metadata vanished while loading (deleted meanwhile?)".into(),
+        })?;
+        let snapshot = self.head(doc).await?;
+        let after = snapshot.as_ref().map_or(0, |s| s.seq);
+        let log = self.read_log(doc, after, usize::MAX).await?;
+        Ok(StoredDoc {
+            meta,
+            snapshot,
+            log,
+        })
+    }
+
+    async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let mut invocation = self.append.prepare_invoke();
+        invocation
+            .key(key(doc, "log"))
+            .key(key(doc, "seq"))
+            .arg(first.seq - 1);
+        for e in entries {
+            let r = LogRecord {
+                version: SCHEMA_VERSION,
+                at_ms: e.at_ms,
+                update: e.update.clone(),
+            };
+            invocation.arg(e.seq).arg(record::encode(&r)?);
+        }
+        let (ok, last): (u8, u64) = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(io("appending changes"))?;
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(StorageError::Conflict { last_seq: last })
+        }
+    }
+
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: NewSnapshot,
+        keep_log_tail: u64,
+    ) -> Result<u64, StorageError> {
+        let mut conn = self.conn();
+        let lease = key(doc, "lease");
+        let holder = format!("{:016x}", self.node);
+        let got: Option<String> = redis::cmd("SET")
+            .arg(&lease)
+            .arg(&holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(LEASE.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(io("taking the compaction lease"))?;
+        if got.is_none() {
+            // Another node is compacting this document right now; its
+            // snapshot serves everyone.
+            return Err(StorageError::Busy(
+                "another node is compacting this document",
+            ));
+        }
+        let result = async {
+            let id: u64 = conn
+                .incr(key(doc, "snapshot-ids"), 1)
+                .await
+                .map_err(io("numbering a snapshot"))?;
+            let r = SnapshotRecord {
+                version: SCHEMA_VERSION,
+                seq: snapshot.seq,
+                taken_at_ms: snapshot.taken_at_ms,
+                reason: snapshot.reason,
+                state: snapshot.state,
+            };
+            let _: i64 = self
+                .store_snapshot
+                .key(key(doc, "snapshots"))
+                .key(key(doc, "head"))
+                .key(key(doc, "head-seq"))
+                .key(key(doc, "log"))
+                .arg(id)
+                .arg(record::encode(&r)?)
+                .arg(snapshot.seq)
+                .arg(keep_log_tail)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(io("storing a snapshot"))?;
+            Ok(id)
+        }
+        .await;
+        let _: i64 = self
+            .release
+            .key(&lease)
+            .arg(&holder)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(io("releasing the compaction lease"))?;
+        result
+    }
+
+    async fn read_log(
+        &self,
+        doc: &DocName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let mut conn = self.conn();
+        let start = format!("({}", stream_id(after));
+        let reply: StreamRangeReply = if limit == usize::MAX {
+            conn.xrange(key(doc, "log"), start, "+").await
+        } else {
+            conn.xrange_count(key(doc, "log"), start, "+", limit).await
+        }
+        .map_err(io("reading the log"))?;
+        Self::decode_entries(doc, reply)
+    }
+
+    async fn list(&self) -> Result<Vec<DocName>, StorageError> {
+        let names: Vec<String> = self
+            .conn()
+            .smembers("weft:docs")
+            .await
+            .map_err(io("listing documents"))?;
+        let mut docs: Vec<DocName> = names
+            .into_iter()
+            .filter_map(|n| DocName::new(n).ok())
+            .collect();
+        docs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(docs)
+    }
+
+    async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {
+        let Some(meta) = self.meta(doc).await? else {
+            return Ok(None);
+        };
+        let snapshots = self.snapshot_records(doc).await?;
+        let head = snapshots.last();
+        let log = self
+            .read_log(doc, head.map_or(0, |s| s.seq), usize::MAX)
+            .await?;
+        Ok(Some(DocInfo {
+            name: doc.clone(),
+            meta,
+            last_seq: self.last_seq(doc).await?,
+            last_change_ms: log.last().map(|e| e.at_ms),
+            size_bytes: head.map_or(0, |s| s.state.len() as u64)
+                + log.iter().map(|e| e.update.len() as u64).sum::<u64>(),
+            snapshots: snapshots.len(),
+        }))
+    }
+
+    async fn list_snapshots(&self, doc: &DocName) -> Result<Vec<SnapshotInfo>, StorageError> {
+        Ok(self
+            .snapshot_records(doc)
+            .await?
+            .into_iter()
+            .map(|s| SnapshotInfo {
+                id: s.id,
+                seq: s.seq,
+                taken_at_ms: s.taken_at_ms,
+                reason: s.reason,
+                size: s.state.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn get_snapshot(&self, doc: &DocName, id: u64) -> Result<Option<Snapshot>, StorageError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn()
+            .hget(key(doc, "snapshots"), id)
+            .await
+            .map_err(io("reading a snapshot"))?;
+        bytes
+            .map(|b| {
+                let r: SnapshotRecord =
+                    record::decode(&format!("{} {id}", key(doc, "snapshots")), &b)?;
+                Ok(Snapshot {
+                    id,
+                    seq: r.seq,
+                    taken_at_ms: r.taken_at_ms,
+                    reason: r.reason,
+                    state: r.state,
+                })
+            })
+            .transpose()
+    }
+
+    async fn prune_snapshots(
+        &self,
+        doc: &DocName,
+        policy: RetentionPolicy,
+        now_ms: u64,
+    ) -> Result<usize, StorageError> {
+        let infos = self.list_snapshots(doc).await?;
+        let keep = policy.keep(&infos, now_ms);
+        let drop: Vec<u64> = infos
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !keep.contains(id))
+            .collect();
+        if !drop.is_empty() {
+            let _: i64 = self
+                .conn()
+                .hdel(key(doc, "snapshots"), &drop)
+                .await
+                .map_err(io("pruning snapshots"))?;
+        }
+        Ok(drop.len())
+    }
+
+    async fn delete(&self, doc: &DocName) -> Result<bool, StorageError> {
+        let keys: Vec<String> = [
+            "meta",
+            "log",
+            "seq",
+            "snapshots",
+            "snapshot-ids",
+            "head",
+            "head-seq",
+            "lease",
+        ]
+        .iter()
+        .map(|w| key(doc, w))
+        .collect();
+        let (removed, _): (i64, i64) = redis::pipe()
+            .del(&keys)
+            .srem("weft:docs", doc.as_str())
+            .query_async(&mut self.conn())
+            .await
+            .map_err(io("deleting a document"))?;
+        Ok(removed > 0)
+    }
+
+    async fn dump(&self, doc: &DocName) -> Result<Option<DocDump>, StorageError> {
+        let Some(meta) = self.meta(doc).await? else {
+            return Ok(None);
+        };
+        Ok(Some(DocDump {
+            name: doc.clone(),
+            meta,
+            snapshots: self.snapshot_records(doc).await?,
+            log: self.read_log(doc, 0, usize::MAX).await?,
+        }))
+    }
+
+    async fn restore_dump(&self, _dump: DocDump) -> Result<(), StorageError> {
+        Err(unsupported("restoring a backup into Redis"))
+    }
+
+    async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
+        let mut corrupt = Vec::new();
+        for doc in self.list().await? {
+            let problems = [
+                self.snapshot_records(&doc).await.err(),
+                self.read_log(&doc, 0, usize::MAX).await.err(),
+                self.meta(&doc).await.err(),
+            ];
+            for e in problems.into_iter().flatten() {
+                corrupt.push(Corruption {
+                    location: doc.to_string(),
+                    problem: e.to_string(),
+                });
+            }
+        }
+        Ok(corrupt)
+    }
+
+    async fn enqueue_webhooks(&self, _: &[WebhookDelivery]) -> Result<(), StorageError> {
+        Err(unsupported("webhooks"))
+    }
+
+    async fn webhook_queue(
+        &self,
+        _: &str,
+        _: usize,
+    ) -> Result<Vec<(u64, WebhookDelivery)>, StorageError> {
+        Err(unsupported("webhooks"))
+    }
+
+    async fn ack_webhook(&self, _: u64) -> Result<(), StorageError> {
+        Err(unsupported("webhooks"))
+    }
+
+    async fn watch(
+        &self,
+        doc: &DocName,
+        after: u64,
+    ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
+        // Its own connection: a blocking read would hold up everything else
+        // multiplexed on the shared one.
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(io("opening a connection to follow the log"))?;
+        let (tx, rx) = mpsc::channel(64);
+        let stream = key(doc, "log");
+        let doc = doc.clone();
+        tokio::spawn(async move {
+            let mut last = stream_id(after);
+            let options = StreamReadOptions::default().block(1000).count(1024);
+            loop {
+                let keys = [stream.as_str()];
+                let ids = [last.as_str()];
+                let read: Result<Option<StreamReadReply>, _> = tokio::select! {
+                    _ = tx.closed() => return,
+                    read = conn.xread_options(&keys, &ids, &options) => read,
+                };
+                let keys = match read {
+                    Ok(Some(reply)) => reply.keys,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing_warn(&doc, &e);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                for k in keys {
+                    let Some(newest) = k.ids.last().map(|e| e.id.clone()) else {
+                        continue;
+                    };
+                    let entries = Self::decode_entries(&doc, StreamRangeReply { ids: k.ids });
+                    last = newest;
+                    match entries {
+                        Ok(entries) => {
+                            if tx.send(entries).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // A record this node cannot read: leave it to a
+                            // reload (the room sees the gap).
+                            tracing_warn(&doc, &e);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+
+    async fn publish_presence(&self, doc: &DocName, update: &[u8]) -> Result<(), StorageError> {
+        let mut message = self.node.to_le_bytes().to_vec();
+        message.extend_from_slice(update);
+        let _: i64 = self
+            .conn()
+            .publish(key(doc, "presence"), message)
+            .await
+            .map_err(io("publishing presence"))?;
+        Ok(())
+    }
+
+    async fn watch_presence(
+        &self,
+        doc: &DocName,
+    ) -> Result<Option<mpsc::Receiver<Vec<u8>>>, StorageError> {
+        let mut pubsub = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(io("opening a presence subscription"))?;
+        pubsub
+            .subscribe(key(doc, "presence"))
+            .await
+            .map_err(io("subscribing to presence"))?;
+        let (tx, rx) = mpsc::channel(256);
+        let node = self.node.to_le_bytes();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut messages = pubsub.into_on_message();
+            loop {
+                let message = tokio::select! {
+                    _ = tx.closed() => return,
+                    m = messages.next() => m,
+                };
+                let Some(message) = message else { return };
+                let payload: Vec<u8> = match message.get_payload::<Value>() {
+                    Ok(Value::BulkString(b)) => b,
+                    _ => continue,
+                };
+                match payload.split_at_checked(8) {
+                    Some((from, update)) if from != node => {
+                        // Presence is ephemeral: when the room is busy, a
+                        // dropped update is replaced by the next one.
+                        let _ = tx.try_send(update.to_vec());
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+}
+
+fn tracing_warn(doc: &DocName, e: &dyn std::fmt::Display) {
+    tracing::warn!(%doc, error = %e, "following the document's log in Redis");
+}

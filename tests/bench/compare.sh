@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Runs the weft-bench scenarios against weft, the reference
+# @y/websocket-server and y-sweet on this machine, one server at a time with
+# the same load generator, and prints one table with ratios (peer / weft).
+#
+# Peers are installed on demand into a scratch directory (npm, cargo
+# install); every server binds to 127.0.0.1. Results are JSON files under
+# $SCRATCH/results/<time>/<server>/<scenario>.json; a scenario a server
+# cannot run leaves <scenario>.skip with the reason instead.
+#
+#   tests/bench/compare.sh                 # all servers, full ladder
+#   WEFT_BENCH_QUICK=1 tests/bench/compare.sh   # smaller ladder, shorter runs
+#   WEFT_BENCH_SERVERS=weft tests/bench/compare.sh
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SCRATCH=${WEFT_BENCH_SCRATCH:-${TMPDIR:-/tmp}/weft-bench}
+SERVERS=${WEFT_BENCH_SERVERS:-weft,y-websocket-server,y-sweet}
+TRACE=${WEFT_BENCH_TRACE:-$ROOT/../shared/traces/sequential/automerge-paper.json.gz}
+PORT=${WEFT_BENCH_PORT:-18080}
+OUT=$SCRATCH/results/$(date -u +%Y%m%dT%H%M%SZ)
+if [ -n "${WEFT_BENCH_QUICK:-}" ]; then
+  LADDER=100,1000 DURATION=5s IDLE=500 JOIN_MB=5
+else
+  LADDER=100,1000,5000 DURATION=10s IDLE=1000 JOIN_MB=20
+fi
+YWS_VERSION=0.1.1     # the last release on yjs 13, the version editors run
+YSWEET_VERSION=0.9.1
+
+mkdir -p "$SCRATCH" "$OUT"
+cd "$ROOT"
+cargo build --release --locked -p weft-server -p weft-bench
+BENCH=$ROOT/target/release/weft-bench
+export RUST_BACKTRACE=0
+[ -f "$TRACE" ] || { echo "trace not found: $TRACE (set WEFT_BENCH_TRACE)" >&2; exit 1; }
+
+install_peers() {
+  case ",$SERVERS," in *,y-websocket-server,*)
+    if [ ! -f "$SCRATCH/ywss/node_modules/@y/websocket-server/src/server.js" ]; then
+      mkdir -p "$SCRATCH/ywss"
+      (cd "$SCRATCH/ywss" && [ -f package.json ] || echo '{"private":true}' > package.json)
+      npm install --prefix "$SCRATCH/ywss" --no-audit --no-fund \
+        "@y/websocket-server@$YWS_VERSION" yjs@13 y-leveldb >/dev/null
+    fi ;;
+  esac
+  case ",$SERVERS," in *,y-sweet,*)
+    if [ ! -x "$SCRATCH/y-sweet/bin/y-sweet" ]; then
+      # --locked: its newest dependencies no longer build it.
+      cargo install --locked --quiet y-sweet --version "$YSWEET_VERSION" --root "$SCRATCH/y-sweet"
+    fi ;;
+  esac
+}
+
+SERVER_PID=
+start() {
+  local name=$1 data=$SCRATCH/data/$1
+  mkdir -p "$data"
+  case $name in
+    weft)
+      # No per-connection rate limit: ingest sends as fast as it can.
+      "$ROOT/target/release/weft" serve --listen "127.0.0.1:$PORT" --data-dir "$data" \
+        --max-messages-per-sec 0 --log-format json >"$OUT/$name.log" 2>&1 &
+      WS=ws://127.0.0.1:$PORT/ws SSE=127.0.0.1:$PORT ;;
+    y-websocket-server)
+      # YPERSISTENCE: store documents in LevelDB, so they survive a restart.
+      HOST=127.0.0.1 PORT=$PORT YPERSISTENCE=$data \
+        node "$SCRATCH/ywss/node_modules/@y/websocket-server/src/server.js" >"$OUT/$name.log" 2>&1 &
+      WS=ws://127.0.0.1:$PORT SSE= ;;
+    y-sweet)
+      # No --auth, like weft here: any document, no token.
+      "$SCRATCH/y-sweet/bin/y-sweet" serve "$data" --host 127.0.0.1 --port "$PORT" >"$OUT/$name.log" 2>&1 &
+      WS="ws://127.0.0.1:$PORT/d/{doc}/ws/{doc}" SSE= ;;
+  esac
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "$name did not start; see $OUT/$name.log" >&2
+  return 1
+}
+
+stop() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+trap stop EXIT
+
+# run NAME SCENARIO ARGS...: one scenario; a failure is recorded, not fatal.
+run() {
+  local name=$1 scenario=$2; shift 2
+  local sub=$scenario
+  [ "$scenario" = fanout-writers ] && sub=fanout
+  echo "== $name: $scenario"
+  if ! "$BENCH" "$sub" "$@" --json "$OUT/$name/$scenario.json" 2>"$OUT/$name/$scenario.err"; then
+    tail -n 1 "$OUT/$name/$scenario.err" | cut -c1-120 | sed 's/^Error: /failed: /' >"$OUT/$name/$scenario.skip"
+    echo "   $(cat "$OUT/$name/$scenario.skip")"
+  fi
+}
+
+skip() { echo "$3" >"$OUT/$1/$2.skip"; echo "== $1: $2 (n/a: $3)"; }
+
+install_peers
+IFS=, read -ra LIST <<<"$SERVERS"
+for name in "${LIST[@]}"; do
+  mkdir -p "$OUT/$name"
+  rm -rf "$SCRATCH/data/$name"
+  start "$name"
+  sse=(); [ -n "$SSE" ] && sse=(--sse "$SSE")
+  run "$name" fanout --ws "$WS" --subscribers "$LADDER" --rate 20 --duration "$DURATION" --server-pid "$SERVER_PID"
+  run "$name" fanout-writers --ws "$WS" --doc bench-writers --writers 200 --subscribers 100 --rate 200 \
+    --duration "$DURATION" --server-pid "$SERVER_PID"
+  run "$name" idle --ws "$WS" "${sse[@]}" --connections "$IDLE" --server-pid "$SERVER_PID"
+  run "$name" ingest --ws "$WS" --trace "$TRACE" --server-pid "$SERVER_PID"
+  run "$name" join --ws "$WS" --trace "$TRACE" --clients 150 --large-mb "$JOIN_MB"
+  run "$name" transports --ws "$WS" "${sse[@]}" --text-from "$TRACE" --messages 100
+  # Cold: a fresh process, the document only on disk.
+  stop
+  start "$name"
+  run "$name" coldload --ws "$WS" --doc bench-ingest
+  stop
+done
+
+echo
+echo "results: $OUT"
+"$BENCH" compare "$OUT" --servers "$SERVERS" | tee "$OUT/table.md"
