@@ -786,6 +786,80 @@ mod tests {
         assert!(fx.changes.is_empty());
     }
 
+    fn stored_entry(seq: u64, doc: &Doc, at: u32, s: &str) -> LogEntry {
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, at, s);
+        LogEntry {
+            seq,
+            at_ms: 5,
+            update: txn.encode_update_v1(),
+        }
+    }
+
+    #[test]
+    fn changes_stored_elsewhere_apply_in_order_skip_repeats_and_report_gaps() {
+        let mut s = state(&empty());
+        let other = Doc::new();
+        let one = stored_entry(1, &other, 0, "a");
+        let two = stored_entry(2, &other, 1, "b");
+        let mut fx = Effects::default();
+        s.apply_stored(&[one.clone(), two.clone()], &mut fx)
+            .expect("in order");
+        assert_eq!((s.last_seq(), text_of(s.doc())), (2, "ab".to_owned()));
+        assert_eq!(fx.deliveries.len(), 2);
+        assert!(fx.changes.is_empty(), "already stored: not stored again");
+
+        let mut fx = Effects::default();
+        s.apply_stored(&[two], &mut fx)
+            .expect("a repeat is skipped");
+        assert!(fx.deliveries.is_empty());
+        let four = stored_entry(4, &other, 2, "d");
+        assert_eq!(
+            s.apply_stored(&[four], &mut Effects::default()),
+            Err(StoredGap { have: 2, got: 4 })
+        );
+    }
+
+    #[test]
+    fn a_rebase_puts_changes_stored_elsewhere_first_and_renumbers_ours() {
+        let mut s = state(&empty());
+        let mine = Doc::new();
+        let mut fx = Effects::default();
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(edit(&mine, 0, "m")),
+            &mut fx,
+        )
+        .expect("applies");
+        assert_eq!(fx.changes[0].seq, 1);
+
+        // Meanwhile another node stored #1 and #2.
+        let other = Doc::new();
+        let remote = [
+            stored_entry(1, &other, 0, "x"),
+            stored_entry(2, &other, 1, "y"),
+        ];
+        s.rebase(&remote, &mut fx).expect("rebases");
+        assert_eq!(fx.changes.len(), 1);
+        assert_eq!(fx.changes[0].seq, 3, "ours now follows theirs");
+        assert_eq!(s.last_seq(), 3);
+        let seqs: Vec<(u64, Option<ConnId>)> = fx
+            .deliveries
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Change { change, origin } => Some((change.seq, *origin)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![(1, None), (2, None), (3, Some(1))]);
+        let recent: Vec<u64> = s.recent().iter().map(|c| c.seq).collect();
+        assert_eq!(recent, vec![1, 2, 3]);
+        let t = text_of(s.doc());
+        assert!(t.contains('m') && t.contains("xy"), "{t}");
+    }
+
     #[test]
     fn simultaneous_joiners_share_one_encoded_step2_until_the_next_change() {
         let mut s = state(&empty());

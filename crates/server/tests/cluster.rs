@@ -1,0 +1,382 @@
+//! Cluster mode end to end: a real `redis-server` on loopback and several
+//! weft nodes sharing it, spoken to as y-websocket editors and SSE viewers.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+use tokio::time::{timeout, Instant};
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+/// A throwaway Redis with every write fsynced before it is acknowledged.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (tests/run installs it: apt-get install redis-server)");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < WAIT, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn node(&self, extra: &[&str]) -> Weft {
+        let url = self.url();
+        let mut args = vec!["--redis", url.as_str()];
+        args.extend_from_slice(extra);
+        Weft::start(&args)
+    }
+
+    /// Runs a redis-cli command, returning its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A y-websocket editor: its own document, synced both ways on connect.
+struct Editor {
+    ws: Ws,
+    doc: Doc,
+}
+
+impl Editor {
+    async fn connect(url: &str, doc: Doc) -> Editor {
+        let mut ws = connect(url).await;
+        // What a y-websocket client does: ask for what it lacks and offer
+        // everything it has (it may have typed while disconnected).
+        let sv = doc.transact().state_vector();
+        send(&mut ws, YMessage::Sync(SyncMessage::SyncStep1(sv))).await;
+        let mine = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        send(&mut ws, YMessage::Sync(SyncMessage::SyncStep2(mine))).await;
+        let mut editor = Editor { ws, doc };
+        loop {
+            match next_message(&mut editor.ws).await {
+                YMessage::Sync(SyncMessage::SyncStep2(u)) => {
+                    editor.apply(&u);
+                    return editor;
+                }
+                other => editor.take(other).await,
+            }
+        }
+    }
+
+    fn apply(&self, update: &[u8]) {
+        self.doc
+            .transact_mut()
+            .apply_update(Update::decode_v1(update).expect("valid update"))
+            .expect("applies");
+    }
+
+    async fn take(&mut self, msg: YMessage) {
+        match msg {
+            YMessage::Sync(SyncMessage::SyncStep1(sv)) => {
+                let reply = self.doc.transact().encode_state_as_update_v1(&sv);
+                send(&mut self.ws, YMessage::Sync(SyncMessage::SyncStep2(reply))).await;
+            }
+            YMessage::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) => self.apply(&u),
+            _ => {}
+        }
+    }
+
+    async fn type_text(&mut self, s: &str) {
+        let update = insert(&self.doc, s);
+        send(&mut self.ws, update_message(update)).await;
+    }
+
+    /// Reads until the text holds every one of `parts`.
+    async fn wait_for(&mut self, parts: &[String]) {
+        while !parts.iter().all(|p| text(&self.doc).contains(p.as_str())) {
+            let msg = next_message(&mut self.ws).await;
+            self.take(msg).await;
+        }
+    }
+}
+
+fn tokens(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("<{prefix}{i}>")).collect()
+}
+
+async fn open_stream(addr: &str, path: &str, headers: &[(&str, &str)]) -> SseReader {
+    let mut http = http1(addr).await;
+    let resp = http.request("GET", path, headers, Vec::new()).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    // Keep the connection alive as long as the reader.
+    std::mem::forget(http);
+    SseReader::new(resp)
+}
+
+fn seq_of(id: &str) -> u64 {
+    id.rsplit_once('-')
+        .and_then(|(_, s)| s.parse().ok())
+        .expect("seq in id")
+}
+
+/// Reads update events into `doc` until its text holds all of `parts`;
+/// returns their ids.
+async fn view_until(sse: &mut SseReader, doc: &Doc, parts: &[String]) -> Vec<String> {
+    let mut ids = Vec::new();
+    while !parts.iter().all(|p| text(doc).contains(p.as_str())) {
+        let ev = sse.next_change().await;
+        if let Some(id) = &ev.id {
+            ids.push(id.clone());
+        }
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(&ev.data_bytes()).expect("update"))
+            .expect("applies");
+    }
+    ids
+}
+
+fn assert_contiguous(ids: &[String]) {
+    for pair in ids.windows(2) {
+        assert_eq!(
+            seq_of(&pair[1]),
+            seq_of(&pair[0]) + 1,
+            "ids must follow on with no gap or repeat: {pair:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editors_on_two_nodes_converge_and_a_viewer_on_a_third_resumes_on_any_node() {
+    let redis = Redis::start();
+    let (a, b, c) = (redis.node(&[]), redis.node(&[]), redis.node(&[]));
+
+    let mut viewer = open_stream(&c.addr, "/sse/shared", &[]).await;
+    viewer.next().await; // retry
+    let seen = Doc::new();
+    let snapshot = viewer.next_change().await;
+    assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
+
+    let mut on_a = Editor::connect(&a.url("shared"), Doc::new()).await;
+    let mut on_b = Editor::connect(&b.url("shared"), Doc::new()).await;
+    // Both type at once, interleaved, without waiting for each other.
+    let (from_a, from_b) = (tokens("a", 30), tokens("b", 30));
+    for (x, y) in from_a.iter().zip(&from_b) {
+        on_a.type_text(x).await;
+        on_b.type_text(y).await;
+    }
+    let all: Vec<String> = from_a.iter().chain(&from_b).cloned().collect();
+    timeout(WAIT, on_a.wait_for(&all))
+        .await
+        .expect("A gets B's");
+    timeout(WAIT, on_b.wait_for(&all))
+        .await
+        .expect("B gets A's");
+    assert_eq!(text(&on_a.doc), text(&on_b.doc), "editors converge");
+
+    // The viewer on C saw every change from both, in one numbered order.
+    let ids = timeout(WAIT, view_until(&mut viewer, &seen, &all))
+        .await
+        .expect("viewer on C sees both");
+    assert_eq!(text(&seen), text(&on_a.doc));
+    assert_contiguous(&ids);
+    let last = ids.last().expect("some updates").clone();
+    drop(viewer);
+
+    // Its stream drops; more is typed meanwhile; it resumes on node A.
+    let more = tokens("late", 10);
+    for t in &more {
+        on_b.type_text(t).await;
+    }
+    let mut resumed = open_stream(&a.addr, "/sse/shared", &[("last-event-id", &last)]).await;
+    resumed.next().await; // retry
+    let first = resumed.next_change().await;
+    assert_eq!(
+        first.event.as_deref(),
+        Some("update"),
+        "a known id resumes with updates, not a snapshot: {first:?}"
+    );
+    let first_id = first.id.clone().expect("id");
+    assert_eq!(seq_of(&first_id), seq_of(&last) + 1, "no gap, no repeat");
+    seen.transact_mut()
+        .apply_update(Update::decode_v1(&first.data_bytes()).expect("update"))
+        .expect("applies");
+    let mut rest = timeout(WAIT, view_until(&mut resumed, &seen, &more))
+        .await
+        .expect("resumed viewer sees the rest");
+    rest.insert(0, first_id);
+    assert_contiguous(&rest);
+    assert_eq!(
+        seq_of(rest.last().expect("ids")),
+        seq_of(&last) + more.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_nodes_and_goes_when_its_editor_leaves() {
+    let redis = Redis::start();
+    let (a, b) = (redis.node(&[]), redis.node(&[]));
+    let mut on_a = Editor::connect(&a.url("presence"), Doc::new()).await;
+    let mut on_b = Editor::connect(&b.url("presence"), Doc::new()).await;
+    send(&mut on_a.ws, presence(4242, 1, r#"{"user":"ada"}"#)).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "presence never reached node B");
+        if let YMessage::Awareness(update) = next_message(&mut on_b.ws).await {
+            if let Some(entry) = update.clients.get(&yrs::ClientID::new(4242)) {
+                assert_eq!(&*entry.json, r#"{"user":"ada"}"#);
+                break;
+            }
+        }
+    }
+    // A's editor goes; B's editors are told its presence is gone.
+    drop(on_a);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "presence removal never reached node B"
+        );
+        if let YMessage::Awareness(update) = next_message(&mut on_b.ws).await {
+            if let Some(entry) = update.clients.get(&yrs::ClientID::new(4242)) {
+                if &*entry.json == "null" {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_edit_loses_nothing_and_its_editors_resync_elsewhere() {
+    let redis = Redis::start();
+    let mut a = redis.node(&[]);
+    let b = redis.node(&[]);
+    let mut watcher = Editor::connect(&b.url("crash"), Doc::new()).await;
+    let mut typist = Editor::connect(&a.url("crash"), Doc::new()).await;
+    let typed = tokens("t", 200);
+    for t in &typed[..60] {
+        typist.type_text(t).await;
+    }
+    // B has these: Redis acknowledged them.
+    timeout(WAIT, watcher.wait_for(&typed[..60]))
+        .await
+        .expect("B sees A's first changes");
+    let acknowledged = text(&watcher.doc);
+    // More, and A dies while taking them.
+    for t in &typed[60..121] {
+        typist.type_text(t).await;
+    }
+    a.kill9();
+    // The editor reconnects to B with everything it typed, and goes on.
+    let doc = std::mem::replace(&mut typist.doc, Doc::new());
+    let mut typist = Editor::connect(&b.url("crash"), doc).await;
+    for t in &typed[121..] {
+        typist.type_text(t).await;
+    }
+    timeout(WAIT, watcher.wait_for(&typed))
+        .await
+        .expect("every change typed reaches B");
+    assert!(text(&watcher.doc).starts_with(&acknowledged));
+    // And it is stored: a fresh node loads all of it.
+    let c = redis.node(&[]);
+    let fresh = Editor::connect(&c.url("crash"), Doc::new()).await;
+    assert_eq!(text(&fresh.doc), text(&typist.doc));
+    for t in &typed {
+        assert!(text(&fresh.doc).contains(t.as_str()), "{t} lost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_later_loads_from_the_snapshot_and_the_stream_tail() {
+    let redis = Redis::start();
+    let opts = ["--snapshot-every", "25", "--keep-log-tail", "5"];
+    let a = redis.node(&opts);
+    let mut writer = Editor::connect(&a.url("late"), Doc::new()).await;
+    let typed = tokens("w", 120);
+    for t in &typed {
+        writer.type_text(t).await;
+    }
+    // Wait until A has stored them all (a second editor sees the last).
+    let mut check = Editor::connect(&a.url("late"), Doc::new()).await;
+    timeout(WAIT, check.wait_for(&typed)).await.expect("stored");
+
+    // Compacted: a snapshot exists and the stream keeps only a tail.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let len: u64 = redis
+            .cli(&["XLEN", "weft:{late}:log"])
+            .parse()
+            .unwrap_or(u64::MAX);
+        let head = redis.cli(&["GET", "weft:{late}:head"]);
+        if !head.is_empty() && len < typed.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never compacted (XLEN {len}, head {head:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = redis.node(&opts);
+    let joined = Editor::connect(&late.url("late"), Doc::new()).await;
+    assert_eq!(text(&joined.doc), text(&writer.doc));
+}
+
+#[test]
+fn a_node_refuses_to_start_without_redis_and_says_why() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis"])
+        .arg(format!("redis://127.0.0.1:{port}"))
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+}
