@@ -98,7 +98,8 @@ run() {
   [ "$scenario" = fanout-writers ] && sub=fanout
   echo "== $name: $scenario"
   if ! "$BENCH" "$sub" "$@" --json "$OUT/$name/$scenario.json" 2>"$OUT/$name/$scenario.err"; then
-    tail -n 1 "$OUT/$name/$scenario.err" | cut -c1-120 | sed 's/^Error: /failed: /' >"$OUT/$name/$scenario.skip"
+    { grep -m1 '^Error: ' "$OUT/$name/$scenario.err" || tail -n 1 "$OUT/$name/$scenario.err"; } |
+      cut -c1-120 | sed 's/^Error: /failed: /' >"$OUT/$name/$scenario.skip"
     echo "   $(cat "$OUT/$name/$scenario.skip")"
   fi
 }
@@ -110,22 +111,58 @@ IFS=, read -ra LIST <<<"$SERVERS"
 for name in "${LIST[@]}"; do
   mkdir -p "$OUT/$name"
   rm -rf "$SCRATCH/data/$name"
+  # Idle memory first, on a fresh process: memory freed by earlier
+  # scenarios stays resident and would hide what connections cost.
   start "$name"
   sse=(); [ -n "$SSE" ] && sse=(--sse "$SSE")
+  run "$name" idle --ws "$WS" "${sse[@]}" --connections "$IDLE" --server-pid "$SERVER_PID"
+  stop
+  start "$name"
   run "$name" fanout --ws "$WS" --subscribers "$LADDER" --rate 20 --duration "$DURATION" --server-pid "$SERVER_PID"
   run "$name" fanout-writers --ws "$WS" --doc bench-writers --writers 200 --subscribers 100 --rate 200 \
     --duration "$DURATION" --server-pid "$SERVER_PID"
-  run "$name" idle --ws "$WS" "${sse[@]}" --connections "$IDLE" --server-pid "$SERVER_PID"
-  run "$name" ingest --ws "$WS" --trace "$TRACE" --server-pid "$SERVER_PID"
+  run "$name" ingest --ws "$WS" --trace "$TRACE" --timeout 120s --server-pid "$SERVER_PID"
   run "$name" join --ws "$WS" --trace "$TRACE" --clients 150 --large-mb "$JOIN_MB"
   run "$name" transports --ws "$WS" "${sse[@]}" --text-from "$TRACE" --messages 100
   # Cold: a fresh process, the document only on disk.
   stop
   start "$name"
-  run "$name" coldload --ws "$WS" --doc bench-ingest
+  run "$name" coldload --ws "$WS" --doc bench-ingest --trace "$TRACE"
   stop
 done
+
+# weft's cluster mode: the writer on one node, the subscribers on another,
+# both on one Redis (fsync on every write, like weft's own store).
+CLUSTER_PIDS=()
+stop_cluster() { for p in "${CLUSTER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; CLUSTER_PIDS=(); }
+trap 'stop; stop_cluster' EXIT
+if [[ ",$SERVERS," == *,weft,* ]] && command -v redis-server >/dev/null; then
+  mkdir -p "$OUT/weft-cluster" "$SCRATCH/data/redis"
+  rm -rf "${SCRATCH:?}/data/redis/"*
+  RPORT=$((PORT + 10))
+  redis-server --bind 127.0.0.1 --port "$RPORT" --save "" --appendonly yes --appendfsync always \
+    --dir "$SCRATCH/data/redis" >"$OUT/redis.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$RPORT") 2>/dev/null && break; sleep 0.1; done
+  for n in 1 2; do
+    "$ROOT/target/release/weft" serve --listen "127.0.0.1:$((PORT + n))" --redis "redis://127.0.0.1:$RPORT" \
+      --max-messages-per-sec 0 --log-format json >"$OUT/weft-cluster-$n.log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+  done
+  for n in 1 2; do
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$((PORT + n))") 2>/dev/null && break; sleep 0.1; done
+  done
+  run weft-cluster fanout --ws "ws://127.0.0.1:$((PORT + 2))/ws" --writer-ws "ws://127.0.0.1:$((PORT + 1))/ws" \
+    --subscribers "$LADDER" --rate 20 --duration "$DURATION" --server-pid "${CLUSTER_PIDS[2]}"
+  stop_cluster
+else
+  mkdir -p "$OUT/weft-cluster"
+  echo "needs redis-server" >"$OUT/weft-cluster/fanout.skip"
+fi
 
 echo
 echo "results: $OUT"
 "$BENCH" compare "$OUT" --servers "$SERVERS" | tee "$OUT/table.md"
+echo
+echo "cluster mode (writer on node 1, subscribers on node 2) against one weft process:"
+"$BENCH" compare "$OUT" --servers weft,weft-cluster | grep -E '^\| (figure|fanout, 1 writer)|^\|--' | tee "$OUT/cluster.md"

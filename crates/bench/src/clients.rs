@@ -173,6 +173,38 @@ pub async fn join_frame(url: &str) -> anyhow::Result<(Duration, bytes::Bytes)> {
     anyhow::bail!("{url} closed before sending sync step 2")
 }
 
+/// Connects, asks for the whole document and applies every sync message
+/// until the text "t" is at least `text_len` UTF-16 units long. Returns the
+/// time that took and the bytes of sync messages received.
+pub async fn join_until(url: &str, text_len: usize) -> anyhow::Result<(Duration, usize)> {
+    use yrs::updates::decoder::Decode;
+    let started = std::time::Instant::now();
+    let mut ws = connect(url).await?;
+    let step1 = YMessage::Sync(SyncMessage::SyncStep1(Default::default())).encode_v1();
+    ws.send(Message::Binary(step1.into())).await?;
+    let doc = crate::trace::trace_doc();
+    let text = doc.get_or_insert_text(crate::trace::TEXT);
+    let mut bytes = 0;
+    while let Some(message) = ws.next().await {
+        let Message::Binary(frame) = message? else {
+            continue;
+        };
+        if let Ok(YMessage::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u))) =
+            YMessage::decode_v1(&frame)
+        {
+            bytes += frame.len();
+            doc.transact_mut()
+                .apply_update(yrs::Update::decode_v1(&u)?)?;
+            if text.len(&doc.transact()) as usize >= text_len {
+                let took = started.elapsed();
+                ws.close(None).await.ok();
+                return Ok((took, bytes));
+            }
+        }
+    }
+    anyhow::bail!("{url} closed before sending the whole document")
+}
+
 /// Opens an event stream; returns the response body.
 pub async fn open_sse(addr: &str, path: &str, gzip: bool) -> anyhow::Result<hyper::body::Incoming> {
     let tcp = TcpStream::connect(addr)

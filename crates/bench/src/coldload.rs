@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::clients;
+use crate::trace;
 
 #[derive(Debug, Clone, Args)]
 pub struct ColdloadArgs {
@@ -15,6 +16,14 @@ pub struct ColdloadArgs {
     /// A stored document (e.g. the one `ingest` wrote).
     #[arg(long, default_value = "bench-ingest")]
     pub doc: String,
+    /// The trace the document was built from: a join counts as done when
+    /// the client's text is as long as the trace's (some servers answer
+    /// before the stored document is loaded, and send it afterwards).
+    #[arg(
+        long,
+        default_value = "../shared/traces/sequential/automerge-paper.json.gz"
+    )]
+    pub trace: std::path::PathBuf,
     /// Joins after the first, with the document loaded.
     #[arg(long, default_value_t = 5)]
     pub warm_runs: usize,
@@ -23,6 +32,7 @@ pub struct ColdloadArgs {
 #[derive(Debug, Serialize)]
 pub struct ColdloadResult {
     pub doc: String,
+    /// Bytes of sync messages it took to get the whole document.
     pub step2_bytes: usize,
     pub cold_ms: f64,
     /// The best warm join.
@@ -31,14 +41,20 @@ pub struct ColdloadResult {
 
 pub async fn run(args: ColdloadArgs) -> anyhow::Result<ColdloadResult> {
     let url = clients::doc_url(&args.ws, &args.doc);
-    let (cold, step2_bytes) = clients::join(&url).await?;
-    anyhow::ensure!(
-        step2_bytes > 64,
-        "{url} answered with an empty document ({step2_bytes} bytes): store it first (ingest)"
-    );
+    let want = trace::end_content(&args.trace)?.encode_utf16().count();
+    let (cold, step2_bytes) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        clients::join_until(&url, want),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "{url} did not send the stored document within 60 s (store it first: ingest)"
+        )
+    })??;
     let mut warm: Option<f64> = None;
     for _ in 0..args.warm_runs {
-        let ms = clients::join(&url).await?.0.as_secs_f64() * 1000.0;
+        let ms = clients::join_until(&url, want).await?.0.as_secs_f64() * 1000.0;
         warm = Some(warm.map_or(ms, |w| w.min(ms)));
     }
     Ok(ColdloadResult {

@@ -23,16 +23,19 @@ pub struct CompareArgs {
 struct Figure {
     scenario: &'static str,
     label: String,
-    pointer: String,
+    find: Box<dyn Fn(&Value) -> Option<f64>>,
     unit: &'static str,
 }
 
 fn figures() -> Vec<Figure> {
-    let f = |scenario, label: &str, pointer: &str, unit| Figure {
-        scenario,
-        label: label.to_owned(),
-        pointer: pointer.to_owned(),
-        unit,
+    let f = |scenario, label: &str, pointer: &str, unit| {
+        let pointer = pointer.to_owned();
+        Figure {
+            scenario,
+            label: label.to_owned(),
+            find: Box::new(move |v: &Value| v.pointer(&pointer).and_then(Value::as_f64)),
+            unit,
+        }
     };
     let mut all = Vec::new();
     for (i, n) in ["100", "1,000", "5,000"].iter().enumerate() {
@@ -97,21 +100,28 @@ fn figures() -> Vec<Figure> {
         "/runs/1/latency/max_ms",
         "ms",
     ));
-    for (i, size) in ["10 B", "1 KB", "100 KB"].iter().enumerate() {
-        // WebSocket is the first receiver of each payload size.
-        let run = i * 3;
-        all.push(f(
-            "transports",
-            &format!("websocket {size}: p50"),
-            &format!("/runs/{run}/latency/p50_ms"),
-            "ms",
-        ));
-        all.push(f(
-            "transports",
-            &format!("websocket {size}: wire bytes/msg"),
-            &format!("/runs/{run}/wire_bytes_per_message"),
-            "B",
-        ));
+    for (payload, size) in [(10u64, "10 B"), (1024, "1 KB"), (102_400, "100 KB")] {
+        for (what, field, unit) in [
+            ("p50", "/latency/p50_ms", "ms"),
+            ("wire bytes/msg", "/wire_bytes_per_message", "B"),
+        ] {
+            all.push(Figure {
+                scenario: "transports",
+                label: format!("websocket {size}: {what}"),
+                find: Box::new(move |v: &Value| {
+                    v.get("runs")?
+                        .as_array()?
+                        .iter()
+                        .find(|r| {
+                            r["transport"] == "websocket"
+                                && r["payload_bytes"].as_u64() == Some(payload)
+                        })?
+                        .pointer(field)?
+                        .as_f64()
+                }),
+                unit,
+            });
+        }
     }
     all.push(f("coldload", "coldload automerge-paper", "/cold_ms", "ms"));
     all
@@ -160,9 +170,7 @@ fn value(dir: &Path, fig: &Figure) -> Result<f64, String> {
     let path = dir.join(format!("{}.json", fig.scenario));
     let text = std::fs::read_to_string(&path).map_err(|_| "not run".to_string())?;
     let json: Value = serde_json::from_str(&text).map_err(|e| format!("bad JSON: {e}"))?;
-    json.pointer(&fig.pointer)
-        .and_then(Value::as_f64)
-        .ok_or_else(|| "no result".to_string())
+    (fig.find)(&json).ok_or_else(|| "no result".to_string())
 }
 
 fn pretty(x: f64) -> String {

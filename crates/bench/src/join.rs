@@ -47,6 +47,9 @@ pub struct JoinRun {
     pub failed: usize,
     /// Connect to sync step 2, per client.
     pub latency: Option<Percentiles>,
+    /// The smallest sync step 2 a client got (a server that answers with
+    /// less than the document has not synced it).
+    pub min_step2_bytes: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,9 +95,13 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<JoinResult> {
         }
         let mut took = Vec::new();
         let mut failed = 0;
+        let mut min_step2 = usize::MAX;
         for j in joins {
             match j.await {
-                Ok(Ok((d, _))) => took.push(d),
+                Ok(Ok((d, size))) => {
+                    took.push(d);
+                    min_step2 = min_step2.min(size);
+                }
                 Ok(Err(e)) => {
                     failed += 1;
                     eprintln!("join failed: {e:#}");
@@ -109,6 +116,11 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<JoinResult> {
             synced: took.len(),
             failed,
             latency: percentiles(&mut took),
+            min_step2_bytes: if min_step2 == usize::MAX {
+                0
+            } else {
+                min_step2
+            },
         });
         // Let the server settle before the next document.
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -864,7 +864,7 @@ mod tests {
     fn simultaneous_joiners_share_one_encoded_step2_until_the_next_change() {
         let mut s = state(&empty());
         let client = Doc::new();
-        let mut step2_for = |s: &mut DocState, conn| {
+        let step2_for = |s: &mut DocState, conn| {
             let mut fx = Effects::default();
             s.receive(
                 conn,
