@@ -163,6 +163,14 @@ fi
 echo
 echo "results: $OUT"
 "$BENCH" compare "$OUT" --servers "$SERVERS" | tee "$OUT/table.md"
+if [ -d "$ROOT/tests/bench/baseline" ] && [[ ",$SERVERS," == *,weft,* ]]; then
+  # The committed baseline (an earlier run of weft on the reference
+  # machine): a ratio well above 1 in the last column is a regression.
+  cp -r "$ROOT/tests/bench/baseline" "$OUT/baseline"
+  echo
+  echo "weft against the committed baseline (weft / baseline; above 1 is slower):"
+  "$BENCH" compare "$OUT" --servers baseline,weft | tee "$OUT/baseline.md"
+fi
 echo
 echo "cluster mode (writer on node 1, subscribers on node 2) against one weft process:"
 "$BENCH" compare "$OUT" --servers weft,weft-cluster | grep -E '^\| (figure|fanout, 1 writer)|^\|--' | tee "$OUT/cluster.md"

@@ -1,7 +1,7 @@
 //! `weft-bench compare`: one table of the figures each server reached in
 //! the same run (JSON results in `DIR/<server>/<scenario>.json`), with the
-//! ratio peer / weft for each. Every figure is lower-is-better, so a ratio
-//! above 1 means weft is ahead. A scenario a server could not run has
+//! ratio of each to the first server (weft). Every figure is
+//! lower-is-better, so a ratio above 1 means the first server is ahead. A scenario a server could not run has
 //! `DIR/<server>/<scenario>.skip` holding the reason, shown in its cells.
 
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use serde_json::Value;
 pub struct CompareArgs {
     /// The results directory.
     pub dir: PathBuf,
-    /// Servers, weft first: each is a subdirectory of DIR.
+    /// Servers, the reference (weft) first: each is a subdirectory of DIR.
     #[arg(long, value_delimiter = ',', default_values_t = ["weft".to_string(), "y-websocket-server".into(), "y-sweet".into()])]
     pub servers: Vec<String>,
 }
@@ -130,11 +130,12 @@ fn figures() -> Vec<Figure> {
 pub fn run(args: CompareArgs) -> anyhow::Result<String> {
     let mut table = Table::new();
     table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    let reference = args.servers.first().cloned().unwrap_or_default();
     let mut header = vec!["figure".to_string()];
     for (i, s) in args.servers.iter().enumerate() {
         header.push(s.clone());
         if i > 0 {
-            header.push(format!("{s} / weft"));
+            header.push(format!("{s} / {reference}"));
         }
     }
     table.set_header(header);
