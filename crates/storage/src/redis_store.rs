@@ -277,14 +277,24 @@ impl DocumentStore for RedisStore {
             action: "loading a document",
             reason: "its metadata vanished while loading (deleted meanwhile?)".into(),
         })?;
-        let snapshot = self.head(doc).await?;
-        let after = snapshot.as_ref().map_or(0, |s| s.seq);
-        let log = self.read_log(doc, after, usize::MAX).await?;
-        Ok(StoredDoc {
-            meta,
-            snapshot,
-            log,
-        })
+        // Another node may store a newer snapshot and trim the log between
+        // reading the head and reading the log: the log must then follow on
+        // from the snapshot, or the load is tried again.
+        for _ in 0..8 {
+            let snapshot = self.head(doc).await?;
+            let after = snapshot.as_ref().map_or(0, |s| s.seq);
+            let log = self.read_log(doc, after, usize::MAX).await?;
+            if log.first().is_none_or(|e| e.seq == after + 1) {
+                return Ok(StoredDoc {
+                    meta,
+                    snapshot,
+                    log,
+                });
+            }
+        }
+        Err(StorageError::Busy(
+            "the document's log kept being trimmed while it loaded",
+        ))
     }
 
     async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {

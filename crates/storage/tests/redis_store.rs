@@ -1,0 +1,214 @@
+//! `RedisStore` against a real `redis-server` on loopback: conditional
+//! appends, compaction that never moves the head back, the lease, and
+//! following the log.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weft_storage::{
+    DocName, DocumentStore, LogEntry, NewSnapshot, RedisStore, SnapshotReason, StorageError,
+};
+
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (tests/run installs it: apt-get install redis-server)");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    async fn store(&self) -> RedisStore {
+        RedisStore::connect(&format!("redis://127.0.0.1:{}", self.port))
+            .await
+            .expect("connects")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn entry(seq: u64) -> LogEntry {
+    LogEntry {
+        seq,
+        at_ms: 1_000 + seq,
+        update: vec![seq as u8; 3],
+    }
+}
+
+fn snapshot(seq: u64) -> NewSnapshot {
+    NewSnapshot {
+        seq,
+        taken_at_ms: 5,
+        reason: SnapshotReason::Periodic,
+        state: vec![seq as u8],
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_never_store_two_changes_under_one_number() {
+    let redis = Redis::start();
+    let (a, b) = (redis.store().await, redis.store().await);
+    let doc = DocName::new("numbers").expect("name");
+    let loaded_a = a.load(&doc).await.expect("loads");
+    let loaded_b = b.load(&doc).await.expect("loads");
+    assert_eq!(
+        loaded_a.meta, loaded_b.meta,
+        "one incarnation for every node"
+    );
+
+    a.append(&doc, &[entry(1), entry(2)]).await.expect("first");
+    // B still thinks the document is empty.
+    match b.append(&doc, &[entry(1)]).await {
+        Err(StorageError::Conflict { last_seq }) => assert_eq!(last_seq, 2),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    b.append(&doc, &[entry(3)])
+        .await
+        .expect("after catching up");
+    let log = a.read_log(&doc, 0, usize::MAX).await.expect("reads");
+    assert_eq!(log, vec![entry(1), entry(2), entry(3)]);
+    assert_eq!(a.read_log(&doc, 1, 1).await.expect("reads"), vec![entry(2)]);
+}
+
+#[tokio::test]
+async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_head_back() {
+    let redis = Redis::start();
+    let store = redis.store().await;
+    let doc = DocName::new("compact").expect("name");
+    store.load(&doc).await.expect("loads");
+    let all: Vec<LogEntry> = (1..=30).map(entry).collect();
+    store.append(&doc, &all).await.expect("appends");
+
+    store
+        .compact(&doc, snapshot(20), 5)
+        .await
+        .expect("compacts");
+    let log = store.read_log(&doc, 0, usize::MAX).await.expect("reads");
+    assert_eq!(
+        log.first().map(|e| e.seq),
+        Some(16),
+        "5 behind the snapshot kept"
+    );
+    // A node that lags behind snapshots at 10: stored, but not the head.
+    store
+        .compact(&doc, snapshot(10), 5)
+        .await
+        .expect("compacts");
+    let loaded = store.load(&doc).await.expect("loads");
+    assert_eq!(loaded.snapshot.as_ref().map(|s| s.seq), Some(20));
+    assert_eq!(loaded.log.first().map(|e| e.seq), Some(21));
+    assert_eq!(loaded.last_seq(), 30);
+    assert_eq!(store.list_snapshots(&doc).await.expect("lists").len(), 2);
+    assert_eq!(store.list().await.expect("lists"), vec![doc.clone()]);
+    assert!(store.delete(&doc).await.expect("deletes"));
+    assert!(store.list().await.expect("lists").is_empty());
+}
+
+#[tokio::test]
+async fn another_nodes_changes_arrive_in_order_and_presence_skips_its_sender() {
+    let redis = Redis::start();
+    let (a, b) = (redis.store().await, redis.store().await);
+    let doc = DocName::new("follow").expect("name");
+    a.load(&doc).await.expect("loads");
+    a.append(&doc, &[entry(1)]).await.expect("appends");
+    let mut follow = b
+        .watch(&doc, 1)
+        .await
+        .expect("watches")
+        .expect("a shared store");
+    let mut heard_by_b = b
+        .watch_presence(&doc)
+        .await
+        .expect("subscribes")
+        .expect("pubsub");
+    let mut heard_by_a = a
+        .watch_presence(&doc)
+        .await
+        .expect("subscribes")
+        .expect("pubsub");
+
+    a.append(&doc, &[entry(2), entry(3)])
+        .await
+        .expect("appends");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), follow.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        got.extend(batch);
+    }
+    assert_eq!(got, vec![entry(2), entry(3)], "only what came after 1");
+
+    // The subscription is live once a message gets through; retry until then.
+    let mut heard = None;
+    for _ in 0..100 {
+        a.publish_presence(&doc, b"cursor")
+            .await
+            .expect("publishes");
+        if let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(100), heard_by_b.recv()).await
+        {
+            heard = Some(m);
+            break;
+        }
+    }
+    assert_eq!(heard.as_deref(), Some(&b"cursor"[..]));
+    assert!(
+        heard_by_a.try_recv().is_err(),
+        "a node does not hear itself"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_clear_error() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let err = RedisStore::connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .expect_err("nothing listens there");
+    assert!(err.to_string().contains("cannot reach Redis"), "{err}");
+    let err = RedisStore::connect("not a url").await.expect_err("bad URL");
+    assert!(err.to_string().contains("bad Redis URL"), "{err}");
+}
