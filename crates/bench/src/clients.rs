@@ -148,13 +148,7 @@ where
 
 /// Connects, asks for the whole document (sync step 1 with an empty state
 /// vector, as a new editor does) and waits for sync step 2. Returns the time
-/// that took and the step 2 frame's size.
-pub async fn join(url: &str) -> anyhow::Result<(Duration, usize)> {
-    let (took, frame) = join_frame(url).await?;
-    Ok((took, frame.len()))
-}
-
-/// [`join`], keeping the step 2 frame.
+/// that took and the step 2 frame.
 pub async fn join_frame(url: &str) -> anyhow::Result<(Duration, bytes::Bytes)> {
     let started = std::time::Instant::now();
     let mut ws = connect(url).await?;
@@ -203,6 +197,31 @@ pub async fn join_until(url: &str, text_len: usize) -> anyhow::Result<(Duration,
         }
     }
     anyhow::bail!("{url} closed before sending the whole document")
+}
+
+/// Connects, asks for the whole document and reads sync messages (step 2
+/// and updates: some servers answer before a stored document is loaded and
+/// send it afterwards) until they add up to `bytes`. Returns the time that
+/// took and the bytes received.
+pub async fn join_bytes(url: &str, bytes: usize) -> anyhow::Result<(Duration, usize)> {
+    let started = std::time::Instant::now();
+    let mut ws = connect(url).await?;
+    let step1 = YMessage::Sync(SyncMessage::SyncStep1(Default::default())).encode_v1();
+    ws.send(Message::Binary(step1.into())).await?;
+    let mut got = 0;
+    while let Some(message) = ws.next().await {
+        if let Message::Binary(frame) = message? {
+            if frame.starts_with(&[0, 1]) || frame.starts_with(&[0, 2]) {
+                got += frame.len();
+                if got >= bytes {
+                    let took = started.elapsed();
+                    ws.close(None).await.ok();
+                    return Ok((took, got));
+                }
+            }
+        }
+    }
+    anyhow::bail!("{url} closed after {got} of {bytes} bytes of the document")
 }
 
 /// Opens an event stream; returns the response body.

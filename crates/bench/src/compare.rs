@@ -19,11 +19,14 @@ pub struct CompareArgs {
     pub servers: Vec<String>,
 }
 
+/// Picks a figure out of a scenario's JSON result.
+type Finder = Box<dyn Fn(&Value) -> Option<f64>>;
+
 /// One figure: which scenario file, how to find it, what it is.
 struct Figure {
     scenario: &'static str,
     label: String,
-    find: Box<dyn Fn(&Value) -> Option<f64>>,
+    find: Finder,
     unit: &'static str,
 }
 

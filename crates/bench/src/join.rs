@@ -16,6 +16,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, Text, Transact};
 
 use crate::clients;
+use crate::probe;
 use crate::stats::{percentiles, Percentiles};
 use crate::trace;
 
@@ -36,6 +37,9 @@ pub struct JoinArgs {
     /// Size of the large document, in MB (its encoded state).
     #[arg(long, default_value_t = 20)]
     pub large_mb: usize,
+    /// The server's process id, to report the CPU time the joins took.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -47,9 +51,13 @@ pub struct JoinRun {
     pub failed: usize,
     /// Connect to sync step 2, per client.
     pub latency: Option<Percentiles>,
-    /// The smallest sync step 2 a client got (a server that answers with
-    /// less than the document has not synced it).
-    pub min_step2_bytes: usize,
+    /// Bytes of sync messages that make up the whole document on this
+    /// server (measured by one client that decoded them): a joiner counts
+    /// as synced once it has received that much.
+    pub sync_bytes: usize,
+    /// Server CPU seconds while the clients joined (the load generator on
+    /// the same machine is usually the limit: it reads clients × document).
+    pub server_cpu_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,20 +96,27 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<JoinResult> {
     for (name, updates) in [("trace", vec![whole]), ("large", large)] {
         let url = clients::doc_url(&args.ws, &format!("{}-{name}-{run_id}", args.doc));
         let bytes = upload(&url, &updates).await?;
+        // One client decodes everything it is sent until it has the whole
+        // text: what the document costs on the wire from this server.
+        let (_, sync_bytes) = tokio::time::timeout(
+            Duration::from_secs(120),
+            clients::join_until(&url, text_len(&updates)?),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("{url}: the document did not arrive within 120 s"))??;
+        let before = args.server_pid.map(probe::usage);
         let mut joins = Vec::new();
         for _ in 0..args.clients {
             let url = url.clone();
-            joins.push(tokio::spawn(async move { clients::join(&url).await }));
+            joins.push(tokio::spawn(async move {
+                clients::join_bytes(&url, sync_bytes).await
+            }));
         }
         let mut took = Vec::new();
         let mut failed = 0;
-        let mut min_step2 = usize::MAX;
         for j in joins {
             match j.await {
-                Ok(Ok((d, size))) => {
-                    took.push(d);
-                    min_step2 = min_step2.min(size);
-                }
+                Ok(Ok((d, _))) => took.push(d),
                 Ok(Err(e)) => {
                     failed += 1;
                     eprintln!("join failed: {e:#}");
@@ -109,6 +124,7 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<JoinResult> {
                 Err(_) => failed += 1,
             }
         }
+        let after = args.server_pid.map(probe::usage);
         runs.push(JoinRun {
             document: name.into(),
             document_bytes: bytes,
@@ -116,16 +132,27 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<JoinResult> {
             synced: took.len(),
             failed,
             latency: percentiles(&mut took),
-            min_step2_bytes: if min_step2 == usize::MAX {
-                0
-            } else {
-                min_step2
-            },
+            sync_bytes,
+            server_cpu_seconds: before
+                .zip(after)
+                .map(|(b, a)| a.cpu_seconds - b.cpu_seconds),
         });
         // Let the server settle before the next document.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Ok(JoinResult { runs })
+}
+
+/// The length of the text `updates` make.
+fn text_len(updates: &[Vec<u8>]) -> anyhow::Result<usize> {
+    let doc = trace::trace_doc();
+    for u in updates {
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(u)?)?;
+    }
+    let text = doc.get_or_insert_text(trace::TEXT);
+    let len = text.len(&doc.transact()) as usize;
+    Ok(len)
 }
 
 /// Sends `updates` to the document, then a marker, and waits until a

@@ -116,6 +116,9 @@ async fn main() -> anyhow::Result<()> {
                     run.failed
                 );
                 print_latency("  ", run.latency, 0);
+                if let Some(cpu) = run.server_cpu_seconds {
+                    println!("      server: {cpu:.2} CPU s");
+                }
             }
             to_json(&r)?
         }

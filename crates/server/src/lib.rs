@@ -29,5 +29,6 @@ mod token_api;
 mod web;
 mod webhooks;
 mod ws;
+mod ws_upgrade;
 
 pub use serve::serve;

@@ -9,14 +9,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn, Instrument};
 
 use weft_storage::DocName;
@@ -32,6 +35,7 @@ use crate::doc_path::DocPath;
 use crate::limits;
 use crate::peer::PeerAddr;
 use crate::telemetry::{self, LiveConnection};
+use crate::ws_upgrade::{NotAWebSocket, WebSocket, WsUpgrade};
 
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
@@ -39,21 +43,14 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     credentials: Credentials,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, NotAWebSocket>,
 ) -> Response {
     if let Err(e) = app.check_origin(&headers) {
         return e.into_response();
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => {
-            return ApiError::new(
-                e.status(),
-                "not_a_websocket",
-                format!("{e}; connect with a WebSocket client (y-websocket)"),
-            )
-            .into_response()
-        }
+        Err(e) => return e.into_response(),
     };
     // Browsers cannot see the status of a refused upgrade, so a refusal is
     // an accepted upgrade closed at once with a code and the reason.
@@ -75,11 +72,12 @@ pub async fn upgrade(
     let tracked = app.connections.token();
     // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to
     // gather writes) would cost every idle connection hundreds of KiB.
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
+        .write_buffer_size(0);
+    ws.on_upgrade(config, move |socket| async move {
             let sub = admitted.as_ref().ok().and_then(|(g, _)| g.sub.clone());
             let span = tracing::info_span!(
                 "ws", doc = %doc, %peer, sub = sub.as_deref().unwrap_or("-"), conn = tracing::field::Empty
@@ -110,6 +108,29 @@ type Sink = SplitSink<WebSocket, Message>;
 /// Bytes read from a socket at a time; frames larger than this are read in
 /// several steps.
 const READ_BUFFER: usize = 4096;
+
+/// Messages larger than this go out as fragments of this size (see
+/// `ws_upgrade` for why).
+const FRAGMENT: usize = 64 * 1024;
+
+/// Sends one binary message, in fragments if it is large.
+async fn send_binary(sink: &mut Sink, frame: Bytes) -> Result<(), tungstenite::Error> {
+    if frame.len() <= FRAGMENT {
+        return sink.send(Message::Binary(frame)).await;
+    }
+    let count = frame.len().div_ceil(FRAGMENT);
+    for i in 0..count {
+        let part = frame.slice(i * FRAGMENT..((i + 1) * FRAGMENT).min(frame.len()));
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Binary)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        sink.send(Message::Frame(Frame::message(part, opcode, i + 1 == count)))
+            .await?;
+    }
+    Ok(())
+}
 
 async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();
@@ -179,7 +200,7 @@ async fn connection_loop(
             outbound = session.recv() => match outbound {
                 Ok(frame) => {
                     telemetry::carried("ws", "out", frame.len());
-                    if sink.send(Message::Binary(frame)).await.is_err() {
+                    if send_binary(sink, frame).await.is_err() {
                         return End::Gone("write failed");
                     }
                 }
@@ -218,8 +239,9 @@ async fn connection_loop(
                         );
                     }
                     Some(Ok(Message::Close(_))) => return End::Gone("peer sent close"),
-                    // Pongs only prove liveness; pings are answered by axum.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    // Pongs only prove liveness; pings are answered by
+                    // tungstenite; raw frames are never yielded when reading.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
             }
             _ = sleep_until(expiry) => {
@@ -238,22 +260,21 @@ async fn connection_loop(
     }
 }
 
-fn read_error(e: axum::Error) -> End {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(c)) => {
+fn read_error(e: tungstenite::Error) -> End {
+    match e {
+        tungstenite::Error::Capacity(c) => {
             End::Close(close_code::MESSAGE_TOO_BIG, format!("message too big: {c}"))
         }
-        Some(tungstenite::Error::Protocol(p)) => End::Close(
+        tungstenite::Error::Protocol(p) => End::Close(
             close_code::PROTOCOL_ERROR,
             format!("WebSocket protocol error: {p}"),
         ),
-        Some(tungstenite::Error::Utf8(_)) => End::Close(
+        tungstenite::Error::Utf8(_) => End::Close(
             close_code::PROTOCOL_ERROR,
             "text frame with invalid UTF-8".into(),
         ),
-        _ => {
-            debug!(error = %inner, "read failed");
+        other => {
+            debug!(error = %other, "read failed");
             End::Gone("read failed")
         }
     }
@@ -266,7 +287,7 @@ fn read_error(e: axum::Error) -> End {
 async fn close(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: u16, reason: &str) {
     metrics::counter!("weft_ws_closes_total", "code" => code.to_string()).increment(1);
     let frame = CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: close_code::truncate_reason(reason).into(),
     };
     // Bounded as a whole: a peer that stopped reading (the usual reason for

@@ -48,6 +48,40 @@ async fn handshake_order_presence_and_step2() {
 }
 
 #[tokio::test]
+async fn a_large_document_arrives_whole_in_one_message_sent_as_fragments() {
+    let weft = Weft::start(&[]);
+    let mut writer = connect(&weft.url("large")).await;
+    next_message(&mut writer).await; // step 1
+                                     // 1 MB of text: sent as sixteen 64 KiB fragments of one message.
+    let big: String = (0..1_000_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    send(&mut writer, update_message(insert(&Doc::new(), &big))).await;
+    send(&mut writer, presence(1, 1, "{}")).await;
+    // The echo proves the room has the change.
+    while !matches!(next_message(&mut writer).await, YMessage::Awareness(_)) {}
+
+    let mut reader = connect(&weft.url("large")).await;
+    next_message(&mut reader).await; // step 1
+    send(
+        &mut reader,
+        YMessage::Sync(SyncMessage::SyncStep1(StateVector::default())),
+    )
+    .await;
+    let doc = Doc::new();
+    loop {
+        match next_message(&mut reader).await {
+            msg @ YMessage::Sync(SyncMessage::SyncStep2(_)) => {
+                apply(&doc, msg);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert_eq!(text(&doc), big);
+}
+
+#[tokio::test]
 async fn updates_go_to_the_others_and_not_back() {
     let weft = Weft::start(&[]);
     let mut a = connect(&weft.url("fan")).await;

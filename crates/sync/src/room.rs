@@ -32,7 +32,10 @@ use crate::{
     restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats,
 };
 
-/// Most commands handled in one batch (one flush).
+/// Most commands handled in one batch (one flush). Well below the frames a
+/// subscriber may have queued (`outbound_queue`, 1,024 by default): one
+/// batch's changes reach a fast reader all at once, and must not make it
+/// look slow.
 const MAX_BATCH: usize = 256;
 
 /// How often one batch may be renumbered after other nodes' changes before
