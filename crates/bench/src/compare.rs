@@ -19,8 +19,14 @@ pub struct CompareArgs {
     pub servers: Vec<String>,
 }
 
-/// Picks a figure out of a scenario's JSON result.
-type Finder = Box<dyn Fn(&Value) -> Option<f64>>;
+/// Picks a figure out of a scenario's JSON result, or says why there is none.
+type Finder = Box<dyn Fn(&Value) -> Result<f64, String>>;
+
+fn at(v: &Value, pointer: &str) -> Result<f64, String> {
+    v.pointer(pointer)
+        .and_then(Value::as_f64)
+        .ok_or_else(|| "no result".to_string())
+}
 
 /// One figure: which scenario file, how to find it, what it is.
 struct Figure {
@@ -36,7 +42,7 @@ fn figures() -> Vec<Figure> {
         Figure {
             scenario,
             label: label.to_owned(),
-            find: Box::new(move |v: &Value| v.pointer(&pointer).and_then(Value::as_f64)),
+            find: Box::new(move |v: &Value| at(v, &pointer)),
             unit,
         }
     };
@@ -85,24 +91,39 @@ fn figures() -> Vec<Figure> {
         "/server_ms",
         "ms",
     ));
-    all.push(f(
-        "join",
-        "join 150 × trace doc: p99",
-        "/runs/0/latency/p99_ms",
-        "ms",
-    ));
-    all.push(f(
-        "join",
-        "join 150 × 20 MB doc: p50",
-        "/runs/1/latency/p50_ms",
-        "ms",
-    ));
-    all.push(f(
-        "join",
-        "join 150 × 20 MB doc: all synced",
-        "/runs/1/latency/max_ms",
-        "ms",
-    ));
+    for (label, run, field, unit) in [
+        ("join 150 × trace doc: p99", 0, "/latency/p99_ms", "ms"),
+        ("join 150 × 20 MB doc: p50", 1, "/latency/p50_ms", "ms"),
+        (
+            "join 150 × 20 MB doc: all synced",
+            1,
+            "/latency/max_ms",
+            "ms",
+        ),
+        (
+            "join 150 × 20 MB doc: server CPU",
+            1,
+            "/server_cpu_seconds",
+            "s",
+        ),
+    ] {
+        all.push(Figure {
+            scenario: "join",
+            label: label.into(),
+            // Percentiles of the clients that synced would flatter a server
+            // that left others without the document.
+            find: Box::new(move |v: &Value| {
+                let run = format!("/runs/{run}");
+                let failed = at(v, &format!("{run}/failed")).unwrap_or(0.0);
+                if failed > 0.0 {
+                    let clients = at(v, &format!("{run}/clients")).unwrap_or(0.0);
+                    return Err(format!("{failed} of {clients} clients never synced"));
+                }
+                at(v, &format!("{run}{field}"))
+            }),
+            unit,
+        });
+    }
     for (payload, size) in [(10u64, "10 B"), (1024, "1 KB"), (102_400, "100 KB")] {
         for (what, field, unit) in [
             ("p50", "/latency/p50_ms", "ms"),
@@ -112,15 +133,16 @@ fn figures() -> Vec<Figure> {
                 scenario: "transports",
                 label: format!("websocket {size}: {what}"),
                 find: Box::new(move |v: &Value| {
-                    v.get("runs")?
-                        .as_array()?
-                        .iter()
+                    v.get("runs")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
                         .find(|r| {
                             r["transport"] == "websocket"
                                 && r["payload_bytes"].as_u64() == Some(payload)
-                        })?
-                        .pointer(field)?
-                        .as_f64()
+                        })
+                        .and_then(|r| r.pointer(field)?.as_f64())
+                        .ok_or_else(|| "no result".to_string())
                 }),
                 unit,
             });
@@ -174,7 +196,7 @@ fn value(dir: &Path, fig: &Figure) -> Result<f64, String> {
     let path = dir.join(format!("{}.json", fig.scenario));
     let text = std::fs::read_to_string(&path).map_err(|_| "not run".to_string())?;
     let json: Value = serde_json::from_str(&text).map_err(|e| format!("bad JSON: {e}"))?;
-    (fig.find)(&json).ok_or_else(|| "no result".to_string())
+    (fig.find)(&json)
 }
 
 fn pretty(x: f64) -> String {

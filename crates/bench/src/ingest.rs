@@ -106,7 +106,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<IngestResult> {
 
     let changes = trace.updates.len();
     Ok(IngestResult {
-        trace: args.trace.display().to_string(),
+        trace: args.trace.file_name().map_or_else(
+            || args.trace.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        ),
         changes,
         update_bytes: trace.bytes(),
         in_process_ms,

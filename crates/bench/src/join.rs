@@ -109,7 +109,12 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<JoinResult> {
         for _ in 0..args.clients {
             let url = url.clone();
             joins.push(tokio::spawn(async move {
-                clients::join_bytes(&url, sync_bytes).await
+                tokio::time::timeout(
+                    Duration::from_secs(120),
+                    clients::join_bytes(&url, sync_bytes),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("not synced within 120 s"))?
             }));
         }
         let mut took = Vec::new();
@@ -172,7 +177,8 @@ async fn upload(url: &str, updates: &[Vec<u8>]) -> anyhow::Result<usize> {
     loop {
         // A poll made while the upload still pours in may be cut off as a
         // slow reader; that only means "not yet".
-        if let Ok((_, frame)) = clients::join_frame(url).await {
+        let poll = tokio::time::timeout(Duration::from_secs(10), clients::join_frame(url)).await;
+        if let Ok(Ok((_, frame))) = poll {
             if frame.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                 break;
             }
