@@ -5,8 +5,8 @@
 //! while a writer sends 1,000 changes of 8 KiB (8 MB) to 49 normal readers.
 //! Frames are shared between connections, so a stalled one costs little at
 //! first, but it pins every change sent since it stopped reading, without
-//! end, unless it is closed. With `--outbound-queue-bytes 256KiB` each is
-//! closed once the kernel's buffers and 256 KiB of queue wait for it: the
+//! end, unless it is closed. With `--outbound-queue-bytes 1MiB` each is
+//! closed once the kernel's buffers and 1 MiB of queue wait for it: the
 //! test checks that memory stays under a stated bound, that the normal
 //! readers' latency stays near the baseline, and that writing on makes the
 //! server drop every stalled connection.
@@ -146,7 +146,7 @@ async fn stalled(addr: &str, path: &str, websocket: bool) -> TcpStream {
 async fn clients_that_stop_reading_cost_bounded_memory_and_no_latency() {
     let weft = Weft::start(&[
         "--outbound-queue-bytes",
-        "262144",
+        "1048576",
         "--max-messages-per-sec",
         "0",
         "--admin-key",
@@ -201,7 +201,7 @@ async fn clients_that_stop_reading_cost_bounded_memory_and_no_latency() {
     let loaded_clients = loaded.writer;
 
     // The stated bound: the 8 MB document, its recent-change window and
-    // the stalled clients' queues (50 × 256 KiB) fit well inside it.
+    // the stalled clients' queues (50 × 1 MiB) fit inside it.
     assert!(
         grown_mib < 128.0,
         "server memory grew by {grown_mib:.1} MiB"
