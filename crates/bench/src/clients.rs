@@ -146,82 +146,79 @@ where
     }
 }
 
-/// Connects, asks for the whole document (sync step 1 with an empty state
-/// vector, as a new editor does) and waits for sync step 2. Returns the time
-/// that took and the step 2 frame.
-pub async fn join_frame(url: &str) -> anyhow::Result<(Duration, bytes::Bytes)> {
+/// Connects and asks for the whole document (sync step 1 with an empty
+/// state vector, as a new editor does), then hands every sync step 2 and
+/// update frame to `done` until it says the client has what it waits for.
+/// Returns the time from connecting to then.
+async fn join_with(
+    url: &str,
+    mut done: impl FnMut(&bytes::Bytes) -> anyhow::Result<bool>,
+) -> anyhow::Result<Duration> {
     let started = std::time::Instant::now();
     let mut ws = connect(url).await?;
     let step1 = YMessage::Sync(SyncMessage::SyncStep1(Default::default())).encode_v1();
     ws.send(Message::Binary(step1.into())).await?;
     while let Some(message) = ws.next().await {
         if let Message::Binary(frame) = message? {
-            // 0 (sync), 1 (step 2).
-            if frame.starts_with(&[0, 1]) {
+            // 0 (sync), then 1 (step 2) or 2 (update).
+            if (frame.starts_with(&[0, 1]) || frame.starts_with(&[0, 2])) && done(&frame)? {
                 let took = started.elapsed();
                 ws.close(None).await.ok();
-                return Ok((took, frame));
-            }
-        }
-    }
-    anyhow::bail!("{url} closed before sending sync step 2")
-}
-
-/// Connects, asks for the whole document and applies every sync message
-/// until the text "t" is at least `text_len` UTF-16 units long. Returns the
-/// time that took and the bytes of sync messages received.
-pub async fn join_until(url: &str, text_len: usize) -> anyhow::Result<(Duration, usize)> {
-    use yrs::updates::decoder::Decode;
-    let started = std::time::Instant::now();
-    let mut ws = connect(url).await?;
-    let step1 = YMessage::Sync(SyncMessage::SyncStep1(Default::default())).encode_v1();
-    ws.send(Message::Binary(step1.into())).await?;
-    let doc = crate::trace::trace_doc();
-    let text = doc.get_or_insert_text(crate::trace::TEXT);
-    let mut bytes = 0;
-    while let Some(message) = ws.next().await {
-        let Message::Binary(frame) = message? else {
-            continue;
-        };
-        if let Ok(YMessage::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u))) =
-            YMessage::decode_v1(&frame)
-        {
-            bytes += frame.len();
-            doc.transact_mut()
-                .apply_update(yrs::Update::decode_v1(&u)?)?;
-            if text.len(&doc.transact()) as usize >= text_len {
-                let took = started.elapsed();
-                ws.close(None).await.ok();
-                return Ok((took, bytes));
+                return Ok(took);
             }
         }
     }
     anyhow::bail!("{url} closed before sending the whole document")
 }
 
-/// Connects, asks for the whole document and reads sync messages (step 2
-/// and updates: some servers answer before a stored document is loaded and
-/// send it afterwards) until they add up to `bytes`. Returns the time that
-/// took and the bytes received.
-pub async fn join_bytes(url: &str, bytes: usize) -> anyhow::Result<(Duration, usize)> {
-    let started = std::time::Instant::now();
-    let mut ws = connect(url).await?;
-    let step1 = YMessage::Sync(SyncMessage::SyncStep1(Default::default())).encode_v1();
-    ws.send(Message::Binary(step1.into())).await?;
-    let mut got = 0;
-    while let Some(message) = ws.next().await {
-        if let Message::Binary(frame) = message? {
-            if frame.starts_with(&[0, 1]) || frame.starts_with(&[0, 2]) {
-                got += frame.len();
-                if got >= bytes {
-                    let took = started.elapsed();
-                    ws.close(None).await.ok();
-                    return Ok((took, got));
-                }
-            }
+/// Joins and waits for sync step 2. Returns the time that took and the
+/// step 2 frame.
+pub async fn join_frame(url: &str) -> anyhow::Result<(Duration, bytes::Bytes)> {
+    let mut step2 = None;
+    let took = join_with(url, |frame| {
+        let is_step2 = frame.starts_with(&[0, 1]);
+        if is_step2 {
+            step2 = Some(frame.clone());
         }
-    }
-    anyhow::bail!("{url} closed after {got} of {bytes} bytes of the document")
+        Ok(is_step2)
+    })
+    .await?;
+    Ok((took, step2.unwrap_or_default()))
+}
+
+/// Joins and applies every sync message until the text "t" is at least
+/// `text_len` UTF-16 units long. Returns the time that took and the bytes
+/// of sync messages received.
+pub async fn join_until(url: &str, text_len: usize) -> anyhow::Result<(Duration, usize)> {
+    use yrs::updates::decoder::Decode;
+    let doc = crate::trace::trace_doc();
+    let text = doc.get_or_insert_text(crate::trace::TEXT);
+    let mut bytes = 0;
+    let took = join_with(url, |frame| {
+        bytes += frame.len();
+        if let YMessage::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) =
+            YMessage::decode_v1(frame)?
+        {
+            doc.transact_mut()
+                .apply_update(yrs::Update::decode_v1(&u)?)?;
+        }
+        Ok(text.len(&doc.transact()) as usize >= text_len)
+    })
+    .await?;
+    Ok((took, bytes))
+}
+
+/// Joins and reads sync messages (step 2 and updates: some servers answer
+/// before a stored document is loaded and send it afterwards) until they add
+/// up to `bytes`. Returns the time that took and the bytes received.
+pub async fn join_bytes(url: &str, bytes: usize) -> anyhow::Result<(Duration, usize)> {
+    let mut got = 0;
+    let took = join_with(url, |frame| {
+        got += frame.len();
+        Ok(got >= bytes)
+    })
+    .await?;
+    Ok((took, got))
 }
 
 /// Opens an event stream; returns the response body.

@@ -218,21 +218,22 @@ impl RedisStore {
             .map_err(io("reading snapshots"))?;
         let mut snapshots = all
             .into_iter()
-            .map(|(id, bytes)| {
-                let r: SnapshotRecord =
-                    record::decode(&format!("{} {id}", key(doc, "snapshots")), &bytes)?;
-                Ok(Snapshot {
-                    id,
-                    seq: r.seq,
-                    taken_at_ms: r.taken_at_ms,
-                    reason: r.reason,
-                    state: r.state,
-                })
-            })
+            .map(|(id, bytes)| decode_snapshot(doc, id, &bytes))
             .collect::<Result<Vec<_>, StorageError>>()?;
         snapshots.sort_by_key(|s| s.id);
         Ok(snapshots)
     }
+}
+
+fn decode_snapshot(doc: &DocName, id: u64, bytes: &[u8]) -> Result<Snapshot, StorageError> {
+    let r: SnapshotRecord = record::decode(&format!("{} {id}", key(doc, "snapshots")), bytes)?;
+    Ok(Snapshot {
+        id,
+        seq: r.seq,
+        taken_at_ms: r.taken_at_ms,
+        reason: r.reason,
+        state: r.state,
+    })
 }
 
 fn unsupported(what: &'static str) -> StorageError {
@@ -460,19 +461,7 @@ impl DocumentStore for RedisStore {
             .hget(key(doc, "snapshots"), id)
             .await
             .map_err(io("reading a snapshot"))?;
-        bytes
-            .map(|b| {
-                let r: SnapshotRecord =
-                    record::decode(&format!("{} {id}", key(doc, "snapshots")), &b)?;
-                Ok(Snapshot {
-                    id,
-                    seq: r.seq,
-                    taken_at_ms: r.taken_at_ms,
-                    reason: r.reason,
-                    state: r.state,
-                })
-            })
-            .transpose()
+        bytes.map(|b| decode_snapshot(doc, id, &b)).transpose()
     }
 
     async fn prune_snapshots(

@@ -412,17 +412,8 @@ impl Room {
         }
 
         if !fx.changes.is_empty() {
-            let entries: Vec<LogEntry> = fx
-                .changes
-                .iter()
-                .map(|c| LogEntry {
-                    seq: c.seq,
-                    at_ms: c.at_ms,
-                    update: c.update.to_vec(),
-                })
-                .collect();
+            let mut entries = log_entries(&fx.changes);
             let appending = Instant::now();
-            let mut entries = entries;
             let mut appended = self.cx.store.append(&self.name, &entries).await;
             let mut tries = 0;
             while let Err(StorageError::Conflict { .. }) = appended {
@@ -554,15 +545,7 @@ impl Room {
                 id.seq += shift;
             }
         }
-        Ok(fx
-            .changes
-            .iter()
-            .map(|c| LogEntry {
-                seq: c.seq,
-                at_ms: c.at_ms,
-                update: c.update.to_vec(),
-            })
-            .collect())
+        Ok(log_entries(&fx.changes))
     }
 
     /// Presence changes made here go to the other nodes (cluster mode; a
@@ -937,6 +920,18 @@ fn refuse_all(rx: &mut mpsc::Receiver<Command>, error: RoomError) {
     while let Ok(command) = rx.try_recv() {
         command.refuse(error.clone());
     }
+}
+
+/// Changes as the store keeps them.
+fn log_entries(changes: &[Change]) -> Vec<LogEntry> {
+    changes
+        .iter()
+        .map(|c| LogEntry {
+            seq: c.seq,
+            at_ms: c.at_ms,
+            update: c.update.to_vec(),
+        })
+        .collect()
 }
 
 /// The next item of an optional channel; pending forever without one.
