@@ -17,7 +17,7 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 struct Redis {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
@@ -27,6 +27,18 @@ impl Redis {
             .expect("a free port")
             .port();
         let dir = tempfile::tempdir().expect("tempdir");
+        let child = Self::spawn(port, &dir);
+        Redis { child, port, dir }
+    }
+
+    /// kill -9 and start again on the same port and files.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, &self.dir);
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args([
@@ -47,11 +59,7 @@ impl Redis {
             assert!(started.elapsed() < WAIT, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis {
-            child,
-            port,
-            _dir: dir,
-        }
+        child
     }
 
     fn url(&self) -> String {
@@ -363,6 +371,45 @@ async fn a_node_joining_later_loads_from_the_snapshot_and_the_stream_tail() {
     let late = redis.node(&opts);
     let joined = Editor::connect(&late.url("late"), Doc::new()).await;
     assert_eq!(text(&joined.doc), text(&writer.doc));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_carry_on_after_redis_restarts() {
+    let mut redis = Redis::start();
+    let (a, b) = (redis.node(&[]), redis.node(&[]));
+    let mut on_a = Editor::connect(&a.url("blip"), Doc::new()).await;
+    let mut on_b = Editor::connect(&b.url("blip"), Doc::new()).await;
+    let before = tokens("before", 5);
+    for t in &before {
+        on_a.type_text(t).await;
+    }
+    timeout(WAIT, on_b.wait_for(&before))
+        .await
+        .expect("B sees A");
+    drop((on_a, on_b));
+
+    redis.restart();
+    // Clients reconnect after a failure, as y-websocket does; within a few
+    // attempts both nodes are serving from Redis again.
+    let deadline = Instant::now() + WAIT;
+    let mut attempt = 0;
+    loop {
+        assert!(Instant::now() < deadline, "the nodes never recovered");
+        attempt += 1;
+        let (url_a, url_b) = (a.url("blip"), b.url("blip"));
+        let token = format!("<after{attempt}>");
+        let all: Vec<String> = before.iter().cloned().chain([token.clone()]).collect();
+        let tried = tokio::spawn(async move {
+            let mut on_a = Editor::connect(&url_a, Doc::new()).await;
+            let mut on_b = Editor::connect(&url_b, Doc::new()).await;
+            on_a.type_text(&token).await;
+            on_b.wait_for(&all).await;
+        });
+        match timeout(Duration::from_secs(3), tried).await {
+            Ok(Ok(())) => break,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 #[test]

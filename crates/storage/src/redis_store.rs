@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Script, Value};
 use tokio::sync::mpsc;
@@ -67,6 +67,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// How long to wait before reconnecting a follower after Redis went away.
+const RECONNECT: Duration = Duration::from_millis(250);
+
 /// How long a compaction lease lasts if its holder dies mid-way.
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -74,7 +77,8 @@ const LEASE: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct RedisStore {
     client: redis::Client,
-    conn: MultiplexedConnection,
+    /// Reconnects by itself after Redis restarts or the network blips.
+    conn: ConnectionManager,
     /// Tells this node's presence messages apart from other nodes'.
     node: u64,
     append: Script,
@@ -123,8 +127,16 @@ impl RedisStore {
             reason,
         };
         let client = redis::Client::open(url).map_err(|e| open(format!("bad Redis URL: {e}")))?;
+        // Retries wait 1 s, then 2 s (backon's exponential backoff: 1 s
+        // times factor^n, capped): a Redis that is down fails startup fast.
+        let config = ConnectionManagerConfig::new()
+            .set_factor(2)
+            .set_max_delay(2000)
+            .set_number_of_retries(2)
+            .set_connection_timeout(Duration::from_secs(3))
+            .set_response_timeout(Duration::from_secs(10));
         let conn = client
-            .get_multiplexed_async_connection()
+            .get_connection_manager_with_config(config)
             .await
             .map_err(|e| open(format!("cannot reach Redis: {e}")))?;
         let mut node = [0u8; 8];
@@ -139,7 +151,7 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> MultiplexedConnection {
+    fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
@@ -566,8 +578,9 @@ impl DocumentStore for RedisStore {
         after: u64,
     ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
         // Its own connection: a blocking read would hold up everything else
-        // multiplexed on the shared one.
-        let mut conn = self
+        // multiplexed on the shared one. Opened here, so a Redis that cannot
+        // be reached fails the load; reopened in the task after a failure.
+        let first = self
             .client
             .get_multiplexed_async_connection()
             .await
@@ -575,22 +588,32 @@ impl DocumentStore for RedisStore {
         let (tx, rx) = mpsc::channel(64);
         let stream = key(doc, "log");
         let doc = doc.clone();
+        let client = self.client.clone();
         tokio::spawn(async move {
+            let mut conn: Option<MultiplexedConnection> = Some(first);
             let mut last = stream_id(after);
             let options = StreamReadOptions::default().block(1000).count(1024);
             loop {
+                let Some(c) = conn.as_mut() else {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(RECONNECT) => {}
+                    }
+                    conn = client.get_multiplexed_async_connection().await.ok();
+                    continue;
+                };
                 let keys = [stream.as_str()];
                 let ids = [last.as_str()];
                 let read: Result<Option<StreamReadReply>, _> = tokio::select! {
                     _ = tx.closed() => return,
-                    read = conn.xread_options(&keys, &ids, &options) => read,
+                    read = c.xread_options(&keys, &ids, &options) => read,
                 };
                 let keys = match read {
                     Ok(Some(reply)) => reply.keys,
                     Ok(None) => continue,
                     Err(e) => {
                         tracing_warn(&doc, &e);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        conn = None;
                         continue;
                     }
                 };
@@ -633,42 +656,59 @@ impl DocumentStore for RedisStore {
         &self,
         doc: &DocName,
     ) -> Result<Option<mpsc::Receiver<Vec<u8>>>, StorageError> {
-        let mut pubsub = self
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(io("opening a presence subscription"))?;
-        pubsub
-            .subscribe(key(doc, "presence"))
+        let channel = key(doc, "presence");
+        let first = subscribe(&self.client, &channel)
             .await
             .map_err(io("subscribing to presence"))?;
         let (tx, rx) = mpsc::channel(256);
         let node = self.node.to_le_bytes();
+        let client = self.client.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt;
-            let mut messages = pubsub.into_on_message();
+            let mut pubsub = Some(first);
             loop {
-                let message = tokio::select! {
-                    _ = tx.closed() => return,
-                    m = messages.next() => m,
-                };
-                let Some(message) = message else { return };
-                let payload: Vec<u8> = match message.get_payload::<Value>() {
-                    Ok(Value::BulkString(b)) => b,
-                    _ => continue,
-                };
-                match payload.split_at_checked(8) {
-                    Some((from, update)) if from != node => {
-                        // Presence is ephemeral: when the room is busy, a
-                        // dropped update is replaced by the next one.
-                        let _ = tx.try_send(update.to_vec());
+                let Some(subscribed) = pubsub.take() else {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(RECONNECT) => {}
                     }
-                    _ => {}
+                    pubsub = subscribe(&client, &channel).await.ok();
+                    continue;
+                };
+                let mut messages = subscribed.into_on_message();
+                loop {
+                    let message = tokio::select! {
+                        _ = tx.closed() => return,
+                        m = messages.next() => m,
+                    };
+                    // The connection dropped: subscribe again.
+                    let Some(message) = message else { break };
+                    let payload: Vec<u8> = match message.get_payload::<Value>() {
+                        Ok(Value::BulkString(b)) => b,
+                        _ => continue,
+                    };
+                    match payload.split_at_checked(8) {
+                        Some((from, update)) if from != node => {
+                            // Presence is ephemeral: when the room is busy,
+                            // a dropped update is replaced by the next one.
+                            let _ = tx.try_send(update.to_vec());
+                        }
+                        _ => {}
+                    }
                 }
             }
         });
         Ok(Some(rx))
     }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
 }
 
 fn tracing_warn(doc: &DocName, e: &dyn std::fmt::Display) {
