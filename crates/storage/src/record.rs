@@ -151,6 +151,70 @@ impl Versioned for WebhookRecord {
     }
 }
 
+impl LogRecord {
+    pub(crate) fn of(entry: &LogEntry) -> Self {
+        LogRecord {
+            version: SCHEMA_VERSION,
+            at_ms: entry.at_ms,
+            update: entry.update.clone(),
+        }
+    }
+
+    /// The change it holds; the sequence number lives in the key.
+    pub(crate) fn into_entry(self, seq: u64) -> LogEntry {
+        LogEntry {
+            seq,
+            at_ms: self.at_ms,
+            update: self.update,
+        }
+    }
+}
+
+impl SnapshotRecord {
+    pub(crate) fn of(snapshot: &Snapshot) -> Self {
+        SnapshotRecord {
+            version: SCHEMA_VERSION,
+            seq: snapshot.seq,
+            taken_at_ms: snapshot.taken_at_ms,
+            reason: snapshot.reason,
+            state: snapshot.state.clone(),
+        }
+    }
+
+    /// The snapshot it holds; the id lives in the key.
+    pub(crate) fn into_snapshot(self, id: u64) -> Snapshot {
+        Snapshot {
+            id,
+            seq: self.seq,
+            taken_at_ms: self.taken_at_ms,
+            reason: self.reason,
+            state: self.state,
+        }
+    }
+}
+
+impl SnapshotIndexRecord {
+    pub(crate) fn of(snapshot: &Snapshot) -> Self {
+        SnapshotIndexRecord {
+            version: SCHEMA_VERSION,
+            seq: snapshot.seq,
+            taken_at_ms: snapshot.taken_at_ms,
+            reason: snapshot.reason,
+            size: snapshot.state.len() as u64,
+        }
+    }
+
+    pub(crate) fn into_info(self, id: u64) -> SnapshotInfo {
+        SnapshotInfo {
+            id,
+            seq: self.seq,
+            taken_at_ms: self.taken_at_ms,
+            reason: self.reason,
+            size: self.size,
+        }
+    }
+}
+
 /// Implemented by every on-disk record so decoding can check its version.
 pub(crate) trait Versioned: Serialize + DeserializeOwned {
     const KIND: &'static str;

@@ -132,11 +132,7 @@ impl SledStore {
             let seq = suffix_u64(&k);
             let label = format!("{doc}#{seq}");
             let r: LogRecord = record::decode(&label, &v)?;
-            entries.push(LogEntry {
-                seq,
-                at_ms: r.at_ms,
-                update: r.update,
-            });
+            entries.push(r.into_entry(seq));
         }
         Ok(entries)
     }
@@ -144,12 +140,7 @@ impl SledStore {
     fn append_now(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let rec = LogRecord {
-                version: SCHEMA_VERSION,
-                at_ms: entry.at_ms,
-                update: entry.update.clone(),
-            };
-            batch.insert(key(doc, entry.seq), record::encode(&rec)?);
+            batch.insert(key(doc, entry.seq), record::encode(&LogRecord::of(entry))?);
         }
         self.log
             .apply_batch(batch)
@@ -204,22 +195,9 @@ impl SledStore {
 
     fn put_snapshot(&self, doc: &DocName, snapshot: &Snapshot) -> Result<(), StorageError> {
         let k = key(doc, snapshot.id);
-        let index = SnapshotIndexRecord {
-            version: SCHEMA_VERSION,
-            seq: snapshot.seq,
-            taken_at_ms: snapshot.taken_at_ms,
-            reason: snapshot.reason,
-            size: snapshot.state.len() as u64,
-        };
-        let rec = SnapshotRecord {
-            version: SCHEMA_VERSION,
-            seq: snapshot.seq,
-            taken_at_ms: snapshot.taken_at_ms,
-            reason: snapshot.reason,
-            state: snapshot.state.clone(),
-        };
+        let index = SnapshotIndexRecord::of(snapshot);
         self.snapshots
-            .insert(k.clone(), record::encode(&rec)?)
+            .insert(k.clone(), record::encode(&SnapshotRecord::of(snapshot))?)
             .map_err(io("writing a snapshot"))?;
         self.snapshot_index
             .insert(k, record::encode(&index)?)
@@ -248,13 +226,7 @@ impl SledStore {
             let (k, v) = item.map_err(io("listing snapshots"))?;
             let id = suffix_u64(&k);
             let r: SnapshotIndexRecord = record::decode(&format!("{doc}@{id}"), &v)?;
-            out.push(SnapshotInfo {
-                id,
-                seq: r.seq,
-                taken_at_ms: r.taken_at_ms,
-                reason: r.reason,
-                size: r.size,
-            });
+            out.push(r.into_info(id));
         }
         Ok(out)
     }
@@ -368,12 +340,7 @@ impl SledStore {
         }
         let mut batch = sled::Batch::default();
         for entry in &dump.log {
-            let rec = LogRecord {
-                version: SCHEMA_VERSION,
-                at_ms: entry.at_ms,
-                update: entry.update.clone(),
-            };
-            batch.insert(key(doc, entry.seq), record::encode(&rec)?);
+            batch.insert(key(doc, entry.seq), record::encode(&LogRecord::of(entry))?);
         }
         self.log
             .apply_batch(batch)
@@ -637,13 +604,7 @@ fn open_error(path: &Path, e: sled::Error) -> StorageError {
 fn decode_snapshot(doc: &DocName, key: &[u8], value: &[u8]) -> Result<Snapshot, StorageError> {
     let id = suffix_u64(key);
     let r: SnapshotRecord = record::decode(&format!("{doc}@{id}"), value)?;
-    Ok(Snapshot {
-        id,
-        seq: r.seq,
-        taken_at_ms: r.taken_at_ms,
-        reason: r.reason,
-        state: r.state,
-    })
+    Ok(r.into_snapshot(id))
 }
 
 fn prefix(doc: &DocName) -> Vec<u8> {
