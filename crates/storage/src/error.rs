@@ -46,6 +46,16 @@ pub enum StorageError {
     #[error("could not encode {kind}: {reason}")]
     Encode { kind: &'static str, reason: String },
 
+    #[error(
+        "could not connect to Redis{target}: {reason}; check --redis and that Redis is running"
+    )]
+    Connect {
+        /// ` at host:port`, or empty when the URL did not parse; never the
+        /// URL itself, which may hold a password.
+        target: String,
+        reason: String,
+    },
+
     #[error("another node stored change {last_seq} first; catch up and retry")]
     Conflict { last_seq: u64 },
 

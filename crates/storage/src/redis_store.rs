@@ -9,7 +9,9 @@
 //!   entries only if it still equals what the caller last saw, so two nodes
 //!   never give one number to two changes (the loser catches up and retries).
 //! - `weft:{doc}:meta` (incarnation, created), `weft:{doc}:snapshots` (id →
-//!   record), `weft:{doc}:head` (newest snapshot id), `weft:{doc}:lease`
+//!   record), `weft:{doc}:snapshot-index` (id → seq, time, reason, size:
+//!   listing without reading states), `weft:{doc}:head` and `head-seq` (the
+//!   snapshot loads start from), `weft:{doc}:lease`
 //!   (which node may compact), and the set `weft:docs` of names.
 //! - Channel `weft:{doc}:presence`: awareness between nodes, never stored.
 //!
@@ -23,7 +25,7 @@ use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Script, Value};
 use tokio::sync::mpsc;
 
-use crate::record::{self, LogRecord, MetaRecord, SnapshotRecord};
+use crate::record::{self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord};
 use crate::{
     Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
     RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
@@ -44,11 +46,12 @@ redis.call('SET', KEYS[2], last)
 return {1, last}
 ";
 
-/// Stores snapshot ARGV[1]; it becomes the head only if it is at least as
+/// Stores snapshot ARGV[1] (record ARGV[2], index entry ARGV[5]); it becomes the head only if it is at least as
 /// new as the head (a node that lags behind must not move it back), and the
 /// log is trimmed to ARGV[4] changes behind the head.
 const STORE_SNAPSHOT: &str = r"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[5])
 local head = tonumber(redis.call('GET', KEYS[3]) or '0')
 local seq = tonumber(ARGV[3])
 if seq >= head then
@@ -120,13 +123,17 @@ fn now_ms() -> u64 {
 }
 
 impl RedisStore {
-    /// Connects to Redis at `url` (`redis://host:port/db`).
+    /// Connects to Redis at `url` (`redis://[:password@]host:port/db`).
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
-        let open = |reason: String| StorageError::Open {
-            path: url.into(),
+        let client = redis::Client::open(url).map_err(|e| StorageError::Connect {
+            target: String::new(),
+            reason: format!("bad Redis URL ({e})"),
+        })?;
+        let target = format!(" at {}", client.get_connection_info().addr);
+        let open = |reason: String| StorageError::Connect {
+            target: target.clone(),
             reason,
         };
-        let client = redis::Client::open(url).map_err(|e| open(format!("bad Redis URL: {e}")))?;
         // Retries wait 1 s, then 2 s (backon's exponential backoff: 1 s
         // times factor^n, capped): a Redis that is down fails startup fast.
         let config = ConnectionManagerConfig::new()
@@ -181,13 +188,16 @@ impl RedisStore {
         Ok(seq.unwrap_or(0))
     }
 
-    async fn head(&self, doc: &DocName) -> Result<Option<Snapshot>, StorageError> {
-        let head: Option<u64> = self
-            .conn()
+    /// The id of the snapshot loads start from, if any.
+    async fn head_id(&self, doc: &DocName) -> Result<Option<u64>, StorageError> {
+        self.conn()
             .get(key(doc, "head"))
             .await
-            .map_err(io("reading the newest snapshot id"))?;
-        match head {
+            .map_err(io("reading the newest snapshot id"))
+    }
+
+    async fn head(&self, doc: &DocName) -> Result<Option<Snapshot>, StorageError> {
+        match self.head_id(doc).await? {
             Some(id) => self.get_snapshot(doc, id).await,
             None => Ok(None),
         }
@@ -213,11 +223,7 @@ impl RedisStore {
                     reason: "no record field".into(),
                 })?;
                 let r: LogRecord = record::decode(&at, &bytes)?;
-                Ok(LogEntry {
-                    seq,
-                    at_ms: r.at_ms,
-                    update: r.update,
-                })
+                Ok(r.into_entry(seq))
             })
             .collect()
     }
@@ -239,13 +245,7 @@ impl RedisStore {
 
 fn decode_snapshot(doc: &DocName, id: u64, bytes: &[u8]) -> Result<Snapshot, StorageError> {
     let r: SnapshotRecord = record::decode(&format!("{} {id}", key(doc, "snapshots")), bytes)?;
-    Ok(Snapshot {
-        id,
-        seq: r.seq,
-        taken_at_ms: r.taken_at_ms,
-        reason: r.reason,
-        state: r.state,
-    })
+    Ok(r.into_snapshot(id))
 }
 
 fn unsupported(what: &'static str) -> StorageError {
@@ -320,12 +320,9 @@ impl DocumentStore for RedisStore {
             .key(key(doc, "seq"))
             .arg(first.seq - 1);
         for e in entries {
-            let r = LogRecord {
-                version: SCHEMA_VERSION,
-                at_ms: e.at_ms,
-                update: e.update.clone(),
-            };
-            invocation.arg(e.seq).arg(record::encode(&r)?);
+            invocation
+                .arg(e.seq)
+                .arg(record::encode(&LogRecord::of(e))?);
         }
         let (ok, last): (u8, u64) = invocation
             .invoke_async(&mut self.conn())
@@ -368,8 +365,8 @@ impl DocumentStore for RedisStore {
                 .incr(key(doc, "snapshot-ids"), 1)
                 .await
                 .map_err(io("numbering a snapshot"))?;
-            let r = SnapshotRecord {
-                version: SCHEMA_VERSION,
+            let snapshot = Snapshot {
+                id,
                 seq: snapshot.seq,
                 taken_at_ms: snapshot.taken_at_ms,
                 reason: snapshot.reason,
@@ -381,10 +378,12 @@ impl DocumentStore for RedisStore {
                 .key(key(doc, "head"))
                 .key(key(doc, "head-seq"))
                 .key(key(doc, "log"))
+                .key(key(doc, "snapshot-index"))
                 .arg(id)
-                .arg(record::encode(&r)?)
+                .arg(record::encode(&SnapshotRecord::of(&snapshot))?)
                 .arg(snapshot.seq)
                 .arg(keep_log_tail)
+                .arg(record::encode(&SnapshotIndexRecord::of(&snapshot))?)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(io("storing a snapshot"))?;
@@ -436,8 +435,9 @@ impl DocumentStore for RedisStore {
         let Some(meta) = self.meta(doc).await? else {
             return Ok(None);
         };
-        let snapshots = self.snapshot_records(doc).await?;
-        let head = snapshots.last();
+        let snapshots = self.list_snapshots(doc).await?;
+        let head_id = self.head_id(doc).await?;
+        let head = snapshots.iter().find(|s| Some(s.id) == head_id);
         let log = self
             .read_log(doc, head.map_or(0, |s| s.seq), usize::MAX)
             .await?;
@@ -446,25 +446,29 @@ impl DocumentStore for RedisStore {
             meta,
             last_seq: self.last_seq(doc).await?,
             last_change_ms: log.last().map(|e| e.at_ms),
-            size_bytes: head.map_or(0, |s| s.state.len() as u64)
+            size_bytes: head.map_or(0, |s| s.size)
                 + log.iter().map(|e| e.update.len() as u64).sum::<u64>(),
             snapshots: snapshots.len(),
         }))
     }
 
     async fn list_snapshots(&self, doc: &DocName) -> Result<Vec<SnapshotInfo>, StorageError> {
-        Ok(self
-            .snapshot_records(doc)
-            .await?
+        // The index, not the snapshots: listing must not read every state.
+        let all: Vec<(u64, Vec<u8>)> = self
+            .conn()
+            .hgetall(key(doc, "snapshot-index"))
+            .await
+            .map_err(io("listing snapshots"))?;
+        let mut infos = all
             .into_iter()
-            .map(|s| SnapshotInfo {
-                id: s.id,
-                seq: s.seq,
-                taken_at_ms: s.taken_at_ms,
-                reason: s.reason,
-                size: s.state.len() as u64,
+            .map(|(id, bytes)| {
+                let at = format!("{} {id}", key(doc, "snapshot-index"));
+                let r: SnapshotIndexRecord = record::decode(&at, &bytes)?;
+                Ok(r.into_info(id))
             })
-            .collect())
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        infos.sort_by_key(|s| s.id);
+        Ok(infos)
     }
 
     async fn get_snapshot(&self, doc: &DocName, id: u64) -> Result<Option<Snapshot>, StorageError> {
@@ -484,15 +488,21 @@ impl DocumentStore for RedisStore {
     ) -> Result<usize, StorageError> {
         let infos = self.list_snapshots(doc).await?;
         let keep = policy.keep(&infos, now_ms);
+        // The head is what loads read, whatever the policy says (a lagging
+        // node's later snapshot can have a higher id than the head).
+        let head = self.head_id(doc).await?;
         let drop: Vec<u64> = infos
             .iter()
             .map(|s| s.id)
-            .filter(|id| !keep.contains(id))
+            .filter(|id| !keep.contains(id) && Some(*id) != head)
             .collect();
         if !drop.is_empty() {
-            let _: i64 = self
-                .conn()
+            let _: () = redis::pipe()
                 .hdel(key(doc, "snapshots"), &drop)
+                .ignore()
+                .hdel(key(doc, "snapshot-index"), &drop)
+                .ignore()
+                .query_async(&mut self.conn())
                 .await
                 .map_err(io("pruning snapshots"))?;
         }
@@ -505,6 +515,7 @@ impl DocumentStore for RedisStore {
             "log",
             "seq",
             "snapshots",
+            "snapshot-index",
             "snapshot-ids",
             "head",
             "head-seq",
@@ -543,6 +554,7 @@ impl DocumentStore for RedisStore {
         for doc in self.list().await? {
             let problems = [
                 self.snapshot_records(&doc).await.err(),
+                self.list_snapshots(&doc).await.err(),
                 self.read_log(&doc, 0, usize::MAX).await.err(),
                 self.meta(&doc).await.err(),
             ];

@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weft_storage::{
-    DocName, DocumentStore, LogEntry, NewSnapshot, RedisStore, SnapshotReason, StorageError,
+    DocName, DocumentStore, LogEntry, NewSnapshot, RedisStore, RetentionPolicy, SnapshotReason,
+    StorageError,
 };
 
 struct Redis {
@@ -138,6 +139,23 @@ async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_hea
     assert_eq!(loaded.log.first().map(|e| e.seq), Some(21));
     assert_eq!(loaded.last_seq(), 30);
     assert_eq!(store.list_snapshots(&doc).await.expect("lists").len(), 2);
+    // Keeping only the newest id would drop the head (seq 20, id 1) in
+    // favour of the lagging snapshot (seq 10, id 2): the head stays.
+    let keep_one = RetentionPolicy {
+        keep_last: 1,
+        hourly_for: Duration::ZERO,
+        daily_for: Duration::ZERO,
+    };
+    assert_eq!(
+        store
+            .prune_snapshots(&doc, keep_one, 10_000)
+            .await
+            .expect("prunes"),
+        0
+    );
+    let info = store.info(&doc).await.expect("info").expect("stored");
+    assert_eq!((info.snapshots, info.last_seq), (2, 30));
+    assert_eq!(store.load(&doc).await.expect("still loads").last_seq(), 30);
     assert_eq!(store.list().await.expect("lists"), vec![doc.clone()]);
     assert!(store.delete(&doc).await.expect("deletes"));
     assert!(store.list().await.expect("lists").is_empty());
@@ -193,8 +211,22 @@ async fn another_nodes_changes_arrive_in_order_and_presence_skips_its_sender() {
         }
     }
     assert_eq!(heard.as_deref(), Some(&b"cursor"[..]));
-    assert!(
-        heard_by_a.try_recv().is_err(),
+    // Now B speaks: the first thing A hears must be B, not its own cursors.
+    let mut heard = None;
+    for _ in 0..100 {
+        b.publish_presence(&doc, b"from b")
+            .await
+            .expect("publishes");
+        if let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(100), heard_by_a.recv()).await
+        {
+            heard = Some(m);
+            break;
+        }
+    }
+    assert_eq!(
+        heard.as_deref(),
+        Some(&b"from b"[..]),
         "a node does not hear itself"
     );
 }
@@ -211,4 +243,13 @@ async fn an_unreachable_redis_is_a_clear_error() {
     assert!(err.to_string().contains("cannot reach Redis"), "{err}");
     let err = RedisStore::connect("not a url").await.expect_err("bad URL");
     assert!(err.to_string().contains("bad Redis URL"), "{err}");
+    // The URL may carry a password: errors name the address only.
+    let err = RedisStore::connect(&format!("redis://:hunter2@127.0.0.1:{port}"))
+        .await
+        .expect_err("nothing listens there");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
 }
