@@ -386,13 +386,15 @@ impl DocState {
     /// Changes another node stored (cluster mode), oldest first. Those this
     /// document already has are skipped; the others are applied under the
     /// sequence numbers the store gave them and delivered to everyone, but
-    /// not stored again. `Err(StoredGap)` when they do not follow on from
-    /// `last_seq` (this node fell behind a trim): the caller reloads.
+    /// not stored again. Returns how many were new. `Err(StoredGap)` when
+    /// they do not follow on from `last_seq` (this node fell behind a trim):
+    /// the caller reloads.
     pub fn apply_stored(
         &mut self,
         entries: &[LogEntry],
         fx: &mut Effects,
-    ) -> Result<(), StoredGap> {
+    ) -> Result<u64, StoredGap> {
+        let before = self.last_seq;
         for e in entries {
             if e.seq <= self.last_seq {
                 continue;
@@ -428,14 +430,15 @@ impl DocState {
                 origin: None,
             });
         }
-        Ok(())
+        Ok(self.last_seq - before)
     }
 
     /// Another node stored changes `remote` first (cluster mode): this
     /// node's pending changes in `fx`, numbered after the old `last_seq`,
     /// are renumbered to follow them, and `remote` is applied and delivered
-    /// before them. Deliveries keep their order otherwise.
-    pub fn rebase(&mut self, remote: &[LogEntry], fx: &mut Effects) -> Result<(), StoredGap> {
+    /// before them. Deliveries keep their order otherwise. Returns how far
+    /// this node's changes moved (how many of `remote` were new).
+    pub fn rebase(&mut self, remote: &[LogEntry], fx: &mut Effects) -> Result<u64, StoredGap> {
         let pending = fx.changes.len() as u64;
         let first_pending = self.last_seq + 1 - pending;
         // Take this node's changes back out of the window and the deliveries.
@@ -457,9 +460,7 @@ impl DocState {
         }
         fx.deliveries = others;
         fx.changes.clear();
-        let mut remote_fx = Effects::default();
-        self.apply_stored(remote, &mut remote_fx)?;
-        fx.deliveries.extend(remote_fx.deliveries);
+        let moved = self.apply_stored(remote, fx)?;
         for (change, origin) in mine {
             self.last_seq += 1;
             let change = Change {
@@ -470,7 +471,7 @@ impl DocState {
             fx.changes.push(change.clone());
             fx.deliveries.push(Delivery::Change { change, origin });
         }
-        Ok(())
+        Ok(moved)
     }
 
     fn remember(&mut self, change: Change) {
@@ -804,15 +805,19 @@ mod tests {
         let one = stored_entry(1, &other, 0, "a");
         let two = stored_entry(2, &other, 1, "b");
         let mut fx = Effects::default();
-        s.apply_stored(&[one.clone(), two.clone()], &mut fx)
+        let fresh = s
+            .apply_stored(&[one.clone(), two.clone()], &mut fx)
             .expect("in order");
+        assert_eq!(fresh, 2);
         assert_eq!((s.last_seq(), text_of(s.doc())), (2, "ab".to_owned()));
         assert_eq!(fx.deliveries.len(), 2);
         assert!(fx.changes.is_empty(), "already stored: not stored again");
 
         let mut fx = Effects::default();
-        s.apply_stored(&[two], &mut fx)
+        let fresh = s
+            .apply_stored(&[two], &mut fx)
             .expect("a repeat is skipped");
+        assert_eq!(fresh, 0);
         assert!(fx.deliveries.is_empty());
         let four = stored_entry(4, &other, 2, "d");
         assert_eq!(
@@ -841,7 +846,8 @@ mod tests {
             stored_entry(1, &other, 0, "x"),
             stored_entry(2, &other, 1, "y"),
         ];
-        s.rebase(&remote, &mut fx).expect("rebases");
+        let moved = s.rebase(&remote, &mut fx).expect("rebases");
+        assert_eq!(moved, 2);
         assert_eq!(fx.changes.len(), 1);
         assert_eq!(fx.changes[0].seq, 3, "ours now follows theirs");
         assert_eq!(s.last_seq(), 3);

@@ -32,10 +32,10 @@ use crate::{
     restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats,
 };
 
-/// Most commands handled in one batch (one flush). Well below the frames a
-/// subscriber may have queued (`outbound_queue`, 1,024 by default): one
-/// batch's changes reach a fast reader all at once, and must not make it
-/// look slow.
+/// Most commands handled in one batch (one flush). A batch's changes reach
+/// every subscriber at once, so a batch is also kept to half the frames a
+/// subscriber may have queued (`outbound_queue`): a reader that keeps up
+/// must never look slow because the writers were fast.
 const MAX_BATCH: usize = 256;
 
 /// How often one batch may be renumbered after other nodes' changes before
@@ -246,7 +246,8 @@ impl Room {
                 command = self.rx.recv() => {
                     let Some(command) = command else { return };
                     let mut batch = vec![command];
-                    while batch.len() < MAX_BATCH {
+                    let most = MAX_BATCH.min(self.cx.config.outbound_queue / 2).max(1);
+                    while batch.len() < most {
                         match self.rx.try_recv() {
                             Ok(c) => batch.push(c),
                             Err(_) => break,
@@ -520,14 +521,14 @@ impl Room {
             .store
             .read_log(&self.name, first.saturating_sub(1), usize::MAX)
             .await?;
-        self.state
+        let shift = self
+            .state
             .rebase(&remote, fx)
             .map_err(|gap| StorageError::Io {
                 action: "catching up with other nodes",
                 reason: gap.to_string(),
             })?;
-        self.unsnapshotted += remote.len() as u64;
-        let shift = remote.len() as u64;
+        self.unsnapshotted += shift;
         // Viewers that joined during the batch were told its old numbers.
         for sub in self.subscribers.values_mut() {
             if let Kind::Viewer { after } = &mut sub.kind {
@@ -548,10 +549,14 @@ impl Room {
         Ok(log_entries(&fx.changes))
     }
 
-    /// Presence changes made here go to the other nodes (cluster mode; a
-    /// no-op for a store of one process).
+    /// Presence changes made here go to the other nodes (cluster mode).
     async fn publish_presence(&self, fx: &Effects) {
         use yrs::updates::encoder::Encode;
+        // One process alone (the embedded store): nobody to tell, and no
+        // reason to encode every cursor move a second time.
+        if self.remote_presence.is_none() {
+            return;
+        }
         for d in &fx.deliveries {
             if let Delivery::Presence(update) = d {
                 if let Err(e) = self
@@ -570,13 +575,13 @@ impl Room {
     async fn handle_stored_elsewhere(&mut self, entries: Vec<LogEntry>) {
         let mut fx = Effects::default();
         let applied = self.state.apply_stored(&entries, &mut fx);
-        let fresh = fx.deliveries.len() as u64;
-        self.unsnapshotted += fresh;
         self.deliver(fx);
-        if let Err(gap) = applied {
+        match applied {
+            Ok(fresh) => self.unsnapshotted += fresh,
             // Trimmed past this node's position: the store has it all.
-            self.reload(&gap.to_string()).await;
-        } else if self.state.is_poisoned() {
+            Err(gap) => self.reload(&gap.to_string()).await,
+        }
+        if self.state.is_poisoned() {
             self.reload("a change stored by another node did not apply")
                 .await;
         }

@@ -198,6 +198,9 @@ async fn a_client_that_stops_reading_is_closed_not_skipped() {
             .await
             .expect("send");
     }
+    // The room answers in order: once it has answered this, it has handled
+    // (and tried to deliver) all 20 changes while `slow` read nothing.
+    f.rooms.stats(&doc).await.expect("room loaded");
     let mut frames = 0;
     let reason = loop {
         match timeout(WAIT, slow.recv()).await.expect("closed in time") {
@@ -208,6 +211,40 @@ async fn a_client_that_stops_reading_is_closed_not_skipped() {
     assert_eq!(reason, CloseReason::TooSlow);
     // Sync step 1 plus 20 changes would be 21: it got a prefix, then was closed.
     assert!((8..21).contains(&frames), "{frames} frames");
+}
+
+#[tokio::test]
+async fn a_burst_from_a_fast_writer_does_not_make_a_reader_that_keeps_up_look_slow() {
+    let f = fixture(EngineConfig {
+        outbound_queue: 8,
+        ..EngineConfig::default()
+    });
+    let doc = name("burst");
+    let writer_session = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut reader = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    // The reader reads all the time; the writer sends 200 changes without
+    // waiting, so they queue up and the room takes them in batches.
+    let reading = tokio::spawn(async move {
+        let mut updates = 0;
+        while updates < 200 {
+            match timeout(WAIT, reader.recv()).await.expect("a frame in time") {
+                Ok(frame) => {
+                    let messages = decode_frame(&frame).expect("valid frame");
+                    updates += messages.iter().filter(|m| m.is_update()).count();
+                }
+                Err(reason) => panic!("reader closed after {updates} updates: {reason:?}"),
+            }
+        }
+        updates
+    });
+    let writer = Doc::new();
+    for i in 0..200 {
+        writer_session
+            .send(vec![edit(&writer, &format!("{i} "))], 0)
+            .await
+            .expect("send");
+    }
+    assert_eq!(reading.await.expect("reader"), 200);
 }
 
 #[tokio::test]
