@@ -116,7 +116,10 @@ const READ_BUFFER: usize = 1024;
 const FRAGMENT: usize = 64 * 1024;
 
 /// Sends one binary message, in fragments if it is large.
-async fn send_binary(sink: &mut Sink, frame: Bytes) -> Result<(), tungstenite::Error> {
+async fn send_binary<S>(sink: &mut S, frame: Bytes) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
     if frame.len() <= FRAGMENT {
         return sink.send(Message::Binary(frame)).await;
     }
@@ -317,5 +320,41 @@ pub async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn large_messages_go_out_as_fragments_and_small_ones_whole() {
+        let mut sent: Vec<Message> = Vec::new();
+        send_binary(&mut sent, Bytes::from(vec![7u8; 100]))
+            .await
+            .expect("sends");
+        assert!(matches!(&sent[..], [Message::Binary(b)] if b.len() == 100));
+
+        let big: Vec<u8> = (0..(3 * FRAGMENT + 10)).map(|i| i as u8).collect();
+        let mut sent: Vec<Message> = Vec::new();
+        send_binary(&mut sent, Bytes::from(big.clone()))
+            .await
+            .expect("sends");
+        let frames: Vec<&Frame> = sent
+            .iter()
+            .map(|m| match m {
+                Message::Frame(f) => f,
+                other => panic!("expected raw frames, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(frames.len(), 4);
+        for (i, f) in frames.iter().enumerate() {
+            let want = if i == 0 { Data::Binary } else { Data::Continue };
+            assert_eq!(f.header().opcode, OpCode::Data(want), "frame {i}");
+            assert_eq!(f.header().is_final, i == 3, "frame {i}");
+            assert!(f.payload().len() <= FRAGMENT);
+        }
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+        assert_eq!(joined, big);
     }
 }
