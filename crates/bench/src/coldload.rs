@@ -21,7 +21,7 @@ pub struct ColdloadArgs {
     /// before the stored document is loaded, and send it afterwards).
     #[arg(
         long,
-        default_value = "../shared/traces/sequential/automerge-paper.json.gz"
+        default_value = trace::DEFAULT_TRACE
     )]
     pub trace: std::path::PathBuf,
     /// Joins after the first, with the document loaded.

@@ -32,7 +32,7 @@ pub struct IngestArgs {
     /// The trace to replay (gzipped JSON, sequential).
     #[arg(
         long,
-        default_value = "../shared/traces/sequential/automerge-paper.json.gz"
+        default_value = trace::DEFAULT_TRACE
     )]
     pub trace: PathBuf,
     #[arg(long, default_value = "bench-ingest")]

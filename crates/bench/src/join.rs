@@ -26,7 +26,7 @@ pub struct JoinArgs {
     pub ws: String,
     #[arg(
         long,
-        default_value = "../shared/traces/sequential/automerge-paper.json.gz"
+        default_value = trace::DEFAULT_TRACE
     )]
     pub trace: PathBuf,
     #[arg(long, default_value = "bench-join")]

@@ -41,6 +41,10 @@ impl TraceUpdates {
     }
 }
 
+/// The trace scenarios replay unless told otherwise (relative to the
+/// repository root): automerge-paper, 259,778 transactions.
+pub const DEFAULT_TRACE: &str = "../shared/traces/sequential/automerge-paper.json.gz";
+
 /// The text type every trace edits (the name y-codemirror and the bench
 /// writers use).
 pub const TEXT: &str = "t";

@@ -36,7 +36,7 @@ pub struct TransportsArgs {
     /// Where payload text comes from: a trace's final text (real prose).
     #[arg(
         long,
-        default_value = "../shared/traces/sequential/automerge-paper.json.gz"
+        default_value = trace::DEFAULT_TRACE
     )]
     pub text_from: PathBuf,
 }
