@@ -733,7 +733,7 @@ mod tests {
     }
 
     /// A client-side document that produces updates.
-    fn edit(doc: &Doc, at: u32, s: &str) -> Update {
+    pub(super) fn edit(doc: &Doc, at: u32, s: &str) -> Update {
         let text = doc.get_or_insert_text("t");
         let mut txn = doc.transact_mut();
         text.insert(&mut txn, at, s);
@@ -1202,17 +1202,10 @@ mod tests {
 
 #[cfg(test)]
 mod access_tests {
+    use super::tests::edit;
     use super::*;
     use weft_storage::DocMeta;
-    use yrs::updates::decoder::Decode;
     use yrs::{GetString, Text};
-
-    fn edit(doc: &Doc, at: u32, s: &str) -> Update {
-        let text = doc.get_or_insert_text("t");
-        let mut txn = doc.transact_mut();
-        text.insert(&mut txn, at, s);
-        Update::decode_v1(&txn.encode_update_v1()).expect("valid")
-    }
 
     #[test]
     fn read_only_changes_are_refused_but_repeats_are_not() {
