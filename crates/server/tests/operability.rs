@@ -266,7 +266,7 @@ fn settings_come_from_flag_then_environment_then_file() {
     let file = dir.path().join("weft.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:7001\"\nmax-connections = 11\nping_interval = \"5s\"\nadmin-key = \"file-secret\"\n",
+        "listen = \"127.0.0.1:7001\"\nmax-connections = 11\nping_interval = \"5s\"\nadmin-key = \"file-secret\"\nredis = \"redis://:file-redis-pw@redis.internal:6379\"\n",
     )
     .expect("write");
     let out = assert_cmd::Command::cargo_bin("weft")
@@ -307,6 +307,12 @@ fn settings_come_from_flag_then_environment_then_file() {
         "secrets never printed"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("file-secret"));
+    assert_eq!(
+        printed["redis"].as_str(),
+        Some("<redacted>"),
+        "a Redis URL may hold a password"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("file-redis-pw"));
 
     std::fs::write(&file, "max-conections = 1\n").expect("write");
     let out = assert_cmd::Command::cargo_bin("weft")
