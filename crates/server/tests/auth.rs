@@ -200,6 +200,13 @@ async fn read_tokens_sync_and_show_presence_but_cannot_write() {
     next_message(&mut writer).await;
     let content = Doc::new();
     send(&mut writer, update_message(insert(&content, "original"))).await;
+    // The answer to a query proves the room has stored and sent the change,
+    // so the reader cannot also receive it as a broadcast after joining.
+    send(&mut writer, YMessage::AwarenessQuery).await;
+    assert!(matches!(
+        next_message(&mut writer).await,
+        YMessage::Awareness(_)
+    ));
 
     let mut reader = connect(&format!("{}?token={}", weft.url("ro"), token("ro", "read"))).await;
     next_message(&mut reader).await;
