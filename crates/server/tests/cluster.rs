@@ -427,3 +427,43 @@ fn a_node_refuses_to_start_without_redis_and_says_why() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_document_on_one_node_lets_it_go_on_every_node() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    const ADMIN: &str = "cluster-admin-key";
+    let redis = Redis::start();
+    let (a, b) = (
+        redis.node(&["--admin-key", ADMIN]),
+        redis.node(&["--admin-key", ADMIN]),
+    );
+    let mut on_a = Editor::connect(&a.url("doomed"), Doc::new()).await;
+    let mut on_b = Editor::connect(&b.url("doomed"), Doc::new()).await;
+    let mut viewer_on_b = open_stream(&b.addr, "/sse/doomed", &[]).await;
+    let words = tokens("doomed", 3);
+    for w in &words {
+        on_a.type_text(w).await;
+    }
+    on_b.wait_for(&words).await; // B holds the document in memory
+
+    let auth = format!("Bearer {ADMIN}");
+    let headers = [("authorization", auth.as_str())];
+    let (status, body) = request(&a.addr, "DELETE", "/admin/docs/doomed", &headers, vec![]).await;
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+
+    // Connections on both nodes end the same way.
+    for (node, editor) in [("A", &mut on_a), ("B", &mut on_b)] {
+        let (code, reason) = close_of(&mut editor.ws).await;
+        assert_eq!(code, CloseCode::Library(4404), "node {node}: {reason}");
+    }
+    let ended = async { while viewer_on_b.next().await.is_some() {} };
+    timeout(WAIT, ended)
+        .await
+        .expect("the viewer's stream on B ends");
+
+    // B no longer holds it: gone, and then the name is a new, empty document.
+    let (status, _) = request(&b.addr, "GET", "/admin/docs/doomed", &headers, vec![]).await;
+    assert_eq!(status, 404);
+    let (status, body) = request(&b.addr, "GET", "/docs/doomed/json", &[], vec![]).await;
+    assert_eq!((status, body), (200, b"{}".to_vec()));
+}

@@ -184,14 +184,23 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Awareness updates the other processes publish for `doc`; `None` when
-    /// there are no other processes.
-    async fn watch_presence(
+    /// What the other processes serving `doc` announce: their presence, and
+    /// the document's deletion. `None` when there are no other processes.
+    async fn watch_peers(
         &self,
         _doc: &DocName,
-    ) -> Result<Option<tokio::sync::mpsc::Receiver<Vec<u8>>>, StorageError> {
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<PeerEvent>>, StorageError> {
         Ok(None)
     }
+}
+
+/// Something another process said about a document (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// An awareness update (y-protocols encoding) from its connections.
+    Presence(Vec<u8>),
+    /// The document was deleted: whoever has it open lets it go.
+    Deleted,
 }
 
 /// A change notification waiting to be sent to a webhook.

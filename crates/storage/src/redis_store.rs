@@ -13,7 +13,9 @@
 //!   listing without reading states), `weft:{doc}:head` and `head-seq` (the
 //!   snapshot loads start from), `weft:{doc}:lease`
 //!   (which node may compact), and the set `weft:docs` of names.
-//! - Channel `weft:{doc}:presence`: awareness between nodes, never stored.
+//! - Channel `weft:{doc}:events`: what nodes tell each other and never
+//!   store: awareness, and that the document was deleted. Each message is
+//!   the sender's node id (8 bytes), a kind byte, then the payload.
 //!
 //! Records are the same schema-versioned MessagePack as the sled store's.
 
@@ -28,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::record::{self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord};
 use crate::{
     Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
-    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    PeerEvent, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
     SCHEMA_VERSION,
 };
 
@@ -82,7 +84,7 @@ pub struct RedisStore {
     client: redis::Client,
     /// Reconnects by itself after Redis restarts or the network blips.
     conn: ConnectionManager,
-    /// Tells this node's presence messages apart from other nodes'.
+    /// Tells this node's messages on the events channel apart from others'.
     node: u64,
     append: Script,
     store_snapshot: Script,
@@ -108,6 +110,11 @@ fn key(doc: &DocName, what: &str) -> String {
     format!("weft:{{{doc}}}:{what}")
 }
 
+/// The channel nodes tell each other things on, and its message kinds.
+const EVENTS: &str = "events";
+const PRESENCE: u8 = 0;
+const DELETED: u8 = 1;
+
 fn stream_id(seq: u64) -> String {
     format!("0-{seq}")
 }
@@ -123,6 +130,15 @@ fn now_ms() -> u64 {
 }
 
 impl RedisStore {
+    /// A message for the events channel: who sends it, what it is, payload.
+    fn event(&self, kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut message = Vec::with_capacity(9 + payload.len());
+        message.extend_from_slice(&self.node.to_le_bytes());
+        message.push(kind);
+        message.extend_from_slice(payload);
+        message
+    }
+
     /// Connects to Redis at `url` (`redis://[:password@]host:port/db`).
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
         let client = redis::Client::open(url).map_err(|e| StorageError::Connect {
@@ -510,6 +526,8 @@ impl DocumentStore for RedisStore {
     }
 
     async fn delete(&self, doc: &DocName) -> Result<bool, StorageError> {
+        // Published after the keys are gone, so a node that lets go of the
+        // document on hearing it and loads it again finds it empty.
         let keys: Vec<String> = [
             "meta",
             "log",
@@ -524,9 +542,10 @@ impl DocumentStore for RedisStore {
         .iter()
         .map(|w| key(doc, w))
         .collect();
-        let (removed, _): (i64, i64) = redis::pipe()
+        let (removed, _, _): (i64, i64, i64) = redis::pipe()
             .del(&keys)
             .srem("weft:docs", doc.as_str())
+            .publish(key(doc, EVENTS), self.event(DELETED, &[]))
             .query_async(&mut self.conn())
             .await
             .map_err(io("deleting a document"))?;
@@ -654,24 +673,22 @@ impl DocumentStore for RedisStore {
     }
 
     async fn publish_presence(&self, doc: &DocName, update: &[u8]) -> Result<(), StorageError> {
-        let mut message = self.node.to_le_bytes().to_vec();
-        message.extend_from_slice(update);
         let _: i64 = self
             .conn()
-            .publish(key(doc, "presence"), message)
+            .publish(key(doc, EVENTS), self.event(PRESENCE, update))
             .await
             .map_err(io("publishing presence"))?;
         Ok(())
     }
 
-    async fn watch_presence(
+    async fn watch_peers(
         &self,
         doc: &DocName,
-    ) -> Result<Option<mpsc::Receiver<Vec<u8>>>, StorageError> {
-        let channel = key(doc, "presence");
+    ) -> Result<Option<mpsc::Receiver<PeerEvent>>, StorageError> {
+        let channel = key(doc, EVENTS);
         let first = subscribe(&self.client, &channel)
             .await
-            .map_err(io("subscribing to presence"))?;
+            .map_err(io("subscribing to other nodes' events"))?;
         let (tx, rx) = mpsc::channel(256);
         let node = self.node.to_le_bytes();
         let client = self.client.clone();
@@ -699,13 +716,23 @@ impl DocumentStore for RedisStore {
                         Ok(Value::BulkString(b)) => b,
                         _ => continue,
                     };
-                    match payload.split_at_checked(8) {
-                        Some((from, update)) if from != node => {
-                            // Presence is ephemeral: when the room is busy,
-                            // a dropped update is replaced by the next one.
-                            let _ = tx.try_send(update.to_vec());
+                    let Some((from, [kind, rest @ ..])) = payload.split_at_checked(8) else {
+                        continue;
+                    };
+                    if from == node {
+                        continue;
+                    }
+                    match *kind {
+                        // Presence is ephemeral: when the room is busy, a
+                        // dropped update is replaced by the next one.
+                        PRESENCE => {
+                            let _ = tx.try_send(PeerEvent::Presence(rest.to_vec()));
                         }
-                        _ => {}
+                        // A deletion must not be dropped.
+                        DELETED => {
+                            let _ = tx.send(PeerEvent::Deleted).await;
+                        }
+                        _ => {} // from a newer node: not for us
                     }
                 }
             }

@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weft_storage::{
-    DocName, DocumentStore, LogEntry, NewSnapshot, RedisStore, RetentionPolicy, SnapshotReason,
-    StorageError,
+    DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, RedisStore, RetentionPolicy,
+    SnapshotReason, StorageError,
 };
 
 struct Redis {
@@ -162,7 +162,7 @@ async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_hea
 }
 
 #[tokio::test]
-async fn another_nodes_changes_arrive_in_order_and_presence_skips_its_sender() {
+async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sender() {
     let redis = Redis::start();
     let (a, b) = (redis.store().await, redis.store().await);
     let doc = DocName::new("follow").expect("name");
@@ -174,12 +174,12 @@ async fn another_nodes_changes_arrive_in_order_and_presence_skips_its_sender() {
         .expect("watches")
         .expect("a shared store");
     let mut heard_by_b = b
-        .watch_presence(&doc)
+        .watch_peers(&doc)
         .await
         .expect("subscribes")
         .expect("pubsub");
     let mut heard_by_a = a
-        .watch_presence(&doc)
+        .watch_peers(&doc)
         .await
         .expect("subscribes")
         .expect("pubsub");
@@ -210,7 +210,7 @@ async fn another_nodes_changes_arrive_in_order_and_presence_skips_its_sender() {
             break;
         }
     }
-    assert_eq!(heard.as_deref(), Some(&b"cursor"[..]));
+    assert_eq!(heard, Some(PeerEvent::Presence(b"cursor".to_vec())));
     // Now B speaks: the first thing A hears must be B, not its own cursors.
     let mut heard = None;
     for _ in 0..100 {
@@ -225,9 +225,26 @@ async fn another_nodes_changes_arrive_in_order_and_presence_skips_its_sender() {
         }
     }
     assert_eq!(
-        heard.as_deref(),
-        Some(&b"from b"[..]),
+        heard,
+        Some(PeerEvent::Presence(b"from b".to_vec())),
         "a node does not hear itself"
+    );
+
+    // B deletes the document: A hears it (after any presence still queued).
+    assert!(b.delete(&doc).await.expect("deletes"));
+    let deleted = async {
+        while let Some(event) = heard_by_a.recv().await {
+            if event == PeerEvent::Deleted {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), deleted)
+            .await
+            .expect("in time"),
+        "A heard the deletion"
     );
 }
 

@@ -19,7 +19,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use weft_storage::{DocName, DocumentStore, LogEntry, NewSnapshot, SnapshotReason, StorageError};
+use weft_storage::{
+    DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, SnapshotReason, StorageError,
+};
 
 use yrs::StateVector;
 
@@ -168,9 +170,10 @@ pub(crate) struct Room {
     idle_since: Option<Instant>,
     rx: mpsc::Receiver<Command>,
     cx: RoomContext,
-    /// Cluster mode: changes other nodes store, and their presence.
+    /// Cluster mode: changes other nodes store, and what else they say
+    /// (their presence, the document's deletion).
     remote: Option<mpsc::Receiver<Vec<LogEntry>>>,
-    remote_presence: Option<mpsc::Receiver<Vec<u8>>>,
+    peers: Option<mpsc::Receiver<PeerEvent>>,
 }
 
 impl Room {
@@ -214,8 +217,8 @@ impl Room {
                 return;
             }
         };
-        let remote_presence = cx.store.watch_presence(&name).await.unwrap_or_else(|e| {
-            warn!(doc = %name, error = %e, "presence from other nodes is unavailable");
+        let peers = cx.store.watch_peers(&name).await.unwrap_or_else(|e| {
+            warn!(doc = %name, error = %e, "presence and deletions from other nodes are unavailable");
             None
         });
         let mut room = Room {
@@ -228,7 +231,7 @@ impl Room {
             rx,
             cx,
             remote,
-            remote_presence,
+            peers,
         };
         room.run_loop().await;
         metrics::gauge!("weft_documents_loaded").decrement(1.0);
@@ -253,16 +256,24 @@ impl Room {
                             Err(_) => break,
                         }
                     }
-                    self.handle(batch).await;
+                    if self.handle(batch).await {
+                        return; // the document was deleted
+                    }
                 }
                 Some(entries) = recv_from(&mut self.remote) => {
                     self.handle_stored_elsewhere(entries).await;
                 }
-                Some(update) = recv_from(&mut self.remote_presence) => {
-                    let mut fx = Effects::default();
-                    self.state.apply_remote_presence(&update, &mut fx);
-                    self.deliver(fx);
-                }
+                Some(event) = recv_from(&mut self.peers) => match event {
+                    PeerEvent::Presence(update) => {
+                        let mut fx = Effects::default();
+                        self.state.apply_remote_presence(&update, &mut fx);
+                        self.deliver(fx);
+                    }
+                    PeerEvent::Deleted => {
+                        self.deleted_elsewhere();
+                        return;
+                    }
+                },
                 _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     if self.try_unload().await {
                         return;
@@ -554,7 +565,7 @@ impl Room {
         use yrs::updates::encoder::Encode;
         // One process alone (the embedded store): nobody to tell, and no
         // reason to encode every cursor move a second time.
-        if self.remote_presence.is_none() {
+        if self.peers.is_none() {
             return;
         }
         for d in &fx.deliveries {
@@ -624,9 +635,7 @@ impl Room {
 
     /// Ends the document: everyone is told, the data goes, the room stops.
     async fn delete(&mut self, reply: Reply<bool>) {
-        self.kick_all(CloseReason::Deleted);
-        self.cx.rooms.remove_if(&self.name, self.instance);
-        refuse_all(&mut self.rx, RoomError::Retry);
+        self.let_go();
         let result = self
             .cx
             .store
@@ -635,6 +644,23 @@ impl Room {
             .map_err(|e| RoomError::StorageFailure(e.to_string()));
         info!(doc = %self.name, "document deleted");
         let _ = reply.send(result);
+    }
+
+    /// Another node deleted the document (cluster mode): its connections
+    /// here end as they would on the node that deleted it, and memory is
+    /// not left holding what the store no longer has.
+    fn deleted_elsewhere(&mut self) {
+        self.let_go();
+        info!(doc = %self.name, "document deleted by another node");
+    }
+
+    /// The document is gone: closes every connection with "deleted", and
+    /// sends whatever was still on its way here back to try again (it will
+    /// find a new, empty document).
+    fn let_go(&mut self) {
+        self.kick_all(CloseReason::Deleted);
+        self.cx.rooms.remove_if(&self.name, self.instance);
+        refuse_all(&mut self.rx, RoomError::Retry);
     }
 
     /// What a new viewer is sent first: the changes after `resume` when they
