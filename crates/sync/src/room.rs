@@ -185,6 +185,12 @@ impl Room {
         cx: RoomContext,
     ) {
         let started = Instant::now();
+        // Listening before loading: a deletion is either in what loads or
+        // heard afterwards, never missed in between.
+        let peers = cx.store.watch_peers(&name).await.unwrap_or_else(|e| {
+            warn!(doc = %name, error = %e, "presence and deletions from other nodes are unavailable");
+            None
+        });
         let loaded = match cx.store.load(&name).await {
             Ok(stored) => DocState::load(&stored, cx.config.recent_changes, cx.clock.clone())
                 .map(|mut state| {
@@ -217,10 +223,6 @@ impl Room {
                 return;
             }
         };
-        let peers = cx.store.watch_peers(&name).await.unwrap_or_else(|e| {
-            warn!(doc = %name, error = %e, "presence and deletions from other nodes are unavailable");
-            None
-        });
         let mut room = Room {
             name,
             instance,
