@@ -117,3 +117,25 @@ fn every_source_file_says_what_it_owns() {
         );
     }
 }
+
+#[test]
+fn release_builds_check_yrs_arithmetic_on_client_clocks() {
+    // The fuzz workspace too: it must find what release builds would do.
+    for manifest in ["Cargo.toml", "fuzz/Cargo.toml"] {
+        let text = fs::read_to_string(root().join(manifest)).expect("manifest");
+        let table: toml::Table = text.parse().expect("valid TOML");
+        let checked = table
+            .get("profile")
+            .and_then(|p| p.get("release"))
+            .and_then(|r| r.get("package"))
+            .and_then(|p| p.get("yrs"))
+            .and_then(|y| y.get("overflow-checks"))
+            .and_then(toml::Value::as_bool);
+        assert_eq!(
+            checked,
+            Some(true),
+            "{manifest}: [profile.release.package.yrs] overflow-checks = true is missing; \
+             without it a malformed update is accepted and its document no longer loads"
+        );
+    }
+}
