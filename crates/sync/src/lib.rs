@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod restore;
 mod room;
 mod rooms;
+mod sections;
 mod session;
 pub mod viewer;
 

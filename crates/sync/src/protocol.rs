@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use crate::guard::guarded;
-use crate::plausible;
+use crate::{plausible, sections};
 use yrs::encoding::read::Cursor;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
@@ -71,9 +71,10 @@ fn decode_messages(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
         out.push(match message {
             Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::SyncStep1(sv),
             Message::Sync(SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes)) => {
-                let update = Update::decode_v1(&bytes)
-                    .map_err(|e| ProtocolError::Malformed(format!("bad update: {e}")))?;
-                Inbound::Update(update)
+                Inbound::Update(
+                    decode_checked(&bytes)
+                        .map_err(|e| ProtocolError::Malformed(format!("bad update: {e}")))?,
+                )
             }
             Message::Awareness(update) => Inbound::Awareness(update),
             Message::AwarenessQuery => Inbound::AwarenessQuery,
@@ -96,9 +97,15 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
         return Err(ProtocolError::Malformed("empty update".into()));
     }
     plausible::update(bytes)?;
-    guarded(|| Update::decode_v1(bytes))
+    guarded(|| decode_checked(bytes))
         .map_err(ProtocolError::DecoderPanicked)?
         .map_err(|e| ProtocolError::Malformed(format!("not a Yjs v1 update: {e}")))
+}
+
+/// yrs' decoding of an update whose sections passed [`sections::check`].
+fn decode_checked(bytes: &[u8]) -> Result<Update, String> {
+    sections::check(bytes).map_err(|e| e.to_string())?;
+    Update::decode_v1(bytes).map_err(|e| e.to_string())
 }
 
 /// Decodes a Yjs v1 state vector.
