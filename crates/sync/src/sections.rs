@@ -21,6 +21,7 @@ use yrs::block::{
 };
 use yrs::encoding::read::{Cursor, Error, Read};
 use yrs::updates::decoder::{Decoder, DecoderV1};
+use yrs::{ClientID, ID};
 
 /// Why an update's sections were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,26 +30,41 @@ pub enum BadSections {
     RepeatedClient(u64),
     #[error("client {0}'s clocks run past 2^32")]
     ClockOverflow(u64),
+    #[error(
+        "client {client}'s struct at clock {clock} refers to its own clock {refers_to}, \
+         which it cannot have seen yet"
+    )]
+    RefersAhead {
+        client: u64,
+        clock: u64,
+        refers_to: u32,
+    },
     #[error("{0}")]
     Unreadable(String),
 }
 
-/// Checks that each client of a Yjs v1 update has one section and that its
-/// clocks fit in 32 bits.
+impl From<Error> for BadSections {
+    fn from(e: Error) -> Self {
+        BadSections::Unreadable(e.to_string())
+    }
+}
+
+/// Checks that each client of a Yjs v1 update has one section, that its
+/// clocks fit in 32 bits, and that no struct refers to a later one of its
+/// own client.
 pub fn check(update: &[u8]) -> Result<(), BadSections> {
-    let unreadable = |e: Error| BadSections::Unreadable(e.to_string());
     let mut decoder = DecoderV1::new(Cursor::new(update));
-    let sections: u32 = decoder.read_var().map_err(unreadable)?;
+    let sections: u32 = decoder.read_var()?;
     let mut seen = HashSet::new();
     for _ in 0..sections {
-        let structs: u32 = decoder.read_var().map_err(unreadable)?;
-        let client = decoder.read_client().map_err(unreadable)?;
+        let structs: u32 = decoder.read_var()?;
+        let client = decoder.read_client()?;
         if !seen.insert(client) {
             return Err(BadSections::RepeatedClient(client.get()));
         }
-        let mut clock = u64::from(decoder.read_var::<u32>().map_err(unreadable)?);
+        let mut clock = u64::from(decoder.read_var::<u32>()?);
         for _ in 0..structs {
-            clock += u64::from(struct_len(&mut decoder).map_err(unreadable)?);
+            clock += u64::from(struct_len(&mut decoder, client, clock)?);
         }
         if clock > u64::from(u32::MAX) {
             return Err(BadSections::ClockOverflow(client.get()));
@@ -58,25 +74,38 @@ pub fn check(update: &[u8]) -> Result<(), BadSections> {
 }
 
 /// Reads one struct as yrs' `Update::decode` does; returns how many clock
-/// ticks it takes.
-fn struct_len(decoder: &mut DecoderV1) -> Result<u32, Error> {
+/// ticks it takes. A client only ever refers to its own structs that came
+/// before (the neighbours it typed between, the container it typed into),
+/// so a reference to its own clock at or after this struct is forged.
+fn struct_len(decoder: &mut DecoderV1, client: ClientID, clock: u64) -> Result<u32, BadSections> {
+    let earlier = |id: ID| {
+        if id.client == client && u64::from(id.clock) >= clock {
+            Err(BadSections::RefersAhead {
+                client: client.get(),
+                clock,
+                refers_to: id.clock,
+            })
+        } else {
+            Ok(())
+        }
+    };
     let info = decoder.read_info()?;
     match info {
-        BLOCK_SKIP_REF_NUMBER => decoder.read_var(),
-        BLOCK_GC_REF_NUMBER => decoder.read_len(),
+        BLOCK_SKIP_REF_NUMBER => Ok(decoder.read_var()?),
+        BLOCK_GC_REF_NUMBER => Ok(decoder.read_len()?),
         info => {
             let parent_follows = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
             if info & HAS_ORIGIN != 0 {
-                decoder.read_left_id()?;
+                earlier(decoder.read_left_id()?)?;
             }
             if info & HAS_RIGHT_ORIGIN != 0 {
-                decoder.read_right_id()?;
+                earlier(decoder.read_right_id()?)?;
             }
             if parent_follows {
                 if decoder.read_parent_info()? {
                     decoder.read_string()?;
                 } else {
-                    decoder.read_left_id()?;
+                    earlier(decoder.read_left_id()?)?;
                 }
                 if info & HAS_PARENT_SUB != 0 {
                     decoder.read_string()?;
@@ -162,6 +191,29 @@ mod tests {
         once.extend(section(0, "ab"));
         once.extend([0]);
         assert_eq!(check(&once), Ok(()));
+    }
+
+    #[test]
+    fn a_struct_that_refers_to_a_later_one_of_its_client_is_refused() {
+        // Client 7: "ab" at clock 0, then "c" at clock 2 whose left origin
+        // is 7#5, a clock the client has not reached.
+        let forged = |origin_clock: u8| {
+            let mut u = vec![1, 2, 7, 0];
+            u.extend([4, 1, 1, b't', 2, b'a', b'b']);
+            // info 0x84: a string item with a left origin (client, clock).
+            u.extend([0x84, 7, origin_clock, 1, b'c']);
+            u.push(0);
+            u
+        };
+        assert_eq!(
+            check(&forged(5)),
+            Err(BadSections::RefersAhead {
+                client: 7,
+                clock: 2,
+                refers_to: 5
+            })
+        );
+        assert_eq!(check(&forged(1)), Ok(()), "after the b it typed: fine");
     }
 
     #[test]
