@@ -1,5 +1,5 @@
-//! Refusing updates whose client sections overlap, before yrs integrates
-//! them.
+//! Refusing updates whose client sections are forged, before yrs
+//! integrates them.
 //!
 //! A Yjs v1 update lists, for each client, one section: a starting clock and
 //! structs that follow on from it. Every encoder (Yjs, yrs, merges) writes a
@@ -8,7 +8,9 @@
 //! list corrupts yrs' block store (fuzzing found a use after free that
 //! crashed the process, and histories that no longer replay). The same walk
 //! refuses a section whose clocks run past 2^32, where yrs' arithmetic would
-//! overflow.
+//! overflow, and a struct that refers (as an origin or its parent) to a
+//! clock of its own client at or after its own, which no real client can
+//! write and which led yrs to a second use after free.
 //!
 //! The walk reads structs with yrs' own decoder pieces, so it agrees with
 //! yrs on where each one ends; the real decoding is still yrs'.
