@@ -19,7 +19,7 @@ use yrs::{ClientID, Doc, IdSet, ReadTxn, StateVector, Transact, Update, ID};
 use weft_storage::{LogEntry, StoredDoc};
 
 use crate::guard::guarded;
-use crate::protocol::{self, Inbound};
+use crate::protocol::{self, ClientUpdate, Inbound};
 use crate::Clock;
 
 /// Identifies one connection (or other subscriber) of a room.
@@ -322,7 +322,7 @@ impl DocState {
                 // A read-only client's sync step 2 usually repeats what the
                 // document has (its delete set, at least); only a real change
                 // is refused.
-                if self.would_change(&update) {
+                if self.would_change(&update.update) {
                     metrics::counter!("weft_changes_refused_total", "reason" => "read_only")
                         .increment(1);
                     let reason = "read-only access: this connection may not change the document";
@@ -355,7 +355,11 @@ impl DocState {
 
     /// Applies a change that did not come from a connection (an HTTP post,
     /// an import): everybody receives it.
-    pub fn apply_external(&mut self, update: Update, fx: &mut Effects) -> Result<(), Rejection> {
+    pub fn apply_external(
+        &mut self,
+        update: ClientUpdate,
+        fx: &mut Effects,
+    ) -> Result<(), Rejection> {
         self.apply_update(None, update, fx)
     }
 
@@ -555,21 +559,18 @@ impl DocState {
     fn apply_update(
         &mut self,
         origin: Option<ConnId>,
-        update: Update,
+        update: ClientUpdate,
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
         let doc = self.awareness.doc();
-        // An update that starts past what the document has for a client
-        // would wait in yrs' pending store, whose merging has crashed on
-        // crafted input (found by fuzzing). It is set aside instead: a
-        // client only sends one when it typed just before its sync step 2
-        // on a fresh connection, and that step 2 brings it all anyway.
+        // An update that would wait in yrs' pending store (it starts past
+        // what the document has, or builds on items nobody sent) is set
+        // aside: that store and the integration around it have crashed on
+        // crafted input (found by fuzzing). A client only sends one when it
+        // typed just before its sync step 2 on a fresh connection, and that
+        // step 2 brings it all anyway.
         let known = doc.transact().state_vector();
-        let gap = update
-            .state_vector_lower()
-            .iter()
-            .any(|(client, clock)| *clock > known.get(client));
-        if gap {
+        if update.would_wait(&known) {
             metrics::counter!("weft_changes_refused_total", "reason" => "gap").increment(1);
             return Ok(());
         }
@@ -580,7 +581,7 @@ impl DocState {
             // normal path; after a panic it is leaked with the document,
             // which the room then replaces by reloading from disk.
             let mut txn = ManuallyDrop::new(doc.transact_mut());
-            let result = txn.apply_update(update);
+            let result = txn.apply_update(update.update);
             // Whatever was integrated before an error is in the document now,
             // so it is recorded like any change.
             let delta = txn.encode_update_v1();
@@ -744,6 +745,11 @@ mod tests {
         doc.get_or_insert_text("t").get_string(&doc.transact())
     }
 
+    /// A change as it would arrive from a client.
+    pub(super) fn incoming(update: Update) -> ClientUpdate {
+        ClientUpdate::decode(&update.encode_v1()).expect("valid")
+    }
+
     fn decode_one(frame: &Bytes) -> Inbound {
         decode_frame(frame).expect("valid frame").remove(0)
     }
@@ -755,7 +761,7 @@ mod tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(edit(&client, 0, "hello")),
+            Inbound::Update(incoming(edit(&client, 0, "hello"))),
             &mut Effects::default(),
         )
         .expect("applies");
@@ -778,7 +784,7 @@ mod tests {
         let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
             panic!("{:?}", fx.deliveries);
         };
-        let Inbound::Update(update) = decode_one(frame) else {
+        let Inbound::Update(ClientUpdate { update, .. }) = decode_one(frame) else {
             panic!("expected step 2");
         };
         let fresh = Doc::new();
@@ -834,7 +840,7 @@ mod tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(edit(&mine, 0, "m")),
+            Inbound::Update(incoming(edit(&mine, 0, "m"))),
             &mut fx,
         )
         .expect("applies");
@@ -887,7 +893,7 @@ mod tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(edit(&client, 0, "one")),
+            Inbound::Update(incoming(edit(&client, 0, "one"))),
             &mut Effects::default(),
         )
         .expect("applies");
@@ -899,18 +905,57 @@ mod tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(edit(&client, 3, " two")),
+            Inbound::Update(incoming(edit(&client, 3, " two"))),
             &mut Effects::default(),
         )
         .expect("applies");
         let c = step2_for(&mut s, 4);
         assert_ne!(a.as_ptr(), c.as_ptr());
-        let Inbound::Update(update) = decode_one(&c) else {
+        let Inbound::Update(ClientUpdate { update, .. }) = decode_one(&c) else {
             panic!("expected step 2");
         };
         let fresh = Doc::new();
         fresh.transact_mut().apply_update(update).expect("applies");
         assert_eq!(text_of(&fresh), "one two");
+    }
+
+    #[test]
+    fn a_change_building_on_items_nobody_sent_is_set_aside() {
+        let mut s = state(&empty());
+        let (ann, bob) = (Doc::with_client_id(1), Doc::with_client_id(2));
+        let from_ann = edit(&ann, 0, "ab");
+        bob.transact_mut()
+            .apply_update(Update::decode_v1(&from_ann.encode_v1()).expect("valid"))
+            .expect("applies");
+        // Bob types between Ann's letters; the server has none of Ann's.
+        let from_bob = edit(&bob, 1, "x");
+        let mut fx = Effects::default();
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(incoming(
+                Update::decode_v1(&from_bob.encode_v1()).expect("valid"),
+            )),
+            &mut fx,
+        )
+        .expect("not an error: the connection stays");
+        assert!(fx.changes.is_empty() && !s.is_poisoned());
+        assert_eq!(text_of(s.doc()), "");
+        assert!(
+            s.doc().transact().store().pending_update().is_none(),
+            "nothing waits in yrs' pending store"
+        );
+        // Once Ann's change is in, Bob's applies.
+        for update in [from_ann, from_bob] {
+            s.receive(
+                1,
+                Access::ReadWrite,
+                Inbound::Update(incoming(update)),
+                &mut fx,
+            )
+            .expect("applies");
+        }
+        assert_eq!(text_of(s.doc()), "axb");
     }
 
     #[test]
@@ -922,7 +967,7 @@ mod tests {
             s.receive(
                 1,
                 Access::ReadWrite,
-                Inbound::Update(edit(&client, i as u32, word)),
+                Inbound::Update(incoming(edit(&client, i as u32, word))),
                 &mut fx,
             )
             .expect("applies");
@@ -954,14 +999,19 @@ mod tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(update),
+            Inbound::Update(incoming(update)),
             &mut Effects::default(),
         )
         .expect("ok");
         let mut fx = Effects::default();
         let again = Update::decode_v1(&bytes).expect("valid");
-        s.receive(2, Access::ReadWrite, Inbound::Update(again), &mut fx)
-            .expect("ok");
+        s.receive(
+            2,
+            Access::ReadWrite,
+            Inbound::Update(incoming(again)),
+            &mut fx,
+        )
+        .expect("ok");
         assert!(fx.changes.is_empty() && fx.deliveries.is_empty());
         assert_eq!(s.last_seq(), 1);
     }
@@ -975,7 +1025,7 @@ mod tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(first),
+            Inbound::Update(incoming(first)),
             &mut Effects::default(),
         )
         .expect("ok");
@@ -988,7 +1038,7 @@ mod tests {
         s.receive(
             2,
             Access::ReadWrite,
-            Inbound::Update(Update::decode_v1(&full).expect("valid")),
+            Inbound::Update(incoming(Update::decode_v1(&full).expect("valid"))),
             &mut fx,
         )
         .expect("ok");
@@ -1170,7 +1220,7 @@ mod tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(edit(&client, 4, "e")),
+            Inbound::Update(incoming(edit(&client, 4, "e"))),
             &mut fx,
         )
         .expect("ok");
@@ -1202,7 +1252,7 @@ mod tests {
 
 #[cfg(test)]
 mod access_tests {
-    use super::tests::edit;
+    use super::tests::{edit, incoming};
     use super::*;
     use weft_storage::DocMeta;
     use yrs::{GetString, Text};
@@ -1222,7 +1272,7 @@ mod access_tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(edit(&writer, 0, "hello")),
+            Inbound::Update(incoming(edit(&writer, 0, "hello"))),
             &mut Effects::default(),
         )
         .expect("ok");
@@ -1235,7 +1285,7 @@ mod access_tests {
             s.receive(
                 1,
                 Access::ReadWrite,
-                Inbound::Update(delete),
+                Inbound::Update(incoming(delete)),
                 &mut Effects::default(),
             )
             .expect("ok");
@@ -1255,7 +1305,7 @@ mod access_tests {
         s.receive(
             2,
             Access::ReadOnly,
-            Inbound::Update(Update::decode_v1(&step2).expect("valid")),
+            Inbound::Update(incoming(Update::decode_v1(&step2).expect("valid"))),
             &mut fx,
         )
         .expect("ok");
@@ -1269,8 +1319,13 @@ mod access_tests {
             Update::decode_v1(&txn.encode_update_v1()).expect("valid")
         }] {
             let mut fx = Effects::default();
-            s.receive(2, Access::ReadOnly, Inbound::Update(change), &mut fx)
-                .expect("not an error: the connection stays");
+            s.receive(
+                2,
+                Access::ReadOnly,
+                Inbound::Update(incoming(change)),
+                &mut fx,
+            )
+            .expect("not an error: the connection stays");
             assert!(fx.changes.is_empty());
             let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
                 panic!("{:?}", fx.deliveries);
@@ -1289,6 +1344,7 @@ mod access_tests {
 
 #[cfg(test)]
 mod limit_tests {
+    use super::tests::incoming;
     use super::*;
     use weft_storage::DocMeta;
     use yrs::updates::decoder::Decode;
@@ -1320,7 +1376,7 @@ mod limit_tests {
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Update(Update::decode_v1(&small).expect("valid")),
+            Inbound::Update(incoming(Update::decode_v1(&small).expect("valid"))),
             &mut Effects::default(),
         )
         .expect("applies");

@@ -19,7 +19,7 @@ pub fn update_to_json(update: &[u8]) -> Result<Value, String> {
     crate::guard::guarded(|| {
         let doc = Doc::new();
         doc.transact_mut()
-            .apply_update(update)
+            .apply_update(update.update)
             .map_err(|e| e.to_string())?;
         Ok(doc_to_json(&doc))
     })

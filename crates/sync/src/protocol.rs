@@ -23,7 +23,7 @@ pub enum Inbound {
     /// Sync step 1: the client's state vector; answered with step 2.
     SyncStep1(StateVector),
     /// Sync step 2 or a sync update: a document change to apply.
-    Update(Update),
+    Update(ClientUpdate),
     /// Presence: cursors, names, whatever the client publishes.
     Awareness(AwarenessUpdate),
     /// The client asks for every current awareness state.
@@ -53,6 +53,45 @@ pub enum ProtocolError {
     DecoderPanicked(String),
 }
 
+/// A change from outside the server, decoded, with what it builds on.
+#[derive(Debug)]
+pub struct ClientUpdate {
+    pub update: Update,
+    /// For each other client whose items its structs refer to (as origins
+    /// or parents), one past the highest clock referred to: what the
+    /// document must already have, or the update itself bring.
+    pub builds_on: StateVector,
+}
+
+impl ClientUpdate {
+    /// Decodes a Yjs v1 update whose sections pass [`sections::check`].
+    /// Not guarded: callers run it under `guarded`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let builds_on = sections::check(bytes).map_err(|e| e.to_string())?;
+        let update = Update::decode_v1(bytes).map_err(|e| e.to_string())?;
+        Ok(ClientUpdate { update, builds_on })
+    }
+
+    /// Whether applying it to a document that has `known` would leave part
+    /// of it waiting for changes it neither brings nor finds there: it
+    /// starts past what the document has of a client, or refers to items
+    /// beyond both. yrs would keep that part in its pending store, where
+    /// fuzzing found crafted input crashing it more than once.
+    pub fn would_wait(&self, known: &StateVector) -> bool {
+        let starts_past = self
+            .update
+            .state_vector_lower()
+            .iter()
+            .any(|(client, clock)| *clock > known.get(client));
+        let brings = self.update.state_vector();
+        starts_past
+            || self
+                .builds_on
+                .iter()
+                .any(|(client, clock)| *clock > known.get(client).max(brings.get(client)))
+    }
+}
+
 /// Decodes every message in one binary frame.
 pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
     if frame.is_empty() {
@@ -72,7 +111,7 @@ fn decode_messages(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
             Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::SyncStep1(sv),
             Message::Sync(SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes)) => {
                 Inbound::Update(
-                    decode_checked(&bytes)
+                    ClientUpdate::decode(&bytes)
                         .map_err(|e| ProtocolError::Malformed(format!("bad update: {e}")))?,
                 )
             }
@@ -92,20 +131,14 @@ fn decode_messages(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
 }
 
 /// Decodes a bare Yjs v1 update (not wrapped in a sync message).
-pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
+pub fn decode_update(bytes: &[u8]) -> Result<ClientUpdate, ProtocolError> {
     if bytes.is_empty() {
         return Err(ProtocolError::Malformed("empty update".into()));
     }
     plausible::update(bytes)?;
-    guarded(|| decode_checked(bytes))
+    guarded(|| ClientUpdate::decode(bytes))
         .map_err(ProtocolError::DecoderPanicked)?
         .map_err(|e| ProtocolError::Malformed(format!("not a Yjs v1 update: {e}")))
-}
-
-/// yrs' decoding of an update whose sections passed [`sections::check`].
-fn decode_checked(bytes: &[u8]) -> Result<Update, String> {
-    sections::check(bytes).map_err(|e| e.to_string())?;
-    Update::decode_v1(bytes).map_err(|e| e.to_string())
 }
 
 /// Decodes a Yjs v1 state vector.
@@ -183,7 +216,7 @@ mod tests {
     fn update_frames_carry_the_update() {
         let mut msgs = decode_frame(&update_frame()).expect("decodes");
         assert_eq!(msgs.len(), 1);
-        let Inbound::Update(update) = msgs.remove(0) else {
+        let Inbound::Update(ClientUpdate { update, .. }) = msgs.remove(0) else {
             panic!("expected an update");
         };
         let doc = Doc::new();

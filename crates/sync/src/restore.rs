@@ -34,7 +34,7 @@ enum RootKind {
 pub fn restore_into(doc: &Doc, old_state: &[u8]) -> Result<Vec<u8>, String> {
     let old = Doc::new();
     old.transact_mut()
-        .apply_update(decode_update(old_state).map_err(|e| e.to_string())?)
+        .apply_update(decode_update(old_state).map_err(|e| e.to_string())?.update)
         .map_err(|e| format!("the snapshot does not load: {e}"))?;
     let old_txn = old.transact();
     let mut targets: BTreeMap<String, In> = BTreeMap::new();

@@ -23,7 +23,7 @@ use yrs::block::{
 };
 use yrs::encoding::read::{Cursor, Error, Read};
 use yrs::updates::decoder::{Decoder, DecoderV1};
-use yrs::{ClientID, ID};
+use yrs::{ClientID, StateVector, ID};
 
 /// Why an update's sections were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -53,11 +53,13 @@ impl From<Error> for BadSections {
 
 /// Checks that each client of a Yjs v1 update has one section, that its
 /// clocks fit in 32 bits, and that no struct refers to a later one of its
-/// own client.
-pub fn check(update: &[u8]) -> Result<(), BadSections> {
+/// own client. Returns what it builds on: for each other client its structs
+/// refer to, one past the highest clock referred to.
+pub fn check(update: &[u8]) -> Result<StateVector, BadSections> {
     let mut decoder = DecoderV1::new(Cursor::new(update));
     let sections: u32 = decoder.read_var()?;
     let mut seen = HashSet::new();
+    let mut builds_on = StateVector::default();
     for _ in 0..sections {
         let structs: u32 = decoder.read_var()?;
         let client = decoder.read_client()?;
@@ -66,22 +68,30 @@ pub fn check(update: &[u8]) -> Result<(), BadSections> {
         }
         let mut clock = u64::from(decoder.read_var::<u32>()?);
         for _ in 0..structs {
-            clock += u64::from(struct_len(&mut decoder, client, clock)?);
+            clock += u64::from(struct_len(&mut decoder, client, clock, &mut builds_on)?);
         }
         if clock > u64::from(u32::MAX) {
             return Err(BadSections::ClockOverflow(client.get()));
         }
     }
-    Ok(())
+    Ok(builds_on)
 }
 
 /// Reads one struct as yrs' `Update::decode` does; returns how many clock
 /// ticks it takes. A client only ever refers to its own structs that came
 /// before (the neighbours it typed between, the container it typed into),
 /// so a reference to its own clock at or after this struct is forged.
-fn struct_len(decoder: &mut DecoderV1, client: ClientID, clock: u64) -> Result<u32, BadSections> {
-    let earlier = |id: ID| {
-        if id.client == client && u64::from(id.clock) >= clock {
+fn struct_len(
+    decoder: &mut DecoderV1,
+    client: ClientID,
+    clock: u64,
+    builds_on: &mut StateVector,
+) -> Result<u32, BadSections> {
+    let mut earlier = |id: ID| {
+        if id.client != client {
+            builds_on.set_max(id.client, id.clock.saturating_add(1));
+            Ok(())
+        } else if u64::from(id.clock) >= clock {
             Err(BadSections::RefersAhead {
                 client: client.get(),
                 clock,
@@ -162,11 +172,18 @@ mod tests {
     #[test]
     fn updates_real_encoders_write_pass() {
         let update = real_update();
-        assert_eq!(check(&update), Ok(()));
-        assert_eq!(check(&[0, 0]), Ok(()), "the empty update");
+        let builds_on = check(&update).expect("passes");
+        // Client 2 typed next to client 1's text: it builds on client 1.
+        assert!(builds_on.get(&yrs::ClientID::new(1)) > 0);
+        assert_eq!(builds_on.get(&yrs::ClientID::new(2)), 0, "not on itself");
+        assert_eq!(
+            check(&[0, 0]),
+            Ok(StateVector::default()),
+            "the empty update"
+        );
         // What yrs writes back out of a decoded update passes too.
         let again = Update::decode_v1(&update).expect("valid").encode_v1();
-        assert_eq!(check(&again), Ok(()));
+        assert!(check(&again).is_ok());
     }
 
     #[test]
@@ -192,7 +209,7 @@ mod tests {
         let mut once = vec![1];
         once.extend(section(0, "ab"));
         once.extend([0]);
-        assert_eq!(check(&once), Ok(()));
+        assert_eq!(check(&once), Ok(StateVector::default()));
     }
 
     #[test]
@@ -215,7 +232,11 @@ mod tests {
                 refers_to: 5
             })
         );
-        assert_eq!(check(&forged(1)), Ok(()), "after the b it typed: fine");
+        assert_eq!(
+            check(&forged(1)),
+            Ok(StateVector::default()),
+            "after the b it typed: fine"
+        );
     }
 
     #[test]
