@@ -494,6 +494,10 @@ impl DocState {
         let Ok(update) = AwarenessUpdate::decode_v1(update) else {
             return;
         };
+        // As refused from connections (see `apply_awareness`).
+        if update.clients.values().any(|e| e.clock == u32::MAX) {
+            return;
+        }
         if let Ok(Some(summary)) = self.awareness.apply_update_summary(update) {
             if let Ok(update) = self.awareness.update_with_clients(summary.all_changes()) {
                 fx.deliveries.push(Delivery::Presence(update));
@@ -621,6 +625,14 @@ impl DocState {
                 return Err(Rejection::InvalidAwareness(format!(
                     "state of client {client} is {} bytes; the limit is {max}",
                     entry.json.len()
+                )));
+            }
+            // Leaving bumps a state's clock (in yrs, checked): one already
+            // at the limit would panic there.
+            if entry.clock == u32::MAX {
+                return Err(Rejection::InvalidAwareness(format!(
+                    "state of client {client} has clock {}, which cannot advance",
+                    u32::MAX
                 )));
             }
             // Parsed for real (not skimmed): serde_json's nesting limit
@@ -1158,6 +1170,25 @@ mod tests {
         let mut fx = Effects::default();
         s.leave(2, &mut fx);
         assert_eq!(fx.deliveries.len(), 1);
+    }
+
+    #[test]
+    fn presence_whose_clock_cannot_advance_is_refused() {
+        let mut s = state(&empty());
+        let err = s
+            .receive(
+                1,
+                Access::ReadWrite,
+                Inbound::Awareness(presence(5, u32::MAX, "{}")),
+                &mut Effects::default(),
+            )
+            .err();
+        assert!(
+            matches!(err, Some(Rejection::InvalidAwareness(_))),
+            "{err:?}"
+        );
+        // Leaving afterwards is fine (it used to overflow the clock).
+        s.leave(1, &mut Effects::default());
     }
 
     #[test]
