@@ -9,6 +9,7 @@
 use bytes::Bytes;
 
 use crate::guard::guarded;
+pub use crate::sections::Dependencies;
 use crate::{plausible, sections};
 use yrs::encoding::read::Cursor;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, MessageReader, SyncMessage};
@@ -57,26 +58,26 @@ pub enum ProtocolError {
 #[derive(Debug)]
 pub struct ClientUpdate {
     pub update: Update,
-    /// For each other client whose items its structs refer to (as origins
-    /// or parents), one past the highest clock referred to: what the
-    /// document must already have, or the update itself bring.
-    pub builds_on: StateVector,
+    /// What it refers to outside itself: the document must already have
+    /// it, or (for other clients' items) the update itself bring it.
+    pub needs: Dependencies,
 }
 
 impl ClientUpdate {
     /// Decodes a Yjs v1 update whose sections pass [`sections::check`].
     /// Not guarded: callers run it under `guarded`.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let builds_on = sections::check(bytes).map_err(|e| e.to_string())?;
+        let needs = sections::check(bytes).map_err(|e| e.to_string())?;
         let update = Update::decode_v1(bytes).map_err(|e| e.to_string())?;
-        Ok(ClientUpdate { update, builds_on })
+        Ok(ClientUpdate { update, needs })
     }
 
     /// Whether applying it to a document that has `known` would leave part
     /// of it waiting for changes it neither brings nor finds there: it
-    /// starts past what the document has of a client, or refers to items
-    /// beyond both. yrs would keep that part in its pending store, where
-    /// fuzzing found crafted input crashing it more than once.
+    /// starts past what the document has of a client, goes on after
+    /// skipping a range the document lacks, or refers to items beyond
+    /// both. yrs would keep that part in its pending store, where fuzzing
+    /// found crafted input crashing it more than once.
     pub fn would_wait(&self, known: &StateVector) -> bool {
         let starts_past = self
             .update
@@ -86,7 +87,13 @@ impl ClientUpdate {
         let brings = self.update.state_vector();
         starts_past
             || self
-                .builds_on
+                .needs
+                .skipped
+                .iter()
+                .any(|(client, end)| *end > known.get(client))
+            || self
+                .needs
+                .other_clients
                 .iter()
                 .any(|(client, clock)| *clock > known.get(client).max(brings.get(client)))
     }

@@ -51,15 +51,27 @@ impl From<Error> for BadSections {
     }
 }
 
+/// What an update needs the document to have before any of it can wait
+/// for nothing.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dependencies {
+    /// For each other client its structs refer to (as origins or parents),
+    /// one past the highest clock referred to.
+    pub other_clients: StateVector,
+    /// For each client whose section skips a range and goes on after it,
+    /// the end of the last such range: structs after a skip integrate only
+    /// if the document already has what was skipped.
+    pub skipped: StateVector,
+}
+
 /// Checks that each client of a Yjs v1 update has one section, that its
 /// clocks fit in 32 bits, and that no struct refers to a later one of its
-/// own client. Returns what it builds on: for each other client its structs
-/// refer to, one past the highest clock referred to.
-pub fn check(update: &[u8]) -> Result<StateVector, BadSections> {
+/// own client. Returns what the update depends on.
+pub fn check(update: &[u8]) -> Result<Dependencies, BadSections> {
     let mut decoder = DecoderV1::new(Cursor::new(update));
     let sections: u32 = decoder.read_var()?;
     let mut seen = HashSet::new();
-    let mut builds_on = StateVector::default();
+    let mut needs = Dependencies::default();
     for _ in 0..sections {
         let structs: u32 = decoder.read_var()?;
         let client = decoder.read_client()?;
@@ -67,26 +79,35 @@ pub fn check(update: &[u8]) -> Result<StateVector, BadSections> {
             return Err(BadSections::RepeatedClient(client.get()));
         }
         let mut clock = u64::from(decoder.read_var::<u32>()?);
+        let mut skipped_to = None;
         for _ in 0..structs {
-            clock += u64::from(struct_len(&mut decoder, client, clock, &mut builds_on)?);
+            let (len, skip) = read_struct(&mut decoder, client, clock, &mut needs.other_clients)?;
+            clock += u64::from(len);
+            if skip {
+                skipped_to = Some(clock);
+            } else if let Some(end) = skipped_to.take() {
+                needs
+                    .skipped
+                    .set_max(client, u32::try_from(end).unwrap_or(u32::MAX));
+            }
         }
         if clock > u64::from(u32::MAX) {
             return Err(BadSections::ClockOverflow(client.get()));
         }
     }
-    Ok(builds_on)
+    Ok(needs)
 }
 
 /// Reads one struct as yrs' `Update::decode` does; returns how many clock
-/// ticks it takes. A client only ever refers to its own structs that came
+/// ticks it takes and whether it is a skip. A client only ever refers to its own structs that came
 /// before (the neighbours it typed between, the container it typed into),
 /// so a reference to its own clock at or after this struct is forged.
-fn struct_len(
+fn read_struct(
     decoder: &mut DecoderV1,
     client: ClientID,
     clock: u64,
     builds_on: &mut StateVector,
-) -> Result<u32, BadSections> {
+) -> Result<(u32, bool), BadSections> {
     let mut earlier = |id: ID| {
         if id.client != client {
             builds_on.set_max(id.client, id.clock.saturating_add(1));
@@ -103,8 +124,8 @@ fn struct_len(
     };
     let info = decoder.read_info()?;
     match info {
-        BLOCK_SKIP_REF_NUMBER => Ok(decoder.read_var()?),
-        BLOCK_GC_REF_NUMBER => Ok(decoder.read_len()?),
+        BLOCK_SKIP_REF_NUMBER => Ok((decoder.read_var()?, true)),
+        BLOCK_GC_REF_NUMBER => Ok((decoder.read_len()?, false)),
         info => {
             let parent_follows = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
             if info & HAS_ORIGIN != 0 {
@@ -123,7 +144,7 @@ fn struct_len(
                     decoder.read_string()?;
                 }
             }
-            Ok(ItemContent::decode(decoder, info)?.len_utf16())
+            Ok((ItemContent::decode(decoder, info)?.len_utf16(), false))
         }
     }
 }
@@ -172,13 +193,18 @@ mod tests {
     #[test]
     fn updates_real_encoders_write_pass() {
         let update = real_update();
-        let builds_on = check(&update).expect("passes");
+        let needs = check(&update).expect("passes");
         // Client 2 typed next to client 1's text: it builds on client 1.
-        assert!(builds_on.get(&yrs::ClientID::new(1)) > 0);
-        assert_eq!(builds_on.get(&yrs::ClientID::new(2)), 0, "not on itself");
+        assert!(needs.other_clients.get(&yrs::ClientID::new(1)) > 0);
+        assert_eq!(
+            needs.other_clients.get(&yrs::ClientID::new(2)),
+            0,
+            "not on itself"
+        );
+        assert!(needs.skipped.is_empty(), "real edits skip nothing");
         assert_eq!(
             check(&[0, 0]),
-            Ok(StateVector::default()),
+            Ok(Dependencies::default()),
             "the empty update"
         );
         // What yrs writes back out of a decoded update passes too.
@@ -209,7 +235,7 @@ mod tests {
         let mut once = vec![1];
         once.extend(section(0, "ab"));
         once.extend([0]);
-        assert_eq!(check(&once), Ok(StateVector::default()));
+        assert_eq!(check(&once), Ok(Dependencies::default()));
     }
 
     #[test]
@@ -234,9 +260,26 @@ mod tests {
         );
         assert_eq!(
             check(&forged(1)),
-            Ok(StateVector::default()),
+            Ok(Dependencies::default()),
             "after the b it typed: fine"
         );
+    }
+
+    #[test]
+    fn what_follows_a_skip_needs_the_skipped_range() {
+        // Client 7: "ab" at clock 0, a skip of 3, then "c" at clock 5.
+        let mut update = vec![1, 3, 7, 0];
+        update.extend([4, 1, 1, b't', 2, b'a', b'b']);
+        update.extend([10, 3]);
+        update.extend([0x84, 7, 1, 1, b'c']);
+        update.push(0);
+        let needs = check(&update).expect("well formed");
+        assert_eq!(needs.skipped.get(&yrs::ClientID::new(7)), 5);
+        // A skip at the end is just the end.
+        let mut trailing = vec![1, 2, 7, 0];
+        trailing.extend([4, 1, 1, b't', 2, b'a', b'b']);
+        trailing.extend([10, 3, 0]);
+        assert!(check(&trailing).expect("well formed").skipped.is_empty());
     }
 
     #[test]
