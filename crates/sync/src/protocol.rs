@@ -84,7 +84,7 @@ impl ClientUpdate {
             .state_vector_lower()
             .iter()
             .any(|(client, clock)| *clock > known.get(client));
-        let brings = self.update.state_vector();
+        let brings = &self.needs.brings;
         starts_past
             || self
                 .needs

@@ -62,6 +62,9 @@ pub struct Dependencies {
     /// the end of the last such range: structs after a skip integrate only
     /// if the document already has what was skipped.
     pub skipped: StateVector,
+    /// For each client, the end of its last struct that is not a skip:
+    /// what the update itself brings of that client.
+    pub brings: StateVector,
 }
 
 /// Checks that each client of a Yjs v1 update has one section, that its
@@ -80,16 +83,22 @@ pub fn check(update: &[u8]) -> Result<Dependencies, BadSections> {
         }
         let mut clock = u64::from(decoder.read_var::<u32>()?);
         let mut skipped_to = None;
+        let mut brought = None;
         for _ in 0..structs {
             let (len, skip) = read_struct(&mut decoder, client, clock, &mut needs.other_clients)?;
             clock += u64::from(len);
+            let end = u32::try_from(clock).unwrap_or(u32::MAX);
             if skip {
-                skipped_to = Some(clock);
-            } else if let Some(end) = skipped_to.take() {
-                needs
-                    .skipped
-                    .set_max(client, u32::try_from(end).unwrap_or(u32::MAX));
+                skipped_to = Some(end);
+                continue;
             }
+            if let Some(skipped) = skipped_to.take() {
+                needs.skipped.set_max(client, skipped);
+            }
+            brought = Some(end);
+        }
+        if let Some(end) = brought {
+            needs.brings.set_max(client, end);
         }
         if clock > u64::from(u32::MAX) {
             return Err(BadSections::ClockOverflow(client.get()));
@@ -235,7 +244,8 @@ mod tests {
         let mut once = vec![1];
         once.extend(section(0, "ab"));
         once.extend([0]);
-        assert_eq!(check(&once), Ok(Dependencies::default()));
+        let needs = check(&once).expect("one section");
+        assert_eq!(needs.brings.get(&yrs::ClientID::new(7)), 2);
     }
 
     #[test]
@@ -258,11 +268,8 @@ mod tests {
                 refers_to: 5
             })
         );
-        assert_eq!(
-            check(&forged(1)),
-            Ok(Dependencies::default()),
-            "after the b it typed: fine"
-        );
+        let needs = check(&forged(1)).expect("after the b it typed: fine");
+        assert!(needs.other_clients.is_empty() && needs.skipped.is_empty());
     }
 
     #[test]
@@ -279,7 +286,10 @@ mod tests {
         let mut trailing = vec![1, 2, 7, 0];
         trailing.extend([4, 1, 1, b't', 2, b'a', b'b']);
         trailing.extend([10, 3, 0]);
-        assert!(check(&trailing).expect("well formed").skipped.is_empty());
+        let needs = check(&trailing).expect("well formed");
+        assert!(needs.skipped.is_empty());
+        // What a trailing skip covers is not brought.
+        assert_eq!(needs.brings.get(&yrs::ClientID::new(7)), 2);
     }
 
     #[test]
