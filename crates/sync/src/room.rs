@@ -565,9 +565,11 @@ impl Room {
     /// Presence changes made here go to the other nodes (cluster mode).
     async fn publish_presence(&self, fx: &Effects) {
         use yrs::updates::encoder::Encode;
-        // One process alone (the embedded store): nobody to tell, and no
-        // reason to encode every cursor move a second time.
-        if self.peers.is_none() {
+        // One process alone (the embedded store, which has no shared log to
+        // follow): nobody to tell, and no reason to encode every cursor move
+        // a second time. Keyed on the store, not on hearing other nodes: a
+        // node whose subscription failed still tells the others.
+        if self.remote.is_none() {
             return;
         }
         for d in &fx.deliveries {
