@@ -494,8 +494,7 @@ impl DocState {
         let Ok(update) = AwarenessUpdate::decode_v1(update) else {
             return;
         };
-        // As refused from connections (see `apply_awareness`).
-        if update.clients.values().any(|e| e.clock == u32::MAX) {
+        if clock_at_limit(&update).is_some() {
             return;
         }
         if let Ok(Some(summary)) = self.awareness.apply_update_summary(update) {
@@ -618,6 +617,12 @@ impl DocState {
         update: AwarenessUpdate,
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
+        if let Some(client) = clock_at_limit(&update) {
+            return Err(Rejection::InvalidAwareness(format!(
+                "state of client {client} has clock {}, which cannot advance",
+                u32::MAX
+            )));
+        }
         // Other clients JSON.parse every state; refuse what they could not.
         for (client, entry) in &update.clients {
             let max = self.limits.max_presence_bytes;
@@ -625,14 +630,6 @@ impl DocState {
                 return Err(Rejection::InvalidAwareness(format!(
                     "state of client {client} is {} bytes; the limit is {max}",
                     entry.json.len()
-                )));
-            }
-            // Leaving bumps a state's clock (in yrs, checked): one already
-            // at the limit would panic there.
-            if entry.clock == u32::MAX {
-                return Err(Rejection::InvalidAwareness(format!(
-                    "state of client {client} has clock {}, which cannot advance",
-                    u32::MAX
                 )));
             }
             // Parsed for real (not skimmed): serde_json's nesting limit
@@ -702,6 +699,17 @@ fn load_doc(stored: &StoredDoc) -> Result<Doc, LoadError> {
             reason: format!("the document engine failed internally while replaying it: {panic}"),
         }),
     }
+}
+
+/// A client whose presence clock is already at its limit. Leaving bumps a
+/// state's clock (in yrs, with overflow checks on), so such a state would
+/// make its owner's departure panic: refused, from connections and nodes.
+fn clock_at_limit(update: &AwarenessUpdate) -> Option<ClientID> {
+    update
+        .clients
+        .iter()
+        .find(|(_, e)| e.clock == u32::MAX)
+        .map(|(client, _)| *client)
 }
 
 /// Whether a change yrs encoded decodes again (what is stored must load).
