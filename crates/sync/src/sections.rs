@@ -12,6 +12,10 @@
 //! clock of its own client at or after its own, which no real client can
 //! write and which led yrs to a second use after free.
 //!
+//! The same walk reports what the update depends on ([`Dependencies`]), so
+//! the document can set aside an update that would wait in yrs' pending
+//! store (`ClientUpdate::would_wait`).
+//!
 //! The walk reads structs with yrs' own decoder pieces, so it agrees with
 //! yrs on where each one ends; the real decoding is still yrs'.
 
@@ -51,8 +55,8 @@ impl From<Error> for BadSections {
     }
 }
 
-/// What an update needs the document to have before any of it can wait
-/// for nothing.
+/// What an update refers to outside itself: what the document must have
+/// (or the update bring) for none of it to wait.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Dependencies {
     /// For each other client its structs refer to (as origins or parents),
@@ -108,9 +112,10 @@ pub fn check(update: &[u8]) -> Result<Dependencies, BadSections> {
 }
 
 /// Reads one struct as yrs' `Update::decode` does; returns how many clock
-/// ticks it takes and whether it is a skip. A client only ever refers to its own structs that came
-/// before (the neighbours it typed between, the container it typed into),
-/// so a reference to its own clock at or after this struct is forged.
+/// ticks it takes and whether it is a skip. A client only ever refers to
+/// its own structs that came before (the neighbours it typed between, the
+/// container it typed into), so a reference to its own clock at or after
+/// this struct is forged.
 fn read_struct(
     decoder: &mut DecoderV1,
     client: ClientID,
