@@ -65,8 +65,9 @@ pub struct ClientUpdate {
 
 impl ClientUpdate {
     /// Decodes a Yjs v1 update whose sections pass [`sections::check`].
-    /// Not guarded: callers run it under `guarded`.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+    /// Not guarded, so not public: outside callers use [`decode_update`] or
+    /// [`decode_frame`], which run it under `guarded`.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
         let needs = sections::check(bytes).map_err(|e| e.to_string())?;
         let update = Update::decode_v1(bytes).map_err(|e| e.to_string())?;
         Ok(ClientUpdate { update, needs })

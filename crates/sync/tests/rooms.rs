@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 use weft_storage::{DocName, DocumentStore, FaultyStore, SledStore, SnapshotReason};
-use weft_sync::protocol::{decode_frame, ClientUpdate, Inbound};
+use weft_sync::protocol::{decode_frame, decode_update, Inbound};
 use weft_sync::{Access, CloseReason, EngineConfig, Rooms, Session, SystemClock};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, StateVector, Text, Transact, Update};
@@ -41,7 +41,7 @@ fn edit(doc: &Doc, s: &str) -> Inbound {
     let mut txn = doc.transact_mut();
     let len = text.len(&txn);
     text.insert(&mut txn, len, s);
-    Inbound::Update(ClientUpdate::decode(&txn.encode_update_v1()).expect("valid"))
+    Inbound::Update(decode_update(&txn.encode_update_v1()).expect("valid"))
 }
 
 async fn next(session: &mut Session) -> Inbound {
