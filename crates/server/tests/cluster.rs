@@ -1,71 +1,29 @@
 //! Cluster mode end to end: a real `redis-server` on loopback and several
 //! weft nodes sharing it, spoken to as y-websocket editors and SSE viewers.
 
+#[path = "../../storage/tests/support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use redis_server::RedisServer;
 use support::*;
 use tokio::time::{timeout, Instant};
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-/// A throwaway Redis with every write fsynced before it is acknowledged.
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+/// What the cluster tests do with a Redis: start weft nodes on it and
+/// look inside it.
+trait ClusterRedis {
+    fn node(&self, extra: &[&str]) -> Weft;
+    fn cli(&self, args: &[&str]) -> String;
 }
 
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Self::spawn(port, &dir);
-        Redis { child, port, dir }
-    }
-
-    /// kill -9 and start again on the same port and files.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(self.port, &self.dir);
-    }
-
-    fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (tests/run installs it: apt-get install redis-server)");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < WAIT, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
+impl ClusterRedis for RedisServer {
     fn node(&self, extra: &[&str]) -> Weft {
         let url = self.url();
         let mut args = vec!["--redis", url.as_str()];
@@ -76,18 +34,11 @@ impl Redis {
     /// Runs a redis-cli command, returning its output.
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+            .args(["-p", &self.port().to_string()])
             .args(args)
             .output()
             .expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -199,7 +150,7 @@ fn assert_contiguous(ids: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editors_on_two_nodes_converge_and_a_viewer_on_a_third_resumes_on_any_node() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let (a, b, c) = (redis.node(&[]), redis.node(&[]), redis.node(&[]));
 
     let mut viewer = open_stream(&c.addr, "/sse/shared", &[]).await;
@@ -265,7 +216,7 @@ async fn editors_on_two_nodes_converge_and_a_viewer_on_a_third_resumes_on_any_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_crosses_nodes_and_goes_when_its_editor_leaves() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let (a, b) = (redis.node(&[]), redis.node(&[]));
     let mut on_a = Editor::connect(&a.url("presence"), Doc::new()).await;
     let mut on_b = Editor::connect(&b.url("presence"), Doc::new()).await;
@@ -299,7 +250,7 @@ async fn presence_crosses_nodes_and_goes_when_its_editor_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_edit_loses_nothing_and_its_editors_resync_elsewhere() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let mut a = redis.node(&[]);
     let b = redis.node(&[]);
     let mut watcher = Editor::connect(&b.url("crash"), Doc::new()).await;
@@ -339,7 +290,7 @@ async fn a_node_killed_mid_edit_loses_nothing_and_its_editors_resync_elsewhere()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_later_loads_from_the_snapshot_and_the_stream_tail() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let opts = ["--snapshot-every", "25", "--keep-log-tail", "5"];
     let a = redis.node(&opts);
     let mut writer = Editor::connect(&a.url("late"), Doc::new()).await;
@@ -375,7 +326,7 @@ async fn a_node_joining_later_loads_from_the_snapshot_and_the_stream_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_carry_on_after_redis_restarts() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start();
     let (a, b) = (redis.node(&[]), redis.node(&[]));
     let mut on_a = Editor::connect(&a.url("blip"), Doc::new()).await;
     let mut on_b = Editor::connect(&b.url("blip"), Doc::new()).await;
@@ -432,7 +383,7 @@ fn a_node_refuses_to_start_without_redis_and_says_why() {
 async fn deleting_a_document_on_one_node_lets_it_go_on_every_node() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     const ADMIN: &str = "cluster-admin-key";
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let (a, b) = (
         redis.node(&["--admin-key", ADMIN]),
         redis.node(&["--admin-key", ADMIN]),

@@ -2,69 +2,21 @@
 //! appends, compaction that never moves the head back, the lease, and
 //! following the log.
 
+mod support;
+
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use support::redis_server::RedisServer;
 
 use weft_storage::{
     DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, RedisStore, RetentionPolicy,
     SnapshotReason, StorageError,
 };
 
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (tests/run installs it: apt-get install redis-server)");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    async fn store(&self) -> RedisStore {
-        RedisStore::connect(&format!("redis://127.0.0.1:{}", self.port))
-            .await
-            .expect("connects")
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A store on `redis`, as one node would open it.
+async fn store(redis: &RedisServer) -> RedisStore {
+    RedisStore::connect(&redis.url()).await.expect("connects")
 }
 
 fn entry(seq: u64) -> LogEntry {
@@ -86,8 +38,8 @@ fn snapshot(seq: u64) -> NewSnapshot {
 
 #[tokio::test]
 async fn two_nodes_never_store_two_changes_under_one_number() {
-    let redis = Redis::start();
-    let (a, b) = (redis.store().await, redis.store().await);
+    let redis = RedisServer::start();
+    let (a, b) = (store(&redis).await, store(&redis).await);
     let doc = DocName::new("numbers").expect("name");
     let loaded_a = a.load(&doc).await.expect("loads");
     let loaded_b = b.load(&doc).await.expect("loads");
@@ -112,8 +64,8 @@ async fn two_nodes_never_store_two_changes_under_one_number() {
 
 #[tokio::test]
 async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_head_back() {
-    let redis = Redis::start();
-    let store = redis.store().await;
+    let redis = RedisServer::start();
+    let store = store(&redis).await;
     let doc = DocName::new("compact").expect("name");
     store.load(&doc).await.expect("loads");
     let all: Vec<LogEntry> = (1..=30).map(entry).collect();
@@ -163,8 +115,8 @@ async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_hea
 
 #[tokio::test]
 async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sender() {
-    let redis = Redis::start();
-    let (a, b) = (redis.store().await, redis.store().await);
+    let redis = RedisServer::start();
+    let (a, b) = (store(&redis).await, store(&redis).await);
     let doc = DocName::new("follow").expect("name");
     a.load(&doc).await.expect("loads");
     a.append(&doc, &[entry(1)]).await.expect("appends");

@@ -1,0 +1,3 @@
+//! Helpers shared by the storage crate's integration tests.
+
+pub mod redis_server;
