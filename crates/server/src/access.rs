@@ -29,6 +29,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Credentials {
     }
 }
 
+impl Credentials {
+    /// Whether the request's only credential is the `weft_token` cookie,
+    /// one a browser adds by itself to requests from any site.
+    pub fn from_cookie_only(uri: &axum::http::Uri, headers: &HeaderMap) -> bool {
+        let given = |t: &Option<String>| t.as_deref().is_some_and(|t| !t.trim().is_empty());
+        !given(&query_token(uri.query()))
+            && !given(&bearer(headers))
+            && given(&cookie(headers, "weft_token"))
+    }
+}
+
 fn query_token(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "token")

@@ -16,6 +16,9 @@ pub struct ApiError {
     message: String,
     /// Seconds, for 503s that will pass.
     retry_after: Option<u32>,
+    /// Ask the client to close the connection (HTTP/1.1 `Connection: close`),
+    /// when the request's body was left unread.
+    close: bool,
 }
 
 #[derive(Serialize)]
@@ -31,6 +34,23 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            close: false,
+        }
+    }
+
+    /// The same error, answered with `Connection: close`.
+    pub fn closing_connection(self) -> Self {
+        ApiError {
+            close: true,
+            ..self
+        }
+    }
+
+    /// The same error, with `Retry-After: secs`.
+    pub fn retry_after(self, secs: u32) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..self
         }
     }
 
@@ -61,6 +81,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if self.close {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
         }
         response
     }

@@ -7,6 +7,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::{Request, Uri};
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -62,6 +63,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/admin", admin::api::router())
         .merge(web::router())
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            origin::refuse_cross_site,
+        ))
         .layer(origin::cors(&state.config.allowed_origins))
         .layer(
             TraceLayer::new_for_http()

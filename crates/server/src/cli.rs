@@ -239,6 +239,33 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
+    /// A connection must deliver a request's headers within this long (its
+    /// first request's counted from the connection, TLS handshake included;
+    /// a later one's from when the previous response ended), or it is closed.
+    #[arg(long, env = "WEFT_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub header_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed (an
+    /// open event stream counts as in flight; WebSockets have their own
+    /// ping).
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub idle_timeout: Duration,
+
+    /// Connections that have not yet delivered a request's headers; more
+    /// are closed at once, so they cannot use up the descriptors open
+    /// WebSockets and event streams need.
+    #[arg(long, env = "WEFT_MAX_PENDING_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_connections: u64,
+
+    /// A request body (a posted update, an import, a backup) must arrive
+    /// whole within this long, or the request is refused (408) and the
+    /// connection closed.
+    #[arg(long, env = "WEFT_BODY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub body_timeout: Duration,
+
     /// Messages per second one WebSocket may send, sustained; beyond the
     /// burst it is closed (4429). 0: no limit.
     #[arg(long, env = "WEFT_MAX_MESSAGES_PER_SEC", default_value_t = 200)]
@@ -271,6 +298,14 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "human_duration")]
     pub shutdown_timeout: Duration,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 fn human_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -321,6 +356,15 @@ impl ServeConfig {
             .as_ref()
             .map(Secret::expose)
             .filter(|k| !k.is_empty())
+    }
+
+    /// The deadlines and caps of the accept loop.
+    pub fn edge(&self) -> crate::accept::EdgeLimits {
+        crate::accept::EdgeLimits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_pending: usize::try_from(self.max_pending_connections).unwrap_or(usize::MAX),
+        }
     }
 
     pub fn engine(&self) -> weft_sync::EngineConfig {

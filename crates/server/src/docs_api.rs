@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,6 +20,7 @@ use crate::access::Credentials;
 use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::auth::Mode;
+use crate::body::{self, BodyLimits};
 use crate::doc_path::DocPath;
 
 #[derive(Debug, Deserialize)]
@@ -53,29 +52,18 @@ pub async fn state(
         .into_response())
 }
 
-/// `POST /docs/{doc}/updates`: apply a Yjs v1 update.
+/// `POST /docs/{doc}/updates`: apply a Yjs v1 update. Access is decided
+/// from the headers before any byte of the body is read.
 pub async fn post_update(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
     credentials: Credentials,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     app.authorize(&credentials, &doc, Mode::Write)?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "the update is larger than the limit of {} bytes; send smaller updates",
-                    app.config.max_message_bytes
-                ),
-            )
-        } else {
-            ApiError::bad_request("unreadable_body", e.body_text())
-        }
-    })?;
-    match app.rooms.apply(&doc, body).await? {
+    let declared = body::declared_length(&request);
+    let update = body::read(request.into_body(), declared, BodyLimits::of(&app)).await?;
+    match app.rooms.apply(&doc, update).await? {
         Some(id) => Ok(Json(json!({ "id": id.to_string() })).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }

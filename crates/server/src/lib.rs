@@ -5,12 +5,14 @@
 //! read-only viewers, an HTTP document API, and health for operators.
 //! Handlers are thin: they validate, then hand over to a [`weft_sync::Session`].
 
+mod accept;
 mod access;
 pub mod admin;
 mod admin_key;
 mod api_error;
 mod app;
 mod auth;
+mod body;
 pub mod cli;
 mod close_code;
 pub mod config_file;

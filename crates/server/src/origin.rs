@@ -1,13 +1,98 @@
 //! Which browser origins may use weft: the `Origin` check that stops
-//! cross-site WebSocket hijacking, and the CORS layer for the HTTP API.
+//! cross-site WebSocket hijacking and cross-site request forgery, and the
+//! CORS layer for the HTTP API.
+//!
+//! CORS only decides what a page may *read*; a cross-site form or `fetch`
+//! with `Content-Type: text/plain` is sent without a preflight, cookies
+//! included, and a WebSocket has no CORS at all. So every request that can
+//! change something (any method but GET/HEAD/OPTIONS, and WebSocket
+//! upgrades, which can write) passes [`refuse_cross_site`] first:
+//! - with `--allowed-origins`, it must come from a listed origin: an
+//!   `Origin` header naming another one, or no `Origin` but
+//!   `Sec-Fetch-Site: cross-site`, is refused with 403 `origin_not_allowed`;
+//! - with any origin allowed, a cross-site request may still not use the
+//!   ambient `weft_token` cookie as its credential (403
+//!   `cross_site_cookie`): a token in `Authorization` or `?token=` is one
+//!   the calling page had to be given, a cookie is not.
 
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::access::Credentials;
 use crate::api_error::ApiError;
 use crate::app::AppState;
 
+/// Refuses a state-changing request from a site that may not make it
+/// (see the module doc).
+pub async fn refuse_cross_site(
+    State(app): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if can_change_state(&request) {
+        if let Err(e) = app.check_cross_site(&request) {
+            return e.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Any method but the safe ones, or a WebSocket upgrade.
+fn can_change_state(request: &Request) -> bool {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    !safe || request.headers().contains_key(header::UPGRADE)
+}
+
+/// Whether the request comes from a page on another site than this
+/// server's: its `Origin` names another host, or, without one, the browser
+/// says so in `Sec-Fetch-Site`.
+fn is_cross_site(headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some(origin) => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+            origin_host.is_none() || origin_host != host
+        }
+        None => headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")),
+    }
+}
+
 impl AppState {
+    fn check_cross_site(&self, request: &Request) -> Result<(), ApiError> {
+        let headers = request.headers();
+        if !self.config.allowed_origins.is_empty() {
+            return match headers.get(header::ORIGIN) {
+                Some(_) => self.check_origin(headers),
+                None if is_cross_site(headers) => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "origin_not_allowed",
+                    "a cross-site request (Sec-Fetch-Site: cross-site) from an origin not in \
+                     --allowed-origins",
+                )),
+                None => Ok(()),
+            };
+        }
+        if is_cross_site(headers) && Credentials::from_cookie_only(request.uri(), headers) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_site_cookie",
+                "a request from another site may not use the weft_token cookie; send the token \
+                 as Authorization: Bearer or ?token=, or list the site in --allowed-origins",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses a request from a browser page whose origin is not allowed.
     /// Requests with no `Origin` (not from a browser page) pass.
     pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -17,15 +17,15 @@ use weft_storage::{DocumentStore, RedisStore, RetentionPolicy, SledStore};
 use weft_sync::changes::ChangeFeed;
 use weft_sync::{Rooms, SystemClock};
 
+use crate::accept::{self, Edge};
 use crate::admin::ops::LocalAdmin;
 use crate::app::{self, AppState};
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
-use crate::peer::PeerAddr;
 use crate::shutdown;
 use crate::telemetry;
-use crate::tls::{self, TlsListener};
+use crate::tls;
 use crate::webhooks::{self, WebhookConfig};
 
 /// The embedded sled store, or Redis in cluster mode.
@@ -68,9 +68,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
 
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
+    raise_open_files_limit(&config);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
@@ -104,12 +105,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("could not listen for metrics on {addr}"))?;
         info!(%addr, "metrics on their own address");
         let metrics = axum::Router::new().route("/metrics", axum::routing::get(telemetry::render));
-        let token = state.shutdown.clone();
-        state.connections.spawn(async move {
-            let _ = axum::serve(listener, metrics)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-        });
+        state.connections.spawn(accept::run(Edge {
+            listener,
+            tls: None,
+            router: metrics,
+            limits: config.edge(),
+            shutdown: state.shutdown.clone(),
+            tasks: state.connections.clone(),
+        }));
     }
     state.connections.spawn(prune_snapshots(
         store.clone(),
@@ -127,30 +130,23 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     println!("weft listening on {scheme}://{addr}");
 
     let token = state.shutdown.clone();
-    let signal = async move {
+    tokio::spawn(async move {
         shutdown::signal().await;
         token.cancel();
-    };
-    let app = router.into_make_service_with_connect_info::<PeerAddr>();
-    match tls {
-        Some(tls) => {
-            let accept_tasks = TaskTracker::new();
-            let listener = TlsListener::new(listener, tls, &accept_tasks, state.shutdown.clone())?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-                .context("the server failed")?;
-            accept_tasks.close();
-        }
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-            .context("the server failed")?,
-    }
+    });
+    accept::run(Edge {
+        listener,
+        tls,
+        router,
+        limits: config.edge(),
+        shutdown: state.shutdown.clone(),
+        tasks: state.connections.clone(),
+    })
+    .await;
 
     let deadline = config.shutdown_timeout;
     let finished = tokio::time::timeout(deadline, async {
-        // WebSocket tasks are not tracked by axum once upgraded: wait here.
+        // Every connection task, and every WebSocket and event stream.
         state.connections.close();
         state.connections.wait().await;
         rooms.shut_down().await;
@@ -167,6 +163,23 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one: every connection is a
+/// descriptor. Warns when even that is below what the limits allow.
+fn raise_open_files_limit(config: &ServeConfig) {
+    let wanted = config.max_connections as u64 + config.max_pending_connections + 256;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if config.max_connections > 0 && limit < wanted => warn!(
+            limit,
+            wanted,
+            "the open-files limit is below --max-connections + --max-pending-connections; \
+             when it runs out, new connections wait (raise it with `ulimit -n`, or \
+             LimitNOFILE= under systemd, or lower --max-connections)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => warn!(error = %e, "could not read or raise the open-files limit"),
+    }
 }
 
 /// The token checker from the configuration; warns loudly when there is none.

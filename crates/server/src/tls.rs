@@ -2,29 +2,19 @@
 //! `http/1.1`, so browsers can multiplex many event streams over one
 //! HTTP/2 connection.
 //!
-//! Handshakes run in their own tasks (bounded by a timeout), so a client
-//! that stalls mid-handshake never holds up anyone else's accept.
+//! Handshakes run in each connection's own task, within its header
+//! deadline (see `accept`), so a client that stalls mid-handshake holds up
+//! no one else and is closed in time.
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::debug;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Reads a PEM certificate chain and private key into a server config.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+/// Reads a PEM certificate chain and private key into a TLS acceptor.
+pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     use anyhow::Context;
     let certs = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("could not read the certificate file {}", cert.display()))?
@@ -41,69 +31,5 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerCo
         .with_single_cert(certs, key)
         .context("the certificate and key do not form a usable pair")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// Accepts TCP connections and hands over those that completed a handshake.
-#[derive(Debug)]
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(
-        tcp: TcpListener,
-        config: rustls::ServerConfig,
-        tasks: &TaskTracker,
-        shutdown: CancellationToken,
-    ) -> io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let (tx, ready) = mpsc::channel(64);
-        let handshakes = tasks.clone();
-        tasks.spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    accepted = tcp.accept() => match accepted {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            debug!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                handshakes.spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { ready, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(pair) => pair,
-            // The accept loop has stopped: shutdown is under way.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::JsonRejection;
+use axum::response::{IntoResponse, Response};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
@@ -15,6 +15,7 @@ use crate::admin_key::AdminKey;
 use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::auth::{valid_pattern, Claims, Mode};
+use crate::body::{JsonBodyError, LimitedJson};
 
 /// Longest lifetime a minted token may have.
 const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -37,9 +38,13 @@ pub async fn mint(
     State(app): State<Arc<AppState>>,
     _admin: AdminKey,
     headers: HeaderMap,
-    body: Result<Json<TokenRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    body: Result<LimitedJson<TokenRequest>, JsonBodyError>,
+) -> Result<Json<Value>, Response> {
+    let LimitedJson(req) = body.map_err(IntoResponse::into_response)?;
+    mint_for(&app, &headers, req).map_err(IntoResponse::into_response)
+}
+
+fn mint_for(app: &AppState, headers: &HeaderMap, req: TokenRequest) -> Result<Json<Value>, ApiError> {
     let Some(auth) = &app.auth else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use weft_storage::DocName;
 use super::{AdminError, Backend, Progress};
 use crate::admin_key::AdminKey;
 use crate::app::AppState;
+use crate::body::{ArchiveBody, JsonBodyError, LimitedBody, LimitedJson};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -137,20 +138,25 @@ async fn restore(
     State(app): State<Arc<AppState>>,
     _: AdminKey,
     Path(p): Path<HashMap<String, String>>,
-    body: Result<Json<RestoreRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, AdminError> {
-    let t = target(p)?;
-    let Json(req) = body.map_err(|e| {
-        AdminError::BadRequest(format!("{}; send {{\"snapshot\": <id>}}", e.body_text()))
+    body: Result<LimitedJson<RestoreRequest>, JsonBodyError>,
+) -> Result<Response, Response> {
+    let t = target(p).map_err(IntoResponse::into_response)?;
+    let LimitedJson(req) = body.map_err(|e| match e {
+        JsonBodyError::Json(e) => AdminError::BadRequest(format!(
+            "the body is not the JSON expected: {e}; send {{\"snapshot\": <id>}}"
+        ))
+        .into_response(),
+        e => e.into_response(),
     })?;
-    Ok(Json(app.admin.restore(&t.doc, req.snapshot).await?).into_response())
+    let restored = app.admin.restore(&t.doc, req.snapshot).await;
+    Ok(Json(restored.map_err(IntoResponse::into_response)?).into_response())
 }
 
 async fn import(
     State(app): State<Arc<AppState>>,
     _: AdminKey,
     Path(p): Path<HashMap<String, String>>,
-    body: Bytes,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, AdminError> {
     let t = target(p)?;
     Ok(Json(app.admin.import(&t.doc, body.to_vec()).await?).into_response())
@@ -176,7 +182,7 @@ impl Progress for Silent {
 async fn restore_backup(
     State(app): State<Arc<AppState>>,
     _: AdminKey,
-    body: Bytes,
+    ArchiveBody(body): ArchiveBody,
 ) -> Result<Response, AdminError> {
     let mut input: &[u8] = &body;
     let summary = app.admin.restore_backup(&mut input, &Silent).await?;
