@@ -8,9 +8,12 @@
 //! - **Pending connections**: from `accept` until its first request's
 //!   headers are complete (TLS handshake and protocol detection included), a
 //!   connection holds one of `--max-pending-connections` places. When they
-//!   are all taken, a new connection is closed at once, so pending ones can
-//!   never use up the descriptors that upgraded WebSockets and event
-//!   streams need.
+//!   are all taken, the oldest pending connection is closed at once to make
+//!   room: pending connections never hold more descriptors than that, so
+//!   they cannot use up those that WebSockets and event streams need, and
+//!   a flood of idle connections cannot keep a new client out either (it
+//!   would have to open more than the cap in the time the client needs to
+//!   send its headers).
 //! - **Header deadline**: a pending connection that has not delivered its
 //!   first request's headers within `--header-timeout` is closed. HTTP/1.1
 //!   gives every later request on the connection the same deadline, counted
@@ -32,7 +35,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,7 +50,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +108,7 @@ pub async fn run(edge: Edge) {
         shutdown,
         tasks,
     } = edge;
-    let pending = Arc::new(Semaphore::new(limits.max_pending.max(1)));
+    let pending = Arc::new(Pending::new(limits.max_pending));
     let shared = Arc::new(Shared {
         tls,
         router,
@@ -113,7 +117,6 @@ pub async fn run(edge: Edge) {
         shutdown: shutdown.clone(),
     });
     let mut backoff = Backoff::default();
-    let mut refusals = LogEvery::second();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -126,20 +129,7 @@ pub async fn run(edge: Edge) {
             },
         };
         backoff.reset();
-        let Ok(place) = pending.clone().try_acquire_owned() else {
-            metrics::counter!("weft_connections_refused_total", "reason" => "pending_full")
-                .increment(1);
-            refusals.log(|n| {
-                warn!(
-                    refused = n,
-                    max = limits.max_pending,
-                    "connections refused: every --max-pending-connections place is taken by a \
-                     connection that has not sent a request yet"
-                )
-            });
-            drop(tcp);
-            continue;
-        };
+        let place = pending.admit();
         tasks.spawn(connection(tcp, peer, place, shared.clone()));
     }
 }
@@ -156,17 +146,27 @@ fn http_builder(limits: EdgeLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// One connection: TLS if configured, then HTTP until it closes.
-async fn connection(tcp: TcpStream, peer: SocketAddr, place: OwnedSemaphorePermit, shared: Arc<Shared>) {
+async fn connection(tcp: TcpStream, peer: SocketAddr, place: PendingPlace, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
+    let evicted = place.evicted.clone();
     let state = Arc::new(ConnState::new(place));
     let headers_due = Instant::now() + shared.limits.header_timeout;
-    match &shared.tls {
-        None => serve_http(TokioIo::new(tcp), peer, state, headers_due, &shared).await,
-        Some(acceptor) => match timeout_at(headers_due, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, state, headers_due, &shared).await,
-            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => closed_for("header_timeout", peer),
-        },
+    let serve = async {
+        match &shared.tls {
+            None => serve_http(TokioIo::new(tcp), peer, state, headers_due, &shared).await,
+            Some(acceptor) => match timeout_at(headers_due, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    serve_http(TokioIo::new(tls), peer, state, headers_due, &shared).await
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => closed_for("header_timeout", peer),
+            },
+        }
+    };
+    tokio::select! {
+        _ = serve => {}
+        // Only ever cancelled while the connection is still pending.
+        _ = evicted.cancelled() => closed_for("evicted", peer),
     }
 }
 
@@ -248,10 +248,66 @@ fn closed_for(reason: &'static str, peer: SocketAddr) {
     metrics::counter!("weft_connections_closed_total", "reason" => reason).increment(1);
 }
 
+/// The connections that have not yet delivered a request's headers, oldest
+/// first, at most `max` of them.
+struct Pending {
+    places: Mutex<BTreeMap<u64, CancellationToken>>,
+    next: AtomicU64,
+    max: usize,
+}
+
+impl Pending {
+    fn new(max: usize) -> Self {
+        Pending {
+            places: Mutex::default(),
+            next: AtomicU64::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// A place for a new connection, closing the oldest pending ones if
+    /// every place is taken.
+    fn admit(self: &Arc<Self>) -> PendingPlace {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        if let Ok(mut places) = self.places.lock() {
+            while places.len() >= self.max {
+                let Some((_, oldest)) = places.pop_first() else {
+                    break;
+                };
+                oldest.cancel();
+            }
+            places.insert(id, evicted.clone());
+        }
+        PendingPlace {
+            pending: self.clone(),
+            id,
+            evicted,
+        }
+    }
+}
+
+/// One connection's place among the pending; given up when its first
+/// request arrives or it closes.
+struct PendingPlace {
+    pending: Arc<Pending>,
+    id: u64,
+    /// Cancelled if the connection is closed to make room.
+    evicted: CancellationToken,
+}
+
+impl Drop for PendingPlace {
+    fn drop(&mut self) {
+        if let Ok(mut places) = self.pending.places.lock() {
+            places.remove(&self.id);
+        }
+    }
+}
+
 /// One connection's request bookkeeping, shared with its service.
 struct ConnState {
     /// Its place among pending connections, until its first request.
-    place: Mutex<Option<OwnedSemaphorePermit>>,
+    place: Mutex<Option<PendingPlace>>,
     in_flight: AtomicUsize,
     /// When the last request in flight ended (`None` while one is).
     idle_since: Mutex<Option<Instant>>,
@@ -260,7 +316,7 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new(place: OwnedSemaphorePermit) -> Self {
+    fn new(place: PendingPlace) -> Self {
         ConnState {
             place: Mutex::new(Some(place)),
             in_flight: AtomicUsize::new(0),
@@ -357,10 +413,6 @@ struct LogEvery {
 }
 
 impl LogEvery {
-    fn second() -> Self {
-        Self::default()
-    }
-
     fn log(&mut self, emit: impl FnOnce(u64)) {
         self.unlogged += 1;
         let now = Instant::now();
@@ -386,6 +438,20 @@ mod tests {
         assert!(!is_out_of_descriptors(&io::Error::from_raw_os_error(104)));
     }
 
+    #[test]
+    fn a_full_pending_set_makes_room_by_closing_the_oldest() {
+        let pending = Arc::new(Pending::new(2));
+        let first = pending.admit();
+        let second = pending.admit();
+        let third = pending.admit();
+        assert!(first.evicted.is_cancelled(), "the oldest goes");
+        assert!(!second.evicted.is_cancelled() && !third.evicted.is_cancelled());
+        drop(second); // its request arrived: no longer pending
+        let fourth = pending.admit();
+        assert!(!third.evicted.is_cancelled() && !fourth.evicted.is_cancelled());
+        assert_eq!(pending.places.lock().map(|p| p.len()).unwrap_or(0), 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn backoff_doubles_to_a_second_and_resets() {
         let mut backoff = Backoff::default();
@@ -405,7 +471,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn recurring_logs_are_one_a_second() {
-        let mut log = LogEvery::second();
+        let mut log = LogEvery::default();
         let mut lines = Vec::new();
         for _ in 0..50 {
             log.log(|n| lines.push(n));
