@@ -73,22 +73,27 @@ test('5,000 silent and 5,000 slow-header connections neither keep an editor out 
   const lifetimes = []
   const sockets = []
   const attackStart = performance.now()
+  let opened = 0
   // Open in batches: the listen backlog is finite, and a SYN dropped by a
   // full backlog would be retried a second later, blurring the timings.
-  for (let i = 0; i < SILENT + SLOW; i += 250) {
-    const batch = []
-    for (let j = i; j < Math.min(i + 250, SILENT + SLOW); j++) {
-      batch.push(attacker(weft.addr, j % 2 === 1, ms => lifetimes.push(ms)))
+  const opening = (async () => {
+    for (let i = 0; i < SILENT + SLOW; i += 250) {
+      const batch = []
+      for (let j = i; j < Math.min(i + 250, SILENT + SLOW); j++) {
+        batch.push(attacker(weft.addr, j % 2 === 1, ms => lifetimes.push(ms)))
+      }
+      sockets.push(...await Promise.all(batch))
+      opened = performance.now() - attackStart
     }
-    sockets.push(...await Promise.all(batch))
-  }
-  const opened = performance.now() - attackStart
+  })()
+  cleanups.push(() => { for (const s of sockets) s.destroy() })
 
   // While the attack is on: /healthz on fresh connections, the server's
   // descriptors, and a real editor joining.
   const probes = []
   let maxFds = 0
   let probing = true
+  cleanups.push(() => { probing = false })
   const prober = (async () => {
     while (probing) {
       probes.push(await healthz(weft.addr))
@@ -97,15 +102,19 @@ test('5,000 silent and 5,000 slow-header connections neither keep an editor out 
     }
   })()
 
+  // The editor joins once the attack is well under way.
+  await waitFor(() => sockets.length >= 2000, 15000, 'the attack to get going')
   const doc = new Y.Doc()
   const provider = new WebsocketProvider(weft.wsUrl, 'edge', doc, { WebSocketPolyfill: WebSocket, disableBc: true })
   cleanups.push(() => { provider.destroy(); doc.destroy() })
   await waitFor(() => provider.synced && doc.getText('t').toString() === 'written before the attack',
     15000 - (performance.now() - attackStart), 'the editor to sync within 15 s of the attack starting')
   const editorMs = performance.now() - attackStart
+  await opening
 
   // Every attacking socket is closed by the server within the header timeout.
-  await waitFor(() => lifetimes.length === SILENT + SLOW, HEADER_TIMEOUT_MS + 5000, 'every attacking socket to be closed')
+  await waitFor(() => lifetimes.length === SILENT + SLOW, HEADER_TIMEOUT_MS + 15000,
+    () => `every attacking socket to be closed (${lifetimes.length} of ${SILENT + SLOW} were, opened in ${opened.toFixed(0)} ms)`)
   probing = false
   await prober
   const longest = Math.max(...lifetimes)
@@ -114,10 +123,11 @@ test('5,000 silent and 5,000 slow-header connections neither keep an editor out 
   console.log(`edge: ${SILENT + SLOW} attacking sockets opened in ${opened.toFixed(0)} ms; editor synced after ${editorMs.toFixed(0)} ms; ` +
     `longest attacker lived ${longest.toFixed(0)} ms; ${probes.length} /healthz probes, ${failed.length} failed, slowest ${slowest.toFixed(1)} ms; ` +
     `server descriptors at most ${maxFds}`)
-  assert.ok(longest <= HEADER_TIMEOUT_MS + 1500, `an attacking socket lived ${longest} ms`)
+  // Counted from the client's connect, which under this load can take a
+  // while to be accepted; the server's clock starts at accept.
+  assert.ok(longest <= HEADER_TIMEOUT_MS + 2500, `an attacking socket lived ${longest} ms`)
   assert.equal(failed.length, 0, `/healthz failed during the attack: ${JSON.stringify(failed.slice(0, 3))}`)
   assert.ok(probes.length >= 10, 'probes ran throughout')
   // The default --max-pending-connections (4096) bounds what the attack holds.
   assert.ok(maxFds > 0 && maxFds < 4096 + 200, `the server held ${maxFds} descriptors`)
-  for (const s of sockets) s.destroy()
 })

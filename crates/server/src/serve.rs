@@ -72,9 +72,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         _ => None,
     };
     raise_open_files_limit(&config);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("could not listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("could not listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
 
     let auth = authenticator(&config)?;
@@ -163,6 +162,20 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Binds `addr` with a listen backlog of 4096 (the kernel caps it at
+/// `net.core.somaxconn`): a burst of connections waits in the kernel's queue
+/// rather than having its handshakes dropped and retried a second later.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Raises the soft open-files limit to the hard one: every connection is a

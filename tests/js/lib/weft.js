@@ -76,5 +76,5 @@ export async function waitFor (cond, ms = 10000, what = 'condition') {
     if (await cond()) return
     await new Promise(resolve => setTimeout(resolve, 20))
   }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+  throw new Error(`timed out after ${ms} ms waiting for ${typeof what === 'function' ? what() : what}`)
 }
