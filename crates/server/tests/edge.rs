@@ -352,3 +352,57 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
         .unwrap_or(0.0);
     assert!(counted >= 1.0, "weft_accept_errors_total counts it:\n{metrics}");
 }
+
+/// Waits (bounded) until the server has closed `http`'s connection.
+async fn closed_after(http: &Http, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let closed = match http {
+            Http::H1(s, _) => s.is_closed(),
+            Http::H2(s) => s.is_closed(),
+        };
+        if closed {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_open_streams_are_not() {
+    let weft = Weft::start(&[
+        "--header-timeout",
+        "1s",
+        "--idle-timeout",
+        "2s",
+        "--sse-keepalive",
+        "500ms",
+    ]);
+    // HTTP/1.1 keep-alive: the wait for the next request is on the header clock.
+    let mut h1 = http1(&weft.addr).await;
+    assert_eq!(h1.request("GET", "/healthz", &[], vec![]).await.status(), 200);
+    let h1_closed = closed_after(&h1, Duration::from_secs(10)).await;
+    // HTTP/2 has no header clock between requests: the idle deadline.
+    let mut h2 = http2(&weft.addr).await;
+    assert_eq!(h2.request("GET", "/healthz", &[], vec![]).await.status(), 200);
+    let h2_closed = closed_after(&h2, Duration::from_secs(10)).await;
+    eprintln!("idle HTTP/1.1 closed after {h1_closed:?}, idle HTTP/2 after {h2_closed:?}");
+    let h1_closed = h1_closed.expect("an idle HTTP/1.1 connection is closed");
+    let h2_closed = h2_closed.expect("an idle HTTP/2 connection is closed");
+    assert!(h1_closed >= Duration::from_millis(800), "{h1_closed:?}");
+    assert!(h2_closed >= Duration::from_millis(1800), "{h2_closed:?}");
+
+    // An event stream is a request in flight, on either protocol: it lives
+    // on well past both deadlines.
+    for h2 in [false, true] {
+        let mut http = if h2 { http2(&weft.addr).await } else { http1(&weft.addr).await };
+        let response = http.request("GET", "/sse/idle", &[], vec![]).await;
+        assert_eq!(response.status(), 200);
+        let mut events = SseReader::new(response);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(4) {
+            assert!(events.next().await.is_some(), "the stream ended after {:?}", start.elapsed());
+        }
+    }
+}
