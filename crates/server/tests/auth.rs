@@ -13,7 +13,7 @@ use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::{Doc, GetString, StateVector, Transact};
 
 const SECRET: &str = "weft-test-secret-0123456789abcdefghij";
-const ADMIN: &str = "admin-key-for-tests";
+const ADMIN: &str = "admin-key-for-tests-0123456789abcdef";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -28,6 +28,17 @@ fn token_with(secret: &str, doc: &str, mode: &str, exp: u64) -> String {
         &jsonwebtoken::Header::default(),
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
+}
+
+/// A token with exactly these claims (and this header), signed with the
+/// test secret: for claims a well-behaved backend would never mint.
+fn signed(header: &jsonwebtoken::Header, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("encode")
 }
@@ -525,4 +536,180 @@ async fn tokens_signed_elsewhere_verify_with_a_public_key() {
     )
     .await;
     assert_eq!((status, code.as_str()), (401, "token_bad_signature"));
+}
+
+#[tokio::test]
+async fn tokens_with_out_of_range_times_are_malformed_not_a_crash() {
+    let weft = secured(&[]);
+    let header = jsonwebtoken::Header::default();
+    let later = now() + 600;
+    for (what, claims) in [
+        (
+            "exp = 2^64 - 1",
+            json!({ "doc": "t", "mode": "read", "exp": u64::MAX }),
+        ),
+        (
+            "exp = 2^63",
+            json!({ "doc": "t", "mode": "read", "exp": 1u64 << 63 }),
+        ),
+        (
+            "exp in the year 10000",
+            json!({ "doc": "t", "mode": "read", "exp": 253_402_300_800u64 }),
+        ),
+        (
+            "nbf = 2^64 - 1",
+            json!({ "doc": "t", "mode": "read", "exp": later, "nbf": u64::MAX }),
+        ),
+        (
+            "iat = 2^64 - 1",
+            json!({ "doc": "t", "mode": "read", "exp": later, "iat": u64::MAX }),
+        ),
+        (
+            "nbf negative",
+            json!({ "doc": "t", "mode": "read", "exp": later, "nbf": -1 }),
+        ),
+    ] {
+        let t = signed(&header, &claims);
+        let (status, code) = error_code(
+            &weft.addr,
+            "GET",
+            &format!("/docs/t?token={t}"),
+            &[],
+            vec![],
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (401, "token_malformed"), "{what}");
+        let mut ws = connect(&format!("{}?token={t}", weft.url("t"))).await;
+        let (code, reason) = close_of(&mut ws).await;
+        assert_eq!(code, CloseCode::Library(4401), "{what}: {reason}");
+        assert!(reason.contains("malformed"), "{what}: {reason}");
+    }
+    // A far but representable expiry is fine, and the server is still up.
+    let far = signed(
+        &header,
+        &json!({ "doc": "t", "mode": "read", "exp": later + 50 * 365 * 86_400 }),
+    );
+    let (status, _) = request(
+        &weft.addr,
+        "GET",
+        &format!("/docs/t?token={far}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut ws = connect(&format!("{}?token={far}", weft.url("t"))).await;
+    next_message(&mut ws).await;
+}
+
+#[tokio::test]
+async fn tokens_are_refused_before_their_not_before_time() {
+    let weft = secured(&[]);
+    let header = jsonwebtoken::Header::default();
+    let later = now() + 600;
+    let early = signed(
+        &header,
+        &json!({ "doc": "n", "mode": "write", "exp": later, "nbf": now() + 300 }),
+    );
+    let (status, code) = error_code(
+        &weft.addr,
+        "GET",
+        &format!("/docs/n?token={early}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (401, "token_not_yet_valid"));
+    let mut ws = connect(&format!("{}?token={early}", weft.url("n"))).await;
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!(code, CloseCode::Library(4401), "{reason}");
+    assert!(reason.contains("not valid yet"), "{reason}");
+
+    let due = signed(
+        &header,
+        &json!({ "doc": "n", "mode": "write", "exp": later, "nbf": now() - 5, "iat": now() - 5 }),
+    );
+    let (status, _) = request(
+        &weft.addr,
+        "GET",
+        &format!("/docs/n?token={due}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "a token past its nbf works");
+}
+
+#[tokio::test]
+async fn tokens_naming_critical_extensions_weft_lacks_are_refused() {
+    let weft = secured(&[]);
+    let claims = json!({ "doc": "c", "mode": "write", "exp": now() + 600 });
+    let mut header = jsonwebtoken::Header {
+        crit: Some(vec!["weft-unknown-ext".into()]),
+        ..jsonwebtoken::Header::default()
+    };
+    header.extras.insert("weft-unknown-ext", true);
+    let critical = signed(&header, &claims);
+    let (status, code) = error_code(
+        &weft.addr,
+        "GET",
+        &format!("/docs/c?token={critical}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (401, "token_malformed"));
+    let mut ws = connect(&format!("{}?token={critical}", weft.url("c"))).await;
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!(code, CloseCode::Library(4401), "{reason}");
+
+    let plain = signed(&jsonwebtoken::Header::default(), &claims);
+    let (status, _) = request(
+        &weft.addr,
+        "GET",
+        &format!("/docs/c?token={plain}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "the same token without crit works");
+}
+
+#[tokio::test]
+async fn an_empty_token_in_one_place_does_not_hide_a_token_in_the_next() {
+    let weft = secured(&[]);
+    let t = token("e", "read");
+    let bearer = format!("Bearer {t}");
+    let cookie = format!("weft_token={t}");
+    for (what, path, headers) in [
+        (
+            "empty query, bearer",
+            "/docs/e?token=",
+            vec![("authorization", bearer.as_str())],
+        ),
+        (
+            "blank query, bearer",
+            "/docs/e?token=%20%20",
+            vec![("authorization", bearer.as_str())],
+        ),
+        (
+            "empty query, cookie",
+            "/docs/e?token=",
+            vec![("cookie", cookie.as_str())],
+        ),
+        (
+            "empty bearer, cookie",
+            "/docs/e",
+            vec![("authorization", "Bearer  "), ("cookie", cookie.as_str())],
+        ),
+    ] {
+        let (status, body) = request(&weft.addr, "GET", path, &headers, vec![]).await;
+        assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&body));
+    }
+    let (status, code) = error_code(&weft.addr, "GET", "/docs/e?token=", &[], vec![]).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (401, "token_missing"),
+        "nothing anywhere"
+    );
 }
