@@ -14,7 +14,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    /// Seconds, for 503s that will pass.
+    /// Seconds, for 503s and 429s that will pass.
     retry_after: Option<u32>,
 }
 
@@ -42,6 +42,14 @@ impl ApiError {
         ApiError {
             retry_after: Some(1),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    /// The same error, telling the client to wait `secs` before retrying.
+    pub fn retry_after(self, secs: u32) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..self
         }
     }
 

@@ -8,6 +8,7 @@
 mod access;
 pub mod admin;
 mod admin_key;
+mod admin_throttle;
 mod api_error;
 mod app;
 mod auth;

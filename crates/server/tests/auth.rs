@@ -713,3 +713,169 @@ async fn an_empty_token_in_one_place_does_not_hide_a_token_in_the_next() {
         "nothing anywhere"
     );
 }
+
+/// Runs `weft serve` with `args`; it must exit by itself within the wait.
+fn serve_exits(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .env_remove("WEFT_ADMIN_KEY")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft starts");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weft serve {args:?} {env:?} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    (status.code(), err)
+}
+
+#[test]
+fn a_short_admin_key_stops_the_server_starting() {
+    for (args, env) in [
+        (vec!["--admin-key", "short-admin-key"], vec![]),
+        (
+            vec![],
+            vec![("WEFT_ADMIN_KEY", "0123456789abcdef0123456789abcde")],
+        ), // 31 bytes
+    ] {
+        let (code, err) = serve_exits(&args, &env);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        assert!(err.contains("openssl rand -hex 32"), "{err}");
+    }
+}
+
+/// An HTTP/1.1 connection from a chosen loopback source address.
+async fn http1_from(source: &str, addr: &str) -> Http {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("source address"))
+        .expect("bind the source address");
+    let tcp = socket
+        .connect(addr.parse().expect("server address"))
+        .await
+        .expect("tcp");
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("http1 handshake");
+    tokio::spawn(conn);
+    Http::H1(send, addr.to_owned())
+}
+
+/// One admin-key request on `http`: (status, error code, Retry-After).
+async fn mint_with(http: &mut Http, key: &str) -> (u16, String, Option<u64>) {
+    let auth = format!("Bearer {key}");
+    let body = serde_json::to_vec(&json!({ "doc": "g", "mode": "read" })).expect("json");
+    let resp = http
+        .request(
+            "POST",
+            "/auth/token",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await;
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = body_bytes(resp).await;
+    let code = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, code, retry)
+}
+
+#[tokio::test]
+async fn wrong_admin_keys_are_counted_and_throttled_per_address() {
+    let weft = secured(&[]);
+    let wrong = "wrong-admin-key-wrong-admin-key-wrong";
+    let mut http = http1_from("127.0.0.1", &weft.addr).await;
+
+    // The burst: ten wrong keys are answered as wrong, then the address is
+    // locked out.
+    for i in 0..10 {
+        let (status, code, _) = mint_with(&mut http, wrong).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "admin_key_wrong"),
+            "guess {i}"
+        );
+    }
+    let (status, code, retry) = mint_with(&mut http, wrong).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_failures"));
+    let retry = retry.expect("Retry-After");
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    // Locked out, even the right key is not compared.
+    let (status, code, _) = mint_with(&mut http, ADMIN).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_failures"));
+
+    // Another address has its own allowance.
+    let mut other = http1_from("127.0.0.2", &weft.addr).await;
+    assert_eq!(mint_with(&mut other, ADMIN).await.0, 200);
+    assert_eq!(mint_with(&mut other, wrong).await.0, 401);
+
+    // Sustained guessing: how many guesses are compared (answered 401) in
+    // two seconds of trying as fast as one connection can.
+    let start = std::time::Instant::now();
+    let (mut compared, mut refused) = (0u32, 0u32);
+    while start.elapsed() < Duration::from_secs(2) {
+        match mint_with(&mut http, wrong).await.0 {
+            401 => compared += 1,
+            429 => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "admin key guesses from one address: {compared} compared, {refused} refused in {secs:.2} s \
+         ({:.1} compared/s, {:.0} requests/s)",
+        f64::from(compared) / secs,
+        f64::from(compared + refused) / secs
+    );
+    assert!(compared <= 3, "{compared} guesses compared in {secs:.2} s");
+    assert!(refused > 100, "the loop ran ({refused} refused)");
+
+    // The lockout ends by itself: the right key works again within a
+    // couple of seconds of the last wrong one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, _) = mint_with(&mut http, ADMIN).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(std::time::Instant::now() < deadline, "still locked out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (_, metrics) = request(&weft.addr, "GET", "/metrics", &[], vec![]).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_auth_failures_total{reason=\"admin_key\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no admin_key failures counted in\n{metrics}"));
+    assert!(failures >= 11.0, "{failures} admin key failures counted");
+}
