@@ -63,7 +63,7 @@ pub async fn mint(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (Some(exp), iat) = (
-        Timestamp::from_secs(now + req.ttl_secs),
+        Timestamp::from_secs(now.saturating_add(req.ttl_secs)),
         Timestamp::from_secs(now),
     ) else {
         return Err(ApiError::internal(
