@@ -14,7 +14,7 @@ import { EventSource } from 'eventsource'
 import { SseProvider } from 'weft-web/sse-provider'
 import { Weft, WEFT_BIN, waitFor } from './lib/weft.js'
 
-const ADMIN = 'js-admin'
+const ADMIN = 'js-admin-key-0123456789abcdef012345'
 const cleanups = []
 after(async () => { for (const c of cleanups.reverse()) await c() })
 

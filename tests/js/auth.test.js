@@ -10,7 +10,7 @@ import WebSocket from 'ws'
 import { Weft, waitFor } from './lib/weft.js'
 
 const SECRET = 'js-test-secret-0123456789abcdefghijkl'
-const ADMIN = 'js-admin-key'
+const ADMIN = 'js-admin-key-0123456789abcdef012345'
 
 const cleanups = []
 after(async () => { for (const c of cleanups.reverse()) await c() })

@@ -2,7 +2,8 @@
 //!
 //! Browsers cannot put headers on `WebSocket` or `EventSource` requests, so a
 //! token may come as `?token=`, as `Authorization: Bearer`, or as a
-//! `weft_token` cookie, in that order of preference.
+//! `weft_token` cookie, in that order of preference. An empty or blank value
+//! counts as absent, so `?token=` cannot hide a valid header behind it.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -33,25 +34,31 @@ impl Credentials {
     /// Whether the request's only credential is the `weft_token` cookie,
     /// one a browser adds by itself to requests from any site.
     pub fn from_cookie_only(uri: &axum::http::Uri, headers: &HeaderMap) -> bool {
-        let given = |t: &Option<String>| t.as_deref().is_some_and(|t| !t.trim().is_empty());
-        !given(&query_token(uri.query()))
-            && !given(&bearer(headers))
-            && given(&cookie(headers, "weft_token"))
+        query_token(uri.query()).is_none()
+            && bearer(headers).is_none()
+            && cookie(headers, "weft_token").is_some()
     }
+}
+
+/// `value` trimmed, unless nothing is left.
+fn non_blank(value: &str) -> Option<String> {
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_owned())
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned())
+        .filter(|(k, _)| k == "token")
+        .find_map(|(_, v)| non_blank(&v))
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    non_blank(token)
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -62,7 +69,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .find_map(|c| {
             let (k, v) = c.trim().split_once('=')?;
-            (k == name).then(|| v.to_owned())
+            (k == name).then(|| non_blank(v))?
         })
 }
 
@@ -90,8 +97,11 @@ impl AppState {
         }
     }
 
-    /// When a connection admitted with `grant` must end, if ever.
+    /// When a connection admitted with `grant` must end, if ever. An expiry
+    /// further away than a century (tokens may name any time up to the year
+    /// 9999) counts as never, rather than risk overflowing an `Instant`.
     pub fn token_deadline(&self, grant: &Grant) -> Option<tokio::time::Instant> {
+        const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
         if !self.config.auth_expiry_disconnects {
             return None;
         }
@@ -99,7 +109,10 @@ impl AppState {
             .expires_at?
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default();
-        Some(tokio::time::Instant::now() + left)
+        if left > CENTURY {
+            return None;
+        }
+        tokio::time::Instant::now().checked_add(left)
     }
 }
 
@@ -126,5 +139,19 @@ mod tests {
             HeaderValue::from_static("a=b; weft_token=t2; c=d"),
         );
         assert_eq!(cookie(&h, "weft_token"), Some("t2".into()));
+    }
+
+    #[test]
+    fn blank_values_count_as_absent() {
+        assert_eq!(query_token(Some("token=&token=%20")), None);
+        assert_eq!(query_token(Some("token=&token=t")), Some("t".into()));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer   "));
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("weft_token=; weft_token=t3"),
+        );
+        assert_eq!(cookie(&h, "weft_token"), Some("t3".into()));
     }
 }

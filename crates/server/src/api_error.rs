@@ -14,7 +14,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    /// Seconds, for 503s that will pass.
+    /// Seconds, for 503s and 429s that will pass.
     retry_after: Option<u32>,
     /// Ask the client to close the connection (HTTP/1.1 `Connection: close`),
     /// when the request's body was left unread.
@@ -46,14 +46,6 @@ impl ApiError {
         }
     }
 
-    /// The same error, with `Retry-After: secs`.
-    pub fn retry_after(self, secs: u32) -> Self {
-        ApiError {
-            retry_after: Some(secs),
-            ..self
-        }
-    }
-
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
@@ -62,6 +54,14 @@ impl ApiError {
         ApiError {
             retry_after: Some(1),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    /// The same error, telling the client to wait `secs` before retrying.
+    pub fn retry_after(self, secs: u32) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..self
         }
     }
 

@@ -19,6 +19,7 @@ use weft_storage::DocumentStore;
 use weft_sync::Rooms;
 
 use crate::admin::{self, ops::LocalAdmin};
+use crate::admin_throttle::FailureThrottle;
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub connections: TaskTracker,
     /// Live WebSocket and SSE connections, against `--max-connections`.
     pub connection_limit: ConnectionLimit,
+    /// Wrong admin keys per client address, to slow down guessing.
+    pub admin_failures: FailureThrottle,
     /// The embedded store, for readiness checks.
     /// The store, for the readiness check.
     pub store_probe: Arc<dyn DocumentStore>,

@@ -6,6 +6,12 @@
 //! subject. Any backend holding the secret or the private key can mint them;
 //! weft mints HS256 tokens itself at `POST /auth/token`. With neither a
 //! secret nor a key configured, weft runs open: every request may write.
+//!
+//! What a valid token is, beyond its signature: `exp` in the future and `nbf`
+//! (if any) not (no leeway: keep clocks in sync); every time claim whole
+//! seconds no later than the year 9999, so that it always converts to a
+//! `SystemTime` (see [`Timestamp`]); and no `crit` header parameter, since
+//! weft understands no JWS extension (RFC 7515 §4.1.11).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +40,44 @@ impl Mode {
     }
 }
 
+/// A JWT time claim (NumericDate) weft accepts: whole seconds since the Unix
+/// epoch, no later than 9999-12-31T23:59:59Z. Larger values (2^64 − 1, say)
+/// do not fit a `SystemTime`; refusing them while the claims are read makes
+/// such a token malformed rather than a panic later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// 9999-12-31T23:59:59Z: a `SystemTime` on every platform Rust supports.
+    pub const LATEST: u64 = 253_402_300_799;
+
+    pub fn from_secs(secs: u64) -> Option<Timestamp> {
+        (secs <= Self::LATEST).then_some(Timestamp(secs))
+    }
+
+    pub fn secs(self) -> u64 {
+        self.0
+    }
+
+    pub fn system_time(self) -> SystemTime {
+        // In range by construction (at most LATEST), so this cannot overflow.
+        UNIX_EPOCH + Duration::from_secs(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let secs = u64::deserialize(d)?;
+        Timestamp::from_secs(secs).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "time claim {secs} is out of range: at most {} (the year 9999)",
+                Timestamp::LATEST
+            ))
+        })
+    }
+}
+
 /// The claims weft reads and writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -41,7 +85,13 @@ pub struct Claims {
     pub doc: String,
     pub mode: Mode,
     /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
+    pub exp: Timestamp,
+    /// Not valid before, if present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<Timestamp>,
+    /// Issued at, if present: only checked to be in range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
 }
@@ -64,6 +114,8 @@ pub enum AuthError {
     Malformed(String),
     #[error("the token has expired; get a new one")]
     Expired,
+    #[error("the token is not valid yet (its nbf is in the future); check the clocks")]
+    NotYetValid,
     #[error("the token's signature does not verify: it was not issued for this server")]
     BadSignature,
     #[error("the token is for {allowed:?}, not for document {doc:?}")]
@@ -86,6 +138,7 @@ impl AuthError {
             AuthError::Missing => "token_missing",
             AuthError::Malformed(_) => "token_malformed",
             AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::BadSignature => "token_bad_signature",
             AuthError::WrongDocument { .. } => "token_wrong_document",
             AuthError::ReadOnly => "token_read_only",
@@ -161,29 +214,12 @@ impl Authenticator {
         doc: &DocName,
         needed: Mode,
     ) -> Result<Grant, AuthError> {
-        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
-        let (alg, key) = self
-            .verifiers
-            .iter()
-            .find(|(alg, _)| *alg == header.alg)
-            .ok_or(AuthError::BadSignature)?;
-        let mut validation = Validation::new(*alg);
-        validation.set_required_spec_claims(&["exp"]);
-        // No leeway: a token is refused at the second it expires, the same
-        // second open connections are closed.
-        validation.leeway = 0;
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature
-                | ErrorKind::InvalidAlgorithm
-                | ErrorKind::InvalidRsaKey(_)
-                | ErrorKind::InvalidEcdsaKey => AuthError::BadSignature,
-                _ => AuthError::Malformed(e.to_string()),
-            })?
-            .claims;
+        let token = token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        let (alg, key) = self.verifier_for(token)?;
+        let claims = verify(token, alg, key)?;
         if !pattern_covers(&claims.doc, doc.as_str()) {
             return Err(AuthError::WrongDocument {
                 allowed: claims.doc,
@@ -196,10 +232,27 @@ impl Authenticator {
         Ok(Grant {
             mode: claims.mode,
             sub: claims.sub,
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            expires_at: Some(claims.exp.system_time()),
         })
     }
 
+    /// The configured key for the token's algorithm, from its header; a
+    /// header that marks an extension critical is refused, as weft
+    /// understands none.
+    fn verifier_for(&self, token: &str) -> Result<(Algorithm, &DecodingKey), AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        if let Some(crit) = &header.crit {
+            return Err(AuthError::Malformed(format!(
+                "its header marks {crit:?} critical (crit), and weft supports no JWS extension"
+            )));
+        }
+        self.verifiers
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .map(|(alg, key)| (*alg, key))
+            .ok_or(AuthError::BadSignature)
+    }
     /// Mints an HS256 token; `None` without a shared secret.
     pub fn mint(&self, claims: &Claims) -> Option<Result<String, String>> {
         let key = self.signer.as_ref()?;
@@ -208,6 +261,27 @@ impl Authenticator {
                 .map_err(|e| e.to_string()),
         )
     }
+}
+
+/// The token's claims, once its signature, `exp` and `nbf` check out.
+fn verify(token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, AuthError> {
+    let mut validation = Validation::new(alg);
+    validation.set_required_spec_claims(&["exp"]);
+    validation.validate_nbf = true;
+    // No leeway: a token is refused at the second it expires, the same
+    // second open connections are closed.
+    validation.leeway = 0;
+    jsonwebtoken::decode::<Claims>(token, key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature
+            | ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidEcdsaKey => AuthError::BadSignature,
+            _ => AuthError::Malformed(e.to_string()),
+        })
 }
 
 /// Whether a token's `doc` claim covers `doc`: equal, or a prefix pattern.
@@ -246,7 +320,9 @@ mod tests {
         let claims = Claims {
             doc: doc.into(),
             mode,
-            exp,
+            exp: Timestamp::from_secs(exp).expect("in range"),
+            nbf: None,
+            iat: None,
             sub: Some("ann".into()),
         };
         auth().mint(&claims).expect("can mint").expect("mints")
@@ -312,6 +388,73 @@ mod tests {
         assert_eq!(
             other.check(Some(&token("d", Mode::Write, later)), &doc("d"), Mode::Read),
             Err(AuthError::BadSignature)
+        );
+    }
+
+    /// A token with any claims and header, signed with the test secret.
+    fn raw_token(header: &Header, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+            .expect("encodes")
+    }
+
+    #[test]
+    fn times_out_of_range_are_malformed() {
+        let a = auth();
+        let later = now() + 600;
+        let header = Header::default();
+        for claims in [
+            serde_json::json!({ "doc": "d", "mode": "read", "exp": u64::MAX }),
+            serde_json::json!({ "doc": "d", "mode": "read", "exp": Timestamp::LATEST + 1 }),
+            serde_json::json!({ "doc": "d", "mode": "read", "exp": later, "nbf": u64::MAX }),
+            serde_json::json!({ "doc": "d", "mode": "read", "exp": later, "iat": u64::MAX }),
+            serde_json::json!({ "doc": "d", "mode": "read", "exp": -1 }),
+        ] {
+            let result = a.check(Some(&raw_token(&header, &claims)), &doc("d"), Mode::Read);
+            assert!(
+                matches!(result, Err(AuthError::Malformed(_))),
+                "{claims}: {result:?}"
+            );
+        }
+        let latest = serde_json::json!({ "doc": "d", "mode": "read", "exp": Timestamp::LATEST });
+        let grant = a
+            .check(Some(&raw_token(&header, &latest)), &doc("d"), Mode::Read)
+            .expect("the latest time is valid");
+        assert!(grant.expires_at.is_some());
+    }
+
+    #[test]
+    fn not_before_and_critical_headers() {
+        let a = auth();
+        let later = now() + 600;
+        let early =
+            serde_json::json!({ "doc": "d", "mode": "read", "exp": later, "nbf": now() + 60 });
+        assert_eq!(
+            a.check(
+                Some(&raw_token(&Header::default(), &early)),
+                &doc("d"),
+                Mode::Read
+            ),
+            Err(AuthError::NotYetValid)
+        );
+        let due = serde_json::json!({ "doc": "d", "mode": "read", "exp": later, "nbf": now() });
+        assert!(a
+            .check(
+                Some(&raw_token(&Header::default(), &due)),
+                &doc("d"),
+                Mode::Read
+            )
+            .is_ok());
+        let critical = Header {
+            crit: Some(vec!["b64".into()]),
+            ..Header::default()
+        };
+        assert!(matches!(
+            a.check(Some(&raw_token(&critical, &due)), &doc("d"), Mode::Read),
+            Err(AuthError::Malformed(_))
+        ));
+        assert_eq!(
+            a.check(Some("  "), &doc("d"), Mode::Read),
+            Err(AuthError::Missing)
         );
     }
 

@@ -184,9 +184,21 @@ pub struct ServeConfig {
     pub auth_expiry_disconnects: bool,
 
     /// Key for `POST /auth/token` and the admin API, sent as
-    /// `Authorization: Bearer <key>`. Without it those endpoints are off.
+    /// `Authorization: Bearer <key>`: at least 32 bytes (`openssl rand -hex
+    /// 32` makes one). Without it those endpoints are off.
     #[arg(long, env = "WEFT_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<Secret>,
+
+    /// Wrong admin keys one client address may send at once; then it gets
+    /// 429 (even with the right key) until --admin-failure-interval passes.
+    #[arg(long, env = "WEFT_ADMIN_FAILURE_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_failure_burst: u32,
+
+    /// After the burst, one more wrong admin key per address per this long.
+    /// 0s: no throttle.
+    #[arg(long, env = "WEFT_ADMIN_FAILURE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub admin_failure_interval: Duration,
 
     /// Origins (like https://app.example.com) allowed to open WebSockets and
     /// event streams and to call the HTTP API from a browser; comma-separated.

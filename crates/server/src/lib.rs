@@ -9,6 +9,7 @@ mod accept;
 mod access;
 pub mod admin;
 mod admin_key;
+mod admin_throttle;
 mod api_error;
 mod app;
 mod auth;

@@ -19,6 +19,8 @@ use weft_sync::{Rooms, SystemClock};
 
 use crate::accept::{self, Edge};
 use crate::admin::ops::LocalAdmin;
+use crate::admin_key;
+use crate::admin_throttle::FailureThrottle;
 use crate::app::{self, AppState};
 use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
@@ -85,6 +87,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
         connection_limit: ConnectionLimit::new(config.max_connections),
+        admin_failures: FailureThrottle::new(
+            config.admin_failure_burst,
+            config.admin_failure_interval,
+        ),
         store_probe,
     });
     let router = app::router(state.clone());
@@ -215,8 +221,9 @@ fn authenticator(config: &ServeConfig) -> anyhow::Result<Option<Authenticator>> 
              server can read and write every document. Configure one before exposing it."
         ),
     }
-    if config.admin_key().is_none() {
-        info!("no --admin-key: /auth/token and the admin API are off");
+    match config.admin_key() {
+        Some(key) => admin_key::check_strength(key)?,
+        None => info!("no --admin-key: /auth/token and the admin API are off"),
     }
     Ok(auth)
 }

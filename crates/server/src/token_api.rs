@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::admin_key::AdminKey;
 use crate::api_error::ApiError;
 use crate::app::AppState;
-use crate::auth::{valid_pattern, Claims, Mode};
+use crate::auth::{valid_pattern, Claims, Mode, Timestamp};
 use crate::body::{JsonBodyError, LimitedJson};
 
 /// Longest lifetime a minted token may have.
@@ -67,10 +67,20 @@ fn mint_for(app: &AppState, headers: &HeaderMap, req: TokenRequest) -> Result<Js
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let (Some(exp), iat) = (
+        Timestamp::from_secs(now.saturating_add(req.ttl_secs)),
+        Timestamp::from_secs(now),
+    ) else {
+        return Err(ApiError::internal(
+            "the server's clock is past the year 9999; no token can expire after it",
+        ));
+    };
     let claims = Claims {
         doc: req.doc.clone(),
         mode: req.mode,
-        exp: now + req.ttl_secs,
+        exp,
+        nbf: None,
+        iat,
         sub: req.sub,
     };
     let token = match auth.mint(&claims) {
@@ -100,7 +110,7 @@ fn mint_for(app: &AppState, headers: &HeaderMap, req: TokenRequest) -> Result<Js
     let single = !req.doc.ends_with('*');
     Ok(Json(json!({
         "token": token,
-        "expires_at": claims.exp,
+        "expires_at": claims.exp.secs(),
         "ws_url": single.then(|| format!("{ws}://{host}/ws/{}?token={token}", req.doc)),
         "sse_url": single.then(|| format!("{http}://{host}/sse/{}?token={token}", req.doc)),
     })))

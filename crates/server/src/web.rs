@@ -69,10 +69,10 @@ async fn asset(Path(file): Path<String>) -> Response {
 /// names of documents can themselves be private.
 async fn list_docs(
     State(app): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
+    parts: axum::http::request::Parts,
 ) -> Result<Response, Response> {
     if app.auth.is_some() {
-        admin_key::check(&headers, &app).map_err(IntoResponse::into_response)?;
+        admin_key::check(&parts, &app).map_err(IntoResponse::into_response)?;
     }
     let docs = app
         .admin

@@ -13,7 +13,7 @@ use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::{Doc, GetString, StateVector, Transact};
 
 const SECRET: &str = "weft-test-secret-0123456789abcdefghij";
-const ADMIN: &str = "admin-key-for-tests";
+const ADMIN: &str = "admin-key-for-tests-0123456789abcdef";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -28,6 +28,17 @@ fn token_with(secret: &str, doc: &str, mode: &str, exp: u64) -> String {
         &jsonwebtoken::Header::default(),
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
+}
+
+/// A token with exactly these claims (and this header), signed with the
+/// test secret: for claims a well-behaved backend would never mint.
+fn signed(header: &jsonwebtoken::Header, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("encode")
 }
@@ -525,4 +536,346 @@ async fn tokens_signed_elsewhere_verify_with_a_public_key() {
     )
     .await;
     assert_eq!((status, code.as_str()), (401, "token_bad_signature"));
+}
+
+#[tokio::test]
+async fn tokens_with_out_of_range_times_are_malformed_not_a_crash() {
+    let weft = secured(&[]);
+    let header = jsonwebtoken::Header::default();
+    let later = now() + 600;
+    for (what, claims) in [
+        (
+            "exp = 2^64 - 1",
+            json!({ "doc": "t", "mode": "read", "exp": u64::MAX }),
+        ),
+        (
+            "exp = 2^63",
+            json!({ "doc": "t", "mode": "read", "exp": 1u64 << 63 }),
+        ),
+        (
+            "exp in the year 10000",
+            json!({ "doc": "t", "mode": "read", "exp": 253_402_300_800u64 }),
+        ),
+        (
+            "nbf = 2^64 - 1",
+            json!({ "doc": "t", "mode": "read", "exp": later, "nbf": u64::MAX }),
+        ),
+        (
+            "iat = 2^64 - 1",
+            json!({ "doc": "t", "mode": "read", "exp": later, "iat": u64::MAX }),
+        ),
+        (
+            "nbf negative",
+            json!({ "doc": "t", "mode": "read", "exp": later, "nbf": -1 }),
+        ),
+    ] {
+        let t = signed(&header, &claims);
+        let (status, code) = error_code(
+            &weft.addr,
+            "GET",
+            &format!("/docs/t?token={t}"),
+            &[],
+            vec![],
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (401, "token_malformed"), "{what}");
+        let mut ws = connect(&format!("{}?token={t}", weft.url("t"))).await;
+        let (code, reason) = close_of(&mut ws).await;
+        assert_eq!(code, CloseCode::Library(4401), "{what}: {reason}");
+        assert!(reason.contains("malformed"), "{what}: {reason}");
+    }
+    // A far but representable expiry is fine, and the server is still up.
+    let far = signed(
+        &header,
+        &json!({ "doc": "t", "mode": "read", "exp": later + 50 * 365 * 86_400 }),
+    );
+    let (status, _) = request(
+        &weft.addr,
+        "GET",
+        &format!("/docs/t?token={far}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut ws = connect(&format!("{}?token={far}", weft.url("t"))).await;
+    next_message(&mut ws).await;
+}
+
+#[tokio::test]
+async fn tokens_are_refused_before_their_not_before_time() {
+    let weft = secured(&[]);
+    let header = jsonwebtoken::Header::default();
+    let later = now() + 600;
+    let early = signed(
+        &header,
+        &json!({ "doc": "n", "mode": "write", "exp": later, "nbf": now() + 300 }),
+    );
+    let (status, code) = error_code(
+        &weft.addr,
+        "GET",
+        &format!("/docs/n?token={early}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (401, "token_not_yet_valid"));
+    let mut ws = connect(&format!("{}?token={early}", weft.url("n"))).await;
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!(code, CloseCode::Library(4401), "{reason}");
+    assert!(reason.contains("not valid yet"), "{reason}");
+
+    let due = signed(
+        &header,
+        &json!({ "doc": "n", "mode": "write", "exp": later, "nbf": now() - 5, "iat": now() - 5 }),
+    );
+    let (status, _) = request(
+        &weft.addr,
+        "GET",
+        &format!("/docs/n?token={due}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "a token past its nbf works");
+}
+
+#[tokio::test]
+async fn tokens_naming_critical_extensions_weft_lacks_are_refused() {
+    let weft = secured(&[]);
+    let claims = json!({ "doc": "c", "mode": "write", "exp": now() + 600 });
+    let mut header = jsonwebtoken::Header {
+        crit: Some(vec!["weft-unknown-ext".into()]),
+        ..jsonwebtoken::Header::default()
+    };
+    header.extras.insert("weft-unknown-ext", true);
+    let critical = signed(&header, &claims);
+    let (status, code) = error_code(
+        &weft.addr,
+        "GET",
+        &format!("/docs/c?token={critical}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (401, "token_malformed"));
+    let mut ws = connect(&format!("{}?token={critical}", weft.url("c"))).await;
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!(code, CloseCode::Library(4401), "{reason}");
+
+    let plain = signed(&jsonwebtoken::Header::default(), &claims);
+    let (status, _) = request(
+        &weft.addr,
+        "GET",
+        &format!("/docs/c?token={plain}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "the same token without crit works");
+}
+
+#[tokio::test]
+async fn an_empty_token_in_one_place_does_not_hide_a_token_in_the_next() {
+    let weft = secured(&[]);
+    let t = token("e", "read");
+    let bearer = format!("Bearer {t}");
+    let cookie = format!("weft_token={t}");
+    for (what, path, headers) in [
+        (
+            "empty query, bearer",
+            "/docs/e?token=",
+            vec![("authorization", bearer.as_str())],
+        ),
+        (
+            "blank query, bearer",
+            "/docs/e?token=%20%20",
+            vec![("authorization", bearer.as_str())],
+        ),
+        (
+            "empty query, cookie",
+            "/docs/e?token=",
+            vec![("cookie", cookie.as_str())],
+        ),
+        (
+            "empty bearer, cookie",
+            "/docs/e",
+            vec![("authorization", "Bearer  "), ("cookie", cookie.as_str())],
+        ),
+    ] {
+        let (status, body) = request(&weft.addr, "GET", path, &headers, vec![]).await;
+        assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&body));
+    }
+    let (status, code) = error_code(&weft.addr, "GET", "/docs/e?token=", &[], vec![]).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (401, "token_missing"),
+        "nothing anywhere"
+    );
+}
+
+/// Runs `weft serve` with `args`; it must exit by itself within the wait.
+fn serve_exits(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .env_remove("WEFT_ADMIN_KEY")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft starts");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weft serve {args:?} {env:?} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    (status.code(), err)
+}
+
+#[test]
+fn a_short_admin_key_stops_the_server_starting() {
+    for (args, env) in [
+        (vec!["--admin-key", "short-admin-key"], vec![]),
+        (
+            vec![],
+            vec![("WEFT_ADMIN_KEY", "0123456789abcdef0123456789abcde")],
+        ), // 31 bytes
+    ] {
+        let (code, err) = serve_exits(&args, &env);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        assert!(err.contains("openssl rand -hex 32"), "{err}");
+    }
+}
+
+/// An HTTP/1.1 connection from a chosen loopback source address.
+async fn http1_from(source: &str, addr: &str) -> Http {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("source address"))
+        .expect("bind the source address");
+    let tcp = socket
+        .connect(addr.parse().expect("server address"))
+        .await
+        .expect("tcp");
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("http1 handshake");
+    tokio::spawn(conn);
+    Http::H1(send, addr.to_owned())
+}
+
+/// One admin-key request on `http`: (status, error code, Retry-After).
+async fn mint_with(http: &mut Http, key: &str) -> (u16, String, Option<u64>) {
+    let auth = format!("Bearer {key}");
+    let body = serde_json::to_vec(&json!({ "doc": "g", "mode": "read" })).expect("json");
+    let resp = http
+        .request(
+            "POST",
+            "/auth/token",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await;
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = body_bytes(resp).await;
+    let code = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, code, retry)
+}
+
+#[tokio::test]
+async fn wrong_admin_keys_are_counted_and_throttled_per_address() {
+    let weft = secured(&[]);
+    let wrong = "wrong-admin-key-wrong-admin-key-wrong";
+    let mut http = http1_from("127.0.0.1", &weft.addr).await;
+
+    // The burst: ten wrong keys are answered as wrong, then the address is
+    // locked out.
+    for i in 0..10 {
+        let (status, code, _) = mint_with(&mut http, wrong).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "admin_key_wrong"),
+            "guess {i}"
+        );
+    }
+    let (status, code, retry) = mint_with(&mut http, wrong).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_failures"));
+    let retry = retry.expect("Retry-After");
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    // Locked out, even the right key is not compared.
+    let (status, code, _) = mint_with(&mut http, ADMIN).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_failures"));
+
+    // Another address has its own allowance.
+    let mut other = http1_from("127.0.0.2", &weft.addr).await;
+    assert_eq!(mint_with(&mut other, ADMIN).await.0, 200);
+    assert_eq!(mint_with(&mut other, wrong).await.0, 401);
+
+    // Sustained guessing: how many guesses are compared (answered 401) in
+    // two seconds of trying as fast as one connection can.
+    let start = std::time::Instant::now();
+    let (mut compared, mut refused) = (0u32, 0u32);
+    while start.elapsed() < Duration::from_secs(2) {
+        match mint_with(&mut http, wrong).await.0 {
+            401 => compared += 1,
+            429 => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "admin key guesses from one address: {compared} compared, {refused} refused in {secs:.2} s \
+         ({:.1} compared/s, {:.0} requests/s)",
+        f64::from(compared) / secs,
+        f64::from(compared + refused) / secs
+    );
+    assert!(compared <= 3, "{compared} guesses compared in {secs:.2} s");
+    assert!(refused > 100, "the loop ran ({refused} refused)");
+
+    // The lockout ends by itself: the right key works again within a
+    // couple of seconds of the last wrong one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, _) = mint_with(&mut http, ADMIN).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(std::time::Instant::now() < deadline, "still locked out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (_, metrics) = request(&weft.addr, "GET", "/metrics", &[], vec![]).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_auth_failures_total{reason=\"admin_key\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no admin_key failures counted in\n{metrics}"));
+    assert!(failures >= 11.0, "{failures} admin key failures counted");
 }

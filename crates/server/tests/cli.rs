@@ -12,7 +12,7 @@ use support::*;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Transact, Update};
 
-const ADMIN: &str = "cli-admin-key";
+const ADMIN: &str = "cli-admin-key-0123456789abcdef0123";
 
 fn weft() -> Command {
     let mut cmd = Command::cargo_bin("weft").expect("binary");

@@ -382,7 +382,7 @@ fn a_node_refuses_to_start_without_redis_and_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_document_on_one_node_lets_it_go_on_every_node() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    const ADMIN: &str = "cluster-admin-key";
+    const ADMIN: &str = "cluster-admin-key-0123456789abcdef";
     let redis = RedisServer::start();
     let (a, b) = (
         redis.node(&["--admin-key", ADMIN]),

@@ -14,7 +14,7 @@ use yrs::sync::Message as YMessage;
 use yrs::Doc;
 
 const SECRET: &str = "operability-secret-0123456789abcdef";
-const ADMIN: &str = "ops-admin";
+const ADMIN: &str = "ops-admin-key-0123456789abcdef0123";
 
 fn token(doc: &str, mode: &str) -> String {
     let exp = std::time::SystemTime::now()
@@ -266,7 +266,7 @@ fn settings_come_from_flag_then_environment_then_file() {
     let file = dir.path().join("weft.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:7001\"\nmax-connections = 11\nping_interval = \"5s\"\nadmin-key = \"file-secret\"\nredis = \"redis://:file-redis-pw@redis.internal:6379\"\n",
+        "listen = \"127.0.0.1:7001\"\nmax-connections = 11\nping_interval = \"5s\"\nadmin-key = \"file-secret-0123456789abcdef01234567\"\nredis = \"redis://:file-redis-pw@redis.internal:6379\"\n",
     )
     .expect("write");
     let out = assert_cmd::Command::cargo_bin("weft")

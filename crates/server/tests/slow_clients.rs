@@ -26,7 +26,7 @@ const READERS: usize = 49;
 const SLOW: usize = 50;
 const CHANGES: usize = 1000;
 const CHANGE_BYTES: usize = 8 * 1024;
-const ADMIN: &str = "slow-test-admin";
+const ADMIN: &str = "slow-test-admin-0123456789abcdef01";
 
 struct Run {
     p50: Duration,
