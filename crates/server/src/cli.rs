@@ -241,6 +241,27 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_MAX_PRESENCE_BYTES", default_value_t = 64 * 1024)]
     pub max_presence_bytes: usize,
 
+    /// Presence client ids one connection may publish (a browser tab has
+    /// one); an update introducing more is refused and the connection
+    /// closed (4400). 0: no limit.
+    #[arg(
+        long,
+        env = "WEFT_MAX_PRESENCE_CLIENTS_PER_CONNECTION",
+        default_value_t = 4
+    )]
+    pub max_presence_clients_per_connection: usize,
+
+    /// A document's presence in all, in bytes (what a joiner is sent); when
+    /// an update would pass it, the connection holding the most presence is
+    /// closed (4400) and its presence removed. 0: no limit.
+    #[arg(long, env = "WEFT_MAX_DOCUMENT_PRESENCE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_document_presence_bytes: usize,
+
+    /// Whether connections with a read token may publish presence of their
+    /// own (they always receive everyone's).
+    #[arg(long, env = "WEFT_READERS_PRESENCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub readers_presence: bool,
+
     /// Connections (editors and viewers) one document accepts; more are
     /// refused (WebSocket close 1013, HTTP 503 with Retry-After). 0: no limit.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_DOC", default_value_t = 10_000)]
@@ -390,6 +411,9 @@ impl ServeConfig {
             limits: weft_sync::DocLimits {
                 max_document_bytes: self.max_document_bytes,
                 max_presence_bytes: self.max_presence_bytes,
+                max_presence_clients_per_connection: self.max_presence_clients_per_connection,
+                max_document_presence_bytes: self.max_document_presence_bytes,
+                readers_presence: self.readers_presence,
             },
             max_connections_per_doc: self.max_connections_per_doc,
             ..weft_sync::EngineConfig::default()

@@ -195,6 +195,8 @@ async fn connection_loop(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst);
+    let doc_limits = app.config.engine().limits;
+    let cluster = app.config.redis.is_some();
 
     loop {
         tokio::select! {
@@ -228,6 +230,9 @@ async fn connection_loop(
                                     app.config.max_messages_per_sec
                                 ),
                             );
+                        }
+                        if let Err(refused) = doc_limits.admits_presence_in(&frame, cluster) {
+                            return End::Close(close_code::REJECTED, refused.to_string());
                         }
                         let messages = match decode_frame(&frame) {
                             Ok(messages) => messages,

@@ -418,3 +418,77 @@ async fn deleting_a_document_on_one_node_lets_it_go_on_every_node() {
     let (status, body) = request(&b.addr, "GET", "/docs/doomed/json", &[], vec![]).await;
     assert_eq!((status, body), (200, b"{}".to_vec()));
 }
+
+/// Reads awareness messages, noting every (client, state) in `seen`, until
+/// `client` is shown with state `json`.
+async fn presence_until(ws: &mut Ws, seen: &mut Vec<(u64, String)>, client: u64, json: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "client {client} never showed {json}; saw {seen:?}"
+        );
+        if let YMessage::Awareness(update) = next_message(ws).await {
+            let mut found = false;
+            for (id, entry) in &update.clients {
+                seen.push((id.get(), entry.json.to_string()));
+                found |= id.get() == client && &*entry.json == json;
+            }
+            if found {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_owned_on_one_node_cannot_be_forged_from_another() {
+    const VICTIM: u64 = 1001;
+    const MALLORY: u64 = 666;
+    let victim_state = r#"{"user":"Victim"}"#;
+    let redis = RedisServer::start();
+    let (a, b) = (redis.node(&[]), redis.node(&[]));
+    let mut victim = Editor::connect(&a.url("owned"), Doc::new()).await;
+    let mut watcher_a = Editor::connect(&a.url("owned"), Doc::new()).await;
+    let (mut seen_by_victim, mut seen_on_a) = (Vec::new(), Vec::new());
+    send(&mut victim.ws, presence(VICTIM, 3, victim_state)).await;
+    presence_until(&mut watcher_a.ws, &mut seen_on_a, VICTIM, victim_state).await;
+
+    // Mallory is the first on node B, so B loads the document for her and
+    // has never been sent the victim's state; she forges it at once.
+    let mut mallory = connect(&b.url("owned")).await;
+    send(
+        &mut mallory,
+        presence(VICTIM, 50, r#"{"user":"Mallory pretending"}"#),
+    )
+    .await;
+    send(&mut mallory, presence(VICTIM, 51, "null")).await;
+    send(&mut mallory, presence(MALLORY, 1, r#"{"user":"Mallory"}"#)).await;
+    // Her own state reaching node A means whatever she sent before it did.
+    let mallory_state = r#"{"user":"Mallory"}"#;
+    presence_until(&mut watcher_a.ws, &mut seen_on_a, MALLORY, mallory_state).await;
+    presence_until(&mut victim.ws, &mut seen_by_victim, MALLORY, mallory_state).await;
+    for (who, seen) in [("victim", &seen_by_victim), ("watcher on A", &seen_on_a)] {
+        assert!(
+            !seen
+                .iter()
+                .any(|(id, json)| *id == VICTIM && json != victim_state),
+            "{who} was sent a forged state: {seen:?}"
+        );
+    }
+    // She was not closed for it (y-websocket clients re-send others' states).
+    send(&mut mallory, YMessage::AwarenessQuery).await;
+    let mut seen_on_b = Vec::new();
+    presence_until(&mut mallory, &mut seen_on_b, VICTIM, victim_state).await;
+
+    // Node B shows newcomers the victim as the victim published it.
+    let mut watcher_b = connect(&b.url("owned")).await;
+    let mut seen_on_b = Vec::new();
+    presence_until(&mut watcher_b, &mut seen_on_b, VICTIM, victim_state).await;
+    assert!(
+        !seen_on_b
+            .iter()
+            .any(|(id, json)| *id == VICTIM && json != victim_state),
+        "a newcomer on B was shown a forged state: {seen_on_b:?}"
+    );
+}

@@ -184,6 +184,26 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Asks the other processes serving `doc` for the presence their own
+    /// connections own (each answers with [`answer_presence`]); returns how
+    /// many will answer. 0 when there are no other processes.
+    ///
+    /// [`answer_presence`]: DocumentStore::answer_presence
+    async fn ask_presence(&self, _doc: &DocName) -> Result<usize, StorageError> {
+        Ok(0)
+    }
+
+    /// Answers [`PeerEvent::PresenceWanted`] from process `asker` with this
+    /// process's own presence (an awareness update, possibly empty).
+    async fn answer_presence(
+        &self,
+        _doc: &DocName,
+        _asker: u64,
+        _update: &[u8],
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// What the other processes serving `doc` announce: their presence, and
     /// the document's deletion. `None` when there are no other processes.
     async fn watch_peers(
@@ -199,6 +219,12 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
 pub enum PeerEvent {
     /// An awareness update (y-protocols encoding) from its connections.
     Presence(Vec<u8>),
+    /// Process `asker` has just loaded the document and wants everyone's
+    /// presence: answer with `answer_presence`.
+    PresenceWanted { asker: u64 },
+    /// An answer to this process's `ask_presence`: another process's
+    /// presence, as for `Presence`.
+    PresenceAnswer(Vec<u8>),
     /// The document was deleted: whoever has it open lets it go.
     Deleted,
 }

@@ -14,8 +14,11 @@
 //!   snapshot loads start from), `weft:{doc}:lease`
 //!   (which node may compact), and the set `weft:docs` of names.
 //! - Channel `weft:{doc}:events`: what nodes tell each other and never
-//!   store: awareness, and that the document was deleted. Each message is
-//!   the sender's node id (8 bytes), a kind byte, then the payload.
+//!   store: awareness, that the document was deleted, and the presence
+//!   handshake of a node that has just loaded it (a question, and each
+//!   node's answer: the asker's id, then its awareness update). Each
+//!   message is the sender's node id (8 bytes), a kind byte, then the
+//!   payload.
 //!
 //! Records are the same schema-versioned MessagePack as the sled store's.
 
@@ -114,6 +117,8 @@ fn key(doc: &DocName, what: &str) -> String {
 const EVENTS: &str = "events";
 const PRESENCE: u8 = 0;
 const DELETED: u8 = 1;
+const PRESENCE_WANTED: u8 = 2;
+const PRESENCE_ANSWER: u8 = 3;
 
 fn stream_id(seq: u64) -> String {
     format!("0-{seq}")
@@ -681,6 +686,33 @@ impl DocumentStore for RedisStore {
         Ok(())
     }
 
+    async fn ask_presence(&self, doc: &DocName) -> Result<usize, StorageError> {
+        let receivers: i64 = self
+            .conn()
+            .publish(key(doc, EVENTS), self.event(PRESENCE_WANTED, &[]))
+            .await
+            .map_err(io("asking other nodes for presence"))?;
+        // Every subscriber of the channel got it, the asker's own included.
+        Ok(usize::try_from(receivers.saturating_sub(1)).unwrap_or(0))
+    }
+
+    async fn answer_presence(
+        &self,
+        doc: &DocName,
+        asker: u64,
+        update: &[u8],
+    ) -> Result<(), StorageError> {
+        let mut payload = Vec::with_capacity(8 + update.len());
+        payload.extend_from_slice(&asker.to_le_bytes());
+        payload.extend_from_slice(update);
+        let _: i64 = self
+            .conn()
+            .publish(key(doc, EVENTS), self.event(PRESENCE_ANSWER, &payload))
+            .await
+            .map_err(io("answering another node's presence question"))?;
+        Ok(())
+    }
+
     async fn watch_peers(
         &self,
         doc: &DocName,
@@ -731,6 +763,23 @@ impl DocumentStore for RedisStore {
                         // A deletion must not be dropped.
                         DELETED => {
                             let _ = tx.send(PeerEvent::Deleted).await;
+                        }
+                        // Nor the handshake: the asker waits for answers.
+                        PRESENCE_WANTED => {
+                            let asker = u64::from_le_bytes(from.try_into().unwrap_or([0; 8]));
+                            let _ = tx.send(PeerEvent::PresenceWanted { asker }).await;
+                        }
+                        PRESENCE_ANSWER => {
+                            let Some((asker, update)) = rest.split_at_checked(8) else {
+                                continue;
+                            };
+                            // Anyone else's answer is presence like any other.
+                            let event = if asker == node {
+                                PeerEvent::PresenceAnswer(update.to_vec())
+                            } else {
+                                PeerEvent::Presence(update.to_vec())
+                            };
+                            let _ = tx.send(event).await;
                         }
                         _ => {} // from a newer node: not for us
                     }

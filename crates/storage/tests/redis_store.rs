@@ -114,6 +114,64 @@ async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_hea
 }
 
 #[tokio::test]
+async fn a_node_that_asks_for_presence_hears_each_other_nodes_answer() {
+    let redis = RedisServer::start();
+    let (a, b, c) = (
+        store(&redis).await,
+        store(&redis).await,
+        store(&redis).await,
+    );
+    let doc = DocName::new("handshake").expect("name");
+    let mut heard = Vec::new();
+    for node in [&a, &b, &c] {
+        heard.push(
+            node.watch_peers(&doc)
+                .await
+                .expect("subscribes")
+                .expect("pubsub"),
+        );
+    }
+    let [by_a, by_b, by_c] = &mut heard[..] else {
+        unreachable!()
+    };
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<PeerEvent>) -> PeerEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("in time")
+            .expect("open")
+    }
+
+    assert_eq!(
+        c.ask_presence(&doc).await.expect("asks"),
+        2,
+        "A and B will answer; C does not count itself"
+    );
+    let PeerEvent::PresenceWanted { asker } = next(by_a).await else {
+        panic!("A hears the question");
+    };
+    assert_eq!(next(by_b).await, PeerEvent::PresenceWanted { asker });
+    a.answer_presence(&doc, asker, b"from a")
+        .await
+        .expect("answers");
+    b.answer_presence(&doc, asker, b"from b")
+        .await
+        .expect("answers");
+
+    // The asker hears both as answers; the others hear them as presence.
+    let mut answers = vec![next(by_c).await, next(by_c).await];
+    answers.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        answers,
+        vec![
+            PeerEvent::PresenceAnswer(b"from a".to_vec()),
+            PeerEvent::PresenceAnswer(b"from b".to_vec())
+        ]
+    );
+    assert_eq!(next(by_a).await, PeerEvent::Presence(b"from b".to_vec()));
+    assert_eq!(next(by_b).await, PeerEvent::Presence(b"from a".to_vec()));
+}
+
+#[tokio::test]
 async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sender() {
     let redis = RedisServer::start();
     let (a, b) = (store(&redis).await, store(&redis).await);

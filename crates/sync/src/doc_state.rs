@@ -1,24 +1,26 @@
 //! `DocState`: one live document and its presence, as a plain state machine.
 //!
-//! It owns the `yrs::Doc` (inside its `Awareness`), the sequence counter and a
-//! window of recent changes. Every input (a connection joining, a decoded
+//! It owns the `yrs::Doc` (inside an `Awareness`, which yrs' sync helpers
+//! take; the presence itself is kept by [`Presence`]), the sequence counter
+//! and a window of recent changes. Every input (a connection joining, a decoded
 //! message, a connection leaving) is a method call that records what must
 //! happen in [`Effects`]: changes to make durable and frames to deliver. It
 //! does no I/O and never waits, so it is tested without sockets or sleeps;
 //! the [`room`](crate::room) task around it does the storing and sending.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
-use yrs::{ClientID, Doc, IdSet, ReadTxn, StateVector, Transact, Update, ID};
+use yrs::{Doc, IdSet, ReadTxn, StateVector, Transact, Update, ID};
 
 use weft_storage::{LogEntry, StoredDoc};
 
 use crate::guard::guarded;
+use crate::presence::{self, Presence, PresenceLimits, PresenceRefusal};
 use crate::protocol::{self, ClientUpdate, Inbound};
 use crate::Clock;
 
@@ -57,6 +59,10 @@ pub enum Delivery {
     },
     /// Presence changed: editors and viewers alike are told.
     Presence(AwarenessUpdate),
+    /// Everyone's presence, for an editor that has just joined. Queued
+    /// whatever the connection's byte limit and not counted against it:
+    /// what others published must never be what gets a joiner closed.
+    Opening(ConnId, Bytes),
 }
 
 /// What handling some input requires of the caller, in order.
@@ -65,6 +71,9 @@ pub struct Effects {
     /// Must be durable before any of `deliveries` is sent.
     pub changes: Vec<Change>,
     pub deliveries: Vec<Delivery>,
+    /// Other connections to close because of what this input did to them
+    /// (one crowded out of the document's presence budget).
+    pub closes: Vec<(ConnId, Rejection)>,
 }
 
 /// Why a message from a connection was refused. The connection is closed.
@@ -76,6 +85,8 @@ pub enum Rejection {
     UpdatePanicked(String),
     #[error("awareness update rejected: {0}")]
     InvalidAwareness(String),
+    #[error("presence refused: {0}")]
+    PresenceRefused(PresenceRefusal),
     #[error("change refused: the document would grow past its limit of {limit} bytes")]
     DocumentTooLarge { limit: u64 },
 }
@@ -104,9 +115,8 @@ pub struct DocState {
     last_seq: u64,
     recent: VecDeque<Change>,
     recent_capacity: usize,
-    /// Which connection introduced each awareness client id, so that its
-    /// presence can be removed the moment that connection goes.
-    owners: HashMap<ClientID, ConnId>,
+    /// Everyone's presence and who holds which client id.
+    presence: Presence,
     /// Set when yrs panicked mid-transaction: memory may no longer match
     /// storage, so the caller must rebuild from storage.
     poisoned: bool,
@@ -122,10 +132,57 @@ pub struct DocState {
 }
 
 /// Limits on what clients may make a document hold (0: no limit).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DocLimits {
     pub max_document_bytes: u64,
+    /// Largest presence state of one client id.
     pub max_presence_bytes: usize,
+    /// Client ids one connection may publish presence for.
+    pub max_presence_clients_per_connection: usize,
+    /// The document's presence in all, in bytes of its encoding.
+    pub max_document_presence_bytes: usize,
+    /// Whether read-only connections may publish presence of their own.
+    pub readers_presence: bool,
+}
+
+impl Default for DocLimits {
+    fn default() -> Self {
+        DocLimits {
+            max_document_bytes: 0,
+            max_presence_bytes: 0,
+            max_presence_clients_per_connection: 0,
+            max_document_presence_bytes: 0,
+            readers_presence: true,
+        }
+    }
+}
+
+impl DocLimits {
+    /// Refuses, before it is decoded, a frame carrying more presence than
+    /// any connection has reason to send (see
+    /// [`PresenceLimits::largest_message`]); `cluster`: other nodes'
+    /// presence is shown too.
+    pub fn admits_presence_in(&self, frame: &[u8], cluster: bool) -> Result<(), Rejection> {
+        let Some(max) = self.presence().largest_message(cluster) else {
+            return Ok(());
+        };
+        let len = protocol::presence_bytes(frame);
+        if len > max {
+            return Err(Rejection::PresenceRefused(
+                PresenceRefusal::MessageTooLarge { len, max },
+            ));
+        }
+        Ok(())
+    }
+
+    fn presence(&self) -> PresenceLimits {
+        PresenceLimits {
+            max_state_bytes: self.max_presence_bytes,
+            max_clients_per_connection: self.max_presence_clients_per_connection,
+            max_document_bytes: self.max_document_presence_bytes,
+            readers: self.readers_presence,
+        }
+    }
 }
 
 impl std::fmt::Debug for DocState {
@@ -134,7 +191,7 @@ impl std::fmt::Debug for DocState {
             .field("incarnation", &self.incarnation)
             .field("last_seq", &self.last_seq)
             .field("recent", &self.recent.len())
-            .field("presence", &self.owners.len())
+            .field("presence", &self.presence.len())
             .finish_non_exhaustive()
     }
 }
@@ -165,7 +222,7 @@ impl DocState {
             last_seq: stored.last_seq(),
             recent,
             recent_capacity,
-            owners: HashMap::new(),
+            presence: Presence::default(),
             poisoned: false,
             size_estimate: stored.snapshot.as_ref().map_or(0, |s| s.state.len() as u64)
                 + stored
@@ -180,6 +237,7 @@ impl DocState {
 
     pub fn set_limits(&mut self, limits: DocLimits) {
         self.limits = limits;
+        self.presence.set_limits(limits.presence());
     }
 
     /// Whether a message of `len` bytes carrying a change may be applied
@@ -202,11 +260,7 @@ impl DocState {
     /// presence. Used after a failure left memory ahead of the disk.
     pub fn reload(&mut self, stored: &StoredDoc) -> Result<(), LoadError> {
         let mut fresh = DocState::load(stored, self.recent_capacity, self.clock.clone())?;
-        if let Ok(presence) = self.awareness.update() {
-            // Re-applying our own full presence into an empty instance cannot fail.
-            let _ = fresh.awareness.apply_update(presence);
-        }
-        fresh.owners = std::mem::take(&mut self.owners);
+        fresh.presence = std::mem::take(&mut self.presence);
         fresh.limits = self.limits;
         *self = fresh;
         Ok(())
@@ -257,7 +311,7 @@ impl DocState {
             .push(Delivery::To(conn, protocol::sync_step1(&self.awareness)));
         if let Some(update) = self.presence() {
             fx.deliveries
-                .push(Delivery::To(conn, protocol::awareness(update)));
+                .push(Delivery::Opening(conn, protocol::awareness(update)));
         }
     }
 
@@ -276,17 +330,18 @@ impl DocState {
 
     /// Every current presence state (possibly none).
     pub fn presence_all(&self) -> AwarenessUpdate {
-        self.awareness.update().unwrap_or_else(|_| AwarenessUpdate {
-            clients: Default::default(),
-        })
+        self.presence.all(self.clock.now_ms())
     }
 
     /// Every current presence state, if there is any.
     pub fn presence(&self) -> Option<AwarenessUpdate> {
-        if self.owners.is_empty() {
-            return None;
-        }
-        self.awareness.update().ok()
+        Some(self.presence_all()).filter(|update| !update.clients.is_empty())
+    }
+
+    /// The presence this node's connections hold (cluster mode: what it
+    /// tells a node that asks).
+    pub fn local_presence(&self) -> AwarenessUpdate {
+        self.presence.local()
     }
 
     /// Handles one decoded message from `conn`. A read-only connection may
@@ -341,12 +396,11 @@ impl DocState {
                 Ok(())
             }
             Inbound::Update(update) => self.apply_update(Some(conn), update, fx),
-            Inbound::Awareness(update) => self.apply_awareness(conn, update, fx),
+            Inbound::Awareness(update) => self.apply_awareness(conn, access, update, fx),
             Inbound::AwarenessQuery => {
-                if let Ok(update) = self.awareness.update() {
-                    fx.deliveries
-                        .push(Delivery::To(conn, protocol::awareness(update)));
-                }
+                let update = self.presence_all();
+                fx.deliveries
+                    .push(Delivery::To(conn, protocol::awareness(update)));
                 Ok(())
             }
             Inbound::Auth => Ok(()),
@@ -487,20 +541,16 @@ impl DocState {
         }
     }
 
-    /// Presence another node published (cluster mode): applied and passed
-    /// on to this node's subscribers; no local connection owns it.
+    /// Presence another node published (cluster mode): entries for ids no
+    /// connection here holds are applied and passed on to this node's
+    /// subscribers (never published again).
     pub fn apply_remote_presence(&mut self, update: &[u8], fx: &mut Effects) {
-        use yrs::updates::decoder::Decode as _;
-        let Ok(update) = AwarenessUpdate::decode_v1(update) else {
+        let Ok(Ok(update)) = guarded(|| AwarenessUpdate::decode_v1(update)) else {
             return;
         };
-        if clock_at_limit(&update).is_some() {
-            return;
-        }
-        if let Ok(Some(summary)) = self.awareness.apply_update_summary(update) {
-            if let Ok(update) = self.awareness.update_with_clients(summary.all_changes()) {
-                fx.deliveries.push(Delivery::Presence(update));
-            }
+        let changed = self.presence.apply_peer(update, self.clock.now_ms());
+        if !changed.clients.is_empty() {
+            fx.deliveries.push(Delivery::Presence(changed));
         }
     }
 
@@ -527,21 +577,9 @@ impl DocState {
 
     /// `conn` is gone: its presence is removed and everyone is told at once.
     pub fn leave(&mut self, conn: ConnId, fx: &mut Effects) {
-        let mut gone = Vec::new();
-        self.owners.retain(|&client, &mut owner| {
-            if owner == conn {
-                gone.push(client);
-            }
-            owner != conn
-        });
-        for &client in &gone {
-            self.awareness.remove_state(client);
-        }
-        if gone.is_empty() {
-            return;
-        }
-        if let Ok(update) = self.awareness.update_with_clients(gone) {
-            fx.deliveries.push(Delivery::Presence(update));
+        let removed = self.presence.leave(conn, self.clock.now_ms());
+        if !removed.clients.is_empty() {
+            fx.deliveries.push(Delivery::Presence(removed));
         }
     }
 
@@ -611,53 +649,36 @@ impl DocState {
         result.map_err(|e| Rejection::InvalidUpdate(e.to_string()))
     }
 
+    /// Presence from `conn`, by the rules of [`Presence`]: what it may
+    /// publish is applied and delivered to everyone, the sender too (y-websocket
+    /// clients treat 30 s without any message as a dead connection, and
+    /// their own 15 s renewal coming back is what keeps a lone editor
+    /// connected); what belongs to others is dropped.
     fn apply_awareness(
         &mut self,
         conn: ConnId,
+        access: Access,
         update: AwarenessUpdate,
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
-        if let Some(client) = clock_at_limit(&update) {
-            return Err(Rejection::InvalidAwareness(format!(
-                "state of client {client} has clock {}, which cannot advance",
-                u32::MAX
-            )));
+        let may_publish = access == Access::ReadWrite || self.limits.readers_presence;
+        let published =
+            self.presence
+                .publish(conn, may_publish, update, self.clock.now_ms())
+                .map_err(|refusal| match refusal {
+                    PresenceRefusal::TooManyClients { .. }
+                    | PresenceRefusal::DocumentFull { .. } => Rejection::PresenceRefused(refusal),
+                    invalid => Rejection::InvalidAwareness(invalid.to_string()),
+                })?;
+        for (crowded, why) in published.crowded_out {
+            fx.closes.push((crowded, Rejection::PresenceRefused(why)));
         }
-        // Other clients JSON.parse every state; refuse what they could not.
-        for (client, entry) in &update.clients {
-            let max = self.limits.max_presence_bytes;
-            if max > 0 && entry.json.len() > max {
-                return Err(Rejection::InvalidAwareness(format!(
-                    "state of client {client} is {} bytes; the limit is {max}",
-                    entry.json.len()
-                )));
-            }
-            // Parsed for real (not skimmed): serde_json's nesting limit
-            // refuses states nested deeper than clients can parse.
-            if let Err(e) = serde_json::from_str::<serde_json::Value>(&entry.json) {
-                return Err(Rejection::InvalidAwareness(format!(
-                    "state of client {client} is not JSON: {e}"
-                )));
-            }
-        }
-        let summary = self
-            .awareness
-            .apply_update_summary(update)
-            .map_err(|e| Rejection::InvalidAwareness(e.to_string()))?;
-        let Some(summary) = summary else {
-            return Ok(());
-        };
-        for &client in summary.added.iter().chain(&summary.updated) {
-            self.owners.insert(client, conn);
-        }
-        for client in &summary.removed {
-            self.owners.remove(client);
-        }
-        // Echoed to the sender too: y-websocket clients treat 30 s without
-        // any message as a dead connection, and their own 15 s presence
-        // renewal coming back is what keeps a lone editor connected.
-        if let Ok(update) = self.awareness.update_with_clients(summary.all_changes()) {
-            fx.deliveries.push(Delivery::Presence(update));
+        if !published.changed.clients.is_empty() {
+            fx.deliveries.push(Delivery::Presence(published.changed));
+        } else if published.silenced {
+            // Not shown to anyone, but answered: the same keepalive.
+            fx.deliveries
+                .push(Delivery::To(conn, protocol::awareness(presence::empty())));
         }
         Ok(())
     }
@@ -701,17 +722,6 @@ fn load_doc(stored: &StoredDoc) -> Result<Doc, LoadError> {
     }
 }
 
-/// A client whose presence clock is already at its limit. Leaving bumps a
-/// state's clock (in yrs, with overflow checks on), so such a state would
-/// make its owner's departure panic: refused, from connections and nodes.
-fn clock_at_limit(update: &AwarenessUpdate) -> Option<ClientID> {
-    update
-        .clients
-        .iter()
-        .find(|(_, e)| e.clock == u32::MAX)
-        .map(|(client, _)| *client)
-}
-
 /// Whether a change yrs encoded decodes again (what is stored must load).
 fn readable(update: &[u8]) -> bool {
     matches!(guarded(|| Update::decode_v1(update)), Ok(Ok(_)))
@@ -729,7 +739,7 @@ mod tests {
     use weft_storage::{DocMeta, LogEntry, Snapshot, SnapshotReason};
     use yrs::sync::{Message, SyncMessage};
     use yrs::updates::encoder::Encode;
-    use yrs::{GetString, Text};
+    use yrs::{ClientID, GetString, Text};
 
     struct FixedClock;
     impl Clock for FixedClock {
@@ -1130,8 +1140,8 @@ mod tests {
         let mut fx = Effects::default();
         s.join(2, &mut fx);
         assert_eq!(fx.deliveries.len(), 2);
-        let Delivery::To(2, frame) = &fx.deliveries[1] else {
-            panic!()
+        let Delivery::Opening(2, frame) = &fx.deliveries[1] else {
+            panic!("{:?}", fx.deliveries)
         };
         assert_eq!(
             awareness_clients(frame),
@@ -1155,29 +1165,172 @@ mod tests {
     }
 
     #[test]
-    fn a_reconnected_client_keeps_its_presence_when_the_old_socket_goes() {
+    fn a_client_id_is_its_connections_until_that_connection_goes() {
         let mut s = state(&empty());
         s.receive(
             1,
             Access::ReadWrite,
-            Inbound::Awareness(presence(100, 1, "{}")),
+            Inbound::Awareness(presence(100, 1, r#"{"user":"ann"}"#)),
             &mut Effects::default(),
         )
         .expect("ok");
-        // Same Yjs client on a new connection.
+        // Another connection (a forger, or the same tab reconnected while
+        // its old socket lingers) publishes for it: dropped, not refused.
+        for json in [r#"{"user":"mallory"}"#, "null"] {
+            let mut fx = Effects::default();
+            s.receive(
+                2,
+                Access::ReadOnly,
+                Inbound::Awareness(presence(100, 9, json)),
+                &mut fx,
+            )
+            .expect("not refused");
+            assert!(fx.deliveries.is_empty(), "{:?}", fx.deliveries);
+        }
+        assert_eq!(
+            presence_clients(&s.presence_all()),
+            vec![(100, r#"{"user":"ann"}"#.into())]
+        );
+        // Once its connection goes, the id is free: the next state newer
+        // than its removal takes it.
+        let mut fx = Effects::default();
+        s.leave(1, &mut fx);
+        let [Delivery::Presence(removed)] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries);
+        };
+        assert_eq!(removed.clients[&ClientID::new(100)].clock, 2);
+        let mut fx = Effects::default();
         s.receive(
             2,
             Access::ReadWrite,
-            Inbound::Awareness(presence(100, 2, "{}")),
+            Inbound::Awareness(presence(100, 3, "{}")),
+            &mut fx,
+        )
+        .expect("ok");
+        assert_eq!(fx.deliveries.len(), 1);
+        let mut fx = Effects::default();
+        s.leave(2, &mut fx);
+        assert_eq!(fx.deliveries.len(), 1);
+    }
+
+    #[test]
+    fn a_joiners_opening_presence_is_exempt_and_crowding_out_closes_the_largest() {
+        let mut s = state(&empty());
+        s.set_limits(DocLimits {
+            max_document_presence_bytes: 300,
+            max_presence_clients_per_connection: 4,
+            ..DocLimits::default()
+        });
+        let hog = format!(r#""{}""#, "h".repeat(200));
+        s.receive(
+            1,
+            Access::ReadOnly,
+            Inbound::Awareness(presence(1, 1, &hog)),
+            &mut Effects::default(),
+        )
+        .expect("fits");
+        let mut fx = Effects::default();
+        s.receive(
+            2,
+            Access::ReadWrite,
+            Inbound::Awareness(presence(2, 1, &"1".repeat(80))),
+            &mut fx,
+        )
+        .expect("the newcomer stays");
+        assert!(
+            matches!(
+                fx.closes.as_slice(),
+                [(
+                    1,
+                    Rejection::PresenceRefused(PresenceRefusal::CrowdedOut { .. })
+                )]
+            ),
+            "{:?}",
+            fx.closes
+        );
+        let [Delivery::Presence(update)] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries);
+        };
+        assert_eq!(update.clients[&ClientID::new(1)].json.as_ref(), "null");
+        assert_eq!(
+            presence_clients(&s.presence_all()),
+            vec![(2, "1".repeat(80))]
+        );
+        let mut fx = Effects::default();
+        s.join(3, &mut fx);
+        assert!(matches!(
+            fx.deliveries.as_slice(),
+            [Delivery::To(3, _), Delivery::Opening(3, _)]
+        ));
+    }
+
+    #[test]
+    fn readers_presence_off_drops_a_readers_state_and_answers_it() {
+        let mut s = state(&empty());
+        s.set_limits(DocLimits {
+            readers_presence: false,
+            ..DocLimits::default()
+        });
+        let mut fx = Effects::default();
+        s.receive(
+            5,
+            Access::ReadOnly,
+            Inbound::Awareness(presence(50, 1, "{}")),
+            &mut fx,
+        )
+        .expect("not refused");
+        let [Delivery::To(5, frame)] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries);
+        };
+        assert!(
+            awareness_clients(frame).is_empty(),
+            "an empty answer, nothing stored"
+        );
+        assert!(s.presence().is_none());
+        s.receive(
+            6,
+            Access::ReadWrite,
+            Inbound::Awareness(presence(60, 1, "{}")),
+            &mut Effects::default(),
+        )
+        .expect("writers publish");
+        assert_eq!(presence_clients(&s.presence_all()).len(), 1);
+    }
+
+    #[test]
+    fn another_nodes_presence_never_overrides_a_local_connections() {
+        use yrs::updates::encoder::Encode;
+        let mut s = state(&empty());
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Awareness(presence(7, 1, r#""mine""#)),
             &mut Effects::default(),
         )
         .expect("ok");
         let mut fx = Effects::default();
-        s.leave(1, &mut fx);
-        assert!(fx.deliveries.is_empty());
+        let forged = presence(7, 50, r#""forged""#);
+        s.apply_remote_presence(&forged.encode_v1(), &mut fx);
+        s.apply_remote_presence(&presence(8, 1, r#""theirs""#).encode_v1(), &mut fx);
+        let [Delivery::Presence(update)] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries);
+        };
+        assert_eq!(presence_clients(update), vec![(8, r#""theirs""#.into())]);
+        // Only its own connections' presence is what this node tells others.
+        assert_eq!(
+            presence_clients(&s.local_presence()),
+            vec![(7, r#""mine""#.into())]
+        );
+        // And a local connection cannot take the other node's id.
         let mut fx = Effects::default();
-        s.leave(2, &mut fx);
-        assert_eq!(fx.deliveries.len(), 1);
+        s.receive(
+            2,
+            Access::ReadWrite,
+            Inbound::Awareness(presence(8, 9, r#""stolen""#)),
+            &mut fx,
+        )
+        .expect("dropped, not refused");
+        assert!(fx.deliveries.is_empty());
     }
 
     #[test]
@@ -1387,7 +1540,7 @@ mod limit_tests {
     use super::*;
     use weft_storage::DocMeta;
     use yrs::updates::decoder::Decode;
-    use yrs::{GetString, Text};
+    use yrs::{ClientID, GetString, Text};
 
     #[test]
     fn size_and_presence_limits_refuse_without_changing_anything() {
@@ -1403,6 +1556,7 @@ mod limit_tests {
         s.set_limits(DocLimits {
             max_document_bytes: 200,
             max_presence_bytes: 16,
+            ..DocLimits::default()
         });
         let client = Doc::new();
         let text = client.get_or_insert_text("t");
@@ -1435,7 +1589,7 @@ mod limit_tests {
             "hello"
         );
 
-        let mut clients = HashMap::new();
+        let mut clients = std::collections::HashMap::new();
         clients.insert(
             ClientID::new(9),
             yrs::sync::awareness::AwarenessUpdateEntry {

@@ -58,6 +58,9 @@ pub fn room(data: &[u8]) {
     state.set_limits(DocLimits {
         max_document_bytes: 1 << 20,
         max_presence_bytes: 4096,
+        max_presence_clients_per_connection: 4,
+        max_document_presence_bytes: 1 << 16,
+        readers_presence: true,
     });
     let mut fx = Effects::default();
     state.join(1, &mut fx);

@@ -3,7 +3,7 @@
 //! One [`Room`](room) task per live document owns its `yrs::Doc` and
 //! presence; [`Rooms`] starts and finds them; a [`Session`] is one
 //! connection's membership of a room. The protocol logic itself lives in
-//! [`DocState`] and [`protocol`], which do no I/O. This crate never touches a
+//! [`DocState`] (with its `Presence`) and [`protocol`], which do no I/O. This crate never touches a
 //! socket: transports live in the server crate.
 
 pub mod changes;
@@ -13,6 +13,7 @@ pub mod guard;
 pub mod harness;
 pub mod json;
 mod plausible;
+mod presence;
 pub mod protocol;
 pub mod restore;
 mod room;
@@ -27,6 +28,7 @@ pub use doc_state::{
     Access, Change, ConnId, Delivery, DocLimits, DocState, Effects, LoadError, Rejection,
 };
 pub use event_id::{BadEventId, EventId};
+pub use presence::PresenceRefusal;
 pub use rooms::Rooms;
 pub use session::{CloseReason, Follower, Session};
 
@@ -66,6 +68,9 @@ impl Default for EngineConfig {
             limits: DocLimits {
                 max_document_bytes: 256 * 1024 * 1024,
                 max_presence_bytes: 64 * 1024,
+                max_presence_clients_per_connection: 4,
+                max_document_presence_bytes: 1024 * 1024,
+                readers_presence: true,
             },
             max_connections_per_doc: 10_000,
         }

@@ -1,4 +1,5 @@
-//! Refusing allocation bombs before yrs sees them.
+//! Refusing allocation bombs before yrs sees them, and measuring what a
+//! frame carries without decoding it.
 //!
 //! yrs sizes some hash maps from counts it reads off the wire (the clients
 //! of an update, a state vector's entries, an awareness update's states) and
@@ -80,6 +81,30 @@ pub fn frame(frame: &[u8]) -> Result<(), ProtocolError> {
     }
 }
 
+/// The bytes of every awareness payload in a frame, walking its messages
+/// as [`frame`] does (what it cannot walk counts as nothing more).
+pub fn presence_bytes(frame: &[u8]) -> usize {
+    let mut decoder = DecoderV1::new(Cursor::new(frame));
+    let mut total = 0;
+    loop {
+        let Ok(tag) = decoder.read_var::<u32>() else {
+            return total;
+        };
+        let walked = match tag {
+            0 => decoder
+                .read_var::<u32>()
+                .and_then(|_| decoder.read_buf())
+                .map(|_| ()),
+            1 => decoder.read_buf().map(|buf| total += buf.len()),
+            3 => Ok(()),
+            _ => return total,
+        };
+        if walked.is_err() {
+            return total;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +123,15 @@ mod tests {
         assert!(frame(&[0, 0, 1, 0]).is_ok());
         assert!(update(&[0, 0]).is_ok());
         assert!(update(&[0x85, 0x01]).is_err());
+    }
+
+    #[test]
+    fn presence_is_measured_across_the_messages_of_a_frame() {
+        // Step 1 (empty state vector), awareness of 3 bytes, query,
+        // awareness of 1 byte.
+        let frame = [0, 0, 1, 0, 1, 3, 1, 2, 3, 3, 1, 1, 0];
+        assert_eq!(presence_bytes(&frame), 4);
+        assert_eq!(presence_bytes(&[1, 0x85]), 0, "truncated");
+        assert_eq!(presence_bytes(&[]), 0);
     }
 }

@@ -138,6 +138,12 @@ fn decode_messages(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
     Ok(out)
 }
 
+/// How many bytes of presence (awareness payloads) a frame carries, found
+/// without decoding it.
+pub fn presence_bytes(frame: &[u8]) -> usize {
+    plausible::presence_bytes(frame)
+}
+
 /// Decodes a bare Yjs v1 update (not wrapped in a sync message).
 pub fn decode_update(bytes: &[u8]) -> Result<ClientUpdate, ProtocolError> {
     if bytes.is_empty() {

@@ -9,9 +9,15 @@
 //! It also snapshots the document every so many changes, unloads it when it
 //! has been without subscribers for the grace period, and on shutdown drains
 //! what was already sent to it, snapshots, and closes every subscriber.
+//!
+//! In cluster mode it hears other nodes (their presence, the document's
+//! deletion) and, once loaded, asks them for the presence their
+//! connections hold before serving anyone, so that no connection here can
+//! claim a client id that is live on another node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +49,10 @@ const MAX_BATCH: usize = 256;
 /// How often one batch may be renumbered after other nodes' changes before
 /// it is refused (cluster mode).
 const MAX_REBASES: u32 = 16;
+
+/// How long a room that has just loaded waits for other nodes to tell it
+/// their presence (cluster mode) before it serves anyone regardless.
+const PEER_PRESENCE_WAIT: Duration = Duration::from_secs(1);
 
 type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
 
@@ -235,7 +245,9 @@ impl Room {
             remote,
             peers,
         };
-        room.run_loop().await;
+        if room.learn_peers_presence().await {
+            room.run_loop().await;
+        }
         metrics::gauge!("weft_documents_loaded").decrement(1.0);
     }
 
@@ -265,17 +277,11 @@ impl Room {
                 Some(entries) = recv_from(&mut self.remote) => {
                     self.handle_stored_elsewhere(entries).await;
                 }
-                Some(event) = recv_from(&mut self.peers) => match event {
-                    PeerEvent::Presence(update) => {
-                        let mut fx = Effects::default();
-                        self.state.apply_remote_presence(&update, &mut fx);
-                        self.deliver(fx);
+                Some(event) = recv_from(&mut self.peers) => {
+                    if !self.on_peer_event(event).await {
+                        return; // the document was deleted
                     }
-                    PeerEvent::Deleted => {
-                        self.deleted_elsewhere();
-                        return;
-                    }
-                },
+                }
                 _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     if self.try_unload().await {
                         return;
@@ -283,6 +289,66 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// Cluster mode: asks the other nodes for the presence their
+    /// connections hold and takes every answer (or waits
+    /// `PEER_PRESENCE_WAIT`) before serving anyone. `false` when the
+    /// document was deleted meanwhile.
+    async fn learn_peers_presence(&mut self) -> bool {
+        if self.peers.is_none() {
+            return true;
+        }
+        let expected = match self.cx.store.ask_presence(&self.name).await {
+            Ok(expected) => expected,
+            Err(e) => {
+                warn!(doc = %self.name, error = %e, "could not ask other nodes for their presence");
+                return true;
+            }
+        };
+        let deadline = Instant::now() + PEER_PRESENCE_WAIT;
+        let mut answered = 0;
+        while answered < expected {
+            let heard = tokio::time::timeout_at(deadline, recv_from(&mut self.peers)).await;
+            let Ok(Some(event)) = heard else {
+                warn!(doc = %self.name, answered, expected, "not every node told its presence in time");
+                break;
+            };
+            answered += usize::from(matches!(event, PeerEvent::PresenceAnswer(_)));
+            if !self.on_peer_event(event).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// What another node said (cluster mode). `false` when the room must
+    /// stop: the document was deleted.
+    async fn on_peer_event(&mut self, event: PeerEvent) -> bool {
+        use yrs::updates::encoder::Encode;
+        match event {
+            PeerEvent::Presence(update) | PeerEvent::PresenceAnswer(update) => {
+                let mut fx = Effects::default();
+                self.state.apply_remote_presence(&update, &mut fx);
+                self.deliver(fx);
+            }
+            PeerEvent::PresenceWanted { asker } => {
+                let mine = self.state.local_presence().encode_v1();
+                if let Err(e) = self
+                    .cx
+                    .store
+                    .answer_presence(&self.name, asker, &mine)
+                    .await
+                {
+                    debug!(doc = %self.name, error = %e, "presence question not answered");
+                }
+            }
+            PeerEvent::Deleted => {
+                self.deleted_elsewhere();
+                return false;
+            }
+        }
+        true
     }
 
     /// Runs a batch; `true` when the room must stop (its document was deleted).
@@ -348,6 +414,11 @@ impl Room {
                             self.kick(conn, CloseReason::Rejected(rejection.to_string()), &mut fx);
                             break;
                         }
+                    }
+                    // Others its presence crowded out of the document's budget.
+                    for (other, rejection) in std::mem::take(&mut fx.closes) {
+                        warn!(doc = %self.name, conn = other, %rejection, "closing connection");
+                        self.kick(other, CloseReason::Rejected(rejection.to_string()), &mut fx);
                     }
                 }
                 Command::Leave { conn } => {
@@ -754,6 +825,11 @@ impl Room {
                             offer(conn, sub, frame, &mut gone);
                         }
                     }
+                    Delivery::Opening(conn, frame) => {
+                        if let Some(sub) = self.subscribers.get(&conn) {
+                            gone.extend(refused(conn, sub.offer_opening(frame)));
+                        }
+                    }
                     Delivery::Change { change, origin } => {
                         // Each encoding is built at most once, then shared.
                         let mut frame = None;
@@ -943,10 +1019,15 @@ fn offer(
     frame: Bytes,
     gone: &mut Vec<(ConnId, Option<CloseReason>)>,
 ) {
-    match sub.offer(frame) {
-        Ok(()) => {}
-        Err(Offer::Full) => gone.push((conn, Some(CloseReason::TooSlow))),
-        Err(Offer::Closed) => gone.push((conn, None)),
+    gone.extend(refused(conn, sub.offer(frame)));
+}
+
+/// A subscriber whose queue refused a frame, and why it must go.
+fn refused(conn: ConnId, offered: Result<(), Offer>) -> Option<(ConnId, Option<CloseReason>)> {
+    match offered {
+        Ok(()) => None,
+        Err(Offer::Full) => Some((conn, Some(CloseReason::TooSlow))),
+        Err(Offer::Closed) => Some((conn, None)),
     }
 }
 

@@ -59,9 +59,17 @@ pub(crate) enum Kind {
     Viewer { after: u64 },
 }
 
+/// A frame on a session's queue. `counted`: its bytes count against the
+/// queue's byte limit (all but a joiner's opening presence).
+#[derive(Debug)]
+pub(crate) struct Queued {
+    frame: Bytes,
+    counted: bool,
+}
+
 /// The room's side of a session: where its frames go.
 pub(crate) struct Subscriber {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Queued>,
     pub kind: Kind,
     pub access: Access,
     reason: Arc<OnceLock<CloseReason>>,
@@ -89,12 +97,29 @@ impl Subscriber {
             return Err(Offer::Full);
         }
         self.queued.fetch_add(len, Ordering::Relaxed);
-        self.tx.try_send(frame).map_err(|e| {
+        self.push(Queued {
+            frame,
+            counted: true,
+        })
+        .inspect_err(|_| {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            match e {
-                mpsc::error::TrySendError::Full(_) => Offer::Full,
-                mpsc::error::TrySendError::Closed(_) => Offer::Closed,
-            }
+        })
+    }
+
+    /// Queues a joiner's opening presence: not held to the byte limit nor
+    /// counted against it (it is bounded by the document's presence
+    /// budget), so what others published cannot be what closes a joiner.
+    pub fn offer_opening(&self, frame: Bytes) -> Result<(), Offer> {
+        self.push(Queued {
+            frame,
+            counted: false,
+        })
+    }
+
+    fn push(&self, queued: Queued) -> Result<(), Offer> {
+        self.tx.try_send(queued).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Offer::Full,
+            mpsc::error::TrySendError::Closed(_) => Offer::Closed,
         })
     }
 
@@ -110,7 +135,7 @@ pub struct Session {
     conn: ConnId,
     doc: DocName,
     room: mpsc::Sender<Command>,
-    outbound: mpsc::Receiver<Bytes>,
+    outbound: mpsc::Receiver<Queued>,
     reason: Arc<OnceLock<CloseReason>>,
     queued: Arc<AtomicUsize>,
     tasks: TaskTracker,
@@ -160,8 +185,10 @@ impl Session {
     /// The next frame for this client, or why the room ended the session.
     pub async fn recv(&mut self) -> Result<Bytes, CloseReason> {
         match self.outbound.recv().await {
-            Some(frame) => {
-                self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+            Some(Queued { frame, counted }) => {
+                if counted {
+                    self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                }
                 Ok(frame)
             }
             None => Err(self.close_reason()),
