@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,9 @@ use crate::access::Credentials;
 use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::auth::Mode;
+use crate::creation_limit::client_addr;
 use crate::doc_path::DocPath;
+use crate::peer::PeerAddr;
 
 #[derive(Debug, Deserialize)]
 pub struct StateParams {
@@ -30,7 +32,8 @@ pub struct StateParams {
     sv: Option<String>,
 }
 
-/// `GET /docs/{doc}`: the document (or what `?sv=` lacks) as a Yjs v1 update.
+/// `GET /docs/{doc}`: the document (or what `?sv=` lacks) as a Yjs v1 update;
+/// 404 `document_not_found` if nothing was ever written to it.
 pub async fn state(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
@@ -53,10 +56,12 @@ pub async fn state(
         .into_response())
 }
 
-/// `POST /docs/{doc}/updates`: apply a Yjs v1 update.
+/// `POST /docs/{doc}/updates`: apply a Yjs v1 update. A first write
+/// creates the document, within the client address's allowance (429).
 pub async fn post_update(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     credentials: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -75,13 +80,17 @@ pub async fn post_update(
             ApiError::bad_request("unreadable_body", e.body_text())
         }
     })?;
-    match app.rooms.apply(&doc, body).await? {
+    match app
+        .rooms
+        .apply(&doc, body, Some(client_addr(peer.0.ip())))
+        .await?
+    {
         Some(id) => Ok(Json(json!({ "id": id.to_string() })).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
-/// `GET /docs/{doc}/json`: the root types as JSON.
+/// `GET /docs/{doc}/json`: the root types as JSON (404 like `GET /docs/{doc}`).
 pub async fn as_json(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,

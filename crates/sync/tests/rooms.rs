@@ -70,8 +70,16 @@ fn text(doc: &Doc) -> String {
 async fn an_update_reaches_the_others_only_after_it_is_stored() {
     let f = fixture(EngineConfig::default());
     let doc = name("d");
-    let mut a = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut b = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut a = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut b = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     assert!(matches!(next(&mut a).await, Inbound::SyncStep1(_)));
     assert!(matches!(next(&mut b).await, Inbound::SyncStep1(_)));
 
@@ -100,7 +108,7 @@ async fn racing_joins_load_the_document_once() {
     let doc = name("race");
     let joins = (0..50).map(|_| {
         let (rooms, doc) = (f.rooms.clone(), doc.clone());
-        async move { rooms.join(&doc, Access::ReadWrite).await }
+        async move { rooms.join(&doc, Access::ReadWrite, None).await }
     });
     let sessions = futures_join_all(joins).await;
     assert_eq!(sessions.len(), 50);
@@ -125,8 +133,16 @@ where
 async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     let f = fixture(EngineConfig::default());
     let doc = name("faulty");
-    let mut a = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut b = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut a = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut b = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut a).await;
     next(&mut b).await;
     let writer = Doc::new();
@@ -172,7 +188,11 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     assert!(opening.starts_with(b"event: snapshot"));
 
     f.store.fail_appends(false);
-    let mut c = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut c = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut c).await;
     c.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
@@ -189,8 +209,16 @@ async fn a_client_that_stops_reading_is_closed_not_skipped() {
         ..EngineConfig::default()
     });
     let doc = name("slow");
-    let writer_session = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut slow = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let writer_session = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut slow = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     let writer = Doc::new();
     for i in 0..20 {
         writer_session
@@ -220,8 +248,16 @@ async fn a_burst_from_a_fast_writer_does_not_make_a_reader_that_keeps_up_look_sl
         ..EngineConfig::default()
     });
     let doc = name("burst");
-    let writer_session = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut reader = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let writer_session = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut reader = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     // The reader reads all the time; the writer sends 200 changes without
     // waiting, so they queue up and the room takes them in batches.
     let reading = tokio::spawn(async move {
@@ -255,7 +291,11 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     });
     let doc = name("idle");
     {
-        let s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+        let s = f
+            .rooms
+            .join(&doc, Access::ReadWrite, None)
+            .await
+            .expect("join");
         s.send(vec![edit(&Doc::new(), "x")], 0).await.expect("send");
     }
     timeout(WAIT, async {
@@ -269,7 +309,11 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     let snapshot = stored.snapshot.expect("an idle snapshot");
     assert_eq!((snapshot.seq, snapshot.reason), (1, SnapshotReason::Idle));
     // Joining again loads it afresh, with its content.
-    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("rejoin");
+    let mut s = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("rejoin");
     next(&mut s).await;
     s.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
@@ -284,7 +328,11 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
 async fn shutdown_stores_what_was_sent_and_closes_sessions() {
     let f = fixture(EngineConfig::default());
     let doc = name("bye");
-    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut s = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     let writer = Doc::new();
     for i in 0..10 {
         s.send(vec![edit(&writer, &i.to_string())], 0)
@@ -311,7 +359,7 @@ async fn shutdown_stores_what_was_sent_and_closes_sessions() {
         .apply_update(Update::decode_v1(&snapshot.state).expect("valid"))
         .expect("applies");
     assert_eq!(text(&check), "0123456789");
-    assert!(f.rooms.join(&doc, Access::ReadWrite).await.is_err());
+    assert!(f.rooms.join(&doc, Access::ReadWrite, None).await.is_err());
 }
 
 #[tokio::test]
@@ -322,7 +370,11 @@ async fn snapshots_every_n_changes_and_trims_the_log_behind_a_tail() {
         ..EngineConfig::default()
     });
     let doc = name("periodic");
-    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut s = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut s).await;
     let writer = Doc::new();
     for i in 0..12 {
@@ -355,7 +407,11 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     let f = fixture(EngineConfig::default());
     let doc = name("broken");
     {
-        let s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+        let s = f
+            .rooms
+            .join(&doc, Access::ReadWrite, None)
+            .await
+            .expect("join");
         s.send(vec![edit(&Doc::new(), "precious")], 0)
             .await
             .expect("send");
@@ -370,7 +426,7 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     );
     f.store.fail_loads(true);
     let err = rooms
-        .join(&doc, Access::ReadWrite)
+        .join(&doc, Access::ReadWrite, None)
         .await
         .expect_err("load fails");
     assert!(
@@ -383,7 +439,10 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     assert_eq!(after.last_seq(), before.last_seq());
     assert_eq!(after.snapshot, before.snapshot);
     // Once the store reads again, the document loads with its content.
-    let mut s = rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut s = rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut s).await;
     s.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
