@@ -912,6 +912,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn documents_an_earlier_version_created_by_loading_them_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = doc("legacy");
+        let meta = DocMeta {
+            incarnation: 42,
+            created_at_ms: 7,
+        };
+        {
+            // What loading a name used to write: metadata, and no changes.
+            let store = SledStore::open(dir.path()).expect("open");
+            let rec = MetaRecord {
+                version: SCHEMA_VERSION,
+                incarnation: meta.incarnation,
+                created_at_ms: meta.created_at_ms,
+            };
+            let bytes = record::encode(&rec).expect("encode");
+            store.meta.insert(d.as_str(), bytes).expect("insert");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.list().await.expect("list"), vec![d.clone()]);
+        let loaded = store.load(&d).await.expect("load");
+        assert!(loaded.exists);
+        assert_eq!(loaded.meta, meta);
+        store
+            .append(&d, &loaded.meta, &[entry(1)])
+            .await
+            .expect("appends under the stored incarnation");
+        assert_eq!(store.load(&d).await.expect("load").log, vec![entry(1)]);
+    }
+
+    #[tokio::test]
     async fn the_first_append_stores_the_metadata_it_was_loaded_with() {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = doc("born");

@@ -451,3 +451,113 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     next_update_into(&mut s, &fresh).await;
     assert_eq!(text(&fresh), "precious");
 }
+
+/// Lets `allow` creations through, then refuses; counts every question.
+#[derive(Debug)]
+struct CountingLimit {
+    asked: std::sync::atomic::AtomicUsize,
+    allow: usize,
+}
+
+impl weft_sync::CreationLimit for CountingLimit {
+    fn admit(&self, _: weft_sync::ClientAddr) -> Result<(), Duration> {
+        let n = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < self.allow {
+            Ok(())
+        } else {
+            Err(Duration::from_millis(1500))
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_a_change_that_creates_a_document_is_put_to_the_creation_limit() {
+    use std::sync::atomic::Ordering;
+    use weft_sync::{ClientAddr, RoomError};
+    use yrs::ReadTxn;
+    let limit = Arc::new(CountingLimit {
+        asked: Default::default(),
+        allow: 1,
+    });
+    let f = fixture(EngineConfig {
+        creation_limit: Some(limit.clone()),
+        ..EngineConfig::default()
+    });
+    let client = Some(ClientAddr(7));
+    let (first, second) = (name("first"), name("second"));
+
+    // Joining, an empty sync step 2 and reading create nothing: not asked.
+    let s = f
+        .rooms
+        .join(&first, Access::ReadWrite, client)
+        .await
+        .expect("join");
+    let empty = decode_update(
+        &Doc::new()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default()),
+    )
+    .expect("valid");
+    s.send(vec![Inbound::Update(empty)], 0).await.expect("send");
+    assert!(matches!(
+        f.rooms.read(&first, None).await,
+        Err(RoomError::NoSuchDocument(_))
+    ));
+    assert_eq!(limit.asked.load(Ordering::SeqCst), 0);
+
+    // The first real change asks once; later ones do not.
+    let writer = Doc::new();
+    for word in ["a", "b", "c"] {
+        s.send(vec![edit(&writer, word)], 0).await.expect("send");
+    }
+    let read = f.rooms.read(&first, None).await.expect("exists now");
+    assert!(!read.update.is_empty());
+    assert_eq!(limit.asked.load(Ordering::SeqCst), 1);
+    assert!(f.store.info(&first).await.expect("info").is_some());
+
+    // Over the limit: the editor is closed, the HTTP write refused, nothing stored.
+    let mut t = f
+        .rooms
+        .join(&second, Access::ReadWrite, client)
+        .await
+        .expect("join");
+    t.send(vec![edit(&Doc::new(), "x")], 0).await.expect("send");
+    let reason = loop {
+        match timeout(WAIT, t.recv()).await.expect("closed in time") {
+            Ok(_) => continue,
+            Err(reason) => break reason,
+        }
+    };
+    assert_eq!(
+        reason,
+        CloseReason::TooManyNewDocuments {
+            retry_after_secs: 2
+        }
+    );
+    let update = bytes::Bytes::from(insert_update("y"));
+    assert_eq!(
+        f.rooms.apply(&second, update.clone(), client).await,
+        Err(RoomError::TooManyNewDocuments {
+            retry_after_secs: 2
+        })
+    );
+    assert!(f.store.info(&second).await.expect("info").is_none());
+    // Without a client address (an operator's change) it is not asked.
+    let asked = limit.asked.load(Ordering::SeqCst);
+    assert!(f
+        .rooms
+        .apply(&second, update, None)
+        .await
+        .expect("applies")
+        .is_some());
+    assert_eq!(limit.asked.load(Ordering::SeqCst), asked);
+    assert!(f.store.info(&second).await.expect("info").is_some());
+}
+
+fn insert_update(s: &str) -> Vec<u8> {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, s);
+    txn.encode_update_v1()
+}
