@@ -744,6 +744,7 @@ mod tests {
                 incarnation: 7,
                 created_at_ms: 1,
             },
+            exists: true,
             snapshot: None,
             log: vec![],
         }
@@ -1303,6 +1304,7 @@ mod access_tests {
                 incarnation: 1,
                 created_at_ms: 0,
             },
+            exists: true,
             snapshot: None,
             log: vec![],
         };
@@ -1396,6 +1398,7 @@ mod limit_tests {
                 incarnation: 1,
                 created_at_ms: 0,
             },
+            exists: true,
             snapshot: None,
             log: vec![],
         };
