@@ -6,6 +6,7 @@
 //! [`DocState`] and [`protocol`], which do no I/O. This crate never touches a
 //! socket: transports live in the server crate.
 
+mod batch;
 pub mod changes;
 pub mod creation;
 mod doc_state;

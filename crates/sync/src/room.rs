@@ -33,6 +33,7 @@ use weft_storage::{
 
 use yrs::StateVector;
 
+use crate::batch::Batcher;
 use crate::changes::ChangeFeed;
 use crate::creation::{retry_after_secs, ClientAddr};
 use crate::doc_state::{Access, Change, ConnId, Delivery, DocState, Effects};
@@ -43,12 +44,6 @@ use crate::session::{CloseReason, Kind, Offer, Subscriber};
 use crate::{
     restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats,
 };
-
-/// Most commands handled in one batch (one flush). A batch's changes reach
-/// every subscriber at once, so a batch is also kept to half the frames a
-/// subscriber may have queued (`outbound_queue`): a reader that keeps up
-/// must never look slow because the writers were fast.
-const MAX_BATCH: usize = 256;
 
 /// How often one batch may be renumbered after other nodes' changes before
 /// it is refused (cluster mode).
@@ -74,7 +69,8 @@ pub(crate) enum Command {
     Receive {
         conn: ConnId,
         messages: Vec<Inbound>,
-        /// Size of the frame they came in, for the document size limit.
+        /// Size of the frame they came in, for the document size limit and
+        /// the batch's byte bound.
         bytes: usize,
     },
     Leave {
@@ -196,6 +192,8 @@ pub(crate) struct Room {
     unsnapshotted: u64,
     idle_since: Option<Instant>,
     rx: mpsc::Receiver<Command>,
+    /// Takes commands off `rx` a batch at a time.
+    batcher: Batcher,
     cx: RoomContext,
     /// Cluster mode: changes other nodes store, and what else they say
     /// (their presence, the document's deletion).
@@ -260,6 +258,7 @@ impl Room {
             unsnapshotted: stored.log.len() as u64,
             idle_since: Some(Instant::now()),
             rx,
+            batcher: Batcher::new(&cx.config),
             cx,
             remote,
             peers,
@@ -270,6 +269,14 @@ impl Room {
 
     async fn run_loop(&mut self) {
         loop {
+            // What did not fit the last batch opens the next, before anything
+            // else is looked at.
+            if let Some(command) = self.batcher.take_held() {
+                if self.handle_batch(command).await {
+                    return; // the document was deleted
+                }
+                continue;
+            }
             let idle_deadline = self.idle_since.map(|t| t + self.cx.config.unload_grace);
             tokio::select! {
                 biased;
@@ -279,15 +286,7 @@ impl Room {
                 }
                 command = self.rx.recv() => {
                     let Some(command) = command else { return };
-                    let mut batch = vec![command];
-                    let most = MAX_BATCH.min(self.cx.config.outbound_queue / 2).max(1);
-                    while batch.len() < most {
-                        match self.rx.try_recv() {
-                            Ok(c) => batch.push(c),
-                            Err(_) => break,
-                        }
-                    }
-                    if self.handle(batch).await {
+                    if self.handle_batch(command).await {
                         return; // the document was deleted
                     }
                 }
@@ -312,6 +311,19 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// Runs `first` and the commands waiting behind it, as many as one
+    /// batch holds; `true` when the room must stop (its document was deleted).
+    async fn handle_batch(&mut self, first: Command) -> bool {
+        let batch = self.batcher.fill(first, &mut self.rx);
+        if self.handle(batch).await {
+            return true;
+        }
+        // Every connection this batch woke takes its frames before the next
+        // batch is taken, whichever task the scheduler would pick first.
+        tokio::task::yield_now().await;
+        false
     }
 
     /// Runs a batch; `true` when the room must stop (its document was deleted).
@@ -770,7 +782,7 @@ impl Room {
     fn let_go(&mut self, reason: CloseReason) {
         self.kick_all(reason);
         self.cx.rooms.remove_if(&self.name, self.instance);
-        refuse_all(&mut self.rx, RoomError::Retry);
+        self.refuse_waiting(RoomError::Retry);
     }
 
     /// What a new viewer is sent first: the changes after `resume` when they
@@ -965,7 +977,7 @@ impl Room {
                 error!(doc = %self.name, error = %e, "reload failed; unloading document");
                 self.kick_all(CloseReason::StorageFailure(e));
                 self.cx.rooms.remove_if(&self.name, self.instance);
-                refuse_all(&mut self.rx, RoomError::LoadFailed(reason));
+                self.refuse_waiting(RoomError::LoadFailed(reason));
             }
         }
     }
@@ -1038,16 +1050,23 @@ impl Room {
         self.cx.rooms.remove_if(&self.name, self.instance);
         // Anyone who took a handle just before the removal retries and loads
         // a new room from storage, which already holds everything.
-        self.rx.close();
-        refuse_all(&mut self.rx, RoomError::Retry);
+        self.refuse_waiting(RoomError::Retry);
         debug!(doc = %self.name, "document unloaded");
         metrics::counter!("weft_document_evictions_total").increment(1);
         true
     }
 
+    /// Stops taking commands and answers every one still waiting with `error`.
+    fn refuse_waiting(&mut self, error: RoomError) {
+        if let Some(command) = self.batcher.take_held() {
+            command.refuse(error.clone());
+        }
+        refuse_all(&mut self.rx, error);
+    }
+
     async fn shut_down(&mut self) {
         self.rx.close();
-        let mut batch = Vec::new();
+        let mut batch: Vec<Command> = self.batcher.take_held().into_iter().collect();
         while let Ok(c) = self.rx.try_recv() {
             batch.push(c);
         }

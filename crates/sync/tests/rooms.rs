@@ -284,6 +284,41 @@ async fn a_burst_from_a_fast_writer_does_not_make_a_reader_that_keeps_up_look_sl
 }
 
 #[tokio::test]
+async fn a_burst_of_large_changes_does_not_make_a_reader_that_keeps_up_look_slow() {
+    let f = fixture(EngineConfig {
+        outbound_queue_bytes: 64 * 1024,
+        ..EngineConfig::default()
+    });
+    let doc = name("large-burst");
+    let writer_session = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut reader = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    // As above, but each change is 4 KiB: 200 of them would be 800 KiB,
+    // far more than the reader's 64 KiB, if the room took them in at once.
+    let reading = tokio::spawn(async move {
+        let mut updates = 0;
+        while updates < 200 {
+            match timeout(WAIT, reader.recv()).await.expect("a frame in time") {
+                Ok(frame) => {
+                    let messages = decode_frame(&frame).expect("valid frame");
+                    updates += messages.iter().filter(|m| m.is_update()).count();
+                }
+                Err(reason) => panic!("reader closed after {updates} updates: {reason:?}"),
+            }
+        }
+        updates
+    });
+    let writer = Doc::new();
+    let chunk = "abcd".repeat(1024);
+    for _ in 0..200 {
+        writer_session
+            .send(vec![edit(&writer, &chunk)], chunk.len())
+            .await
+            .expect("send");
+    }
+    assert_eq!(reading.await.expect("reader"), 200);
+}
+
+#[tokio::test]
 async fn an_idle_document_is_snapshotted_and_unloaded() {
     let f = fixture(EngineConfig {
         unload_grace: Duration::from_millis(50),
