@@ -85,6 +85,7 @@ fn weight(command: &Command) -> usize {
         | Command::Read { .. }
         | Command::Snapshot { .. }
         | Command::Delete { .. }
+        | Command::Reopen { .. }
         | Command::Stats { .. } => 0,
     }
 }
