@@ -111,7 +111,7 @@ mod tests {
             DocName::new("burst").expect("valid"),
             room,
             (config.outbound_queue, config.outbound_queue_bytes),
-            Access::ReadOnly,
+            (Access::ReadOnly, None),
             TaskTracker::new(),
         )
     }
