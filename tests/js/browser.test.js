@@ -156,7 +156,9 @@ test('/follow follows 20 documents at once over HTTP/2 with TLS', async () => {
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
     '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
   { stdio: 'ignore' })
-  const weft = await startWeft(['--tls-cert', cert, '--tls-key', key])
+  // One client creates all 20 documents at once, past the default limit on
+  // new documents per address (10 at once).
+  const weft = await startWeft(['--tls-cert', cert, '--tls-key', key, '--max-new-docs-per-minute', '0'])
   const docs = Array.from({ length: 20 }, (_, i) => `followed-${i}`)
   const base = `https://${weft.addr}`
   const { page } = await open(`${base}/follow?docs=${docs.join(',')}`)

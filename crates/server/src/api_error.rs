@@ -15,7 +15,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     /// Seconds, for 503s and 429s that will pass.
-    retry_after: Option<u32>,
+    retry_after: Option<u64>,
     /// Ask the client to close the connection (HTTP/1.1 `Connection: close`),
     /// when the request's body was left unread.
     close: bool,
@@ -60,13 +60,21 @@ impl ApiError {
     /// The same error, telling the client to wait `secs` before retrying.
     pub fn retry_after(self, secs: u32) -> Self {
         ApiError {
-            retry_after: Some(secs),
+            retry_after: Some(u64::from(secs)),
             ..self
         }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 429: the client must wait `retry_after` seconds.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
     }
 }
 
@@ -104,6 +112,12 @@ impl From<RoomError> for ApiError {
         match e {
             RoomError::Rejected(_) => Self::bad_request("invalid_update", message),
             RoomError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            RoomError::NoSuchDocument(_) => {
+                Self::new(StatusCode::NOT_FOUND, "document_not_found", message)
+            }
+            RoomError::TooManyNewDocuments { retry_after_secs } => {
+                Self::too_many("too_many_new_documents", message, retry_after_secs)
+            }
             RoomError::TooLarge(_) => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", message)
             }

@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::admin::commands::{AdminCommand, BackupArgs, DocsCommand, SnapshotCommand, Target};
+use crate::creation_limit::NewDocumentLimit;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -308,6 +310,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_MESSAGE_BURST", default_value_t = 2000)]
     pub message_burst: u32,
 
+    /// New documents one client address may create a minute (IPv6: per
+    /// /64), at most 10 at once; a write that would create one more is
+    /// refused (HTTP 429, WebSocket close 4429). Writes to documents that
+    /// exist are never limited. 0: no limit.
+    #[arg(long, env = "WEFT_MAX_NEW_DOCS_PER_MINUTE", default_value_t = 60)]
+    pub max_new_docs_per_minute: u32,
+
     /// POST a signed notification here when a document changes (repeatable,
     /// or comma-separated in the environment variable).
     #[arg(long = "webhook-url", env = "WEFT_WEBHOOK_URLS", value_delimiter = ',')]
@@ -416,6 +425,8 @@ impl ServeConfig {
                 readers_presence: self.readers_presence,
             },
             max_connections_per_doc: self.max_connections_per_doc,
+            creation_limit: NewDocumentLimit::per_minute(self.max_new_docs_per_minute)
+                .map(|limit| Arc::new(limit) as Arc<dyn weft_sync::CreationLimit>),
             ..weft_sync::EngineConfig::default()
         }
     }

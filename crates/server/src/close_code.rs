@@ -32,7 +32,8 @@ pub const DOCUMENT_DELETED: u16 = 4404;
 /// (`--max-document-bytes`); it was not applied.
 pub const DOCUMENT_TOO_LARGE: u16 = 4413;
 /// The connection sent messages faster than `--max-messages-per-sec`
-/// (beyond the burst) for too long.
+/// (beyond the burst) for too long, or a change that would have created a
+/// document beyond its address's `--max-new-docs-per-minute` (not applied).
 pub const RATE_LIMITED: u16 = 4429;
 
 /// The close code for a session the document engine ended.
@@ -44,6 +45,7 @@ pub fn for_reason(reason: &CloseReason) -> u16 {
         CloseReason::ShuttingDown => GOING_AWAY,
         CloseReason::Deleted => DOCUMENT_DELETED,
         CloseReason::TooLarge(_) => DOCUMENT_TOO_LARGE,
+        CloseReason::TooManyNewDocuments { .. } => RATE_LIMITED,
     }
 }
 

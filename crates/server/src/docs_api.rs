@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +21,9 @@ use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::auth::Mode;
 use crate::body::{self, BodyLimits};
+use crate::creation_limit::client_addr;
 use crate::doc_path::DocPath;
+use crate::peer::PeerAddr;
 
 #[derive(Debug, Deserialize)]
 pub struct StateParams {
@@ -29,7 +31,8 @@ pub struct StateParams {
     sv: Option<String>,
 }
 
-/// `GET /docs/{doc}`: the document (or what `?sv=` lacks) as a Yjs v1 update.
+/// `GET /docs/{doc}`: the document (or what `?sv=` lacks) as a Yjs v1 update;
+/// 404 `document_not_found` if nothing was ever written to it.
 pub async fn state(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
@@ -53,23 +56,29 @@ pub async fn state(
 }
 
 /// `POST /docs/{doc}/updates`: apply a Yjs v1 update. Access is decided
-/// from the headers before any byte of the body is read.
+/// from the headers before any byte of the body is read. A first write
+/// creates the document, within the client address's allowance (429).
 pub async fn post_update(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     credentials: Credentials,
     request: Request,
 ) -> Result<Response, ApiError> {
     app.authorize(&credentials, &doc, Mode::Write)?;
     let declared = body::declared_length(&request);
     let update = body::read(request.into_body(), declared, BodyLimits::of(&app)).await?;
-    match app.rooms.apply(&doc, update).await? {
+    match app
+        .rooms
+        .apply(&doc, update, Some(client_addr(peer.0.ip())))
+        .await?
+    {
         Some(id) => Ok(Json(json!({ "id": id.to_string() })).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
-/// `GET /docs/{doc}/json`: the root types as JSON.
+/// `GET /docs/{doc}/json`: the root types as JSON (404 like `GET /docs/{doc}`).
 pub async fn as_json(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,

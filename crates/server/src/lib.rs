@@ -17,6 +17,7 @@ mod body;
 pub mod cli;
 mod close_code;
 pub mod config_file;
+mod creation_limit;
 mod doc_path;
 mod docs_api;
 mod event_gzip;

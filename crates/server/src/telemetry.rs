@@ -92,6 +92,15 @@ fn describe() {
         "weft_slow_client_disconnects_total",
         "Clients closed for not reading, by transport"
     );
+    describe_counter!(
+        "weft_connections_closed_total",
+        "Connections the accept loop closed: header_timeout, evicted (to make room among \
+         pending connections), idle"
+    );
+    describe_counter!(
+        "weft_accept_errors_total",
+        "Failed accepts, by reason (fd_exhausted: out of descriptors; the loop backs off)"
+    );
 }
 
 /// `GET /metrics`, in Prometheus' text format.

@@ -31,6 +31,7 @@ use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::auth::{Grant, Mode};
 use crate::close_code;
+use crate::creation_limit::client_addr;
 use crate::doc_path::DocPath;
 use crate::limits;
 use crate::peer::PeerAddr;
@@ -83,7 +84,7 @@ pub async fn upgrade(
                 "ws", doc = %doc, %peer, sub = sub.as_deref().unwrap_or("-"), conn = tracing::field::Empty
             );
             match admitted {
-                Ok((grant, _slot)) => run(socket, doc, grant, app).instrument(span).await,
+                Ok((grant, _slot)) => run(socket, doc, grant, peer, app).instrument(span).await,
                 Err((code, reason)) => {
                     let _guard = span.enter();
                     info!(code, %reason, "refused");
@@ -137,13 +138,17 @@ where
     Ok(())
 }
 
-async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) {
+async fn run(socket: WebSocket, doc: DocName, grant: Grant, peer: PeerAddr, app: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();
     let access = match grant.mode {
         Mode::Write => Access::ReadWrite,
         Mode::Read => Access::ReadOnly,
     };
-    let mut session = match app.rooms.join(&doc, access).await {
+    let mut session = match app
+        .rooms
+        .join(&doc, access, Some(client_addr(peer.0.ip())))
+        .await
+    {
         Ok(session) => session,
         Err(e) => {
             let code = match e {
@@ -152,7 +157,10 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, app: Arc<AppState>) 
                     close_code::TRY_AGAIN_LATER
                 }
                 RoomError::TooLarge(_) => close_code::DOCUMENT_TOO_LARGE,
-                RoomError::Rejected(_) | RoomError::NotFound(_) => close_code::REJECTED,
+                RoomError::TooManyNewDocuments { .. } => close_code::RATE_LIMITED,
+                RoomError::Rejected(_) | RoomError::NotFound(_) | RoomError::NoSuchDocument(_) => {
+                    close_code::REJECTED
+                }
                 RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => {
                     close_code::INTERNAL_ERROR
                 }

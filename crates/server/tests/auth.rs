@@ -110,7 +110,8 @@ async fn http_endpoints_check_every_kind_of_token_problem() {
         let (status, code) = error_code(a, "GET", &path, &[], vec![]).await;
         assert_eq!((status, code.as_str()), want, "{what}");
     }
-    let (status, _) = request(
+    // Past the token check, a name never written is simply not there.
+    let (status, code) = error_code(
         a,
         "GET",
         &format!("/docs/team-a.x?token={}", token("team-a.*", "read")),
@@ -118,7 +119,11 @@ async fn http_endpoints_check_every_kind_of_token_problem() {
         vec![],
     )
     .await;
-    assert_eq!(status, 200, "a prefix pattern covers its documents");
+    assert_eq!(
+        (status, code.as_str()),
+        (404, "document_not_found"),
+        "a prefix pattern covers its documents"
+    );
 
     // Writing needs a write token.
     let update = insert(&Doc::new(), "hi");
@@ -487,7 +492,7 @@ async fn query_tokens_stay_out_of_the_logs() {
         vec![],
     )
     .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 404, "admitted; nothing written to it yet");
     let mut ws = connect(&format!("{}?token={t}", weft.url("logged"))).await;
     next_message(&mut ws).await;
     drop(ws);
@@ -517,7 +522,7 @@ async fn tokens_signed_elsewhere_verify_with_a_public_key() {
         &signer,
     )
     .expect("sign");
-    let (status, _) = request(
+    let (status, code) = error_code(
         &weft.addr,
         "GET",
         &format!("/docs/es?token={es256}"),
@@ -525,7 +530,11 @@ async fn tokens_signed_elsewhere_verify_with_a_public_key() {
         vec![],
     )
     .await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        (status, code.as_str()),
+        (404, "document_not_found"),
+        "admitted; nothing written to it yet"
+    );
     // An HS256 token cannot pass where only the public key is configured.
     let (status, code) = error_code(
         &weft.addr,
@@ -597,7 +606,8 @@ async fn tokens_with_out_of_range_times_are_malformed_not_a_crash() {
         vec![],
     )
     .await;
-    assert_eq!(status, 200);
+    // Past the token check; the document was never written.
+    assert_eq!(status, 404);
     let mut ws = connect(&format!("{}?token={far}", weft.url("t"))).await;
     next_message(&mut ws).await;
 }
@@ -637,7 +647,8 @@ async fn tokens_are_refused_before_their_not_before_time() {
         vec![],
     )
     .await;
-    assert_eq!(status, 200, "a token past its nbf works");
+    // Past the token check; the document was never written.
+    assert_eq!(status, 404, "a token past its nbf works");
 }
 
 #[tokio::test]
@@ -672,7 +683,8 @@ async fn tokens_naming_critical_extensions_weft_lacks_are_refused() {
         vec![],
     )
     .await;
-    assert_eq!(status, 200, "the same token without crit works");
+    // Past the token check; the document was never written.
+    assert_eq!(status, 404, "the same token without crit works");
 }
 
 #[tokio::test]
@@ -704,7 +716,9 @@ async fn an_empty_token_in_one_place_does_not_hide_a_token_in_the_next() {
         ),
     ] {
         let (status, body) = request(&weft.addr, "GET", path, &headers, vec![]).await;
-        assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&body));
+        // Past the token check: the document was never written.
+        assert_eq!(status, 404, "{what}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("document_not_found"));
     }
     let (status, code) = error_code(&weft.addr, "GET", "/docs/e?token=", &[], vec![]).await;
     assert_eq!(

@@ -412,11 +412,74 @@ async fn deleting_a_document_on_one_node_lets_it_go_on_every_node() {
         .await
         .expect("the viewer's stream on B ends");
 
-    // B no longer holds it: gone, and then the name is a new, empty document.
+    // B no longer holds it: gone, and reading the name does not bring it back.
     let (status, _) = request(&b.addr, "GET", "/admin/docs/doomed", &headers, vec![]).await;
     assert_eq!(status, 404);
     let (status, body) = request(&b.addr, "GET", "/docs/doomed/json", &[], vec![]).await;
-    assert_eq!((status, body), (200, b"{}".to_vec()));
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_an_unknown_name_on_any_node_stores_nothing_and_the_first_write_creates_it() {
+    const ADMIN: &str = "cluster-admin-key";
+    let redis = RedisServer::start();
+    let (a, b) = (
+        redis.node(&["--admin-key", ADMIN]),
+        redis.node(&["--admin-key", ADMIN]),
+    );
+    async fn listed(addr: &str) -> usize {
+        let auth = format!("Bearer {ADMIN}");
+        let headers = [("authorization", auth.as_str())];
+        let (status, body) = request(addr, "GET", "/admin/docs", &headers, vec![]).await;
+        assert_eq!(status, 200);
+        let docs: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        docs.as_array().expect("list").len()
+    }
+
+    for node in [&a, &b] {
+        for path in ["/docs/ghost", "/docs/ghost/json", "/docs/never"] {
+            let (status, body) = request(&node.addr, "GET", path, &[], vec![]).await;
+            assert_eq!(status, 404, "{path}: {}", String::from_utf8_lossy(&body));
+            assert!(String::from_utf8_lossy(&body).contains("document_not_found"));
+        }
+    }
+    // A viewer waits on B, an editor joins on A: both see an empty document.
+    let mut viewer = open_stream(&b.addr, "/sse/ghost", &[]).await;
+    let snapshot = viewer.next_change().await;
+    assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
+    let incarnation = snapshot
+        .id
+        .as_deref()
+        .and_then(|id| id.split_once('-'))
+        .map(|(inc, _)| inc.to_owned())
+        .expect("an id");
+    let mut editor = Editor::connect(&a.url("ghost"), Doc::new()).await;
+    assert!(text(&editor.doc).is_empty());
+    assert_eq!((listed(&a.addr).await, listed(&b.addr).await), (0, 0));
+    assert_eq!(redis.cli(&["SCARD", "weft:docs"]), "0");
+    for meta in ["weft:{ghost}:meta", "weft:{never}:meta"] {
+        let ttl: i64 = redis.cli(&["PTTL", meta]).parse().expect("a number");
+        assert!(
+            ttl > 0,
+            "{meta}: only provisional metadata, which expires (PTTL {ttl})"
+        );
+    }
+
+    // The first edit creates it, under the incarnation both nodes loaded.
+    editor.type_text("born").await;
+    let ids = timeout(
+        WAIT,
+        view_until(&mut viewer, &Doc::new(), &["born".to_owned()]),
+    )
+    .await
+    .expect("the viewer on B sees the first write");
+    assert_eq!(ids, vec![format!("{incarnation}-1")]);
+    assert_eq!((listed(&a.addr).await, listed(&b.addr).await), (1, 1));
+    assert_eq!(
+        redis.cli(&["PTTL", "weft:{ghost}:meta"]),
+        "-1",
+        "made permanent"
+    );
 }
 
 /// Reads awareness messages, noting every (client, state) in `seen`, until

@@ -123,9 +123,11 @@ async fn the_server_turns_away_connections_beyond_its_total() {
     let (status, body) = request(&weft.addr, "GET", "/sse/four", &[], vec![]).await;
     assert_eq!(status, 503);
     assert!(String::from_utf8_lossy(&body).contains("server_full"));
-    // Plain HTTP requests are not connections that stay: they still work.
-    let (status, _) = request(&weft.addr, "GET", "/docs/one", &[], vec![]).await;
-    assert_eq!(status, 200);
+    // Plain HTTP requests are not connections that stay: they still work
+    // (a document nothing was written to is not found, not refused).
+    let (status, body) = request(&weft.addr, "GET", "/docs/one", &[], vec![]).await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("document_not_found"));
 }
 
 #[tokio::test]

@@ -357,7 +357,8 @@ async fn gzip_streams_deliver_each_event_at_once_and_smaller() {
 
 #[tokio::test]
 async fn a_hundred_streams_share_one_http2_connection() {
-    let weft = Weft::start(&[]);
+    // One client creates 100 documents at once, past the default limit.
+    let weft = Weft::start(&["--max-new-docs-per-minute", "0"]);
     let mut h2 = http2(&weft.addr).await;
     let mut readers = Vec::new();
     for i in 0..100 {

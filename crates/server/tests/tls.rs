@@ -23,6 +23,9 @@ async fn twenty_five_streams_over_one_tls_http2_connection() {
         cert_path.to_str().expect("utf8"),
         "--tls-key",
         key_path.to_str().expect("utf8"),
+        // One client creates 25 documents at once, past the default limit.
+        "--max-new-docs-per-minute",
+        "0",
     ]);
 
     let mut roots = rustls::RootCertStore::empty();

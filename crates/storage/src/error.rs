@@ -56,6 +56,12 @@ pub enum StorageError {
         reason: String,
     },
 
+    #[error(
+        "document {0} was deleted or created anew meanwhile (its incarnation changed); \
+         reload it"
+    )]
+    Recreated(String),
+
     #[error("another node stored change {last_seq} first; catch up and retry")]
     Conflict { last_seq: u64 },
 

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use async_trait::async_trait;
 
 use crate::{
-    Corruption, DocDump, DocInfo, DocName, DocumentStore, LogEntry, NewSnapshot, RetentionPolicy,
-    Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
+    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
 };
 
 #[derive(Debug)]
@@ -70,14 +70,19 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
         self.inner.load(doc).await
     }
 
-    async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
+    async fn append(
+        &self,
+        doc: &DocName,
+        meta: &DocMeta,
+        entries: &[LogEntry],
+    ) -> Result<(), StorageError> {
         if self.fail_appends.load(Ordering::SeqCst) {
             return Err(StorageError::Io {
                 action: "appending to the update log",
                 reason: "No space left on device (injected fault)".into(),
             });
         }
-        self.inner.append(doc, entries).await
+        self.inner.append(doc, meta, entries).await
     }
 
     async fn compact(&self, doc: &DocName, s: NewSnapshot, keep: u64) -> Result<u64, StorageError> {

@@ -5,6 +5,13 @@
 //! whole interface the document engine sees; [`SledStore`] is the embedded
 //! default and [`RedisStore`] the shared store of a cluster. This is the only
 //! crate that names sled or Redis.
+//!
+//! A document exists once a change to it has been stored (or a backup
+//! restore wrote it): loading a name that was never written stores nothing
+//! and answers an empty document with fresh metadata, which the first
+//! [`append`](DocumentStore::append) stores together with its changes. So
+//! reading, following or joining unknown names never leaves documents
+//! behind.
 
 pub mod archive;
 mod doc_name;
@@ -28,7 +35,12 @@ pub use sled_store::SledStore;
 /// What a document looks like on disk when it is loaded.
 #[derive(Debug, Clone)]
 pub struct StoredDoc {
+    /// The stored metadata; for a document that does not exist yet, the
+    /// metadata its first append will store.
     pub meta: DocMeta,
+    /// Whether the store holds the document (false: it was never written,
+    /// and `snapshot` and `log` are empty).
+    pub exists: bool,
     /// The newest snapshot, if one was ever taken.
     pub snapshot: Option<Snapshot>,
     /// Every logged change after the snapshot, oldest first.
@@ -93,14 +105,24 @@ pub struct NewSnapshot {
 /// it returns: the engine broadcasts a change only after that.
 #[async_trait]
 pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Loads a document, creating its metadata if it has never been stored.
+    /// Loads a document. One that was never written loads empty, with
+    /// fresh metadata (`exists: false`), and nothing is stored for it.
     async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError>;
 
     /// Appends changes (in increasing `seq` order) and returns once they are
-    /// on disk. Changes that arrive together share one flush. A store shared
-    /// by several nodes refuses with [`StorageError::Conflict`] when another
-    /// node already used the first sequence number.
-    async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError>;
+    /// on disk. Changes that arrive together share one flush. `meta` is what
+    /// the caller loaded: the first append of a document stores it in the
+    /// same write, which creates the document. Refuses with
+    /// [`StorageError::Recreated`] when the stored document has another
+    /// incarnation (it was deleted or created anew meanwhile: reload), and,
+    /// in a store shared by several nodes, with [`StorageError::Conflict`]
+    /// when another node already used the first sequence number.
+    async fn append(
+        &self,
+        doc: &DocName,
+        meta: &DocMeta,
+        entries: &[LogEntry],
+    ) -> Result<(), StorageError>;
 
     /// Stores `snapshot` durably, then drops log entries more than
     /// `keep_log_tail` changes older than it. Returns the snapshot's id.

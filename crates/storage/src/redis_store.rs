@@ -21,6 +21,21 @@
 //!   payload.
 //!
 //! Records are the same schema-versioned MessagePack as the sled store's.
+//!
+//! **When a document exists.** A document is in `weft:docs` once a change
+//! to it is stored; until then nothing of it is kept for good. Several
+//! nodes may load a never-written name at once and must agree on its
+//! incarnation (event ids carry it), so loading sets `meta` with `NX` and
+//! an expiry of [`PROVISIONAL`] (a later load renews it): every node that
+//! loads the name meanwhile gets the same metadata, and a name that is only
+//! ever read disappears by itself. The append script makes it permanent:
+//! it `PERSIST`s `meta` (or sets it from the metadata the node holds, if it
+//! expired) and adds the name to `weft:docs`, atomically with the first
+//! changes. It refuses an append whose incarnation is not the stored one
+//! (the name expired and another node created it anew, or it was deleted
+//! and recreated): [`StorageError::Recreated`], and the room reloads. The
+//! set is the one key outside the document's hash slot that the script
+//! touches, as `delete` already did (weft talks to a single primary).
 
 use std::time::Duration;
 
@@ -37,13 +52,43 @@ use crate::{
     SCHEMA_VERSION,
 };
 
-/// Appends entries only if the document's newest sequence number is still
-/// ARGV[1]; returns `{1, new_last}` or `{0, current_last}`.
+/// Loads metadata `KEYS[1]`: a never-written name gets `ARGV[1]` for
+/// `ARGV[2]` ms unless another node's provisional metadata is there, which
+/// is kept and renewed. Returns `{meta, exists}` (membership of `ARGV[3]`
+/// in the set `KEYS[2]`).
+const LOAD: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if redis.call('PTTL', KEYS[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {redis.call('GET', KEYS[1]), redis.call('SISMEMBER', KEYS[2], ARGV[3])}
+";
+
+/// Appends entries (pairs of seq and record from ARGV[5]) only if the
+/// stored incarnation is the caller's and the newest sequence number is
+/// still ARGV[1]; returns `{1, new_last}`, `{0, current_last}` (another
+/// node appended first) or `{2, 0}` (another incarnation: reload).
+///
+/// KEYS: log, seq, meta, the set of names. ARGV[2]: the caller's metadata
+/// record, stored if there is none; ARGV[3]: its incarnation as
+/// MessagePack, compared with the stored record's (an array: a one-byte
+/// header, the schema version as a fixint or 0xcc/0xcd with 1 or 2 bytes,
+/// then the incarnation), so records of another schema version compare
+/// right; ARGV[4]: the document's name.
 const APPEND: &str = r"
+local meta = redis.call('GET', KEYS[3])
+if meta then
+  local at = 3
+  local version = string.byte(meta, 2)
+  if version == 0xcc then at = 4 elseif version == 0xcd then at = 5 end
+  if string.sub(meta, at, at + #ARGV[3] - 1) ~= ARGV[3] then return {2, 0} end
+elseif ARGV[1] ~= '0' then
+  return {2, 0}
+end
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current ~= tonumber(ARGV[1]) then return {0, current} end
+if meta then redis.call('PERSIST', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[2]) end
+redis.call('SADD', KEYS[4], ARGV[4])
 local last = current
-for i = 2, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 'r', ARGV[i + 1])
   last = tonumber(ARGV[i])
 end
@@ -81,6 +126,15 @@ const RECONNECT: Duration = Duration::from_millis(250);
 /// How long a compaction lease lasts if its holder dies mid-way.
 const LEASE: Duration = Duration::from_secs(30);
 
+/// How long a never-written name keeps the metadata nodes loaded it with
+/// (each load renews it). Long enough that nodes loading a name around the
+/// same time agree on its incarnation; short enough that a flood of reads
+/// of made-up names leaves Redis only this long's worth of them.
+pub const PROVISIONAL: Duration = Duration::from_secs(60 * 60);
+
+/// The set of every document's name.
+const DOCS: &str = "weft:docs";
+
 /// Documents in Redis; see the module docs for the layout.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -89,6 +143,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     /// Tells this node's messages on the events channel apart from others'.
     node: u64,
+    load: Script,
     append: Script,
     store_snapshot: Script,
     release: Script,
@@ -173,6 +228,7 @@ impl RedisStore {
             client,
             conn,
             node: u64::from_le_bytes(node),
+            load: Script::new(LOAD),
             append: Script::new(APPEND),
             store_snapshot: Script::new(STORE_SNAPSHOT),
             release: Script::new(RELEASE),
@@ -183,21 +239,19 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// The metadata of a document that exists (`None`: it does not, even
+    /// if a node holds provisional metadata for the name).
     async fn meta(&self, doc: &DocName) -> Result<Option<DocMeta>, StorageError> {
-        let bytes: Option<Vec<u8>> = self
-            .conn()
+        let (bytes, exists): (Option<Vec<u8>>, bool) = redis::pipe()
             .get(key(doc, "meta"))
+            .sismember(DOCS, doc.as_str())
+            .query_async(&mut self.conn())
             .await
             .map_err(io("reading document metadata"))?;
-        bytes
-            .map(|b| {
-                let r: MetaRecord = record::decode(&key(doc, "meta"), &b)?;
-                Ok(DocMeta {
-                    incarnation: r.incarnation,
-                    created_at_ms: r.created_at_ms,
-                })
-            })
-            .transpose()
+        match bytes {
+            Some(b) if exists => decode_meta(doc, &b).map(Some),
+            _ => Ok(None),
+        }
     }
 
     async fn last_seq(&self, doc: &DocName) -> Result<u64, StorageError> {
@@ -264,6 +318,30 @@ impl RedisStore {
     }
 }
 
+fn decode_meta(doc: &DocName, bytes: &[u8]) -> Result<DocMeta, StorageError> {
+    let r: MetaRecord = record::decode(&key(doc, "meta"), bytes)?;
+    Ok(DocMeta {
+        incarnation: r.incarnation,
+        created_at_ms: r.created_at_ms,
+    })
+}
+
+fn encode_meta(meta: &DocMeta) -> Result<Vec<u8>, StorageError> {
+    record::encode(&MetaRecord {
+        version: SCHEMA_VERSION,
+        incarnation: meta.incarnation,
+        created_at_ms: meta.created_at_ms,
+    })
+}
+
+/// An incarnation as the metadata record holds it: a MessagePack integer.
+fn encode_incarnation(incarnation: u64) -> Result<Vec<u8>, StorageError> {
+    rmp_serde::to_vec(&incarnation).map_err(|e| StorageError::Encode {
+        kind: "document metadata",
+        reason: e.to_string(),
+    })
+}
+
 fn decode_snapshot(doc: &DocName, id: u64, bytes: &[u8]) -> Result<Snapshot, StorageError> {
     let r: SnapshotRecord = record::decode(&format!("{} {id}", key(doc, "snapshots")), bytes)?;
     Ok(r.into_snapshot(id))
@@ -285,32 +363,34 @@ impl DocumentStore for RedisStore {
     }
 
     async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
-        let mut conn = self.conn();
-        let fresh = MetaRecord {
-            version: SCHEMA_VERSION,
+        let fresh = DocMeta {
             incarnation: {
                 let mut b = [0u8; 8];
                 getrandom::fill(&mut b).map_err(|e| StorageError::Io {
-                    action: "creating a document",
+                    action: "drawing a document incarnation id",
                     reason: e.to_string(),
                 })?;
                 u64::from_le_bytes(b)
             },
             created_at_ms: now_ms(),
         };
-        // The first node to load a document fixes its incarnation for all.
-        let _: bool = conn
-            .set_nx(key(doc, "meta"), record::encode(&fresh)?)
+        // The first node to load a name fixes its incarnation for all (for
+        // a while, if nobody writes it: see the module docs).
+        let (meta, exists): (Option<Vec<u8>>, bool) = self
+            .load
+            .key(key(doc, "meta"))
+            .key(DOCS)
+            .arg(encode_meta(&fresh)?)
+            .arg(PROVISIONAL.as_millis() as u64)
+            .arg(doc.as_str())
+            .invoke_async(&mut self.conn())
             .await
-            .map_err(io("creating document metadata"))?;
-        let _: i64 = conn
-            .sadd("weft:docs", doc.as_str())
-            .await
-            .map_err(io("listing the document"))?;
-        let meta = self.meta(doc).await?.ok_or_else(|| StorageError::Io {
+            .map_err(io("loading document metadata"))?;
+        let meta = meta.ok_or_else(|| StorageError::Io {
             action: "loading a document",
-            reason: "its metadata vanished while loading (deleted meanwhile?)".into(),
+            reason: "its metadata vanished while loading".into(),
         })?;
+        let meta = decode_meta(doc, &meta)?;
         // Another node may store a newer snapshot and trim the log between
         // reading the head and reading the log: the log must then follow on
         // from the snapshot, or the load is tried again.
@@ -321,6 +401,7 @@ impl DocumentStore for RedisStore {
             if log.first().is_none_or(|e| e.seq == after + 1) {
                 return Ok(StoredDoc {
                     meta,
+                    exists,
                     snapshot,
                     log,
                 });
@@ -331,7 +412,12 @@ impl DocumentStore for RedisStore {
         ))
     }
 
-    async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
+    async fn append(
+        &self,
+        doc: &DocName,
+        meta: &DocMeta,
+        entries: &[LogEntry],
+    ) -> Result<(), StorageError> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
@@ -339,7 +425,12 @@ impl DocumentStore for RedisStore {
         invocation
             .key(key(doc, "log"))
             .key(key(doc, "seq"))
-            .arg(first.seq - 1);
+            .key(key(doc, "meta"))
+            .key(DOCS)
+            .arg(first.seq.saturating_sub(1))
+            .arg(encode_meta(meta)?)
+            .arg(encode_incarnation(meta.incarnation)?)
+            .arg(doc.as_str());
         for e in entries {
             invocation
                 .arg(e.seq)
@@ -349,10 +440,10 @@ impl DocumentStore for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(io("appending changes"))?;
-        if ok == 1 {
-            Ok(())
-        } else {
-            Err(StorageError::Conflict { last_seq: last })
+        match ok {
+            1 => Ok(()),
+            2 => Err(StorageError::Recreated(doc.to_string())),
+            _ => Err(StorageError::Conflict { last_seq: last }),
         }
     }
 
@@ -441,7 +532,7 @@ impl DocumentStore for RedisStore {
     async fn list(&self) -> Result<Vec<DocName>, StorageError> {
         let names: Vec<String> = self
             .conn()
-            .smembers("weft:docs")
+            .smembers(DOCS)
             .await
             .map_err(io("listing documents"))?;
         let mut docs: Vec<DocName> = names
@@ -549,7 +640,7 @@ impl DocumentStore for RedisStore {
         .collect();
         let (removed, _, _): (i64, i64, i64) = redis::pipe()
             .del(&keys)
-            .srem("weft:docs", doc.as_str())
+            .srem(DOCS, doc.as_str())
             .publish(key(doc, EVENTS), self.event(DELETED, &[]))
             .query_async(&mut self.conn())
             .await

@@ -1,7 +1,10 @@
 //! `SledStore`: the embedded default store, one sled database per data directory.
 //!
 //! Layout: four trees keyed by `name 0x00 …` (names never contain NUL):
-//! - `meta`:           `name`                  → document metadata
+//! - `meta`:           `name`                  → document metadata; written
+//!   with the document's first changes (in one transaction), so a name that
+//!   was only loaded has none, and a document exists exactly when it has
+//!   metadata
 //! - `log`:            `name 0x00 seq (BE u64)` → one logged change
 //! - `snapshots`:      `name 0x00 id (BE u64)`  → one snapshot (ids count up per
 //!   document, so the last is the newest)
@@ -71,33 +74,17 @@ impl SledStore {
     }
 
     fn load_now(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
-        let meta = match self
-            .meta
-            .get(doc.as_str())
-            .map_err(io("reading metadata"))?
-        {
-            Some(bytes) => {
-                let r: MetaRecord = record::decode(doc.as_str(), &bytes)?;
-                DocMeta {
-                    incarnation: r.incarnation,
-                    created_at_ms: r.created_at_ms,
-                }
-            }
-            None => {
-                let meta = DocMeta {
+        let Some(meta) = self.read_meta(doc)? else {
+            // Never written: nothing is stored until its first append.
+            return Ok(StoredDoc {
+                meta: DocMeta {
                     incarnation: random_u64()?,
                     created_at_ms: now_ms(),
-                };
-                let rec = MetaRecord {
-                    version: SCHEMA_VERSION,
-                    incarnation: meta.incarnation,
-                    created_at_ms: meta.created_at_ms,
-                };
-                self.meta
-                    .insert(doc.as_str(), record::encode(&rec)?)
-                    .map_err(io("writing metadata"))?;
-                meta
-            }
+                },
+                exists: false,
+                snapshot: None,
+                log: Vec::new(),
+            });
         };
         let snapshot = match self
             .snapshots
@@ -113,6 +100,7 @@ impl SledStore {
         let log = self.read_log_now(doc, after, usize::MAX)?;
         Ok(StoredDoc {
             meta,
+            exists: true,
             snapshot,
             log,
         })
@@ -137,16 +125,63 @@ impl SledStore {
         Ok(entries)
     }
 
-    fn append_now(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
+    fn append_now(
+        &self,
+        doc: &DocName,
+        meta: &DocMeta,
+        entries: &[LogEntry],
+    ) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for entry in entries {
             batch.insert(key(doc, entry.seq), record::encode(&LogRecord::of(entry))?);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(io("appending to the update log"))?;
+        match self.read_meta(doc)? {
+            Some(stored) if stored.incarnation == meta.incarnation => {
+                self.log
+                    .apply_batch(batch)
+                    .map_err(io("appending to the update log"))?
+            }
+            Some(_) => return Err(StorageError::Recreated(doc.to_string())),
+            // Deleted under someone who had loaded it with changes.
+            None if entries.first().is_some_and(|e| e.seq != 1) => {
+                return Err(StorageError::Recreated(doc.to_string()))
+            }
+            None => self.create(doc, meta, &batch)?,
+        }
         self.db.flush().map_err(io("flushing the update log"))?;
         Ok(())
+    }
+
+    /// A document's first append: its metadata and its first changes in one
+    /// transaction, so it never exists without them (nor they without it).
+    fn create(
+        &self,
+        doc: &DocName,
+        meta: &DocMeta,
+        batch: &sled::Batch,
+    ) -> Result<(), StorageError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+
+        let record = record::encode(&MetaRecord {
+            version: SCHEMA_VERSION,
+            incarnation: meta.incarnation,
+            created_at_ms: meta.created_at_ms,
+        })?;
+        let created = (&self.meta, &self.log).transaction(|(metas, log)| {
+            if metas.get(doc.as_str())?.is_some() {
+                // Restored from a backup meanwhile: not this incarnation.
+                return Err(ConflictableTransactionError::Abort(()));
+            }
+            metas.insert(doc.as_str(), record.as_slice())?;
+            log.apply_batch(batch)?;
+            Ok(())
+        });
+        match created {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(())) => Err(StorageError::Recreated(doc.to_string())),
+            Err(TransactionError::Storage(e)) => Err(io("creating a document")(e)),
+        }
     }
 
     fn compact_now(
@@ -405,13 +440,18 @@ impl DocumentStore for SledStore {
         blocking("loading a document", move || store.load_now(&doc)).await
     }
 
-    async fn append(&self, doc: &DocName, entries: &[LogEntry]) -> Result<(), StorageError> {
+    async fn append(
+        &self,
+        doc: &DocName,
+        meta: &DocMeta,
+        entries: &[LogEntry],
+    ) -> Result<(), StorageError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let (store, doc, entries) = (self.clone(), doc.clone(), entries.to_vec());
+        let (store, doc, meta, entries) = (self.clone(), doc.clone(), *meta, entries.to_vec());
         blocking("appending changes", move || {
-            store.append_now(&doc, &entries)
+            store.append_now(&doc, &meta, &entries)
         })
         .await
     }
@@ -685,6 +725,12 @@ mod tests {
         }
     }
 
+    /// Appends as a room does: under the metadata the document loads with.
+    async fn append(store: &SledStore, d: &DocName, entries: &[LogEntry]) {
+        let meta = store.load(d).await.expect("load").meta;
+        store.append(d, &meta, entries).await.expect("append");
+    }
+
     #[tokio::test]
     async fn appended_changes_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -693,10 +739,10 @@ mod tests {
             let loaded = store.load(&doc("a")).await.expect("load");
             assert_eq!(loaded.last_seq(), 0);
             store
-                .append(&doc("a"), &[entry(1), entry(2)])
+                .append(&doc("a"), &loaded.meta, &[entry(1), entry(2)])
                 .await
                 .expect("append");
-            store.append(&doc("b"), &[entry(1)]).await.expect("append");
+            append(&store, &doc("b"), &[entry(1)]).await;
             loaded.meta.incarnation
         };
         let store = SledStore::open(dir.path()).expect("reopen");
@@ -718,7 +764,7 @@ mod tests {
         let store = SledStore::open(dir.path()).expect("open");
         let d = doc("c");
         let entries: Vec<_> = (1..=10).map(entry).collect();
-        store.append(&d, &entries).await.expect("append");
+        append(&store, &d, &entries).await;
         let snap = NewSnapshot {
             seq: 8,
             taken_at_ms: 5,
@@ -746,11 +792,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         let d = doc("h");
-        store.load(&d).await.expect("load creates the document");
-        store
-            .append(&d, &[entry(1), entry(2)])
-            .await
-            .expect("append");
+        append(&store, &d, &[entry(1), entry(2)]).await;
         for seq in 1..=25u64 {
             let snap = NewSnapshot {
                 seq,
@@ -830,7 +872,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         let d = doc("bad");
-        store.append(&d, &[entry(1)]).await.expect("append");
+        append(&store, &d, &[entry(1)]).await;
         assert!(store.verify().await.expect("verify").is_empty());
         store.log.insert(key(&d, 2), &[0xc1][..]).expect("insert");
         let err = store.load(&d).await.expect_err("must fail");
@@ -845,8 +887,91 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         for n in ["b", "a"] {
-            store.load(&doc(n)).await.expect("load");
+            append(&store, &doc(n), &[entry(1)]).await;
         }
         assert_eq!(store.list().await.expect("list"), vec![doc("a"), doc("b")]);
+    }
+
+    #[tokio::test]
+    async fn loading_an_unknown_document_stores_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            for i in 0..50 {
+                let loaded = store.load(&doc(&format!("ghost-{i}"))).await.expect("load");
+                assert!(!loaded.exists);
+                assert_eq!((loaded.last_seq(), loaded.log.len()), (0, 0));
+            }
+            assert!(store.list().await.expect("list").is_empty());
+            assert!(store.info(&doc("ghost-1")).await.expect("info").is_none());
+            assert!(store.dump(&doc("ghost-1")).await.expect("dump").is_none());
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert!(store.list().await.expect("list").is_empty());
+        assert!(store.meta.is_empty(), "no metadata was written");
+    }
+
+    #[tokio::test]
+    async fn documents_an_earlier_version_created_by_loading_them_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = doc("legacy");
+        let meta = DocMeta {
+            incarnation: 42,
+            created_at_ms: 7,
+        };
+        {
+            // What loading a name used to write: metadata, and no changes.
+            let store = SledStore::open(dir.path()).expect("open");
+            let rec = MetaRecord {
+                version: SCHEMA_VERSION,
+                incarnation: meta.incarnation,
+                created_at_ms: meta.created_at_ms,
+            };
+            let bytes = record::encode(&rec).expect("encode");
+            store.meta.insert(d.as_str(), bytes).expect("insert");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.list().await.expect("list"), vec![d.clone()]);
+        let loaded = store.load(&d).await.expect("load");
+        assert!(loaded.exists);
+        assert_eq!(loaded.meta, meta);
+        store
+            .append(&d, &loaded.meta, &[entry(1)])
+            .await
+            .expect("appends under the stored incarnation");
+        assert_eq!(store.load(&d).await.expect("load").log, vec![entry(1)]);
+    }
+
+    #[tokio::test]
+    async fn the_first_append_stores_the_metadata_it_was_loaded_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = doc("born");
+        let meta = {
+            let store = SledStore::open(dir.path()).expect("open");
+            let loaded = store.load(&d).await.expect("load");
+            store
+                .append(&d, &loaded.meta, &[entry(1)])
+                .await
+                .expect("the first append creates it");
+            assert_eq!(store.list().await.expect("list"), vec![d.clone()]);
+            let info = store.info(&d).await.expect("info").expect("exists");
+            assert_eq!(info.meta, loaded.meta);
+            // Someone holding another incarnation (from before a delete, or
+            // a restore meanwhile) is refused, whether or not it exists.
+            let other = DocMeta {
+                incarnation: loaded.meta.incarnation ^ 1,
+                ..loaded.meta
+            };
+            assert!(matches!(
+                store.append(&d, &other, &[entry(2)]).await,
+                Err(StorageError::Recreated(_))
+            ));
+            loaded.meta
+        };
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let loaded = store.load(&d).await.expect("load");
+        assert!(loaded.exists);
+        assert_eq!(loaded.meta, meta, "same incarnation and creation time");
+        assert_eq!(loaded.log, vec![entry(1)]);
     }
 }

@@ -47,14 +47,17 @@ async fn two_nodes_never_store_two_changes_under_one_number() {
         loaded_a.meta, loaded_b.meta,
         "one incarnation for every node"
     );
+    let meta = loaded_a.meta;
 
-    a.append(&doc, &[entry(1), entry(2)]).await.expect("first");
+    a.append(&doc, &meta, &[entry(1), entry(2)])
+        .await
+        .expect("first");
     // B still thinks the document is empty.
-    match b.append(&doc, &[entry(1)]).await {
+    match b.append(&doc, &meta, &[entry(1)]).await {
         Err(StorageError::Conflict { last_seq }) => assert_eq!(last_seq, 2),
         other => panic!("expected a conflict, got {other:?}"),
     }
-    b.append(&doc, &[entry(3)])
+    b.append(&doc, &meta, &[entry(3)])
         .await
         .expect("after catching up");
     let log = a.read_log(&doc, 0, usize::MAX).await.expect("reads");
@@ -63,13 +66,71 @@ async fn two_nodes_never_store_two_changes_under_one_number() {
 }
 
 #[tokio::test]
+async fn a_name_only_loaded_is_not_stored_and_its_first_append_creates_it() {
+    let redis = RedisServer::start();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let doc = DocName::new("unborn").expect("name");
+    let (loaded_a, loaded_b) = (
+        a.load(&doc).await.expect("loads"),
+        b.load(&doc).await.expect("loads"),
+    );
+    assert!(!loaded_a.exists && !loaded_b.exists);
+    assert_eq!(
+        loaded_a.meta, loaded_b.meta,
+        "nodes agree before anyone writes"
+    );
+    for node in [&a, &b] {
+        assert!(node.list().await.expect("lists").is_empty());
+        assert!(node.info(&doc).await.expect("info").is_none());
+        assert!(node.dump(&doc).await.expect("dump").is_none());
+    }
+
+    b.append(&doc, &loaded_b.meta, &[entry(1)])
+        .await
+        .expect("the first append creates it");
+    assert_eq!(a.list().await.expect("lists"), vec![doc.clone()]);
+    let info = a.info(&doc).await.expect("info").expect("exists");
+    assert_eq!((info.meta, info.last_seq), (loaded_a.meta, 1));
+    let again = a.load(&doc).await.expect("loads");
+    assert!(again.exists);
+    assert_eq!(again.meta, loaded_a.meta);
+}
+
+#[tokio::test]
+async fn an_append_under_another_incarnation_is_refused() {
+    let redis = RedisServer::start();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let doc = DocName::new("twice").expect("name");
+    let old = a.load(&doc).await.expect("loads").meta;
+    // The name is deleted (or its provisional metadata expires) and B
+    // creates it anew; A still holds the old incarnation.
+    a.delete(&doc).await.expect("deletes");
+    let new = b.load(&doc).await.expect("loads").meta;
+    assert_ne!(old.incarnation, new.incarnation);
+    b.append(&doc, &new, &[entry(1)]).await.expect("creates");
+    assert!(matches!(
+        a.append(&doc, &old, &[entry(1)]).await,
+        Err(StorageError::Recreated(_))
+    ));
+    // Deleted under a node that had written to it: refused too, not
+    // renumbered into whatever comes next.
+    b.delete(&doc).await.expect("deletes");
+    assert!(matches!(
+        b.append(&doc, &new, &[entry(2)]).await,
+        Err(StorageError::Recreated(_))
+    ));
+    assert!(b.list().await.expect("lists").is_empty());
+    assert_eq!(b.read_log(&doc, 0, 10).await.expect("reads"), vec![]);
+}
+
+#[tokio::test]
 async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_head_back() {
     let redis = RedisServer::start();
     let store = store(&redis).await;
     let doc = DocName::new("compact").expect("name");
-    store.load(&doc).await.expect("loads");
+    let meta = store.load(&doc).await.expect("loads").meta;
     let all: Vec<LogEntry> = (1..=30).map(entry).collect();
-    store.append(&doc, &all).await.expect("appends");
+    store.append(&doc, &meta, &all).await.expect("appends");
 
     store
         .compact(&doc, snapshot(20), 5)
@@ -176,8 +237,8 @@ async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sende
     let redis = RedisServer::start();
     let (a, b) = (store(&redis).await, store(&redis).await);
     let doc = DocName::new("follow").expect("name");
-    a.load(&doc).await.expect("loads");
-    a.append(&doc, &[entry(1)]).await.expect("appends");
+    let meta = a.load(&doc).await.expect("loads").meta;
+    a.append(&doc, &meta, &[entry(1)]).await.expect("appends");
     let mut follow = b
         .watch(&doc, 1)
         .await
@@ -194,7 +255,7 @@ async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sende
         .expect("subscribes")
         .expect("pubsub");
 
-    a.append(&doc, &[entry(2), entry(3)])
+    a.append(&doc, &meta, &[entry(2), entry(3)])
         .await
         .expect("appends");
     let mut got = Vec::new();

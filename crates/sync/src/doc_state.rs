@@ -754,6 +754,7 @@ mod tests {
                 incarnation: 7,
                 created_at_ms: 1,
             },
+            exists: true,
             snapshot: None,
             log: vec![],
         }
@@ -1456,6 +1457,7 @@ mod access_tests {
                 incarnation: 1,
                 created_at_ms: 0,
             },
+            exists: true,
             snapshot: None,
             log: vec![],
         };
@@ -1549,6 +1551,7 @@ mod limit_tests {
                 incarnation: 1,
                 created_at_ms: 0,
             },
+            exists: true,
             snapshot: None,
             log: vec![],
         };

@@ -49,6 +49,7 @@ pub fn room(data: &[u8]) {
             incarnation: 1,
             created_at_ms: 0,
         },
+        exists: true,
         snapshot: None,
         log: Vec::new(),
     };

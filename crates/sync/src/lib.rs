@@ -6,7 +6,9 @@
 //! [`DocState`] (with its `Presence`) and [`protocol`], which do no I/O. This crate never touches a
 //! socket: transports live in the server crate.
 
+mod batch;
 pub mod changes;
+pub mod creation;
 mod doc_state;
 mod event_id;
 pub mod guard;
@@ -22,8 +24,10 @@ mod sections;
 mod session;
 pub mod viewer;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use creation::{ClientAddr, CreationLimit};
 pub use doc_state::{
     Access, Change, ConnId, Delivery, DocLimits, DocState, Effects, LoadError, Rejection,
 };
@@ -53,6 +57,8 @@ pub struct EngineConfig {
     pub limits: DocLimits,
     /// Connections (editors and viewers) one document accepts (0: no limit).
     pub max_connections_per_doc: usize,
+    /// Who may create documents how fast; `None`: anyone, any time.
+    pub creation_limit: Option<Arc<dyn CreationLimit>>,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +79,7 @@ impl Default for EngineConfig {
                 readers_presence: true,
             },
             max_connections_per_doc: 10_000,
+            creation_limit: None,
         }
     }
 }
@@ -136,6 +143,16 @@ pub enum RoomError {
     StorageFailure(String),
     #[error("{0}")]
     NotFound(String),
+    /// A read of a document nothing has been written to.
+    #[error("there is no document {0}: nothing has been written to it")]
+    NoSuchDocument(String),
+    /// The change would create a document, and its client has created as
+    /// many as it may for now.
+    #[error(
+        "too many new documents from this address; try again in {retry_after_secs} s \
+         (writing to documents that exist is not limited)"
+    )]
+    TooManyNewDocuments { retry_after_secs: u64 },
     #[error("{0}")]
     TooLarge(String),
     #[error("the document has its maximum of {0} connections; try again later")]

@@ -14,6 +14,12 @@
 //! deletion) and, once loaded, asks them for the presence their
 //! connections hold before serving anyone, so that no connection here can
 //! claim a client id that is live on another node.
+//!
+//! A room may hold a name that was never written: it serves an empty
+//! document (editors sync, viewers wait) and stores nothing, not even a
+//! snapshot, until a change is stored; that append creates the document.
+//! A change that would create it is first put to the creation limit
+//! ([`CreationLimit`](crate::CreationLimit)) for its client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,25 +32,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use weft_storage::{
-    DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, SnapshotReason, StorageError,
+    DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, SnapshotReason,
+    StorageError, StoredDoc,
 };
 
 use yrs::StateVector;
 
+use crate::batch::Batcher;
 use crate::changes::ChangeFeed;
+use crate::creation::{retry_after_secs, ClientAddr};
 use crate::doc_state::{Access, Change, ConnId, Delivery, DocState, Effects};
-use crate::protocol::{self, Inbound};
+use crate::guard::guarded;
+use crate::protocol::{self, ClientUpdate, Inbound};
 use crate::rooms::RoomMap;
 use crate::session::{CloseReason, Kind, Offer, Subscriber};
 use crate::{
     restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats,
 };
-
-/// Most commands handled in one batch (one flush). A batch's changes reach
-/// every subscriber at once, so a batch is also kept to half the frames a
-/// subscriber may have queued (`outbound_queue`): a reader that keeps up
-/// must never look slow because the writers were fast.
-const MAX_BATCH: usize = 256;
 
 /// How often one batch may be renumbered after other nodes' changes before
 /// it is refused (cluster mode).
@@ -74,7 +78,8 @@ pub(crate) enum Command {
     Receive {
         conn: ConnId,
         messages: Vec<Inbound>,
-        /// Size of the frame they came in, for the document size limit.
+        /// Size of the frame they came in, for the document size limit and
+        /// the batch's byte bound.
         bytes: usize,
     },
     Leave {
@@ -84,6 +89,8 @@ pub(crate) enum Command {
     Apply {
         /// A Yjs v1 update, decoded by the room.
         update: Bytes,
+        /// Whose allowance it counts against if it creates the document.
+        client: Option<ClientAddr>,
         reply: Reply<Option<EventId>>,
     },
     /// The document's state, or what a state vector lacks.
@@ -109,6 +116,12 @@ pub(crate) enum Command {
     /// Close every connection and remove the document from storage.
     Delete {
         reply: Reply<bool>,
+    },
+    /// The store's copy was replaced outside the room (a backup restore):
+    /// close every connection (they reconnect and resync) and stop, so the
+    /// next use loads what is stored now.
+    Reopen {
+        reply: Reply<()>,
     },
     /// Who is connected.
     Stats {
@@ -138,6 +151,9 @@ impl Command {
             Command::Delete { reply } => {
                 let _ = reply.send(Err(error));
             }
+            Command::Reopen { reply } => {
+                let _ = reply.send(Err(error));
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(Err(error));
             }
@@ -155,6 +171,7 @@ enum Deferred {
     /// A restore or import: snapshot once stored, then answer.
     Changed(Reply<Restored>, Option<EventId>, SnapshotReason),
     Delete(Reply<bool>),
+    Reopen(Reply<()>),
 }
 
 /// Everything a room needs besides its document.
@@ -174,11 +191,18 @@ pub(crate) struct Room {
     /// in the registry.
     instance: u64,
     state: DocState,
+    /// What the store holds about the document, or will at its first append.
+    meta: DocMeta,
+    /// Whether the store holds the document (a name only read, followed or
+    /// joined does not exist until a change to it is stored).
+    exists: bool,
     subscribers: HashMap<ConnId, Subscriber>,
     /// Changes since the last snapshot.
     unsnapshotted: u64,
     idle_since: Option<Instant>,
     rx: mpsc::Receiver<Command>,
+    /// Takes commands off `rx` a batch at a time.
+    batcher: Batcher,
     cx: RoomContext,
     /// Cluster mode: changes other nodes store, and what else they say
     /// (their presence, the document's deletion).
@@ -205,12 +229,12 @@ impl Room {
             Ok(stored) => DocState::load(&stored, cx.config.recent_changes, cx.clock.clone())
                 .map(|mut state| {
                     state.set_limits(cx.config.limits);
-                    (state, stored.log.len() as u64)
+                    (state, stored)
                 })
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let (state, unsnapshotted) = match loaded {
+        let (state, stored) = match loaded {
             Ok(loaded) => loaded,
             Err(reason) => {
                 error!(doc = %name, %reason, "document failed to load; refusing connections to it");
@@ -237,10 +261,13 @@ impl Room {
             name,
             instance,
             state,
+            meta: stored.meta,
+            exists: stored.exists,
             subscribers: HashMap::new(),
-            unsnapshotted,
+            unsnapshotted: stored.log.len() as u64,
             idle_since: Some(Instant::now()),
             rx,
+            batcher: Batcher::new(&cx.config),
             cx,
             remote,
             peers,
@@ -253,6 +280,14 @@ impl Room {
 
     async fn run_loop(&mut self) {
         loop {
+            // What did not fit the last batch opens the next, before anything
+            // else is looked at.
+            if let Some(command) = self.batcher.take_held() {
+                if self.handle_batch(command).await {
+                    return; // the document was deleted
+                }
+                continue;
+            }
             let idle_deadline = self.idle_since.map(|t| t + self.cx.config.unload_grace);
             tokio::select! {
                 biased;
@@ -262,15 +297,7 @@ impl Room {
                 }
                 command = self.rx.recv() => {
                     let Some(command) = command else { return };
-                    let mut batch = vec![command];
-                    let most = MAX_BATCH.min(self.cx.config.outbound_queue / 2).max(1);
-                    while batch.len() < most {
-                        match self.rx.try_recv() {
-                            Ok(c) => batch.push(c),
-                            Err(_) => break,
-                        }
-                    }
-                    if self.handle(batch).await {
+                    if self.handle_batch(command).await {
                         return; // the document was deleted
                     }
                 }
@@ -351,6 +378,19 @@ impl Room {
         true
     }
 
+    /// Runs `first` and the commands waiting behind it, as many as one
+    /// batch holds; `true` when the room must stop (its document was deleted).
+    async fn handle_batch(&mut self, first: Command) -> bool {
+        let batch = self.batcher.fill(first, &mut self.rx);
+        if self.handle(batch).await {
+            return true;
+        }
+        // Every connection this batch woke takes its frames before the next
+        // batch is taken, whichever task the scheduler would pick first.
+        tokio::task::yield_now().await;
+        false
+    }
+
     /// Runs a batch; `true` when the room must stop (its document was deleted).
     async fn handle(&mut self, batch: Vec<Command>) -> bool {
         let started = Instant::now();
@@ -396,7 +436,9 @@ impl Room {
                     messages,
                     bytes,
                 } => {
-                    let Some(access) = self.subscribers.get(&conn).map(|s| s.access) else {
+                    let Some((access, client)) =
+                        self.subscribers.get(&conn).map(|s| (s.access, s.client))
+                    else {
                         continue; // already closed; drop what it still sent
                     };
                     let writes =
@@ -409,6 +451,18 @@ impl Room {
                         }
                     }
                     for message in messages {
+                        if let (Inbound::Update(update), Access::ReadWrite) = (&message, access) {
+                            if let Err(wait) = self.may_create(client, update, &fx) {
+                                warn!(doc = %self.name, conn, "too many new documents from this address; closing connection");
+                                let retry_after_secs = retry_after_secs(wait);
+                                self.kick(
+                                    conn,
+                                    CloseReason::TooManyNewDocuments { retry_after_secs },
+                                    &mut fx,
+                                );
+                                break;
+                            }
+                        }
                         if let Err(rejection) = self.state.receive(conn, access, message, &mut fx) {
                             warn!(doc = %self.name, conn, %rejection, "closing connection");
                             self.kick(conn, CloseReason::Rejected(rejection.to_string()), &mut fx);
@@ -426,9 +480,16 @@ impl Room {
                         self.state.leave(conn, &mut fx);
                     }
                 }
-                Command::Apply { update, reply } => {
-                    let result = self.apply_from_outside(&update, &mut fx);
+                Command::Apply {
+                    update,
+                    client,
+                    reply,
+                } => {
+                    let result = self.apply_from_outside(&update, client, &mut fx);
                     deferred.push(Deferred::Applied(reply, result));
+                }
+                Command::Read { reply, .. } if !self.exists_with(&fx) => {
+                    let _ = reply.send(Err(RoomError::NoSuchDocument(self.name.to_string())));
                 }
                 Command::Read { since, reply } => {
                     match self.state.encode_diff(&since.unwrap_or_default()) {
@@ -471,7 +532,7 @@ impl Room {
                     }
                 }
                 Command::Import { update, reply } => {
-                    match self.apply_from_outside(&update, &mut fx) {
+                    match self.apply_from_outside(&update, None, &mut fx) {
                         Ok(id) => {
                             deferred.push(Deferred::Changed(reply, id, SnapshotReason::Import))
                         }
@@ -481,6 +542,7 @@ impl Room {
                     }
                 }
                 Command::Delete { reply } => deferred.push(Deferred::Delete(reply)),
+                Command::Reopen { reply } => deferred.push(Deferred::Reopen(reply)),
                 Command::Stats { reply } => {
                     let viewers = self
                         .subscribers
@@ -499,7 +561,7 @@ impl Room {
         if !fx.changes.is_empty() {
             let mut entries = log_entries(&fx.changes);
             let appending = Instant::now();
-            let mut appended = self.cx.store.append(&self.name, &entries).await;
+            let mut appended = self.cx.store.append(&self.name, &self.meta, &entries).await;
             let mut tries = 0;
             while let Err(StorageError::Conflict { .. }) = appended {
                 // Another node stored changes first (cluster mode): take
@@ -509,7 +571,7 @@ impl Room {
                 appended = match self.catch_up(first, &mut fx, &mut deferred).await {
                     Ok(rebased) if tries <= MAX_REBASES => {
                         entries = rebased;
-                        self.cx.store.append(&self.name, &entries).await
+                        self.cx.store.append(&self.name, &self.meta, &entries).await
                     }
                     Ok(_) => Err(StorageError::Busy(
                         "too many nodes are writing this document at once",
@@ -538,6 +600,8 @@ impl Room {
                 self.storage_failed(reason).await;
                 return false;
             }
+            // The first stored change creates the document.
+            self.exists = true;
             self.unsnapshotted += entries.len() as u64;
             metrics::counter!("weft_changes_accepted_total").increment(entries.len() as u64);
             if let (Some(feed), Some(last)) = (&self.cx.changes, entries.last()) {
@@ -558,6 +622,7 @@ impl Room {
                 .record(started.elapsed().as_secs_f64());
         }
         let mut delete = None;
+        let mut reopen = None;
         for d in deferred {
             match d {
                 Deferred::Applied(reply, result) => {
@@ -577,10 +642,19 @@ impl Room {
                     let _ = reply.send(outcome);
                 }
                 Deferred::Delete(reply) => delete = Some(reply),
+                Deferred::Reopen(reply) => reopen = Some(reply),
             }
         }
         if let Some(reply) = delete {
             self.delete(reply).await;
+            return true;
+        }
+        if let Some(reply) = reopen {
+            self.let_go(CloseReason::StorageFailure(
+                "the document was replaced from a backup".into(),
+            ));
+            info!(doc = %self.name, "stored copy replaced; unloaded");
+            let _ = reply.send(Ok(()));
             return true;
         }
 
@@ -663,7 +737,11 @@ impl Room {
         let applied = self.state.apply_stored(&entries, &mut fx);
         self.deliver(fx);
         match applied {
-            Ok(fresh) => self.unsnapshotted += fresh,
+            Ok(fresh) => {
+                self.unsnapshotted += fresh;
+                // Another node stored a change: the document exists.
+                self.exists |= fresh > 0;
+            }
             // Trimmed past this node's position: the store has it all.
             Err(gap) => self.reload(&gap.to_string()).await,
         }
@@ -678,6 +756,7 @@ impl Room {
     fn apply_from_outside(
         &mut self,
         update: &[u8],
+        client: Option<ClientAddr>,
         fx: &mut Effects,
     ) -> Result<Option<EventId>, RoomError> {
         let before = fx.changes.len();
@@ -686,10 +765,48 @@ impl Room {
             .map_err(|e| RoomError::TooLarge(e.to_string()))?;
         let update =
             protocol::decode_update(update).map_err(|e| RoomError::Rejected(e.to_string()))?;
+        self.may_create(client, &update, fx)
+            .map_err(|wait| RoomError::TooManyNewDocuments {
+                retry_after_secs: retry_after_secs(wait),
+            })?;
         self.state
             .apply_external(update, fx)
             .map_err(|r| RoomError::Rejected(r.to_string()))?;
         Ok(fx.changes[before..].last().map(|c| self.event_id(c.seq)))
+    }
+
+    /// Whether the document exists, counting a change this batch is about
+    /// to store (which creates it).
+    fn exists_with(&self, fx: &Effects) -> bool {
+        self.exists || !fx.changes.is_empty()
+    }
+
+    /// Whether `client` may apply `update` as far as creating the document
+    /// goes: yes unless it would create the document and the creation
+    /// limit refuses (`Err`: how long until it may). Only the first change
+    /// is asked about, so two first writes in one batch count once.
+    fn may_create(
+        &self,
+        client: Option<ClientAddr>,
+        update: &ClientUpdate,
+        fx: &Effects,
+    ) -> Result<(), Duration> {
+        let (Some(limit), Some(client)) = (&self.cx.config.creation_limit, client) else {
+            return Ok(());
+        };
+        if self.exists_with(fx) {
+            return Ok(());
+        }
+        // A sync step 2 that brings nothing (every new editor's) creates
+        // nothing; if yrs fails to tell, the change counts.
+        let changes = guarded(|| self.state.would_change(&update.update)).unwrap_or(true);
+        if !changes {
+            return Ok(());
+        }
+        limit.admit(client).inspect_err(|_| {
+            metrics::counter!("weft_changes_refused_total", "reason" => "too_many_new_documents")
+                .increment(1);
+        })
     }
 
     /// Whether another connection may join.
@@ -710,7 +827,7 @@ impl Room {
 
     /// Ends the document: everyone is told, the data goes, the room stops.
     async fn delete(&mut self, reply: Reply<bool>) {
-        self.let_go();
+        self.let_go(CloseReason::Deleted);
         let result = self
             .cx
             .store
@@ -725,17 +842,17 @@ impl Room {
     /// here end as they would on the node that deleted it, and memory is
     /// not left holding what the store no longer has.
     fn deleted_elsewhere(&mut self) {
-        self.let_go();
+        self.let_go(CloseReason::Deleted);
         info!(doc = %self.name, "document deleted by another node");
     }
 
-    /// The document is gone: closes every connection with "deleted", and
-    /// sends whatever was still on its way here back to try again (it will
-    /// find a new, empty document).
-    fn let_go(&mut self) {
-        self.kick_all(CloseReason::Deleted);
+    /// The room stops serving the document: closes every connection with
+    /// `reason`, and sends whatever was still on its way here back to try
+    /// again (it will find what the store holds then).
+    fn let_go(&mut self, reason: CloseReason) {
+        self.kick_all(reason);
         self.cx.rooms.remove_if(&self.name, self.instance);
-        refuse_all(&mut self.rx, RoomError::Retry);
+        self.refuse_waiting(RoomError::Retry);
     }
 
     /// What a new viewer is sent first: the changes after `resume` when they
@@ -890,11 +1007,15 @@ impl Room {
 
     fn kick(&mut self, conn: ConnId, reason: CloseReason, fx: &mut Effects) {
         let label = match &reason {
-            CloseReason::TooLarge(_) => "document_too_large",
-            CloseReason::Rejected(_) => "invalid",
-            _ => "other",
+            CloseReason::TooLarge(_) => Some("document_too_large"),
+            CloseReason::Rejected(_) => Some("invalid"),
+            // Counted where the creation limit refused.
+            CloseReason::TooManyNewDocuments { .. } => None,
+            _ => Some("other"),
         };
-        metrics::counter!("weft_changes_refused_total", "reason" => label).increment(1);
+        if let Some(label) = label {
+            metrics::counter!("weft_changes_refused_total", "reason" => label).increment(1);
+        }
         if let Some(sub) = self.subscribers.remove(&conn) {
             sub.close(reason);
             self.state.leave(conn, fx);
@@ -919,7 +1040,7 @@ impl Room {
 
     async fn reload(&mut self, why: &str) {
         let result = match self.cx.store.load(&self.name).await {
-            Ok(stored) => self.state.reload(&stored).map_err(|e| e.to_string()),
+            Ok(stored) => self.reload_from(&stored),
             Err(e) => Err(e.to_string()),
         };
         match result {
@@ -931,12 +1052,27 @@ impl Room {
                 error!(doc = %self.name, error = %e, "reload failed; unloading document");
                 self.kick_all(CloseReason::StorageFailure(e));
                 self.cx.rooms.remove_if(&self.name, self.instance);
-                refuse_all(&mut self.rx, RoomError::LoadFailed(reason));
+                self.refuse_waiting(RoomError::LoadFailed(reason));
             }
         }
     }
 
+    /// Takes the document's state and identity from what the store holds.
+    fn reload_from(&mut self, stored: &StoredDoc) -> Result<(), String> {
+        self.state.reload(stored).map_err(|e| e.to_string())?;
+        self.meta = stored.meta;
+        self.exists = stored.exists;
+        Ok(())
+    }
+
     async fn snapshot(&mut self, reason: SnapshotReason) -> Result<u64, RoomError> {
+        if !self.exists {
+            // Nothing is stored for a name nobody wrote to, snapshots included.
+            return Err(RoomError::NotFound(format!(
+                "there is no document {}: nothing has been written to it",
+                self.name
+            )));
+        }
         let started = Instant::now();
         let state = self
             .state
@@ -989,16 +1125,23 @@ impl Room {
         self.cx.rooms.remove_if(&self.name, self.instance);
         // Anyone who took a handle just before the removal retries and loads
         // a new room from storage, which already holds everything.
-        self.rx.close();
-        refuse_all(&mut self.rx, RoomError::Retry);
+        self.refuse_waiting(RoomError::Retry);
         debug!(doc = %self.name, "document unloaded");
         metrics::counter!("weft_document_evictions_total").increment(1);
         true
     }
 
+    /// Stops taking commands and answers every one still waiting with `error`.
+    fn refuse_waiting(&mut self, error: RoomError) {
+        if let Some(command) = self.batcher.take_held() {
+            command.refuse(error.clone());
+        }
+        refuse_all(&mut self.rx, error);
+    }
+
     async fn shut_down(&mut self) {
         self.rx.close();
-        let mut batch = Vec::new();
+        let mut batch: Vec<Command> = self.batcher.take_held().into_iter().collect();
         while let Ok(c) = self.rx.try_recv() {
             batch.push(c);
         }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use yrs::StateVector;
 
 use crate::changes::ChangeFeed;
+use crate::creation::ClientAddr;
 use crate::doc_state::Access;
 use crate::session::{Follower, Session};
 use crate::{Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats};
@@ -120,11 +121,18 @@ impl Rooms {
     }
 
     /// Joins `doc` as an editor, loading it if needed. The session's first
-    /// frames are the room's sync step 1 and current presence.
-    pub async fn join(&self, doc: &DocName, access: Access) -> Result<Session, RoomError> {
+    /// frames are the room's sync step 1 and current presence. `client` is
+    /// the connection's address: a change that would create the document
+    /// counts against its allowance (`None`: not limited).
+    pub async fn join(
+        &self,
+        doc: &DocName,
+        access: Access,
+        client: Option<ClientAddr>,
+    ) -> Result<Session, RoomError> {
         let mut joined = None;
         self.call(doc, |room, reply| {
-            let (session, subscriber) = self.session(doc, room, access);
+            let (session, subscriber) = self.session(doc, room, (access, client));
             let conn = session.id();
             joined = Some(session);
             Command::Join {
@@ -147,7 +155,7 @@ impl Rooms {
     ) -> Result<Follower, RoomError> {
         let mut joined = None;
         self.call(doc, |room, reply| {
-            let (session, subscriber) = self.session(doc, room, Access::ReadOnly);
+            let (session, subscriber) = self.session(doc, room, (Access::ReadOnly, None));
             let conn = session.id();
             joined = Some(session);
             Command::Follow {
@@ -163,16 +171,24 @@ impl Rooms {
 
     /// Applies a Yjs v1 update from outside any connection. Returns once it
     /// is durable and sent to everyone: the id of the change, or `None` if
-    /// it changed nothing.
-    pub async fn apply(&self, doc: &DocName, update: Bytes) -> Result<Option<EventId>, RoomError> {
+    /// it changed nothing. If it would create the document, it counts
+    /// against `client`'s allowance (`None`: not limited).
+    pub async fn apply(
+        &self,
+        doc: &DocName,
+        update: Bytes,
+        client: Option<ClientAddr>,
+    ) -> Result<Option<EventId>, RoomError> {
         self.call(doc, |_, reply| Command::Apply {
             update: update.clone(),
+            client,
             reply,
         })
         .await
     }
 
-    /// The whole document, or only what `since` lacks, as a Yjs v1 update.
+    /// The whole document, or only what `since` lacks, as a Yjs v1 update;
+    /// [`RoomError::NoSuchDocument`] if nothing was ever written to it.
     pub async fn read(
         &self,
         doc: &DocName,
@@ -203,8 +219,8 @@ impl Rooms {
             .await
     }
 
-    /// Merges a Yjs v1 update into `doc` (created if new) as a change, then
-    /// snapshots it (`import`).
+    /// Merges a Yjs v1 update into `doc` (created if new, unless the update
+    /// changes nothing) as a change, then snapshots it (`import`).
     pub async fn import(&self, doc: &DocName, update: Bytes) -> Result<Restored, RoomError> {
         self.call(doc, |_, reply| Command::Import {
             update: update.clone(),
@@ -230,6 +246,20 @@ impl Rooms {
         }
     }
 
+    /// The store's copy of `doc` was replaced outside the engine (a backup
+    /// restore): if a room holds it, it closes its connections (they
+    /// reconnect and resync) and unloads, so the next use loads what is
+    /// stored now. Nothing happens if it is not loaded.
+    pub async fn reopen(&self, doc: &DocName) {
+        let Some(room) = self.inner.map.lock().get(doc).cloned() else {
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        if room.tx.send(Command::Reopen { reply }).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
     /// Who is connected to `doc`, if it is loaded (it is not loaded for this).
     pub async fn stats(&self, doc: &DocName) -> Option<RoomStats> {
         let room = self.inner.map.lock().get(doc).cloned()?;
@@ -250,7 +280,7 @@ impl Rooms {
         &self,
         doc: &DocName,
         room: &RoomHandle,
-        access: Access,
+        who: (Access, Option<ClientAddr>),
     ) -> (Session, crate::session::Subscriber) {
         let conn = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         Session::pair(
@@ -261,7 +291,7 @@ impl Rooms {
                 self.inner.config.outbound_queue,
                 self.inner.config.outbound_queue_bytes,
             ),
-            access,
+            who,
             self.inner.tasks.clone(),
         )
     }

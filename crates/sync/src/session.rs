@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use weft_storage::DocName;
 
+use crate::creation::ClientAddr;
 use crate::doc_state::{Access, ConnId};
 use crate::protocol::Inbound;
 use crate::room::Command;
@@ -34,6 +35,9 @@ pub enum CloseReason {
     Deleted,
     /// A change would have made the document larger than its limit.
     TooLarge(String),
+    /// A change would have created a document, and the client has created
+    /// as many as it may for now; the change was not applied.
+    TooManyNewDocuments { retry_after_secs: u64 },
 }
 
 impl std::fmt::Display for CloseReason {
@@ -45,6 +49,10 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ShuttingDown => f.write_str("server shutting down"),
             CloseReason::Deleted => f.write_str("document deleted by an operator"),
             CloseReason::TooLarge(why) => f.write_str(why),
+            CloseReason::TooManyNewDocuments { retry_after_secs } => write!(
+                f,
+                "too many new documents from this address; try again in {retry_after_secs} s"
+            ),
         }
     }
 }
@@ -72,6 +80,9 @@ pub(crate) struct Subscriber {
     tx: mpsc::Sender<Queued>,
     pub kind: Kind,
     pub access: Access,
+    /// Where the connection comes from, for the limit on creating
+    /// documents (`None`: not limited).
+    pub client: Option<ClientAddr>,
     reason: Arc<OnceLock<CloseReason>>,
     /// Bytes queued and not yet taken by the connection.
     queued: Arc<AtomicUsize>,
@@ -147,7 +158,7 @@ impl Session {
         doc: DocName,
         room: mpsc::Sender<Command>,
         limits: (usize, usize),
-        access: Access,
+        (access, client): (Access, Option<ClientAddr>),
         tasks: TaskTracker,
     ) -> (Session, Subscriber) {
         let (frames, bytes) = limits;
@@ -167,6 +178,7 @@ impl Session {
             tx,
             kind: Kind::Editor,
             access,
+            client,
             reason,
             queued,
             max_queued_bytes: bytes,

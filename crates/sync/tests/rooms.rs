@@ -70,8 +70,16 @@ fn text(doc: &Doc) -> String {
 async fn an_update_reaches_the_others_only_after_it_is_stored() {
     let f = fixture(EngineConfig::default());
     let doc = name("d");
-    let mut a = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut b = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut a = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut b = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     assert!(matches!(next(&mut a).await, Inbound::SyncStep1(_)));
     assert!(matches!(next(&mut b).await, Inbound::SyncStep1(_)));
 
@@ -100,7 +108,7 @@ async fn racing_joins_load_the_document_once() {
     let doc = name("race");
     let joins = (0..50).map(|_| {
         let (rooms, doc) = (f.rooms.clone(), doc.clone());
-        async move { rooms.join(&doc, Access::ReadWrite).await }
+        async move { rooms.join(&doc, Access::ReadWrite, None).await }
     });
     let sessions = futures_join_all(joins).await;
     assert_eq!(sessions.len(), 50);
@@ -125,8 +133,16 @@ where
 async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     let f = fixture(EngineConfig::default());
     let doc = name("faulty");
-    let mut a = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut b = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut a = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut b = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut a).await;
     next(&mut b).await;
     let writer = Doc::new();
@@ -172,7 +188,11 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
     assert!(opening.starts_with(b"event: snapshot"));
 
     f.store.fail_appends(false);
-    let mut c = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut c = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut c).await;
     c.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
@@ -189,8 +209,16 @@ async fn a_client_that_stops_reading_is_closed_not_skipped() {
         ..EngineConfig::default()
     });
     let doc = name("slow");
-    let writer_session = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut slow = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let writer_session = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut slow = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     let writer = Doc::new();
     for i in 0..20 {
         writer_session
@@ -220,8 +248,16 @@ async fn a_burst_from_a_fast_writer_does_not_make_a_reader_that_keeps_up_look_sl
         ..EngineConfig::default()
     });
     let doc = name("burst");
-    let writer_session = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut reader = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let writer_session = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut reader = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     // The reader reads all the time; the writer sends 200 changes without
     // waiting, so they queue up and the room takes them in batches.
     let reading = tokio::spawn(async move {
@@ -248,6 +284,41 @@ async fn a_burst_from_a_fast_writer_does_not_make_a_reader_that_keeps_up_look_sl
 }
 
 #[tokio::test]
+async fn a_burst_of_large_changes_does_not_make_a_reader_that_keeps_up_look_slow() {
+    let f = fixture(EngineConfig {
+        outbound_queue_bytes: 64 * 1024,
+        ..EngineConfig::default()
+    });
+    let doc = name("large-burst");
+    let writer_session = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
+    let mut reader = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
+    // As above, but each change is 4 KiB: 200 of them would be 800 KiB,
+    // far more than the reader's 64 KiB, if the room took them in at once.
+    let reading = tokio::spawn(async move {
+        let mut updates = 0;
+        while updates < 200 {
+            match timeout(WAIT, reader.recv()).await.expect("a frame in time") {
+                Ok(frame) => {
+                    let messages = decode_frame(&frame).expect("valid frame");
+                    updates += messages.iter().filter(|m| m.is_update()).count();
+                }
+                Err(reason) => panic!("reader closed after {updates} updates: {reason:?}"),
+            }
+        }
+        updates
+    });
+    let writer = Doc::new();
+    let chunk = "abcd".repeat(1024);
+    for _ in 0..200 {
+        writer_session
+            .send(vec![edit(&writer, &chunk)], chunk.len())
+            .await
+            .expect("send");
+    }
+    assert_eq!(reading.await.expect("reader"), 200);
+}
+
+#[tokio::test]
 async fn an_idle_document_is_snapshotted_and_unloaded() {
     let f = fixture(EngineConfig {
         unload_grace: Duration::from_millis(50),
@@ -255,7 +326,11 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     });
     let doc = name("idle");
     {
-        let s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+        let s = f
+            .rooms
+            .join(&doc, Access::ReadWrite, None)
+            .await
+            .expect("join");
         s.send(vec![edit(&Doc::new(), "x")], 0).await.expect("send");
     }
     timeout(WAIT, async {
@@ -269,7 +344,11 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
     let snapshot = stored.snapshot.expect("an idle snapshot");
     assert_eq!((snapshot.seq, snapshot.reason), (1, SnapshotReason::Idle));
     // Joining again loads it afresh, with its content.
-    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("rejoin");
+    let mut s = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("rejoin");
     next(&mut s).await;
     s.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
@@ -284,7 +363,11 @@ async fn an_idle_document_is_snapshotted_and_unloaded() {
 async fn shutdown_stores_what_was_sent_and_closes_sessions() {
     let f = fixture(EngineConfig::default());
     let doc = name("bye");
-    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut s = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     let writer = Doc::new();
     for i in 0..10 {
         s.send(vec![edit(&writer, &i.to_string())], 0)
@@ -311,7 +394,7 @@ async fn shutdown_stores_what_was_sent_and_closes_sessions() {
         .apply_update(Update::decode_v1(&snapshot.state).expect("valid"))
         .expect("applies");
     assert_eq!(text(&check), "0123456789");
-    assert!(f.rooms.join(&doc, Access::ReadWrite).await.is_err());
+    assert!(f.rooms.join(&doc, Access::ReadWrite, None).await.is_err());
 }
 
 #[tokio::test]
@@ -322,7 +405,11 @@ async fn snapshots_every_n_changes_and_trims_the_log_behind_a_tail() {
         ..EngineConfig::default()
     });
     let doc = name("periodic");
-    let mut s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut s = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut s).await;
     let writer = Doc::new();
     for i in 0..12 {
@@ -355,7 +442,11 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     let f = fixture(EngineConfig::default());
     let doc = name("broken");
     {
-        let s = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+        let s = f
+            .rooms
+            .join(&doc, Access::ReadWrite, None)
+            .await
+            .expect("join");
         s.send(vec![edit(&Doc::new(), "precious")], 0)
             .await
             .expect("send");
@@ -370,7 +461,7 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     );
     f.store.fail_loads(true);
     let err = rooms
-        .join(&doc, Access::ReadWrite)
+        .join(&doc, Access::ReadWrite, None)
         .await
         .expect_err("load fails");
     assert!(
@@ -383,7 +474,10 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     assert_eq!(after.last_seq(), before.last_seq());
     assert_eq!(after.snapshot, before.snapshot);
     // Once the store reads again, the document loads with its content.
-    let mut s = rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let mut s = rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut s).await;
     s.send(vec![Inbound::SyncStep1(StateVector::default())], 0)
         .await
@@ -391,4 +485,114 @@ async fn a_document_that_fails_to_load_refuses_joins_and_is_not_overwritten() {
     let fresh = Doc::new();
     next_update_into(&mut s, &fresh).await;
     assert_eq!(text(&fresh), "precious");
+}
+
+/// Lets `allow` creations through, then refuses; counts every question.
+#[derive(Debug)]
+struct CountingLimit {
+    asked: std::sync::atomic::AtomicUsize,
+    allow: usize,
+}
+
+impl weft_sync::CreationLimit for CountingLimit {
+    fn admit(&self, _: weft_sync::ClientAddr) -> Result<(), Duration> {
+        let n = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < self.allow {
+            Ok(())
+        } else {
+            Err(Duration::from_millis(1500))
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_a_change_that_creates_a_document_is_put_to_the_creation_limit() {
+    use std::sync::atomic::Ordering;
+    use weft_sync::{ClientAddr, RoomError};
+    use yrs::ReadTxn;
+    let limit = Arc::new(CountingLimit {
+        asked: Default::default(),
+        allow: 1,
+    });
+    let f = fixture(EngineConfig {
+        creation_limit: Some(limit.clone()),
+        ..EngineConfig::default()
+    });
+    let client = Some(ClientAddr(7));
+    let (first, second) = (name("first"), name("second"));
+
+    // Joining, an empty sync step 2 and reading create nothing: not asked.
+    let s = f
+        .rooms
+        .join(&first, Access::ReadWrite, client)
+        .await
+        .expect("join");
+    let empty = decode_update(
+        &Doc::new()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default()),
+    )
+    .expect("valid");
+    s.send(vec![Inbound::Update(empty)], 0).await.expect("send");
+    assert!(matches!(
+        f.rooms.read(&first, None).await,
+        Err(RoomError::NoSuchDocument(_))
+    ));
+    assert_eq!(limit.asked.load(Ordering::SeqCst), 0);
+
+    // The first real change asks once; later ones do not.
+    let writer = Doc::new();
+    for word in ["a", "b", "c"] {
+        s.send(vec![edit(&writer, word)], 0).await.expect("send");
+    }
+    let read = f.rooms.read(&first, None).await.expect("exists now");
+    assert!(!read.update.is_empty());
+    assert_eq!(limit.asked.load(Ordering::SeqCst), 1);
+    assert!(f.store.info(&first).await.expect("info").is_some());
+
+    // Over the limit: the editor is closed, the HTTP write refused, nothing stored.
+    let mut t = f
+        .rooms
+        .join(&second, Access::ReadWrite, client)
+        .await
+        .expect("join");
+    t.send(vec![edit(&Doc::new(), "x")], 0).await.expect("send");
+    let reason = loop {
+        match timeout(WAIT, t.recv()).await.expect("closed in time") {
+            Ok(_) => continue,
+            Err(reason) => break reason,
+        }
+    };
+    assert_eq!(
+        reason,
+        CloseReason::TooManyNewDocuments {
+            retry_after_secs: 2
+        }
+    );
+    let update = bytes::Bytes::from(insert_update("y"));
+    assert_eq!(
+        f.rooms.apply(&second, update.clone(), client).await,
+        Err(RoomError::TooManyNewDocuments {
+            retry_after_secs: 2
+        })
+    );
+    assert!(f.store.info(&second).await.expect("info").is_none());
+    // Without a client address (an operator's change) it is not asked.
+    let asked = limit.asked.load(Ordering::SeqCst);
+    assert!(f
+        .rooms
+        .apply(&second, update, None)
+        .await
+        .expect("applies")
+        .is_some());
+    assert_eq!(limit.asked.load(Ordering::SeqCst), asked);
+    assert!(f.store.info(&second).await.expect("info").is_some());
+}
+
+fn insert_update(s: &str) -> Vec<u8> {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, s);
+    txn.encode_update_v1()
 }

@@ -144,11 +144,13 @@ impl From<RoomError> for AdminError {
     fn from(e: RoomError) -> Self {
         let m = e.to_string();
         match e {
-            RoomError::NotFound(_) => AdminError::NotFound(m),
+            RoomError::NotFound(_) | RoomError::NoSuchDocument(_) => AdminError::NotFound(m),
             RoomError::Rejected(_) | RoomError::TooLarge(_) => AdminError::BadRequest(m),
-            RoomError::ShuttingDown | RoomError::Busy | RoomError::Retry | RoomError::Full(_) => {
-                AdminError::Unavailable(m)
-            }
+            RoomError::ShuttingDown
+            | RoomError::Busy
+            | RoomError::Retry
+            | RoomError::Full(_)
+            | RoomError::TooManyNewDocuments { .. } => AdminError::Unavailable(m),
             RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => AdminError::Failed(m),
         }
     }

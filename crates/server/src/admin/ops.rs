@@ -200,7 +200,10 @@ impl Backend for LocalAdmin {
         progress.start(Some(reader.documents), "documents");
         let mut restored = 0;
         while let Some(dump) = reader.next_document()? {
+            let name = dump.name.clone();
             self.store.restore_dump(dump).await?;
+            // A room may hold the name, never written until now.
+            self.rooms.reopen(&name).await;
             restored += 1;
             progress.advance(1);
         }
