@@ -290,8 +290,8 @@ async fn a_burst_of_large_changes_does_not_make_a_reader_that_keeps_up_look_slow
         ..EngineConfig::default()
     });
     let doc = name("large-burst");
-    let writer_session = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
-    let mut reader = f.rooms.join(&doc, Access::ReadWrite).await.expect("join");
+    let writer_session = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
+    let mut reader = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
     // As above, but each change is 4 KiB: 200 of them would be 800 KiB,
     // far more than the reader's 64 KiB, if the room took them in at once.
     let reading = tokio::spawn(async move {
