@@ -421,7 +421,7 @@ async fn deleting_a_document_on_one_node_lets_it_go_on_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_an_unknown_name_on_any_node_stores_nothing_and_the_first_write_creates_it() {
-    const ADMIN: &str = "cluster-admin-key";
+    const ADMIN: &str = "cluster-admin-key-for-reads-0123456789";
     let redis = RedisServer::start();
     let (a, b) = (
         redis.node(&["--admin-key", ADMIN]),

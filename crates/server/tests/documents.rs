@@ -16,7 +16,7 @@ use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-const ADMIN: &str = "documents-admin-key";
+const ADMIN: &str = "documents-admin-key-0123456789abcdef";
 
 fn admin_header() -> (String, String) {
     ("authorization".into(), format!("Bearer {ADMIN}"))

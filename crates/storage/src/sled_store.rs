@@ -713,6 +713,21 @@ mod tests {
     use super::*;
     use crate::SnapshotReason;
 
+    /// Opens the store again once the previous handle has let go of its
+    /// lock: the last blocking call of a dropped store may still be
+    /// finishing on the blocking pool (bounded: 5 s).
+    async fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledStore::open(dir) {
+                Err(StorageError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other.expect("reopen"),
+            }
+        }
+    }
+
     fn doc(name: &str) -> DocName {
         DocName::new(name).expect("valid name")
     }
@@ -745,7 +760,7 @@ mod tests {
             append(&store, &doc("b"), &[entry(1)]).await;
             loaded.meta.incarnation
         };
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path()).await;
         let loaded = store.load(&doc("a")).await.expect("load");
         assert_eq!(loaded.meta.incarnation, incarnation);
         assert_eq!(loaded.log, vec![entry(1), entry(2)]);
@@ -906,7 +921,7 @@ mod tests {
             assert!(store.info(&doc("ghost-1")).await.expect("info").is_none());
             assert!(store.dump(&doc("ghost-1")).await.expect("dump").is_none());
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path()).await;
         assert!(store.list().await.expect("list").is_empty());
         assert!(store.meta.is_empty(), "no metadata was written");
     }
@@ -930,7 +945,7 @@ mod tests {
             let bytes = record::encode(&rec).expect("encode");
             store.meta.insert(d.as_str(), bytes).expect("insert");
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path()).await;
         assert_eq!(store.list().await.expect("list"), vec![d.clone()]);
         let loaded = store.load(&d).await.expect("load");
         assert!(loaded.exists);
@@ -968,7 +983,7 @@ mod tests {
             ));
             loaded.meta
         };
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path()).await;
         let loaded = store.load(&d).await.expect("load");
         assert!(loaded.exists);
         assert_eq!(loaded.meta, meta, "same incarnation and creation time");
