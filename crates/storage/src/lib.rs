@@ -7,6 +7,7 @@
 //! crate that names sled or Redis.
 
 pub mod archive;
+mod disk_guard;
 mod doc_name;
 mod error;
 mod faulty;
@@ -14,6 +15,7 @@ mod record;
 mod redis_store;
 mod retention;
 mod sled_store;
+mod unstored;
 
 use async_trait::async_trait;
 
@@ -23,7 +25,7 @@ pub use faulty::FaultyStore;
 pub use record::{DocMeta, LogEntry, Snapshot, SnapshotInfo, SnapshotReason, SCHEMA_VERSION};
 pub use redis_store::RedisStore;
 pub use retention::RetentionPolicy;
-pub use sled_store::SledStore;
+pub use sled_store::{Recovery, SledStore, DEFAULT_STORAGE_TIMEOUT};
 
 /// What a document looks like on disk when it is loaded.
 #[derive(Debug, Clone)]
