@@ -106,6 +106,14 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
     pub data_dir: PathBuf,
 
+    /// Longest one disk operation of the embedded store may take (scans of
+    /// the whole store 60 times this). Past it the request gets an error,
+    /// the document's writers are closed with 1011, and the store takes no
+    /// writes until the disk answers again.
+    #[arg(long, env = "WEFT_STORAGE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub storage_timeout: Duration,
+
     /// Cluster mode: keep documents in Redis at this URL
     /// (`redis://host:6379/0`) instead of --data-dir, so several weft nodes
     /// can serve the same documents behind any load balancer.
