@@ -53,7 +53,9 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Decode every stored record; report the ones that fail (exit 1).
+    /// Decode every stored record and check that each document's records
+    /// add up (snapshots against their index, no gaps in the log from the
+    /// newest snapshot on); report every problem with what to do (exit 1).
     #[command(after_help = "Example:\n  weft verify --data-dir ./weft-data")]
     Verify {
         #[command(flatten)]

@@ -7,6 +7,7 @@
 //! crate that names sled or Redis.
 
 pub mod archive;
+mod completeness;
 mod disk_guard;
 mod doc_name;
 mod error;

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use crate::completeness::{self, DocRecords};
 use crate::disk_guard::{DiskGuard, Op};
 use crate::unstored::Unstored;
 
@@ -513,7 +514,83 @@ impl SledStore {
         verify_tree::<WebhookRecord>(&self.webhooks, &mut found, |k| {
             format!("webhook {}", suffix_u64(k))
         })?;
+        for doc in self.names_in_any_tree()? {
+            found.extend(completeness::check(&self.records_of(&doc)?));
+        }
         Ok(found)
+    }
+
+    /// Every document name that any tree has records for, sorted.
+    fn names_in_any_tree(&self) -> Result<std::collections::BTreeSet<String>, StorageError> {
+        let mut names = std::collections::BTreeSet::new();
+        for k in self.meta.iter().keys() {
+            names.insert(String::from_utf8_lossy(&k.map_err(io("verifying"))?).into_owned());
+        }
+        for tree in [&self.log, &self.snapshots, &self.snapshot_index] {
+            // Keys are grouped by name: skip from one name to the next.
+            let mut last: Option<String> = None;
+            for k in tree.iter().keys() {
+                let name = key_name(&k.map_err(io("verifying"))?);
+                if last.as_ref() != Some(&name) {
+                    names.insert(name.clone());
+                    last = Some(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// What `verify` needs of one document's records; what does not decode
+    /// (reported already) is left out.
+    fn records_of(&self, name: &str) -> Result<DocRecords, StorageError> {
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        let mut snapshots = Some(Vec::new());
+        for item in self.snapshots.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(io("verifying"))?;
+            let id = suffix_u64(&k);
+            match record::decode::<SnapshotRecord>(name, &v) {
+                Ok(r) => {
+                    let snapshot = r.into_snapshot(id);
+                    if let Some(all) = snapshots.as_mut() {
+                        all.push(SnapshotInfo {
+                            id,
+                            seq: snapshot.seq,
+                            taken_at_ms: snapshot.taken_at_ms,
+                            reason: snapshot.reason,
+                            size: snapshot.state.len() as u64,
+                        });
+                    }
+                }
+                Err(_) => snapshots = None,
+            }
+        }
+        let mut index = Some(Vec::new());
+        for item in self.snapshot_index.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(io("verifying"))?;
+            let id = suffix_u64(&k);
+            match record::decode::<SnapshotIndexRecord>(name, &v) {
+                Ok(r) => {
+                    if let Some(all) = index.as_mut() {
+                        all.push(r.into_info(id));
+                    }
+                }
+                Err(_) => index = None,
+            }
+        }
+        let mut log = Vec::new();
+        for k in self.log.scan_prefix(&prefix).keys() {
+            log.push(suffix_u64(&k.map_err(io("verifying"))?));
+        }
+        Ok(DocRecords {
+            doc: name.to_owned(),
+            has_meta: self.meta.contains_key(name).map_err(io("verifying"))?,
+            snapshots,
+            index,
+            head: None,
+            log: Some(log),
+            last_seq: None,
+        })
     }
 
     fn list_now(&self) -> Result<Vec<DocName>, StorageError> {
@@ -1005,6 +1082,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         let d = doc("bad");
+        store.load(&d).await.expect("load creates the document");
         store.append(&d, &[entry(1)]).await.expect("append");
         assert!(store.verify().await.expect("verify").is_empty());
         store.log.insert(key(&d, 2), &[0xc1][..]).expect("insert");
