@@ -316,35 +316,36 @@ async fn a_full_disk_refuses_writes_promptly_keeps_reads_and_recovers() {
     assert_eq!(code, CloseCode::Error, "1011 expected: {reason}");
 
     // Readiness, reads and refusals all answer promptly, again and again.
+    let mut slowest = Duration::ZERO;
     for _ in 0..5 {
         let started = Instant::now();
         let (status, body) = request(&addr, "GET", "/readyz", &[], vec![]).await;
-        let took = started.elapsed();
         assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
-        assert!(took < PROMPT, "/readyz took {took:?}");
+        slowest = slowest.max(started.elapsed());
+        let (status, text, took) = read_text(&addr, "calm").await;
+        assert_eq!((status, text.as_str()), (200, "calm content"));
+        slowest = slowest.max(took);
+        let (status, text, took) = read_text(&addr, "busy").await;
+        assert_eq!(status, 200, "{text}");
+        slowest = slowest.max(took);
+        assert!(
+            missing(&acked, &text).is_empty(),
+            "acknowledged changes missing from memory"
+        );
+        assert!(
+            !text.contains(&refused),
+            "a refused change is served as if stored"
+        );
+        let started = Instant::now();
+        let (status, body) = post(&addr, "busy", insert(&Doc::new(), "while full")).await;
+        assert_eq!(status, 503, "{body}");
+        slowest = slowest.max(started.elapsed());
     }
-    let (status, text, took) = read_text(&addr, "calm").await;
-    assert_eq!((status, text.as_str()), (200, "calm content"));
-    assert!(took < PROMPT, "GET of a loaded document took {took:?}");
-    let (status, text, took) = read_text(&addr, "busy").await;
-    assert_eq!(status, 200, "{text}");
-    assert!(took < PROMPT, "GET of the failed document took {took:?}");
     assert!(
-        missing(&acked, &text).is_empty(),
-        "acknowledged changes missing from memory"
+        slowest < PROMPT,
+        "slowest answer while the disk was full: {slowest:?}"
     );
-    assert!(
-        !text.contains(&refused),
-        "a refused change is served as if stored"
-    );
-    let started = Instant::now();
-    let (status, body) = post(&addr, "busy", insert(&Doc::new(), "while full")).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        started.elapsed() < PROMPT,
-        "a refused write took {:?}",
-        started.elapsed()
-    );
+    eprintln!("full disk: every answer within {slowest:?}");
     let (status, _) = request(&addr, "GET", "/healthz", &[], vec![]).await;
     assert_eq!(status, 200);
 
@@ -405,7 +406,6 @@ async fn sigterm_exits_within_the_deadline_while_the_disk_is_full() {
     let exited = tokio::task::block_in_place(|| server.terminate_within(Duration::from_secs(5)));
     let (status, took) = exited.expect("weft must exit on SIGTERM while the disk is full");
     eprintln!("SIGTERM with the disk full: exited with {status} after {took:?}");
-    std::fs::copy(&log, "/tmp/sigterm.log").ok();
     assert!(
         took < Duration::from_millis(2500),
         "--shutdown-timeout is 2s, exit took {took:?}"
