@@ -55,7 +55,9 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Decode every stored record; report the ones that fail (exit 1).
+    /// Decode every stored record and check that each document's records
+    /// add up (snapshots against their index, no gaps in the log from the
+    /// newest snapshot on); report every problem with what to do (exit 1).
     #[command(after_help = "Example:\n  weft verify --data-dir ./weft-data")]
     Verify {
         #[command(flatten)]
@@ -107,6 +109,14 @@ pub struct ServeConfig {
     /// Directory of the embedded database (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
     pub data_dir: PathBuf,
+
+    /// Longest one disk operation of the embedded store may take (scans of
+    /// the whole store 60 times this). Past it the request gets an error,
+    /// the document's writers are closed with 1011, and the store takes no
+    /// writes until the disk answers again.
+    #[arg(long, env = "WEFT_STORAGE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub storage_timeout: Duration,
 
     /// Cluster mode: keep documents in Redis at this URL
     /// (`redis://host:6379/0`) instead of --data-dir, so several weft nodes

@@ -27,6 +27,7 @@ mod peer;
 mod serve;
 mod shutdown;
 mod sse;
+mod store_health;
 mod telemetry;
 mod tls;
 mod token_api;

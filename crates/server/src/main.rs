@@ -32,7 +32,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(run(command)),
+        Ok(runtime) => {
+            let code = runtime.block_on(run(command));
+            // Threads stuck in a disk call must not hold the exit: a runtime
+            // dropped normally waits for every blocking thread.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            code
+        }
         Err(e) => {
             eprintln!("error: could not start the runtime: {e}");
             ExitCode::FAILURE

@@ -3,7 +3,10 @@
 //! Startup: open the store (fails fast if another process holds it), start
 //! the engine, bind, print the address. Shutdown on SIGTERM/SIGINT: stop
 //! accepting, close every WebSocket with 1001, let every room store what it
-//! was sent and snapshot, then exit, all within `--shutdown-timeout`.
+//! was sent and snapshot, then exit, all within `--shutdown-timeout`: past
+//! it the process exits even with threads stuck on a disk. The same
+//! shutdown runs, ending in a non-zero exit, when the embedded store failed
+//! and can only recover by a restart (see `store_health`).
 
 use std::sync::Arc;
 
@@ -26,12 +29,16 @@ use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
 use crate::shutdown;
+use crate::store_health::{self, RestartReason};
 use crate::telemetry;
 use crate::tls;
 use crate::webhooks::{self, WebhookConfig};
 
-/// The embedded sled store, or Redis in cluster mode.
-async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn DocumentStore>> {
+/// The embedded sled store (also returned as itself, for its health), or
+/// Redis in cluster mode.
+async fn open_store(
+    config: &ServeConfig,
+) -> anyhow::Result<(Arc<dyn DocumentStore>, Option<SledStore>)> {
     if let Some(url) = &config.redis {
         anyhow::ensure!(
             config.webhook_urls.is_empty(),
@@ -42,7 +49,7 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn DocumentStor
             .check_writable()
             .await
             .context("Redis does not take writes")?;
-        return Ok(Arc::new(store));
+        return Ok((Arc::new(store), None));
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -50,17 +57,17 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn DocumentStor
             config.data_dir.display()
         )
     })?;
-    let store = SledStore::open(&config.data_dir)?;
+    let store = SledStore::open(&config.data_dir)?.with_timeout(config.storage_timeout);
     store
-        .check_writable()
+        .check_disk_writable()
         .await
         .context("the data directory is not writable")?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store.clone()), Some(store)))
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     telemetry::install()?;
-    let store = open_store(&config).await?;
+    let (store, embedded) = open_store(&config).await?;
     let store_probe = store.clone();
     let changes = Arc::new(ChangeFeed::default());
     let mut rooms = Rooms::new(store.clone(), config.engine(), Arc::new(SystemClock));
@@ -119,6 +126,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             tasks: state.connections.clone(),
         }));
     }
+    let restart = RestartReason::default();
+    if let Some(embedded) = &embedded {
+        tokio::spawn(store_health::watch(
+            embedded.clone(),
+            state.shutdown.clone(),
+            restart.clone(),
+        ));
+    }
     state.connections.spawn(prune_snapshots(
         store.clone(),
         config.retention(),
@@ -150,7 +165,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     .await;
 
     let deadline = config.shutdown_timeout;
-    let finished = tokio::time::timeout(deadline, async {
+    let failed = embedded.as_ref().and_then(SledStore::failure);
+    shutdown::exit_after(
+        deadline,
+        if failed.is_some() || restart.get().is_some() {
+            1
+        } else {
+            0
+        },
+    );
+    // A tenth of the deadline is kept for closing the store and exiting.
+    let finished = tokio::time::timeout(deadline.mul_f64(0.9), async {
         // Every connection task, and every WebSocket and event stream.
         state.connections.close();
         state.connections.wait().await;
@@ -166,6 +191,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             ?deadline,
             "shutdown deadline passed; exiting (every accepted change is already on disk)"
         ),
+    }
+    if let Some(reason) = restart.get() {
+        anyhow::bail!(
+            "the store failed and cannot recover in this process ({reason}); exiting so that a \
+             supervisor restarts weft (every acknowledged change is on disk)"
+        );
+    }
+    if let Some(reason) = embedded.as_ref().and_then(SledStore::failure).or(failed) {
+        anyhow::bail!(
+            "stopped while the store was failing ({reason}): documents could not be \
+             snapshotted, but every acknowledged change is in the log on disk"
+        );
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
-//! Waiting for SIGTERM or SIGINT (Ctrl-C).
+//! Waiting for SIGTERM or SIGINT (Ctrl-C), and the deadline that makes
+//! shutdown end whatever is still running.
 
-use tracing::info;
+use std::time::Duration;
+
+use tracing::{info, warn};
 
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn signal() {
@@ -19,5 +22,26 @@ pub async fn signal() {
     tokio::select! {
         _ = ctrl_c => info!("SIGINT received; shutting down"),
         _ = term => info!("SIGTERM received; shutting down"),
+    }
+}
+
+/// The last resort: ends the process `deadline` from now with `code`, even
+/// if something is still running then (a thread stuck in a disk call
+/// cannot be cancelled, and would otherwise hold the exit forever).
+pub fn exit_after(deadline: Duration, code: i32) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            warn!(
+                ?deadline,
+                code,
+                "shutdown deadline passed with work still running; exiting now \
+                 (every acknowledged change is already on disk)"
+            );
+            std::process::exit(code);
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "could not start the shutdown deadline");
     }
 }

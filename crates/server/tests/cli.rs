@@ -455,6 +455,98 @@ async fn verify_finds_a_corrupted_record() {
     });
 }
 
+/// A `name 0x00 n` key of the store's trees.
+fn store_key(doc: &str, n: u64) -> Vec<u8> {
+    let mut key = doc.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_records_that_vanished() {
+    // Periodic snapshots every 4 changes, a manual one, and the log behind them.
+    let mut server = Weft::start(&["--snapshot-every", "4", "--admin-key", ADMIN]);
+    let writer = Doc::new();
+    for i in 1..=10 {
+        post(&server.addr, "ledger", insert(&writer, &format!("{i} "))).await;
+    }
+    let addr = server.addr.clone();
+    let manual =
+        tokio::task::block_in_place(|| Mode::Online(&addr).json(&["snapshot", "create", "ledger"]));
+    assert_eq!(
+        (manual["id"].as_u64(), manual["seq"].as_u64()),
+        (Some(3), Some(10))
+    );
+    for i in 11..=12 {
+        post(&server.addr, "ledger", insert(&writer, &format!("{i} "))).await;
+    }
+    server.kill9(); // no shutdown snapshot: the manual one stays the newest
+    let dir = server.data_dir.path().to_path_buf();
+    tokio::task::block_in_place(|| {
+        let out = Mode::Offline(&dir).ok(&["verify"]);
+        assert!(out.contains("0 problems"), "{out}");
+
+        // Records vanish, as with a damaged page: the manual snapshot's
+        // state, and a logged change after the newest snapshot left.
+        {
+            let db = sled::open(&dir).expect("open the store directly");
+            let snapshots = db.open_tree("snapshots").expect("snapshots tree");
+            let log = db.open_tree("log").expect("log tree");
+            assert!(snapshots
+                .remove(store_key("ledger", 3))
+                .expect("remove")
+                .is_some());
+            assert!(log
+                .remove(store_key("ledger", 11))
+                .expect("remove")
+                .is_some());
+            db.flush().expect("flush");
+        }
+        let out = weft()
+            .args(["verify", "--data-dir", dir.to_str().expect("utf8")])
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("2 problems"), "{stdout}");
+        assert!(stdout.contains("ledger snapshot 3: missing"), "{stdout}");
+        assert!(
+            stdout.contains("ledger#11: missing from the log after snapshot 2 (change 8)"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("restore the document from a backup"),
+            "{stdout}"
+        );
+    });
+
+    // The admin API reports the same.
+    let server = server.restart(&["--admin-key", ADMIN]);
+    let auth = format!("Bearer {ADMIN}");
+    let (status, body) = request(
+        &server.addr,
+        "GET",
+        "/admin/verify",
+        &[("authorization", &auth)],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let report: Value = serde_json::from_slice(&body).expect("json");
+    let locations: Vec<&str> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p["location"].as_str())
+        .collect();
+    assert_eq!(
+        locations,
+        vec!["ledger snapshot 3", "ledger#11"],
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_live_document_closes_its_connections_with_4404() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -19,6 +19,18 @@ pub enum StorageError {
         reason: String,
     },
 
+    #[error("storage did not finish {action} within {after:?}: the disk is stuck or very slow")]
+    Timeout {
+        action: &'static str,
+        after: std::time::Duration,
+    },
+
+    #[error("the store is not taking writes ({action}) since an earlier failure: {reason}")]
+    Unavailable {
+        action: &'static str,
+        reason: String,
+    },
+
     #[error("{kind} at {key} is corrupt ({reason}); run `weft verify` and restore from a backup")]
     Corrupt {
         kind: &'static str,

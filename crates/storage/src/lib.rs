@@ -14,6 +14,8 @@
 //! behind.
 
 pub mod archive;
+mod completeness;
+mod disk_guard;
 mod doc_name;
 mod error;
 mod faulty;
@@ -21,6 +23,7 @@ mod record;
 mod redis_store;
 mod retention;
 mod sled_store;
+mod unstored;
 
 use async_trait::async_trait;
 
@@ -30,7 +33,7 @@ pub use faulty::FaultyStore;
 pub use record::{DocMeta, LogEntry, Snapshot, SnapshotInfo, SnapshotReason, SCHEMA_VERSION};
 pub use redis_store::RedisStore;
 pub use retention::RetentionPolicy;
-pub use sled_store::SledStore;
+pub use sled_store::{Recovery, SledStore, DEFAULT_STORAGE_TIMEOUT};
 
 /// What a document looks like on disk when it is loaded.
 #[derive(Debug, Clone)]

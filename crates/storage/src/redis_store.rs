@@ -45,6 +45,7 @@ use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Script, Value};
 use tokio::sync::mpsc;
 
+use crate::completeness::{self, DocRecords};
 use crate::record::{self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord};
 use crate::{
     Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
@@ -664,14 +665,21 @@ impl DocumentStore for RedisStore {
         Err(unsupported("restoring a backup into Redis"))
     }
 
+    /// Decodes every document's records, then checks they add up (see
+    /// `completeness`): snapshots against the index, the head, and the
+    /// log from the head up to the newest sequence number kept in `seq`.
     async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
         let mut corrupt = Vec::new();
         for doc in self.list().await? {
+            let snapshots = self.snapshot_records(&doc).await;
+            let index = self.list_snapshots(&doc).await;
+            let log = self.read_log(&doc, 0, usize::MAX).await;
+            let meta = self.meta(&doc).await;
             let problems = [
-                self.snapshot_records(&doc).await.err(),
-                self.list_snapshots(&doc).await.err(),
-                self.read_log(&doc, 0, usize::MAX).await.err(),
-                self.meta(&doc).await.err(),
+                snapshots.as_ref().err(),
+                index.as_ref().err(),
+                log.as_ref().err(),
+                meta.as_ref().err(),
             ];
             for e in problems.into_iter().flatten() {
                 corrupt.push(Corruption {
@@ -679,6 +687,38 @@ impl DocumentStore for RedisStore {
                     problem: e.to_string(),
                 });
             }
+            let snapshots: Option<Vec<SnapshotInfo>> = snapshots.ok().map(|all| {
+                all.iter()
+                    .map(|s| SnapshotInfo {
+                        id: s.id,
+                        seq: s.seq,
+                        taken_at_ms: s.taken_at_ms,
+                        reason: s.reason,
+                        size: s.state.len() as u64,
+                    })
+                    .collect()
+            });
+            let head = self.head_id(&doc).await?;
+            if head.is_none() && snapshots.as_ref().is_some_and(|s| !s.is_empty()) {
+                corrupt.push(Corruption {
+                    location: key(&doc, "head"),
+                    problem: "missing: the document has snapshots but none is marked as the \
+                              one loads start from, so loads replay the trimmed log alone and \
+                              fail; restore the document from a backup"
+                        .into(),
+                });
+            }
+            let records = DocRecords {
+                doc: doc.to_string(),
+                // Unreadable metadata is reported above.
+                has_meta: !matches!(meta, Ok(None)),
+                snapshots,
+                index: index.ok(),
+                head,
+                log: log.ok().map(|all| all.iter().map(|e| e.seq).collect()),
+                last_seq: Some(self.last_seq(&doc).await?),
+            };
+            corrupt.extend(completeness::check(&records));
         }
         Ok(corrupt)
     }

@@ -11,12 +11,23 @@
 //! - `snapshot_index`: same keys               → the snapshot without its state
 //! - `webhooks`:       `id (BE u64)`            → a queued change notification
 //!
-//! sled calls can block on disk, so each operation runs on tokio's blocking pool.
+//! sled calls can block on disk, so each operation runs on tokio's blocking
+//! pool under a deadline ([`DiskGuard`]). A write that fails or misses its
+//! deadline marks the store failed: writes are refused at once, reads go on,
+//! and [`SledStore::recover`] tells when it takes writes again, or that it
+//! never will in this process (sled 0.34 keeps a write error until the
+//! database is reopened).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+
+use crate::completeness::{self, DocRecords};
+use crate::disk_guard::{DiskGuard, Op};
+use crate::unstored::Unstored;
 
 use crate::record::{
     self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord, WebhookRecord, SCHEMA_VERSION,
@@ -26,9 +37,39 @@ use crate::{
     RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
 };
 
+/// How long a sled call may take by default before the store counts as failed.
+pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a readiness check waits for the store to take a write.
+const READINESS_BUDGET: Duration = Duration::from_secs(1);
+
+/// Free space the disk must have again before a store that cannot recover
+/// in-process asks to be restarted (a restart into a full disk would only
+/// fail again).
+const RESTART_HEADROOM: u64 = 8 * 1024 * 1024;
+
+/// Where a failed store stands; see [`SledStore::recover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// It had not failed.
+    Healthy,
+    /// It takes writes again.
+    Recovered,
+    /// It still does not take writes, and neither does the disk (full,
+    /// stuck): wait.
+    Failed(String),
+    /// The disk takes writes and has room again, but the store still fails:
+    /// sled keeps a write error until the database is reopened, so only a
+    /// restart of the process brings it back.
+    RestartNeeded(String),
+}
+
 /// A document store in a sled database.
 #[derive(Debug, Clone)]
 pub struct SledStore {
+    dir: PathBuf,
+    guard: Arc<DiskGuard>,
+    unstored: Arc<Unstored>,
     db: sled::Db,
     meta: sled::Tree,
     log: sled::Tree,
@@ -59,18 +100,95 @@ impl SledStore {
             snapshot_index: tree("snapshot_index")?,
             webhooks: tree("webhooks")?,
             db,
+            guard: Arc::new(DiskGuard::new(DEFAULT_STORAGE_TIMEOUT)),
+            unstored: Arc::new(Unstored::default()),
+            dir: path,
         })
     }
 
-    /// Writes and flushes a no-op record: proves the disk accepts writes.
+    /// The same store, whose sled calls may each take at most `timeout`
+    /// (whole-store scans longer) before the store counts as failed.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.guard = Arc::new(DiskGuard::new(timeout));
+        self
+    }
+
+    /// Writes and flushes a no-op record within the storage timeout:
+    /// proves the disk accepts writes (at startup).
     pub async fn check_disk_writable(&self) -> Result<(), StorageError> {
+        self.probe_writes(self.guard.timeout()).await
+    }
+
+    /// Why the store is not taking writes, if it is not.
+    pub fn failure(&self) -> Option<String> {
+        self.guard.failure().map(|f| f.reason)
+    }
+
+    /// Checks whether a failed store takes writes again (and if so, marks
+    /// it healthy), or whether it needs the process restarted. Cheap to call
+    /// every second: one check of each kind runs at a time.
+    pub async fn recover(&self) -> Recovery {
+        let Some(failure) = self.guard.failure() else {
+            return Recovery::Healthy;
+        };
+        let still = match self.probe_writes(READINESS_BUDGET).await {
+            Ok(()) => {
+                self.guard.recovered();
+                tracing::info!(after = ?failure.since.elapsed(), "the store takes writes again");
+                return Recovery::Recovered;
+            }
+            Err(e) => e,
+        };
+        // A write still waiting may yet finish, as on a disk that was
+        // frozen or slow: give it the storage timeout.
+        let waiting = matches!(still, StorageError::Timeout { .. })
+            && self.guard.probe.running_for() < self.guard.timeout();
+        if waiting || self.disk_has_room().await.is_err() {
+            return Recovery::Failed(failure.reason);
+        }
+        Recovery::RestartNeeded(format!(
+            "{}; the disk takes writes again but the store still fails ({still})",
+            failure.reason
+        ))
+    }
+
+    /// One write-and-flush probe at a time, waited for at most `budget`.
+    async fn probe_writes(&self, budget: Duration) -> Result<(), StorageError> {
         let db = self.db.clone();
-        blocking("checking the store is writable", move || {
-            db.insert("weft:probe", &now_ms().to_be_bytes()[..])?;
-            db.flush()?;
-            Ok(())
-        })
-        .await
+        self.guard
+            .probe
+            .run(budget, "checking the store takes writes", move || {
+                db.insert("weft:probe", &now_ms().to_be_bytes()[..])
+                    .map_err(io("checking the store takes writes"))?;
+                db.flush().map_err(io("checking the store takes writes"))?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Whether the data directory's disk has room for a restart and takes
+    /// a small durable write, outside sled.
+    async fn disk_has_room(&self) -> Result<(), StorageError> {
+        const ACTION: &str = "checking the disk has room";
+        let dir = self.dir.clone();
+        self.guard
+            .disk_check
+            .run(self.guard.timeout(), ACTION, move || {
+                let fail = |reason: String| StorageError::Io {
+                    action: ACTION,
+                    reason,
+                };
+                let free = fs2::available_space(&dir).map_err(|e| fail(e.to_string()))?;
+                if free < RESTART_HEADROOM {
+                    return Err(fail(format!("{free} bytes free")));
+                }
+                let path = dir.join("weft-space-probe");
+                let mut file = std::fs::File::create(&path).map_err(|e| fail(e.to_string()))?;
+                let written = file.write_all(&[0; 4096]).and_then(|()| file.sync_all());
+                let _ = std::fs::remove_file(&path);
+                written.map_err(|e| fail(e.to_string()))
+            })
+            .await
     }
 
     fn load_now(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
@@ -114,10 +232,17 @@ impl SledStore {
     ) -> Result<Vec<LogEntry>, StorageError> {
         let start = key(doc, after.saturating_add(1));
         let end = key(doc, u64::MAX);
+        let unstored = self.unstored.range(doc);
         let mut entries = Vec::new();
-        for item in self.log.range(start..=end).take(limit) {
+        for item in self.log.range(start..=end) {
+            if entries.len() == limit {
+                break;
+            }
             let (k, v) = item.map_err(io("reading the update log"))?;
             let seq = suffix_u64(&k);
+            if unstored.as_ref().is_some_and(|r| r.contains(&seq)) {
+                continue;
+            }
             let label = format!("{doc}#{seq}");
             let r: LogRecord = record::decode(&label, &v)?;
             entries.push(r.into_entry(seq));
@@ -134,6 +259,13 @@ impl SledStore {
         let mut batch = sled::Batch::default();
         for entry in entries {
             batch.insert(key(doc, entry.seq), record::encode(&LogRecord::of(entry))?);
+        }
+        // Entries of a failed append that this one does not overwrite go.
+        if let Some(unstored) = self.unstored.range(doc) {
+            let last = entries.last().map_or(0, |e| e.seq);
+            for seq in unstored.filter(|&seq| seq > last) {
+                batch.remove(key(doc, seq));
+            }
         }
         match self.read_meta(doc)? {
             Some(stored) if stored.incarnation == meta.incarnation => {
@@ -309,8 +441,12 @@ impl SledStore {
         let mut last_log: Option<(u64, sled::IVec)> = None;
         for item in self.log.scan_prefix(prefix(doc)) {
             let (k, v) = item.map_err(io("reading the update log"))?;
+            let seq = suffix_u64(&k);
+            if self.unstored.hides(doc, seq) {
+                continue;
+            }
             size_bytes += v.len() as u64;
-            last_log = Some((suffix_u64(&k), v));
+            last_log = Some((seq, v));
         }
         let (mut last_seq, mut last_change_ms) =
             (newest.map_or(0, |s| s.seq), newest.map(|s| s.taken_at_ms));
@@ -345,6 +481,7 @@ impl SledStore {
             tree.apply_batch(batch).map_err(io("deleting a document"))?;
         }
         self.db.flush().map_err(io("flushing a deletion"))?;
+        self.unstored.cleared(doc);
         Ok(existed)
     }
 
@@ -412,7 +549,83 @@ impl SledStore {
         verify_tree::<WebhookRecord>(&self.webhooks, &mut found, |k| {
             format!("webhook {}", suffix_u64(k))
         })?;
+        for doc in self.names_in_any_tree()? {
+            found.extend(completeness::check(&self.records_of(&doc)?));
+        }
         Ok(found)
+    }
+
+    /// Every document name that any tree has records for, sorted.
+    fn names_in_any_tree(&self) -> Result<std::collections::BTreeSet<String>, StorageError> {
+        let mut names = std::collections::BTreeSet::new();
+        for k in self.meta.iter().keys() {
+            names.insert(String::from_utf8_lossy(&k.map_err(io("verifying"))?).into_owned());
+        }
+        for tree in [&self.log, &self.snapshots, &self.snapshot_index] {
+            // Keys are grouped by name: skip from one name to the next.
+            let mut last: Option<String> = None;
+            for k in tree.iter().keys() {
+                let name = key_name(&k.map_err(io("verifying"))?);
+                if last.as_ref() != Some(&name) {
+                    names.insert(name.clone());
+                    last = Some(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// What `verify` needs of one document's records; what does not decode
+    /// (reported already) is left out.
+    fn records_of(&self, name: &str) -> Result<DocRecords, StorageError> {
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        let mut snapshots = Some(Vec::new());
+        for item in self.snapshots.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(io("verifying"))?;
+            let id = suffix_u64(&k);
+            match record::decode::<SnapshotRecord>(name, &v) {
+                Ok(r) => {
+                    let snapshot = r.into_snapshot(id);
+                    if let Some(all) = snapshots.as_mut() {
+                        all.push(SnapshotInfo {
+                            id,
+                            seq: snapshot.seq,
+                            taken_at_ms: snapshot.taken_at_ms,
+                            reason: snapshot.reason,
+                            size: snapshot.state.len() as u64,
+                        });
+                    }
+                }
+                Err(_) => snapshots = None,
+            }
+        }
+        let mut index = Some(Vec::new());
+        for item in self.snapshot_index.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(io("verifying"))?;
+            let id = suffix_u64(&k);
+            match record::decode::<SnapshotIndexRecord>(name, &v) {
+                Ok(r) => {
+                    if let Some(all) = index.as_mut() {
+                        all.push(r.into_info(id));
+                    }
+                }
+                Err(_) => index = None,
+            }
+        }
+        let mut log = Vec::new();
+        for k in self.log.scan_prefix(&prefix).keys() {
+            log.push(suffix_u64(&k.map_err(io("verifying"))?));
+        }
+        Ok(DocRecords {
+            doc: name.to_owned(),
+            has_meta: self.meta.contains_key(name).map_err(io("verifying"))?,
+            snapshots,
+            index,
+            head: None,
+            log: Some(log),
+            last_seq: None,
+        })
     }
 
     fn list_now(&self) -> Result<Vec<DocName>, StorageError> {
@@ -431,13 +644,27 @@ impl SledStore {
 
 #[async_trait]
 impl DocumentStore for SledStore {
+    /// For readiness: refused at once when the store has failed, else one
+    /// write-and-flush probe at a time, waited for at most a second.
     async fn check_writable(&self) -> Result<(), StorageError> {
-        self.check_disk_writable().await
+        if let Some(failure) = self.guard.failure() {
+            return Err(StorageError::Unavailable {
+                action: "checking the store takes writes",
+                reason: failure.reason,
+            });
+        }
+        let checked = self.probe_writes(READINESS_BUDGET).await;
+        if let Err(e @ StorageError::Io { .. }) = &checked {
+            self.guard.fail(e.to_string());
+        }
+        checked
     }
 
     async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("loading a document", move || store.load_now(&doc)).await
+        self.guard
+            .run(Op::Read, "loading a document", move || store.load_now(&doc))
+            .await
     }
 
     async fn append(
@@ -449,11 +676,20 @@ impl DocumentStore for SledStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let (store, doc, meta, entries) = (self.clone(), doc.clone(), *meta, entries.to_vec());
-        blocking("appending changes", move || {
-            store.append_now(&doc, &meta, &entries)
-        })
-        .await
+        let (first, last) = (entries[0].seq, entries[entries.len() - 1].seq);
+        let (store, name, meta, entries) = (self.clone(), doc.clone(), *meta, entries.to_vec());
+        let appended = self
+            .guard
+            .run(Op::Write, "appending changes", move || {
+                store.append_now(&name, &meta, &entries)
+            })
+            .await;
+        match &appended {
+            Ok(()) => self.unstored.cleared(doc),
+            // sled may hold the batch in memory without it being durable.
+            Err(_) => self.unstored.failed(doc, first, last),
+        }
+        appended
     }
 
     async fn compact(
@@ -463,10 +699,11 @@ impl DocumentStore for SledStore {
         keep_log_tail: u64,
     ) -> Result<u64, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("compacting a document", move || {
-            store.compact_now(&doc, snapshot, keep_log_tail)
-        })
-        .await
+        self.guard
+            .run(Op::Write, "compacting a document", move || {
+                store.compact_now(&doc, snapshot, keep_log_tail)
+            })
+            .await
     }
 
     async fn read_log(
@@ -476,33 +713,45 @@ impl DocumentStore for SledStore {
         limit: usize,
     ) -> Result<Vec<LogEntry>, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("reading the update log", move || {
-            store.read_log_now(&doc, after, limit)
-        })
-        .await
+        self.guard
+            .run(Op::Read, "reading the update log", move || {
+                store.read_log_now(&doc, after, limit)
+            })
+            .await
     }
 
     async fn list(&self) -> Result<Vec<DocName>, StorageError> {
         let store = self.clone();
-        blocking("listing documents", move || store.list_now()).await
+        self.guard
+            .run(Op::Scan, "listing documents", move || store.list_now())
+            .await
     }
 
     async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("reading document facts", move || store.info_now(&doc)).await
+        self.guard
+            .run(Op::Read, "reading document facts", move || {
+                store.info_now(&doc)
+            })
+            .await
     }
 
     async fn list_snapshots(&self, doc: &DocName) -> Result<Vec<SnapshotInfo>, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("listing snapshots", move || store.list_snapshots_now(&doc)).await
+        self.guard
+            .run(Op::Read, "listing snapshots", move || {
+                store.list_snapshots_now(&doc)
+            })
+            .await
     }
 
     async fn get_snapshot(&self, doc: &DocName, id: u64) -> Result<Option<Snapshot>, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("reading a snapshot", move || {
-            store.get_snapshot_now(&doc, id)
-        })
-        .await
+        self.guard
+            .run(Op::Read, "reading a snapshot", move || {
+                store.get_snapshot_now(&doc, id)
+            })
+            .await
     }
 
     async fn prune_snapshots(
@@ -512,52 +761,66 @@ impl DocumentStore for SledStore {
         now_ms: u64,
     ) -> Result<usize, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("pruning snapshots", move || {
-            store.prune_now(&doc, policy, now_ms)
-        })
-        .await
+        self.guard
+            .run(Op::Write, "pruning snapshots", move || {
+                store.prune_now(&doc, policy, now_ms)
+            })
+            .await
     }
 
     async fn delete(&self, doc: &DocName) -> Result<bool, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("deleting a document", move || store.delete_now(&doc)).await
+        self.guard
+            .run(Op::Write, "deleting a document", move || {
+                store.delete_now(&doc)
+            })
+            .await
     }
 
     async fn dump(&self, doc: &DocName) -> Result<Option<DocDump>, StorageError> {
         let (store, doc) = (self.clone(), doc.clone());
-        blocking("reading a document", move || store.dump_now(&doc)).await
+        self.guard
+            .run(Op::Scan, "reading a document", move || store.dump_now(&doc))
+            .await
     }
 
     async fn restore_dump(&self, dump: DocDump) -> Result<(), StorageError> {
         let store = self.clone();
-        blocking("restoring a document", move || store.restore_dump_now(dump)).await
+        self.guard
+            .run(Op::BulkWrite, "restoring a document", move || {
+                store.restore_dump_now(dump)
+            })
+            .await
     }
 
     async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
         let store = self.clone();
-        blocking("verifying the store", move || store.verify_now()).await
+        self.guard
+            .run(Op::Scan, "verifying the store", move || store.verify_now())
+            .await
     }
 
     async fn enqueue_webhooks(&self, deliveries: &[WebhookDelivery]) -> Result<(), StorageError> {
         let (store, deliveries) = (self.clone(), deliveries.to_vec());
-        blocking("queueing webhooks", move || {
-            let mut batch = sled::Batch::default();
-            for delivery in deliveries {
-                let id = store.db.generate_id().map_err(io("queueing webhooks"))?;
-                let rec = WebhookRecord {
-                    version: SCHEMA_VERSION,
-                    delivery,
-                };
-                batch.insert(&id.to_be_bytes()[..], record::encode(&rec)?);
-            }
-            store
-                .webhooks
-                .apply_batch(batch)
-                .map_err(io("queueing webhooks"))?;
-            store.db.flush().map_err(io("flushing the webhook queue"))?;
-            Ok(())
-        })
-        .await
+        self.guard
+            .run(Op::Write, "queueing webhooks", move || {
+                let mut batch = sled::Batch::default();
+                for delivery in deliveries {
+                    let id = store.db.generate_id().map_err(io("queueing webhooks"))?;
+                    let rec = WebhookRecord {
+                        version: SCHEMA_VERSION,
+                        delivery,
+                    };
+                    batch.insert(&id.to_be_bytes()[..], record::encode(&rec)?);
+                }
+                store
+                    .webhooks
+                    .apply_batch(batch)
+                    .map_err(io("queueing webhooks"))?;
+                store.db.flush().map_err(io("flushing the webhook queue"))?;
+                Ok(())
+            })
+            .await
     }
 
     async fn webhook_queue(
@@ -566,49 +829,38 @@ impl DocumentStore for SledStore {
         limit: usize,
     ) -> Result<Vec<(u64, WebhookDelivery)>, StorageError> {
         let (store, url) = (self.clone(), url.to_owned());
-        blocking("reading the webhook queue", move || {
-            let mut out = Vec::new();
-            for item in store.webhooks.iter() {
-                let (k, v) = item.map_err(io("reading the webhook queue"))?;
-                let id = suffix_u64(&k);
-                let rec: WebhookRecord = record::decode(&format!("webhook {id}"), &v)?;
-                if rec.delivery.url == url {
-                    out.push((id, rec.delivery));
-                    if out.len() == limit {
-                        break;
+        self.guard
+            .run(Op::Read, "reading the webhook queue", move || {
+                let mut out = Vec::new();
+                for item in store.webhooks.iter() {
+                    let (k, v) = item.map_err(io("reading the webhook queue"))?;
+                    let id = suffix_u64(&k);
+                    let rec: WebhookRecord = record::decode(&format!("webhook {id}"), &v)?;
+                    if rec.delivery.url == url {
+                        out.push((id, rec.delivery));
+                        if out.len() == limit {
+                            break;
+                        }
                     }
                 }
-            }
-            Ok(out)
-        })
-        .await
+                Ok(out)
+            })
+            .await
     }
 
     async fn ack_webhook(&self, id: u64) -> Result<(), StorageError> {
         let store = self.clone();
-        blocking("acknowledging a webhook", move || {
-            store
-                .webhooks
-                .remove(&id.to_be_bytes()[..])
-                .map_err(io("acknowledging a webhook"))?;
-            store.db.flush().map_err(io("flushing the webhook queue"))?;
-            Ok(())
-        })
-        .await
+        self.guard
+            .run(Op::Write, "acknowledging a webhook", move || {
+                store
+                    .webhooks
+                    .remove(&id.to_be_bytes()[..])
+                    .map_err(io("acknowledging a webhook"))?;
+                store.db.flush().map_err(io("flushing the webhook queue"))?;
+                Ok(())
+            })
+            .await
     }
-}
-
-async fn blocking<T, F>(action: &'static str, f: F) -> Result<T, StorageError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::Io {
-            action,
-            reason: format!("storage task failed: {e}"),
-        })?
 }
 
 impl From<sled::Error> for StorageError {

@@ -233,6 +233,62 @@ async fn a_node_that_asks_for_presence_hears_each_other_nodes_answer() {
 }
 
 #[tokio::test]
+async fn verify_names_records_that_vanished() {
+    let redis = RedisServer::start();
+    let store = store(&redis).await;
+    let doc = DocName::new("ledger").expect("name");
+    let loaded = store.load(&doc).await.expect("loads");
+    let all: Vec<LogEntry> = (1..=12).map(entry).collect();
+    store
+        .append(&doc, &loaded.meta, &all)
+        .await
+        .expect("appends");
+    store.compact(&doc, snapshot(6), 5).await.expect("compacts");
+    store.compact(&doc, snapshot(8), 5).await.expect("compacts");
+    assert_eq!(store.verify().await.expect("verifies"), vec![]);
+
+    // Records vanish: the older snapshot's state, and a change after the head.
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let removed: (i64, i64) = redis::pipe()
+        .cmd("HDEL")
+        .arg("weft:{ledger}:snapshots")
+        .arg(1)
+        .cmd("XDEL")
+        .arg("weft:{ledger}:log")
+        .arg("0-10")
+        .query_async(&mut conn)
+        .await
+        .expect("removes");
+    assert_eq!(removed, (1, 1));
+    let found = store.verify().await.expect("verifies");
+    let locations: Vec<&str> = found.iter().map(|c| c.location.as_str()).collect();
+    assert_eq!(
+        locations,
+        vec!["ledger snapshot 1", "ledger#10"],
+        "{found:?}"
+    );
+    assert!(
+        found[1].problem.contains("after snapshot 2 (change 8)"),
+        "{}",
+        found[1].problem
+    );
+
+    // The newest change vanishing shows too: the store keeps its number.
+    let _: i64 = redis::cmd("XDEL")
+        .arg("weft:{ledger}:log")
+        .arg("0-12")
+        .query_async(&mut conn)
+        .await
+        .expect("removes");
+    let found = store.verify().await.expect("verifies");
+    assert!(found.iter().any(|c| c.location == "ledger#12"), "{found:?}");
+}
+
+#[tokio::test]
 async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sender() {
     let redis = RedisServer::start();
     let (a, b) = (store(&redis).await, store(&redis).await);

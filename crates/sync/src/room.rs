@@ -597,7 +597,7 @@ impl Room {
                         _ => {}
                     }
                 }
-                self.storage_failed(reason).await;
+                self.storage_failed(reason, fx).await;
                 return false;
             }
             // The first stored change creates the document.
@@ -1029,13 +1029,46 @@ impl Room {
     }
 
     /// The batch's changes could not be made durable. Nobody has been sent
-    /// them; the document goes back to what the disk holds and every
-    /// connection resyncs from there.
-    async fn storage_failed(&mut self, reason: String) {
-        error!(doc = %self.name, %reason, "could not store changes; closing connections");
-        self.kick_all(CloseReason::StorageFailure(reason.clone()));
-        self.idle_since = Some(Instant::now());
+    /// them; the document goes back to what the disk holds. Writers are
+    /// closed (their clients hold changes the server dropped, and resync
+    /// when they reconnect), and so is anyone owed a frame from this batch
+    /// (it may contain those changes); everyone else, viewers and read-only
+    /// editors, stays and goes on being served from memory. The batch's
+    /// presence changes carry no document content and are still delivered.
+    async fn storage_failed(&mut self, reason: String, batch: Effects) {
+        error!(doc = %self.name, %reason, "could not store changes; closing the document's writers");
+        let mut fx = Effects::default();
+        let owed: std::collections::HashSet<ConnId> = batch
+            .deliveries
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::To(conn, _) => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        fx.deliveries.extend(
+            batch
+                .deliveries
+                .into_iter()
+                .filter(|d| matches!(d, Delivery::Presence(_))),
+        );
+        let closing: Vec<ConnId> = self
+            .subscribers
+            .iter()
+            .filter(|(conn, sub)| {
+                owed.contains(conn) || (sub.access == Access::ReadWrite && sub.kind == Kind::Editor)
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in closing {
+            if let Some(sub) = self.subscribers.remove(&conn) {
+                sub.close(CloseReason::StorageFailure(reason.clone()));
+                self.state.leave(conn, &mut fx);
+            }
+        }
+        self.idle_since = self.subscribers.is_empty().then(Instant::now);
         self.reload(&reason).await;
+        self.deliver(fx);
     }
 
     async fn reload(&mut self, why: &str) {

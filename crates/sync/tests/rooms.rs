@@ -203,6 +203,75 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
 }
 
 #[tokio::test]
+async fn a_failed_append_closes_the_writers_and_keeps_the_readers() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("readers");
+    let mut writer_session = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
+    let mut reader = f.rooms.join(&doc, Access::ReadOnly, None).await.expect("join");
+    next(&mut writer_session).await;
+    next(&mut reader).await;
+    let mut viewer = f.rooms.follow(&doc, None).await.expect("follow");
+    let opening = timeout(WAIT, viewer.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert!(opening.starts_with(b"event: snapshot"));
+
+    let writer = Doc::new();
+    let seen = Doc::new();
+    writer_session
+        .send(vec![edit(&writer, "kept ")], 0)
+        .await
+        .expect("send");
+    next_update_into(&mut reader, &seen).await;
+
+    f.store.fail_appends(true);
+    writer_session
+        .send(vec![edit(&writer, "lost")], 0)
+        .await
+        .expect("send");
+    let reason = loop {
+        match timeout(WAIT, writer_session.recv())
+            .await
+            .expect("closed in time")
+        {
+            Ok(_) => {}
+            Err(reason) => break reason,
+        }
+    };
+    assert!(
+        matches!(reason, CloseReason::StorageFailure(_)),
+        "{reason:?}"
+    );
+
+    // The readers stayed, and get the next change stored.
+    f.store.fail_appends(false);
+    let mut second = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
+    next(&mut second).await;
+    second
+        .send(vec![edit(&Doc::new(), "after")], 0)
+        .await
+        .expect("send");
+    next_update_into(&mut reader, &seen).await;
+    let shown = text(&seen);
+    assert!(
+        shown.contains("kept ") && shown.contains("after"),
+        "{shown}"
+    );
+    assert!(!shown.contains("lost"), "{shown}");
+    let event = loop {
+        let frame = timeout(WAIT, viewer.recv())
+            .await
+            .expect("in time")
+            .expect("the viewer stays open");
+        if frame.starts_with(b"event: update") {
+            break frame;
+        }
+    };
+    assert!(event.starts_with(b"event: update"));
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_is_closed_not_skipped() {
     let f = fixture(EngineConfig {
         outbound_queue: 8,

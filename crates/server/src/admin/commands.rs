@@ -237,7 +237,8 @@ async fn execute(
                 Ok(())
             } else {
                 Err(AdminError::Failed(format!(
-                    "{} records are corrupt; restore them from a backup",
+                    "{} problems: records that do not decode or are missing; each line says \
+                     what is affected and what to do",
                     report.problems.len()
                 )))
             }

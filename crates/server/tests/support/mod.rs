@@ -42,6 +42,16 @@ impl Weft {
         Self::spawn(data_dir, "127.0.0.1:0", args, Some(log_path))
     }
 
+    /// Starts in `data_dir` with `RUST_LOG=debug` and the log written to
+    /// `log_path`.
+    pub fn start_in_logging_to(
+        data_dir: tempfile::TempDir,
+        log_path: &std::path::Path,
+        args: &[&str],
+    ) -> Weft {
+        Self::spawn(data_dir, "127.0.0.1:0", args, Some(log_path))
+    }
+
     fn spawn(
         data_dir: tempfile::TempDir,
         listen: &str,
@@ -126,6 +136,36 @@ impl Weft {
             .status()
             .expect("kill -TERM");
         self.child.wait().expect("exits")
+    }
+
+    /// SIGTERM; the exit status and how long it took, or `None` if it was
+    /// still running `within` later.
+    pub fn terminate_within(
+        &mut self,
+        within: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.exit_within(within)
+    }
+
+    /// The exit status once the process exits by itself, with how long that
+    /// took from now; `None` if it is still running `within` later.
+    pub fn exit_within(
+        &mut self,
+        within: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < within {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 
