@@ -5,13 +5,16 @@
 //! that connects and then sends nothing, or drips its headers a line at a
 //! time, would otherwise hold a file descriptor for as long as it likes.
 //!
-//! - **Pending connections**: from `accept` until its first request's
-//!   headers are complete (TLS handshake and protocol detection included), a
-//!   connection holds one of `--max-pending-connections` places. When they
-//!   are all taken, the oldest pending connection is closed at once to make
-//!   room: pending connections never hold more descriptors than that, so
-//!   they cannot use up those that WebSockets and event streams need, and
-//!   a flood of idle connections cannot keep a new client out either (it
+//! - **Connections with nothing in flight**: from `accept` until its first
+//!   request's headers are complete (TLS handshake and protocol detection
+//!   included), and again whenever its last request has ended, a connection
+//!   holds one of `--max-pending-connections` places. When they are all
+//!   taken, the oldest such connection is closed at once to make room
+//!   (closing it loses nothing: it has no request in flight). So
+//!   connections that are not doing anything never hold more descriptors
+//!   than that, whether they never sent a request or sent one and went
+//!   quiet; they cannot use up those that WebSockets and event streams
+//!   need, and a flood of them cannot keep a new client out either (it
 //!   would have to open more than the cap in the time the client needs to
 //!   send its headers).
 //! - **Header deadline**: a pending connection that has not delivered its
@@ -22,13 +25,17 @@
 //! - **Idle deadline**: a connection with no request in flight (a request
 //!   is in flight until its response body has ended: an event stream stays
 //!   in flight) for `--idle-timeout` is shut down gracefully. This is what
-//!   bounds an idle HTTP/2 connection, which has no header clock.
+//!   bounds an idle HTTP/2 connection, which has no header clock. A
+//!   connection told to close (idle, or shutdown) that has not closed
+//!   within two seconds, say a client that never acknowledges HTTP/2's
+//!   GOAWAY, is dropped.
 //! - **Out of descriptors**: when `accept` fails with EMFILE/ENFILE (or the
 //!   kernel is out of buffers), the loop backs off, from 10 ms doubling to
 //!   1 s, logs at most one line a second and counts each failure in
 //!   `weft_accept_errors_total`, instead of spinning on the error.
-//! - **Shutdown**: the loop stops accepting; every connection is told to
-//!   shut down gracefully (requests in flight finish, event streams and
+//! - **Shutdown**: the loop stops accepting; connections with nothing in
+//!   flight (half-sent headers included) close at once, the others are told
+//!   to shut down gracefully and get two seconds (event streams and
 //!   WebSockets end on the same signal in their own handlers). Connection
 //!   tasks are tracked, so the caller can wait for them.
 
@@ -36,7 +43,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -123,14 +130,16 @@ pub async fn run(edge: Edge) {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    backoff.after(&e).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = backoff.after(&e) => {}
+                    }
                     continue;
                 }
             },
         };
         backoff.reset();
-        let place = pending.admit();
-        tasks.spawn(connection(tcp, peer, place, shared.clone()));
+        tasks.spawn(connection(tcp, peer, pending.clone(), shared.clone()));
     }
 }
 
@@ -146,35 +155,45 @@ fn http_builder(limits: EdgeLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// One connection: TLS if configured, then HTTP until it closes.
-async fn connection(tcp: TcpStream, peer: SocketAddr, place: PendingPlace, shared: Arc<Shared>) {
+async fn connection(tcp: TcpStream, peer: SocketAddr, pending: Arc<Pending>, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
-    let evicted = place.evicted.clone();
-    let state = Arc::new(ConnState::new(place));
-    let headers_due = Instant::now() + shared.limits.header_timeout;
+    let state = Arc::new(ConnState::new(pending));
+    let headers_due = after(shared.limits.header_timeout);
     let serve = async {
         match &shared.tls {
-            None => serve_http(TokioIo::new(tcp), peer, state, headers_due, &shared).await,
-            Some(acceptor) => match timeout_at(headers_due, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    serve_http(TokioIo::new(tls), peer, state, headers_due, &shared).await
+            None => serve_http(TokioIo::new(tcp), peer, &state, headers_due, &shared).await,
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    done = timeout_at(headers_due, acceptor.accept(tcp)) => done,
+                    _ = shared.shutdown.cancelled() => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        serve_http(TokioIo::new(tls), peer, &state, headers_due, &shared).await
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => closed_for("header_timeout", peer),
                 }
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => closed_for("header_timeout", peer),
-            },
+            }
         }
     };
     tokio::select! {
         _ = serve => {}
-        // Only ever cancelled while the connection is still pending.
-        _ = evicted.cancelled() => closed_for("evicted", peer),
+        // Only ever cancelled while nothing is in flight.
+        _ = state.evicted.cancelled() => closed_for("evicted", peer),
     }
 }
 
-/// Serves HTTP on `io`, enforcing the pending and idle deadlines.
+/// How long a connection told to close may take to finish what it has in
+/// flight, or a client to acknowledge an HTTP/2 GOAWAY, before it is
+/// dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves HTTP on `io`, enforcing the header, idle and closing deadlines.
 async fn serve_http<I>(
     io: TokioIo<I>,
     peer: SocketAddr,
-    state: Arc<ConnState>,
+    state: &Arc<ConnState>,
     headers_due: Instant,
     shared: &Shared,
 ) where
@@ -187,13 +206,18 @@ async fn serve_http<I>(
     });
     let conn = shared.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let mut closing = false;
+    let mut closing: Option<Instant> = None;
     loop {
         let changed = state.changed.notified();
-        let (due, pending) = match state.idle_since() {
-            _ if state.is_pending() => (headers_due, true),
-            Some(since) => (since + shared.limits.idle_timeout, false),
-            None => (Instant::now() + shared.limits.idle_timeout, false),
+        let activity = state.activity();
+        let due = match closing {
+            Some(deadline) => deadline,
+            None if !activity.served => headers_due,
+            None => activity
+                .idle_since
+                .map_or_else(|| after(shared.limits.idle_timeout), |since| {
+                    since.checked_add(shared.limits.idle_timeout).unwrap_or_else(far_future)
+                }),
         };
         tokio::select! {
             result = conn.as_mut() => {
@@ -202,24 +226,40 @@ async fn serve_http<I>(
                 }
                 return;
             }
-            _ = shared.shutdown.cancelled(), if !closing => {
+            _ = shared.shutdown.cancelled(), if closing.is_none() => {
+                if state.is_idle() {
+                    return; // nothing in flight: close now
+                }
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                closing = Some(after(CLOSE_GRACE));
             }
             _ = changed => {}
-            _ = sleep_until(due), if !closing || pending => {
-                if pending {
+            _ = sleep_until(due) => {
+                if closing.is_some() {
+                    closed_for("close_timeout", peer);
+                    return;
+                }
+                if !activity.served {
                     closed_for("header_timeout", peer);
                     return; // dropping the connection closes the socket
                 }
-                if state.idle_since().is_some_and(|s| s + shared.limits.idle_timeout <= Instant::now()) {
+                if state.is_idle_past(shared.limits.idle_timeout) {
                     closed_for("idle", peer);
                     conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(after(CLOSE_GRACE));
                 }
             }
         }
     }
+}
+
+/// `now + d`, or a far future for durations past what a clock holds.
+fn after(d: Duration) -> Instant {
+    Instant::now().checked_add(d).unwrap_or_else(far_future)
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 86_400)
 }
 
 /// Routes one request, marking it in flight until its response body ends.
@@ -246,8 +286,9 @@ fn closed_for(reason: &'static str, peer: SocketAddr) {
     metrics::counter!("weft_connections_closed_total", "reason" => reason).increment(1);
 }
 
-/// The connections that have not yet delivered a request's headers, oldest
-/// first, at most `max` of them.
+/// The connections with nothing in flight (those that have not yet
+/// delivered a request's headers, and idle ones), oldest first, at most
+/// `max` of them.
 struct Pending {
     places: Mutex<BTreeMap<u64, CancellationToken>>,
     next: AtomicU64,
@@ -263,11 +304,11 @@ impl Pending {
         }
     }
 
-    /// A place for a new connection, closing the oldest pending ones if
-    /// every place is taken.
-    fn admit(self: &Arc<Self>) -> PendingPlace {
+    /// A place for a connection that has nothing in flight, closing the
+    /// oldest such connections (cancelling their `evicted`) if every place
+    /// is taken.
+    fn admit(self: &Arc<Self>, evicted: CancellationToken) -> PendingPlace {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let evicted = CancellationToken::new();
         if let Ok(mut places) = self.places.lock() {
             while places.len() >= self.max {
                 let Some((_, oldest)) = places.pop_first() else {
@@ -275,23 +316,20 @@ impl Pending {
                 };
                 oldest.cancel();
             }
-            places.insert(id, evicted.clone());
+            places.insert(id, evicted);
         }
         PendingPlace {
             pending: self.clone(),
             id,
-            evicted,
         }
     }
 }
 
-/// One connection's place among the pending; given up when its first
-/// request arrives or it closes.
+/// One connection's place among those with nothing in flight; given up
+/// when a request arrives or the connection closes.
 struct PendingPlace {
     pending: Arc<Pending>,
     id: u64,
-    /// Cancelled if the connection is closed to make room.
-    evicted: CancellationToken,
 }
 
 impl Drop for PendingPlace {
@@ -302,47 +340,91 @@ impl Drop for PendingPlace {
     }
 }
 
+/// What a connection is doing, as its deadlines need it.
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    /// A request's headers have arrived at least once.
+    served: bool,
+    in_flight: usize,
+    /// When the last request in flight ended (`None` while one is).
+    idle_since: Option<Instant>,
+}
+
 /// One connection's request bookkeeping, shared with its service.
 struct ConnState {
-    /// Its place among pending connections, until its first request.
-    place: Mutex<Option<PendingPlace>>,
-    in_flight: AtomicUsize,
-    /// When the last request in flight ended (`None` while one is).
-    idle_since: Mutex<Option<Instant>>,
-    /// Woken whenever any of the above changes.
+    pending: Arc<Pending>,
+    /// The activity, and the connection's place among those with nothing
+    /// in flight (held exactly while `in_flight` is 0), under one lock.
+    inner: Mutex<(Activity, Option<PendingPlace>)>,
+    /// Cancelled if the connection is closed to make room.
+    evicted: CancellationToken,
+    /// Woken whenever the activity changes.
     changed: Notify,
 }
 
 impl ConnState {
-    fn new(place: PendingPlace) -> Self {
+    fn new(pending: Arc<Pending>) -> Self {
+        let evicted = CancellationToken::new();
+        let place = pending.admit(evicted.clone());
+        let activity = Activity {
+            served: false,
+            in_flight: 0,
+            idle_since: Some(Instant::now()),
+        };
         ConnState {
-            place: Mutex::new(Some(place)),
-            in_flight: AtomicUsize::new(0),
-            idle_since: Mutex::new(Some(Instant::now())),
+            pending,
+            inner: Mutex::new((activity, Some(place))),
+            evicted,
             changed: Notify::new(),
         }
     }
 
-    fn is_pending(&self) -> bool {
-        self.place.lock().is_ok_and(|p| p.is_some())
+    fn activity(&self) -> Activity {
+        self.inner.lock().map_or(
+            Activity {
+                served: true,
+                in_flight: 1,
+                idle_since: None,
+            },
+            |inner| inner.0,
+        )
     }
 
-    fn idle_since(&self) -> Option<Instant> {
-        self.idle_since.lock().ok().and_then(|s| *s)
+    /// Nothing in flight: closing the connection loses nothing.
+    fn is_idle(&self) -> bool {
+        self.activity().in_flight == 0
     }
 
-    /// A request's headers are in: the connection is no longer pending,
-    /// and busy until the returned guard drops.
+    fn is_idle_past(&self, limit: Duration) -> bool {
+        self.activity()
+            .idle_since
+            .is_some_and(|since| since.elapsed() >= limit)
+    }
+
+    /// A request's headers are in: the connection is busy (and cannot be
+    /// evicted) until the returned guard drops.
     fn request_started(self: &Arc<Self>) -> InFlight {
-        if let Ok(mut place) = self.place.lock() {
+        if let Ok(mut inner) = self.inner.lock() {
+            let (activity, place) = &mut *inner;
+            activity.served = true;
+            activity.in_flight += 1;
+            activity.idle_since = None;
             place.take();
-        }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut since) = self.idle_since.lock() {
-            *since = None;
         }
         self.changed.notify_one();
         InFlight(self.clone())
+    }
+
+    fn request_ended(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let (activity, place) = &mut *inner;
+            activity.in_flight = activity.in_flight.saturating_sub(1);
+            if activity.in_flight == 0 {
+                activity.idle_since = Some(Instant::now());
+                *place = Some(self.pending.admit(self.evicted.clone()));
+            }
+        }
+        self.changed.notify_one();
     }
 }
 
@@ -352,12 +434,7 @@ struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Ok(mut since) = self.0.idle_since.lock() {
-                *since = Some(Instant::now());
-            }
-        }
-        self.0.changed.notify_one();
+        self.0.request_ended();
     }
 }
 
@@ -439,15 +516,36 @@ mod tests {
     #[test]
     fn a_full_pending_set_makes_room_by_closing_the_oldest() {
         let pending = Arc::new(Pending::new(2));
-        let first = pending.admit();
-        let second = pending.admit();
-        let third = pending.admit();
-        assert!(first.evicted.is_cancelled(), "the oldest goes");
-        assert!(!second.evicted.is_cancelled() && !third.evicted.is_cancelled());
-        drop(second); // its request arrived: no longer pending
-        let fourth = pending.admit();
-        assert!(!third.evicted.is_cancelled() && !fourth.evicted.is_cancelled());
+        let tokens: Vec<_> = (0..4).map(|_| CancellationToken::new()).collect();
+        let _first = pending.admit(tokens[0].clone());
+        let second = pending.admit(tokens[1].clone());
+        let _third = pending.admit(tokens[2].clone());
+        assert!(tokens[0].is_cancelled(), "the oldest goes");
+        assert!(!tokens[1].is_cancelled() && !tokens[2].is_cancelled());
+        drop(second); // its request arrived: no longer in the set
+        let _fourth = pending.admit(tokens[3].clone());
+        assert!(!tokens[2].is_cancelled() && !tokens[3].is_cancelled());
         assert_eq!(pending.places.lock().map(|p| p.len()).unwrap_or(0), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_evictable_exactly_while_nothing_is_in_flight() {
+        let pending = Arc::new(Pending::new(1));
+        let conn = Arc::new(ConnState::new(pending.clone()));
+        let busy = conn.request_started();
+        // A newcomer takes the only place; the busy connection is not in
+        // the set, so nothing is evicted.
+        let newcomer = CancellationToken::new();
+        let _place = pending.admit(newcomer.clone());
+        assert!(!conn.evicted.is_cancelled());
+        // Its request ends: it is idle, takes a place, and the newcomer
+        // (now the oldest) makes room.
+        drop(busy);
+        assert!(newcomer.is_cancelled() && !conn.evicted.is_cancelled());
+        assert!(conn.is_idle() && conn.activity().served);
+        // The next arrival evicts the idle connection.
+        let _later = pending.admit(CancellationToken::new());
+        assert!(conn.evicted.is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]

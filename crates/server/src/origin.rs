@@ -7,9 +7,10 @@
 //! included, and a WebSocket has no CORS at all. So every request that can
 //! change something (any method but GET/HEAD/OPTIONS, and WebSocket
 //! upgrades, which can write) passes [`refuse_cross_site`] first:
-//! - with `--allowed-origins`, it must come from a listed origin: an
-//!   `Origin` header naming another one, or no `Origin` but
-//!   `Sec-Fetch-Site: cross-site`, is refused with 403 `origin_not_allowed`;
+//! - with `--allowed-origins`, it must come from this server's own origin
+//!   or a listed one: an `Origin` header naming another, or no `Origin`
+//!   but `Sec-Fetch-Site: cross-site`, is refused with 403
+//!   `origin_not_allowed`;
 //! - with any origin allowed, a cross-site request may still not use the
 //!   ambient `weft_token` cookie as its credential (403
 //!   `cross_site_cookie`): a token in `Authorization` or `?token=` is one
@@ -52,37 +53,47 @@ fn can_change_state(request: &Request) -> bool {
 }
 
 /// Whether the request comes from a page on another site than this
-/// server's: its `Origin` names another host, or, without one, the browser
-/// says so in `Sec-Fetch-Site`.
-fn is_cross_site(headers: &HeaderMap) -> bool {
-    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        Some(origin) => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-            let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-            origin_host.is_none() || origin_host != host
-        }
-        None => headers
+/// server's: its `Origin` names another host (or is not readable), or,
+/// without one, the browser says so in `Sec-Fetch-Site`.
+fn is_cross_site(request: &Request) -> bool {
+    let headers = request.headers();
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return headers
             .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")),
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    };
+    let Ok(origin) = origin.to_str() else {
+        return true;
+    };
+    // HTTP/2 carries the host in the URI's authority, not in `Host`.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    match (origin.split_once("://"), host) {
+        (Some((_, origin_host)), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
+        _ => true,
     }
 }
 
 impl AppState {
     fn check_cross_site(&self, request: &Request) -> Result<(), ApiError> {
         let headers = request.headers();
+        let cross_site = is_cross_site(request);
         if !self.config.allowed_origins.is_empty() {
             return match headers.get(header::ORIGIN) {
+                // This server's own pages may always write.
+                _ if !cross_site => Ok(()),
                 Some(_) => self.check_origin(headers),
-                None if is_cross_site(headers) => Err(ApiError::new(
+                None => Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "origin_not_allowed",
                     "a cross-site request (Sec-Fetch-Site: cross-site) from an origin not in \
                      --allowed-origins",
                 )),
-                None => Ok(()),
             };
         }
-        if is_cross_site(headers) && Credentials::from_cookie_only(request.uri(), headers) {
+        if cross_site && Credentials::from_cookie_only(request.uri(), headers) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "cross_site_cookie",
