@@ -7,6 +7,8 @@
 //! socket: transports live in the server crate.
 
 pub mod changes;
+mod cpu;
+mod cpu_budget;
 mod doc_state;
 mod event_id;
 pub mod guard;
@@ -23,6 +25,7 @@ pub mod viewer;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use cpu_budget::CpuLimits;
 pub use doc_state::{
     Access, Change, ConnId, Delivery, DocLimits, DocState, Effects, LoadError, Rejection,
 };
@@ -51,6 +54,15 @@ pub struct EngineConfig {
     pub limits: DocLimits,
     /// Connections (editors and viewers) one document accepts (0: no limit).
     pub max_connections_per_doc: usize,
+    /// How much of the server's time one connection's updates may take.
+    pub cpu_limits: CpuLimits,
+    /// Rooms doing yrs work at once, each on a thread of its own (more wait
+    /// for a slot; see `cpu.rs`).
+    pub cpu_slots: usize,
+    /// A document is snapshotted as soon as the changes since its last
+    /// snapshot took this long to integrate (or it took this long to load),
+    /// so that loading it again never replays more than about this much.
+    pub snapshot_after_cpu: Duration,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +80,9 @@ impl Default for EngineConfig {
                 max_presence_bytes: 64 * 1024,
             },
             max_connections_per_doc: 10_000,
+            cpu_limits: CpuLimits::per_update(Duration::from_secs(1)),
+            cpu_slots: cpu::default_slots(),
+            snapshot_after_cpu: Duration::from_secs(1),
         }
     }
 }
@@ -76,6 +91,14 @@ impl Default for EngineConfig {
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+
+    /// CPU time the calling thread has used: only differences between two
+    /// readings on one thread mean anything. What a room charges to the
+    /// connection whose update it integrates. Without a per-thread clock,
+    /// the time that passed.
+    fn thread_cpu(&self) -> Duration {
+        Duration::from_millis(self.now_ms())
+    }
 }
 
 /// The real clock.
@@ -87,6 +110,16 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    #[cfg(unix)]
+    fn thread_cpu(&self) -> Duration {
+        use rustix::time::{clock_gettime, ClockId};
+        let t = clock_gettime(ClockId::ThreadCPUTime);
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_nsec).unwrap_or(0),
+        )
     }
 }
 

@@ -34,6 +34,9 @@ pub enum CloseReason {
     Deleted,
     /// A change would have made the document larger than its limit.
     TooLarge(String),
+    /// The connection's updates took more of the server's time than its
+    /// budget allows (its last update was kept).
+    TooCostly(String),
 }
 
 impl std::fmt::Display for CloseReason {
@@ -44,7 +47,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::StorageFailure(_) => f.write_str("storage failure; reconnect to resync"),
             CloseReason::ShuttingDown => f.write_str("server shutting down"),
             CloseReason::Deleted => f.write_str("document deleted by an operator"),
-            CloseReason::TooLarge(why) => f.write_str(why),
+            CloseReason::TooLarge(why) | CloseReason::TooCostly(why) => f.write_str(why),
         }
     }
 }
