@@ -287,6 +287,14 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_MESSAGE_BURST", default_value_t = 2000)]
     pub message_burst: u32,
 
+    /// Most CPU time the server may spend integrating one update from a
+    /// WebSocket; a connection's updates together may take twice that at
+    /// once, and a fifth of it per second in the long run. Beyond either,
+    /// the connection is closed (4429; its last update is kept). 0s: no limit.
+    #[arg(long, env = "WEFT_MAX_UPDATE_CPU", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub max_update_cpu: Duration,
+
     /// POST a signed notification here when a document changes (repeatable,
     /// or comma-separated in the environment variable).
     #[arg(long = "webhook-url", env = "WEFT_WEBHOOK_URLS", value_delimiter = ',')]
@@ -392,6 +400,7 @@ impl ServeConfig {
                 max_presence_bytes: self.max_presence_bytes,
             },
             max_connections_per_doc: self.max_connections_per_doc,
+            cpu_limits: weft_sync::CpuLimits::per_update(self.max_update_cpu),
             ..weft_sync::EngineConfig::default()
         }
     }

@@ -32,7 +32,11 @@ pub const DOCUMENT_DELETED: u16 = 4404;
 /// (`--max-document-bytes`); it was not applied.
 pub const DOCUMENT_TOO_LARGE: u16 = 4413;
 /// The connection sent messages faster than `--max-messages-per-sec`
-/// (beyond the burst) for too long.
+/// (beyond the burst) for too long, or its updates took more of the
+/// server's time than `--max-update-cpu` allows (the reason says which).
+/// Both are quotas on what one connection may make the server do, and a
+/// client does the same for either: slows down and reconnects (a costly
+/// update that passed the budget was kept, so nothing is lost).
 pub const RATE_LIMITED: u16 = 4429;
 
 /// The close code for a session the document engine ended.
@@ -44,6 +48,7 @@ pub fn for_reason(reason: &CloseReason) -> u16 {
         CloseReason::ShuttingDown => GOING_AWAY,
         CloseReason::Deleted => DOCUMENT_DELETED,
         CloseReason::TooLarge(_) => DOCUMENT_TOO_LARGE,
+        CloseReason::TooCostly(_) => RATE_LIMITED,
     }
 }
 
