@@ -266,7 +266,7 @@ async fn a_writer_whose_update_takes_too_long_is_closed_and_its_update_kept() {
     )
     .await;
     assert_eq!(status, 200);
-    // Twice the characters: twice the work of the others (2–4 s here),
+    // Twice the characters: twice the work of the others (1.5–2 s here),
     // well past the default budget of 1 s for one update.
     let costly = costly_update_of(2, CHARS * 2);
     let mut ws = connect(&weft.url("greedy")).await;

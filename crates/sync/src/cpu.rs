@@ -109,7 +109,7 @@ impl CpuPool {
             work()
         };
         if self.clock.thread_cpu().saturating_sub(cpu_before) >= HEAVY_WORK {
-            let until = self.clock.now_ms() + HEAVY_FOR.as_millis() as u64;
+            let until = self.clock.now_ms().saturating_add(HEAVY_FOR.as_millis() as u64);
             self.heavy_until_ms.store(until, Ordering::Relaxed);
         }
         metrics::histogram!("weft_room_cpu_work_seconds").record(started.elapsed().as_secs_f64());

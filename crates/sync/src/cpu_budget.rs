@@ -42,7 +42,7 @@ impl CpuLimits {
     pub fn per_update(limit: Duration) -> Self {
         CpuLimits {
             per_update: limit,
-            allowance: limit * 2,
+            allowance: limit.saturating_mul(2),
             refill_per_sec: limit / 5,
         }
     }
@@ -117,10 +117,10 @@ impl CpuBudget {
             level: Duration::ZERO,
             at: now,
         });
-        let refilled = limits
-            .refill_per_sec
-            .mul_f64(now.saturating_sub(spent.at).as_secs_f64());
-        spent.level = spent.level.saturating_sub(refilled) + took;
+        let elapsed = now.saturating_sub(spent.at).as_secs_f64();
+        let refilled = Duration::try_from_secs_f64(limits.refill_per_sec.as_secs_f64() * elapsed)
+            .unwrap_or(Duration::MAX);
+        spent.level = spent.level.saturating_sub(refilled).saturating_add(took);
         spent.at = spent.at.max(now);
         if took > limits.per_update {
             return Err(Overrun::Update {
@@ -227,5 +227,10 @@ mod tests {
 
         let mut off = CpuBudget::new(CpuLimits::per_update(Duration::ZERO));
         assert_eq!(off.charge(1, Duration::from_secs(60), now), Ok(()));
+
+        // Absurd settings and readings saturate instead of overflowing.
+        let mut huge = CpuBudget::new(CpuLimits::per_update(Duration::MAX));
+        assert_eq!(huge.charge(1, Duration::MAX, now), Ok(()));
+        assert_eq!(huge.charge(1, Duration::MAX, Duration::MAX), Ok(()));
     }
 }

@@ -568,14 +568,14 @@ impl Room {
             }
         }
         for message in messages {
-            let is_update = message.is_update();
-            let before = self.cx.clock.thread_cpu();
+            let before = message.is_update().then(|| self.cx.clock.thread_cpu());
             let result = self.state.receive(conn, access, message, fx);
-            let took = self.cx.clock.thread_cpu().saturating_sub(before);
-            let within = if is_update {
-                self.charge(conn, took)
-            } else {
-                Ok(())
+            let within = match before {
+                Some(before) => {
+                    let took = self.cx.clock.thread_cpu().saturating_sub(before);
+                    self.charge(conn, took)
+                }
+                None => Ok(()),
             };
             if let Err(rejection) = result {
                 warn!(doc = %self.name, conn, %rejection, "closing connection");
