@@ -12,8 +12,10 @@ mod event_id;
 pub mod guard;
 pub mod harness;
 pub mod json;
+mod loading;
 mod plausible;
 pub mod protocol;
+mod replay;
 pub mod restore;
 mod room;
 mod rooms;
@@ -27,6 +29,7 @@ pub use doc_state::{
     Access, Change, ConnId, Delivery, DocLimits, DocState, Effects, LoadError, Rejection,
 };
 pub use event_id::{BadEventId, EventId};
+pub use replay::SetAside;
 pub use rooms::Rooms;
 pub use session::{CloseReason, Follower, Session};
 

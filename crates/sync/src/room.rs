@@ -27,6 +27,7 @@ use yrs::StateVector;
 
 use crate::changes::ChangeFeed;
 use crate::doc_state::{Access, Change, ConnId, Delivery, DocState, Effects};
+use crate::loading::{self, Loaded};
 use crate::protocol::{self, Inbound};
 use crate::rooms::RoomMap;
 use crate::session::{CloseReason, Kind, Offer, Subscriber};
@@ -191,16 +192,11 @@ impl Room {
             warn!(doc = %name, error = %e, "presence and deletions from other nodes are unavailable");
             None
         });
-        let loaded = match cx.store.load(&name).await {
-            Ok(stored) => DocState::load(&stored, cx.config.recent_changes, cx.clock.clone())
-                .map(|mut state| {
-                    state.set_limits(cx.config.limits);
-                    (state, stored.log.len() as u64)
-                })
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let (state, unsnapshotted) = match loaded {
+        let loaded = loading::load(&*cx.store, &name, &cx.config, cx.clock.clone()).await;
+        let Loaded {
+            state,
+            unsnapshotted,
+        } = match loaded {
             Ok(loaded) => loaded,
             Err(reason) => {
                 error!(doc = %name, %reason, "document failed to load; refusing connections to it");
@@ -842,12 +838,14 @@ impl Room {
     }
 
     async fn reload(&mut self, why: &str) {
-        let result = match self.cx.store.load(&self.name).await {
-            Ok(stored) => self.state.reload(&stored).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let config = &self.cx.config;
+        let result =
+            loading::load(&*self.cx.store, &self.name, config, self.cx.clock.clone()).await;
         match result {
-            Ok(()) => info!(doc = %self.name, why, "document reloaded from storage"),
+            Ok(loaded) => {
+                self.state.replace_with(loaded.state);
+                info!(doc = %self.name, why, "document reloaded from storage");
+            }
             Err(e) => {
                 let reason = e.clone();
                 // Without a trustworthy state the room must not serve; the
