@@ -23,8 +23,7 @@ use crate::record::{
 };
 use crate::{
     Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
-    Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
-    WebhookDelivery,
+    Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
 };
 
 /// A document store in a sled database.
@@ -405,9 +404,7 @@ impl SledStore {
         self.quarantine
             .apply_batch(batch)
             .map_err(io("setting changes aside"))?;
-        self.db
-            .flush()
-            .map_err(io("flushing changes set aside"))?;
+        self.db.flush().map_err(io("flushing changes set aside"))?;
         Ok(())
     }
 
@@ -937,7 +934,11 @@ mod tests {
             store.quarantined(&d).await.expect("list"),
             vec![part(3, None), part(9, None), part(7, Some(1))]
         );
-        assert!(store.quarantined(&doc("qq")).await.expect("list").is_empty());
+        assert!(store
+            .quarantined(&doc("qq"))
+            .await
+            .expect("list")
+            .is_empty());
         assert!(store.verify().await.expect("verify").is_empty());
         drop(store);
         let store = SledStore::open(dir.path()).expect("reopen");
