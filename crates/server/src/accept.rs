@@ -32,10 +32,10 @@
 //!   WebSockets end on the same signal in their own handlers). Connection
 //!   tasks are tracked, so the caller can wait for them.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -231,9 +231,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let in_flight = state.request_started();
     let mut request = request.map(Body::new);
-    request
-        .extensions_mut()
-        .insert(ConnectInfo(PeerAddr(peer)));
+    request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
     let response = router.call(request).await?;
     Ok(response.map(|body| {
         Body::new(body.map_frame(move |frame| {

@@ -90,7 +90,11 @@ impl BodyLimits {
 
 /// Reads a whole body, refusing it once it passes `limits.max_bytes` (or
 /// declares a larger `Content-Length`) or runs past `limits.timeout`.
-pub async fn read(body: Body, declared: Option<u64>, limits: BodyLimits) -> Result<Bytes, BodyError> {
+pub async fn read(
+    body: Body,
+    declared: Option<u64>,
+    limits: BodyLimits,
+) -> Result<Bytes, BodyError> {
     if let (Some(max), Some(declared)) = (limits.max_bytes, declared) {
         if declared > max as u64 {
             return Err(BodyError::TooLarge(max));
@@ -232,7 +236,10 @@ mod tests {
         let e = read(chunks(&[b"ab", b"cde"]), None, limits(4, 1)).await;
         assert!(matches!(e, Err(BodyError::TooLarge(4))), "{e:?}");
         let e = read(chunks(&[b"a"]), Some(5), limits(4, 1)).await;
-        assert!(matches!(e, Err(BodyError::TooLarge(4))), "a declared length over the limit: {e:?}");
+        assert!(
+            matches!(e, Err(BodyError::TooLarge(4))),
+            "a declared length over the limit: {e:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,7 +53,8 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Decode every stored record; report the ones that fail (exit 1).
+    /// Decode every stored record and replay every document; report the
+    /// records that fail (exit 1), and the changes loads have quarantined.
     #[command(after_help = "Example:\n  weft verify --data-dir ./weft-data")]
     Verify {
         #[command(flatten)]

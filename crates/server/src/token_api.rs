@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::response::{IntoResponse, Response};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -44,7 +44,11 @@ pub async fn mint(
     mint_for(&app, &headers, req).map_err(IntoResponse::into_response)
 }
 
-fn mint_for(app: &AppState, headers: &HeaderMap, req: TokenRequest) -> Result<Json<Value>, ApiError> {
+fn mint_for(
+    app: &AppState,
+    headers: &HeaderMap,
+    req: TokenRequest,
+) -> Result<Json<Value>, ApiError> {
     let Some(auth) = &app.auth else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -147,7 +147,10 @@ async fn authorized_uploads_that_stall_are_cut_off_and_their_memory_returned() {
         statuses.iter().all(|s| s.contains(" 408 ")),
         "each stalled upload is answered 408: {statuses:?}"
     );
-    assert!(cut_after < Duration::from_secs(15), "cut off after {cut_after:?}");
+    assert!(
+        cut_after < Duration::from_secs(15),
+        "cut off after {cut_after:?}"
+    );
     assert!(
         after <= before + 32 * 1024,
         "RSS {after} KiB after the uploads ended, {before} KiB before"
@@ -184,7 +187,12 @@ async fn a_body_is_limited_as_it_arrives() {
 }
 
 /// Posts a one-character change to `doc` (`query` appended to the path).
-async fn post_change(addr: &str, doc: &str, query: &str, headers: &[(&str, &str)]) -> (u16, String) {
+async fn post_change(
+    addr: &str,
+    doc: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let y = yrs::Doc::new();
     let update = insert(&y, "x");
     let path = format!("/docs/{doc}/updates{query}");
@@ -203,7 +211,13 @@ async fn length_of(addr: &str, doc: &str) -> usize {
 async fn cross_site_writes_are_refused_with_allowed_origins() {
     let weft = Weft::start(&["--allowed-origins", "https://app.example"]);
     let cases: &[(&[(&str, &str)], u16)] = &[
-        (&[("origin", "https://evil.example"), ("content-type", "text/plain")], 403),
+        (
+            &[
+                ("origin", "https://evil.example"),
+                ("content-type", "text/plain"),
+            ],
+            403,
+        ),
         (&[("sec-fetch-site", "cross-site")], 403),
         (&[("origin", "null")], 403),
         (&[("origin", "https://app.example")], 200),
@@ -231,15 +245,37 @@ async fn a_cross_site_request_cannot_write_with_the_cookie() {
     let same_origin = format!("http://{host}");
     let cases: Vec<(Vec<(&str, &str)>, u16)> = vec![
         // The classic forged form post: another site, the ambient cookie.
-        (vec![("origin", "https://evil.example"), ("content-type", "text/plain"), ("cookie", &cookie)], 403),
-        (vec![("sec-fetch-site", "cross-site"), ("cookie", &cookie)], 403),
+        (
+            vec![
+                ("origin", "https://evil.example"),
+                ("content-type", "text/plain"),
+                ("cookie", &cookie),
+            ],
+            403,
+        ),
+        (
+            vec![("sec-fetch-site", "cross-site"), ("cookie", &cookie)],
+            403,
+        ),
         // An empty ?token= does not make the cookie count as given.
-        (vec![("origin", "https://evil.example"), ("cookie", &cookie)], 403),
+        (
+            vec![("origin", "https://evil.example"), ("cookie", &cookie)],
+            403,
+        ),
         // A token the calling page was given explicitly.
-        (vec![("origin", "https://evil.example"), ("authorization", &bearer)], 200),
+        (
+            vec![
+                ("origin", "https://evil.example"),
+                ("authorization", &bearer),
+            ],
+            200,
+        ),
         // This server's own pages.
         (vec![("origin", &same_origin), ("cookie", &cookie)], 200),
-        (vec![("sec-fetch-site", "same-origin"), ("cookie", &cookie)], 200),
+        (
+            vec![("sec-fetch-site", "same-origin"), ("cookie", &cookie)],
+            200,
+        ),
     ];
     for (i, (headers, want)) in cases.iter().enumerate() {
         let query = if i == 2 { "?token=" } else { "" };
@@ -250,10 +286,21 @@ async fn a_cross_site_request_cannot_write_with_the_cookie() {
         }
     }
     let read = format!("Bearer {}", token("csrf", "read"));
-    let (status, body) = request(&weft.addr, "GET", "/docs/csrf/json", &[("authorization", &read)], vec![]).await;
+    let (status, body) = request(
+        &weft.addr,
+        "GET",
+        "/docs/csrf/json",
+        &[("authorization", &read)],
+        vec![],
+    )
+    .await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    assert_eq!(v["t"].as_str().map_or(0, str::len), 3, "only the three allowed posts applied");
+    assert_eq!(
+        v["t"].as_str().map_or(0, str::len),
+        3,
+        "only the three allowed posts applied"
+    );
 
     // A WebSocket from another site with only the cookie is refused too.
     let (status, _) = http_get(
@@ -279,7 +326,14 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
     let mut child = std::process::Command::new("sh")
         .args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_weft"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--header-timeout", "3s", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--header-timeout",
+            "3s",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -301,7 +355,12 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
     let pid = child.id();
     let cpu_ticks = || -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
         fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
     };
 
@@ -318,8 +377,10 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
     let start = Instant::now();
     let mut healthy = false;
     while start.elapsed() < Duration::from_secs(20) {
-        if let Ok(Ok((200, _))) =
-            tokio::time::timeout(Duration::from_secs(2), async { Ok::<_, ()>(http_get(&addr, "/healthz", &[]).await) }).await
+        if let Ok(Ok((200, _))) = tokio::time::timeout(Duration::from_secs(2), async {
+            Ok::<_, ()>(http_get(&addr, "/healthz", &[]).await)
+        })
+        .await
         {
             healthy = true;
             break;
@@ -336,21 +397,30 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
         "out of descriptors: {spent} CPU ticks in 2 s, {accept_lines} log lines, serving again after {:?}",
         start.elapsed()
     );
-    assert!(spent < 50, "the accept loop spun: {spent} ticks of CPU in 2 s");
+    assert!(
+        spent < 50,
+        "the accept loop spun: {spent} ticks of CPU in 2 s"
+    );
     assert!(accept_lines >= 1, "the exhaustion was logged:\n{log}");
     let window = attack.elapsed().as_secs_f64();
     assert!(
         accept_lines as f64 <= window + 1.0,
         "{accept_lines} log lines in {window:.1} s: more than one a second"
     );
-    assert!(healthy, "weft did not serve again once descriptors were free");
+    assert!(
+        healthy,
+        "weft did not serve again once descriptors were free"
+    );
     let counted = metrics
         .lines()
         .find(|l| l.starts_with("weft_accept_errors_total{reason=\"fd_exhausted\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse::<f64>().ok())
         .unwrap_or(0.0);
-    assert!(counted >= 1.0, "weft_accept_errors_total counts it:\n{metrics}");
+    assert!(
+        counted >= 1.0,
+        "weft_accept_errors_total counts it:\n{metrics}"
+    );
 }
 
 /// Waits (bounded) until the server has closed `http`'s connection.
@@ -381,11 +451,17 @@ async fn idle_connections_are_closed_and_open_streams_are_not() {
     ]);
     // HTTP/1.1 keep-alive: the wait for the next request is on the header clock.
     let mut h1 = http1(&weft.addr).await;
-    assert_eq!(h1.request("GET", "/healthz", &[], vec![]).await.status(), 200);
+    assert_eq!(
+        h1.request("GET", "/healthz", &[], vec![]).await.status(),
+        200
+    );
     let h1_closed = closed_after(&h1, Duration::from_secs(10)).await;
     // HTTP/2 has no header clock between requests: the idle deadline.
     let mut h2 = http2(&weft.addr).await;
-    assert_eq!(h2.request("GET", "/healthz", &[], vec![]).await.status(), 200);
+    assert_eq!(
+        h2.request("GET", "/healthz", &[], vec![]).await.status(),
+        200
+    );
     let h2_closed = closed_after(&h2, Duration::from_secs(10)).await;
     eprintln!("idle HTTP/1.1 closed after {h1_closed:?}, idle HTTP/2 after {h2_closed:?}");
     let h1_closed = h1_closed.expect("an idle HTTP/1.1 connection is closed");
@@ -396,13 +472,21 @@ async fn idle_connections_are_closed_and_open_streams_are_not() {
     // An event stream is a request in flight, on either protocol: it lives
     // on well past both deadlines.
     for h2 in [false, true] {
-        let mut http = if h2 { http2(&weft.addr).await } else { http1(&weft.addr).await };
+        let mut http = if h2 {
+            http2(&weft.addr).await
+        } else {
+            http1(&weft.addr).await
+        };
         let response = http.request("GET", "/sse/idle", &[], vec![]).await;
         assert_eq!(response.status(), 200);
         let mut events = SseReader::new(response);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(4) {
-            assert!(events.next().await.is_some(), "the stream ended after {:?}", start.elapsed());
+            assert!(
+                events.next().await.is_some(),
+                "the stream ended after {:?}",
+                start.elapsed()
+            );
         }
     }
 }
