@@ -80,7 +80,7 @@ impl ClientUpdate {
         let at = self.needs.legacy_json?;
         Some(format!(
             "client {}'s item at clock {} holds legacy JSON content (Yjs' ContentJSON, which \
-             no Yjs since 13.0 writes); the document engine cannot store it as it was sent",
+             current Yjs and yrs never create); the document engine cannot store it as it was sent",
             at.client, at.clock
         ))
     }

@@ -21,7 +21,8 @@
 //! so what a document records of it reads back as something else (one
 //! item longer, and the bytes after it misread). A history an earlier
 //! build stored that way did not replay after a restart (fuzzing found
-//! it). No Yjs since 13.0 writes that content: it writes `ContentAny`.
+//! it). Current Yjs and yrs never create that content (they write
+//! `ContentAny` for JSON values); Yjs still reads it, for old documents.
 //!
 //! The walk reads structs with yrs' own decoder pieces, so it agrees with
 //! yrs on where each one ends; the real decoding is still yrs'.
