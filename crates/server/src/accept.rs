@@ -213,11 +213,14 @@ async fn serve_http<I>(
         let due = match closing {
             Some(deadline) => deadline,
             None if !activity.served => headers_due,
-            None => activity
-                .idle_since
-                .map_or_else(|| after(shared.limits.idle_timeout), |since| {
-                    since.checked_add(shared.limits.idle_timeout).unwrap_or_else(far_future)
-                }),
+            None => activity.idle_since.map_or_else(
+                || after(shared.limits.idle_timeout),
+                |since| {
+                    since
+                        .checked_add(shared.limits.idle_timeout)
+                        .unwrap_or_else(far_future)
+                },
+            ),
         };
         tokio::select! {
             result = conn.as_mut() => {

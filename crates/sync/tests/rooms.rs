@@ -206,8 +206,16 @@ async fn a_failed_append_is_never_broadcast_and_the_document_rolls_back() {
 async fn a_failed_append_closes_the_writers_and_keeps_the_readers() {
     let f = fixture(EngineConfig::default());
     let doc = name("readers");
-    let mut writer_session = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
-    let mut reader = f.rooms.join(&doc, Access::ReadOnly, None).await.expect("join");
+    let mut writer_session = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut reader = f
+        .rooms
+        .join(&doc, Access::ReadOnly, None)
+        .await
+        .expect("join");
     next(&mut writer_session).await;
     next(&mut reader).await;
     let mut viewer = f.rooms.follow(&doc, None).await.expect("follow");
@@ -246,7 +254,11 @@ async fn a_failed_append_closes_the_writers_and_keeps_the_readers() {
 
     // The readers stayed, and get the next change stored.
     f.store.fail_appends(false);
-    let mut second = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
+    let mut second = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     next(&mut second).await;
     second
         .send(vec![edit(&Doc::new(), "after")], 0)
@@ -359,8 +371,16 @@ async fn a_burst_of_large_changes_does_not_make_a_reader_that_keeps_up_look_slow
         ..EngineConfig::default()
     });
     let doc = name("large-burst");
-    let writer_session = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
-    let mut reader = f.rooms.join(&doc, Access::ReadWrite, None).await.expect("join");
+    let writer_session = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut reader = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
     // As above, but each change is 4 KiB: 200 of them would be 800 KiB,
     // far more than the reader's 64 KiB, if the room took them in at once.
     let reading = tokio::spawn(async move {
