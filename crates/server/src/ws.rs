@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -42,13 +41,11 @@ pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    headers: HeaderMap,
     credentials: Credentials,
     ws: Result<WsUpgrade, NotAWebSocket>,
 ) -> Response {
-    if let Err(e) = app.check_origin(&headers) {
-        return e.into_response();
-    }
+    // The cross-site guard (`origin.rs`) has already checked the `Origin`
+    // of every upgrade.
     let ws = match ws {
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
