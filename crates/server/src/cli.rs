@@ -326,6 +326,13 @@ pub struct ServeConfig {
     /// exist are never limited. 0: no limit.
     #[arg(long, env = "WEFT_MAX_NEW_DOCS_PER_MINUTE", default_value_t = 60)]
     pub max_new_docs_per_minute: u32,
+    /// Most CPU time the server may spend integrating one update from a
+    /// WebSocket; a connection's updates together may take twice that at
+    /// once, and a fifth of it per second in the long run. Beyond either,
+    /// the connection is closed (4429; its last update is kept). 0s: no limit.
+    #[arg(long, env = "WEFT_MAX_UPDATE_CPU", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub max_update_cpu: Duration,
 
     /// POST a signed notification here when a document changes (repeatable,
     /// or comma-separated in the environment variable).
@@ -437,6 +444,7 @@ impl ServeConfig {
             max_connections_per_doc: self.max_connections_per_doc,
             creation_limit: NewDocumentLimit::per_minute(self.max_new_docs_per_minute)
                 .map(|limit| Arc::new(limit) as Arc<dyn weft_sync::CreationLimit>),
+            cpu_limits: weft_sync::CpuLimits::per_update(self.max_update_cpu),
             ..weft_sync::EngineConfig::default()
         }
     }

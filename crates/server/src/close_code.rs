@@ -32,8 +32,13 @@ pub const DOCUMENT_DELETED: u16 = 4404;
 /// (`--max-document-bytes`); it was not applied.
 pub const DOCUMENT_TOO_LARGE: u16 = 4413;
 /// The connection sent messages faster than `--max-messages-per-sec`
-/// (beyond the burst) for too long, or a change that would have created a
-/// document beyond its address's `--max-new-docs-per-minute` (not applied).
+/// (beyond the burst) for too long, a change that would have created a
+/// document beyond its address's `--max-new-docs-per-minute` (not applied),
+/// or its updates took more of the server's time than `--max-update-cpu`
+/// allows (the reason says which). All are quotas on what one client may
+/// make the server do, and a client does the same for each: slows down and
+/// reconnects (a costly update that passed the budget was kept, so nothing
+/// is lost).
 pub const RATE_LIMITED: u16 = 4429;
 
 /// The close code for a session the document engine ended.
@@ -46,6 +51,7 @@ pub fn for_reason(reason: &CloseReason) -> u16 {
         CloseReason::Deleted => DOCUMENT_DELETED,
         CloseReason::TooLarge(_) => DOCUMENT_TOO_LARGE,
         CloseReason::TooManyNewDocuments { .. } => RATE_LIMITED,
+        CloseReason::TooCostly(_) => RATE_LIMITED,
     }
 }
 

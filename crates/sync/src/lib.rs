@@ -8,6 +8,8 @@
 
 mod batch;
 pub mod changes;
+mod cpu;
+mod cpu_budget;
 pub mod creation;
 mod doc_state;
 mod event_id;
@@ -27,6 +29,7 @@ pub mod viewer;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use cpu_budget::CpuLimits;
 pub use creation::{ClientAddr, CreationLimit};
 pub use doc_state::{
     Access, Change, ConnId, Delivery, DocLimits, DocState, Effects, LoadError, Rejection,
@@ -59,6 +62,15 @@ pub struct EngineConfig {
     pub max_connections_per_doc: usize,
     /// Who may create documents how fast; `None`: anyone, any time.
     pub creation_limit: Option<Arc<dyn CreationLimit>>,
+    /// How much of the server's time one connection's updates may take.
+    pub cpu_limits: CpuLimits,
+    /// Rooms doing yrs work at once, each on a thread of its own (more wait
+    /// for a slot; see `cpu.rs`).
+    pub cpu_slots: usize,
+    /// A document is snapshotted as soon as the changes since its last
+    /// snapshot took this long to integrate (or it took this long to load),
+    /// so that loading it again never replays more than about this much.
+    pub snapshot_after_cpu: Duration,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +92,9 @@ impl Default for EngineConfig {
             },
             max_connections_per_doc: 10_000,
             creation_limit: None,
+            cpu_limits: CpuLimits::per_update(Duration::from_secs(1)),
+            cpu_slots: cpu::default_slots(),
+            snapshot_after_cpu: Duration::from_secs(1),
         }
     }
 }
@@ -88,6 +103,14 @@ impl Default for EngineConfig {
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+
+    /// CPU time the calling thread has used: only differences between two
+    /// readings on one thread mean anything. What a room charges to the
+    /// connection whose update it integrates. Without a per-thread clock,
+    /// the time that passed.
+    fn thread_cpu(&self) -> Duration {
+        Duration::from_millis(self.now_ms())
+    }
 }
 
 /// The real clock.
@@ -99,6 +122,16 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    #[cfg(unix)]
+    fn thread_cpu(&self) -> Duration {
+        use rustix::time::{clock_gettime, ClockId};
+        let t = clock_gettime(ClockId::ThreadCPUTime);
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_nsec).unwrap_or(0),
+        )
     }
 }
 

@@ -6,6 +6,28 @@
 //! then hands the resulting frames to the subscribers' bounded queues. Work on
 //! one document never waits for another's.
 //!
+//! **CPU work never runs on the runtime's workers.** The room is an async
+//! task, but whatever makes yrs work (running a batch's commands through
+//! [`DocState`], loading or reloading the document, encoding a snapshot or a
+//! viewer's opening, applying other nodes' changes) goes through the engine's
+//! [`CpuPool`]: a bounded number of slots, each running its work with
+//! `block_in_place`, so the worker hands its other tasks on and `/healthz`,
+//! other documents and new connections keep being served while one document
+//! takes seconds. Only light commands (joins, leaves, small presence
+//! messages) run in place. The room awaits each piece of work before going
+//! on, so it stays the document's one owner; store I/O and channels stay
+//! async.
+//!
+//! **Each writer has a CPU budget.** Every update's integration is timed
+//! (CPU time of the thread, from the injected [`Clock`]) and charged to its
+//! connection ([`CpuBudget`]); a connection past its budget is closed with
+//! [`CloseReason::TooCostly`]. The update that overran was integrated, so it
+//! is stored and delivered like any other: memory matches the disk. The same
+//! timings say what loading the document would replay: once the changes
+//! since the last snapshot took `snapshot_after_cpu` to integrate (or the
+//! load itself took that long), the room snapshots at once, so a costly
+//! history is replayed at most once.
+//!
 //! It also snapshots the document every so many changes, unloads it when it
 //! has been without subscribers for the grace period, and on shutdown drains
 //! what was already sent to it, snapshots, and closes every subscriber.
@@ -40,6 +62,8 @@ use yrs::StateVector;
 
 use crate::batch::Batcher;
 use crate::changes::ChangeFeed;
+use crate::cpu::CpuPool;
+use crate::cpu_budget::{CpuBudget, Overrun};
 use crate::creation::{retry_after_secs, ClientAddr};
 use crate::doc_state::{Access, Change, ConnId, Delivery, DocState, Effects};
 use crate::guard::guarded;
@@ -49,6 +73,10 @@ use crate::session::{CloseReason, Kind, Offer, Subscriber};
 use crate::{
     restore, viewer, Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats,
 };
+
+/// A frame of presence messages up to this size is light work: handled
+/// in place, without a trip to the CPU pool.
+const LIGHT_BYTES: usize = 64 * 1024;
 
 /// How often one batch may be renumbered after other nodes' changes before
 /// it is refused (cluster mode).
@@ -130,6 +158,32 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// Whether running it reads the store (a viewer's opening may replay
+    /// the stored log; a restore reads a snapshot).
+    fn reads_store(&self) -> bool {
+        matches!(self, Command::Follow { .. } | Command::Restore { .. })
+    }
+
+    /// Whether it is cheap whatever the document: joining, leaving, counting
+    /// and small presence messages. Everything else may make yrs work.
+    fn is_light(&self) -> bool {
+        match self {
+            Command::Join { .. } | Command::Leave { .. } | Command::Stats { .. } => true,
+            Command::Receive {
+                messages, bytes, ..
+            } => {
+                *bytes <= LIGHT_BYTES
+                    && messages.iter().all(|m| {
+                        matches!(
+                            m,
+                            Inbound::Awareness(_) | Inbound::AwarenessQuery | Inbound::Auth
+                        )
+                    })
+            }
+            _ => false,
+        }
+    }
+
     /// Answers the command with `error` instead of running it.
     fn refuse(self, error: RoomError) {
         match self {
@@ -183,6 +237,8 @@ pub(crate) struct RoomContext {
     pub shutdown: CancellationToken,
     /// Where stored changes are announced, if anyone listens.
     pub changes: Option<Arc<ChangeFeed>>,
+    /// Where yrs work runs, off the runtime's workers.
+    pub cpu: CpuPool,
 }
 
 pub(crate) struct Room {
@@ -199,6 +255,11 @@ pub(crate) struct Room {
     subscribers: HashMap<ConnId, Subscriber>,
     /// Changes since the last snapshot.
     unsnapshotted: u64,
+    /// Roughly what loading the document would replay: the CPU time its
+    /// changes since the last snapshot took to integrate.
+    replay_cost: Duration,
+    /// What each connection's updates have cost.
+    budget: CpuBudget,
     idle_since: Option<Instant>,
     rx: mpsc::Receiver<Command>,
     /// Takes commands off `rx` a batch at a time.
@@ -226,15 +287,28 @@ impl Room {
             None
         });
         let loaded = match cx.store.load(&name).await {
-            Ok(stored) => DocState::load(&stored, cx.config.recent_changes, cx.clock.clone())
-                .map(|mut state| {
-                    state.set_limits(cx.config.limits);
-                    (state, stored)
-                })
-                .map_err(|e| e.to_string()),
+            Ok(stored) => {
+                // Replaying a long or costly history takes CPU like any
+                // integration: off the workers too.
+                let (state, took) = cx
+                    .cpu
+                    .run(|| {
+                        let before = cx.clock.thread_cpu();
+                        let state =
+                            DocState::load(&stored, cx.config.recent_changes, cx.clock.clone());
+                        (state, cx.clock.thread_cpu().saturating_sub(before))
+                    })
+                    .await;
+                state
+                    .map(|mut state| {
+                        state.set_limits(cx.config.limits);
+                        (state, stored, took)
+                    })
+                    .map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
-        let (state, stored) = match loaded {
+        let (state, stored, load_cost) = match loaded {
             Ok(loaded) => loaded,
             Err(reason) => {
                 error!(doc = %name, %reason, "document failed to load; refusing connections to it");
@@ -257,6 +331,7 @@ impl Room {
                 return;
             }
         };
+        let budget = CpuBudget::new(cx.config.cpu_limits);
         let mut room = Room {
             name,
             instance,
@@ -265,6 +340,9 @@ impl Room {
             exists: stored.exists,
             subscribers: HashMap::new(),
             unsnapshotted: stored.log.len() as u64,
+            // Replaying the log is what loading cost, beyond the snapshot.
+            replay_cost: load_cost,
+            budget,
             idle_since: Some(Instant::now()),
             rx,
             batcher: Batcher::new(&cx.config),
@@ -272,6 +350,12 @@ impl Room {
             remote,
             peers,
         };
+        if room.costly_to_replay() {
+            // So that the next load is quick (a snapshot loads in a
+            // fraction of the time its history takes to replay).
+            info!(doc = %room.name, took = ?load_cost, "loading replayed a costly history; snapshotting");
+            let _ = room.snapshot(SnapshotReason::Periodic).await;
+        }
         if room.learn_peers_presence().await {
             room.run_loop().await;
         }
@@ -396,6 +480,45 @@ impl Room {
         let started = Instant::now();
         let mut fx = Effects::default();
         let mut deferred = Vec::new();
+        self.run_batch(batch, &mut fx, &mut deferred).await;
+        self.store_and_deliver(started, fx, deferred).await
+    }
+
+    /// Runs a batch's commands in order. Those that need nothing from the
+    /// store run together as one piece of CPU work, off the runtime's
+    /// workers (see `cpu.rs`) unless all are light; a viewer's opening and
+    /// a restore read the store first, then do their CPU work the same way.
+    async fn run_batch(
+        &mut self,
+        batch: Vec<Command>,
+        fx: &mut Effects,
+        deferred: &mut Vec<Deferred>,
+    ) {
+        let mut commands = batch.into_iter().peekable();
+        while commands.peek().is_some() {
+            let mut run = Vec::new();
+            while let Some(command) = commands.next_if(|c| !c.reads_store()) {
+                run.push(command);
+            }
+            if run.iter().all(Command::is_light) {
+                self.run_commands(run, fx, deferred);
+            } else {
+                let cpu = self.cx.cpu.clone();
+                cpu.run(|| self.run_commands(run, fx, deferred)).await;
+            }
+            if let Some(command) = commands.next() {
+                self.run_reading_store(command, fx, deferred).await;
+            }
+        }
+    }
+
+    /// Commands that need no I/O, in order.
+    fn run_commands(
+        &mut self,
+        batch: Vec<Command>,
+        fx: &mut Effects,
+        deferred: &mut Vec<Deferred>,
+    ) {
         for command in batch {
             match command {
                 Command::Join {
@@ -409,75 +532,18 @@ impl Room {
                         // Subscribed before the initial sync is queued, so no
                         // change can fall between the two.
                         self.subscribers.insert(conn, subscriber);
-                        self.state.join(conn, &mut fx);
-                    }
-                }
-                Command::Follow {
-                    conn,
-                    mut subscriber,
-                    resume,
-                    reply,
-                } => {
-                    if let Err(full) = self.has_room() {
-                        let _ = reply.send(Err(full));
-                    } else if reply.send(Ok(())).is_ok() {
-                        // Changes up to here are in the opening payload;
-                        // live events take over after them.
-                        subscriber.kind = Kind::Viewer {
-                            after: self.state.last_seq(),
-                        };
-                        let opening = self.opening_for_viewer(resume).await;
-                        self.subscribers.insert(conn, subscriber);
-                        fx.deliveries.push(Delivery::To(conn, opening));
+                        self.state.join(conn, fx);
                     }
                 }
                 Command::Receive {
                     conn,
                     messages,
                     bytes,
-                } => {
-                    let Some((access, client)) =
-                        self.subscribers.get(&conn).map(|s| (s.access, s.client))
-                    else {
-                        continue; // already closed; drop what it still sent
-                    };
-                    let writes =
-                        access == Access::ReadWrite && messages.iter().any(Inbound::is_update);
-                    if writes {
-                        if let Err(rejection) = self.state.admits(bytes) {
-                            warn!(doc = %self.name, conn, %rejection, "closing connection");
-                            self.kick(conn, CloseReason::TooLarge(rejection.to_string()), &mut fx);
-                            continue;
-                        }
-                    }
-                    for message in messages {
-                        if let (Inbound::Update(update), Access::ReadWrite) = (&message, access) {
-                            if let Err(wait) = self.may_create(client, update, &fx) {
-                                warn!(doc = %self.name, conn, "too many new documents from this address; closing connection");
-                                let retry_after_secs = retry_after_secs(wait);
-                                self.kick(
-                                    conn,
-                                    CloseReason::TooManyNewDocuments { retry_after_secs },
-                                    &mut fx,
-                                );
-                                break;
-                            }
-                        }
-                        if let Err(rejection) = self.state.receive(conn, access, message, &mut fx) {
-                            warn!(doc = %self.name, conn, %rejection, "closing connection");
-                            self.kick(conn, CloseReason::Rejected(rejection.to_string()), &mut fx);
-                            break;
-                        }
-                    }
-                    // Others its presence crowded out of the document's budget.
-                    for (other, rejection) in std::mem::take(&mut fx.closes) {
-                        warn!(doc = %self.name, conn = other, %rejection, "closing connection");
-                        self.kick(other, CloseReason::Rejected(rejection.to_string()), &mut fx);
-                    }
-                }
+                } => self.receive(conn, messages, bytes, fx),
                 Command::Leave { conn } => {
                     if self.subscribers.remove(&conn).is_some() {
-                        self.state.leave(conn, &mut fx);
+                        self.budget.forget(conn);
+                        self.state.leave(conn, fx);
                     }
                 }
                 Command::Apply {
@@ -485,7 +551,7 @@ impl Room {
                     client,
                     reply,
                 } => {
-                    let result = self.apply_from_outside(&update, client, &mut fx);
+                    let result = self.apply_from_outside(&update, client, fx);
                     deferred.push(Deferred::Applied(reply, result));
                 }
                 Command::Read { reply, .. } if !self.exists_with(&fx) => {
@@ -505,34 +571,8 @@ impl Room {
                 Command::Snapshot { reason, reply } => {
                     deferred.push(Deferred::Snapshot(reply, reason));
                 }
-                Command::Restore { snapshot, reply } => {
-                    let old = match self.cx.store.get_snapshot(&self.name, snapshot).await {
-                        Ok(Some(old)) => old,
-                        Ok(None) => {
-                            let _ = reply.send(Err(RoomError::NotFound(format!(
-                                "document {} has no snapshot {snapshot}",
-                                self.name
-                            ))));
-                            continue;
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(RoomError::StorageFailure(e.to_string())));
-                            continue;
-                        }
-                    };
-                    let state = &mut self.state;
-                    match state.apply_local(&mut fx, |doc| restore::restore_into(doc, &old.state)) {
-                        Ok(change) => {
-                            let id = change.map(|seq| self.event_id(seq));
-                            deferred.push(Deferred::Changed(reply, id, SnapshotReason::Restore));
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(RoomError::Rejected(e)));
-                        }
-                    }
-                }
                 Command::Import { update, reply } => {
-                    match self.apply_from_outside(&update, None, &mut fx) {
+                    match self.apply_from_outside(&update, None, fx) {
                         Ok(id) => {
                             deferred.push(Deferred::Changed(reply, id, SnapshotReason::Import))
                         }
@@ -555,9 +595,155 @@ impl Room {
                         last_seq: self.state.last_seq(),
                     }));
                 }
+                // They read the store first: see `run_reading_store`.
+                command @ (Command::Follow { .. } | Command::Restore { .. }) => {
+                    command.refuse(RoomError::Busy);
+                }
             }
         }
+    }
 
+    /// A command that reads the store before its CPU work: the read is
+    /// awaited here, then the work runs on the CPU pool.
+    async fn run_reading_store(
+        &mut self,
+        command: Command,
+        fx: &mut Effects,
+        deferred: &mut Vec<Deferred>,
+    ) {
+        match command {
+            Command::Follow {
+                conn,
+                mut subscriber,
+                resume,
+                reply,
+            } => {
+                if let Err(full) = self.has_room() {
+                    let _ = reply.send(Err(full));
+                } else if reply.send(Ok(())).is_ok() {
+                    // Changes up to here are in the opening payload;
+                    // live events take over after them.
+                    subscriber.kind = Kind::Viewer {
+                        after: self.state.last_seq(),
+                    };
+                    let opening = self.opening_for_viewer(resume).await;
+                    self.subscribers.insert(conn, subscriber);
+                    fx.deliveries.push(Delivery::To(conn, opening));
+                }
+            }
+            Command::Restore { snapshot, reply } => {
+                let old = match self.cx.store.get_snapshot(&self.name, snapshot).await {
+                    Ok(Some(old)) => old,
+                    Ok(None) => {
+                        let _ = reply.send(Err(RoomError::NotFound(format!(
+                            "document {} has no snapshot {snapshot}",
+                            self.name
+                        ))));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RoomError::StorageFailure(e.to_string())));
+                        return;
+                    }
+                };
+                let cpu = self.cx.cpu.clone();
+                let state = &mut self.state;
+                let restored = cpu
+                    .run(|| state.apply_local(fx, |doc| restore::restore_into(doc, &old.state)))
+                    .await;
+                match restored {
+                    Ok(change) => {
+                        let id = change.map(|seq| self.event_id(seq));
+                        deferred.push(Deferred::Changed(reply, id, SnapshotReason::Restore));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RoomError::Rejected(e)));
+                    }
+                }
+            }
+            other => {
+                let cpu = self.cx.cpu.clone();
+                cpu.run(|| self.run_commands(vec![other], fx, deferred))
+                    .await;
+            }
+        }
+    }
+
+    /// Messages from one connection. Each update's CPU time is charged to
+    /// the connection; past its budget the connection is closed, and the
+    /// update stays (it was integrated, so it is stored like any other).
+    fn receive(&mut self, conn: ConnId, messages: Vec<Inbound>, bytes: usize, fx: &mut Effects) {
+        let Some((access, client)) = self.subscribers.get(&conn).map(|s| (s.access, s.client))
+        else {
+            return; // already closed; drop what it still sent
+        };
+        let writes = access == Access::ReadWrite && messages.iter().any(Inbound::is_update);
+        if writes {
+            if let Err(rejection) = self.state.admits(bytes) {
+                warn!(doc = %self.name, conn, %rejection, "closing connection");
+                self.kick(conn, CloseReason::TooLarge(rejection.to_string()), fx);
+                return;
+            }
+        }
+        for message in messages {
+            if let (Inbound::Update(update), Access::ReadWrite) = (&message, access) {
+                if let Err(wait) = self.may_create(client, update, fx) {
+                    warn!(doc = %self.name, conn, "too many new documents from this address; closing connection");
+                    let retry_after_secs = retry_after_secs(wait);
+                    self.kick(
+                        conn,
+                        CloseReason::TooManyNewDocuments { retry_after_secs },
+                        fx,
+                    );
+                    break;
+                }
+            }
+            let before = message.is_update().then(|| self.cx.clock.thread_cpu());
+            let result = self.state.receive(conn, access, message, fx);
+            let within = match before {
+                Some(before) => {
+                    let took = self.cx.clock.thread_cpu().saturating_sub(before);
+                    self.charge(conn, took)
+                }
+                None => Ok(()),
+            };
+            if let Err(rejection) = result {
+                warn!(doc = %self.name, conn, %rejection, "closing connection");
+                self.kick(conn, CloseReason::Rejected(rejection.to_string()), fx);
+                break;
+            }
+            if let Err(overrun) = within {
+                warn!(doc = %self.name, conn, %overrun, "closing connection: past its CPU budget");
+                metrics::counter!("weft_cpu_budget_disconnects_total", "limit" => overrun.label())
+                    .increment(1);
+                self.kick(conn, CloseReason::TooCostly(overrun.to_string()), fx);
+                break;
+            }
+        }
+        // Others its presence crowded out of the document's budget.
+        for (other, rejection) in std::mem::take(&mut fx.closes) {
+            warn!(doc = %self.name, conn = other, %rejection, "closing connection");
+            self.kick(other, CloseReason::Rejected(rejection.to_string()), fx);
+        }
+    }
+
+    /// Charges an update's CPU time to `conn`; it also counts towards what
+    /// loading the document would replay.
+    fn charge(&mut self, conn: ConnId, took: Duration) -> Result<(), Overrun> {
+        metrics::histogram!("weft_update_cpu_seconds").record(took.as_secs_f64());
+        self.replay_cost += took;
+        let now = Duration::from_millis(self.cx.clock.now_ms());
+        self.budget.charge(conn, took, now)
+    }
+
+    /// The batch's changes made durable, then delivered and answered.
+    /// `true` when the room must stop (its document was deleted).
+    async fn store_and_deliver(
+        &mut self,
+        started: Instant,
+        mut fx: Effects,
+        mut deferred: Vec<Deferred>,
+    ) -> bool {
         if !fx.changes.is_empty() {
             let mut entries = log_entries(&fx.changes);
             let appending = Instant::now();
@@ -659,10 +845,17 @@ impl Room {
         }
 
         self.idle_since = self.subscribers.is_empty().then(Instant::now);
-        if self.unsnapshotted >= self.cx.config.snapshot_every {
+        if self.unsnapshotted >= self.cx.config.snapshot_every || self.costly_to_replay() {
             let _ = self.snapshot(SnapshotReason::Periodic).await;
         }
         false
+    }
+
+    /// Whether the changes since the last snapshot took so long to integrate
+    /// that loading the document would replay too much: a snapshot is due.
+    fn costly_to_replay(&self) -> bool {
+        let limit = self.cx.config.snapshot_after_cpu;
+        self.unsnapshotted > 0 && !limit.is_zero() && self.replay_cost >= limit
     }
 
     /// After a refused append: reads what other nodes stored from `first`
@@ -679,13 +872,15 @@ impl Room {
             .store
             .read_log(&self.name, first.saturating_sub(1), usize::MAX)
             .await?;
-        let shift = self
-            .state
-            .rebase(&remote, fx)
-            .map_err(|gap| StorageError::Io {
-                action: "catching up with other nodes",
-                reason: gap.to_string(),
-            })?;
+        let cpu = self.cx.cpu.clone();
+        let state = &mut self.state;
+        let shift =
+            cpu.run(|| state.rebase(&remote, fx))
+                .await
+                .map_err(|gap| StorageError::Io {
+                    action: "catching up with other nodes",
+                    reason: gap.to_string(),
+                })?;
         self.unsnapshotted += shift;
         // Viewers that joined during the batch were told its old numbers.
         for sub in self.subscribers.values_mut() {
@@ -734,7 +929,9 @@ impl Room {
     /// Changes other nodes stored (cluster mode), in order.
     async fn handle_stored_elsewhere(&mut self, entries: Vec<LogEntry>) {
         let mut fx = Effects::default();
-        let applied = self.state.apply_stored(&entries, &mut fx);
+        let cpu = self.cx.cpu.clone();
+        let state = &mut self.state;
+        let applied = cpu.run(|| state.apply_stored(&entries, &mut fx)).await;
         self.deliver(fx);
         match applied {
             Ok(fresh) => {
@@ -769,9 +966,10 @@ impl Room {
             .map_err(|wait| RoomError::TooManyNewDocuments {
                 retry_after_secs: retry_after_secs(wait),
             })?;
-        self.state
-            .apply_external(update, fx)
-            .map_err(|r| RoomError::Rejected(r.to_string()))?;
+        let cpu_before = self.cx.clock.thread_cpu();
+        let applied = self.state.apply_external(update, fx);
+        self.replay_cost += self.cx.clock.thread_cpu().saturating_sub(cpu_before);
+        applied.map_err(|r| RoomError::Rejected(r.to_string()))?;
         Ok(fx.changes[before..].last().map(|c| self.event_id(c.seq)))
     }
 
@@ -859,9 +1057,16 @@ impl Room {
     /// can all be had (from memory, else from the log), otherwise a snapshot;
     /// then everyone's presence. One buffer, so it takes one queue slot.
     async fn opening_for_viewer(&mut self, resume: Option<EventId>) -> Bytes {
+        let replay = self.replay(resume).await;
+        let cpu = self.cx.cpu.clone();
+        cpu.run(|| self.opening(replay)).await
+    }
+
+    /// The opening itself, from the changes to replay if there are any.
+    fn opening(&mut self, replay: Option<Vec<Change>>) -> Bytes {
         let incarnation = self.state.incarnation();
         let mut out = BytesMut::new();
-        match self.replay(resume).await {
+        match replay {
             Some(changes) => {
                 for change in &changes {
                     out.extend_from_slice(&viewer::update_event(incarnation, change));
@@ -988,6 +1193,7 @@ impl Room {
             let mut fx = Effects::default();
             for (conn, reason) in gone {
                 if let Some(sub) = self.subscribers.remove(&conn) {
+                    self.budget.forget(conn);
                     if let Some(reason) = reason {
                         let transport = match sub.kind {
                             Kind::Editor => "ws",
@@ -1011,19 +1217,23 @@ impl Room {
             CloseReason::Rejected(_) => Some("invalid"),
             // Counted where the creation limit refused.
             CloseReason::TooManyNewDocuments { .. } => None,
+            // Its update was kept: nothing was refused.
+            CloseReason::TooCostly(_) => None,
             _ => Some("other"),
         };
         if let Some(label) = label {
             metrics::counter!("weft_changes_refused_total", "reason" => label).increment(1);
         }
         if let Some(sub) = self.subscribers.remove(&conn) {
+            self.budget.forget(conn);
             sub.close(reason);
             self.state.leave(conn, fx);
         }
     }
 
     fn kick_all(&mut self, reason: CloseReason) {
-        for (_, sub) in self.subscribers.drain() {
+        for (conn, sub) in self.subscribers.drain() {
+            self.budget.forget(conn);
             sub.close(reason.clone());
         }
     }
@@ -1073,7 +1283,10 @@ impl Room {
 
     async fn reload(&mut self, why: &str) {
         let result = match self.cx.store.load(&self.name).await {
-            Ok(stored) => self.reload_from(&stored),
+            Ok(stored) => {
+                let cpu = self.cx.cpu.clone();
+                cpu.run(|| self.reload_from(&stored)).await
+            }
             Err(e) => Err(e.to_string()),
         };
         match result {
@@ -1107,9 +1320,11 @@ impl Room {
             )));
         }
         let started = Instant::now();
-        let state = self
-            .state
-            .encode_state()
+        let cpu = self.cx.cpu.clone();
+        let encoding = &mut self.state;
+        let state = cpu
+            .run(|| encoding.encode_state())
+            .await
             .map_err(RoomError::StorageFailure)?;
         let snapshot = NewSnapshot {
             seq: self.state.last_seq(),
@@ -1130,6 +1345,7 @@ impl Room {
                 metrics::histogram!("weft_snapshot_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
                 self.unsnapshotted = 0;
+                self.replay_cost = Duration::ZERO;
                 self.state.set_size(size as u64);
                 Ok(id)
             }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use yrs::StateVector;
 
 use crate::changes::ChangeFeed;
+use crate::cpu::CpuPool;
 use crate::creation::ClientAddr;
 use crate::doc_state::Access;
 use crate::session::{Follower, Session};
@@ -72,6 +73,7 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     changes: Option<Arc<ChangeFeed>>,
+    cpu: CpuPool,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -86,6 +88,7 @@ impl Rooms {
     pub fn new(store: Arc<dyn DocumentStore>, config: EngineConfig, clock: Arc<dyn Clock>) -> Self {
         Rooms {
             inner: Arc::new(Inner {
+                cpu: CpuPool::new(config.cpu_slots, clock.clone()),
                 map: Arc::default(),
                 store,
                 config: Arc::new(config),
@@ -343,6 +346,7 @@ impl Rooms {
             rooms: self.inner.map.clone(),
             shutdown: self.inner.shutdown.clone(),
             changes: self.inner.changes.clone(),
+            cpu: self.inner.cpu.for_room(),
         };
         let span = tracing::info_span!("room", doc = %doc);
         self.inner

@@ -38,6 +38,9 @@ pub enum CloseReason {
     /// A change would have created a document, and the client has created
     /// as many as it may for now; the change was not applied.
     TooManyNewDocuments { retry_after_secs: u64 },
+    /// The connection's updates took more of the server's time than its
+    /// budget allows (its last update was kept).
+    TooCostly(String),
 }
 
 impl std::fmt::Display for CloseReason {
@@ -48,7 +51,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::StorageFailure(_) => f.write_str("storage failure; reconnect to resync"),
             CloseReason::ShuttingDown => f.write_str("server shutting down"),
             CloseReason::Deleted => f.write_str("document deleted by an operator"),
-            CloseReason::TooLarge(why) => f.write_str(why),
+            CloseReason::TooLarge(why) | CloseReason::TooCostly(why) => f.write_str(why),
             CloseReason::TooManyNewDocuments { retry_after_secs } => write!(
                 f,
                 "too many new documents from this address; try again in {retry_after_secs} s"

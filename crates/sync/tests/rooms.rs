@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::timeout;
 use weft_storage::{DocName, DocumentStore, FaultyStore, SledStore, SnapshotReason};
 use weft_sync::protocol::{decode_frame, decode_update, Inbound};
-use weft_sync::{Access, CloseReason, EngineConfig, Rooms, Session, SystemClock};
+use weft_sync::{Access, Clock, CloseReason, EngineConfig, Rooms, Session, SystemClock};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, StateVector, Text, Transact, Update};
 
@@ -22,9 +22,13 @@ struct Fixture {
 }
 
 fn fixture(config: EngineConfig) -> Fixture {
+    fixture_with_clock(config, Arc::new(SystemClock))
+}
+
+fn fixture_with_clock(config: EngineConfig, clock: Arc<dyn Clock>) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(FaultyStore::new(SledStore::open(dir.path()).expect("open")));
-    let rooms = Rooms::new(store.clone(), config, Arc::new(SystemClock));
+    let rooms = Rooms::new(store.clone(), config, clock);
     Fixture {
         _dir: dir,
         store,
@@ -684,4 +688,130 @@ fn insert_update(s: &str) -> Vec<u8> {
     let mut txn = doc.transact_mut();
     text.insert(&mut txn, 0, s);
     txn.encode_update_v1()
+}
+
+/// A clock under the test's control: the time stands still, and every
+/// reading of the thread's CPU time is `step` later than the one before, so
+/// each update the room times seems to take `step`.
+struct SteppingClock {
+    step: Duration,
+    cpu: std::sync::Mutex<Duration>,
+}
+
+impl SteppingClock {
+    fn new(step: Duration) -> Arc<Self> {
+        Arc::new(SteppingClock {
+            step,
+            cpu: Default::default(),
+        })
+    }
+}
+
+impl Clock for SteppingClock {
+    fn now_ms(&self) -> u64 {
+        1_000_000
+    }
+    fn thread_cpu(&self) -> Duration {
+        let mut cpu = self.cpu.lock().expect("lock");
+        *cpu += self.step;
+        *cpu
+    }
+}
+
+/// Reads frames until the session ends; returns why.
+async fn close_reason(session: &mut Session) -> CloseReason {
+    loop {
+        match timeout(WAIT, session.recv()).await.expect("closed in time") {
+            Ok(_) => continue,
+            Err(reason) => return reason,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_update_past_the_cpu_budget_closes_its_connection_and_is_kept() {
+    let clock = SteppingClock::new(Duration::from_millis(1500));
+    let f = fixture_with_clock(EngineConfig::default(), clock);
+    let doc = name("costly");
+    let mut writer_session = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut reader = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    next(&mut reader).await;
+    writer_session
+        .send(vec![edit(&Doc::new(), "costly")], 0)
+        .await
+        .expect("send");
+    let CloseReason::TooCostly(why) = close_reason(&mut writer_session).await else {
+        panic!("closed for another reason");
+    };
+    assert!(
+        why.contains("1500 ms") && why.contains("per update"),
+        "{why}"
+    );
+    // It was integrated, so it is stored and delivered like any change...
+    let seen = Doc::new();
+    next_update_into(&mut reader, &seen).await;
+    assert_eq!(text(&seen), "costly");
+    // ... and, having taken that long, snapshotted at once, so that loading
+    // the document never replays it.
+    let stored = f.store.inner().load(&doc).await.expect("load");
+    let snapshot = stored.snapshot.expect("a snapshot after a costly change");
+    assert_eq!(snapshot.seq, 1);
+}
+
+#[tokio::test]
+async fn updates_that_together_take_too_long_close_their_connection() {
+    // 600 ms each: under the 1 s per update, and the 2 s allowance (which
+    // never refills: the clock stands still) is passed by the fourth.
+    let clock = SteppingClock::new(Duration::from_millis(600));
+    let f = fixture_with_clock(EngineConfig::default(), clock);
+    let doc = name("greedy");
+    let mut writer_session = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    let mut reader = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    next(&mut reader).await;
+    let writer = Doc::new();
+    for word in ["a", "b", "c", "d"] {
+        writer_session
+            .send(vec![edit(&writer, word)], 0)
+            .await
+            .expect("send");
+    }
+    let CloseReason::TooCostly(why) = close_reason(&mut writer_session).await else {
+        panic!("closed for another reason");
+    };
+    assert!(
+        why.contains("2400 ms") && why.contains("in a short while"),
+        "{why}"
+    );
+    let seen = Doc::new();
+    for _ in 0..4 {
+        next_update_into(&mut reader, &seen).await;
+    }
+    assert_eq!(text(&seen), "abcd", "all four were kept");
+    // Another connection has a budget of its own.
+    let other = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    other
+        .send(vec![edit(&Doc::new(), "!")], 0)
+        .await
+        .expect("send");
+    next_update_into(&mut reader, &seen).await;
 }
