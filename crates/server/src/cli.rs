@@ -55,9 +55,10 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Decode every stored record and check that each document's records
-    /// add up (snapshots against their index, no gaps in the log from the
-    /// newest snapshot on); report every problem with what to do (exit 1).
+    /// Decode every stored record, replay every document and check that
+    /// each document's records add up (snapshots against their index, no
+    /// gaps in the log from the newest snapshot on); report every problem
+    /// with what to do, and the changes loads have quarantined (exit 1).
     #[command(after_help = "Example:\n  weft verify --data-dir ./weft-data")]
     Verify {
         #[command(flatten)]

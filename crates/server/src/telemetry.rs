@@ -50,6 +50,10 @@ fn describe() {
     );
     describe_counter!("weft_changes_refused_total", "Changes refused, by reason");
     describe_counter!(
+        "weft_changes_quarantined_total",
+        "Stored changes (and snapshots) set aside on loading because they do not replay"
+    );
+    describe_counter!(
         "weft_messages_total",
         "Messages carried, by transport and direction"
     );

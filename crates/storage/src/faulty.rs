@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::{
     Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
-    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
 };
 
 #[derive(Debug)]
@@ -137,6 +137,20 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
 
     async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
         self.inner.verify().await
+    }
+
+    async fn quarantine(&self, doc: &DocName, parts: &[Quarantined]) -> Result<(), StorageError> {
+        if self.fail_appends.load(Ordering::SeqCst) {
+            return Err(StorageError::Io {
+                action: "setting changes aside",
+                reason: "No space left on device (injected fault)".into(),
+            });
+        }
+        self.inner.quarantine(doc, parts).await
+    }
+
+    async fn quarantined(&self, doc: &DocName) -> Result<Vec<Quarantined>, StorageError> {
+        self.inner.quarantined(doc).await
     }
 
     async fn enqueue_webhooks(&self, d: &[WebhookDelivery]) -> Result<(), StorageError> {

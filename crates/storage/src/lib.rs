@@ -30,7 +30,9 @@ use async_trait::async_trait;
 pub use doc_name::{DocName, InvalidDocName, MAX_DOC_NAME_LEN};
 pub use error::StorageError;
 pub use faulty::FaultyStore;
-pub use record::{DocMeta, LogEntry, Snapshot, SnapshotInfo, SnapshotReason, SCHEMA_VERSION};
+pub use record::{
+    DocMeta, LogEntry, Quarantined, Snapshot, SnapshotInfo, SnapshotReason, SCHEMA_VERSION,
+};
 pub use redis_store::RedisStore;
 pub use retention::RetentionPolicy;
 pub use sled_store::{Recovery, SledStore, DEFAULT_STORAGE_TIMEOUT};
@@ -176,6 +178,15 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Decodes every record; returns those that do not decode.
     async fn verify(&self) -> Result<Vec<Corruption>, StorageError>;
+
+    /// Keeps stored changes (or snapshots) that no longer replay, set
+    /// aside with why and when, durably. Setting the same change (or
+    /// snapshot) aside again replaces its record.
+    async fn quarantine(&self, doc: &DocName, parts: &[Quarantined]) -> Result<(), StorageError>;
+
+    /// What was set aside of a document: changes by sequence number, then
+    /// snapshots by id.
+    async fn quarantined(&self, doc: &DocName) -> Result<Vec<Quarantined>, StorageError>;
 
     /// Queues webhook deliveries durably (flushed before returning).
     async fn enqueue_webhooks(&self, deliveries: &[WebhookDelivery]) -> Result<(), StorageError>;

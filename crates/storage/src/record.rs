@@ -91,6 +91,26 @@ pub struct SnapshotInfo {
     pub size: u64,
 }
 
+/// A stored change (or snapshot) that no longer replays, set aside so the
+/// rest of its document loads. Kept, bytes and all, for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The change's sequence number; for a snapshot, the newest change it
+    /// covers.
+    pub seq: u64,
+    /// The snapshot's id when what was set aside is a snapshot.
+    pub snapshot: Option<u64>,
+    /// When the change was accepted (for a snapshot: taken), ms since the
+    /// Unix epoch.
+    pub changed_at_ms: u64,
+    /// When it was set aside, ms since the Unix epoch.
+    pub quarantined_at_ms: u64,
+    /// Why it does not replay.
+    pub reason: String,
+    /// The stored bytes, as they were: a Yjs v1 update.
+    pub update: Vec<u8>,
+}
+
 /// Per-document facts that are not part of its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DocMeta {
@@ -136,6 +156,50 @@ pub(crate) struct MetaRecord {
     pub version: u16,
     pub incarnation: u64,
     pub created_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct QuarantineRecord {
+    pub version: u16,
+    pub seq: u64,
+    pub snapshot: Option<u64>,
+    pub changed_at_ms: u64,
+    pub quarantined_at_ms: u64,
+    pub reason: String,
+    #[serde(with = "serde_bytes")]
+    pub update: Vec<u8>,
+}
+
+impl QuarantineRecord {
+    pub(crate) fn of(part: &Quarantined) -> Self {
+        QuarantineRecord {
+            version: SCHEMA_VERSION,
+            seq: part.seq,
+            snapshot: part.snapshot,
+            changed_at_ms: part.changed_at_ms,
+            quarantined_at_ms: part.quarantined_at_ms,
+            reason: part.reason.clone(),
+            update: part.update.clone(),
+        }
+    }
+
+    pub(crate) fn into_part(self) -> Quarantined {
+        Quarantined {
+            seq: self.seq,
+            snapshot: self.snapshot,
+            changed_at_ms: self.changed_at_ms,
+            quarantined_at_ms: self.quarantined_at_ms,
+            reason: self.reason,
+            update: self.update,
+        }
+    }
+}
+
+impl Versioned for QuarantineRecord {
+    const KIND: &'static str = "quarantined change";
+    fn version(&self) -> u16 {
+        self.version
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -285,6 +349,21 @@ mod tests {
         };
         let back: LogRecord = decode("k", &encode(&rec).expect("encode")).expect("decode");
         assert_eq!((back.at_ms, back.update), (7, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn quarantine_records_round_trip() {
+        let part = Quarantined {
+            seq: 9,
+            snapshot: Some(2),
+            changed_at_ms: 5,
+            quarantined_at_ms: 6,
+            reason: "does not replay".into(),
+            update: vec![0, 0],
+        };
+        let back: QuarantineRecord =
+            decode("k", &encode(&QuarantineRecord::of(&part)).expect("encode")).expect("decode");
+        assert_eq!(back.into_part(), part);
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!   record), `weft:{doc}:snapshot-index` (id → seq, time, reason, size:
 //!   listing without reading states), `weft:{doc}:head` and `head-seq` (the
 //!   snapshot loads start from), `weft:{doc}:lease`
-//!   (which node may compact), and the set `weft:docs` of names.
+//!   (which node may compact), `weft:{doc}:quarantine` (`c<seq>` for a
+//!   change, `s<id>` for a snapshot → a stored part that no longer
+//!   replays), and the set `weft:docs` of names.
 //! - Channel `weft:{doc}:events`: what nodes tell each other and never
 //!   store: awareness, that the document was deleted, and the presence
 //!   handshake of a node that has just loaded it (a question, and each
@@ -46,11 +48,13 @@ use redis::{AsyncCommands, Script, Value};
 use tokio::sync::mpsc;
 
 use crate::completeness::{self, DocRecords};
-use crate::record::{self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord};
+use crate::record::{
+    self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
+};
 use crate::{
     Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
-    PeerEvent, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
-    SCHEMA_VERSION,
+    PeerEvent, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
+    WebhookDelivery, SCHEMA_VERSION,
 };
 
 /// Loads metadata `KEYS[1]`: a never-written name gets `ARGV[1]` for
@@ -635,6 +639,7 @@ impl DocumentStore for RedisStore {
             "head",
             "head-seq",
             "lease",
+            "quarantine",
         ]
         .iter()
         .map(|w| key(doc, w))
@@ -675,11 +680,13 @@ impl DocumentStore for RedisStore {
             let index = self.list_snapshots(&doc).await;
             let log = self.read_log(&doc, 0, usize::MAX).await;
             let meta = self.meta(&doc).await;
+            let quarantined = self.quarantined(&doc).await;
             let problems = [
                 snapshots.as_ref().err(),
                 index.as_ref().err(),
                 log.as_ref().err(),
                 meta.as_ref().err(),
+                quarantined.as_ref().err(),
             ];
             for e in problems.into_iter().flatten() {
                 corrupt.push(Corruption {
@@ -721,6 +728,44 @@ impl DocumentStore for RedisStore {
             corrupt.extend(completeness::check(&records));
         }
         Ok(corrupt)
+    }
+
+    async fn quarantine(&self, doc: &DocName, parts: &[Quarantined]) -> Result<(), StorageError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let mut fields = Vec::with_capacity(parts.len());
+        for part in parts {
+            let field = match part.snapshot {
+                None => format!("c{}", part.seq),
+                Some(id) => format!("s{id}"),
+            };
+            fields.push((field, record::encode(&QuarantineRecord::of(part))?));
+        }
+        let _: () = self
+            .conn()
+            .hset_multiple(key(doc, "quarantine"), &fields)
+            .await
+            .map_err(io("setting changes aside"))?;
+        Ok(())
+    }
+
+    async fn quarantined(&self, doc: &DocName) -> Result<Vec<Quarantined>, StorageError> {
+        let all: Vec<(String, Vec<u8>)> = self
+            .conn()
+            .hgetall(key(doc, "quarantine"))
+            .await
+            .map_err(io("reading changes set aside"))?;
+        let mut parts = all
+            .into_iter()
+            .map(|(field, bytes)| {
+                let at = format!("{} {field}", key(doc, "quarantine"));
+                let r: QuarantineRecord = record::decode(&at, &bytes)?;
+                Ok(r.into_part())
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        parts.sort_by_key(|p| (p.snapshot.is_some(), p.snapshot.unwrap_or(p.seq)));
+        Ok(parts)
     }
 
     async fn enqueue_webhooks(&self, _: &[WebhookDelivery]) -> Result<(), StorageError> {

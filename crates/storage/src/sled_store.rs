@@ -10,6 +10,8 @@
 //!   document, so the last is the newest)
 //! - `snapshot_index`: same keys               → the snapshot without its state
 //! - `webhooks`:       `id (BE u64)`            → a queued change notification
+//! - `quarantine`:     `name 0x00 0 seq` (a change) or `name 0x00 1 id` (a
+//!   snapshot), each BE u64 → a stored part that no longer replays
 //!
 //! sled calls can block on disk, so each operation runs on tokio's blocking
 //! pool under a deadline ([`DiskGuard`]). A write that fails or misses its
@@ -30,11 +32,12 @@ use crate::disk_guard::{DiskGuard, Op};
 use crate::unstored::Unstored;
 
 use crate::record::{
-    self, LogRecord, MetaRecord, SnapshotIndexRecord, SnapshotRecord, WebhookRecord, SCHEMA_VERSION,
+    self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
+    WebhookRecord, SCHEMA_VERSION,
 };
 use crate::{
     Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
-    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
 };
 
 /// How long a sled call may take by default before the store counts as failed.
@@ -76,6 +79,7 @@ pub struct SledStore {
     snapshots: sled::Tree,
     snapshot_index: sled::Tree,
     webhooks: sled::Tree,
+    quarantine: sled::Tree,
 }
 
 impl SledStore {
@@ -99,6 +103,7 @@ impl SledStore {
             snapshots: tree("snapshots")?,
             snapshot_index: tree("snapshot_index")?,
             webhooks: tree("webhooks")?,
+            quarantine: tree("quarantine")?,
             db,
             guard: Arc::new(DiskGuard::new(DEFAULT_STORAGE_TIMEOUT)),
             unstored: Arc::new(Unstored::default()),
@@ -473,7 +478,12 @@ impl SledStore {
             .remove(doc.as_str())
             .map_err(io("deleting a document"))?
             .is_some();
-        for tree in [&self.log, &self.snapshots, &self.snapshot_index] {
+        for tree in [
+            &self.log,
+            &self.snapshots,
+            &self.snapshot_index,
+            &self.quarantine,
+        ] {
             let mut batch = sled::Batch::default();
             for k in tree.scan_prefix(prefix(doc)).keys() {
                 batch.remove(k.map_err(io("deleting a document"))?);
@@ -552,6 +562,9 @@ impl SledStore {
         for doc in self.names_in_any_tree()? {
             found.extend(completeness::check(&self.records_of(&doc)?));
         }
+        verify_tree::<QuarantineRecord>(&self.quarantine, &mut found, |k| {
+            format!("{} quarantined #{}", key_name(k), suffix_u64(k))
+        })?;
         Ok(found)
     }
 
@@ -626,6 +639,32 @@ impl SledStore {
             log: Some(log),
             last_seq: None,
         })
+    }
+
+    fn quarantine_now(&self, doc: &DocName, parts: &[Quarantined]) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for part in parts {
+            batch.insert(
+                quarantine_key(doc, part),
+                record::encode(&QuarantineRecord::of(part))?,
+            );
+        }
+        self.quarantine
+            .apply_batch(batch)
+            .map_err(io("setting changes aside"))?;
+        self.db.flush().map_err(io("flushing changes set aside"))?;
+        Ok(())
+    }
+
+    fn quarantined_now(&self, doc: &DocName) -> Result<Vec<Quarantined>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.quarantine.scan_prefix(prefix(doc)) {
+            let (k, v) = item.map_err(io("reading changes set aside"))?;
+            let label = format!("{doc} quarantined #{}", suffix_u64(&k));
+            let r: QuarantineRecord = record::decode(&label, &v)?;
+            out.push(r.into_part());
+        }
+        Ok(out)
     }
 
     fn list_now(&self) -> Result<Vec<DocName>, StorageError> {
@@ -800,6 +839,24 @@ impl DocumentStore for SledStore {
             .await
     }
 
+    async fn quarantine(&self, doc: &DocName, parts: &[Quarantined]) -> Result<(), StorageError> {
+        let (store, doc, parts) = (self.clone(), doc.clone(), parts.to_vec());
+        self.guard
+            .run(Op::Write, "setting changes aside", move || {
+                store.quarantine_now(&doc, &parts)
+            })
+            .await
+    }
+
+    async fn quarantined(&self, doc: &DocName) -> Result<Vec<Quarantined>, StorageError> {
+        let (store, doc) = (self.clone(), doc.clone());
+        self.guard
+            .run(Op::Read, "reading changes set aside", move || {
+                store.quarantined_now(&doc)
+            })
+            .await
+    }
+
     async fn enqueue_webhooks(&self, deliveries: &[WebhookDelivery]) -> Result<(), StorageError> {
         let (store, deliveries) = (self.clone(), deliveries.to_vec());
         self.guard
@@ -891,6 +948,18 @@ fn open_error(path: &Path, e: sled::Error) -> StorageError {
             reason,
         }
     }
+}
+
+/// A change's key sorts before every snapshot's, each by its number.
+fn quarantine_key(doc: &DocName, part: &Quarantined) -> Vec<u8> {
+    let (kind, n) = match part.snapshot {
+        None => (0u8, part.seq),
+        Some(id) => (1u8, id),
+    };
+    let mut k = prefix(doc);
+    k.push(kind);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
 }
 
 fn decode_snapshot(doc: &DocName, key: &[u8], value: &[u8]) -> Result<Snapshot, StorageError> {
@@ -1147,6 +1216,46 @@ mod tests {
         let found = store.verify().await.expect("verify");
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].location, "bad#2");
+    }
+
+    #[tokio::test]
+    async fn quarantined_changes_are_kept_listed_and_deleted_with_their_document() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let d = doc("q");
+        store.load(&d).await.expect("load creates the document");
+        let part = |seq: u64, snapshot: Option<u64>| Quarantined {
+            seq,
+            snapshot,
+            changed_at_ms: seq,
+            quarantined_at_ms: 77,
+            reason: format!("part {seq} does not replay"),
+            update: vec![seq as u8; 4],
+        };
+        store
+            .quarantine(&d, &[part(7, Some(1)), part(9, None), part(3, None)])
+            .await
+            .expect("quarantine");
+        // Again: replaced, not doubled.
+        store
+            .quarantine(&d, &[part(9, None)])
+            .await
+            .expect("quarantine");
+        assert_eq!(
+            store.quarantined(&d).await.expect("list"),
+            vec![part(3, None), part(9, None), part(7, Some(1))]
+        );
+        assert!(store
+            .quarantined(&doc("qq"))
+            .await
+            .expect("list")
+            .is_empty());
+        assert!(store.verify().await.expect("verify").is_empty());
+        drop(store);
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.quarantined(&d).await.expect("list").len(), 3);
+        store.delete(&d).await.expect("delete");
+        assert!(store.quarantined(&d).await.expect("list").is_empty());
     }
 
     #[tokio::test]

@@ -10,8 +10,8 @@ use std::time::Duration;
 use support::redis_server::RedisServer;
 
 use weft_storage::{
-    DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, RedisStore, RetentionPolicy,
-    SnapshotReason, StorageError,
+    DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, Quarantined, RedisStore,
+    RetentionPolicy, SnapshotReason, StorageError,
 };
 
 /// A store on `redis`, as one node would open it.
@@ -373,6 +373,36 @@ async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sende
             .expect("in time"),
         "A heard the deletion"
     );
+}
+
+#[tokio::test]
+async fn quarantined_changes_are_kept_listed_and_deleted_with_their_document() {
+    let redis = RedisServer::start();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let doc = DocName::new("quarantine").expect("name");
+    a.load(&doc).await.expect("loads");
+    let part = |seq: u64, snapshot: Option<u64>| Quarantined {
+        seq,
+        snapshot,
+        changed_at_ms: seq,
+        quarantined_at_ms: 77,
+        reason: format!("part {seq} does not replay"),
+        update: vec![seq as u8; 4],
+    };
+    a.quarantine(&doc, &[part(12, Some(1)), part(10, None), part(3, None)])
+        .await
+        .expect("sets aside");
+    // Another node sets the same change aside: replaced, not doubled.
+    b.quarantine(&doc, &[part(10, None)])
+        .await
+        .expect("sets aside");
+    assert_eq!(
+        b.quarantined(&doc).await.expect("lists"),
+        vec![part(3, None), part(10, None), part(12, Some(1))]
+    );
+    assert!(a.verify().await.expect("verifies").is_empty());
+    assert!(a.delete(&doc).await.expect("deletes"));
+    assert!(a.quarantined(&doc).await.expect("lists").is_empty());
 }
 
 #[tokio::test]

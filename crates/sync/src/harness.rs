@@ -7,6 +7,9 @@ use std::sync::{Arc, Once};
 
 use weft_storage::{DocMeta, StoredDoc};
 
+use yrs::updates::decoder::Decode;
+use yrs::{ReadTxn, Transact, Update};
+
 use crate::doc_state::{Access, DocLimits, DocState, Effects};
 use crate::protocol::decode_frame;
 use crate::SystemClock;
@@ -40,8 +43,9 @@ fn frames(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Feeds `data`, split into frames, to a live document from
-/// a writer and a read-only connection, as a room would, and checks the
-/// document still encodes and reloads from what it produced.
+/// a writer and a read-only connection, as a room would, and checks that
+/// what it recorded reloads, with nothing set aside, to the same clocks,
+/// and that a snapshot of the reload reads back.
 pub fn room(data: &[u8]) {
     hook();
     let stored = StoredDoc {
@@ -104,7 +108,23 @@ pub fn room(data: &[u8]) {
         ..stored
     };
     match DocState::load(&replay, 16, Arc::new(SystemClock)) {
-        Ok(reloaded) => assert_eq!(reloaded.last_seq(), state.last_seq()),
+        Ok(mut reloaded) => {
+            assert!(
+                reloaded.set_aside().is_empty(),
+                "changes the document accepted do not reload: {:?}",
+                reloaded.set_aside()
+            );
+            assert_eq!(reloaded.last_seq(), state.last_seq());
+            let clocks = |s: &DocState| s.doc().transact().state_vector();
+            assert_eq!(clocks(&reloaded), clocks(&state), "the reload differs");
+            // A snapshot of it must load too.
+            if let Ok(snapshot) = reloaded.encode_state() {
+                assert!(
+                    Update::decode_v1(&snapshot).is_ok(),
+                    "the reloaded document's snapshot does not read back"
+                );
+            }
+        }
         Err(e) => panic!("changes the document accepted do not reload: {e}"),
     }
 }

@@ -16,9 +16,11 @@ mod event_id;
 pub mod guard;
 pub mod harness;
 pub mod json;
+mod loading;
 mod plausible;
 mod presence;
 pub mod protocol;
+mod replay;
 pub mod restore;
 mod room;
 mod rooms;
@@ -36,6 +38,7 @@ pub use doc_state::{
 };
 pub use event_id::{BadEventId, EventId};
 pub use presence::PresenceRefusal;
+pub use replay::SetAside;
 pub use rooms::Rooms;
 pub use session::{CloseReason, Follower, Session};
 

@@ -73,6 +73,18 @@ impl ClientUpdate {
         Ok(ClientUpdate { update, needs })
     }
 
+    /// Why the document must not take it even though it is well formed:
+    /// it holds content yrs would not store as it was sent (see
+    /// [`sections`](crate::sections)).
+    pub fn unstorable(&self) -> Option<String> {
+        let at = self.needs.legacy_json?;
+        Some(format!(
+            "client {}'s item at clock {} holds legacy JSON content (Yjs' ContentJSON, which \
+             current Yjs and yrs never create); the document engine cannot store it as it was sent",
+            at.client, at.clock
+        ))
+    }
+
     /// Whether applying it to a document that has `known` would leave part
     /// of it waiting for changes it neither brings nor finds there: it
     /// starts past what the document has of a client, goes on after

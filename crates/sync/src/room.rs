@@ -54,8 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use weft_storage::{
-    DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, SnapshotReason,
-    StorageError, StoredDoc,
+    DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, SnapshotReason, StorageError,
 };
 
 use yrs::StateVector;
@@ -67,6 +66,7 @@ use crate::cpu_budget::{CpuBudget, Overrun};
 use crate::creation::{retry_after_secs, ClientAddr};
 use crate::doc_state::{Access, Change, ConnId, Delivery, DocState, Effects};
 use crate::guard::guarded;
+use crate::loading::{self, Loaded};
 use crate::protocol::{self, ClientUpdate, Inbound};
 use crate::rooms::RoomMap;
 use crate::session::{CloseReason, Kind, Offer, Subscriber};
@@ -286,29 +286,14 @@ impl Room {
             warn!(doc = %name, error = %e, "presence and deletions from other nodes are unavailable");
             None
         });
-        let loaded = match cx.store.load(&name).await {
-            Ok(stored) => {
-                // Replaying a long or costly history takes CPU like any
-                // integration: off the workers too.
-                let (state, took) = cx
-                    .cpu
-                    .run(|| {
-                        let before = cx.clock.thread_cpu();
-                        let state =
-                            DocState::load(&stored, cx.config.recent_changes, cx.clock.clone());
-                        (state, cx.clock.thread_cpu().saturating_sub(before))
-                    })
-                    .await;
-                state
-                    .map(|mut state| {
-                        state.set_limits(cx.config.limits);
-                        (state, stored, took)
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        let (state, stored, load_cost) = match loaded {
+        let loaded = loading::load(&*cx.store, &name, &cx.config, cx.clock.clone(), &cx.cpu).await;
+        let Loaded {
+            state,
+            meta,
+            exists,
+            unsnapshotted,
+            cost: load_cost,
+        } = match loaded {
             Ok(loaded) => loaded,
             Err(reason) => {
                 error!(doc = %name, %reason, "document failed to load; refusing connections to it");
@@ -336,10 +321,10 @@ impl Room {
             name,
             instance,
             state,
-            meta: stored.meta,
-            exists: stored.exists,
+            meta,
+            exists,
             subscribers: HashMap::new(),
-            unsnapshotted: stored.log.len() as u64,
+            unsnapshotted,
             // Replaying the log is what loading cost, beyond the snapshot.
             replay_cost: load_cost,
             budget,
@@ -1282,15 +1267,16 @@ impl Room {
     }
 
     async fn reload(&mut self, why: &str) {
-        let result = match self.cx.store.load(&self.name).await {
-            Ok(stored) => {
-                let cpu = self.cx.cpu.clone();
-                cpu.run(|| self.reload_from(&stored)).await
-            }
-            Err(e) => Err(e.to_string()),
-        };
+        let config = &self.cx.config;
+        let (store, clock) = (&*self.cx.store, self.cx.clock.clone());
+        let result = loading::load(store, &self.name, config, clock, &self.cx.cpu).await;
         match result {
-            Ok(()) => info!(doc = %self.name, why, "document reloaded from storage"),
+            Ok(loaded) => {
+                self.state.replace_with(loaded.state);
+                self.meta = loaded.meta;
+                self.exists = loaded.exists;
+                info!(doc = %self.name, why, "document reloaded from storage");
+            }
             Err(e) => {
                 let reason = e.clone();
                 // Without a trustworthy state the room must not serve; the
@@ -1301,14 +1287,6 @@ impl Room {
                 self.refuse_waiting(RoomError::LoadFailed(reason));
             }
         }
-    }
-
-    /// Takes the document's state and identity from what the store holds.
-    fn reload_from(&mut self, stored: &StoredDoc) -> Result<(), String> {
-        self.state.reload(stored).map_err(|e| e.to_string())?;
-        self.meta = stored.meta;
-        self.exists = stored.exists;
-        Ok(())
     }
 
     async fn snapshot(&mut self, reason: SnapshotReason) -> Result<u64, RoomError> {

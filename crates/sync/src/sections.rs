@@ -14,7 +14,15 @@
 //!
 //! The same walk reports what the update depends on ([`Dependencies`]), so
 //! the document can set aside an update that would wait in yrs' pending
-//! store (`ClientUpdate::would_wait`).
+//! store (`ClientUpdate::would_wait`), and the first item of legacy JSON
+//! content (Yjs' `ContentJSON`, ref 2), which the document refuses
+//! (`ClientUpdate::unstorable`): yrs 0.28 decodes such an item with one
+//! entry more than its count says and encodes it with the count it holds,
+//! so what a document records of it reads back as something else (one
+//! item longer, and the bytes after it misread). A history an earlier
+//! build stored that way did not replay after a restart (fuzzing found
+//! it). Current Yjs and yrs never create that content (they write
+//! `ContentAny` for JSON values); Yjs still reads it, for old documents.
 //!
 //! The walk reads structs with yrs' own decoder pieces, so it agrees with
 //! yrs on where each one ends; the real decoding is still yrs'.
@@ -22,8 +30,8 @@
 use std::collections::HashSet;
 
 use yrs::block::{
-    ItemContent, BLOCK_GC_REF_NUMBER, BLOCK_SKIP_REF_NUMBER, HAS_ORIGIN, HAS_PARENT_SUB,
-    HAS_RIGHT_ORIGIN,
+    ItemContent, BLOCK_GC_REF_NUMBER, BLOCK_ITEM_JSON_REF_NUMBER, BLOCK_SKIP_REF_NUMBER,
+    HAS_ORIGIN, HAS_PARENT_SUB, HAS_RIGHT_ORIGIN,
 };
 use yrs::encoding::read::{Cursor, Error, Read};
 use yrs::updates::decoder::{Decoder, DecoderV1};
@@ -69,6 +77,17 @@ pub struct Dependencies {
     /// For each client, the end of its last struct that is not a skip:
     /// what the update itself brings of that client.
     pub brings: StateVector,
+    /// The first item of legacy JSON content, which yrs does not write
+    /// back as it read it.
+    pub legacy_json: Option<ID>,
+}
+
+/// One struct as the walk saw it.
+struct Struct {
+    /// Clock ticks it takes.
+    len: u32,
+    skip: bool,
+    legacy_json: bool,
 }
 
 /// Checks that each client of a Yjs v1 update has one section, that its
@@ -89,10 +108,14 @@ pub fn check(update: &[u8]) -> Result<Dependencies, BadSections> {
         let mut skipped_to = None;
         let mut brought = None;
         for _ in 0..structs {
-            let (len, skip) = read_struct(&mut decoder, client, clock, &mut needs.other_clients)?;
-            clock += u64::from(len);
+            let at = u32::try_from(clock).unwrap_or(u32::MAX);
+            let read = read_struct(&mut decoder, client, clock, &mut needs.other_clients)?;
+            if read.legacy_json && needs.legacy_json.is_none() {
+                needs.legacy_json = Some(ID::new(client, at));
+            }
+            clock += u64::from(read.len);
             let end = u32::try_from(clock).unwrap_or(u32::MAX);
-            if skip {
+            if read.skip {
                 skipped_to = Some(end);
                 continue;
             }
@@ -111,8 +134,8 @@ pub fn check(update: &[u8]) -> Result<Dependencies, BadSections> {
     Ok(needs)
 }
 
-/// Reads one struct as yrs' `Update::decode` does; returns how many clock
-/// ticks it takes and whether it is a skip. A client only ever refers to
+/// Reads one struct as yrs' `Update::decode` does: how many clock ticks it
+/// takes, whether it is a skip or legacy JSON. A client only ever refers to
 /// its own structs that came before (the neighbours it typed between, the
 /// container it typed into), so a reference to its own clock at or after
 /// this struct is forged.
@@ -121,7 +144,7 @@ fn read_struct(
     client: ClientID,
     clock: u64,
     builds_on: &mut StateVector,
-) -> Result<(u32, bool), BadSections> {
+) -> Result<Struct, BadSections> {
     let mut earlier = |id: ID| {
         if id.client != client {
             builds_on.set_max(id.client, id.clock.saturating_add(1));
@@ -137,9 +160,17 @@ fn read_struct(
         }
     };
     let info = decoder.read_info()?;
+    let plain = |len| Struct {
+        len,
+        skip: false,
+        legacy_json: false,
+    };
     match info {
-        BLOCK_SKIP_REF_NUMBER => Ok((decoder.read_var()?, true)),
-        BLOCK_GC_REF_NUMBER => Ok((decoder.read_len()?, false)),
+        BLOCK_SKIP_REF_NUMBER => Ok(Struct {
+            skip: true,
+            ..plain(decoder.read_var()?)
+        }),
+        BLOCK_GC_REF_NUMBER => Ok(plain(decoder.read_len()?)),
         info => {
             let parent_follows = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
             if info & HAS_ORIGIN != 0 {
@@ -158,7 +189,10 @@ fn read_struct(
                     decoder.read_string()?;
                 }
             }
-            Ok((ItemContent::decode(decoder, info)?.len_utf16(), false))
+            Ok(Struct {
+                legacy_json: info & 0b1111 == BLOCK_ITEM_JSON_REF_NUMBER,
+                ..plain(ItemContent::decode(decoder, info)?.len_utf16())
+            })
         }
     }
 }
@@ -295,6 +329,20 @@ mod tests {
         assert!(needs.skipped.is_empty());
         // What a trailing skip covers is not brought.
         assert_eq!(needs.brings.get(&yrs::ClientID::new(7)), 2);
+    }
+
+    #[test]
+    fn legacy_json_content_is_found() {
+        // Client 7: "ab" at clock 0, then legacy JSON content at clock 2
+        // (count 0, which yrs reads as one entry, "1").
+        let mut update = vec![1, 2, 7, 0];
+        update.extend([4, 1, 1, b't', 2, b'a', b'b']);
+        update.extend([0x82, 7, 1, 0, 1, b'1']);
+        update.push(0);
+        let needs = check(&update).expect("well formed");
+        assert_eq!(needs.legacy_json, Some(ID::new(yrs::ClientID::new(7), 2)));
+        assert_eq!(needs.brings.get(&yrs::ClientID::new(7)), 3);
+        assert_eq!(check(&real_update()).expect("passes").legacy_json, None);
     }
 
     #[test]

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::timeout;
-use weft_storage::{DocName, DocumentStore, FaultyStore, SledStore, SnapshotReason};
+use weft_storage::{
+    DocMeta, DocName, DocumentStore, FaultyStore, LogEntry, NewSnapshot, SledStore, SnapshotReason,
+};
 use weft_sync::protocol::{decode_frame, decode_update, Inbound};
 use weft_sync::{Access, Clock, CloseReason, EngineConfig, Rooms, Session, SystemClock};
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, StateVector, Text, Transact, Update};
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -814,4 +816,189 @@ async fn updates_that_together_take_too_long_close_their_connection() {
         .await
         .expect("send");
     next_update_into(&mut reader, &seen).await;
+}
+
+/// The metadata these tests store their documents with.
+const META: DocMeta = DocMeta {
+    incarnation: 1,
+    created_at_ms: 0,
+};
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Two changes an earlier build stored from the crafted updates of the fuzz
+/// finding `crash-history-with-legacy-json`; the second does not replay
+/// after the first ("block parent <0#0> must be deleted or shared ref type").
+const UNREPLAYABLE: [&str; 2] = [
+    "0203030000070003000101000002010101020101010102000100020301000b",
+    "0109d9eadac109000401017401480201012e020101010101010101010101010101010101\
+     01010101210101010101010101000001010901010100010101010109030000000101010101\
+     310101010101f8010101010101010101010101d9eadac1090103fe01",
+];
+
+/// A writer's edit as the store keeps it.
+fn logged(seq: u64, doc: &Doc, s: &str) -> LogEntry {
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    let len = text.len(&txn);
+    text.insert(&mut txn, len, s);
+    LogEntry {
+        seq,
+        at_ms: seq,
+        update: txn.encode_update_v1(),
+    }
+}
+
+fn raw(seq: u64, update: Vec<u8>) -> LogEntry {
+    LogEntry {
+        seq,
+        at_ms: seq,
+        update,
+    }
+}
+
+/// The document's text as the engine serves it.
+async fn served_text(rooms: &Rooms, doc: &DocName) -> String {
+    let read = rooms.read(doc, None).await.expect("loads");
+    let check = Doc::new();
+    check
+        .transact_mut()
+        .apply_update(Update::decode_v1(&read.update).expect("valid"))
+        .expect("applies");
+    text(&check)
+}
+
+fn typed(s: &str) -> bytes::Bytes {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, s);
+    txn.encode_update_v1().into()
+}
+
+#[tokio::test]
+async fn a_stored_change_that_does_not_replay_is_quarantined_and_the_rest_loads() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("unreplayable");
+    let writer = Doc::new();
+    let history = vec![
+        logged(1, &writer, "ab"),
+        raw(2, unhex(UNREPLAYABLE[0])),
+        raw(3, unhex(UNREPLAYABLE[1])),
+        logged(4, &writer, "cd"),
+    ];
+    f.store
+        .inner()
+        .append(&doc, &META, &history)
+        .await
+        .expect("append");
+
+    assert_eq!(served_text(&f.rooms, &doc).await, "abcd");
+    // Both hold legacy JSON content, which yrs does not read back as it
+    // wrote it: #3 fails, and #2 would leave the document holding what it
+    // cannot store.
+    let set_aside = f.store.quarantined(&doc).await.expect("quarantine");
+    let seqs: Vec<_> = set_aside.iter().map(|q| (q.seq, q.snapshot)).collect();
+    assert_eq!(seqs, vec![(2, None), (3, None)], "{set_aside:?}");
+    let q = &set_aside[1];
+    assert_eq!(q.changed_at_ms, 3);
+    assert_eq!(q.update, unhex(UNREPLAYABLE[1]), "its bytes are kept");
+    assert!(q.reason.contains("legacy JSON"), "{}", q.reason);
+    // Numbering goes on after it; nothing is renumbered.
+    let id = f
+        .rooms
+        .apply(&doc, typed("!"), None)
+        .await
+        .expect("applies");
+    assert_eq!(id.expect("a change").seq, 5);
+
+    // Loaded again: the quarantined change is skipped, not found again.
+    timeout(WAIT, f.rooms.shut_down()).await.expect("stops");
+    let rooms = Rooms::new(
+        f.store.clone(),
+        EngineConfig::default(),
+        Arc::new(SystemClock),
+    );
+    assert!(served_text(&rooms, &doc).await.contains("abcd"));
+    assert_eq!(f.store.quarantined(&doc).await.expect("read"), set_aside);
+}
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_load_is_quarantined_and_an_older_one_serves() {
+    let f = fixture(EngineConfig::default());
+    let store = f.store.inner();
+    let doc = name("bad-snapshot");
+    let writer = Doc::new();
+    store
+        .append(&doc, &META, &[logged(1, &writer, "ab")])
+        .await
+        .expect("append");
+    let good = writer
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let snapshot = |seq: u64, state: Vec<u8>| NewSnapshot {
+        seq,
+        taken_at_ms: seq,
+        reason: SnapshotReason::Periodic,
+        state,
+    };
+    store
+        .compact(&doc, snapshot(1, good), 100)
+        .await
+        .expect("snapshot");
+    store
+        .append(&doc, &META, &[logged(2, &writer, "cd")])
+        .await
+        .expect("append");
+    let bad = store
+        .compact(&doc, snapshot(2, vec![0xff, 0xff, 0xff]), 100)
+        .await
+        .expect("snapshot");
+    store
+        .append(&doc, &META, &[logged(3, &writer, "ef")])
+        .await
+        .expect("append");
+
+    assert_eq!(served_text(&f.rooms, &doc).await, "abcdef");
+    let set_aside = f.store.quarantined(&doc).await.expect("quarantine");
+    assert_eq!(set_aside.len(), 1, "{set_aside:?}");
+    assert_eq!((set_aside[0].seq, set_aside[0].snapshot), (2, Some(bad)));
+    assert_eq!(set_aside[0].update, vec![0xff, 0xff, 0xff]);
+    let id = f
+        .rooms
+        .apply(&doc, typed("!"), None)
+        .await
+        .expect("applies");
+    assert_eq!(id.expect("a change").seq, 4);
+}
+
+#[tokio::test]
+async fn numbering_goes_on_after_a_quarantined_snapshot_whose_log_is_gone() {
+    let f = fixture(EngineConfig::default());
+    let store = f.store.inner();
+    let doc = name("bad-snapshot-alone");
+    let writer = Doc::new();
+    let history = vec![logged(1, &writer, "ab"), logged(2, &writer, "cd")];
+    store.append(&doc, &META, &history).await.expect("append");
+    let bad = NewSnapshot {
+        seq: 2,
+        taken_at_ms: 2,
+        reason: SnapshotReason::Periodic,
+        state: vec![0xff],
+    };
+    store.compact(&doc, bad, 0).await.expect("snapshot");
+
+    assert_eq!(served_text(&f.rooms, &doc).await, "");
+    let id = f
+        .rooms
+        .apply(&doc, typed("!"), None)
+        .await
+        .expect("applies");
+    assert_eq!(id.expect("a change").seq, 3, "2 is never given again");
+    assert_eq!(f.store.quarantined(&doc).await.expect("read").len(), 1);
 }

@@ -19,7 +19,7 @@ use weft_sync::{EngineConfig, Rooms, SystemClock};
 
 use super::client::RemoteAdmin;
 use super::ops::LocalAdmin;
-use super::{AdminError, Backend, DocSummary, Progress, SnapshotView};
+use super::{AdminError, Backend, DocSummary, Progress, QuarantineView, SnapshotView};
 use crate::cli::Secret;
 
 /// Where the operation happens.
@@ -205,7 +205,7 @@ async fn execute(
                     s.editors,
                     s.viewers,
                     snapshots_table(&detail.history)
-                )
+                ) + &quarantine_lines(&detail.quarantined)
             })
         }
         AdminCommand::Docs(DocsCommand::Delete { doc }) => {
@@ -231,14 +231,14 @@ async fn execute(
                 for p in &report.problems {
                     out.push_str(&format!("\n  {}: {}", p.location, p.problem));
                 }
-                out
+                out + &quarantine_lines(&report.quarantined)
             })?;
             if report.problems.is_empty() {
                 Ok(())
             } else {
                 Err(AdminError::Failed(format!(
-                    "{} problems: records that do not decode or are missing; each line says \
-                     what is affected and what to do",
+                    "{} problems: records that do not decode, are missing or do not replay; \
+                     each line says what is affected and what to do",
                     report.problems.len()
                 )))
             }
@@ -446,6 +446,28 @@ fn snapshots_table(list: &[SnapshotView]) -> String {
         ]);
     }
     t.to_string()
+}
+
+/// What loads set aside, under a heading; nothing when there is none.
+fn quarantine_lines(list: &[QuarantineView]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n\nquarantined: {} stored parts do not replay; their documents load without them\n\
+         (their bytes are kept in the store)",
+        list.len()
+    );
+    for q in list {
+        out.push_str(&format!(
+            "\n  {} ({}, set aside {}): {}",
+            q.location(),
+            bytes(q.size_bytes),
+            when(q.quarantined_at_ms),
+            q.reason
+        ));
+    }
+    out
 }
 
 fn when(ms: u64) -> String {

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use weft_storage::{DocInfo, SnapshotInfo};
+use weft_storage::{DocInfo, Quarantined, SnapshotInfo};
 use weft_sync::{Restored, RoomError, RoomStats};
 
 /// One document, as `docs list` shows it.
@@ -43,6 +43,47 @@ pub struct DocDetail {
     #[serde(flatten)]
     pub summary: DocSummary,
     pub history: Vec<SnapshotView>,
+    /// Stored changes (or snapshots) set aside because they do not replay.
+    #[serde(default)]
+    pub quarantined: Vec<QuarantineView>,
+}
+
+/// A stored change (or snapshot) set aside because it does not replay;
+/// its bytes stay in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineView {
+    pub doc: String,
+    /// The change's sequence number (a snapshot's: the newest it covers).
+    pub seq: u64,
+    /// The snapshot's id, when a snapshot was set aside.
+    pub snapshot: Option<u64>,
+    /// When the change was accepted (the snapshot taken).
+    pub changed_at_ms: u64,
+    pub quarantined_at_ms: u64,
+    pub reason: String,
+    pub size_bytes: u64,
+}
+
+impl QuarantineView {
+    pub fn new(doc: &str, q: &Quarantined) -> Self {
+        QuarantineView {
+            doc: doc.to_owned(),
+            seq: q.seq,
+            snapshot: q.snapshot,
+            changed_at_ms: q.changed_at_ms,
+            quarantined_at_ms: q.quarantined_at_ms,
+            reason: q.reason.clone(),
+            size_bytes: q.update.len() as u64,
+        }
+    }
+
+    /// Where it is: `doc#seq`, or `doc snapshot id`.
+    pub fn location(&self) -> String {
+        match self.snapshot {
+            None => format!("{}#{}", self.doc, self.seq),
+            Some(id) => format!("{} snapshot {id}", self.doc),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +136,10 @@ pub struct VerifyReport {
     pub documents: usize,
     pub records: usize,
     pub problems: Vec<Problem>,
+    /// What loads already set aside: reported, not a problem (each of
+    /// those documents loads without it).
+    #[serde(default)]
+    pub quarantined: Vec<QuarantineView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,13 +13,13 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use weft_storage::archive::{self, ArchiveReader};
-use weft_storage::{DocName, DocumentStore};
+use weft_storage::{DocDump, DocName, DocumentStore, StoredDoc};
 use weft_sync::protocol::decode_update;
-use weft_sync::Rooms;
+use weft_sync::{DocState, Rooms, SystemClock};
 
 use super::{
     AdminError, Backend, BackupSummary, ChangeView, DocDetail, DocSummary, Problem, Progress,
-    SnapshotView, VerifyReport,
+    QuarantineView, SnapshotView, VerifyReport,
 };
 
 #[derive(Debug, Clone)]
@@ -78,6 +78,14 @@ impl LocalAdmin {
         })
     }
 
+    async fn quarantined(&self, doc: &DocName) -> Result<Vec<QuarantineView>, AdminError> {
+        let parts = self.store.quarantined(doc).await?;
+        Ok(parts
+            .iter()
+            .map(|q| QuarantineView::new(doc.as_str(), q))
+            .collect())
+    }
+
     async fn summary(&self, doc: &DocName) -> Result<DocSummary, AdminError> {
         let info = self.store.info(doc).await?.ok_or_else(|| not_found(doc))?;
         Ok(DocSummary::new(info, self.rooms.stats(doc).await))
@@ -115,7 +123,12 @@ impl Backend for LocalAdmin {
     async fn show_doc(&self, doc: &DocName) -> Result<DocDetail, AdminError> {
         let summary = self.summary(doc).await?;
         let history = self.list_snapshots(doc).await?;
-        Ok(DocDetail { summary, history })
+        let quarantined = self.quarantined(doc).await?;
+        Ok(DocDetail {
+            summary,
+            history,
+            quarantined,
+        })
     }
 
     async fn delete_doc(&self, doc: &DocName) -> Result<(), AdminError> {
@@ -227,6 +240,7 @@ impl Backend for LocalAdmin {
             .collect();
         let docs = self.store.list().await?;
         let mut records = 0;
+        let mut quarantined = Vec::new();
         for doc in &docs {
             // Records that decode may still not be Yjs updates.
             let dump = match self.store.dump(doc).await {
@@ -251,11 +265,73 @@ impl Backend for LocalAdmin {
                     });
                 }
             }
+            let set_aside = self.quarantined(doc).await?;
+            problems.extend(replay_problems(dump, &set_aside).await);
+            quarantined.extend(set_aside);
         }
         Ok(VerifyReport {
             documents: docs.len(),
             records,
             problems,
+            quarantined,
         })
     }
+}
+
+/// Replays a document as a load would (newest snapshot, the log after it,
+/// without what is already quarantined): what would not replay, and would
+/// be quarantined when it next loads. On a blocking thread: replaying a
+/// large document takes a while.
+async fn replay_problems(dump: DocDump, quarantined: &[QuarantineView]) -> Vec<Problem> {
+    let skip = quarantined
+        .iter()
+        .filter(|q| q.snapshot.is_none())
+        .map(|q| q.seq)
+        .collect();
+    let bad_snapshots: Vec<u64> = quarantined.iter().filter_map(|q| q.snapshot).collect();
+    let replayed = tokio::task::spawn_blocking(move || {
+        let name = dump.name.to_string();
+        let snapshot = dump
+            .snapshots
+            .into_iter()
+            .filter(|s| !bad_snapshots.contains(&s.id))
+            .max_by_key(|s| (s.seq, s.id));
+        let after = snapshot.as_ref().map_or(0, |s| s.seq);
+        let stored = StoredDoc {
+            meta: dump.meta,
+            exists: true,
+            snapshot,
+            log: dump.log.into_iter().filter(|e| e.seq > after).collect(),
+        };
+        let problems: Vec<Problem> =
+            match DocState::load_skipping(&stored, &skip, 0, Arc::new(SystemClock)) {
+                Ok(state) => state
+                    .set_aside()
+                    .iter()
+                    .map(|p| Problem {
+                        location: format!("{name}#{}", p.seq),
+                        problem: format!(
+                            "does not replay, and will be quarantined when the document next \
+                             loads: {}",
+                            p.reason
+                        ),
+                    })
+                    .collect(),
+                Err(e) => vec![Problem {
+                    location: format!("{name} {}", e.part),
+                    problem: format!(
+                        "does not load, and will be quarantined when the document next loads: {}",
+                        e.reason
+                    ),
+                }],
+            };
+        problems
+    })
+    .await;
+    replayed.unwrap_or_else(|e| {
+        vec![Problem {
+            location: "verify".into(),
+            problem: format!("replaying a document failed: {e}"),
+        }]
+    })
 }
