@@ -9,7 +9,6 @@
 //! the [`room`](crate::room) task around it does the storing and sending.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use yrs::{Doc, IdSet, ReadTxn, StateVector, Transact, Update, ID};
 
 use weft_storage::{LogEntry, StoredDoc};
 
-use crate::guard::guarded;
+use crate::guard::{guarded, with_txn};
 use crate::presence::{self, Presence, PresenceLimits, PresenceRefusal};
 use crate::protocol::{self, ClientUpdate, Inbound};
 use crate::replay::{self, SetAside};
@@ -510,10 +509,7 @@ impl DocState {
             let doc = self.awareness.doc();
             let applied = guarded(|| {
                 let update = Update::decode_v1(&e.update).map_err(|e| e.to_string())?;
-                let mut txn = ManuallyDrop::new(doc.transact_mut());
-                let result = txn.apply_update(update).map_err(|e| e.to_string());
-                drop(ManuallyDrop::into_inner(txn));
-                result
+                with_txn(doc, |txn| txn.apply_update(update)).map_err(|e| e.to_string())
             });
             if !matches!(applied, Ok(Ok(()))) {
                 // Every node stored and applied it; memory here is suspect.
@@ -662,19 +658,15 @@ impl DocState {
             metrics::counter!("weft_changes_refused_total", "reason" => "gap").increment(1);
             return Ok(());
         }
+        // After a panic the document is lost (see `with_txn`): the room
+        // replaces it by reloading from disk.
         let outcome = guarded(|| {
-            // If yrs panics mid-transaction, unwinding would drop (commit)
-            // the half-done transaction, and a second panic there aborts the
-            // whole process. So the transaction is only ever dropped on the
-            // normal path; after a panic it is leaked with the document,
-            // which the room then replaces by reloading from disk.
-            let mut txn = ManuallyDrop::new(doc.transact_mut());
-            let result = txn.apply_update(update.update);
-            // Whatever was integrated before an error is in the document now,
-            // so it is recorded like any change.
-            let delta = txn.encode_update_v1();
-            drop(ManuallyDrop::into_inner(txn));
-            (result, delta)
+            with_txn(doc, |txn| {
+                let result = txn.apply_update(update.update);
+                // Whatever was integrated before an error is in the document
+                // now, so it is recorded like any change.
+                (result, txn.encode_update_v1())
+            })
         });
         let (result, delta) = match outcome {
             Ok(pair) => pair,

@@ -6,6 +6,8 @@
 //! as arrays, XML (fragments, elements, text) as an XML string.
 
 use serde_json::{Map, Value};
+
+use crate::guard::{guarded, with_txn};
 use yrs::types::AsPrelim;
 use yrs::types::ToJson;
 use yrs::{
@@ -16,11 +18,9 @@ use yrs::{
 /// The JSON of a document given as a Yjs v1 update.
 pub fn update_to_json(update: &[u8]) -> Result<Value, String> {
     let update = crate::protocol::decode_update(update).map_err(|e| e.to_string())?;
-    crate::guard::guarded(|| {
+    guarded(|| {
         let doc = Doc::new();
-        doc.transact_mut()
-            .apply_update(update.update)
-            .map_err(|e| e.to_string())?;
+        with_txn(&doc, |txn| txn.apply_update(update.update)).map_err(|e| e.to_string())?;
         Ok(doc_to_json(&doc))
     })
     .map_err(|panic| format!("the document engine failed internally: {panic}"))?

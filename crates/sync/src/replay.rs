@@ -21,14 +21,13 @@
 //! that way; a later yrs, or a bug not found yet, may do the same.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::mem::ManuallyDrop;
 
 use weft_storage::{Snapshot, StoredDoc};
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, Transact, Update};
+use yrs::{Doc, ReadTxn, Transact, TransactionMut, Update};
 
 use crate::doc_state::LoadError;
-use crate::guard::guarded;
+use crate::guard::{guarded, with_txn};
 use crate::protocol::ClientUpdate;
 
 /// A stored change left out of a document because it does not replay.
@@ -62,31 +61,29 @@ pub(crate) fn replay(stored: &StoredDoc, skip: &BTreeSet<u64>) -> Result<Replaye
 /// failed or is left waiting.
 fn all_at_once(stored: &StoredDoc, skip: &BTreeSet<u64>) -> Option<Doc> {
     let doc = Doc::new();
-    let complete = guarded(|| {
-        // Dropped (committed) only on the normal path: a panic inside yrs
-        // must not unwind through the commit (see `DocState::apply_update`).
-        let mut txn = ManuallyDrop::new(doc.transact_mut());
-        let mut applied = true;
-        if let Some(snapshot) = &stored.snapshot {
-            applied = Update::decode_v1(&snapshot.state)
-                .is_ok_and(|update| txn.apply_update(update).is_ok());
-        }
-        for e in stored.log.iter().filter(|e| !skip.contains(&e.seq)) {
-            if !applied {
-                break;
-            }
-            applied = match ClientUpdate::decode(&e.update) {
-                Ok(change) if change.unstorable().is_none() => {
-                    txn.apply_update(change.update).is_ok()
-                }
-                _ => false,
-            };
-        }
-        let waiting = txn.store().pending_update().is_some();
-        drop(ManuallyDrop::into_inner(txn));
-        applied && !waiting
-    });
+    let complete = guarded(|| with_txn(&doc, |txn| apply_all(txn, stored, skip)));
     matches!(complete, Ok(true)).then_some(doc)
+}
+
+/// Applies the snapshot and the changes not in `skip` in `txn`, stopping at
+/// the first that fails: whether all applied and nothing waits.
+fn apply_all(txn: &mut TransactionMut, stored: &StoredDoc, skip: &BTreeSet<u64>) -> bool {
+    let mut applied = true;
+    if let Some(snapshot) = &stored.snapshot {
+        applied =
+            Update::decode_v1(&snapshot.state).is_ok_and(|update| txn.apply_update(update).is_ok());
+    }
+    for e in stored.log.iter().filter(|e| !skip.contains(&e.seq)) {
+        if !applied {
+            break;
+        }
+        applied = match ClientUpdate::decode(&e.update) {
+            Ok(change) if change.unstorable().is_none() => txn.apply_update(change.update).is_ok(),
+            _ => false,
+        };
+    }
+    let waiting = txn.store().pending_update().is_some();
+    applied && !waiting
 }
 
 /// The snapshot, then each change in a transaction of its own, leaving out
@@ -129,10 +126,7 @@ fn apply_snapshot(doc: &Doc, snapshot: &Snapshot) -> Result<(), LoadError> {
     };
     let outcome = guarded(|| {
         let update = Update::decode_v1(&snapshot.state).map_err(|e| e.to_string())?;
-        let mut txn = ManuallyDrop::new(doc.transact_mut());
-        let result = txn.apply_update(update).map_err(|e| e.to_string());
-        drop(ManuallyDrop::into_inner(txn));
-        result
+        with_txn(doc, |txn| txn.apply_update(update)).map_err(|e| e.to_string())
     });
     match outcome {
         Ok(Ok(())) => Ok(()),
@@ -171,12 +165,12 @@ fn apply_change(doc: &Doc, bytes: &[u8]) -> Outcome {
         );
     }
     let outcome = guarded(|| {
-        let mut txn = ManuallyDrop::new(doc.transact_mut());
-        let result = txn.apply_update(update.update);
-        let after = txn.state_vector();
-        let waiting = txn.store().pending_update().is_some();
-        drop(ManuallyDrop::into_inner(txn));
-        (result, after, waiting)
+        with_txn(doc, |txn| {
+            let result = txn.apply_update(update.update);
+            let after = txn.state_vector();
+            let waiting = txn.store().pending_update().is_some();
+            (result, after, waiting)
+        })
     });
     match outcome {
         Ok((Ok(()), _, false)) => Outcome::Applied,

@@ -9,7 +9,6 @@
 //! like any edit and converge to the old content without reloading.
 
 use std::collections::BTreeMap;
-use std::mem::ManuallyDrop;
 
 use yrs::types::xml::XmlIn;
 use yrs::types::AsPrelim;
@@ -17,6 +16,7 @@ use yrs::{
     Array, Doc, In, Map, Out, ReadTxn, Text, Transact, TransactionMut, WriteTxn, XmlFragment,
 };
 
+use crate::guard::with_txn;
 use crate::protocol::decode_update;
 
 /// The kinds of root type a restore knows how to rewrite.
@@ -32,22 +32,42 @@ enum RootKind {
 /// update), as one transaction. Returns that transaction's update (empty
 /// if nothing changed).
 pub fn restore_into(doc: &Doc, old_state: &[u8]) -> Result<Vec<u8>, String> {
+    let targets = roots_of(old_state)?;
+    with_txn(doc, |txn| {
+        // Plan first, so a root that cannot be restored stops the restore
+        // before anything changed.
+        for (name, kind, target) in plan(txn, targets)? {
+            rewrite(txn, &name, kind, target);
+        }
+        Ok(txn.encode_update_v1())
+    })
+}
+
+/// Every root type of the document `state` (a Yjs v1 update) holds, as a
+/// deep copy, by name.
+fn roots_of(state: &[u8]) -> Result<BTreeMap<String, In>, String> {
+    let update = decode_update(state).map_err(|e| e.to_string())?.update;
     let old = Doc::new();
-    old.transact_mut()
-        .apply_update(decode_update(old_state).map_err(|e| e.to_string())?.update)
+    with_txn(&old, |txn| txn.apply_update(update))
         .map_err(|e| format!("the snapshot does not load: {e}"))?;
     let old_txn = old.transact();
-    let mut targets: BTreeMap<String, In> = BTreeMap::new();
+    let mut roots = BTreeMap::new();
     for (name, out) in old_txn.root_refs() {
-        targets.insert(name.to_owned(), out.as_prelim(&old_txn));
+        roots.insert(name.to_owned(), out.as_prelim(&old_txn));
     }
+    Ok(roots)
+}
 
-    // Plan first, so a root that cannot be restored stops the restore
-    // before anything changed.
-    let mut txn = ManuallyDrop::new(doc.transact_mut());
+/// Each root to rewrite, with its kind and what it should hold: every root
+/// the document has now, then those only the snapshot has. Refuses a root
+/// whose kind changed since.
+fn plan(
+    txn: &TransactionMut,
+    mut targets: BTreeMap<String, In>,
+) -> Result<Vec<(String, RootKind, Option<In>)>, String> {
     let current: BTreeMap<String, Option<RootKind>> = txn
         .root_refs()
-        .map(|(name, out)| (name.to_owned(), kind_of_current(&txn, out)))
+        .map(|(name, out)| (name.to_owned(), kind_of_current(txn, out)))
         .collect();
     let mut plan = Vec::new();
     for (name, current_kind) in &current {
@@ -59,7 +79,6 @@ pub fn restore_into(doc: &Doc, old_state: &[u8]) -> Result<Vec<u8>, String> {
         };
         if let (Some(a), Some(b)) = (current_kind, target_kind) {
             if *a != b {
-                drop(ManuallyDrop::into_inner(txn));
                 return Err(format!(
                     "root {name:?} is a {a:?} now but was a {b:?} in the snapshot; it cannot be restored"
                 ));
@@ -73,13 +92,7 @@ pub fn restore_into(doc: &Doc, old_state: &[u8]) -> Result<Vec<u8>, String> {
             plan.push((name, kind, Some(target)));
         }
     }
-    for (name, kind, target) in plan {
-        rewrite(&mut txn, &name, kind, target);
-    }
-    let update = txn.encode_update_v1();
-    // Dropped (committed) only on the normal path: see DocState::apply_update.
-    drop(ManuallyDrop::into_inner(txn));
-    Ok(update)
+    Ok(plan)
 }
 
 fn kind_of_current(txn: &TransactionMut, out: Out) -> Option<RootKind> {
