@@ -1,0 +1,187 @@
+//! Changes other nodes stored (cluster mode): applied under the numbers
+//! the store gave them, and the rebase of this node's pending changes
+//! after them when its append was refused.
+
+use bytes::Bytes;
+use yrs::updates::decoder::Decode;
+use yrs::Update;
+
+use weft_storage::LogEntry;
+
+use super::{Change, Delivery, DocState, Effects};
+use crate::guard::{guarded, with_txn};
+
+/// Stored changes that do not follow on from the live document's newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stored changes jump from #{have} to #{got}")]
+pub struct StoredGap {
+    pub have: u64,
+    pub got: u64,
+}
+
+impl DocState {
+    /// Changes another node stored (cluster mode), oldest first. Those this
+    /// document already has are skipped; the others are applied under the
+    /// sequence numbers the store gave them and delivered to everyone, but
+    /// not stored again. Returns how many were new. `Err(StoredGap)` when
+    /// they do not follow on from `last_seq` (this node fell behind a trim):
+    /// the caller reloads.
+    pub fn apply_stored(
+        &mut self,
+        entries: &[LogEntry],
+        fx: &mut Effects,
+    ) -> Result<u64, StoredGap> {
+        let before = self.last_seq;
+        for e in entries {
+            if e.seq <= self.last_seq {
+                continue;
+            }
+            if e.seq != self.last_seq + 1 {
+                return Err(StoredGap {
+                    have: self.last_seq,
+                    got: e.seq,
+                });
+            }
+            let doc = self.awareness.doc();
+            let applied = guarded(|| {
+                let update = Update::decode_v1(&e.update).map_err(|e| e.to_string())?;
+                with_txn(doc, |txn| txn.apply_update(update)).map_err(|e| e.to_string())
+            });
+            if !matches!(applied, Ok(Ok(()))) {
+                // Every node stored and applied it; memory here is suspect.
+                self.poisoned = true;
+            }
+            self.last_seq = e.seq;
+            self.size_estimate += e.update.len() as u64;
+            let change = Change {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                update: Bytes::from(e.update.clone()),
+            };
+            self.remember(change.clone());
+            fx.deliveries.push(Delivery::Change {
+                change,
+                origin: None,
+            });
+        }
+        Ok(self.last_seq - before)
+    }
+
+    /// Another node stored changes `remote` first (cluster mode): this
+    /// node's pending changes in `fx`, numbered after the old `last_seq`,
+    /// are renumbered to follow them, and `remote` is applied and delivered
+    /// before them. Deliveries keep their order otherwise. Returns how far
+    /// this node's changes moved (how many of `remote` were new).
+    pub fn rebase(&mut self, remote: &[LogEntry], fx: &mut Effects) -> Result<u64, StoredGap> {
+        let pending = fx.changes.len() as u64;
+        let first_pending = self.last_seq + 1 - pending;
+        // Take this node's changes back out of the window and the deliveries.
+        for _ in 0..pending {
+            if self.recent.back().is_some_and(|c| c.seq >= first_pending) {
+                self.recent.pop_back();
+            }
+        }
+        self.last_seq = first_pending - 1;
+        let mut mine = Vec::new();
+        let mut others = Vec::new();
+        for d in fx.deliveries.drain(..) {
+            match d {
+                Delivery::Change { change, origin } if change.seq >= first_pending => {
+                    mine.push((change, origin));
+                }
+                other => others.push(other),
+            }
+        }
+        fx.deliveries = others;
+        fx.changes.clear();
+        let moved = self.apply_stored(remote, fx)?;
+        for (change, origin) in mine {
+            self.last_seq += 1;
+            let change = Change {
+                seq: self.last_seq,
+                ..change
+            };
+            self.remember(change.clone());
+            fx.changes.push(change.clone());
+            fx.deliveries.push(Delivery::Change { change, origin });
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{edit, empty, incoming, state, stored_entry, text_of};
+    use super::*;
+    use crate::protocol::Inbound;
+    use crate::{Access, ConnId};
+    use yrs::Doc;
+
+    #[test]
+    fn changes_stored_elsewhere_apply_in_order_skip_repeats_and_report_gaps() {
+        let mut s = state(&empty());
+        let other = Doc::new();
+        let one = stored_entry(1, &other, 0, "a");
+        let two = stored_entry(2, &other, 1, "b");
+        let mut fx = Effects::default();
+        let fresh = s
+            .apply_stored(&[one.clone(), two.clone()], &mut fx)
+            .expect("in order");
+        assert_eq!(fresh, 2);
+        assert_eq!((s.last_seq(), text_of(s.doc())), (2, "ab".to_owned()));
+        assert_eq!(fx.deliveries.len(), 2);
+        assert!(fx.changes.is_empty(), "already stored: not stored again");
+
+        let mut fx = Effects::default();
+        let fresh = s
+            .apply_stored(&[two], &mut fx)
+            .expect("a repeat is skipped");
+        assert_eq!(fresh, 0);
+        assert!(fx.deliveries.is_empty());
+        let four = stored_entry(4, &other, 2, "d");
+        assert_eq!(
+            s.apply_stored(&[four], &mut Effects::default()),
+            Err(StoredGap { have: 2, got: 4 })
+        );
+    }
+
+    #[test]
+    fn a_rebase_puts_changes_stored_elsewhere_first_and_renumbers_ours() {
+        let mut s = state(&empty());
+        let mine = Doc::new();
+        let mut fx = Effects::default();
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(incoming(edit(&mine, 0, "m"))),
+            &mut fx,
+        )
+        .expect("applies");
+        assert_eq!(fx.changes[0].seq, 1);
+
+        // Meanwhile another node stored #1 and #2.
+        let other = Doc::new();
+        let remote = [
+            stored_entry(1, &other, 0, "x"),
+            stored_entry(2, &other, 1, "y"),
+        ];
+        let moved = s.rebase(&remote, &mut fx).expect("rebases");
+        assert_eq!(moved, 2);
+        assert_eq!(fx.changes.len(), 1);
+        assert_eq!(fx.changes[0].seq, 3, "ours now follows theirs");
+        assert_eq!(s.last_seq(), 3);
+        let seqs: Vec<(u64, Option<ConnId>)> = fx
+            .deliveries
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Change { change, origin } => Some((change.seq, *origin)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![(1, None), (2, None), (3, Some(1))]);
+        let recent: Vec<u64> = s.recent().iter().map(|c| c.seq).collect();
+        assert_eq!(recent, vec![1, 2, 3]);
+        let t = text_of(s.doc());
+        assert!(t.contains('m') && t.contains("xy"), "{t}");
+    }
+}
