@@ -6,7 +6,6 @@
 //! [`DocState`] (with its `Presence`) and [`protocol`], which do no I/O. This crate never touches a
 //! socket: transports live in the server crate.
 
-mod batch;
 pub mod changes;
 mod cpu;
 mod cpu_budget;

@@ -23,7 +23,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::room::Command;
+use super::Command;
 use crate::EngineConfig;
 
 /// Most commands handled in one batch (one flush).

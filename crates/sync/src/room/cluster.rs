@@ -1,0 +1,181 @@
+//! What a room hears from and tells other nodes (cluster mode): changes
+//! they stored, the rebase after an append they beat, presence both ways,
+//! and the document's deletion. Once loaded, a room asks the other nodes
+//! for the presence their connections hold before serving anyone, so that
+//! no connection here can claim a client id that is live on another node.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use weft_storage::{LogEntry, PeerEvent, StorageError};
+
+use super::commit::{log_entries, Deferred};
+use super::{recv_from, Room};
+use crate::doc_state::{Delivery, Effects};
+use crate::session::{CloseReason, Kind};
+
+/// How long a room that has just loaded waits for other nodes to tell it
+/// their presence (cluster mode) before it serves anyone regardless.
+const PEER_PRESENCE_WAIT: Duration = Duration::from_secs(1);
+
+impl Room {
+    /// Cluster mode: asks the other nodes for the presence their
+    /// connections hold and takes every answer (or waits
+    /// `PEER_PRESENCE_WAIT`) before serving anyone. `false` when the
+    /// document was deleted meanwhile.
+    pub(super) async fn learn_peers_presence(&mut self) -> bool {
+        if self.peers.is_none() {
+            return true;
+        }
+        let expected = match self.cx.store.ask_presence(&self.name).await {
+            Ok(expected) => expected,
+            Err(e) => {
+                warn!(doc = %self.name, error = %e, "could not ask other nodes for their presence");
+                return true;
+            }
+        };
+        let deadline = Instant::now() + PEER_PRESENCE_WAIT;
+        let mut answered = 0;
+        while answered < expected {
+            let heard = tokio::time::timeout_at(deadline, recv_from(&mut self.peers)).await;
+            let Ok(Some(event)) = heard else {
+                warn!(doc = %self.name, answered, expected, "not every node told its presence in time");
+                break;
+            };
+            answered += usize::from(matches!(event, PeerEvent::PresenceAnswer(_)));
+            if !self.on_peer_event(event).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// What another node said (cluster mode). `false` when the room must
+    /// stop: the document was deleted.
+    pub(super) async fn on_peer_event(&mut self, event: PeerEvent) -> bool {
+        use yrs::updates::encoder::Encode;
+        match event {
+            PeerEvent::Presence(update) | PeerEvent::PresenceAnswer(update) => {
+                let mut fx = Effects::default();
+                self.state.apply_remote_presence(&update, &mut fx);
+                self.deliver(fx);
+            }
+            PeerEvent::PresenceWanted { asker } => {
+                let mine = self.state.local_presence().encode_v1();
+                if let Err(e) = self
+                    .cx
+                    .store
+                    .answer_presence(&self.name, asker, &mine)
+                    .await
+                {
+                    debug!(doc = %self.name, error = %e, "presence question not answered");
+                }
+            }
+            PeerEvent::Deleted => {
+                self.deleted_elsewhere();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// After a refused append: reads what other nodes stored from `first`
+    /// on, rebases this batch's changes after it and fixes up what already
+    /// refers to their old numbers. Returns the batch's changes renumbered.
+    pub(super) async fn catch_up(
+        &mut self,
+        first: u64,
+        fx: &mut Effects,
+        deferred: &mut [Deferred],
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let remote = self
+            .cx
+            .store
+            .read_log(&self.name, first.saturating_sub(1), usize::MAX)
+            .await?;
+        let cpu = self.cx.cpu.clone();
+        let state = &mut self.state;
+        let shift =
+            cpu.run(|| state.rebase(&remote, fx))
+                .await
+                .map_err(|gap| StorageError::Io {
+                    action: "catching up with other nodes",
+                    reason: gap.to_string(),
+                })?;
+        self.unsnapshotted += shift;
+        // Viewers that joined during the batch were told its old numbers.
+        for sub in self.subscribers.values_mut() {
+            if let Kind::Viewer { after } = &mut sub.kind {
+                if *after >= first {
+                    *after = first - 1;
+                }
+            }
+        }
+        for d in deferred.iter_mut() {
+            let id = match d {
+                Deferred::Applied(_, Ok(Some(id))) | Deferred::Changed(_, Some(id), _) => id,
+                _ => continue,
+            };
+            if id.seq >= first {
+                id.seq += shift;
+            }
+        }
+        Ok(log_entries(&fx.changes))
+    }
+
+    /// Presence changes made here go to the other nodes (cluster mode).
+    pub(super) async fn publish_presence(&self, fx: &Effects) {
+        use yrs::updates::encoder::Encode;
+        // One process alone (the embedded store, which has no shared log to
+        // follow): nobody to tell, and no reason to encode every cursor move
+        // a second time. Keyed on the store, not on hearing other nodes: a
+        // node whose subscription failed still tells the others.
+        if self.remote.is_none() {
+            return;
+        }
+        for d in &fx.deliveries {
+            if let Delivery::Presence(update) = d {
+                if let Err(e) = self
+                    .cx
+                    .store
+                    .publish_presence(&self.name, &update.encode_v1())
+                    .await
+                {
+                    debug!(doc = %self.name, error = %e, "presence not published");
+                }
+            }
+        }
+    }
+
+    /// Changes other nodes stored (cluster mode), in order.
+    pub(super) async fn handle_stored_elsewhere(&mut self, entries: Vec<LogEntry>) {
+        let mut fx = Effects::default();
+        let cpu = self.cx.cpu.clone();
+        let state = &mut self.state;
+        let applied = cpu.run(|| state.apply_stored(&entries, &mut fx)).await;
+        self.deliver(fx);
+        match applied {
+            Ok(fresh) => {
+                self.unsnapshotted += fresh;
+                // Another node stored a change: the document exists.
+                self.exists |= fresh > 0;
+            }
+            // Trimmed past this node's position: the store has it all.
+            Err(gap) => self.reload(&gap.to_string()).await,
+        }
+        if self.state.is_poisoned() {
+            self.reload("a change stored by another node did not apply")
+                .await;
+        }
+    }
+
+    /// Another node deleted the document (cluster mode): its connections
+    /// here end as they would on the node that deleted it, and memory is
+    /// not left holding what the store no longer has.
+    fn deleted_elsewhere(&mut self) {
+        self.let_go(CloseReason::Deleted);
+        info!(doc = %self.name, "document deleted by another node");
+    }
+}

@@ -1,0 +1,162 @@
+//! A writer's updates, from a connection or from outside any (the HTTP
+//! API, an import), with what bounds them: the document's size limit, the
+//! creation limit for a change that would create the document, and the
+//! writer's CPU budget.
+//!
+//! **Each writer has a CPU budget.** Every update's integration is timed
+//! (CPU time of the thread, from the injected [`Clock`](crate::Clock)) and
+//! charged to its connection ([`CpuBudget`](crate::cpu_budget::CpuBudget));
+//! a connection past its budget is closed with [`CloseReason::TooCostly`].
+//! The update that overran was integrated, so it is stored and delivered
+//! like any other: memory matches the disk. The same timings say what
+//! loading the document would replay: once the changes since the last
+//! snapshot took `snapshot_after_cpu` to integrate (or the load itself took
+//! that long), the room snapshots at once, so a costly history is replayed
+//! at most once.
+
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::Room;
+use crate::cpu_budget::Overrun;
+use crate::creation::{retry_after_secs, ClientAddr};
+use crate::doc_state::{Access, ConnId, Effects};
+use crate::guard::guarded;
+use crate::protocol::{self, ClientUpdate, Inbound};
+use crate::session::CloseReason;
+use crate::{EventId, RoomError};
+
+impl Room {
+    /// Messages from one connection. Each update's CPU time is charged to
+    /// the connection; past its budget the connection is closed, and the
+    /// update stays (it was integrated, so it is stored like any other).
+    pub(super) fn receive(
+        &mut self,
+        conn: ConnId,
+        messages: Vec<Inbound>,
+        bytes: usize,
+        fx: &mut Effects,
+    ) {
+        let Some((access, client)) = self.subscribers.get(&conn).map(|s| (s.access, s.client))
+        else {
+            return; // already closed; drop what it still sent
+        };
+        let writes = access == Access::ReadWrite && messages.iter().any(Inbound::is_update);
+        if writes {
+            if let Err(rejection) = self.state.admits(bytes) {
+                warn!(doc = %self.name, conn, %rejection, "closing connection");
+                self.kick(conn, CloseReason::TooLarge(rejection.to_string()), fx);
+                return;
+            }
+        }
+        for message in messages {
+            if let (Inbound::Update(update), Access::ReadWrite) = (&message, access) {
+                if let Err(wait) = self.may_create(client, update, fx) {
+                    warn!(doc = %self.name, conn, "too many new documents from this address; closing connection");
+                    let retry_after_secs = retry_after_secs(wait);
+                    self.kick(
+                        conn,
+                        CloseReason::TooManyNewDocuments { retry_after_secs },
+                        fx,
+                    );
+                    break;
+                }
+            }
+            let before = message.is_update().then(|| self.cx.clock.thread_cpu());
+            let result = self.state.receive(conn, access, message, fx);
+            let within = match before {
+                Some(before) => {
+                    let took = self.cx.clock.thread_cpu().saturating_sub(before);
+                    self.charge(conn, took)
+                }
+                None => Ok(()),
+            };
+            if let Err(rejection) = result {
+                warn!(doc = %self.name, conn, %rejection, "closing connection");
+                self.kick(conn, CloseReason::Rejected(rejection.to_string()), fx);
+                break;
+            }
+            if let Err(overrun) = within {
+                warn!(doc = %self.name, conn, %overrun, "closing connection: past its CPU budget");
+                metrics::counter!("weft_cpu_budget_disconnects_total", "limit" => overrun.label())
+                    .increment(1);
+                self.kick(conn, CloseReason::TooCostly(overrun.to_string()), fx);
+                break;
+            }
+        }
+        // Others its presence crowded out of the document's budget.
+        for (other, rejection) in std::mem::take(&mut fx.closes) {
+            warn!(doc = %self.name, conn = other, %rejection, "closing connection");
+            self.kick(other, CloseReason::Rejected(rejection.to_string()), fx);
+        }
+    }
+
+    /// Charges an update's CPU time to `conn`; it also counts towards what
+    /// loading the document would replay.
+    fn charge(&mut self, conn: ConnId, took: Duration) -> Result<(), Overrun> {
+        metrics::histogram!("weft_update_cpu_seconds").record(took.as_secs_f64());
+        self.replay_cost += took;
+        let now = Duration::from_millis(self.cx.clock.now_ms());
+        self.budget.charge(conn, took, now)
+    }
+
+    /// Applies a Yjs v1 update that came from outside any connection (the
+    /// HTTP API, an import): the id of the change it made, if any.
+    pub(super) fn apply_from_outside(
+        &mut self,
+        update: &[u8],
+        client: Option<ClientAddr>,
+        fx: &mut Effects,
+    ) -> Result<Option<EventId>, RoomError> {
+        let before = fx.changes.len();
+        self.state
+            .admits(update.len())
+            .map_err(|e| RoomError::TooLarge(e.to_string()))?;
+        let update =
+            protocol::decode_update(update).map_err(|e| RoomError::Rejected(e.to_string()))?;
+        self.may_create(client, &update, fx)
+            .map_err(|wait| RoomError::TooManyNewDocuments {
+                retry_after_secs: retry_after_secs(wait),
+            })?;
+        let cpu_before = self.cx.clock.thread_cpu();
+        let applied = self.state.apply_external(update, fx);
+        self.replay_cost += self.cx.clock.thread_cpu().saturating_sub(cpu_before);
+        applied.map_err(|r| RoomError::Rejected(r.to_string()))?;
+        Ok(fx.changes[before..].last().map(|c| self.event_id(c.seq)))
+    }
+
+    /// Whether the document exists, counting a change this batch is about
+    /// to store (which creates it).
+    pub(super) fn exists_with(&self, fx: &Effects) -> bool {
+        self.exists || !fx.changes.is_empty()
+    }
+
+    /// Whether `client` may apply `update` as far as creating the document
+    /// goes: yes unless it would create the document and the creation
+    /// limit refuses (`Err`: how long until it may). Only the first change
+    /// is asked about, so two first writes in one batch count once.
+    fn may_create(
+        &self,
+        client: Option<ClientAddr>,
+        update: &ClientUpdate,
+        fx: &Effects,
+    ) -> Result<(), Duration> {
+        let (Some(limit), Some(client)) = (&self.cx.config.creation_limit, client) else {
+            return Ok(());
+        };
+        if self.exists_with(fx) {
+            return Ok(());
+        }
+        // A sync step 2 that brings nothing (every new editor's) creates
+        // nothing; if yrs fails to tell, the change counts.
+        let changes = guarded(|| self.state.would_change(&update.update)).unwrap_or(true);
+        if !changes {
+            return Ok(());
+        }
+        limit.admit(client).inspect_err(|_| {
+            metrics::counter!("weft_changes_refused_total", "reason" => "too_many_new_documents")
+                .increment(1);
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! A viewer's opening: it joins at a known sequence number and is sent
+//! the changes after the id it resumes from (from memory, else from the
+//! stored log) or a snapshot, then everyone's presence, in one buffer;
+//! live events follow from that number on, so a resumed viewer gets every
+//! change exactly once.
+
+use bytes::{Bytes, BytesMut};
+use tracing::warn;
+
+use super::{Reply, Room};
+use crate::doc_state::{Change, ConnId, Delivery, Effects};
+use crate::session::{Kind, Subscriber};
+use crate::{viewer, EventId};
+
+impl Room {
+    /// A viewer joins, if the document has room for it.
+    pub(super) async fn follow(
+        &mut self,
+        conn: ConnId,
+        mut subscriber: Subscriber,
+        resume: Option<EventId>,
+        reply: Reply<()>,
+        fx: &mut Effects,
+    ) {
+        if let Err(full) = self.has_room() {
+            let _ = reply.send(Err(full));
+        } else if reply.send(Ok(())).is_ok() {
+            // Changes up to here are in the opening payload;
+            // live events take over after them.
+            subscriber.kind = Kind::Viewer {
+                after: self.state.last_seq(),
+            };
+            let opening = self.opening_for_viewer(resume).await;
+            self.subscribers.insert(conn, subscriber);
+            fx.deliveries.push(Delivery::To(conn, opening));
+        }
+    }
+
+    /// What a new viewer is sent first: the changes after `resume` when they
+    /// can all be had (from memory, else from the log), otherwise a snapshot;
+    /// then everyone's presence. One buffer, so it takes one queue slot.
+    async fn opening_for_viewer(&mut self, resume: Option<EventId>) -> Bytes {
+        let replay = self.replay(resume).await;
+        let cpu = self.cx.cpu.clone();
+        cpu.run(|| self.opening(replay)).await
+    }
+
+    /// The opening itself, from the changes to replay if there are any.
+    fn opening(&mut self, replay: Option<Vec<Change>>) -> Bytes {
+        let incarnation = self.state.incarnation();
+        let mut out = BytesMut::new();
+        match replay {
+            Some(changes) => {
+                for change in &changes {
+                    out.extend_from_slice(&viewer::update_event(incarnation, change));
+                }
+            }
+            None => {
+                let id = EventId {
+                    incarnation,
+                    seq: self.state.last_seq(),
+                };
+                match self.state.encode_state() {
+                    Ok(state) => out.extend_from_slice(&viewer::snapshot_event(id, &state)),
+                    // Nothing to send now; the room reloads the document
+                    // after this batch and the viewer can reconnect.
+                    Err(e) => warn!(doc = %self.name, error = %e, "could not encode a snapshot"),
+                }
+            }
+        }
+        // Always sent, even when empty: a viewer that resumed learns that
+        // presence it still shows is gone.
+        out.extend_from_slice(&viewer::awareness_event(&self.state.presence_all()));
+        out.freeze()
+    }
+
+    /// Every change after `resume`, or `None` when that is not possible
+    /// (an id from another incarnation, from the future, or older than
+    /// what is retained).
+    async fn replay(&self, resume: Option<EventId>) -> Option<Vec<Change>> {
+        let id = resume?;
+        let last = self.state.last_seq();
+        if id.incarnation != self.state.incarnation() || id.seq > last {
+            return None;
+        }
+        let recent = self.state.recent();
+        let mut changes: Vec<Change> = if recent.front().is_some_and(|c| c.seq <= id.seq + 1)
+            || id.seq == last
+        {
+            Vec::new()
+        } else {
+            let wanted = usize::try_from(last - id.seq).ok()?;
+            let stored = self.cx.store.read_log(&self.name, id.seq, wanted).await;
+            match stored {
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(|e| Change {
+                        seq: e.seq,
+                        at_ms: e.at_ms,
+                        update: Bytes::from(e.update),
+                    })
+                    .collect(),
+                Err(e) => {
+                    warn!(doc = %self.name, error = %e, "could not read the log for a replay; sending a snapshot");
+                    return None;
+                }
+            }
+        };
+        let have = changes.last().map_or(id.seq, |c| c.seq);
+        changes.extend(recent.iter().filter(|c| c.seq > have).cloned());
+        let contiguous = changes
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.seq == id.seq + 1 + i as u64);
+        (contiguous && changes.len() as u64 == last - id.seq).then_some(changes)
+    }
+}
