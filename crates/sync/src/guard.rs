@@ -26,7 +26,7 @@ thread_local! {
 }
 
 /// Runs `f`; a panic inside it comes back as `Err(message)`.
-pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let outer = GUARDED.with(|g| g.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     GUARDED.with(|g| g.set(outer));

@@ -9,7 +9,7 @@
 pub mod changes;
 mod cpu;
 mod cpu_budget;
-pub mod creation;
+mod creation;
 mod doc_state;
 mod event_id;
 pub mod guard;
@@ -20,12 +20,12 @@ mod plausible;
 mod presence;
 pub mod protocol;
 mod replay;
-pub mod restore;
+mod restore;
 mod room;
 mod rooms;
 mod sections;
 mod session;
-pub mod viewer;
+mod viewer;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
