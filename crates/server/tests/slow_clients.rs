@@ -29,7 +29,7 @@
 //! whole 1 MiB) closed 35 of the 49 readers with 1013 while their sockets
 //! had room. The room now takes at most half of a connection's byte bound
 //! in one batch and lets connections take it before the next
-//! (`crates/sync/src/batch.rs`), so a burst alone never fills the queue of
+//! (`crates/sync/src/room/batch.rs`), so a burst alone never fills the queue of
 //! a reader that keeps up. Only a server that stays behind
 //! for longer (on this machine, seconds starved of CPU) can still close
 //! one: it then has more to send than it may hold. A reader that stops
