@@ -36,61 +36,79 @@ struct Figure {
     unit: &'static str,
 }
 
+/// Every figure the comparison shows, in table order.
 fn figures() -> Vec<Figure> {
-    let f = |scenario, label: &str, pointer: &str, unit| {
-        let pointer = pointer.to_owned();
-        Figure {
-            scenario,
-            label: label.to_owned(),
-            find: Box::new(move |v: &Value| at(v, &pointer)),
-            unit,
-        }
-    };
-    let mut all = Vec::new();
-    for (i, n) in ["100", "1,000", "5,000"].iter().enumerate() {
-        all.push(f(
-            "fanout",
-            &format!("fanout, 1 writer, {n} subs: p50"),
-            &format!("/steps/{i}/ws/p50_ms"),
-            "ms",
-        ));
-        all.push(f(
-            "fanout",
-            &format!("fanout, 1 writer, {n} subs: p99"),
-            &format!("/steps/{i}/ws/p99_ms"),
-            "ms",
-        ));
-        all.push(f(
-            "fanout",
-            &format!("fanout, 1 writer, {n} subs: server CPU"),
-            &format!("/steps/{i}/server_cpu_seconds"),
-            "s",
-        ));
-    }
-    all.push(f(
-        "fanout-writers",
-        "fanout, 200 writers: p50",
-        "/steps/0/ws/p50_ms",
-        "ms",
-    ));
-    all.push(f(
-        "fanout-writers",
-        "fanout, 200 writers: p99",
-        "/steps/0/ws/p99_ms",
-        "ms",
-    ));
-    all.push(f(
+    let mut all = fanout_figures();
+    all.push(pointer_figure(
         "idle",
         "idle: RSS per WebSocket",
         "/ws_bytes_per_connection",
         "B",
     ));
-    all.push(f(
+    all.push(pointer_figure(
         "ingest",
         "ingest automerge-paper: total",
         "/server_ms",
         "ms",
     ));
+    all.extend(join_figures());
+    all.extend(transport_figures());
+    all.push(pointer_figure(
+        "coldload",
+        "coldload automerge-paper",
+        "/cold_ms",
+        "ms",
+    ));
+    all
+}
+
+/// A figure read at a JSON pointer of its scenario's result.
+fn pointer_figure(
+    scenario: &'static str,
+    label: &str,
+    pointer: &str,
+    unit: &'static str,
+) -> Figure {
+    let pointer = pointer.to_owned();
+    Figure {
+        scenario,
+        label: label.to_owned(),
+        find: Box::new(move |v: &Value| at(v, &pointer)),
+        unit,
+    }
+}
+
+/// One writer to 100, 1,000 and 5,000 subscribers, then 200 writers.
+fn fanout_figures() -> Vec<Figure> {
+    let mut all = Vec::new();
+    for (i, n) in ["100", "1,000", "5,000"].iter().enumerate() {
+        for (what, field, unit) in [
+            ("p50", "ws/p50_ms", "ms"),
+            ("p99", "ws/p99_ms", "ms"),
+            ("server CPU", "server_cpu_seconds", "s"),
+        ] {
+            all.push(pointer_figure(
+                "fanout",
+                &format!("fanout, 1 writer, {n} subs: {what}"),
+                &format!("/steps/{i}/{field}"),
+                unit,
+            ));
+        }
+    }
+    for what in ["p50", "p99"] {
+        all.push(pointer_figure(
+            "fanout-writers",
+            &format!("fanout, 200 writers: {what}"),
+            &format!("/steps/0/ws/{what}_ms"),
+            "ms",
+        ));
+    }
+    all
+}
+
+/// 150 clients joining a trace document and a 20 MB one.
+fn join_figures() -> Vec<Figure> {
+    let mut all = Vec::new();
     for (label, run, field, unit) in [
         ("join 150 × trace doc: p99", 0, "/latency/p99_ms", "ms"),
         ("join 150 × 20 MB doc: p50", 1, "/latency/p50_ms", "ms"),
@@ -124,6 +142,12 @@ fn figures() -> Vec<Figure> {
             unit,
         });
     }
+    all
+}
+
+/// WebSocket latency and wire bytes per message at three payload sizes.
+fn transport_figures() -> Vec<Figure> {
+    let mut all = Vec::new();
     for (payload, size) in [(10u64, "10 B"), (1024, "1 KB"), (102_400, "100 KB")] {
         for (what, field, unit) in [
             ("p50", "/latency/p50_ms", "ms"),
@@ -148,7 +172,6 @@ fn figures() -> Vec<Figure> {
             });
         }
     }
-    all.push(f("coldload", "coldload automerge-paper", "/cold_ms", "ms"));
     all
 }
 

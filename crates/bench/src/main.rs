@@ -58,104 +58,12 @@ enum Scenario {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let json = match cli.scenario {
-        Scenario::Fanout(args) => {
-            let r = fanout::run(args).await?;
-            for s in &r.steps {
-                println!(
-                    "fanout: {} writers, {} subscribers, {} viewers, {} changes",
-                    s.writers, s.subscribers, s.viewers, s.changes_sent
-                );
-                print_latency("ws", s.ws, s.ws_deliveries_missing);
-                print_latency("sse", s.sse, s.sse_deliveries_missing);
-                if let (Some(cpu), Some(rss)) = (s.server_cpu_seconds, s.server_rss_kib) {
-                    println!("  server: {cpu:.2} CPU s, {} MiB RSS", rss / 1024);
-                }
-            }
-            to_json(&r)?
-        }
-        Scenario::Idle(args) => {
-            let r = idle::run(args).await?;
-            println!("idle: {} connections", r.connections);
-            println!(
-                "  ws:  {:.0} bytes of server RSS per connection",
-                r.ws_bytes_per_connection
-            );
-            if let Some(sse) = r.sse_bytes_per_viewer {
-                println!("  sse: {sse:.0} bytes of server RSS per viewer");
-            }
-            println!(
-                "  idle CPU: {:.2} µs per connection per second",
-                r.idle_cpu_microseconds_per_connection_second
-            );
-            to_json(&r)?
-        }
-        Scenario::Ingest(args) => {
-            let r = ingest::run(args).await?;
-            println!(
-                "ingest: {} changes ({} KB of updates) from {}",
-                r.changes,
-                r.update_bytes / 1000,
-                r.trace
-            );
-            println!("  in-process yrs apply: {:9.0} ms", r.in_process_ms);
-            println!(
-                "  server, all durable:  {:9.0} ms  ({:.0} changes/s, {:.2}× in-process)",
-                r.server_ms, r.changes_per_second, r.ratio_to_in_process
-            );
-            to_json(&r)?
-        }
-        Scenario::Join(args) => {
-            let r = join::run(args).await?;
-            for run in &r.runs {
-                println!(
-                    "join: {} clients, {} document ({:.1} MB): {} synced, {} failed",
-                    run.clients,
-                    run.document,
-                    run.document_bytes as f64 / 1e6,
-                    run.synced,
-                    run.failed
-                );
-                print_latency("  ", run.latency, 0);
-                if let Some(cpu) = run.server_cpu_seconds {
-                    println!("      server: {cpu:.2} CPU s");
-                }
-            }
-            to_json(&r)?
-        }
-        Scenario::Transports(args) => {
-            let r = transports::run(args).await?;
-            println!(
-                "{:10} {:>8} {:>9} {:>9} {:>9} {:>12} {:>8}",
-                "transport", "payload", "received", "p50 ms", "p99 ms", "wire B/msg", "wire/text"
-            );
-            for run in &r.runs {
-                let (p50, p99) = run
-                    .latency
-                    .map_or((f64::NAN, f64::NAN), |p| (p.p50_ms, p.p99_ms));
-                println!(
-                    "{:10} {:>8} {:>9} {:>9.3} {:>9.3} {:>12.0} {:>8.2}",
-                    run.transport,
-                    run.payload_bytes,
-                    format!("{}/{}", run.received, run.messages),
-                    p50,
-                    p99,
-                    run.wire_bytes_per_message,
-                    run.wire_to_text_ratio
-                );
-            }
-            to_json(&r)?
-        }
-        Scenario::Coldload(args) => {
-            let r = coldload::run(args).await?;
-            println!(
-                "coldload {}: {:.1} ms cold, {} warm (sync step 2 of {} KB)",
-                r.doc,
-                r.cold_ms,
-                r.warm_ms.map_or("–".into(), |w| format!("{w:.1} ms")),
-                r.step2_bytes / 1000
-            );
-            to_json(&r)?
-        }
+        Scenario::Fanout(args) => report(&fanout::run(args).await?, print_fanout)?,
+        Scenario::Idle(args) => report(&idle::run(args).await?, print_idle)?,
+        Scenario::Ingest(args) => report(&ingest::run(args).await?, print_ingest)?,
+        Scenario::Join(args) => report(&join::run(args).await?, print_join)?,
+        Scenario::Transports(args) => report(&transports::run(args).await?, print_transports)?,
+        Scenario::Coldload(args) => report(&coldload::run(args).await?, print_coldload)?,
         Scenario::Compare(args) => {
             println!("{}", compare::run(args)?);
             return Ok(());
@@ -165,6 +73,110 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&path, json)?;
     }
     Ok(())
+}
+
+/// Prints a scenario's result for a person and returns it as JSON.
+fn report<T: Serialize>(result: &T, print: fn(&T)) -> anyhow::Result<String> {
+    print(result);
+    to_json(result)
+}
+
+/// What a fanout run found, for a person.
+fn print_fanout(r: &fanout::FanoutLadder) {
+    for s in &r.steps {
+        println!(
+            "fanout: {} writers, {} subscribers, {} viewers, {} changes",
+            s.writers, s.subscribers, s.viewers, s.changes_sent
+        );
+        print_latency("ws", s.ws, s.ws_deliveries_missing);
+        print_latency("sse", s.sse, s.sse_deliveries_missing);
+        if let (Some(cpu), Some(rss)) = (s.server_cpu_seconds, s.server_rss_kib) {
+            println!("  server: {cpu:.2} CPU s, {} MiB RSS", rss / 1024);
+        }
+    }
+}
+
+/// What a idle run found, for a person.
+fn print_idle(r: &idle::IdleResult) {
+    println!("idle: {} connections", r.connections);
+    println!(
+        "  ws:  {:.0} bytes of server RSS per connection",
+        r.ws_bytes_per_connection
+    );
+    if let Some(sse) = r.sse_bytes_per_viewer {
+        println!("  sse: {sse:.0} bytes of server RSS per viewer");
+    }
+    println!(
+        "  idle CPU: {:.2} µs per connection per second",
+        r.idle_cpu_microseconds_per_connection_second
+    );
+}
+
+/// What a ingest run found, for a person.
+fn print_ingest(r: &ingest::IngestResult) {
+    println!(
+        "ingest: {} changes ({} KB of updates) from {}",
+        r.changes,
+        r.update_bytes / 1000,
+        r.trace
+    );
+    println!("  in-process yrs apply: {:9.0} ms", r.in_process_ms);
+    println!(
+        "  server, all durable:  {:9.0} ms  ({:.0} changes/s, {:.2}× in-process)",
+        r.server_ms, r.changes_per_second, r.ratio_to_in_process
+    );
+}
+
+/// What a join run found, for a person.
+fn print_join(r: &join::JoinResult) {
+    for run in &r.runs {
+        println!(
+            "join: {} clients, {} document ({:.1} MB): {} synced, {} failed",
+            run.clients,
+            run.document,
+            run.document_bytes as f64 / 1e6,
+            run.synced,
+            run.failed
+        );
+        print_latency("  ", run.latency, 0);
+        if let Some(cpu) = run.server_cpu_seconds {
+            println!("      server: {cpu:.2} CPU s");
+        }
+    }
+}
+
+/// What a transports run found, for a person.
+fn print_transports(r: &transports::TransportsResult) {
+    println!(
+        "{:10} {:>8} {:>9} {:>9} {:>9} {:>12} {:>8}",
+        "transport", "payload", "received", "p50 ms", "p99 ms", "wire B/msg", "wire/text"
+    );
+    for run in &r.runs {
+        let (p50, p99) = run
+            .latency
+            .map_or((f64::NAN, f64::NAN), |p| (p.p50_ms, p.p99_ms));
+        println!(
+            "{:10} {:>8} {:>9} {:>9.3} {:>9.3} {:>12.0} {:>8.2}",
+            run.transport,
+            run.payload_bytes,
+            format!("{}/{}", run.received, run.messages),
+            p50,
+            p99,
+            run.wire_bytes_per_message,
+            run.wire_to_text_ratio
+        );
+    }
+}
+
+/// What a coldload run found, for a person.
+fn print_coldload(r: &coldload::ColdloadResult) {
+    println!(
+        "coldload {}: {:.1} ms cold, {} warm (sync step 2 of {} KB)",
+        r.doc,
+        r.cold_ms,
+        r.warm_ms.map_or("–".into(), |w| format!("{w:.1} ms")),
+        r.step2_bytes / 1000
+    );
 }
 
 fn print_latency(name: &str, p: Option<Percentiles>, missing: usize) {
