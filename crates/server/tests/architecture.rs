@@ -139,3 +139,120 @@ fn release_builds_check_yrs_arithmetic_on_client_clocks() {
         );
     }
 }
+
+/// Dependency names in a crate's `[dev-dependencies]` table.
+fn dev_dependencies(krate: &str) -> Vec<String> {
+    let table: toml::Table = manifest(krate).parse().expect("valid TOML");
+    table
+        .get("dev-dependencies")
+        .and_then(toml::Value::as_table)
+        .map(|deps| deps.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn tests_respect_the_dependency_direction_too() {
+    let storage = dev_dependencies("storage");
+    assert!(
+        !storage.iter().any(|d| d.starts_with("weft-")),
+        "{storage:?}"
+    );
+    let sync = dev_dependencies("sync");
+    assert!(!sync.contains(&"weft-server".to_owned()), "{sync:?}");
+}
+
+#[test]
+fn configuration_never_touches_the_process_environment() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates"), &mut files);
+    for f in files {
+        let text = fs::read_to_string(&f).expect("source");
+        for needle in [concat!("set", "_var("), concat!("remove", "_var(")] {
+            assert!(!text.contains(needle), "{} calls {needle}", f.display());
+        }
+    }
+}
+
+/// The longest a function outside tests may be, in lines.
+const LONGEST_FUNCTION: usize = 100;
+
+/// Each function of a rustfmt-formatted file before its tests, with its
+/// length in lines: from its `fn` line to the `}` at the same indentation.
+fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        let Some(name) = function_name(line) else {
+            continue;
+        };
+        let indent = &line[..line.len() - line.trim_start().len()];
+        // The signature may span lines; a declaration without a body ends in `;`.
+        let Some(open) = (i..lines.len()).find(|&j| {
+            let l = lines[j].trim_end();
+            l.ends_with('{') || l.ends_with(';') || l.ends_with('}')
+        }) else {
+            continue;
+        };
+        if !lines[open].trim_end().ends_with('{') {
+            continue;
+        }
+        let close = format!("{indent}}}");
+        if let Some(end) = (open + 1..lines.len()).find(|&j| lines[j] == close) {
+            found.push((name, i + 1, end - i + 1));
+        }
+    }
+    found
+}
+
+/// The name of the function a line starts, if it starts one.
+fn function_name(line: &str) -> Option<String> {
+    let mut words = line.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        match word {
+            "fn" => {
+                let name = words.next()?;
+                let end = name.find(['(', '<']).unwrap_or(name.len());
+                return Some(name[..end].to_owned());
+            }
+            "pub" | "async" | "const" | "unsafe" => continue,
+            w if w.starts_with("pub(") => continue,
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn no_function_outside_tests_is_longer_than_a_hundred_lines() {
+    let mut files = Vec::new();
+    for krate in ["storage", "sync", "server", "bench"] {
+        rust_files(&root().join("crates").join(krate).join("src"), &mut files);
+    }
+    let mut long = Vec::new();
+    for f in files {
+        let text = fs::read_to_string(&f).expect("source");
+        for (name, line, length) in function_lengths(&text) {
+            if length > LONGEST_FUNCTION {
+                long.push(format!("{}:{line} {name}: {length} lines", f.display()));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions longer than {LONGEST_FUNCTION} lines; split them into named steps:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_function_length_rule_sees_functions() {
+    let text = "fn short() {\n    1\n}\n\npub(crate) async fn longer(\n    a: u8,\n) -> u8 {\n    a\n}\n\nfn declared();\n";
+    let found = function_lengths(text);
+    assert_eq!(
+        found,
+        vec![("short".to_owned(), 1, 3), ("longer".to_owned(), 5, 5)]
+    );
+}
