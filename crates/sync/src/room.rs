@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use weft_storage::{
-    DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, SnapshotReason, StorageError,
+    DocMeta, DocName, EngineStore, LogEntry, NewSnapshot, PeerEvent, SnapshotReason, StorageError,
 };
 
 use yrs::StateVector;
@@ -230,7 +230,7 @@ enum Deferred {
 
 /// Everything a room needs besides its document.
 pub(crate) struct RoomContext {
-    pub store: Arc<dyn DocumentStore>,
+    pub store: Arc<dyn EngineStore>,
     pub config: Arc<EngineConfig>,
     pub clock: Arc<dyn Clock>,
     pub rooms: Arc<RoomMap>,
