@@ -15,6 +15,31 @@
 //! [`ArchiveRestore`] and [`WebhookOutbox`], so handing it to a part that
 //! needs those does not compile. [`EngineStore`] is the roles the document
 //! engine needs.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use weft_storage::{ArchiveRestore, SledStore, WebhookOutbox};
+//! fn roles(store: SledStore) -> (Arc<dyn WebhookOutbox>, Arc<dyn ArchiveRestore>) {
+//!     let store = Arc::new(store);
+//!     (store.clone(), store)
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! use std::sync::Arc;
+//! use weft_storage::{RedisStore, WebhookOutbox};
+//! fn roles(store: RedisStore) -> Arc<dyn WebhookOutbox> {
+//!     Arc::new(store) // Redis keeps no webhook queue
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! use std::sync::Arc;
+//! use weft_storage::{ArchiveRestore, RedisStore};
+//! fn roles(store: RedisStore) -> Arc<dyn ArchiveRestore> {
+//!     Arc::new(store) // Redis takes no backup restores
+//! }
+//! ```
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;

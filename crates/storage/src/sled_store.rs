@@ -33,6 +33,8 @@ mod tests;
 mod verify;
 mod webhooks;
 
+pub use health::Recovery;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ use tokio::sync::mpsc;
 use crate::clock::now_ms;
 use crate::disk_guard::{DiskGuard, Op};
 use crate::unstored::Unstored;
+use health::READINESS_BUDGET;
 
 use crate::record::{
     self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
@@ -56,9 +59,6 @@ use crate::{
 
 /// How long a sled call may take by default before the store counts as failed.
 pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub use health::Recovery;
-use health::READINESS_BUDGET;
 
 /// A document store in a sled database.
 #[derive(Debug, Clone)]
