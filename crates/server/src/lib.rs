@@ -27,6 +27,7 @@ mod peer;
 mod serve;
 mod shutdown;
 mod sse;
+mod store;
 mod store_health;
 mod telemetry;
 mod tls;

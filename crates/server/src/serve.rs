@@ -16,12 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use weft_storage::{DocumentStore, RedisStore, RetentionPolicy, SledStore};
+use weft_storage::{Catalogue, DocumentStore, RedisStore, RetentionPolicy, SledStore};
 use weft_sync::changes::ChangeFeed;
 use weft_sync::{Rooms, SystemClock};
 
 use crate::accept::{self, Edge};
-use crate::admin::ops::LocalAdmin;
 use crate::admin_key;
 use crate::admin_throttle::FailureThrottle;
 use crate::app::{self, AppState};
@@ -29,27 +28,24 @@ use crate::auth::Authenticator;
 use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
 use crate::shutdown;
+use crate::store::{reported, Store, WEBHOOKS_NEED_EMBEDDED};
 use crate::store_health::{self, RestartReason};
 use crate::telemetry;
 use crate::tls;
 use crate::webhooks::{self, WebhookConfig};
 
-/// The embedded sled store (also returned as itself, for its health), or
-/// Redis in cluster mode.
-async fn open_store(
-    config: &ServeConfig,
-) -> anyhow::Result<(Arc<dyn DocumentStore>, Option<SledStore>)> {
+/// The embedded sled store, or Redis in cluster mode. What Redis cannot do
+/// (webhooks) is refused before connecting to it.
+async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
     if let Some(url) = &config.redis {
-        anyhow::ensure!(
-            config.webhook_urls.is_empty(),
-            "webhooks are not available in cluster mode (--redis) yet; drop --webhook-url or run one node"
-        );
-        let store = RedisStore::connect(url.expose()).await?;
+        anyhow::ensure!(config.webhook_urls.is_empty(), WEBHOOKS_NEED_EMBEDDED);
+        let store = RedisStore::connect(url.expose()).await.map_err(reported)?;
         store
             .check_writable()
             .await
+            .map_err(reported)
             .context("Redis does not take writes")?;
-        return Ok((Arc::new(store), None));
+        return Ok(Store::Cluster(Arc::new(store)));
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -57,21 +53,29 @@ async fn open_store(
             config.data_dir.display()
         )
     })?;
-    let store = SledStore::open(&config.data_dir)?.with_timeout(config.storage_timeout);
+    let store = SledStore::open(&config.data_dir)
+        .map_err(reported)?
+        .with_timeout(config.storage_timeout);
     store
         .check_disk_writable()
         .await
+        .map_err(reported)
         .context("the data directory is not writable")?;
-    Ok((Arc::new(store.clone()), Some(store)))
+    Ok(Store::Embedded(Arc::new(store)))
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     telemetry::install()?;
-    let (store, embedded) = open_store(&config).await?;
-    let store_probe = store.clone();
+    let store = open_store(&config).await?;
     let changes = Arc::new(ChangeFeed::default());
-    let mut rooms = Rooms::new(store.clone(), config.engine(), Arc::new(SystemClock));
-    let webhooks = webhook_config(&config)?;
+    let mut rooms = Rooms::new(store.engine(), config.engine(), Arc::new(SystemClock));
+    let webhooks = match webhook_config(&config)? {
+        Some(webhooks) => {
+            let outbox = store.webhook_outbox().context(WEBHOOKS_NEED_EMBEDDED)?;
+            Some((webhooks, outbox))
+        }
+        None => None,
+    };
     if webhooks.is_some() {
         rooms = rooms.with_change_feed(changes.clone());
     }
@@ -90,7 +94,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config: config.clone(),
         auth,
         rooms: rooms.clone(),
-        admin: LocalAdmin::new(store.clone(), rooms.clone()),
+        admin: store.admin(rooms.clone()),
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
         connection_limit: ConnectionLimit::new(config.max_connections),
@@ -98,15 +102,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config.admin_failure_burst,
             config.admin_failure_interval,
         ),
-        store_probe,
+        store_probe: store.readiness(),
     });
     let router = app::router(state.clone());
-    if let Some(webhooks) = &webhooks {
+    if let Some((webhooks, outbox)) = &webhooks {
         info!(urls = webhooks.urls.len(), "change webhooks on");
         webhooks::start(
             webhooks.clone(),
             changes.clone(),
-            store.clone(),
+            outbox.clone(),
             &state.connections,
             state.shutdown.clone(),
         );
@@ -127,7 +131,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }));
     }
     let restart = RestartReason::default();
-    if let Some(embedded) = &embedded {
+    if let Some(embedded) = store.embedded() {
         tokio::spawn(store_health::watch(
             embedded.clone(),
             state.shutdown.clone(),
@@ -135,7 +139,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ));
     }
     state.connections.spawn(prune_snapshots(
-        store.clone(),
+        store.engine(),
         config.retention(),
         config.prune_interval,
         state.shutdown.clone(),
@@ -165,7 +169,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     .await;
 
     let deadline = config.shutdown_timeout;
-    let failed = embedded.as_ref().and_then(SledStore::failure);
+    let failed = store.embedded().and_then(SledStore::failure);
     shutdown::exit_after(
         deadline,
         if failed.is_some() || restart.get().is_some() {
@@ -180,8 +184,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         state.connections.close();
         state.connections.wait().await;
         rooms.shut_down().await;
-        if let Some(webhooks) = &webhooks {
-            webhooks::queue_pending(webhooks, &changes, store.as_ref()).await;
+        if let Some((webhooks, outbox)) = &webhooks {
+            webhooks::queue_pending(webhooks, &changes, outbox.as_ref()).await;
         }
     })
     .await;
@@ -198,7 +202,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
              supervisor restarts weft (every acknowledged change is on disk)"
         );
     }
-    if let Some(reason) = embedded.as_ref().and_then(SledStore::failure).or(failed) {
+    if let Some(reason) = store.embedded().and_then(SledStore::failure).or(failed) {
         anyhow::bail!(
             "stopped while the store was failing ({reason}): documents could not be \
              snapshotted, but every acknowledged change is in the log on disk"
@@ -266,8 +270,8 @@ fn authenticator(config: &ServeConfig) -> anyhow::Result<Option<Authenticator>> 
 }
 
 /// Applies the snapshot retention policy to every document, now and then.
-async fn prune_snapshots(
-    store: Arc<dyn DocumentStore>,
+async fn prune_snapshots<S: DocumentStore + Catalogue + ?Sized>(
+    store: Arc<S>,
     policy: RetentionPolicy,
     every: std::time::Duration,
     shutdown: CancellationToken,

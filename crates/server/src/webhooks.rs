@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use weft_storage::{DocName, DocumentStore, WebhookDelivery};
+use weft_storage::{DocName, WebhookDelivery, WebhookOutbox};
 use weft_sync::changes::{ChangeFeed, Pending};
 use weft_sync::EventId;
 
@@ -42,7 +42,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub fn start(
     config: WebhookConfig,
     feed: Arc<ChangeFeed>,
-    store: Arc<dyn DocumentStore>,
+    store: Arc<dyn WebhookOutbox>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -79,7 +79,7 @@ fn now_ms() -> u64 {
 async fn schedule(
     config: WebhookConfig,
     feed: Arc<ChangeFeed>,
-    store: Arc<dyn DocumentStore>,
+    store: Arc<dyn WebhookOutbox>,
     queued: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -105,11 +105,11 @@ async fn schedule(
 
 /// Queues every notification still waiting out its debounce: at shutdown,
 /// after the last changes are stored, so none is lost to a restart.
-pub async fn queue_pending(config: &WebhookConfig, feed: &ChangeFeed, store: &dyn DocumentStore) {
+pub async fn queue_pending(config: &WebhookConfig, feed: &ChangeFeed, store: &dyn WebhookOutbox) {
     enqueue(config, feed.take_due(now_ms(), 0, 0), store).await;
 }
 
-async fn enqueue(config: &WebhookConfig, due: Vec<(DocName, Pending)>, store: &dyn DocumentStore) {
+async fn enqueue(config: &WebhookConfig, due: Vec<(DocName, Pending)>, store: &dyn WebhookOutbox) {
     if due.is_empty() {
         return;
     }
@@ -135,7 +135,7 @@ async fn send_all(
     url: String,
     secret: String,
     http: reqwest::Client,
-    store: Arc<dyn DocumentStore>,
+    store: Arc<dyn WebhookOutbox>,
     queued: Arc<Notify>,
     shutdown: CancellationToken,
 ) {

@@ -379,6 +379,71 @@ fn a_node_refuses_to_start_without_redis_and_says_why() {
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
 }
 
+#[test]
+fn a_node_refuses_webhooks_before_connecting_and_says_why() {
+    // Webhook deliveries wait in the embedded store, which a cluster has
+    // not: refused at startup, before Redis is even tried.
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--redis", "redis://127.0.0.1:1"])
+        .args(["--webhook-url", "http://127.0.0.1:9/hook"])
+        .args(["--webhook-secret", "a-webhook-secret-for-the-test"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("webhooks need the embedded store")
+            && stderr.contains("--redis")
+            && stderr.contains("--webhook-url"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot reach Redis"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_backup_into_a_cluster_is_refused_and_says_why() {
+    const ADMIN: &str = "cluster-admin-key-for-restores-0123456789";
+    let redis = RedisServer::start();
+    let node = redis.node(&["--admin-key", ADMIN]);
+    let mut viewer = open_stream(&node.addr, "/sse/kept", &[]).await;
+    let mut editor = Editor::connect(&node.url("kept"), Doc::new()).await;
+    editor.type_text("kept").await;
+    timeout(
+        WAIT,
+        view_until(&mut viewer, &Doc::new(), &["kept".to_owned()]),
+    )
+    .await
+    .expect("the change is stored");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("cluster.backup");
+    let file = file.to_str().expect("utf8");
+    let weft = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(args)
+            .args(["--server", &format!("http://{}", node.addr)])
+            .args(["--admin-key", ADMIN])
+            .output()
+            .expect("runs")
+    };
+    let backup = weft(&["backup", "-o", file]);
+    assert!(
+        backup.status.success(),
+        "a cluster's documents back up: {}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let restore = weft(&["backup", "restore", file]);
+    assert!(!restore.status.success());
+    let stderr = String::from_utf8_lossy(&restore.stderr);
+    assert!(
+        stderr.contains("restoring a backup into Redis (cluster mode) is not supported")
+            && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+    assert_eq!(redis.cli(&["SCARD", "weft:docs"]), "1", "nothing changed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_document_on_one_node_lets_it_go_on_every_node() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

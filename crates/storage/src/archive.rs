@@ -51,6 +51,7 @@ fn encode(item: &Item, out: &mut Vec<u8>) -> Result<(), StorageError> {
     rmp_serde::encode::write(out, item).map_err(|e| StorageError::Encode {
         kind: "backup item",
         reason: e.to_string(),
+        source: Box::new(e),
     })
 }
 
@@ -119,10 +120,7 @@ pub fn write_all<W: Write>(
     count: u64,
     created_at_ms: u64,
 ) -> Result<(), StorageError> {
-    let io = |e: std::io::Error| StorageError::Io {
-        action: "writing a backup",
-        reason: e.to_string(),
-    };
+    let io = |e: std::io::Error| StorageError::backend("writing a backup", e);
     out.write_all(&header(count, created_at_ms)?).map_err(io)?;
     let mut written = 0;
     for dump in dumps {

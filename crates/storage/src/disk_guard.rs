@@ -110,16 +110,22 @@ impl DiskGuard {
         let deadline = op.deadline(self.timeout);
         let outcome = match self.call(deadline, f).await {
             Some(Ok(result)) => result,
-            Some(Err(panicked)) => Err(StorageError::Io {
+            Some(Err(panicked)) => Err(StorageError::Backend {
                 action,
                 reason: format!("storage task failed: {panicked}"),
+                source: Box::new(panicked),
             }),
             None => Err(StorageError::Timeout {
                 action,
                 after: deadline,
             }),
         };
-        if let Err(e @ (StorageError::Io { .. } | StorageError::Timeout { .. })) = &outcome {
+        if let Err(
+            e @ (StorageError::Io { .. }
+            | StorageError::Backend { .. }
+            | StorageError::Timeout { .. }),
+        ) = &outcome
+        {
             self.fail(e.to_string());
         }
         outcome

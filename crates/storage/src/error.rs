@@ -1,6 +1,15 @@
 //! `StorageError`: everything that can go wrong reading or writing documents.
+//!
+//! A failure that comes from an error of sled, Redis, the file system or
+//! MessagePack keeps that error as its [`source`](std::error::Error::source);
+//! the message already says what it said, so a report that prints the
+//! chain of sources repeats it.
 
 use std::path::PathBuf;
+
+/// The error underneath a storage failure (sled's, Redis', the file
+/// system's, MessagePack's), kept as it is.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -11,12 +20,29 @@ pub enum StorageError {
     Locked { path: PathBuf },
 
     #[error("could not open the data directory {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
+    Open {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: Cause,
+    },
 
+    /// Storage failed for a reason known only as text (a check's outcome
+    /// shared by several callers, a fault injected by a test).
     #[error("storage I/O failed while {action}: {reason}")]
     Io {
         action: &'static str,
         reason: String,
+    },
+
+    /// The store's backend (sled, Redis, the file system) failed: the same
+    /// message as [`Io`](StorageError::Io), with the backend's error kept.
+    #[error("storage I/O failed while {action}: {reason}")]
+    Backend {
+        action: &'static str,
+        reason: String,
+        #[source]
+        source: Cause,
     },
 
     #[error("storage did not finish {action} within {after:?}: the disk is stuck or very slow")]
@@ -36,6 +62,9 @@ pub enum StorageError {
         kind: &'static str,
         key: String,
         reason: String,
+        /// The decoder's error, when a record did not decode.
+        #[source]
+        source: Option<Cause>,
     },
 
     #[error(
@@ -56,7 +85,12 @@ pub enum StorageError {
     BadArchive(String),
 
     #[error("could not encode {kind}: {reason}")]
-    Encode { kind: &'static str, reason: String },
+    Encode {
+        kind: &'static str,
+        reason: String,
+        #[source]
+        source: Cause,
+    },
 
     #[error(
         "could not connect to Redis{target}: {reason}; check --redis and that Redis is running"
@@ -66,6 +100,9 @@ pub enum StorageError {
         /// URL itself, which may hold a password.
         target: String,
         reason: String,
+        /// Redis' error, when it gave one.
+        #[source]
+        source: Option<Cause>,
     },
 
     #[error(
@@ -79,7 +116,18 @@ pub enum StorageError {
 
     #[error("{0}; try again shortly")]
     Busy(&'static str),
+}
 
-    #[error("{0} is not available with this storage backend (cluster mode); use the embedded store for it")]
-    Unsupported(&'static str),
+impl StorageError {
+    /// The backend failed while doing `action`; its message is the reason.
+    pub(crate) fn backend(
+        action: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StorageError::Backend {
+            action,
+            reason: e.to_string(),
+            source: Box::new(e),
+        }
+    }
 }

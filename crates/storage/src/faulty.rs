@@ -1,17 +1,22 @@
 //! `FaultyStore`: a store that fails on command, for testing what the engine
-//! does when the disk does (full, I/O errors, corrupt data).
+//! does when the disk does (full, I/O errors, corrupt data). Built only
+//! with the `test-util` feature, which the crates above enable for their
+//! tests.
 //!
 //! It wraps a real store and passes everything through until told to fail
 //! appends or loads; it also counts loads, so tests can see a document is
-//! loaded once however many connections race for it.
+//! loaded once however many connections race for it. It plays each role
+//! the store it wraps plays.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
 use crate::{
-    Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
-    Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    Archive, ArchiveRestore, Catalogue, Corruption, DocDump, DocInfo, DocMeta, DocName,
+    DocumentStore, LogEntry, NewSnapshot, PeerEvent, Quarantined, Replication, RetentionPolicy,
+    Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery, WebhookOutbox,
 };
 
 #[derive(Debug)]
@@ -22,7 +27,7 @@ pub struct FaultyStore<S> {
     loads: AtomicUsize,
 }
 
-impl<S: DocumentStore> FaultyStore<S> {
+impl<S> FaultyStore<S> {
     pub fn new(inner: S) -> Self {
         FaultyStore {
             inner,
@@ -50,6 +55,17 @@ impl<S: DocumentStore> FaultyStore<S> {
     pub fn loads(&self) -> usize {
         self.loads.load(Ordering::SeqCst)
     }
+
+    /// A full disk, as a write that was told to fail sees it.
+    fn full_disk(&self, action: &'static str) -> Result<(), StorageError> {
+        if self.fail_appends.load(Ordering::SeqCst) {
+            return Err(StorageError::Io {
+                action,
+                reason: "No space left on device (injected fault)".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -65,6 +81,7 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
                 kind: "log record",
                 key: format!("{doc}#1"),
                 reason: "injected fault".into(),
+                source: None,
             });
         }
         self.inner.load(doc).await
@@ -76,12 +93,7 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
         meta: &DocMeta,
         entries: &[LogEntry],
     ) -> Result<(), StorageError> {
-        if self.fail_appends.load(Ordering::SeqCst) {
-            return Err(StorageError::Io {
-                action: "appending to the update log",
-                reason: "No space left on device (injected fault)".into(),
-            });
-        }
+        self.full_disk("appending to the update log")?;
         self.inner.append(doc, meta, entries).await
     }
 
@@ -96,14 +108,6 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
         limit: usize,
     ) -> Result<Vec<LogEntry>, StorageError> {
         self.inner.read_log(doc, after, limit).await
-    }
-
-    async fn list(&self) -> Result<Vec<DocName>, StorageError> {
-        self.inner.list().await
-    }
-
-    async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {
-        self.inner.info(doc).await
     }
 
     async fn list_snapshots(&self, doc: &DocName) -> Result<Vec<SnapshotInfo>, StorageError> {
@@ -127,32 +131,47 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
         self.inner.delete(doc).await
     }
 
-    async fn dump(&self, doc: &DocName) -> Result<Option<DocDump>, StorageError> {
-        self.inner.dump(doc).await
-    }
-
-    async fn restore_dump(&self, dump: DocDump) -> Result<(), StorageError> {
-        self.inner.restore_dump(dump).await
-    }
-
-    async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
-        self.inner.verify().await
-    }
-
     async fn quarantine(&self, doc: &DocName, parts: &[Quarantined]) -> Result<(), StorageError> {
-        if self.fail_appends.load(Ordering::SeqCst) {
-            return Err(StorageError::Io {
-                action: "setting changes aside",
-                reason: "No space left on device (injected fault)".into(),
-            });
-        }
+        self.full_disk("setting changes aside")?;
         self.inner.quarantine(doc, parts).await
     }
 
     async fn quarantined(&self, doc: &DocName) -> Result<Vec<Quarantined>, StorageError> {
         self.inner.quarantined(doc).await
     }
+}
 
+#[async_trait]
+impl<S: Catalogue> Catalogue for FaultyStore<S> {
+    async fn list(&self) -> Result<Vec<DocName>, StorageError> {
+        self.inner.list().await
+    }
+
+    async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {
+        self.inner.info(doc).await
+    }
+}
+
+#[async_trait]
+impl<S: Archive> Archive for FaultyStore<S> {
+    async fn dump(&self, doc: &DocName) -> Result<Option<DocDump>, StorageError> {
+        self.inner.dump(doc).await
+    }
+
+    async fn verify(&self) -> Result<Vec<Corruption>, StorageError> {
+        self.inner.verify().await
+    }
+}
+
+#[async_trait]
+impl<S: ArchiveRestore> ArchiveRestore for FaultyStore<S> {
+    async fn restore_dump(&self, dump: DocDump) -> Result<(), StorageError> {
+        self.inner.restore_dump(dump).await
+    }
+}
+
+#[async_trait]
+impl<S: WebhookOutbox> WebhookOutbox for FaultyStore<S> {
     async fn enqueue_webhooks(&self, d: &[WebhookDelivery]) -> Result<(), StorageError> {
         self.inner.enqueue_webhooks(d).await
     }
@@ -167,5 +186,40 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
 
     async fn ack_webhook(&self, id: u64) -> Result<(), StorageError> {
         self.inner.ack_webhook(id).await
+    }
+}
+
+#[async_trait]
+impl<S: Replication> Replication for FaultyStore<S> {
+    async fn watch(
+        &self,
+        doc: &DocName,
+        after: u64,
+    ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
+        self.inner.watch(doc, after).await
+    }
+
+    async fn watch_peers(
+        &self,
+        doc: &DocName,
+    ) -> Result<Option<mpsc::Receiver<PeerEvent>>, StorageError> {
+        self.inner.watch_peers(doc).await
+    }
+
+    async fn publish_presence(&self, doc: &DocName, update: &[u8]) -> Result<(), StorageError> {
+        self.inner.publish_presence(doc, update).await
+    }
+
+    async fn ask_presence(&self, doc: &DocName) -> Result<usize, StorageError> {
+        self.inner.ask_presence(doc).await
+    }
+
+    async fn answer_presence(
+        &self,
+        doc: &DocName,
+        asker: u64,
+        update: &[u8],
+    ) -> Result<(), StorageError> {
+        self.inner.answer_presence(doc, asker, update).await
     }
 }

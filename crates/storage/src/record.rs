@@ -317,6 +317,7 @@ pub(crate) fn encode<R: Versioned>(record: &R) -> Result<Vec<u8>, StorageError> 
     rmp_serde::to_vec(record).map_err(|e| StorageError::Encode {
         kind: R::KIND,
         reason: e.to_string(),
+        source: Box::new(e),
     })
 }
 
@@ -325,6 +326,7 @@ pub(crate) fn decode<R: Versioned>(key: &str, bytes: &[u8]) -> Result<R, Storage
         kind: R::KIND,
         key: key.to_owned(),
         reason: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     if record.version() > SCHEMA_VERSION {
         return Err(StorageError::NewerSchema {

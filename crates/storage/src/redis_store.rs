@@ -38,92 +38,46 @@
 //! and recreated): [`StorageError::Recreated`], and the room reloads. The
 //! set is the one key outside the document's hash slot that the script
 //! touches, as `delete` already did (weft talks to a single primary).
+//!
+//! Each Lua script is a file of its own beside this one (`redis_store/`),
+//! saying what it does and its KEYS and ARGV. What nodes tell each other
+//! (the `Replication` role) is in `redis_store/replication.rs`. Redis takes
+//! neither backup restores nor webhook deliveries: `RedisStore` does not
+//! play those roles.
+
+mod replication;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, Script, Value};
-use tokio::sync::mpsc;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Script};
 
+use crate::clock::now_ms;
 use crate::completeness::{self, DocRecords};
 use crate::record::{
     self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
 };
+use replication::{DELETED, EVENTS};
+
 use crate::{
-    Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore, LogEntry, NewSnapshot,
-    PeerEvent, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
-    WebhookDelivery, SCHEMA_VERSION,
+    Archive, Catalogue, Cause, Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore,
+    LogEntry, NewSnapshot, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError,
+    StoredDoc, SCHEMA_VERSION,
 };
 
-/// Loads metadata `KEYS[1]`: a never-written name gets `ARGV[1]` for
-/// `ARGV[2]` ms unless another node's provisional metadata is there, which
-/// is kept and renewed. Returns `{meta, exists}` (membership of `ARGV[3]`
-/// in the set `KEYS[2]`).
-const LOAD: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-if redis.call('PTTL', KEYS[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return {redis.call('GET', KEYS[1]), redis.call('SISMEMBER', KEYS[2], ARGV[3])}
-";
+/// See `redis_store/load.lua`: a name's metadata, provisional until stored.
+const LOAD: &str = include_str!("redis_store/load.lua");
 
-/// Appends entries (pairs of seq and record from ARGV[5]) only if the
-/// stored incarnation is the caller's and the newest sequence number is
-/// still ARGV[1]; returns `{1, new_last}`, `{0, current_last}` (another
-/// node appended first) or `{2, 0}` (another incarnation: reload).
-///
-/// KEYS: log, seq, meta, the set of names. ARGV[2]: the caller's metadata
-/// record, stored if there is none; ARGV[3]: its incarnation as
-/// MessagePack, compared with the stored record's (an array: a one-byte
-/// header, the schema version as a fixint or 0xcc/0xcd with 1 or 2 bytes,
-/// then the incarnation), so records of another schema version compare
-/// right; ARGV[4]: the document's name.
-const APPEND: &str = r"
-local meta = redis.call('GET', KEYS[3])
-if meta then
-  local at = 3
-  local version = string.byte(meta, 2)
-  if version == 0xcc then at = 4 elseif version == 0xcd then at = 5 end
-  if string.sub(meta, at, at + #ARGV[3] - 1) ~= ARGV[3] then return {2, 0} end
-elseif ARGV[1] ~= '0' then
-  return {2, 0}
-end
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if current ~= tonumber(ARGV[1]) then return {0, current} end
-if meta then redis.call('PERSIST', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[2]) end
-redis.call('SADD', KEYS[4], ARGV[4])
-local last = current
-for i = 5, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 'r', ARGV[i + 1])
-  last = tonumber(ARGV[i])
-end
-redis.call('SET', KEYS[2], last)
-return {1, last}
-";
+/// See `redis_store/append.lua`: changes, only if nobody appended first.
+const APPEND: &str = include_str!("redis_store/append.lua");
 
-/// Stores snapshot ARGV[1] (record ARGV[2], index entry ARGV[5]); it becomes the head only if it is at least as
-/// new as the head (a node that lags behind must not move it back), and the
-/// log is trimmed to ARGV[4] changes behind the head.
-const STORE_SNAPSHOT: &str = r"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[5])
-local head = tonumber(redis.call('GET', KEYS[3]) or '0')
-local seq = tonumber(ARGV[3])
-if seq >= head then
-  redis.call('SET', KEYS[2], ARGV[1])
-  redis.call('SET', KEYS[3], seq)
-  head = seq
-end
-local from = head - tonumber(ARGV[4]) + 1
-if from > 1 then redis.call('XTRIM', KEYS[4], 'MINID', '0-' .. from) end
-return 1
-";
+/// See `redis_store/store_snapshot.lua`: a snapshot, the head, the trim.
+const STORE_SNAPSHOT: &str = include_str!("redis_store/store_snapshot.lua");
 
-/// Deletes the lease only if this node still holds it.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
+/// See `redis_store/release.lua`: the compaction lease, if still ours.
+const RELEASE: &str = include_str!("redis_store/release.lua");
 
 /// How long to wait before reconnecting a follower after Redis went away.
 const RECONNECT: Duration = Duration::from_millis(250);
@@ -163,22 +117,16 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn io(action: &'static str) -> impl Fn(redis::RedisError) -> StorageError {
-    move |e| StorageError::Io {
+    move |e| StorageError::Backend {
         action,
         reason: format!("Redis: {e}"),
+        source: Box::new(e),
     }
 }
 
 fn key(doc: &DocName, what: &str) -> String {
     format!("weft:{{{doc}}}:{what}")
 }
-
-/// The channel nodes tell each other things on, and its message kinds.
-const EVENTS: &str = "events";
-const PRESENCE: u8 = 0;
-const DELETED: u8 = 1;
-const PRESENCE_WANTED: u8 = 2;
-const PRESENCE_ANSWER: u8 = 3;
 
 fn stream_id(seq: u64) -> String {
     format!("0-{seq}")
@@ -188,32 +136,19 @@ fn seq_of(id: &str) -> Option<u64> {
     id.strip_prefix("0-")?.parse().ok()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl RedisStore {
-    /// A message for the events channel: who sends it, what it is, payload.
-    fn event(&self, kind: u8, payload: &[u8]) -> Vec<u8> {
-        let mut message = Vec::with_capacity(9 + payload.len());
-        message.extend_from_slice(&self.node.to_le_bytes());
-        message.push(kind);
-        message.extend_from_slice(payload);
-        message
-    }
-
     /// Connects to Redis at `url` (`redis://[:password@]host:port/db`).
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
         let client = redis::Client::open(url).map_err(|e| StorageError::Connect {
             target: String::new(),
             reason: format!("bad Redis URL ({e})"),
+            source: Some(Box::new(e)),
         })?;
         let target = format!(" at {}", client.get_connection_info().addr);
-        let open = |reason: String| StorageError::Connect {
+        let open = |reason: String, source: Option<Cause>| StorageError::Connect {
             target: target.clone(),
             reason,
+            source,
         };
         // Retries wait 1 s, then 2 s (backon's exponential backoff: 1 s
         // times factor^n, capped): a Redis that is down fails startup fast.
@@ -226,9 +161,9 @@ impl RedisStore {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| open(format!("cannot reach Redis: {e}")))?;
+            .map_err(|e| open(format!("cannot reach Redis: {e}"), Some(Box::new(e))))?;
         let mut node = [0u8; 8];
-        getrandom::fill(&mut node).map_err(|e| open(e.to_string()))?;
+        getrandom::fill(&mut node).map_err(|e| open(e.to_string(), None))?;
         Ok(RedisStore {
             client,
             conn,
@@ -296,11 +231,13 @@ impl RedisStore {
                     kind: "log record",
                     key: at.clone(),
                     reason: "stream id is not 0-<seq>".into(),
+                    source: None,
                 })?;
                 let bytes: Vec<u8> = entry.get("r").ok_or_else(|| StorageError::Corrupt {
                     kind: "log record",
                     key: at.clone(),
                     reason: "no record field".into(),
+                    source: None,
                 })?;
                 let r: LogRecord = record::decode(&at, &bytes)?;
                 Ok(r.into_entry(seq))
@@ -344,16 +281,13 @@ fn encode_incarnation(incarnation: u64) -> Result<Vec<u8>, StorageError> {
     rmp_serde::to_vec(&incarnation).map_err(|e| StorageError::Encode {
         kind: "document metadata",
         reason: e.to_string(),
+        source: Box::new(e),
     })
 }
 
 fn decode_snapshot(doc: &DocName, id: u64, bytes: &[u8]) -> Result<Snapshot, StorageError> {
     let r: SnapshotRecord = record::decode(&format!("{} {id}", key(doc, "snapshots")), bytes)?;
     Ok(r.into_snapshot(id))
-}
-
-fn unsupported(what: &'static str) -> StorageError {
-    StorageError::Unsupported(what)
 }
 
 #[async_trait]
@@ -534,41 +468,6 @@ impl DocumentStore for RedisStore {
         Self::decode_entries(doc, reply)
     }
 
-    async fn list(&self) -> Result<Vec<DocName>, StorageError> {
-        let names: Vec<String> = self
-            .conn()
-            .smembers(DOCS)
-            .await
-            .map_err(io("listing documents"))?;
-        let mut docs: Vec<DocName> = names
-            .into_iter()
-            .filter_map(|n| DocName::new(n).ok())
-            .collect();
-        docs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        Ok(docs)
-    }
-
-    async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {
-        let Some(meta) = self.meta(doc).await? else {
-            return Ok(None);
-        };
-        let snapshots = self.list_snapshots(doc).await?;
-        let head_id = self.head_id(doc).await?;
-        let head = snapshots.iter().find(|s| Some(s.id) == head_id);
-        let log = self
-            .read_log(doc, head.map_or(0, |s| s.seq), usize::MAX)
-            .await?;
-        Ok(Some(DocInfo {
-            name: doc.clone(),
-            meta,
-            last_seq: self.last_seq(doc).await?,
-            last_change_ms: log.last().map(|e| e.at_ms),
-            size_bytes: head.map_or(0, |s| s.size)
-                + log.iter().map(|e| e.update.len() as u64).sum::<u64>(),
-            snapshots: snapshots.len(),
-        }))
-    }
-
     async fn list_snapshots(&self, doc: &DocName) -> Result<Vec<SnapshotInfo>, StorageError> {
         // The index, not the snapshots: listing must not read every state.
         let all: Vec<(u64, Vec<u8>)> = self
@@ -654,6 +553,85 @@ impl DocumentStore for RedisStore {
         Ok(removed > 0)
     }
 
+    async fn quarantine(&self, doc: &DocName, parts: &[Quarantined]) -> Result<(), StorageError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let mut fields = Vec::with_capacity(parts.len());
+        for part in parts {
+            let field = match part.snapshot {
+                None => format!("c{}", part.seq),
+                Some(id) => format!("s{id}"),
+            };
+            fields.push((field, record::encode(&QuarantineRecord::of(part))?));
+        }
+        let _: () = self
+            .conn()
+            .hset_multiple(key(doc, "quarantine"), &fields)
+            .await
+            .map_err(io("setting changes aside"))?;
+        Ok(())
+    }
+
+    async fn quarantined(&self, doc: &DocName) -> Result<Vec<Quarantined>, StorageError> {
+        let all: Vec<(String, Vec<u8>)> = self
+            .conn()
+            .hgetall(key(doc, "quarantine"))
+            .await
+            .map_err(io("reading changes set aside"))?;
+        let mut parts = all
+            .into_iter()
+            .map(|(field, bytes)| {
+                let at = format!("{} {field}", key(doc, "quarantine"));
+                let r: QuarantineRecord = record::decode(&at, &bytes)?;
+                Ok(r.into_part())
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        parts.sort_by_key(|p| (p.snapshot.is_some(), p.snapshot.unwrap_or(p.seq)));
+        Ok(parts)
+    }
+}
+
+#[async_trait]
+impl Catalogue for RedisStore {
+    async fn list(&self) -> Result<Vec<DocName>, StorageError> {
+        let names: Vec<String> = self
+            .conn()
+            .smembers(DOCS)
+            .await
+            .map_err(io("listing documents"))?;
+        let mut docs: Vec<DocName> = names
+            .into_iter()
+            .filter_map(|n| DocName::new(n).ok())
+            .collect();
+        docs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(docs)
+    }
+
+    async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {
+        let Some(meta) = self.meta(doc).await? else {
+            return Ok(None);
+        };
+        let snapshots = self.list_snapshots(doc).await?;
+        let head_id = self.head_id(doc).await?;
+        let head = snapshots.iter().find(|s| Some(s.id) == head_id);
+        let log = self
+            .read_log(doc, head.map_or(0, |s| s.seq), usize::MAX)
+            .await?;
+        Ok(Some(DocInfo {
+            name: doc.clone(),
+            meta,
+            last_seq: self.last_seq(doc).await?,
+            last_change_ms: log.last().map(|e| e.at_ms),
+            size_bytes: head.map_or(0, |s| s.size)
+                + log.iter().map(|e| e.update.len() as u64).sum::<u64>(),
+            snapshots: snapshots.len(),
+        }))
+    }
+}
+
+#[async_trait]
+impl Archive for RedisStore {
     async fn dump(&self, doc: &DocName) -> Result<Option<DocDump>, StorageError> {
         let Some(meta) = self.meta(doc).await? else {
             return Ok(None);
@@ -664,10 +642,6 @@ impl DocumentStore for RedisStore {
             snapshots: self.snapshot_records(doc).await?,
             log: self.read_log(doc, 0, usize::MAX).await?,
         }))
-    }
-
-    async fn restore_dump(&self, _dump: DocDump) -> Result<(), StorageError> {
-        Err(unsupported("restoring a backup into Redis"))
     }
 
     /// Decodes every document's records, then checks they add up (see
@@ -729,252 +703,4 @@ impl DocumentStore for RedisStore {
         }
         Ok(corrupt)
     }
-
-    async fn quarantine(&self, doc: &DocName, parts: &[Quarantined]) -> Result<(), StorageError> {
-        if parts.is_empty() {
-            return Ok(());
-        }
-        let mut fields = Vec::with_capacity(parts.len());
-        for part in parts {
-            let field = match part.snapshot {
-                None => format!("c{}", part.seq),
-                Some(id) => format!("s{id}"),
-            };
-            fields.push((field, record::encode(&QuarantineRecord::of(part))?));
-        }
-        let _: () = self
-            .conn()
-            .hset_multiple(key(doc, "quarantine"), &fields)
-            .await
-            .map_err(io("setting changes aside"))?;
-        Ok(())
-    }
-
-    async fn quarantined(&self, doc: &DocName) -> Result<Vec<Quarantined>, StorageError> {
-        let all: Vec<(String, Vec<u8>)> = self
-            .conn()
-            .hgetall(key(doc, "quarantine"))
-            .await
-            .map_err(io("reading changes set aside"))?;
-        let mut parts = all
-            .into_iter()
-            .map(|(field, bytes)| {
-                let at = format!("{} {field}", key(doc, "quarantine"));
-                let r: QuarantineRecord = record::decode(&at, &bytes)?;
-                Ok(r.into_part())
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        parts.sort_by_key(|p| (p.snapshot.is_some(), p.snapshot.unwrap_or(p.seq)));
-        Ok(parts)
-    }
-
-    async fn enqueue_webhooks(&self, _: &[WebhookDelivery]) -> Result<(), StorageError> {
-        Err(unsupported("webhooks"))
-    }
-
-    async fn webhook_queue(
-        &self,
-        _: &str,
-        _: usize,
-    ) -> Result<Vec<(u64, WebhookDelivery)>, StorageError> {
-        Err(unsupported("webhooks"))
-    }
-
-    async fn ack_webhook(&self, _: u64) -> Result<(), StorageError> {
-        Err(unsupported("webhooks"))
-    }
-
-    async fn watch(
-        &self,
-        doc: &DocName,
-        after: u64,
-    ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
-        // Its own connection: a blocking read would hold up everything else
-        // multiplexed on the shared one. Opened here, so a Redis that cannot
-        // be reached fails the load; reopened in the task after a failure.
-        let first = self
-            .client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(io("opening a connection to follow the log"))?;
-        let (tx, rx) = mpsc::channel(64);
-        let stream = key(doc, "log");
-        let doc = doc.clone();
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let mut conn: Option<MultiplexedConnection> = Some(first);
-            let mut last = stream_id(after);
-            let options = StreamReadOptions::default().block(1000).count(1024);
-            loop {
-                let Some(c) = conn.as_mut() else {
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        _ = tokio::time::sleep(RECONNECT) => {}
-                    }
-                    conn = client.get_multiplexed_async_connection().await.ok();
-                    continue;
-                };
-                let keys = [stream.as_str()];
-                let ids = [last.as_str()];
-                let read: Result<Option<StreamReadReply>, _> = tokio::select! {
-                    _ = tx.closed() => return,
-                    read = c.xread_options(&keys, &ids, &options) => read,
-                };
-                let keys = match read {
-                    Ok(Some(reply)) => reply.keys,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing_warn(&doc, &e);
-                        conn = None;
-                        continue;
-                    }
-                };
-                for k in keys {
-                    let Some(newest) = k.ids.last().map(|e| e.id.clone()) else {
-                        continue;
-                    };
-                    let entries = Self::decode_entries(&doc, StreamRangeReply { ids: k.ids });
-                    last = newest;
-                    match entries {
-                        Ok(entries) => {
-                            if tx.send(entries).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            // A record this node cannot read: leave it to a
-                            // reload (the room sees the gap).
-                            tracing_warn(&doc, &e);
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Some(rx))
-    }
-
-    async fn publish_presence(&self, doc: &DocName, update: &[u8]) -> Result<(), StorageError> {
-        let _: i64 = self
-            .conn()
-            .publish(key(doc, EVENTS), self.event(PRESENCE, update))
-            .await
-            .map_err(io("publishing presence"))?;
-        Ok(())
-    }
-
-    async fn ask_presence(&self, doc: &DocName) -> Result<usize, StorageError> {
-        let receivers: i64 = self
-            .conn()
-            .publish(key(doc, EVENTS), self.event(PRESENCE_WANTED, &[]))
-            .await
-            .map_err(io("asking other nodes for presence"))?;
-        // Every subscriber of the channel got it, the asker's own included.
-        Ok(usize::try_from(receivers.saturating_sub(1)).unwrap_or(0))
-    }
-
-    async fn answer_presence(
-        &self,
-        doc: &DocName,
-        asker: u64,
-        update: &[u8],
-    ) -> Result<(), StorageError> {
-        let mut payload = Vec::with_capacity(8 + update.len());
-        payload.extend_from_slice(&asker.to_le_bytes());
-        payload.extend_from_slice(update);
-        let _: i64 = self
-            .conn()
-            .publish(key(doc, EVENTS), self.event(PRESENCE_ANSWER, &payload))
-            .await
-            .map_err(io("answering another node's presence question"))?;
-        Ok(())
-    }
-
-    async fn watch_peers(
-        &self,
-        doc: &DocName,
-    ) -> Result<Option<mpsc::Receiver<PeerEvent>>, StorageError> {
-        let channel = key(doc, EVENTS);
-        let first = subscribe(&self.client, &channel)
-            .await
-            .map_err(io("subscribing to other nodes' events"))?;
-        let (tx, rx) = mpsc::channel(256);
-        let node = self.node.to_le_bytes();
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            use futures_util::StreamExt;
-            let mut pubsub = Some(first);
-            loop {
-                let Some(subscribed) = pubsub.take() else {
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        _ = tokio::time::sleep(RECONNECT) => {}
-                    }
-                    pubsub = subscribe(&client, &channel).await.ok();
-                    continue;
-                };
-                let mut messages = subscribed.into_on_message();
-                loop {
-                    let message = tokio::select! {
-                        _ = tx.closed() => return,
-                        m = messages.next() => m,
-                    };
-                    // The connection dropped: subscribe again.
-                    let Some(message) = message else { break };
-                    let payload: Vec<u8> = match message.get_payload::<Value>() {
-                        Ok(Value::BulkString(b)) => b,
-                        _ => continue,
-                    };
-                    let Some((from, [kind, rest @ ..])) = payload.split_at_checked(8) else {
-                        continue;
-                    };
-                    if from == node {
-                        continue;
-                    }
-                    match *kind {
-                        // Presence is ephemeral: when the room is busy, a
-                        // dropped update is replaced by the next one.
-                        PRESENCE => {
-                            let _ = tx.try_send(PeerEvent::Presence(rest.to_vec()));
-                        }
-                        // A deletion must not be dropped.
-                        DELETED => {
-                            let _ = tx.send(PeerEvent::Deleted).await;
-                        }
-                        // Nor the handshake: the asker waits for answers.
-                        PRESENCE_WANTED => {
-                            let asker = u64::from_le_bytes(from.try_into().unwrap_or([0; 8]));
-                            let _ = tx.send(PeerEvent::PresenceWanted { asker }).await;
-                        }
-                        PRESENCE_ANSWER => {
-                            let Some((asker, update)) = rest.split_at_checked(8) else {
-                                continue;
-                            };
-                            // Anyone else's answer is presence like any other.
-                            let event = if asker == node {
-                                PeerEvent::PresenceAnswer(update.to_vec())
-                            } else {
-                                PeerEvent::Presence(update.to_vec())
-                            };
-                            let _ = tx.send(event).await;
-                        }
-                        _ => {} // from a newer node: not for us
-                    }
-                }
-            }
-        });
-        Ok(Some(rx))
-    }
-}
-
-async fn subscribe(
-    client: &redis::Client,
-    channel: &str,
-) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub)
-}
-
-fn tracing_warn(doc: &DocName, e: &dyn std::fmt::Display) {
-    tracing::warn!(%doc, error = %e, "following the document's log in Redis");
 }

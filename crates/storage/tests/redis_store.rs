@@ -10,8 +10,8 @@ use std::time::Duration;
 use support::redis_server::RedisServer;
 
 use weft_storage::{
-    DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, Quarantined, RedisStore,
-    RetentionPolicy, SnapshotReason, StorageError,
+    Archive, Catalogue, DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, Quarantined,
+    RedisStore, Replication, RetentionPolicy, SnapshotReason, StorageError,
 };
 
 /// A store on `redis`, as one node would open it.

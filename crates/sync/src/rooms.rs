@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use weft_storage::{DocName, DocumentStore, SnapshotReason};
+use weft_storage::{DocName, EngineStore, SnapshotReason};
 
 use crate::room::{Command, Room, RoomContext};
 use bytes::Bytes;
@@ -66,7 +66,7 @@ pub struct Rooms {
 
 struct Inner {
     map: Arc<RoomMap>,
-    store: Arc<dyn DocumentStore>,
+    store: Arc<dyn EngineStore>,
     config: Arc<EngineConfig>,
     clock: Arc<dyn Clock>,
     next_id: AtomicU64,
@@ -85,7 +85,7 @@ impl std::fmt::Debug for Rooms {
 }
 
 impl Rooms {
-    pub fn new(store: Arc<dyn DocumentStore>, config: EngineConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Arc<dyn EngineStore>, config: EngineConfig, clock: Arc<dyn Clock>) -> Self {
         Rooms {
             inner: Arc::new(Inner {
                 cpu: CpuPool::new(config.cpu_slots, clock.clone()),

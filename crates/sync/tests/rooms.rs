@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 use weft_storage::{
-    DocMeta, DocName, DocumentStore, FaultyStore, LogEntry, NewSnapshot, SledStore, SnapshotReason,
+    Catalogue, DocMeta, DocName, DocumentStore, FaultyStore, LogEntry, NewSnapshot, SledStore,
+    SnapshotReason,
 };
 use weft_sync::protocol::{decode_frame, decode_update, Inbound};
 use weft_sync::{Access, Clock, CloseReason, EngineConfig, Rooms, Session, SystemClock};

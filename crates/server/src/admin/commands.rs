@@ -173,7 +173,8 @@ fn connect(target: &Target) -> Result<(Box<dyn Backend>, Option<Rooms>), AdminEr
         EngineConfig::default(),
         Arc::new(SystemClock),
     );
-    Ok((Box::new(LocalAdmin::new(store, rooms.clone())), Some(rooms)))
+    let admin = LocalAdmin::new(store.clone(), rooms.clone()).with_restore(store);
+    Ok((Box::new(admin), Some(rooms)))
 }
 
 fn doc_name(raw: &str) -> Result<DocName, AdminError> {

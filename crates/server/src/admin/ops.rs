@@ -2,7 +2,9 @@
 //!
 //! Changes (restore, import, delete, snapshots) go through the document's
 //! room, exactly as in a running server, so live editors see them and the
-//! durability rules hold. Read-only operations read the store.
+//! durability rules hold. Read-only operations read the store. Restoring a
+//! backup writes whole documents into a store that takes them (the embedded
+//! one); on any other it is refused before anything is read.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -13,7 +15,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use weft_storage::archive::{self, ArchiveReader};
-use weft_storage::{DocDump, DocName, DocumentStore, StoredDoc};
+use weft_storage::{
+    Archive, ArchiveRestore, Catalogue, DocDump, DocName, DocumentStore, StoredDoc,
+};
 use weft_sync::protocol::decode_update;
 use weft_sync::{DocState, Rooms, SystemClock};
 
@@ -22,15 +26,38 @@ use super::{
     QuarantineView, SnapshotView, VerifyReport,
 };
 
+/// What the admin operations read of a store: its documents, which exist,
+/// and whole documents (backups, verify).
+pub trait AdminStore: DocumentStore + Catalogue + Archive {}
+
+impl<S: DocumentStore + Catalogue + Archive + ?Sized> AdminStore for S {}
+
+/// Why a backup cannot be restored into a cluster's store.
+pub const RESTORE_UNSUPPORTED: &str = "restoring a backup into Redis (cluster mode) is not \
+     supported; restore it into a data directory instead (weft backup restore FILE --data-dir DIR)";
+
 #[derive(Debug, Clone)]
 pub struct LocalAdmin {
-    store: Arc<dyn DocumentStore>,
+    store: Arc<dyn AdminStore>,
+    /// Where restored backups go; `None` when the store takes none (Redis).
+    restore: Option<Arc<dyn ArchiveRestore>>,
     rooms: Rooms,
 }
 
 impl LocalAdmin {
-    pub fn new(store: Arc<dyn DocumentStore>, rooms: Rooms) -> Self {
-        LocalAdmin { store, rooms }
+    /// Admin operations on `store`, which takes no backup restores.
+    pub fn new(store: Arc<dyn AdminStore>, rooms: Rooms) -> Self {
+        LocalAdmin {
+            store,
+            restore: None,
+            rooms,
+        }
+    }
+
+    /// The same, restoring backups into `restore` (the same store).
+    pub fn with_restore(mut self, restore: Arc<dyn ArchiveRestore>) -> Self {
+        self.restore = Some(restore);
+        self
     }
 
     /// The backup archive of every document, as a stream of chunks: the
@@ -209,12 +236,16 @@ impl Backend for LocalAdmin {
         input: &mut (dyn Read + Send),
         progress: &dyn Progress,
     ) -> Result<BackupSummary, AdminError> {
+        let target = self
+            .restore
+            .as_ref()
+            .ok_or_else(|| AdminError::Failed(RESTORE_UNSUPPORTED.into()))?;
         let mut reader = ArchiveReader::new(input)?;
         progress.start(Some(reader.documents), "documents");
         let mut restored = 0;
         while let Some(dump) = reader.next_document()? {
             let name = dump.name.clone();
-            self.store.restore_dump(dump).await?;
+            target.restore_dump(dump).await?;
             // A room may hold the name, never written until now.
             self.rooms.reopen(&name).await;
             restored += 1;

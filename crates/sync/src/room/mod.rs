@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use weft_storage::{DocMeta, DocName, DocumentStore, LogEntry, PeerEvent};
+use weft_storage::{DocMeta, DocName, EngineStore, LogEntry, PeerEvent};
 
 use crate::changes::ChangeFeed;
 use crate::cpu::CpuPool;
@@ -54,7 +54,7 @@ type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
 
 /// Everything a room needs besides its document.
 pub(crate) struct RoomContext {
-    pub store: Arc<dyn DocumentStore>,
+    pub store: Arc<dyn EngineStore>,
     pub config: Arc<EngineConfig>,
     pub clock: Arc<dyn Clock>,
     pub rooms: Arc<RoomMap>,

@@ -1,0 +1,116 @@
+//! How the embedded store comes back after a failed write: a probe that
+//! proves it takes writes again, a check that the disk itself has room,
+//! and what to tell the operator when only a restart can help (sled 0.34
+//! keeps a write error until the database is reopened).
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::{io, SledStore};
+use crate::clock::now_ms;
+use crate::StorageError;
+
+/// How long a readiness check waits for the store to take a write.
+pub(super) const READINESS_BUDGET: Duration = Duration::from_secs(1);
+
+/// Free space the disk must have again before a store that cannot recover
+/// in-process asks to be restarted (a restart into a full disk would only
+/// fail again).
+const RESTART_HEADROOM: u64 = 8 * 1024 * 1024;
+
+/// Where a failed store stands; see [`SledStore::recover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// It had not failed.
+    Healthy,
+    /// It takes writes again.
+    Recovered,
+    /// It still does not take writes, and neither does the disk (full,
+    /// stuck): wait.
+    Failed(String),
+    /// The disk takes writes and has room again, but the store still fails:
+    /// sled keeps a write error until the database is reopened, so only a
+    /// restart of the process brings it back.
+    RestartNeeded(String),
+}
+
+impl SledStore {
+    /// Writes and flushes a no-op record within the storage timeout:
+    /// proves the disk accepts writes (at startup).
+    pub async fn check_disk_writable(&self) -> Result<(), StorageError> {
+        self.probe_writes(self.guard.timeout()).await
+    }
+
+    /// Why the store is not taking writes, if it is not.
+    pub fn failure(&self) -> Option<String> {
+        self.guard.failure().map(|f| f.reason)
+    }
+
+    /// Checks whether a failed store takes writes again (and if so, marks
+    /// it healthy), or whether it needs the process restarted. Cheap to call
+    /// every second: one check of each kind runs at a time.
+    pub async fn recover(&self) -> Recovery {
+        let Some(failure) = self.guard.failure() else {
+            return Recovery::Healthy;
+        };
+        let still = match self.probe_writes(READINESS_BUDGET).await {
+            Ok(()) => {
+                self.guard.recovered();
+                tracing::info!(after = ?failure.since.elapsed(), "the store takes writes again");
+                return Recovery::Recovered;
+            }
+            Err(e) => e,
+        };
+        // A write still waiting may yet finish, as on a disk that was
+        // frozen or slow: give it the storage timeout.
+        let waiting = matches!(still, StorageError::Timeout { .. })
+            && self.guard.probe.running_for() < self.guard.timeout();
+        if waiting || self.disk_has_room().await.is_err() {
+            return Recovery::Failed(failure.reason);
+        }
+        Recovery::RestartNeeded(format!(
+            "{}; the disk takes writes again but the store still fails ({still})",
+            failure.reason
+        ))
+    }
+
+    /// One write-and-flush probe at a time, waited for at most `budget`.
+    pub(super) async fn probe_writes(&self, budget: Duration) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        self.guard
+            .probe
+            .run(budget, "checking the store takes writes", move || {
+                db.insert("weft:probe", &now_ms().to_be_bytes()[..])
+                    .map_err(io("checking the store takes writes"))?;
+                db.flush().map_err(io("checking the store takes writes"))?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Whether the data directory's disk has room for a restart and takes
+    /// a small durable write, outside sled. (Its outcome is shared as text
+    /// by whoever asks meanwhile, so its failures are [`StorageError::Io`].)
+    async fn disk_has_room(&self) -> Result<(), StorageError> {
+        const ACTION: &str = "checking the disk has room";
+        let dir = self.dir.clone();
+        self.guard
+            .disk_check
+            .run(self.guard.timeout(), ACTION, move || {
+                let fail = |reason: String| StorageError::Io {
+                    action: ACTION,
+                    reason,
+                };
+                let free = fs2::available_space(&dir).map_err(|e| fail(e.to_string()))?;
+                if free < RESTART_HEADROOM {
+                    return Err(fail(format!("{free} bytes free")));
+                }
+                let path = dir.join("weft-space-probe");
+                let mut file = std::fs::File::create(&path).map_err(|e| fail(e.to_string()))?;
+                let written = file.write_all(&[0; 4096]).and_then(|()| file.sync_all());
+                let _ = std::fs::remove_file(&path);
+                written.map_err(|e| fail(e.to_string()))
+            })
+            .await
+    }
+}
