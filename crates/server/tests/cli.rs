@@ -641,3 +641,27 @@ async fn old_snapshots_are_pruned_in_the_background() {
         "the two newest are kept, the rest pruned"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_restores_into_a_data_directory_that_does_not_exist_yet() {
+    let mut source = Weft::start(&["--admin-key", ADMIN]);
+    post(&source.addr, "moved", insert(&Doc::new(), "moved content")).await;
+    assert!(source.terminate().success());
+    let work = tempfile::tempdir().expect("tmp");
+    let file = work.path().join("b.backup");
+    let fresh = work.path().join("fresh");
+    tokio::task::block_in_place(|| {
+        Mode::Offline(source.data_dir.path()).ok(&["backup", "-o", file.to_str().expect("utf8")]);
+        let target = Mode::Offline(&fresh);
+        let out = target.ok(&["backup", "restore", file.to_str().expect("utf8")]);
+        assert!(out.contains("restored 1 documents"), "{out}");
+        assert_eq!(
+            target.json(&["snapshot", "inspect", "moved"]),
+            serde_json::json!({ "t": "moved content" })
+        );
+        // Reading a directory that is not there still says so.
+        let (code, err) = Mode::Offline(&work.path().join("absent")).fails(&["docs", "list"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("there is no data directory"), "{err}");
+    });
+}
