@@ -665,3 +665,38 @@ async fn a_backup_restores_into_a_data_directory_that_does_not_exist_yet() {
         assert!(err.contains("there is no data directory"), "{err}");
     });
 }
+
+#[test]
+fn operator_commands_take_the_data_directory_from_the_config_file() {
+    let work = tempfile::tempdir().expect("tmp");
+    let file = work.path().join("weft.toml");
+    let from_file = work.path().join("from-file");
+    std::fs::write(
+        &file,
+        format!(
+            "data-dir = {:?}\nlisten = \"127.0.0.1:1\"\n",
+            from_file.to_str().expect("utf8")
+        ),
+    )
+    .expect("write");
+    let out = weft()
+        .env("WEFT_CONFIG", &file)
+        .args(["docs", "list"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&from_file.display().to_string()), "{err}");
+    let flag = work.path().join("from-flag");
+    let out = weft()
+        .env("WEFT_CONFIG", &file)
+        .args(["docs", "list", "--data-dir"])
+        .arg(&flag)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&flag.display().to_string()),
+        "the flag wins: {err}"
+    );
+}

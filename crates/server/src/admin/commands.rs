@@ -20,7 +20,7 @@ use weft_sync::{EngineConfig, Rooms, SystemClock};
 use super::client::RemoteAdmin;
 use super::ops::LocalAdmin;
 use super::{AdminError, Backend, DocSummary, Progress, QuarantineView, SnapshotView};
-use crate::cli::Secret;
+use crate::secret::Secret;
 
 /// Where the operation happens.
 #[derive(Debug, Clone, Args)]
