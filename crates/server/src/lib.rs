@@ -24,6 +24,7 @@ mod event_gzip;
 mod limits;
 mod origin;
 mod peer;
+mod refusal;
 mod secret;
 mod serve;
 mod serve_config;

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use weft_storage::DocName;
 use weft_sync::protocol::decode_frame;
-use weft_sync::{Access, RoomError, Session};
+use weft_sync::{Access, Session};
 
 use crate::access::Credentials;
 use crate::api_error::ApiError;
@@ -34,6 +34,7 @@ use crate::creation_limit::client_addr;
 use crate::doc_path::DocPath;
 use crate::limits;
 use crate::peer::PeerAddr;
+use crate::refusal::Refusal;
 use crate::telemetry::{self, LiveConnection};
 use crate::ws_upgrade::{NotAWebSocket, WebSocket, WsUpgrade};
 
@@ -148,20 +149,7 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, peer: PeerAddr, app:
     {
         Ok(session) => session,
         Err(e) => {
-            let code = match e {
-                RoomError::ShuttingDown => close_code::GOING_AWAY,
-                RoomError::Busy | RoomError::Retry | RoomError::Full(_) => {
-                    close_code::TRY_AGAIN_LATER
-                }
-                RoomError::TooLarge(_) => close_code::DOCUMENT_TOO_LARGE,
-                RoomError::TooManyNewDocuments { .. } => close_code::RATE_LIMITED,
-                RoomError::Rejected(_) | RoomError::NotFound(_) | RoomError::NoSuchDocument(_) => {
-                    close_code::REJECTED
-                }
-                RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => {
-                    close_code::INTERNAL_ERROR
-                }
-            };
+            let code = Refusal::of_room(&e).close_code;
             warn!(error = %e, "could not join document");
             close(&mut sink, &mut stream, code, &e.to_string()).await;
             return;

@@ -189,7 +189,7 @@ fn connect(
             "the data directory {} is in use by a running server; use --server URL --admin-key KEY",
             path.display()
         )),
-        other => AdminError::Failed(other.to_string()),
+        other => AdminError::Storage(other),
     })?;
     let store = Arc::new(store);
     let rooms = Rooms::new(

@@ -3,8 +3,11 @@
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use weft_storage::{DocInfo, Quarantined, SnapshotInfo};
+use weft_storage::{DocInfo, Quarantined, SnapshotInfo, StorageError};
 use weft_sync::{Restored, RoomError, RoomStats};
+
+use crate::close_code::{INTERNAL_ERROR, REJECTED, TRY_AGAIN_LATER, UNAUTHORIZED};
+use crate::refusal::Refusal;
 
 /// One document, as `docs list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +152,7 @@ pub struct Problem {
 }
 
 /// Why an admin operation failed, with what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("{0}")]
     NotFound(String),
@@ -161,52 +164,35 @@ pub enum AdminError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+    /// The document engine refused: answered as the document API answers.
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl AdminError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AdminError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            AdminError::NotFound(_) => "not_found",
-            AdminError::BadRequest(_) => "bad_request",
-            AdminError::Unauthorized(_) => "unauthorized",
-            AdminError::Unavailable(_) => "unavailable",
-            AdminError::Failed(_) => "failed",
-        }
-    }
-}
-
-impl From<RoomError> for AdminError {
-    fn from(e: RoomError) -> Self {
-        let m = e.to_string();
-        match e {
-            RoomError::NotFound(_) | RoomError::NoSuchDocument(_) => AdminError::NotFound(m),
-            RoomError::Rejected(_) | RoomError::TooLarge(_) => AdminError::BadRequest(m),
-            RoomError::ShuttingDown
-            | RoomError::Busy
-            | RoomError::Retry
-            | RoomError::Full(_)
-            | RoomError::TooManyNewDocuments { .. } => AdminError::Unavailable(m),
-            RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => AdminError::Failed(m),
-        }
-    }
-}
-
-impl From<weft_storage::StorageError> for AdminError {
-    fn from(e: weft_storage::StorageError) -> Self {
-        match e {
-            weft_storage::StorageError::BadArchive(_)
-            | weft_storage::StorageError::AlreadyExists(_) => AdminError::BadRequest(e.to_string()),
-            _ => AdminError::Failed(e.to_string()),
+    /// How the admin API answers it (see `refusal`).
+    pub fn refusal(&self) -> Refusal {
+        let (status, code, close_code) = match self {
+            AdminError::Room(e) => return Refusal::of_room(e),
+            AdminError::Storage(e) => return Refusal::of_storage(e),
+            AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", REJECTED),
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", REJECTED),
+            AdminError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", UNAUTHORIZED),
+            AdminError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                TRY_AGAIN_LATER,
+            ),
+            AdminError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed", INTERNAL_ERROR),
+        };
+        Refusal {
+            status,
+            code,
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
+            close_code,
         }
     }
 }
