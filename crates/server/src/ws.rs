@@ -18,7 +18,7 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn, Instrument};
 
 use weft_storage::DocName;
@@ -247,7 +247,9 @@ async fn connection_loop(
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
             }
-            _ = sleep_until(expiry) => {
+            // Off for a token without an expiry.
+            _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)),
+                if expiry.is_some() => {
                 return End::Close(close_code::UNAUTHORIZED, "token expired".into());
             }
             _ = ping.tick() => {
@@ -263,16 +265,16 @@ async fn connection_loop(
     }
 }
 
-fn read_error(e: tungstenite::Error) -> End {
+fn read_error(e: WsError) -> End {
     match e {
-        tungstenite::Error::Capacity(c) => {
+        WsError::Capacity(c) => {
             End::Close(close_code::MESSAGE_TOO_BIG, format!("message too big: {c}"))
         }
-        tungstenite::Error::Protocol(p) => End::Close(
+        WsError::Protocol(p) => End::Close(
             close_code::PROTOCOL_ERROR,
             format!("WebSocket protocol error: {p}"),
         ),
-        tungstenite::Error::Utf8(_) => End::Close(
+        WsError::Utf8(_) => End::Close(
             close_code::PROTOCOL_ERROR,
             "text frame with invalid UTF-8".into(),
         ),
@@ -312,14 +314,6 @@ async fn close(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: u16, 
 
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
-
-/// Waits until `deadline`, or forever without one.
-pub async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -212,10 +212,11 @@ async fn every_metric_family_appears_and_moves() {
 
 #[tokio::test]
 async fn health_readiness_and_a_separate_metrics_address() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-    let metrics_addr = probe.local_addr().expect("addr").to_string();
-    drop(probe);
-    let weft = Weft::start(&["--metrics-listen", &metrics_addr]);
+    let weft = Weft::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_addr = weft
+        .metrics_addr
+        .clone()
+        .expect("the metrics address is printed");
     let (status, body) = request(&weft.addr, "GET", "/healthz", &[], vec![]).await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).contains("ok")),

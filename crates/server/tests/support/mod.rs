@@ -23,7 +23,32 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Weft {
     child: Child,
     pub addr: String,
+    /// Where `--metrics-listen` bound, if it was given.
+    pub metrics_addr: Option<String>,
     pub data_dir: tempfile::TempDir,
+}
+
+/// The addresses weft bound (it may have been asked for port 0), from
+/// what it prints on stdout: `weft metrics on URL` (with --metrics-listen),
+/// then `weft listening on URL`, its last line.
+fn bound_addresses(mut stdout: impl BufRead) -> (String, Option<String>) {
+    let host = |line: &str, prefix: &str| {
+        line.trim()
+            .strip_prefix(prefix)
+            .and_then(|url| url.split_once("://"))
+            .map(|(_, addr)| addr.to_owned())
+    };
+    let mut metrics = None;
+    loop {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("reads the address line");
+        if let Some(addr) = host(&line, "weft listening on ") {
+            return (addr, metrics);
+        }
+        metrics = Some(
+            host(&line, "weft metrics on ").unwrap_or_else(|| panic!("unexpected line {line:?}")),
+        );
+    }
 }
 
 impl Weft {
@@ -75,19 +100,11 @@ impl Weft {
             .spawn()
             .expect("weft starts");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reads the address line");
-        let addr = line
-            .trim()
-            .strip_prefix("weft listening on ")
-            .and_then(|url| url.split_once("://"))
-            .map(|(_, addr)| addr.to_owned())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (addr, metrics_addr) = bound_addresses(BufReader::new(stdout));
         Weft {
             child,
             addr,
+            metrics_addr,
             data_dir,
         }
     }
