@@ -615,26 +615,23 @@ async fn old_snapshots_are_pruned_in_the_background() {
                 .expect("id"),
         );
     }
-    let mut kept = Vec::new();
-    for _ in 0..100 {
+    let (addr, auth) = (server.addr.as_str(), auth.as_str());
+    let snapshots = move || async move {
         let (_, body) = request(
-            &server.addr,
+            addr,
             "GET",
             "/admin/docs/pruned/snapshots",
-            &[("authorization", &auth)],
+            &[("authorization", auth)],
             vec![],
         )
         .await;
-        kept = serde_json::from_slice::<Vec<Value>>(&body)
+        serde_json::from_slice::<Vec<Value>>(&body)
             .expect("json")
             .iter()
             .map(|s| s["id"].as_u64().expect("id"))
-            .collect();
-        if kept.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+            .collect::<Vec<u64>>()
+    };
+    let kept = poll_until(snapshots, |kept| kept.len() == 2).await;
     assert_eq!(
         kept,
         ids[3..].to_vec(),

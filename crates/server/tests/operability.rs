@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures_util::SinkExt;
 use support::*;
@@ -195,16 +194,16 @@ async fn every_metric_family_appears_and_moves() {
 
     // Everyone leaves; the idle document is evicted.
     drop((writer, reader, sse, http, stalled));
-    let mut evicted = 0.0;
-    for _ in 0..100 {
-        let m = scrape(a).await;
-        evicted = sample(&m, &["weft_document_evictions_total"]);
-        let open = sample(&m, &["weft_connections{"]);
-        if evicted >= 1.0 && sample(&m, &["weft_documents_loaded"]) == 0.0 && open == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let m = poll_until(
+        || scrape(a),
+        |m| {
+            sample(m, &["weft_document_evictions_total"]) >= 1.0
+                && sample(m, &["weft_documents_loaded"]) == 0.0
+                && sample(m, &["weft_connections{"]) == 0.0
+        },
+    )
+    .await;
+    let evicted = sample(&m, &["weft_document_evictions_total"]);
     assert!(evicted >= 1.0, "the idle document was evicted");
     let after = scrape(a).await;
     assert_eq!(sample(&after, &["weft_connections{"]), 0.0);

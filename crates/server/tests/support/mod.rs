@@ -20,6 +20,23 @@ use yrs::updates::encoder::Encode;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Asks `probe` again and again (every 50 ms, for at most [`WAIT`]) until
+/// its answer is `done`, and returns the last answer: for state of the
+/// server process that no message announces.
+pub async fn poll_until<T, F>(mut probe: impl FnMut() -> F, done: impl Fn(&T) -> bool) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = probe().await;
+        if done(&answer) || tokio::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub struct Weft {
     child: Child,
     pub addr: String,
