@@ -2,13 +2,15 @@
 //! ([`RoomError`]) and of how the store fails ([`StorageError`]), for every
 //! face of the server: the HTTP status and error code that `/docs` and
 //! `/admin` answer, with `Retry-After` where waiting helps, and the close
-//! code a WebSocket gets. One table, so that the three never disagree
-//! (a storage failure is 503 everywhere, and 1011 on a WebSocket).
+//! code a WebSocket gets (and the admin API's own errors). One table, so
+//! that the three never disagree (a storage failure is 503 everywhere, and
+//! 1011 on a WebSocket).
 
 use axum::http::StatusCode;
 use weft_storage::StorageError;
 use weft_sync::RoomError;
 
+use crate::admin::AdminError;
 use crate::close_code;
 
 /// How a failure is answered.
@@ -95,6 +97,27 @@ impl Refusal {
                 "failed",
                 close_code::INTERNAL_ERROR,
             ),
+        }
+    }
+
+    /// A failed admin operation: the engine's and the store's failures as
+    /// above, the admin API's own by their kind.
+    pub fn of_admin(e: &AdminError) -> Refusal {
+        use close_code::*;
+        match e {
+            AdminError::Room(e) => Refusal::of_room(e),
+            AdminError::Storage(e) => Refusal::of_storage(e),
+            AdminError::NotFound(_) => Refusal::new(StatusCode::NOT_FOUND, "not_found", REJECTED),
+            AdminError::BadRequest(_) => {
+                Refusal::new(StatusCode::BAD_REQUEST, "bad_request", REJECTED)
+            }
+            AdminError::Unauthorized(_) => {
+                Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", UNAUTHORIZED)
+            }
+            AdminError::Unavailable(_) => Refusal::unavailable("unavailable", TRY_AGAIN_LATER),
+            AdminError::Failed(_) => {
+                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", INTERNAL_ERROR)
+            }
         }
     }
 }

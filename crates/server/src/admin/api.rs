@@ -18,6 +18,7 @@ use crate::admin_key::AdminKey;
 use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::body::{ArchiveBody, JsonBodyError, LimitedBody, LimitedJson};
+use crate::refusal::Refusal;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -46,7 +47,9 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         match self {
             AdminError::Room(e) => ApiError::from(e).into_response(),
-            other => ApiError::refused(other.refusal(), other.to_string()).into_response(),
+            other => {
+                ApiError::refused(Refusal::of_admin(&other), other.to_string()).into_response()
+            }
         }
     }
 }

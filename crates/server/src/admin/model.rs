@@ -1,13 +1,9 @@
 //! What admin operations return, as JSON on the wire and in `--json` output.
 
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use weft_storage::{DocInfo, Quarantined, SnapshotInfo, StorageError};
 use weft_sync::{Restored, RoomError, RoomStats};
-
-use crate::close_code::{INTERNAL_ERROR, REJECTED, TRY_AGAIN_LATER, UNAUTHORIZED};
-use crate::refusal::Refusal;
 
 /// One document, as `docs list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,29 +166,4 @@ pub enum AdminError {
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
-}
-
-impl AdminError {
-    /// How the admin API answers it (see `refusal`).
-    pub fn refusal(&self) -> Refusal {
-        let (status, code, close_code) = match self {
-            AdminError::Room(e) => return Refusal::of_room(e),
-            AdminError::Storage(e) => return Refusal::of_storage(e),
-            AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", REJECTED),
-            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", REJECTED),
-            AdminError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", UNAUTHORIZED),
-            AdminError::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                TRY_AGAIN_LATER,
-            ),
-            AdminError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed", INTERNAL_ERROR),
-        };
-        Refusal {
-            status,
-            code,
-            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
-            close_code,
-        }
-    }
 }
