@@ -8,6 +8,7 @@ use serde::Serialize;
 use weft_sync::RoomError;
 
 use crate::auth::AuthError;
+use crate::refusal::Refusal;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -35,6 +36,14 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             close: false,
+        }
+    }
+
+    /// The answer to a classified failure.
+    pub fn refused(refusal: Refusal, message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: refusal.retry_after,
+            ..Self::new(refusal.status, refusal.code, message)
         }
     }
 
@@ -68,14 +77,6 @@ impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
-
-    /// 429: the client must wait `retry_after` seconds.
-    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
-        ApiError {
-            retry_after: Some(retry_after),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
-        }
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -108,28 +109,12 @@ impl From<AuthError> for ApiError {
 
 impl From<RoomError> for ApiError {
     fn from(e: RoomError) -> Self {
-        let message = e.to_string();
-        match e {
-            RoomError::Rejected(_) => Self::bad_request("invalid_update", message),
-            RoomError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
-            RoomError::NoSuchDocument(_) => {
-                Self::new(StatusCode::NOT_FOUND, "document_not_found", message)
+        let message = match e {
+            RoomError::LoadFailed(_) => {
+                format!("{e}; run `weft verify` and restore from a backup")
             }
-            RoomError::TooManyNewDocuments { retry_after_secs } => {
-                Self::too_many("too_many_new_documents", message, retry_after_secs)
-            }
-            RoomError::TooLarge(_) => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", message)
-            }
-            RoomError::Full(_) => Self::unavailable("document_full", message),
-            RoomError::StorageFailure(_) => Self::unavailable("storage_failure", message),
-            RoomError::LoadFailed(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "load_failed",
-                format!("{message}; run `weft verify` and restore from a backup"),
-            ),
-            RoomError::ShuttingDown => Self::unavailable("shutting_down", message),
-            RoomError::Busy | RoomError::Retry => Self::unavailable("busy", message),
-        }
+            _ => e.to_string(),
+        };
+        Self::refused(Refusal::of_room(&e), message)
     }
 }

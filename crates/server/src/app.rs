@@ -21,8 +21,8 @@ use weft_sync::Rooms;
 use crate::admin::{self, ops::LocalAdmin};
 use crate::admin_throttle::FailureThrottle;
 use crate::auth::Authenticator;
-use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
+use crate::serve_config::ServeConfig;
 use crate::{docs_api, origin, sse, telemetry, token_api, web, ws};
 
 /// What every handler can reach.

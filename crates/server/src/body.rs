@@ -35,7 +35,7 @@ pub enum BodyError {
     )]
     TooSlow(Duration),
     #[error("the request body could not be read: {0}")]
-    Unreadable(String),
+    Unreadable(#[source] axum::Error),
 }
 
 impl From<BodyError> for ApiError {
@@ -110,7 +110,7 @@ pub async fn read(
         let frame = match timeout_at(due, body.frame()).await {
             Err(_) => return Err(BodyError::TooSlow(limits.timeout)),
             Ok(None) => return Ok(Bytes::from(buffer)),
-            Ok(Some(Err(e))) => return Err(BodyError::Unreadable(e.to_string())),
+            Ok(Some(Err(e))) => return Err(BodyError::Unreadable(e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {

@@ -7,16 +7,16 @@
 
 mod accept;
 mod access;
-pub mod admin;
+mod admin;
 mod admin_key;
 mod admin_throttle;
 mod api_error;
 mod app;
 mod auth;
 mod body;
-pub mod cli;
+mod cli;
 mod close_code;
-pub mod config_file;
+mod config_file;
 mod creation_limit;
 mod doc_path;
 mod docs_api;
@@ -24,7 +24,10 @@ mod event_gzip;
 mod limits;
 mod origin;
 mod peer;
+mod refusal;
+mod secret;
 mod serve;
+mod serve_config;
 mod shutdown;
 mod sse;
 mod store;
@@ -37,4 +40,7 @@ mod webhooks;
 mod ws;
 mod ws_upgrade;
 
+pub use admin::commands::run as run_admin;
+pub use cli::{Cli, Command};
+pub use config_file::print as print_config;
 pub use serve::serve;

@@ -44,10 +44,6 @@ impl ConnectionLimit {
         admitted.then(|| ConnectionSlot(self.live.clone()))
     }
 
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
-    }
-
     pub fn max(&self) -> usize {
         self.max
     }

@@ -1,8 +1,7 @@
 //! The `weft` binary: parses the command line, sets up logging, runs.
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use weft_server::cli::{Cli, Command};
+use weft_server::{Cli, Command};
 
 use std::process::ExitCode;
 
@@ -17,16 +16,16 @@ use std::process::ExitCode;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    // The config file becomes environment variables, before any thread runs.
-    let args: Vec<_> = std::env::args_os().collect();
-    if let Err(e) = weft_server::config_file::apply(&args) {
-        eprintln!("error: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let command = Cli::parse().command;
+    let command = match Cli::parse_layered(std::env::args_os().collect()) {
+        Ok(cli) => cli.command,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Command::Serve(config) = &command {
         if config.print_config {
-            return match weft_server::config_file::print(config) {
+            return match weft_server::print_config(config) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
@@ -88,7 +87,7 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Ok((admin, target)) => match weft_server::admin::commands::run(admin, target).await {
+        Ok((admin, target)) => match weft_server::run_admin(admin, target).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -16,17 +16,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use weft_storage::{Catalogue, DocumentStore, RedisStore, RetentionPolicy, SledStore};
+use weft_storage::{
+    DocumentStore, EngineStore, RedisStore, RetentionPolicy, SledStore, WebhookOutbox,
+};
 use weft_sync::changes::ChangeFeed;
-use weft_sync::{Rooms, SystemClock};
+use weft_sync::{Clock, Rooms, SystemClock};
 
 use crate::accept::{self, Edge};
 use crate::admin_key;
 use crate::admin_throttle::FailureThrottle;
 use crate::app::{self, AppState};
 use crate::auth::Authenticator;
-use crate::cli::ServeConfig;
 use crate::limits::ConnectionLimit;
+use crate::serve_config::ServeConfig;
 use crate::shutdown;
 use crate::store::{reported, Store, WEBHOOKS_NEED_EMBEDDED};
 use crate::store_health::{self, RestartReason};
@@ -67,8 +69,6 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     telemetry::install()?;
     let store = open_store(&config).await?;
-    let changes = Arc::new(ChangeFeed::default());
-    let mut rooms = Rooms::new(store.engine(), config.engine(), Arc::new(SystemClock));
     let webhooks = match webhook_config(&config)? {
         Some(webhooks) => {
             let outbox = store.webhook_outbox().context(WEBHOOKS_NEED_EMBEDDED)?;
@@ -76,10 +76,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    if webhooks.is_some() {
-        rooms = rooms.with_change_feed(changes.clone());
-    }
-
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
@@ -88,72 +84,20 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener =
         listen(config.listen).with_context(|| format!("could not listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-
-    let auth = authenticator(&config)?;
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        auth,
-        rooms: rooms.clone(),
-        admin: store.admin(rooms.clone()),
-        shutdown: CancellationToken::new(),
-        connections: TaskTracker::new(),
-        connection_limit: ConnectionLimit::new(config.max_connections),
-        admin_failures: FailureThrottle::new(
-            config.admin_failure_burst,
-            config.admin_failure_interval,
-        ),
-        store_probe: store.readiness(),
-    });
-    let router = app::router(state.clone());
-    if let Some((webhooks, outbox)) = &webhooks {
-        info!(urls = webhooks.urls.len(), "change webhooks on");
-        webhooks::start(
-            webhooks.clone(),
-            changes.clone(),
-            outbox.clone(),
-            &state.connections,
-            state.shutdown.clone(),
-        );
-    }
-    if let Some(addr) = config.metrics_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("could not listen for metrics on {addr}"))?;
-        info!(%addr, "metrics on their own address");
-        let metrics = axum::Router::new().route("/metrics", axum::routing::get(telemetry::render));
-        state.connections.spawn(accept::run(Edge {
-            listener,
-            tls: None,
-            router: metrics,
-            limits: config.edge(),
-            shutdown: state.shutdown.clone(),
-            tasks: state.connections.clone(),
-        }));
-    }
-    let restart = RestartReason::default();
-    if let Some(embedded) = store.embedded() {
-        tokio::spawn(store_health::watch(
-            embedded.clone(),
-            state.shutdown.clone(),
-            restart.clone(),
-        ));
-    }
-    state.connections.spawn(prune_snapshots(
-        store.engine(),
-        config.retention(),
-        config.prune_interval,
-        state.shutdown.clone(),
-    ));
+    let running = Running::new(&config, store, webhooks)?;
+    let router = app::router(running.state.clone());
+    running.start_background(&config).await?;
 
     match &config.redis {
         Some(_) => info!("cluster mode: documents in Redis"),
         None => info!(data_dir = %config.data_dir.display(), "store open"),
     }
-    // A stable line on stdout, for scripts and tests that asked for port 0.
+    // A stable line on stdout, for scripts and tests that asked for port 0;
+    // the last one weft prints.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("weft listening on {scheme}://{addr}");
 
-    let token = state.shutdown.clone();
+    let token = running.state.shutdown.clone();
     tokio::spawn(async move {
         shutdown::signal().await;
         token.cancel();
@@ -163,52 +107,164 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tls,
         router,
         limits: config.edge(),
-        shutdown: state.shutdown.clone(),
-        tasks: state.connections.clone(),
+        shutdown: running.state.shutdown.clone(),
+        tasks: running.state.connections.clone(),
     })
     .await;
+    running.shut_down(config.shutdown_timeout).await
+}
 
-    let deadline = config.shutdown_timeout;
-    let failed = store.embedded().and_then(SledStore::failure);
-    shutdown::exit_after(
-        deadline,
-        if failed.is_some() || restart.get().is_some() {
+/// The engine and everything around it while weft serves: what the
+/// handlers reach, and what shutdown has to finish.
+struct Running {
+    state: Arc<AppState>,
+    rooms: Rooms,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    changes: Arc<ChangeFeed>,
+    /// The webhooks and the outbox their deliveries wait in.
+    webhooks: Option<(WebhookConfig, Arc<dyn WebhookOutbox>)>,
+    restart: RestartReason,
+}
+
+impl Running {
+    fn new(
+        config: &ServeConfig,
+        store: Store,
+        webhooks: Option<(WebhookConfig, Arc<dyn WebhookOutbox>)>,
+    ) -> anyhow::Result<Running> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let changes = Arc::new(ChangeFeed::default());
+        let mut rooms = Rooms::new(store.engine(), config.engine(), clock.clone());
+        if webhooks.is_some() {
+            rooms = rooms.with_change_feed(changes.clone());
+        }
+        let state = Arc::new(AppState {
+            config: config.clone(),
+            auth: authenticator(config)?,
+            rooms: rooms.clone(),
+            admin: store.admin(rooms.clone()),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            connection_limit: ConnectionLimit::new(config.max_connections),
+            admin_failures: FailureThrottle::new(
+                config.admin_failure_burst,
+                config.admin_failure_interval,
+            ),
+            store_probe: store.readiness(),
+        });
+        Ok(Running {
+            state,
+            rooms,
+            store,
+            clock,
+            changes,
+            webhooks,
+            restart: RestartReason::default(),
+        })
+    }
+
+    /// Webhook senders, the separate metrics address, the store's health
+    /// watch and snapshot pruning.
+    async fn start_background(&self, config: &ServeConfig) -> anyhow::Result<()> {
+        let state = &self.state;
+        if let Some((webhooks, outbox)) = &self.webhooks {
+            info!(urls = webhooks.urls.len(), "change webhooks on");
+            webhooks::start(
+                webhooks.clone(),
+                self.changes.clone(),
+                outbox.clone(),
+                self.clock.clone(),
+                &state.connections,
+                state.shutdown.clone(),
+            );
+        }
+        if let Some(addr) = config.metrics_listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("could not listen for metrics on {addr}"))?;
+            let bound = listener.local_addr()?;
+            info!(addr = %bound, "metrics on their own address");
+            // Before the `weft listening on` line, for those that asked for port 0.
+            println!("weft metrics on http://{bound}");
+            let metrics =
+                axum::Router::new().route("/metrics", axum::routing::get(telemetry::render));
+            state.connections.spawn(accept::run(Edge {
+                listener,
+                tls: None,
+                router: metrics,
+                limits: config.edge(),
+                shutdown: state.shutdown.clone(),
+                tasks: state.connections.clone(),
+            }));
+        }
+        if let Some(embedded) = self.store.embedded() {
+            tokio::spawn(store_health::watch(
+                embedded.clone(),
+                state.shutdown.clone(),
+                self.restart.clone(),
+            ));
+        }
+        state.connections.spawn(prune_snapshots(
+            self.store.engine(),
+            config.retention(),
+            config.prune_interval,
+            self.clock.clone(),
+            state.shutdown.clone(),
+        ));
+        Ok(())
+    }
+
+    /// After the accept loop ends: every connection closes, every room
+    /// stores what it was sent, pending webhooks are queued, within
+    /// `deadline` (past it the process exits anyway). An error when the
+    /// store failed, for a non-zero exit.
+    async fn shut_down(self, deadline: std::time::Duration) -> anyhow::Result<()> {
+        let failed = self.store.embedded().and_then(SledStore::failure);
+        let code = if failed.is_some() || self.restart.get().is_some() {
             1
         } else {
             0
-        },
-    );
-    // A tenth of the deadline is kept for closing the store and exiting.
-    let finished = tokio::time::timeout(deadline.mul_f64(0.9), async {
-        // Every connection task, and every WebSocket and event stream.
-        state.connections.close();
-        state.connections.wait().await;
-        rooms.shut_down().await;
-        if let Some((webhooks, outbox)) = &webhooks {
-            webhooks::queue_pending(webhooks, &changes, outbox.as_ref()).await;
+        };
+        shutdown::exit_after(deadline, code);
+        // A tenth of the deadline is kept for closing the store and exiting.
+        let finished = tokio::time::timeout(deadline.mul_f64(0.9), async {
+            // Every connection task, and every WebSocket and event stream.
+            self.state.connections.close();
+            self.state.connections.wait().await;
+            self.rooms.shut_down().await;
+            if let Some((webhooks, outbox)) = &self.webhooks {
+                let outbox = outbox.as_ref();
+                webhooks::queue_pending(webhooks, &self.changes, outbox, self.clock.as_ref()).await;
+            }
+        })
+        .await;
+        match finished {
+            Ok(()) => info!("shut down cleanly"),
+            Err(_) => warn!(
+                ?deadline,
+                "shutdown deadline passed; exiting (every accepted change is already on disk)"
+            ),
         }
-    })
-    .await;
-    match finished {
-        Ok(()) => info!("shut down cleanly"),
-        Err(_) => warn!(
-            ?deadline,
-            "shutdown deadline passed; exiting (every accepted change is already on disk)"
-        ),
+        if let Some(reason) = self.restart.get() {
+            anyhow::bail!(
+                "the store failed and cannot recover in this process ({reason}); exiting so that \
+                 a supervisor restarts weft (every acknowledged change is on disk)"
+            );
+        }
+        if let Some(reason) = self
+            .store
+            .embedded()
+            .and_then(SledStore::failure)
+            .or(failed)
+        {
+            anyhow::bail!(
+                "stopped while the store was failing ({reason}): documents could not be \
+                 snapshotted, but every acknowledged change is in the log on disk"
+            );
+        }
+        Ok(())
     }
-    if let Some(reason) = restart.get() {
-        anyhow::bail!(
-            "the store failed and cannot recover in this process ({reason}); exiting so that a \
-             supervisor restarts weft (every acknowledged change is on disk)"
-        );
-    }
-    if let Some(reason) = store.embedded().and_then(SledStore::failure).or(failed) {
-        anyhow::bail!(
-            "stopped while the store was failing ({reason}): documents could not be \
-             snapshotted, but every acknowledged change is in the log on disk"
-        );
-    }
-    Ok(())
 }
 
 /// Binds `addr` with a listen backlog of 4096 (the kernel caps it at
@@ -270,10 +326,11 @@ fn authenticator(config: &ServeConfig) -> anyhow::Result<Option<Authenticator>> 
 }
 
 /// Applies the snapshot retention policy to every document, now and then.
-async fn prune_snapshots<S: DocumentStore + Catalogue + ?Sized>(
-    store: Arc<S>,
+async fn prune_snapshots(
+    store: Arc<dyn EngineStore>,
     policy: RetentionPolicy,
     every: std::time::Duration,
+    clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every.max(std::time::Duration::from_secs(1)));
@@ -285,9 +342,7 @@ async fn prune_snapshots<S: DocumentStore + Catalogue + ?Sized>(
         let Ok(docs) = store.list().await else {
             continue;
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = clock.now_ms();
         for doc in docs {
             match store.prune_snapshots(&doc, policy, now).await {
                 Ok(0) => {}

@@ -30,7 +30,6 @@ use crate::doc_path::DocPath;
 use crate::event_gzip::{accepts_gzip, EventGzip};
 use crate::limits::ConnectionSlot;
 use crate::telemetry::{self, LiveConnection};
-use crate::ws::sleep_until;
 
 #[derive(Debug, Deserialize)]
 pub struct SseParams {
@@ -81,7 +80,7 @@ pub async fn follow(
         _live: LiveConnection::new("sse", grant.mode.as_str()),
         _slot: slot,
         expiry: app.token_deadline(&grant),
-        tracked: app.connections.token(),
+        _tracked: app.connections.token(),
         app,
         follower,
         keepalive,
@@ -121,8 +120,7 @@ struct EventStream {
     /// Its count in `weft_connections`.
     _live: LiveConnection,
     /// Keeps shutdown waiting until the stream has ended.
-    #[allow(dead_code)]
-    tracked: TaskTrackerToken,
+    _tracked: TaskTrackerToken,
 }
 
 impl EventStream {
@@ -146,7 +144,9 @@ impl EventStream {
                     }
                 },
                 _ = self.keepalive.tick() => Some(Bytes::from_static(b": keepalive\n\n")),
-                _ = sleep_until(self.expiry) => {
+                // Off for a token without an expiry.
+                _ = tokio::time::sleep_until(self.expiry.unwrap_or_else(Instant::now)),
+                    if self.expiry.is_some() => {
                     debug!("token expired; viewer stream ends");
                     None
                 }

@@ -2,7 +2,6 @@
 //! weft for a short-lived document token for the browser.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -10,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use weft_sync::{Clock, SystemClock};
 
 use crate::admin_key::AdminKey;
 use crate::api_error::ApiError;
@@ -68,9 +68,7 @@ fn mint_for(
             format!("ttl_secs must be between 1 and {MAX_TTL_SECS}"),
         ));
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = SystemClock.now_ms() / 1000;
     let (Some(exp), iat) = (
         Timestamp::from_secs(now.saturating_add(req.ttl_secs)),
         Timestamp::from_secs(now),

@@ -13,7 +13,7 @@
 //! timestamps, so a captured request cannot be replayed later.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use weft_storage::{DocName, WebhookDelivery, WebhookOutbox};
 use weft_sync::changes::{ChangeFeed, Pending};
-use weft_sync::EventId;
+use weft_sync::{Clock, EventId, SystemClock};
 
 /// How webhooks are sent.
 #[derive(Debug, Clone)]
@@ -43,6 +43,7 @@ pub fn start(
     config: WebhookConfig,
     feed: Arc<ChangeFeed>,
     store: Arc<dyn WebhookOutbox>,
+    clock: Arc<dyn Clock>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -51,6 +52,7 @@ pub fn start(
         config.clone(),
         feed,
         store.clone(),
+        clock,
         queued.clone(),
         shutdown.clone(),
     ));
@@ -70,16 +72,11 @@ pub fn start(
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn schedule(
     config: WebhookConfig,
     feed: Arc<ChangeFeed>,
     store: Arc<dyn WebhookOutbox>,
+    clock: Arc<dyn Clock>,
     queued: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -94,7 +91,7 @@ async fn schedule(
             _ = tokio::time::sleep(tick) => {}
         }
         let due = feed.take_due(
-            now_ms(),
+            clock.now_ms(),
             config.debounce.as_millis() as u64,
             config.max_wait.as_millis() as u64,
         );
@@ -105,8 +102,13 @@ async fn schedule(
 
 /// Queues every notification still waiting out its debounce: at shutdown,
 /// after the last changes are stored, so none is lost to a restart.
-pub async fn queue_pending(config: &WebhookConfig, feed: &ChangeFeed, store: &dyn WebhookOutbox) {
-    enqueue(config, feed.take_due(now_ms(), 0, 0), store).await;
+pub async fn queue_pending(
+    config: &WebhookConfig,
+    feed: &ChangeFeed,
+    store: &dyn WebhookOutbox,
+    clock: &dyn Clock,
+) {
+    enqueue(config, feed.take_due(clock.now_ms(), 0, 0), store).await;
 }
 
 async fn enqueue(config: &WebhookConfig, due: Vec<(DocName, Pending)>, store: &dyn WebhookOutbox) {
@@ -210,7 +212,8 @@ async fn post(
         "last_change_ms": d.last_change_ms,
     }))
     .map_err(|e| e.to_string())?;
-    let timestamp = now_ms() / 1000;
+    // The receiver's wall clock judges it.
+    let timestamp = SystemClock.now_ms() / 1000;
     let resp = http
         .post(url)
         .header("content-type", "application/json")
@@ -233,15 +236,17 @@ mod tests {
 
     #[test]
     fn signatures_are_hmac_sha256_of_timestamp_and_body() {
-        // Checked against: printf '1700000000.{}' | openssl dgst -sha256 -hmac key
+        // Vectors from README's verification snippet, run with node:
+        // crypto.createHmac('sha256', secret).update(`${ts}.${rawBody}`).digest('hex');
+        // the first also from `printf '1700000000.{}' | openssl dgst -sha256 -hmac key`.
         assert_eq!(
             sign("key", 1_700_000_000, b"{}"),
-            "sha256=".to_owned()
-                + &hex::encode({
-                    let mut m = Hmac::<Sha256>::new_from_slice(b"key").expect("key");
-                    m.update(b"1700000000.{}");
-                    m.finalize().into_bytes()
-                })
+            "sha256=9d713ed406bb7076d4123f0dc2c39d2df5c654ed4b0cd56b52c8b4c940bd63ae"
+        );
+        let readme_example = br#"{"type":"document.changed","delivery":42,"doc":"my-document","last_seq":118,"event_id":"3f9c0a12d4e5b6a7-118","first_change_ms":1795600000000,"last_change_ms":1795600001500}"#;
+        assert_eq!(
+            sign("webhook-test-secret", 1_795_600_000, readme_example),
+            "sha256=b86e8deccfb078c15340fa14ad1f4993d0ef09b0e0fe5dd37b7680b0413323ad"
         );
         assert_ne!(sign("key", 1, b"{}"), sign("key", 2, b"{}"));
     }

@@ -18,12 +18,12 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn, Instrument};
 
 use weft_storage::DocName;
 use weft_sync::protocol::decode_frame;
-use weft_sync::{Access, RoomError, Session};
+use weft_sync::{Access, Session};
 
 use crate::access::Credentials;
 use crate::api_error::ApiError;
@@ -34,6 +34,7 @@ use crate::creation_limit::client_addr;
 use crate::doc_path::DocPath;
 use crate::limits;
 use crate::peer::PeerAddr;
+use crate::refusal::Refusal;
 use crate::telemetry::{self, LiveConnection};
 use crate::ws_upgrade::{NotAWebSocket, WebSocket, WsUpgrade};
 
@@ -148,20 +149,7 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, peer: PeerAddr, app:
     {
         Ok(session) => session,
         Err(e) => {
-            let code = match e {
-                RoomError::ShuttingDown => close_code::GOING_AWAY,
-                RoomError::Busy | RoomError::Retry | RoomError::Full(_) => {
-                    close_code::TRY_AGAIN_LATER
-                }
-                RoomError::TooLarge(_) => close_code::DOCUMENT_TOO_LARGE,
-                RoomError::TooManyNewDocuments { .. } => close_code::RATE_LIMITED,
-                RoomError::Rejected(_) | RoomError::NotFound(_) | RoomError::NoSuchDocument(_) => {
-                    close_code::REJECTED
-                }
-                RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => {
-                    close_code::INTERNAL_ERROR
-                }
-            };
+            let code = Refusal::of_room(&e).close_code;
             warn!(error = %e, "could not join document");
             close(&mut sink, &mut stream, code, &e.to_string()).await;
             return;
@@ -259,7 +247,9 @@ async fn connection_loop(
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
             }
-            _ = sleep_until(expiry) => {
+            // Off for a token without an expiry.
+            _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)),
+                if expiry.is_some() => {
                 return End::Close(close_code::UNAUTHORIZED, "token expired".into());
             }
             _ = ping.tick() => {
@@ -275,16 +265,16 @@ async fn connection_loop(
     }
 }
 
-fn read_error(e: tungstenite::Error) -> End {
+fn read_error(e: WsError) -> End {
     match e {
-        tungstenite::Error::Capacity(c) => {
+        WsError::Capacity(c) => {
             End::Close(close_code::MESSAGE_TOO_BIG, format!("message too big: {c}"))
         }
-        tungstenite::Error::Protocol(p) => End::Close(
+        WsError::Protocol(p) => End::Close(
             close_code::PROTOCOL_ERROR,
             format!("WebSocket protocol error: {p}"),
         ),
-        tungstenite::Error::Utf8(_) => End::Close(
+        WsError::Utf8(_) => End::Close(
             close_code::PROTOCOL_ERROR,
             "text frame with invalid UTF-8".into(),
         ),
@@ -324,14 +314,6 @@ async fn close(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: u16, 
 
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
-
-/// Waits until `deadline`, or forever without one.
-pub async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 #[cfg(test)]
 mod tests {

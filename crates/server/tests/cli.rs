@@ -615,29 +615,85 @@ async fn old_snapshots_are_pruned_in_the_background() {
                 .expect("id"),
         );
     }
-    let mut kept = Vec::new();
-    for _ in 0..100 {
+    let (addr, auth) = (server.addr.as_str(), auth.as_str());
+    let snapshots = move || async move {
         let (_, body) = request(
-            &server.addr,
+            addr,
             "GET",
             "/admin/docs/pruned/snapshots",
-            &[("authorization", &auth)],
+            &[("authorization", auth)],
             vec![],
         )
         .await;
-        kept = serde_json::from_slice::<Vec<Value>>(&body)
+        serde_json::from_slice::<Vec<Value>>(&body)
             .expect("json")
             .iter()
             .map(|s| s["id"].as_u64().expect("id"))
-            .collect();
-        if kept.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+            .collect::<Vec<u64>>()
+    };
+    let kept = poll_until(snapshots, |kept| kept.len() == 2).await;
     assert_eq!(
         kept,
         ids[3..].to_vec(),
         "the two newest are kept, the rest pruned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_restores_into_a_data_directory_that_does_not_exist_yet() {
+    let mut source = Weft::start(&["--admin-key", ADMIN]);
+    post(&source.addr, "moved", insert(&Doc::new(), "moved content")).await;
+    assert!(source.terminate().success());
+    let work = tempfile::tempdir().expect("tmp");
+    let file = work.path().join("b.backup");
+    let fresh = work.path().join("fresh");
+    tokio::task::block_in_place(|| {
+        Mode::Offline(source.data_dir.path()).ok(&["backup", "-o", file.to_str().expect("utf8")]);
+        let target = Mode::Offline(&fresh);
+        let out = target.ok(&["backup", "restore", file.to_str().expect("utf8")]);
+        assert!(out.contains("restored 1 documents"), "{out}");
+        assert_eq!(
+            target.json(&["snapshot", "inspect", "moved"]),
+            serde_json::json!({ "t": "moved content" })
+        );
+        // Reading a directory that is not there still says so.
+        let (code, err) = Mode::Offline(&work.path().join("absent")).fails(&["docs", "list"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("there is no data directory"), "{err}");
+    });
+}
+
+#[test]
+fn operator_commands_take_the_data_directory_from_the_config_file() {
+    let work = tempfile::tempdir().expect("tmp");
+    let file = work.path().join("weft.toml");
+    let from_file = work.path().join("from-file");
+    std::fs::write(
+        &file,
+        format!(
+            "data-dir = {:?}\nlisten = \"127.0.0.1:1\"\n",
+            from_file.to_str().expect("utf8")
+        ),
+    )
+    .expect("write");
+    let out = weft()
+        .env("WEFT_CONFIG", &file)
+        .args(["docs", "list"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&from_file.display().to_string()), "{err}");
+    let flag = work.path().join("from-flag");
+    let out = weft()
+        .env("WEFT_CONFIG", &file)
+        .args(["docs", "list", "--data-dir"])
+        .arg(&flag)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&flag.display().to_string()),
+        "the flag wins: {err}"
     );
 }

@@ -511,3 +511,57 @@ async fn a_stuck_disk_holds_nobody_past_the_storage_timeout_and_writes_resume_af
     assert_eq!(status, 200, "{text}");
     assert_eq!(missing(&acked, &text), Vec::<&String>::new());
 }
+
+/// The status, `error` code and `Retry-After` of a request.
+async fn refusal(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, String, Option<String>) {
+    let mut http = http1(addr).await;
+    let resp = http.request(method, path, headers, body).await;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: serde_json::Value =
+        serde_json::from_slice(&body_bytes(resp).await).unwrap_or_default();
+    let code = body["error"].as_str().unwrap_or_default().to_owned();
+    (status, code, retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_document_api_and_the_admin_api_refuse_a_full_disk_alike() {
+    const ADMIN: &str = "full-disk-admin-key-0123456789abcdef";
+    let Some(disk) = Tmpfs::mount("20m") else {
+        return;
+    };
+    let (_logs, log) = fresh_log();
+    let data = tempfile::tempdir_in(disk.path()).expect("data dir");
+    let server =
+        Weft::start_in_logging_to(data, &log, &["--admin-key", ADMIN, "--unload-grace", "10m"]);
+    let addr = server.addr.clone();
+    let writer = Doc::new();
+    let mut acked = write_acknowledged(&addr, &writer, 0..3).await;
+    disk.fill(256 * 1024);
+    let (status, body, _) = write_until_refused(&addr, &writer, 3, &mut acked).await;
+    assert_eq!(status, 503, "{body}");
+
+    let update = insert(&Doc::new(), "one more");
+    let docs = refusal(&addr, "POST", "/docs/busy/updates", &[], update.clone()).await;
+    assert_eq!(
+        docs,
+        (503, "storage_failure".to_owned(), Some("1".to_owned()))
+    );
+    let auth = format!("Bearer {ADMIN}");
+    let headers = [("authorization", auth.as_str())];
+    let admin = refusal(&addr, "POST", "/admin/docs/busy/import", &headers, update).await;
+    assert_eq!(
+        admin, docs,
+        "/admin answers a storage failure as /docs does"
+    );
+}

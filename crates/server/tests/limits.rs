@@ -79,22 +79,17 @@ async fn connections_beyond_a_documents_limit_are_turned_away() {
         YMessage::Sync(SyncMessage::SyncStep1(_))
     ));
     drop(a);
-    let mut d = None;
-    for _ in 0..100 {
-        let mut ws = connect(&weft.url("busy")).await;
-        match tokio::time::timeout(
+    let url = weft.url("busy");
+    let url = url.as_str();
+    let join = move || async move {
+        let mut ws = connect(url).await;
+        let first = tokio::time::timeout(
             std::time::Duration::from_millis(500),
             next_message_or_close(&mut ws),
-        )
-        .await
-        {
-            Ok(true) => {
-                d = Some(ws);
-                break;
-            }
-            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    }
+        );
+        matches!(first.await, Ok(true)).then_some(ws)
+    };
+    let d = poll_until(join, Option::is_some).await;
     assert!(
         d.is_some(),
         "the place a closed connection left is free again"

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures_util::SinkExt;
 use support::*;
@@ -195,16 +194,16 @@ async fn every_metric_family_appears_and_moves() {
 
     // Everyone leaves; the idle document is evicted.
     drop((writer, reader, sse, http, stalled));
-    let mut evicted = 0.0;
-    for _ in 0..100 {
-        let m = scrape(a).await;
-        evicted = sample(&m, &["weft_document_evictions_total"]);
-        let open = sample(&m, &["weft_connections{"]);
-        if evicted >= 1.0 && sample(&m, &["weft_documents_loaded"]) == 0.0 && open == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let m = poll_until(
+        || scrape(a),
+        |m| {
+            sample(m, &["weft_document_evictions_total"]) >= 1.0
+                && sample(m, &["weft_documents_loaded"]) == 0.0
+                && sample(m, &["weft_connections{"]) == 0.0
+        },
+    )
+    .await;
+    let evicted = sample(&m, &["weft_document_evictions_total"]);
     assert!(evicted >= 1.0, "the idle document was evicted");
     let after = scrape(a).await;
     assert_eq!(sample(&after, &["weft_connections{"]), 0.0);
@@ -212,10 +211,11 @@ async fn every_metric_family_appears_and_moves() {
 
 #[tokio::test]
 async fn health_readiness_and_a_separate_metrics_address() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-    let metrics_addr = probe.local_addr().expect("addr").to_string();
-    drop(probe);
-    let weft = Weft::start(&["--metrics-listen", &metrics_addr]);
+    let weft = Weft::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_addr = weft
+        .metrics_addr
+        .clone()
+        .expect("the metrics address is printed");
     let (status, body) = request(&weft.addr, "GET", "/healthz", &[], vec![]).await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).contains("ok")),
@@ -323,4 +323,112 @@ fn settings_come_from_flag_then_environment_then_file() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting \"max-conections\""));
+}
+
+/// `weft serve --print-config ARGS` with no `WEFT_*` variable set: stdout.
+fn print_config(args: &[&std::ffi::OsStr]) -> String {
+    let mut cmd = assert_cmd::Command::cargo_bin("weft").expect("binary");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WEFT_") {
+            cmd.env_remove(name);
+        }
+    }
+    let out = cmd
+        .args(["serve", "--print-config"])
+        .args(args)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// Prints, loads that back with `--config`, prints again: the same bytes.
+fn assert_round_trips(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("printed.toml");
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let printed = print_config(&args);
+    std::fs::write(&file, &printed).expect("write");
+    let again = print_config(&["--config".as_ref(), file.as_os_str()]);
+    assert_eq!(
+        printed, again,
+        "--print-config does not load back as itself"
+    );
+    printed
+}
+
+#[test]
+fn the_printed_configuration_loads_back_as_itself() {
+    let defaults = assert_round_trips(&[]);
+    for line in [
+        "snapshot_keep_hourly = \"7days\"",
+        "snapshot_keep_daily = \"90days\"",
+        "prune_interval = \"10m\"",
+        "allowed_origins = []",
+    ] {
+        assert!(defaults.contains(line), "{line:?} missing:\n{defaults}");
+    }
+    let printed = assert_round_trips(&[
+        "--listen",
+        "0.0.0.0:7010",
+        "--metrics-listen",
+        "127.0.0.1:9100",
+        "--log-format",
+        "json",
+        "--allowed-origins",
+        "https://app.example,https://other.example",
+        "--webhook-url",
+        "https://hooks.example/a",
+        "--webhook-url",
+        "https://hooks.example/b",
+        "--snapshot-keep-daily",
+        "30days",
+        "--idle-timeout",
+        "90s",
+        "--storage-timeout",
+        "1500ms",
+        "--max-connections",
+        "7",
+        "--auth-expiry-disconnects",
+        "false",
+        "--tls-cert",
+        "/etc/weft/cert.pem",
+        "--tls-key",
+        "/etc/weft/key.pem",
+    ]);
+    for line in [
+        "snapshot_keep_daily = \"30days\"",
+        "idle_timeout = \"90s\"",
+        "storage_timeout = \"1500ms\"",
+        "https://hooks.example/b",
+        "https://other.example",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing:\n{printed}");
+    }
+}
+
+#[tokio::test]
+async fn an_empty_list_of_origins_in_the_file_allows_any_like_no_list() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("weft.toml");
+    std::fs::write(&file, "allowed-origins = []\n").expect("write");
+    let weft = Weft::start(&["--config", file.to_str().expect("utf8")]);
+    let mut http = http1(&weft.addr).await;
+    let resp = http
+        .request(
+            "GET",
+            "/sse/anywhere",
+            &[("origin", "https://app.example")],
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "an empty list must not refuse every origin"
+    );
 }

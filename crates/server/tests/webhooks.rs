@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 use support::*;
+use tokio::sync::Notify;
 use yrs::Doc;
 
 const SECRET: &str = "webhook-test-secret";
@@ -26,10 +27,28 @@ struct Receiver {
     received: Vec<Value>,
 }
 
-type Shared = Arc<Mutex<Receiver>>;
+/// The receiver's state, and an event each time a request arrives.
+#[derive(Default)]
+struct Hook {
+    receiver: Mutex<Receiver>,
+    arrived: Notify,
+}
 
-async fn hook(State(r): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
-    let mut r = r.lock().expect("lock");
+impl Hook {
+    fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, Receiver>> {
+        self.receiver.lock()
+    }
+}
+
+type Shared = Arc<Hook>;
+
+async fn hook(State(h): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+    let status = receive(&mut h.lock().expect("lock"), &headers, &body);
+    h.arrived.notify_waiters();
+    status
+}
+
+fn receive(r: &mut Receiver, headers: &HeaderMap, body: &[u8]) -> StatusCode {
     r.attempts += 1;
     if r.fail_next > 0 {
         r.fail_next -= 1;
@@ -39,7 +58,7 @@ async fn hook(State(r): State<Shared>, headers: HeaderMap, body: axum::body::Byt
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
     mac.update(ts.as_bytes());
     mac.update(b".");
-    mac.update(&body);
+    mac.update(body);
     let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     assert_eq!(
         headers["weft-signature"].to_str().expect("ascii"),
@@ -53,16 +72,18 @@ async fn hook(State(r): State<Shared>, headers: HeaderMap, body: axum::body::Byt
         ts.parse::<u64>().expect("number").abs_diff(now) < 60,
         "fresh timestamp"
     );
-    r.received
-        .push(serde_json::from_slice(&body).expect("json"));
+    r.received.push(serde_json::from_slice(body).expect("json"));
     StatusCode::OK
 }
 
 async fn receiver(fail_next: usize) -> (String, Shared) {
-    let shared: Shared = Arc::new(Mutex::new(Receiver {
-        fail_next,
-        ..Default::default()
-    }));
+    let shared: Shared = Arc::new(Hook {
+        receiver: Mutex::new(Receiver {
+            fail_next,
+            ..Default::default()
+        }),
+        arrived: Notify::new(),
+    });
     let app = Router::new()
         .route("/hook", post(hook))
         .with_state(shared.clone());
@@ -86,14 +107,20 @@ async fn post_change(addr: &str, doc: &str, writer: &Doc, s: &str) {
     assert_eq!(status, 200);
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if done() {
+/// Waits, request by request, until what the receiver got is `done`.
+async fn wait_for(what: &str, hook: &Hook, mut done: impl FnMut(&Receiver) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let arrived = hook.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        if done(&hook.lock().expect("lock")) {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+            panic!("timed out waiting for {what}");
+        }
     }
-    panic!("timed out waiting for {what}");
 }
 
 fn args(url: &str) -> Vec<String> {
@@ -122,10 +149,7 @@ async fn a_burst_of_changes_is_one_signed_notification_retried_until_received() 
         post_change(&weft.addr, "burst", &writer, &i.to_string()).await;
     }
     // Two refusals, retried after 1 s and 2 s, then received.
-    wait_for("the notification", || {
-        !r.lock().expect("lock").received.is_empty()
-    })
-    .await;
+    wait_for("the notification", &r, |r| !r.received.is_empty()).await;
     let r = r.lock().expect("lock");
     assert_eq!(r.attempts, 3, "two failures, then success");
     assert_eq!(r.received.len(), 1, "five changes, one notification");
@@ -144,7 +168,7 @@ async fn notifications_survive_a_restart_and_arrive_in_order() {
     let mut weft = Weft::start(&args);
     let writer = Doc::new();
     post_change(&weft.addr, "kept", &writer, "a").await;
-    wait_for("a failed attempt", || r.lock().expect("lock").attempts >= 1).await;
+    wait_for("a failed attempt", &r, |r| r.attempts >= 1).await;
     // A second burst, and the server stops before its debounce is over:
     // its notification is queued on the way out.
     post_change(&weft.addr, "kept", &writer, "b").await;
@@ -154,8 +178,8 @@ async fn notifications_survive_a_restart_and_arrive_in_order() {
     // The receiver recovers; weft comes back and delivers what it queued.
     r.lock().expect("lock").fail_next = 0;
     let weft = weft.restart(&args);
-    wait_for("both notifications after the restart", || {
-        r.lock().expect("lock").received.len() >= 2
+    wait_for("both notifications after the restart", &r, |r| {
+        r.received.len() >= 2
     })
     .await;
     let r = r.lock().expect("lock");

@@ -192,7 +192,9 @@ pub enum RoomError {
     TooLarge(String),
     #[error("the document has its maximum of {0} connections; try again later")]
     Full(usize),
-    /// Internal: the room was unloading; ask a fresh one.
+    /// Internal: the room was unloading; ask a fresh one. `Rooms` retries
+    /// it and never returns it.
+    #[doc(hidden)]
     #[error("the document was unloading")]
     Retry,
 }

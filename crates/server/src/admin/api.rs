@@ -15,8 +15,10 @@ use weft_storage::DocName;
 
 use super::{AdminError, Backend, Progress};
 use crate::admin_key::AdminKey;
+use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::body::{ArchiveBody, JsonBodyError, LimitedBody, LimitedJson};
+use crate::refusal::Refusal;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -39,10 +41,16 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/verify", get(verify))
 }
 
+/// Answered like every other HTTP error (`ApiError`), and a refusal of the
+/// engine exactly as the document API answers it.
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        match self {
+            AdminError::Room(e) => ApiError::from(e).into_response(),
+            other => {
+                ApiError::refused(Refusal::of_admin(&other), other.to_string()).into_response()
+            }
+        }
     }
 }
 
@@ -191,4 +199,38 @@ async fn restore_backup(
 
 async fn verify(State(app): State<Arc<AppState>>, _: AdminKey) -> Result<Response, AdminError> {
     Ok(Json(app.admin.verify().await?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_sync::RoomError;
+
+    #[test]
+    fn every_refusal_of_the_engine_is_answered_as_the_document_api_answers_it() {
+        for e in [
+            RoomError::LoadFailed("corrupt".into()),
+            RoomError::ShuttingDown,
+            RoomError::Busy,
+            RoomError::Rejected("bad".into()),
+            RoomError::StorageFailure("disk full".into()),
+            RoomError::NotFound("no snapshot".into()),
+            RoomError::NoSuchDocument("d".into()),
+            RoomError::TooManyNewDocuments {
+                retry_after_secs: 7,
+            },
+            RoomError::TooLarge("big".into()),
+            RoomError::Full(3),
+            RoomError::Retry,
+        ] {
+            let docs = ApiError::from(e.clone()).into_response();
+            let admin = AdminError::from(e.clone()).into_response();
+            assert_eq!(docs.status(), admin.status(), "{e:?}");
+            assert_eq!(
+                docs.headers().get(header::RETRY_AFTER),
+                admin.headers().get(header::RETRY_AFTER),
+                "{e:?}"
+            );
+        }
+    }
 }

@@ -59,11 +59,15 @@ impl RemoteAdmin {
             .unwrap_or_else(|| format!("the server answered {status}"));
         Err(match status {
             StatusCode::NOT_FOUND => AdminError::NotFound(message),
-            StatusCode::BAD_REQUEST | StatusCode::CONFLICT => AdminError::BadRequest(message),
+            StatusCode::BAD_REQUEST | StatusCode::CONFLICT | StatusCode::PAYLOAD_TOO_LARGE => {
+                AdminError::BadRequest(message)
+            }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 AdminError::Unauthorized(format!("{message} (check --admin-key)"))
             }
-            StatusCode::SERVICE_UNAVAILABLE => AdminError::Unavailable(message),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                AdminError::Unavailable(message)
+            }
             _ => AdminError::Failed(message),
         })
     }

@@ -20,7 +20,7 @@ use weft_sync::{EngineConfig, Rooms, SystemClock};
 use super::client::RemoteAdmin;
 use super::ops::LocalAdmin;
 use super::{AdminError, Backend, DocSummary, Progress, QuarantineView, SnapshotView};
-use crate::cli::Secret;
+use crate::secret::Secret;
 
 /// Where the operation happens.
 #[derive(Debug, Clone, Args)]
@@ -136,9 +136,23 @@ pub enum AdminCommand {
     Verify,
 }
 
+impl AdminCommand {
+    /// `weft backup restore` may fill a data directory that does not exist
+    /// yet (created, as `weft serve` does); every other command reads one.
+    fn creates_data_dir(&self) -> bool {
+        matches!(
+            self,
+            AdminCommand::Backup(BackupArgs {
+                restore: Some(BackupCommand::Restore { .. }),
+                ..
+            })
+        )
+    }
+}
+
 /// Runs an admin command; the process exit code is 0 on success, 1 on failure.
 pub async fn run(command: AdminCommand, target: Target) -> Result<(), AdminError> {
-    let (backend, engine) = connect(&target)?;
+    let (backend, engine) = connect(&target, command.creates_data_dir())?;
     let result = execute(command, &target, backend.as_ref()).await;
     if let Some(rooms) = engine {
         // Offline changes were made through the engine: let it store them.
@@ -147,14 +161,24 @@ pub async fn run(command: AdminCommand, target: Target) -> Result<(), AdminError
     result
 }
 
-fn connect(target: &Target) -> Result<(Box<dyn Backend>, Option<Rooms>), AdminError> {
+fn connect(
+    target: &Target,
+    create_data_dir: bool,
+) -> Result<(Box<dyn Backend>, Option<Rooms>), AdminError> {
     if let Some(server) = &target.server {
         let key = target.admin_key.as_ref().ok_or_else(|| {
             AdminError::BadRequest("--server needs --admin-key (or WEFT_ADMIN_KEY)".into())
         })?;
         return Ok((Box::new(RemoteAdmin::new(server, key.expose())?), None));
     }
-    if !target.data_dir.exists() {
+    if create_data_dir {
+        std::fs::create_dir_all(&target.data_dir).map_err(|e| {
+            AdminError::Failed(format!(
+                "could not create the data directory {}: {e}",
+                target.data_dir.display()
+            ))
+        })?;
+    } else if !target.data_dir.exists() {
         return Err(AdminError::NotFound(format!(
             "there is no data directory {}; give --data-dir, or --server for a running server",
             target.data_dir.display()
@@ -165,7 +189,7 @@ fn connect(target: &Target) -> Result<(Box<dyn Backend>, Option<Rooms>), AdminEr
             "the data directory {} is in use by a running server; use --server URL --admin-key KEY",
             path.display()
         )),
-        other => AdminError::Failed(other.to_string()),
+        other => AdminError::Storage(other),
     })?;
     let store = Arc::new(store);
     let rooms = Rooms::new(

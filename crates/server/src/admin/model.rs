@@ -1,9 +1,8 @@
 //! What admin operations return, as JSON on the wire and in `--json` output.
 
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use weft_storage::{DocInfo, Quarantined, SnapshotInfo};
+use weft_storage::{DocInfo, Quarantined, SnapshotInfo, StorageError};
 use weft_sync::{Restored, RoomError, RoomStats};
 
 /// One document, as `docs list` shows it.
@@ -149,7 +148,7 @@ pub struct Problem {
 }
 
 /// Why an admin operation failed, with what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("{0}")]
     NotFound(String),
@@ -161,52 +160,10 @@ pub enum AdminError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
-}
-
-impl AdminError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AdminError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            AdminError::NotFound(_) => "not_found",
-            AdminError::BadRequest(_) => "bad_request",
-            AdminError::Unauthorized(_) => "unauthorized",
-            AdminError::Unavailable(_) => "unavailable",
-            AdminError::Failed(_) => "failed",
-        }
-    }
-}
-
-impl From<RoomError> for AdminError {
-    fn from(e: RoomError) -> Self {
-        let m = e.to_string();
-        match e {
-            RoomError::NotFound(_) | RoomError::NoSuchDocument(_) => AdminError::NotFound(m),
-            RoomError::Rejected(_) | RoomError::TooLarge(_) => AdminError::BadRequest(m),
-            RoomError::ShuttingDown
-            | RoomError::Busy
-            | RoomError::Retry
-            | RoomError::Full(_)
-            | RoomError::TooManyNewDocuments { .. } => AdminError::Unavailable(m),
-            RoomError::LoadFailed(_) | RoomError::StorageFailure(_) => AdminError::Failed(m),
-        }
-    }
-}
-
-impl From<weft_storage::StorageError> for AdminError {
-    fn from(e: weft_storage::StorageError) -> Self {
-        match e {
-            weft_storage::StorageError::BadArchive(_)
-            | weft_storage::StorageError::AlreadyExists(_) => AdminError::BadRequest(e.to_string()),
-            _ => AdminError::Failed(e.to_string()),
-        }
-    }
+    /// The document engine refused: answered as the document API answers.
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }

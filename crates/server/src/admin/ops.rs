@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use weft_storage::{
     Archive, ArchiveRestore, Catalogue, DocDump, DocName, DocumentStore, StoredDoc,
 };
 use weft_sync::protocol::decode_update;
-use weft_sync::{DocState, Rooms, SystemClock};
+use weft_sync::{Clock, DocState, Rooms, SystemClock};
 
 use super::{
     AdminError, Backend, BackupSummary, ChangeView, DocDetail, DocSummary, Problem, Progress,
@@ -75,7 +74,7 @@ impl LocalAdmin {
                 match step {
                     Step::Start => {
                         let first = match admin.store.list().await {
-                            Ok(docs) => archive::header(docs.len() as u64, now_ms())
+                            Ok(docs) => archive::header(docs.len() as u64, SystemClock.now_ms())
                                 .map(|h| (Bytes::from(h), Step::Doc(docs, 0, 0))),
                             Err(e) => Err(e),
                         };
@@ -123,12 +122,6 @@ fn not_found(doc: &DocName) -> AdminError {
     AdminError::NotFound(format!(
         "there is no document {doc}; `weft docs list` shows what there is"
     ))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn io_failed(e: std::io::Error) -> AdminError {

@@ -20,10 +20,52 @@ use yrs::updates::encoder::Encode;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Asks `probe` again and again (every 50 ms, for at most [`WAIT`]) until
+/// its answer is `done`, and returns the last answer: for state of the
+/// server process that no message announces.
+pub async fn poll_until<T, F>(mut probe: impl FnMut() -> F, done: impl Fn(&T) -> bool) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = probe().await;
+        if done(&answer) || tokio::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub struct Weft {
     child: Child,
     pub addr: String,
+    /// Where `--metrics-listen` bound, if it was given.
+    pub metrics_addr: Option<String>,
     pub data_dir: tempfile::TempDir,
+}
+
+/// The addresses weft bound (it may have been asked for port 0), from
+/// what it prints on stdout: `weft metrics on URL` (with --metrics-listen),
+/// then `weft listening on URL`, its last line.
+fn bound_addresses(mut stdout: impl BufRead) -> (String, Option<String>) {
+    let host = |line: &str, prefix: &str| {
+        line.trim()
+            .strip_prefix(prefix)
+            .and_then(|url| url.split_once("://"))
+            .map(|(_, addr)| addr.to_owned())
+    };
+    let mut metrics = None;
+    loop {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("reads the address line");
+        if let Some(addr) = host(&line, "weft listening on ") {
+            return (addr, metrics);
+        }
+        metrics = Some(
+            host(&line, "weft metrics on ").unwrap_or_else(|| panic!("unexpected line {line:?}")),
+        );
+    }
 }
 
 impl Weft {
@@ -75,19 +117,11 @@ impl Weft {
             .spawn()
             .expect("weft starts");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reads the address line");
-        let addr = line
-            .trim()
-            .strip_prefix("weft listening on ")
-            .and_then(|url| url.split_once("://"))
-            .map(|(_, addr)| addr.to_owned())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (addr, metrics_addr) = bound_addresses(BufReader::new(stdout));
         Weft {
             child,
             addr,
+            metrics_addr,
             data_dir,
         }
     }
