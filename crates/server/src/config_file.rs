@@ -178,6 +178,8 @@ fn read(path: &Path, serve: &clap::Command) -> anyhow::Result<Vec<Setting>> {
 fn text_of(value: toml::Value) -> String {
     match value {
         toml::Value::String(s) => s,
+        // As a number is typed: `1000.0` is `1000`, as it always was here.
+        toml::Value::Float(f) => f.to_string(),
         other => other.to_string(),
     }
 }
@@ -232,7 +234,7 @@ mod tests {
         let path = dir.path().join("weft.toml");
         std::fs::write(
             &path,
-            "listen = \"0.0.0.0:9000\"\nmax_connections = 5\nallowed-origins = [\"https://a\", \"https://b\"]\nauth-expiry-disconnects = false\n",
+            "listen = \"0.0.0.0:9000\"\nmax_connections = 5\nallowed-origins = [\"https://a\", \"https://b\"]\nauth-expiry-disconnects = false\nsnapshot-every = 1000.0\n",
         )
         .expect("write");
         let mut got: Vec<(String, Vec<String>)> = read(&path, &serve())
@@ -252,6 +254,8 @@ mod tests {
                 ("WEFT_AUTH_EXPIRY_DISCONNECTS".into(), owned(&["false"])),
                 ("WEFT_LISTEN".into(), owned(&["0.0.0.0:9000"])),
                 ("WEFT_MAX_CONNECTIONS".into(), owned(&["5"])),
+                // A whole number written as a float, as it is typed.
+                ("WEFT_SNAPSHOT_EVERY".into(), owned(&["1000"])),
             ]
         );
         std::fs::write(&path, "lisen = \"x\"\n").expect("write");

@@ -87,6 +87,8 @@ impl Refusal {
                 Refusal::new(StatusCode::BAD_REQUEST, "bad_request", close_code::REJECTED)
             }
             StorageError::Io { .. }
+            | StorageError::Backend { .. }
+            | StorageError::Connect { .. }
             | StorageError::Timeout { .. }
             | StorageError::Unavailable { .. }
             | StorageError::Busy(_) => {
@@ -133,6 +135,17 @@ mod tests {
             Refusal::of_storage(&StorageError::Timeout {
                 action: "appending",
                 after: std::time::Duration::from_secs(10),
+            }),
+            // What sled and Redis errors arrive as, with their source kept.
+            Refusal::of_storage(&StorageError::Backend {
+                action: "restoring a document",
+                reason: "No space left on device".into(),
+                source: std::io::Error::other("No space left on device").into(),
+            }),
+            Refusal::of_storage(&StorageError::Connect {
+                target: " at 127.0.0.1:6379".into(),
+                reason: "connection refused".into(),
+                source: None,
             }),
         ] {
             assert_eq!(refusal.status, StatusCode::SERVICE_UNAVAILABLE);

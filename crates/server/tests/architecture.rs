@@ -176,14 +176,27 @@ fn configuration_never_touches_the_process_environment() {
 /// The longest a function outside tests may be, in lines.
 const LONGEST_FUNCTION: usize = 100;
 
-/// Each function of a rustfmt-formatted file before its tests, with its
-/// length in lines: from its `fn` line to the `}` at the same indentation.
+/// Each function of a rustfmt-formatted file outside its test modules, with
+/// its length in lines: from its `fn` line to the `}` at the same indentation.
 fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut found = Vec::new();
+    let mut in_tests: Option<String> = None;
     for (i, line) in lines.iter().enumerate() {
+        // A `#[cfg(test)]` module written inline is skipped to its closing
+        // brace; one in a file of its own (`mod tests;`) is not in this file.
+        if let Some(close) = &in_tests {
+            if line == close {
+                in_tests = None;
+            }
+            continue;
+        }
         if line.trim_start().starts_with("#[cfg(test)]") {
-            break;
+            if let Some(next) = lines.get(i + 1).filter(|l| l.trim_end().ends_with('{')) {
+                let indent = &next[..next.len() - next.trim_start().len()];
+                in_tests = Some(format!("{indent}}}"));
+            }
+            continue;
         }
         let Some(name) = function_name(line) else {
             continue;
@@ -249,10 +262,14 @@ fn no_function_outside_tests_is_longer_than_a_hundred_lines() {
 
 #[test]
 fn the_function_length_rule_sees_functions() {
-    let text = "fn short() {\n    1\n}\n\npub(crate) async fn longer(\n    a: u8,\n) -> u8 {\n    a\n}\n\nfn declared();\n";
+    let text = "#[cfg(test)]\nmod tests;\n\nfn short() {\n    1\n}\n\npub(crate) async fn longer(\n    a: u8,\n) -> u8 {\n    a\n}\n\nfn declared();\n\n#[cfg(test)]\nmod tests {\n    fn skipped() {\n    }\n}\n\nfn after() {\n}\n";
     let found = function_lengths(text);
     assert_eq!(
         found,
-        vec![("short".to_owned(), 1, 3), ("longer".to_owned(), 5, 5)]
+        vec![
+            ("short".to_owned(), 4, 3),
+            ("longer".to_owned(), 8, 5),
+            ("after".to_owned(), 22, 2)
+        ]
     );
 }

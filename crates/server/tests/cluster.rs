@@ -34,7 +34,8 @@ impl ClusterRedis for RedisServer {
     /// Runs a redis-cli command, returning its output.
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port().to_string()])
+            .arg("-s")
+            .arg(self.socket())
             .args(args)
             .output()
             .expect("redis-cli");

@@ -1,49 +1,53 @@
-//! `RedisServer`: a throwaway `redis-server` on loopback for tests, on a
-//! free port with its own directory, every write fsynced before it is
+//! `RedisServer`: a throwaway `redis-server` for tests, listening only on a
+//! Unix socket in its own directory (no TCP port, so no other process can
+//! take its address between two tests), every write fsynced before it is
 //! acknowledged, killed when dropped. The storage tests use it, and the
 //! server's cluster tests include this file by path.
 
-use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     child: Child,
-    port: u16,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Self::spawn(port, &dir);
-        RedisServer { child, port, dir }
+        let child = Self::spawn(&dir);
+        RedisServer { child, dir }
     }
 
-    /// kill -9 and start again on the same port and files.
+    /// kill -9 and start again on the same socket and files.
     #[allow(dead_code)] // not every including test file restarts Redis
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.port, &self.dir);
+        self.child = Self::spawn(&self.dir);
     }
 
-    #[allow(dead_code)] // for redis-cli; not every including file runs it
-    pub fn port(&self) -> u16 {
-        self.port
+    /// Its socket, for `redis-cli -s`.
+    pub fn socket(&self) -> PathBuf {
+        Self::socket_in(&self.dir)
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis+unix://{}", self.socket().display())
     }
 
-    fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
+    fn socket_in(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("redis.sock")
+    }
+
+    fn spawn(dir: &tempfile::TempDir) -> Child {
+        let socket = Self::socket_in(dir);
+        let _ = std::fs::remove_file(&socket); // left by a killed server
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
             .args([
                 "--save",
                 "",
@@ -58,7 +62,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server on PATH (tests/run installs it: apt-get install redis-server)");
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while UnixStream::connect(&socket).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "redis-server did not start"

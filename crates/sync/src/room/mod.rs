@@ -5,8 +5,9 @@
 //! [`DocState`] (`commands.rs`, `updates.rs`, `viewers.rs`), makes the
 //! batch's changes durable with one append (group commit, `commit.rs`), and
 //! only then hands the resulting frames to the subscribers' bounded queues
-//! (`fanout.rs`). Work on one document never waits for another's in the
-//! engine (the store may share a flush between documents: see ARCHITECTURE.md).
+//! (`fanout.rs`). A room waits for other documents' work only for a slot
+//! of the CPU pool or a flush the store shares between documents (see
+//! ARCHITECTURE.md).
 //!
 //! Whatever makes yrs work runs on the engine's CPU pool, off the runtime's
 //! workers, and each writer's updates are charged to its CPU budget (see
