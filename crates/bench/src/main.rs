@@ -6,6 +6,7 @@
 mod clients;
 mod coldload;
 mod compare;
+mod disk;
 mod fanout;
 mod idle;
 mod ingest;
@@ -50,6 +51,8 @@ enum Scenario {
     Transports(transports::TransportsArgs),
     /// Connect → sync step 2 for a stored document not in memory.
     Coldload(coldload::ColdloadArgs),
+    /// Append + fdatasync in a data directory: the disk's own durable-write tail.
+    Disk(disk::DiskArgs),
     /// One table of several servers' results, with ratios against weft.
     Compare(compare::CompareArgs),
 }
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Join(args) => report(&join::run(args).await?, print_join)?,
         Scenario::Transports(args) => report(&transports::run(args).await?, print_transports)?,
         Scenario::Coldload(args) => report(&coldload::run(args).await?, print_coldload)?,
+        Scenario::Disk(args) => report(&disk::run(args).await?, print_disk)?,
         Scenario::Compare(args) => {
             println!("{}", compare::run(args)?);
             return Ok(());
@@ -190,4 +194,18 @@ fn print_latency(name: &str, p: Option<Percentiles>, missing: usize) {
 
 fn to_json<T: Serialize>(value: &T) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(value)?)
+}
+
+/// What a disk run found, for a person.
+fn print_disk(r: &disk::DiskResult) {
+    println!(
+        "disk: append {} B + fdatasync in {}",
+        r.bytes_per_write, r.dir
+    );
+    if let Some(p) = r.fdatasync {
+        println!(
+            "  p50 {:8.3} ms  p99 {:8.3} ms  p999 {:8.3} ms  max {:8.3} ms  ({} writes)",
+            p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms, p.samples
+        );
+    }
 }
