@@ -179,6 +179,10 @@ fn http_builder(limits: EdgeLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// One connection: TLS if configured, then HTTP until it closes.
+///
+/// Each way of serving is boxed: the task holds only the one its
+/// connection takes, sized for it, rather than room for the largest (a TLS
+/// handshake, or hyper serving a TLS stream) on every plain connection.
 async fn connection(tcp: TcpStream, peer: SocketAddr, pending: Arc<Pending>, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let state = Arc::new(ConnState::new(pending));
@@ -194,17 +198,17 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, pending: Arc<Pending>, sha
                     return closed_for("header_timeout", peer);
                 };
                 let io = TokioIo::new(tcp);
-                serve_http(io, peer, &state, headers_due, &shared, protocol).await
+                Box::pin(serve_http(io, peer, &state, headers_due, &shared, protocol)).await
             }
             Some(acceptor) => {
                 let handshake = tokio::select! {
-                    done = timeout_at(headers_due, acceptor.accept(tcp)) => done,
+                    done = timeout_at(headers_due, Box::pin(acceptor.accept(tcp))) => done,
                     _ = shared.shutdown.cancelled() => return,
                 };
                 match handshake {
                     Ok(Ok(tls)) => {
                         let io = TokioIo::new(tls);
-                        serve_http(io, peer, &state, headers_due, &shared, None).await
+                        Box::pin(serve_http(io, peer, &state, headers_due, &shared, None)).await
                     }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => closed_for("header_timeout", peer),
