@@ -33,6 +33,14 @@
 //!   kernel is out of buffers), the loop backs off, from 10 ms doubling to
 //!   1 s, logs at most one line a second and counts each failure in
 //!   `weft_accept_errors_total`, instead of spinning on the error.
+//! - **Protocol**: on a plain connection the first bytes are peeked (not
+//!   read) to tell HTTP/2's preface from an HTTP/1.1 request, and the
+//!   connection is served by a builder for that one protocol. hyper-util's
+//!   own detection reads those bytes and hands them back to hyper as a
+//!   separate short read, which made hyper double its 8 KiB read buffer for
+//!   every HTTP/1.1 connection (16 KiB held for an event stream's whole
+//!   life). When the bytes seen so far could still be either, and over TLS,
+//!   hyper-util detects as before.
 //! - **Shutdown**: the loop stops accepting; connections with nothing in
 //!   flight (half-sent headers included) close at once, the others are told
 //!   to shut down gracefully and get two seconds (event streams and
@@ -102,7 +110,20 @@ struct Shared {
     router: Router,
     limits: EdgeLimits,
     shutdown: CancellationToken,
+    /// Either protocol, by detection; HTTP/1.1 only; HTTP/2 only.
     http: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Shared {
+    fn builder(&self, protocol: Option<Protocol>) -> &auto::Builder<TokioExecutor> {
+        match protocol {
+            Some(Protocol::Http1) => &self.http1,
+            Some(Protocol::Http2) => &self.http2,
+            None => &self.http,
+        }
+    }
 }
 
 /// Accepts connections until shutdown; each is served in a tracked task.
@@ -116,11 +137,14 @@ pub async fn run(edge: Edge) {
         tasks,
     } = edge;
     let pending = Arc::new(Pending::new(limits.max_pending));
+    let http = http_builder(limits);
     let shared = Arc::new(Shared {
         tls,
         router,
         limits,
-        http: http_builder(limits),
+        http1: http.clone().http1_only(),
+        http2: http.clone().http2_only(),
+        http,
         shutdown: shutdown.clone(),
     });
     let mut backoff = Backoff::default();
@@ -155,21 +179,36 @@ fn http_builder(limits: EdgeLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// One connection: TLS if configured, then HTTP until it closes.
+///
+/// Each way of serving is boxed: the task holds only the one its
+/// connection takes, sized for it, rather than room for the largest (a TLS
+/// handshake, or hyper serving a TLS stream) on every plain connection.
 async fn connection(tcp: TcpStream, peer: SocketAddr, pending: Arc<Pending>, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let state = Arc::new(ConnState::new(pending));
     let headers_due = after(shared.limits.header_timeout);
     let serve = async {
         match &shared.tls {
-            None => serve_http(TokioIo::new(tcp), peer, &state, headers_due, &shared).await,
+            None => {
+                let protocol = tokio::select! {
+                    seen = timeout_at(headers_due, sniff(&tcp)) => seen,
+                    _ = shared.shutdown.cancelled() => return,
+                };
+                let Ok(protocol) = protocol else {
+                    return closed_for("header_timeout", peer);
+                };
+                let io = TokioIo::new(tcp);
+                Box::pin(serve_http(io, peer, &state, headers_due, &shared, protocol)).await
+            }
             Some(acceptor) => {
                 let handshake = tokio::select! {
-                    done = timeout_at(headers_due, acceptor.accept(tcp)) => done,
+                    done = timeout_at(headers_due, Box::pin(acceptor.accept(tcp))) => done,
                     _ = shared.shutdown.cancelled() => return,
                 };
                 match handshake {
                     Ok(Ok(tls)) => {
-                        serve_http(TokioIo::new(tls), peer, &state, headers_due, &shared).await
+                        let io = TokioIo::new(tls);
+                        Box::pin(serve_http(io, peer, &state, headers_due, &shared, None)).await
                     }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => closed_for("header_timeout", peer),
@@ -181,6 +220,36 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, pending: Arc<Pending>, sha
         _ = serve => {}
         // Only ever cancelled while nothing is in flight.
         _ = state.evicted.cancelled() => closed_for("evicted", peer),
+    }
+}
+
+/// The protocols a connection can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// What every HTTP/2 connection sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which protocol a plain connection speaks, from the bytes it has sent so
+/// far (peeked, so hyper still reads them); `None` when they could still be
+/// either (or the peer closed), for hyper-util to detect.
+async fn sniff(tcp: &TcpStream) -> Option<Protocol> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let seen = tcp.peek(&mut first).await.ok()?;
+    let seen = &first[..seen];
+    if seen.len() == H2_PREFACE.len() {
+        Some(if seen == H2_PREFACE {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        })
+    } else if H2_PREFACE.starts_with(seen) {
+        None
+    } else {
+        Some(Protocol::Http1)
     }
 }
 
@@ -196,15 +265,22 @@ async fn serve_http<I>(
     state: &Arc<ConnState>,
     headers_due: Instant,
     shared: &Shared,
+    protocol: Option<Protocol>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper keeps a place for the service's future for the connection's
+    // whole life, sized to that future; boxed, the place is a pointer and
+    // the routing state is freed once the response has begun (an event
+    // stream would otherwise keep it for as long as it streams).
     let service = hyper::service::service_fn({
         let router = shared.router.clone();
         let state = state.clone();
-        move |request| handle(router.clone(), request, peer, state.clone())
+        move |request| Box::pin(handle(router.clone(), request, peer, state.clone()))
     });
-    let conn = shared.http.serve_connection_with_upgrades(io, service);
+    let conn = shared
+        .builder(protocol)
+        .serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut closing: Option<Instant> = None;
     loop {

@@ -5,9 +5,21 @@
 //! session (the client was too slow, sent something invalid, the server is
 //! shutting down) `recv` returns the [`CloseReason`] so the transport can
 //! close with the right code. Dropping the session leaves the room.
+//!
+//! The queue between the room and the connection is a `VecDeque` behind a
+//! mutex rather than a `tokio::sync::mpsc` channel: a bounded tokio channel
+//! allocates a block of 32 slots and a cache-padded channel state up front
+//! (about 1.8 KB), which every idle connection kept for nothing. This one
+//! holds one allocation with the close reason and the byte count, and its
+//! frames grow and shrink with what is actually queued. It has exactly one
+//! producer (the room) and one consumer (the connection), so a plain mutex
+//! and one stored waker are all it needs.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -78,17 +90,47 @@ pub(crate) struct Queued {
     counted: bool,
 }
 
+/// What the room and the connection share: the queue between them.
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// At most this many frames are queued.
+    max_frames: usize,
+    reason: OnceLock<CloseReason>,
+    /// Bytes queued and not yet taken by the connection.
+    queued: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Queued>,
+    /// The connection waiting for a frame.
+    waker: Option<Waker>,
+    /// The room dropped the subscriber: nothing more will come.
+    room_gone: bool,
+    /// The connection dropped the session: nothing more is taken.
+    conn_gone: bool,
+}
+
+/// Capacity a drained queue keeps; more is given back, so a burst does not
+/// stay allocated for the rest of the connection.
+const KEPT_CAPACITY: usize = 16;
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock leaves the queue consistent.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The room's side of a session: where its frames go.
 pub(crate) struct Subscriber {
-    tx: mpsc::Sender<Queued>,
+    shared: Arc<Shared>,
     pub kind: Kind,
     pub access: Access,
     /// Where the connection comes from, for the limit on creating
     /// documents (`None`: not limited).
     pub client: Option<ClientAddr>,
-    reason: Arc<OnceLock<CloseReason>>,
-    /// Bytes queued and not yet taken by the connection.
-    queued: Arc<AtomicUsize>,
     max_queued_bytes: usize,
 }
 
@@ -106,17 +148,17 @@ impl Subscriber {
     /// document can still be sent whole.
     pub fn offer(&self, frame: Bytes) -> Result<(), Offer> {
         let len = frame.len();
-        let queued = self.queued.load(Ordering::Relaxed);
+        let queued = self.shared.queued.load(Ordering::Relaxed);
         if queued > 0 && queued + len > self.max_queued_bytes {
             return Err(Offer::Full);
         }
-        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.shared.queued.fetch_add(len, Ordering::Relaxed);
         self.push(Queued {
             frame,
             counted: true,
         })
         .inspect_err(|_| {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
+            self.shared.queued.fetch_sub(len, Ordering::Relaxed);
         })
     }
 
@@ -131,15 +173,40 @@ impl Subscriber {
     }
 
     fn push(&self, queued: Queued) -> Result<(), Offer> {
-        self.tx.try_send(queued).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Offer::Full,
-            mpsc::error::TrySendError::Closed(_) => Offer::Closed,
-        })
+        let waker = {
+            let mut queue = self.shared.lock();
+            if queue.conn_gone {
+                return Err(Offer::Closed);
+            }
+            if queue.frames.len() >= self.shared.max_frames {
+                return Err(Offer::Full);
+            }
+            queue.frames.push_back(queued);
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
     }
 
     /// Records why the session ends; dropping `self` then ends it.
     pub fn close(self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
+        let _ = self.shared.reason.set(reason);
+    }
+}
+
+impl Drop for Subscriber {
+    /// The session takes what is queued, then learns why it ended.
+    fn drop(&mut self) {
+        let waker = {
+            let mut queue = self.shared.lock();
+            queue.room_gone = true;
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -149,9 +216,7 @@ pub struct Session {
     conn: ConnId,
     doc: DocName,
     room: mpsc::Sender<Command>,
-    outbound: mpsc::Receiver<Queued>,
-    reason: Arc<OnceLock<CloseReason>>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     tasks: TaskTracker,
 }
 
@@ -165,25 +230,24 @@ impl Session {
         tasks: TaskTracker,
     ) -> (Session, Subscriber) {
         let (frames, bytes) = limits;
-        let (tx, outbound) = mpsc::channel(frames.max(1));
-        let reason = Arc::new(OnceLock::new());
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            max_frames: frames.max(1),
+            reason: OnceLock::new(),
+            queued: AtomicUsize::new(0),
+        });
         let session = Session {
             conn,
             doc,
             room,
-            outbound,
-            reason: reason.clone(),
-            queued: queued.clone(),
+            shared: shared.clone(),
             tasks,
         };
         let subscriber = Subscriber {
-            tx,
+            shared,
             kind: Kind::Editor,
             access,
             client,
-            reason,
-            queued,
             max_queued_bytes: bytes,
         };
         (session, subscriber)
@@ -199,15 +263,35 @@ impl Session {
 
     /// The next frame for this client, or why the room ended the session.
     pub async fn recv(&mut self) -> Result<Bytes, CloseReason> {
-        match self.outbound.recv().await {
+        match poll_fn(|cx| self.poll_next(cx.waker())).await {
             Some(Queued { frame, counted }) => {
                 if counted {
-                    self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                    self.shared.queued.fetch_sub(frame.len(), Ordering::Relaxed);
                 }
                 Ok(frame)
             }
             None => Err(self.close_reason()),
         }
+    }
+
+    /// The next queued frame; `None` once the room has dropped its side
+    /// and everything it queued has been taken.
+    fn poll_next(&self, waker: &Waker) -> Poll<Option<Queued>> {
+        let mut queue = self.shared.lock();
+        if let Some(next) = queue.frames.pop_front() {
+            if queue.frames.is_empty() && queue.frames.capacity() > KEPT_CAPACITY {
+                queue.frames.shrink_to(KEPT_CAPACITY);
+            }
+            return Poll::Ready(Some(next));
+        }
+        if queue.room_gone {
+            return Poll::Ready(None);
+        }
+        match &mut queue.waker {
+            Some(w) if w.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+        Poll::Pending
     }
 
     /// Hands decoded messages to the room. Waits while the room is busy,
@@ -226,7 +310,8 @@ impl Session {
     }
 
     fn close_reason(&self) -> CloseReason {
-        self.reason
+        self.shared
+            .reason
             .get()
             .cloned()
             .unwrap_or(CloseReason::ShuttingDown)
@@ -235,6 +320,13 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        let dropped = {
+            let mut queue = self.shared.lock();
+            queue.conn_gone = true;
+            queue.waker = None;
+            std::mem::take(&mut queue.frames)
+        };
+        drop(dropped);
         let leave = Command::Leave { conn: self.conn };
         if let Err(mpsc::error::TrySendError::Full(leave)) = self.room.try_send(leave) {
             // The room is busy; tell it without holding up the caller.
