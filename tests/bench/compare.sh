@@ -111,6 +111,10 @@ IFS=, read -ra LIST <<<"$SERVERS"
 for name in "${LIST[@]}"; do
   mkdir -p "$OUT/$name"
   rm -rf "$SCRATCH/data/$name"
+  # The disk's own durable-write tail, where this server keeps its data,
+  # with nothing running: what storing before broadcasting may cost.
+  mkdir -p "$SCRATCH/data/$name"
+  run "$name" disk --dir "$SCRATCH/data/$name" --writes 2000
   # Idle memory first, on a fresh process: memory freed by earlier
   # scenarios stays resident and would hide what connections cost.
   start "$name"

@@ -59,6 +59,14 @@ fn figures() -> Vec<Figure> {
         "/cold_ms",
         "ms",
     ));
+    for (what, field) in [("p99", "p99_ms"), ("p99.9", "p999_ms")] {
+        all.push(pointer_figure(
+            "disk",
+            &format!("disk: append + fdatasync {what}"),
+            &format!("/fdatasync/{field}"),
+            "ms",
+        ));
+    }
     all
 }
 
@@ -259,6 +267,7 @@ mod tests {
         assert!(line("coldload").contains("2.50×"), "{table}");
         assert!(line("idle").contains("n/a: needs /proc"), "{table}");
         assert!(line("ingest").contains("not run"), "{table}");
+        assert!(line("fdatasync p99.9").contains("not run"), "{table}");
         std::fs::remove_dir_all(dir).ok();
     }
 
