@@ -96,6 +96,7 @@ run() {
   local name=$1 scenario=$2; shift 2
   local sub=$scenario
   [ "$scenario" = fanout-writers ] && sub=fanout
+  [[ $scenario == ingest-* ]] && sub=ingest
   echo "== $name: $scenario"
   if ! "$BENCH" "$sub" "$@" --json "$OUT/$name/$scenario.json" 2>"$OUT/$name/$scenario.err"; then
     { grep -m1 '^Error: ' "$OUT/$name/$scenario.err" || tail -n 1 "$OUT/$name/$scenario.err"; } |
@@ -130,6 +131,14 @@ for name in "${LIST[@]}"; do
   # Last before the restart: a peer's persistence may stay busy with the
   # 260k-change document for a while, which must not slow other scenarios.
   run "$name" ingest --ws "$WS" --trace "$TRACE" --timeout 120s --server-pid "$SERVER_PID"
+  # Every other trace too, each into a document of its own (the concurrent
+  # one from its three writers' points of view, in causal order).
+  for t in "$ROOT"/../shared/traces/*/*.json.gz; do
+    [ "$t" -ef "$TRACE" ] && continue
+    tname=$(basename "$t" .json.gz)
+    run "$name" "ingest-$tname" --ws "$WS" --trace "$t" --doc "bench-ingest-$tname" --timeout 120s \
+      --server-pid "$SERVER_PID"
+  done
   # Cold: a fresh process, the document only on disk.
   stop
   start "$name"

@@ -36,6 +36,14 @@ struct Figure {
     unit: &'static str,
 }
 
+/// The scenario files of the traces other than the default one.
+const INGEST_SCENARIOS: [&str; 4] = [
+    "ingest-seph-blog1",
+    "ingest-sveltecomponent",
+    "ingest-clownschool_flat",
+    "ingest-clownschool",
+];
+
 /// Every figure the comparison shows, in table order.
 fn figures() -> Vec<Figure> {
     let mut all = fanout_figures();
@@ -51,6 +59,22 @@ fn figures() -> Vec<Figure> {
         "/server_ms",
         "ms",
     ));
+    all.push(pointer_figure(
+        "ingest",
+        "ingest automerge-paper: × in-process yrs",
+        "/ratio_to_in_process",
+        "×",
+    ));
+    // The other traces `compare.sh` replays, each against yrs in-process.
+    for scenario in INGEST_SCENARIOS {
+        let trace = scenario.trim_start_matches("ingest-");
+        all.push(pointer_figure(
+            scenario,
+            &format!("ingest {trace}: × in-process yrs"),
+            "/ratio_to_in_process",
+            "×",
+        ));
+    }
     all.extend(join_figures());
     all.extend(transport_figures());
     all.push(pointer_figure(

@@ -2,6 +2,16 @@
 //! gzipped JSON) turned into Yjs updates: one v1 update per transaction, as
 //! an editor would send them.
 //!
+//! A concurrent trace (`"kind": "concurrent"`) gives each transaction its
+//! agent and its parents, and its positions refer to the document after
+//! those parents. Each agent edits its own `Doc` under a client id of its
+//! own; before a transaction, the agent's document takes every update its
+//! parents' versions hold that it lacks (each client's updates are kept by
+//! starting clock, so "what it lacks" is a range per client), so it is
+//! exactly the merged parents. An agent whose document holds more than
+//! that starts a new document, under a new client id. The updates come out in the file's order,
+//! which respects the parents, so a server can apply them as they arrive.
+//!
 //! Producing the updates takes tens of seconds for the long traces, so they
 //! are generated once and cached next to the build (length-prefixed records
 //! in `target/weft-bench-cache`), keyed by the trace's name and size.
@@ -12,11 +22,18 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use serde::Deserialize;
-use yrs::{Doc, GetString, OffsetKind, Options, Text, Transact};
+use std::collections::HashMap;
+
+use yrs::updates::decoder::Decode;
+use yrs::{
+    ClientID, Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, Transact, Update,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TraceFile {
+    #[serde(default)]
+    kind: Option<String>,
     #[serde(default)]
     start_content: String,
     end_content: String,
@@ -26,6 +43,12 @@ struct TraceFile {
 #[derive(Debug, Deserialize)]
 struct Txn {
     patches: Vec<(u32, u32, String)>,
+    /// Concurrent traces: the transactions this one follows.
+    #[serde(default)]
+    parents: Vec<usize>,
+    /// Concurrent traces: who made it.
+    #[serde(default)]
+    agent: usize,
 }
 
 /// A trace as the updates an editor would send, and the text they make.
@@ -52,6 +75,15 @@ pub const TEXT: &str = "t";
 /// A document whose offsets count UTF-16 code units, as the traces' do.
 pub fn trace_doc() -> Doc {
     Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    })
+}
+
+/// A trace document for an agent of a concurrent trace, as `client`.
+fn agent_doc(client: u64) -> Doc {
+    Doc::with_options(Options {
+        client_id: ClientID::new(client),
         offset_kind: OffsetKind::Utf16,
         ..Options::default()
     })
@@ -106,6 +138,9 @@ pub fn load(path: &Path) -> anyhow::Result<TraceUpdates> {
 }
 
 fn generate(trace: &TraceFile) -> anyhow::Result<Vec<Vec<u8>>> {
+    if trace.kind.as_deref() == Some("concurrent") {
+        return generate_concurrent(trace);
+    }
     let doc = trace_doc();
     let text = doc.get_or_insert_text(TEXT);
     let mut updates = Vec::with_capacity(trace.txns.len() + 1);
@@ -134,6 +169,125 @@ fn generate(trace: &TraceFile) -> anyhow::Result<Vec<Vec<u8>>> {
         trace.end_content.chars().count()
     );
     Ok(updates)
+}
+
+fn apply_patches(text: &yrs::TextRef, txn: &mut yrs::TransactionMut, t: &Txn) {
+    for (pos, del, ins) in &t.patches {
+        if *del > 0 {
+            text.remove_range(txn, *pos, *del);
+        }
+        if !ins.is_empty() {
+            text.insert(txn, *pos, ins);
+        }
+    }
+}
+
+/// A concurrent trace's updates, in the file's order (see the module doc).
+fn generate_concurrent(trace: &TraceFile) -> anyhow::Result<Vec<Vec<u8>>> {
+    ensure!(
+        trace.start_content.is_empty(),
+        "a concurrent trace with start content is not supported"
+    );
+    let mut agents: HashMap<usize, Doc> = HashMap::new();
+    let mut clients = 0u64;
+    let mut updates: Vec<Vec<u8>> = Vec::with_capacity(trace.txns.len());
+    // Each transaction's version, and each client's updates by first clock.
+    let mut versions: Vec<StateVector> = Vec::with_capacity(trace.txns.len());
+    let mut by_clock: HashMap<(ClientID, u32), usize> = HashMap::new();
+    for (i, t) in trace.txns.iter().enumerate() {
+        let mut target = StateVector::default();
+        for &p in &t.parents {
+            let parent = versions
+                .get(p)
+                .with_context(|| format!("transaction {i} follows {p}, which is not before it"))?;
+            target.merge(parent.clone());
+        }
+        // An agent whose document holds what these parents do not (its
+        // previous edit is not among them) starts again, as a new client.
+        let fits = agents
+            .get(&t.agent)
+            .is_some_and(|doc| within(&doc.transact().state_vector(), &target));
+        if !fits {
+            clients += 1;
+            agents.insert(t.agent, agent_doc(clients));
+        }
+        let doc = &agents[&t.agent];
+        catch_up(doc, &target, &updates, &by_clock)
+            .with_context(|| format!("bringing agent {} up to transaction {i}", t.agent))?;
+        let client = doc.client_id();
+        let start = doc.transact().state_vector().get(&client);
+        let text = doc.get_or_insert_text(TEXT);
+        let mut txn = doc.transact_mut();
+        apply_patches(&text, &mut txn, t);
+        let update = txn.encode_update_v1();
+        drop(txn);
+        if doc.transact().state_vector().get(&client) > start {
+            by_clock.insert((client, start), i);
+        }
+        versions.push(doc.transact().state_vector());
+        updates.push(update);
+    }
+    let merged = trace_doc();
+    {
+        let mut txn = merged.transact_mut();
+        for u in &updates {
+            txn.apply_update(Update::decode_v1(u)?)?;
+        }
+    }
+    let end = merged
+        .get_or_insert_text(TEXT)
+        .get_string(&merged.transact());
+    // Yjs may order two inserts made at one place at the same time
+    // otherwise than the editor that recorded the trace did, so the text is
+    // checked for its length, not letter for letter.
+    ensure!(
+        end.chars().count() == trace.end_content.chars().count(),
+        "replaying the concurrent trace did not give its endContent's length ({} vs {} chars)",
+        end.chars().count(),
+        trace.end_content.chars().count()
+    );
+    Ok(updates)
+}
+
+/// Whether everything `have` holds is in `target`.
+fn within(have: &StateVector, target: &StateVector) -> bool {
+    have.iter()
+        .all(|(client, &clock)| clock <= target.get(client))
+}
+
+/// Applies to `doc` every update, of any client, that `target` holds and
+/// `doc` does not, until it holds exactly `target`.
+fn catch_up(
+    doc: &Doc,
+    target: &StateVector,
+    updates: &[Vec<u8>],
+    by_clock: &HashMap<(ClientID, u32), usize>,
+) -> anyhow::Result<()> {
+    let mut txn = doc.transact_mut();
+    // An update that builds on another client's waits in yrs until that
+    // arrives: go round until nothing moves.
+    loop {
+        let mut moved = false;
+        for (client, &want) in target.iter() {
+            let have = txn.state_vector().get(client);
+            if have >= want {
+                continue;
+            }
+            let i = by_clock
+                .get(&(*client, have))
+                .with_context(|| format!("no update of client {client} starts at clock {have}"))?;
+            txn.apply_update(Update::decode_v1(&updates[*i])?)?;
+            moved |= txn.state_vector().get(client) > have;
+        }
+        if !moved {
+            break;
+        }
+    }
+    ensure!(
+        within(target, &txn.state_vector()),
+        "the parents' updates did not all apply"
+    );
+    Ok(())
 }
 
 fn cache_path(trace: &Path, size: usize) -> PathBuf {
@@ -183,11 +337,14 @@ mod tests {
     #[test]
     fn a_trace_replays_to_its_end_content() {
         let trace = TraceFile {
+            kind: None,
             start_content: "ab".into(),
             end_content: "aXé€b".into(),
             txns: vec![
                 Txn {
                     patches: vec![(1, 0, "Xé".into())],
+                    parents: vec![],
+                    agent: 0,
                 },
                 Txn {
                     patches: vec![
@@ -195,10 +352,11 @@ mod tests {
                         (4, 0, "!".into()),
                         (4, 1, String::new()),
                     ],
+                    parents: vec![],
+                    agent: 0,
                 },
             ],
         };
-        use yrs::updates::decoder::Decode;
         let updates = generate(&trace).expect("replays");
         assert_eq!(updates.len(), 3);
         let doc = trace_doc();
@@ -208,5 +366,46 @@ mod tests {
         }
         let text = doc.get_or_insert_text(TEXT);
         assert_eq!(text.get_string(&doc.transact()), "aXé€b");
+    }
+
+    #[test]
+    fn a_concurrent_trace_replays_each_transaction_after_its_parents() {
+        let txn = |agent, parents: Vec<usize>, patches| Txn {
+            patches,
+            parents,
+            agent,
+        };
+        let trace = TraceFile {
+            kind: Some("concurrent".into()),
+            start_content: String::new(),
+            end_content: "XbY".into(),
+            txns: vec![
+                txn(0, vec![], vec![(0, 0, "ab".into())]),
+                // Two edits after "ab", each unaware of the other.
+                txn(1, vec![0], vec![(1, 0, "X".into())]),
+                txn(0, vec![0], vec![(2, 0, "Y".into())]),
+                // After both: positions count in "aXbY".
+                txn(1, vec![1, 2], vec![(0, 1, String::new())]),
+            ],
+        };
+        let updates = generate(&trace).expect("replays");
+        assert_eq!(updates.len(), 4);
+        let merged = trace_doc();
+        for u in &updates {
+            merged
+                .transact_mut()
+                .apply_update(Update::decode_v1(u).expect("decodes"))
+                .expect("applies");
+        }
+        let text = merged.get_or_insert_text(TEXT);
+        assert_eq!(text.get_string(&merged.transact()), "XbY");
+        let bad = TraceFile {
+            end_content: "aXbY".into(),
+            ..trace
+        };
+        assert!(
+            generate(&bad).is_err(),
+            "the end content's length is checked"
+        );
     }
 }
