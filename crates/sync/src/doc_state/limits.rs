@@ -84,28 +84,17 @@ impl DocState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::incoming;
+    use super::super::test_util::{empty, incoming, state};
     use super::*;
     use crate::protocol::Inbound;
     use crate::{Access, Effects};
-    use std::sync::Arc;
-    use weft_storage::{DocMeta, StoredDoc};
     use yrs::sync::AwarenessUpdate;
     use yrs::updates::decoder::Decode;
     use yrs::{ClientID, Doc, GetString, Text, Transact, Update};
 
     #[test]
     fn size_and_presence_limits_refuse_without_changing_anything() {
-        let stored = StoredDoc {
-            meta: DocMeta {
-                incarnation: 1,
-                created_at_ms: 0,
-            },
-            exists: true,
-            snapshot: None,
-            log: vec![],
-        };
-        let mut s = DocState::load(&stored, 8, Arc::new(crate::SystemClock)).expect("loads");
+        let mut s = state(&empty());
         s.set_limits(DocLimits {
             max_document_bytes: 200,
             max_presence_bytes: 16,

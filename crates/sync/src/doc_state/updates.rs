@@ -186,8 +186,6 @@ fn readable(update: &[u8]) -> bool {
 mod tests {
     use super::super::test_util::{edit, empty, incoming, state, text_of};
     use super::*;
-    use std::sync::Arc;
-    use weft_storage::{DocMeta, StoredDoc};
     use yrs::updates::encoder::Encode;
     use yrs::{GetString, StateVector, Text};
 
@@ -348,16 +346,7 @@ mod tests {
 
     #[test]
     fn read_only_changes_are_refused_but_repeats_are_not() {
-        let stored = StoredDoc {
-            meta: DocMeta {
-                incarnation: 1,
-                created_at_ms: 0,
-            },
-            exists: true,
-            snapshot: None,
-            log: vec![],
-        };
-        let mut s = DocState::load(&stored, 8, Arc::new(crate::SystemClock)).expect("loads");
+        let mut s = state(&empty());
         let writer = Doc::new();
         s.receive(
             1,
