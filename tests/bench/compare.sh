@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the weft-bench scenarios against weft, the reference
-# @y/websocket-server and y-sweet on this machine, one server at a time with
+# @y/websocket-server, y-sweet and @hocuspocus/server on this machine, one server at a time with
 # the same load generator, and prints one table with ratios (peer / weft).
 #
 # Peers are installed on demand into a scratch directory (npm, cargo
@@ -15,17 +15,19 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SCRATCH=${WEFT_BENCH_SCRATCH:-${TMPDIR:-/tmp}/weft-bench}
-SERVERS=${WEFT_BENCH_SERVERS:-weft,y-websocket-server,y-sweet}
+SERVERS=${WEFT_BENCH_SERVERS:-weft,y-websocket-server,y-sweet,hocuspocus}
 TRACE=${WEFT_BENCH_TRACE:-$ROOT/../shared/traces/sequential/automerge-paper.json.gz}
 PORT=${WEFT_BENCH_PORT:-18080}
 OUT=$SCRATCH/results/$(date -u +%Y%m%dT%H%M%SZ)
 if [ -n "${WEFT_BENCH_QUICK:-}" ]; then
-  LADDER=100,1000 DURATION=5s IDLE=500 JOIN_MB=5
+  LADDER=1000 DURATION=5s IDLE=500 IDLE_MANY=2000 JOIN_MB=5
 else
-  LADDER=100,1000,5000 DURATION=10s IDLE=1000 JOIN_MB=20
+  LADDER=1000,5000 DURATION=10s IDLE=2000 IDLE_MANY=15000 JOIN_MB=20
 fi
+RATE=50                # changes per second in the fan-out ladder
 YWS_VERSION=0.1.1     # the last release on yjs 13, the version editors run
 YSWEET_VERSION=0.9.1
+HOCUSPOCUS_VERSION=4.7.0
 
 mkdir -p "$SCRATCH" "$OUT"
 cd "$ROOT"
@@ -49,6 +51,15 @@ install_peers() {
       cargo install --locked --quiet y-sweet --version "$YSWEET_VERSION" --root "$SCRATCH/y-sweet"
     fi ;;
   esac
+  case ",$SERVERS," in *,hocuspocus,*)
+    if [ ! -d "$SCRATCH/hocuspocus/node_modules/@hocuspocus/server" ]; then
+      mkdir -p "$SCRATCH/hocuspocus"
+      (cd "$SCRATCH/hocuspocus" && [ -f package.json ] || echo '{"private":true,"type":"module"}' > package.json)
+      npm install --prefix "$SCRATCH/hocuspocus" --no-audit --no-fund \
+        "@hocuspocus/server@$HOCUSPOCUS_VERSION" "@hocuspocus/extension-database@$HOCUSPOCUS_VERSION" yjs@13 >/dev/null
+    fi
+    cp "$ROOT/tests/bench/hocuspocus-server.mjs" "$SCRATCH/hocuspocus/server.mjs" ;;
+  esac
 }
 
 SERVER_PID=
@@ -70,6 +81,11 @@ start() {
       # No --auth, like weft here: any document, no token.
       "$SCRATCH/y-sweet/bin/y-sweet" serve "$data" --host 127.0.0.1 --port "$PORT" >"$OUT/$name.log" 2>&1 &
       WS="ws://127.0.0.1:$PORT/d/{doc}/ws/{doc}" SSE= ;;
+    hocuspocus)
+      # Its own envelope (every message addressed to its document, auth
+      # first), as HocuspocusProvider speaks it: see crates/bench/src/envelope.rs.
+      HOST=127.0.0.1 PORT=$PORT DATA=$data node "$SCRATCH/hocuspocus/server.mjs" >"$OUT/$name.log" 2>&1 &
+      WS=hocuspocus+ws://127.0.0.1:$PORT SSE= ;;
   esac
   SERVER_PID=$!
   for _ in $(seq 100); do
@@ -95,7 +111,8 @@ trap stop EXIT
 run() {
   local name=$1 scenario=$2; shift 2
   local sub=$scenario
-  [ "$scenario" = fanout-writers ] && sub=fanout
+  [[ $scenario == fanout-* ]] && sub=fanout
+  [[ $scenario == idle-* ]] && sub=idle
   [[ $scenario == ingest-* ]] && sub=ingest
   echo "== $name: $scenario"
   if ! "$BENCH" "$sub" "$@" --json "$OUT/$name/$scenario.json" 2>"$OUT/$name/$scenario.err"; then
@@ -122,8 +139,21 @@ for name in "${LIST[@]}"; do
   sse=(); [ -n "$SSE" ] && sse=(--sse "$SSE")
   run "$name" idle --ws "$WS" "${sse[@]}" --connections "$IDLE" --server-pid "$SERVER_PID"
   stop
+  if [ -n "$SSE" ]; then
+    # Many viewers alone, on a fresh process again.
+    start "$name"
+    run "$name" idle-$IDLE_MANY --ws "$WS" --sse "$SSE" --connections 0 --viewers "$IDLE_MANY" \
+      --server-pid "$SERVER_PID"
+    stop
+  fi
   start "$name"
-  run "$name" fanout --ws "$WS" --subscribers "$LADDER" --rate 20 --duration "$DURATION" --server-pid "$SERVER_PID"
+  run "$name" fanout --ws "$WS" --subscribers "$LADDER" --rate "$RATE" --duration "$DURATION" \
+    --server-pid "$SERVER_PID"
+  if [ -n "$SSE" ]; then
+    zeros=${LADDER//[0-9]/}; zeros=0${zeros//,/,0}
+    run "$name" fanout-sse --ws "$WS" --sse "$SSE" --doc bench-fanout-sse --subscribers "$zeros" \
+      --viewers "$LADDER" --rate "$RATE" --duration "$DURATION" --server-pid "$SERVER_PID"
+  fi
   run "$name" fanout-writers --ws "$WS" --doc bench-writers --writers 200 --subscribers 100 --rate 200 \
     --duration "$DURATION" --server-pid "$SERVER_PID"
   run "$name" join --ws "$WS" --trace "$TRACE" --clients 150 --large-mb "$JOIN_MB" --server-pid "$SERVER_PID"
@@ -168,7 +198,7 @@ if [[ ",$SERVERS," == *,weft,* ]] && command -v redis-server >/dev/null; then
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$((PORT + n))") 2>/dev/null && break; sleep 0.1; done
   done
   run weft-cluster fanout --ws "ws://127.0.0.1:$((PORT + 2))/ws" --writer-ws "ws://127.0.0.1:$((PORT + 1))/ws" \
-    --subscribers "$LADDER" --rate 20 --duration "$DURATION" --server-pid "${CLUSTER_PIDS[2]}"
+    --subscribers "$LADDER" --rate "$RATE" --duration "$DURATION" --server-pid "${CLUSTER_PIDS[2]}"
   stop_cluster
 else
   mkdir -p "$OUT/weft-cluster"
@@ -188,4 +218,4 @@ if [ -d "$ROOT/tests/bench/baseline" ] && [[ ",$SERVERS," == *,weft,* ]]; then
 fi
 echo
 echo "cluster mode (writer on node 1, subscribers on node 2) against one weft process:"
-"$BENCH" compare "$OUT" --servers weft,weft-cluster | grep -E '^\| (figure|fanout, 1 writer)|^\|--' | tee "$OUT/cluster.md"
+"$BENCH" compare "$OUT" --servers weft,weft-cluster | grep -E '^\| (figure|fanout [0-9,]+ subs)|^\|--' | tee "$OUT/cluster.md"

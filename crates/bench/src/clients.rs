@@ -20,6 +20,8 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, Text, Transact};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::envelope;
+pub use crate::envelope::Conn;
 
 const MARK: &[u8] = b"wbts";
 
@@ -52,7 +54,11 @@ pub fn doc_url(base: &str, doc: &str) -> String {
     }
 }
 
-pub async fn connect(url: &str) -> anyhow::Result<Ws> {
+/// Connects to a document's URL (see [`doc_url`]); a `hocuspocus+ws://`
+/// URL speaks Hocuspocus' envelope (see [`envelope`](crate::envelope)).
+pub async fn connect(url: &str) -> anyhow::Result<Conn> {
+    let (url, doc) = envelope::parse(url);
+    let url = url.as_str();
     // Browsers take messages of any size; a large document's sync step 2
     // is one message, so tungstenite's 16/64 MiB defaults must not apply.
     let config = WebSocketConfig::default()
@@ -61,12 +67,12 @@ pub async fn connect(url: &str) -> anyhow::Result<Ws> {
     let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    Ok(ws)
+    Ok(Conn::open(ws, doc).await?)
 }
 
 /// Makes changes to one document and sends them as y-protocols updates.
 pub struct Writer {
-    ws: Ws,
+    ws: Conn,
     doc: Doc,
     padding: String,
 }
@@ -163,7 +169,7 @@ async fn join_with(
             // 0 (sync), then 1 (step 2) or 2 (update).
             if (frame.starts_with(&[0, 1]) || frame.starts_with(&[0, 2])) && done(&frame)? {
                 let took = started.elapsed();
-                ws.close(None).await.ok();
+                SinkExt::close(&mut ws).await.ok();
                 return Ok(took);
             }
         }

@@ -15,7 +15,7 @@ pub struct CompareArgs {
     /// The results directory.
     pub dir: PathBuf,
     /// Servers, the reference (weft) first: each is a subdirectory of DIR.
-    #[arg(long, value_delimiter = ',', default_values_t = ["weft".to_string(), "y-websocket-server".into(), "y-sweet".into()])]
+    #[arg(long, value_delimiter = ',', default_values_t = ["weft".to_string(), "y-websocket-server".into(), "y-sweet".into(), "hocuspocus".into()])]
     pub servers: Vec<String>,
 }
 
@@ -28,12 +28,33 @@ fn at(v: &Value, pointer: &str) -> Result<f64, String> {
         .ok_or_else(|| "no result".to_string())
 }
 
-/// One figure: which scenario file, how to find it, what it is.
+/// One figure: which scenario file, how to find it, what it is, and what
+/// the reference server (weft) aims for.
 struct Figure {
     scenario: &'static str,
     label: String,
     find: Finder,
     unit: &'static str,
+    target: Option<Target>,
+}
+
+/// What the reference server's figure should be at most, in this run.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// A fixed bound.
+    AtMost(f64),
+    /// This share of the best peer's figure in the same run.
+    BestPeerTimes(f64),
+    /// The best peer's figure plus the reference's own disk's fdatasync
+    /// p99.9 in the same run (the durable write no peer makes).
+    BestPeerPlusDisk,
+}
+
+impl Figure {
+    fn aiming(mut self, target: Target) -> Self {
+        self.target = Some(target);
+        self
+    }
 }
 
 /// The scenario files of the traces other than the default one.
@@ -46,35 +67,9 @@ const INGEST_SCENARIOS: [&str; 4] = [
 
 /// Every figure the comparison shows, in table order.
 fn figures() -> Vec<Figure> {
-    let mut all = fanout_figures();
-    all.push(pointer_figure(
-        "idle",
-        "idle: RSS per WebSocket",
-        "/ws_bytes_per_connection",
-        "B",
-    ));
-    all.push(pointer_figure(
-        "ingest",
-        "ingest automerge-paper: total",
-        "/server_ms",
-        "ms",
-    ));
-    all.push(pointer_figure(
-        "ingest",
-        "ingest automerge-paper: × in-process yrs",
-        "/ratio_to_in_process",
-        "×",
-    ));
-    // The other traces `compare.sh` replays, each against yrs in-process.
-    for scenario in INGEST_SCENARIOS {
-        let trace = scenario.trim_start_matches("ingest-");
-        all.push(pointer_figure(
-            scenario,
-            &format!("ingest {trace}: × in-process yrs"),
-            "/ratio_to_in_process",
-            "×",
-        ));
-    }
+    let mut all = idle_figures();
+    all.extend(fanout_figures());
+    all.extend(ingest_figures());
     all.extend(join_figures());
     all.extend(transport_figures());
     all.push(pointer_figure(
@@ -94,6 +89,66 @@ fn figures() -> Vec<Figure> {
     all
 }
 
+/// Server memory per idle connection: 2,000 WebSockets and 2,000 SSE
+/// viewers, then 15,000 viewers alone.
+fn idle_figures() -> Vec<Figure> {
+    vec![
+        pointer_figure(
+            "idle",
+            "idle 2,000: RSS per SSE viewer",
+            "/sse_bytes_per_viewer",
+            "B",
+        )
+        .aiming(Target::AtMost(4096.0)),
+        pointer_figure(
+            "idle-15000",
+            "idle 15,000: RSS per SSE viewer",
+            "/sse_bytes_per_viewer",
+            "B",
+        )
+        .aiming(Target::AtMost(4096.0)),
+        pointer_figure(
+            "idle",
+            "idle 2,000: RSS per WebSocket",
+            "/ws_bytes_per_connection",
+            "B",
+        )
+        .aiming(Target::AtMost(3072.0)),
+    ]
+}
+
+/// Every trace `compare.sh` replays, each against yrs in-process.
+fn ingest_figures() -> Vec<Figure> {
+    let mut all = vec![pointer_figure(
+        "ingest",
+        "ingest automerge-paper: total",
+        "/server_ms",
+        "ms",
+    )];
+    all.push(
+        pointer_figure(
+            "ingest",
+            "ingest automerge-paper: × in-process yrs",
+            "/ratio_to_in_process",
+            "×",
+        )
+        .aiming(Target::AtMost(5.0)),
+    );
+    for scenario in INGEST_SCENARIOS {
+        let trace = scenario.trim_start_matches("ingest-");
+        all.push(
+            pointer_figure(
+                scenario,
+                &format!("ingest {trace}: × in-process yrs"),
+                "/ratio_to_in_process",
+                "×",
+            )
+            .aiming(Target::AtMost(5.0)),
+        );
+    }
+    all
+}
+
 /// A figure read at a JSON pointer of its scenario's result.
 fn pointer_figure(
     scenario: &'static str,
@@ -107,24 +162,45 @@ fn pointer_figure(
         label: label.to_owned(),
         find: Box::new(move |v: &Value| at(v, &pointer)),
         unit,
+        target: None,
     }
 }
 
-/// One writer to 100, 1,000 and 5,000 subscribers, then 200 writers.
+/// One writer at 50 changes/s to 1,000 and 5,000 WebSocket subscribers,
+/// then to as many SSE viewers (weft only), then 200 writers.
 fn fanout_figures() -> Vec<Figure> {
     let mut all = Vec::new();
-    for (i, n) in ["100", "1,000", "5,000"].iter().enumerate() {
-        for (what, field, unit) in [
-            ("p50", "ws/p50_ms", "ms"),
-            ("p99", "ws/p99_ms", "ms"),
-            ("server CPU", "server_cpu_seconds", "s"),
-        ] {
-            all.push(pointer_figure(
-                "fanout",
-                &format!("fanout, 1 writer, {n} subs: {what}"),
-                &format!("/steps/{i}/{field}"),
-                unit,
-            ));
+    for (scenario, who, stream) in [("fanout", "subs", "ws"), ("fanout-sse", "viewers", "sse")] {
+        for (i, n) in ["1,000", "5,000"].iter().enumerate() {
+            let step = format!("/steps/{i}");
+            all.push(
+                pointer_figure(
+                    scenario,
+                    &format!("fanout {n} {who}: p50"),
+                    &format!("{step}/{stream}/p50_ms"),
+                    "ms",
+                )
+                .aiming(Target::BestPeerTimes(2.0 / 3.0)),
+            );
+            all.push(
+                pointer_figure(
+                    scenario,
+                    &format!("fanout {n} {who}: p99"),
+                    &format!("{step}/{stream}/p99_ms"),
+                    "ms",
+                )
+                .aiming(Target::BestPeerPlusDisk),
+            );
+            all.push(
+                Figure {
+                    scenario,
+                    label: format!("fanout {n} {who}: server CPU per delivery"),
+                    find: Box::new(move |v: &Value| cpu_per_delivery(v, &step)),
+                    unit: "µs",
+                    target: None,
+                }
+                .aiming(Target::AtMost(6.0)),
+            );
         }
     }
     for what in ["p50", "p99"] {
@@ -136,6 +212,17 @@ fn fanout_figures() -> Vec<Figure> {
         ));
     }
     all
+}
+
+/// The server's CPU time over the deliveries a fan-out step made, in µs.
+fn cpu_per_delivery(v: &Value, step: &str) -> Result<f64, String> {
+    let cpu = at(v, &format!("{step}/server_cpu_seconds"))?;
+    let delivered = at(v, &format!("{step}/ws/samples")).unwrap_or(0.0)
+        + at(v, &format!("{step}/sse/samples")).unwrap_or(0.0);
+    if delivered == 0.0 {
+        return Err("nothing delivered".into());
+    }
+    Ok(cpu * 1e6 / delivered)
 }
 
 /// 150 clients joining a trace document and a 20 MB one.
@@ -172,6 +259,7 @@ fn join_figures() -> Vec<Figure> {
                 at(v, &format!("{run}{field}"))
             }),
             unit,
+            target: None,
         });
     }
     all
@@ -201,6 +289,7 @@ fn transport_figures() -> Vec<Figure> {
                         .ok_or_else(|| "no result".to_string())
                 }),
                 unit,
+                target: None,
             });
         }
     }
@@ -218,6 +307,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<String> {
             header.push(format!("{s} / {reference}"));
         }
     }
+    header.push(format!("{reference} target (this run)"));
     table.set_header(header);
     for fig in figures() {
         let values: Vec<Result<f64, String>> = args
@@ -238,9 +328,44 @@ pub fn run(args: CompareArgs) -> anyhow::Result<String> {
                 });
             }
         }
+        row.push(target_cell(&fig, &values, &args.dir.join(&reference)));
         table.add_row(row);
     }
     Ok(table.to_string())
+}
+
+/// The reference's target for `fig` in this run, and whether it met it.
+fn target_cell(fig: &Figure, values: &[Result<f64, String>], reference: &Path) -> String {
+    let Some(target) = fig.target else {
+        return String::new();
+    };
+    let best_peer = values
+        .iter()
+        .skip(1)
+        .filter_map(|v| v.as_ref().ok().copied())
+        .fold(None, |best: Option<f64>, v| {
+            Some(best.map_or(v, |b| b.min(v)))
+        });
+    let bound = match target {
+        Target::AtMost(bound) => Some(bound),
+        Target::BestPeerTimes(share) => best_peer.map(|b| b * share),
+        Target::BestPeerPlusDisk => {
+            let disk = value(
+                reference,
+                &pointer_figure("disk", "", "/fdatasync/p999_ms", ""),
+            );
+            best_peer.zip(disk.ok()).map(|(b, d)| b + d)
+        }
+    };
+    let Some(bound) = bound else {
+        return "no peer figure".into();
+    };
+    let verdict = match &values[0] {
+        Ok(v) if *v <= bound => "met",
+        Ok(_) => "not met",
+        Err(_) => "–",
+    };
+    format!("≤ {} {}: {verdict}", pretty(bound), fig.unit)
 }
 
 fn value(dir: &Path, fig: &Figure) -> Result<f64, String> {
@@ -292,6 +417,55 @@ mod tests {
         assert!(line("idle").contains("n/a: needs /proc"), "{table}");
         assert!(line("ingest").contains("not run"), "{table}");
         assert!(line("fdatasync p99.9").contains("not run"), "{table}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn targets_are_worked_out_from_the_same_run() {
+        let dir = tempfile_dir().join("targets");
+        for (server, p50, p99, cpu) in [("weft", 4.0, 30.0, 0.4), ("peer", 9.0, 20.0, 0.9)] {
+            std::fs::create_dir_all(dir.join(server)).expect("dir");
+            let step = format!(
+                r#"{{"ws": {{"p50_ms": {p50}, "p99_ms": {p99}, "samples": 100000}}, "server_cpu_seconds": {cpu}}}"#
+            );
+            std::fs::write(
+                dir.join(server).join("fanout.json"),
+                format!(r#"{{"steps": [{step}]}}"#),
+            )
+            .expect("write");
+        }
+        std::fs::write(
+            dir.join("weft/disk.json"),
+            r#"{"fdatasync": {"p999_ms": 5.0}}"#,
+        )
+        .expect("write");
+        let table = run(CompareArgs {
+            dir: dir.clone(),
+            servers: vec!["weft".into(), "peer".into()],
+        })
+        .expect("table");
+        let line = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(label))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        // 2/3 of the peer's 9 ms; the peer's 20 ms plus the disk's 5 ms;
+        // 0.4 s over 100,000 deliveries is 4 µs.
+        assert!(
+            line("fanout 1,000 subs: p50").contains("≤ 6.00 ms: met"),
+            "{table}"
+        );
+        assert!(
+            line("fanout 1,000 subs: p99").contains("≤ 25.0 ms: not met"),
+            "{table}"
+        );
+        let cpu = line("fanout 1,000 subs: server CPU per delivery");
+        assert!(
+            cpu.contains("4.00 µs") && cpu.contains("≤ 6.00 µs: met"),
+            "{table}"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 

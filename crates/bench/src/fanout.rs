@@ -29,9 +29,10 @@ pub struct FanoutArgs {
     /// WebSocket subscribers; a comma-separated ladder runs once per step.
     #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 5000])]
     pub subscribers: Vec<usize>,
-    /// SSE viewers.
-    #[arg(long, default_value_t = 0)]
-    pub viewers: usize,
+    /// SSE viewers (with --sse): one count for every step, or a
+    /// comma-separated ladder as long as --subscribers, one per step.
+    #[arg(long, value_delimiter = ',', default_values_t = [0usize])]
+    pub viewers: Vec<usize>,
     #[arg(long, default_value_t = 1)]
     pub writers: usize,
     /// Changes per second, all writers together.
@@ -67,10 +68,20 @@ pub struct FanoutLadder {
 }
 
 pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutLadder> {
+    anyhow::ensure!(
+        args.viewers.len() == 1 || args.viewers.len() == args.subscribers.len(),
+        "--viewers takes one count or one per --subscribers step"
+    );
     let mut steps = Vec::new();
-    for &n in &args.subscribers {
-        let doc = format!("{}-{n}-{}", args.doc, args.writers);
-        steps.push(run_step(&args, &doc, n).await?);
+    for (i, &n) in args.subscribers.iter().enumerate() {
+        let viewers = args
+            .viewers
+            .get(i)
+            .or(args.viewers.first())
+            .copied()
+            .unwrap_or(0);
+        let doc = format!("{}-{n}-{viewers}-{}", args.doc, args.writers);
+        steps.push(run_step(&args, &doc, n, viewers).await?);
         // Let the closed connections go before the next step.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -81,6 +92,7 @@ async fn run_step(
     args: &FanoutArgs,
     doc: &str,
     subscribers: usize,
+    viewers: usize,
 ) -> anyhow::Result<FanoutResult> {
     let url = clients::doc_url(&args.ws, doc);
     let ws_lat = Arc::new(Mutex::new(Vec::new()));
@@ -94,7 +106,7 @@ async fn run_step(
         })));
     }
     if let Some(addr) = &args.sse {
-        for _ in 0..args.viewers {
+        for _ in 0..viewers {
             let body = clients::open_sse(addr, &format!("/sse/{doc}"), false).await?;
             let lat = sse_lat.clone();
             tasks.push(tokio::spawn(clients::view(body, move |d, _| {
@@ -132,7 +144,7 @@ async fn run_step(
 
     let expected_ws = sent * subscribers;
     let expected_sse = if args.sse.is_some() {
-        sent * args.viewers
+        sent * viewers
     } else {
         0
     };
@@ -140,7 +152,7 @@ async fn run_step(
     let mut sse = sse_lat.lock().map(|l| l.clone()).unwrap_or_default();
     Ok(FanoutResult {
         subscribers,
-        viewers: args.viewers,
+        viewers: if args.sse.is_some() { viewers } else { 0 },
         writers: writers.len(),
         changes_sent: sent,
         ws_deliveries_missing: expected_ws.saturating_sub(ws.len()),

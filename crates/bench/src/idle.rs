@@ -17,9 +17,12 @@ pub struct IdleArgs {
     /// The server's address for SSE viewers (weft only); none: no viewers.
     #[arg(long)]
     pub sse: Option<String>,
-    /// Idle WebSocket connections (and as many SSE viewers, with --sse).
+    /// Idle WebSocket connections.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
+    /// Idle SSE viewers, with --sse (default: as many as --connections).
+    #[arg(long)]
+    pub viewers: Option<usize>,
     /// Documents they share.
     #[arg(long, default_value_t = 10)]
     pub docs: usize,
@@ -34,6 +37,7 @@ pub struct IdleArgs {
 #[derive(Debug, Serialize)]
 pub struct IdleResult {
     pub connections: usize,
+    pub viewers: usize,
     pub base_rss_kib: u64,
     pub ws_bytes_per_connection: f64,
     pub sse_bytes_per_viewer: Option<f64>,
@@ -61,13 +65,17 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
     }
     settle().await;
     let with_ws = probe::usage(args.server_pid);
-    let ws_per =
-        (with_ws.rss_kib.saturating_sub(base.rss_kib) * 1024) as f64 / args.connections as f64;
+    let ws_per = (with_ws.rss_kib.saturating_sub(base.rss_kib) * 1024) as f64
+        / args.connections.max(1) as f64;
+    let viewer_count = args
+        .sse
+        .as_ref()
+        .map_or(0, |_| args.viewers.unwrap_or(args.connections));
 
     let mut viewers = Vec::new();
     let mut sse_per = None;
     if let Some(addr) = &args.sse {
-        for i in 0..args.connections {
+        for i in 0..viewer_count {
             viewers.push(
                 clients::open_sse(addr, &format!("/sse/idle-{}", i % args.docs), false).await?,
             );
@@ -76,18 +84,19 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
         let with_sse = probe::usage(args.server_pid);
         sse_per = Some(
             (with_sse.rss_kib.saturating_sub(with_ws.rss_kib) * 1024) as f64
-                / args.connections as f64,
+                / viewer_count.max(1) as f64,
         );
     }
     let idle_start = probe::usage(args.server_pid);
     tokio::time::sleep(args.idle_for).await;
     let idle_end = probe::usage(args.server_pid);
-    let open = (held.len() + viewers.len()) as f64;
+    let open = (held.len() + viewers.len()).max(1) as f64;
     let cpu = (idle_end.cpu_seconds - idle_start.cpu_seconds) * 1e6
         / (open * args.idle_for.as_secs_f64());
     drop((held, viewers, warm));
     Ok(IdleResult {
         connections: args.connections,
+        viewers: viewer_count,
         base_rss_kib: base.rss_kib,
         ws_bytes_per_connection: ws_per,
         sse_bytes_per_viewer: sse_per,

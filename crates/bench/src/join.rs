@@ -189,6 +189,6 @@ async fn upload(url: &str, updates: &[Vec<u8>]) -> anyhow::Result<usize> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    ws.close(None).await.ok();
+    ws.close().await.ok();
     Ok(updates.iter().map(Vec::len).sum())
 }

@@ -7,6 +7,7 @@ mod clients;
 mod coldload;
 mod compare;
 mod disk;
+mod envelope;
 mod fanout;
 mod idle;
 mod ingest;
@@ -102,7 +103,10 @@ fn print_fanout(r: &fanout::FanoutLadder) {
 
 /// What a idle run found, for a person.
 fn print_idle(r: &idle::IdleResult) {
-    println!("idle: {} connections", r.connections);
+    println!(
+        "idle: {} WebSocket connections, {} SSE viewers",
+        r.connections, r.viewers
+    );
     println!(
         "  ws:  {:.0} bytes of server RSS per connection",
         r.ws_bytes_per_connection

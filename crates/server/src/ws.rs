@@ -190,11 +190,17 @@ async fn connection_loop(
     let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst);
     let doc_limits = app.config.engine().limits;
     let cluster = app.config.redis.is_some();
+    // Made once, not on every turn of the loop: each turn is one frame in
+    // or out, and a fresh future would register its waker all over again.
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let expired = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now));
+    tokio::pin!(expired);
 
     loop {
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => {
+            () = &mut shutdown => {
                 return End::Close(close_code::GOING_AWAY, "server shutting down".into());
             }
             outbound = session.recv() => match outbound {
@@ -248,8 +254,7 @@ async fn connection_loop(
                 }
             }
             // Off for a token without an expiry.
-            _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)),
-                if expiry.is_some() => {
+            () = &mut expired, if expiry.is_some() => {
                 return End::Close(close_code::UNAUTHORIZED, "token expired".into());
             }
             _ = ping.tick() => {

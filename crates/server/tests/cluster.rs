@@ -208,11 +208,9 @@ async fn editors_on_two_nodes_converge_and_a_viewer_on_a_third_resumes_on_any_no
         .await
         .expect("resumed viewer sees the rest");
     rest.insert(0, first_id);
+    // Every change after the last one seen, in order (the ten may have been
+    // stored as fewer changes: a writer's updates taken in one batch are one).
     assert_contiguous(&rest);
-    assert_eq!(
-        seq_of(rest.last().expect("ids")),
-        seq_of(&last) + more.len() as u64
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,13 +293,16 @@ async fn a_node_joining_later_loads_from_the_snapshot_and_the_stream_tail() {
     let opts = ["--snapshot-every", "25", "--keep-log-tail", "5"];
     let a = redis.node(&opts);
     let mut writer = Editor::connect(&a.url("late"), Doc::new()).await;
+    let mut check = Editor::connect(&a.url("late"), Doc::new()).await;
     let typed = tokens("w", 120);
     for t in &typed {
         writer.type_text(t).await;
+        // Stored (a second editor sees it) before the next is typed, so
+        // each is a change of its own: 120 changes, several snapshots.
+        timeout(WAIT, check.wait_for(std::slice::from_ref(t)))
+            .await
+            .expect("stored");
     }
-    // Wait until A has stored them all (a second editor sees the last).
-    let mut check = Editor::connect(&a.url("late"), Doc::new()).await;
-    timeout(WAIT, check.wait_for(&typed)).await.expect("stored");
 
     // Compacted: a snapshot exists and the stream keeps only a tail.
     let deadline = Instant::now() + WAIT;

@@ -5,6 +5,9 @@
 //! store is set aside, one holding legacy JSON is refused, and what a
 //! transaction changed is recorded only if it reads back.
 
+use std::ops::ControlFlow;
+use std::time::Duration;
+
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, IdSet, ReadTxn, Transact, Update, ID};
 
@@ -131,28 +134,61 @@ impl DocState {
         update: ClientUpdate,
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
-        if let Some(why) = update.unstorable() {
-            return Err(Rejection::InvalidUpdate(why));
-        }
+        self.apply_run(origin, vec![update], fx, |_| ControlFlow::Continue(()))
+    }
+
+    /// Applies a run of updates from one writer in one transaction: what
+    /// they changed together is recorded as one change, so a burst (a
+    /// paste, an editor catching up, a replayed trace) costs one commit,
+    /// one stored record and one frame per subscriber rather than one per
+    /// update. `after_each` is told what each update cost (CPU time of this
+    /// thread) and may stop the run there; the updates already integrated
+    /// stay and are recorded. An update that fails stops the run the same
+    /// way, and its error is returned.
+    pub fn apply_run(
+        &mut self,
+        origin: Option<ConnId>,
+        updates: Vec<ClientUpdate>,
+        fx: &mut Effects,
+        mut after_each: impl FnMut(Duration) -> ControlFlow<()>,
+    ) -> Result<(), Rejection> {
         let doc = self.awareness.doc();
-        // An update that would wait in yrs' pending store (it starts past
-        // what the document has, or builds on items nobody sent) is set
-        // aside: that store and the integration around it have crashed on
-        // crafted input (found by fuzzing). A client only sends one when it
-        // typed just before its sync step 2 on a fresh connection, and that
-        // step 2 brings it all anyway.
-        let known = doc.transact().state_vector();
-        if update.would_wait(&known) {
-            metrics::counter!("weft_changes_refused_total", "reason" => "gap").increment(1);
-            return Ok(());
-        }
+        let clock = &self.clock;
         // After a panic the document is lost (see `with_txn`): the room
         // replaces it by reloading from disk.
         let outcome = guarded(|| {
             with_txn(doc, |txn| {
-                let result = txn.apply_update(update.update);
-                // Whatever was integrated before an error is in the document
-                // now, so it is recorded like any change.
+                let mut result = Ok(());
+                for update in updates {
+                    if let Some(why) = update.unstorable() {
+                        result = Err(Rejection::InvalidUpdate(why));
+                        break;
+                    }
+                    // An update that would wait in yrs' pending store (it
+                    // starts past what the document has, or builds on items
+                    // nobody sent) is set aside: that store and the
+                    // integration around it have crashed on crafted input
+                    // (found by fuzzing). A client only sends one when it
+                    // typed just before its sync step 2 on a fresh
+                    // connection, and that step 2 brings it all anyway.
+                    if update.would_wait(&txn.state_vector()) {
+                        metrics::counter!("weft_changes_refused_total", "reason" => "gap")
+                            .increment(1);
+                        continue;
+                    }
+                    let before = clock.thread_cpu();
+                    let applied = txn.apply_update(update.update);
+                    let took = clock.thread_cpu().saturating_sub(before);
+                    // Whatever was integrated before an error is in the
+                    // document now, so it is recorded like any change.
+                    if let Err(e) = applied {
+                        result = Err(Rejection::InvalidUpdate(e.to_string()));
+                        break;
+                    }
+                    if after_each(took).is_break() {
+                        break;
+                    }
+                }
                 (result, txn.encode_update_v1())
             })
         });
@@ -173,7 +209,7 @@ impl DocState {
             ));
         }
         self.record(origin, delta, fx);
-        result.map_err(|e| Rejection::InvalidUpdate(e.to_string()))
+        result
     }
 }
 
@@ -258,6 +294,68 @@ mod tests {
         let seqs: Vec<u64> = s.recent().iter().map(|c| c.seq).collect();
         assert_eq!(seqs, vec![2, 3, 4, 5]);
         assert_eq!(text_of(s.doc()), "abcde");
+    }
+
+    #[test]
+    fn a_run_of_updates_is_one_change_holding_them_all() {
+        let mut s = state(&empty());
+        let client = Doc::new();
+        let run: Vec<ClientUpdate> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| incoming(edit(&client, i as u32, w)))
+            .collect();
+        let mut fx = Effects::default();
+        let mut told = 0;
+        s.apply_run(Some(1), run, &mut fx, |_| {
+            told += 1;
+            ControlFlow::Continue(())
+        })
+        .expect("applies");
+        assert_eq!(told, 3, "each update's cost is reported");
+        assert_eq!(fx.changes.len(), 1);
+        assert_eq!(fx.changes[0].seq, 1);
+        let stored = Doc::new();
+        stored
+            .transact_mut()
+            .apply_update(Update::decode_v1(&fx.changes[0].update).expect("valid"))
+            .expect("applies");
+        assert_eq!(text_of(&stored), "abc");
+        assert_eq!(text_of(s.doc()), "abc");
+    }
+
+    #[test]
+    fn a_run_stopped_midway_keeps_and_records_what_it_integrated() {
+        let mut s = state(&empty());
+        let client = Doc::new();
+        let run: Vec<ClientUpdate> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| incoming(edit(&client, i as u32, w)))
+            .collect();
+        let mut fx = Effects::default();
+        let mut told = 0;
+        s.apply_run(Some(1), run, &mut fx, |_| {
+            told += 1;
+            if told == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .expect("applies");
+        assert_eq!(text_of(s.doc()), "ab", "the third was not applied");
+        assert_eq!(fx.changes.len(), 1);
+        let stored = Doc::new();
+        stored
+            .transact_mut()
+            .apply_update(Update::decode_v1(&fx.changes[0].update).expect("valid"))
+            .expect("applies");
+        assert_eq!(
+            text_of(&stored),
+            "ab",
+            "what was integrated is what is stored"
+        );
     }
 
     #[test]

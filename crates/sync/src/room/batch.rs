@@ -15,6 +15,13 @@
 //! before it takes the next, rather than only when the scheduler happens
 //! to pick them first.
 //!
+//! What a batch may hold is counted in frames it can make each subscriber
+//! receive: a command counts one, except a writer's updates that follow its
+//! previous command's updates, which the room applies as one run and sends
+//! as one change (`commands.rs`); however many there are, they count once.
+//! So a writer's burst is stored with one append per batch however long it
+//! is, within the bound on bytes.
+//!
 //! Bytes are counted as they arrive (the frames the changes came in), since
 //! the frames a batch will send exist only once it has been handled. A
 //! change sent to editors is about the size of the update that made it;
@@ -24,10 +31,14 @@
 use tokio::sync::mpsc;
 
 use super::Command;
+use crate::protocol::Inbound;
 use crate::EngineConfig;
 
-/// Most commands handled in one batch (one flush).
+/// Most frames one batch may send a subscriber (see above).
 const MAX_BATCH: usize = 256;
+
+/// Most commands in one batch, however few frames they make.
+const MAX_COMMANDS: usize = 4096;
 
 /// Takes a room's commands off its channel a batch at a time.
 pub(crate) struct Batcher {
@@ -57,18 +68,37 @@ impl Batcher {
     /// connection's byte bound still goes into its empty queue.
     pub fn fill(&mut self, first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Command> {
         let mut bytes = weight(&first);
+        let mut frames = 1;
         let mut batch = vec![first];
-        while batch.len() < self.most_commands {
+        while frames < self.most_commands && batch.len() < MAX_COMMANDS {
             let Ok(command) = rx.try_recv() else { break };
             bytes = bytes.saturating_add(weight(&command));
             if bytes > self.most_bytes {
                 self.held = Some(command);
                 break;
             }
+            if !batch
+                .last()
+                .is_some_and(|last| continues_run(last, &command))
+            {
+                frames += 1;
+            }
             batch.push(command);
         }
         batch
     }
+}
+
+/// Whether `next` only adds updates to the run of updates `prev` holds,
+/// from the same connection: they become one change.
+fn continues_run(prev: &Command, next: &Command) -> bool {
+    let updates_of = |c: &Command| match c {
+        Command::Receive { conn, messages, .. } if messages.iter().all(Inbound::is_update) => {
+            Some(*conn)
+        }
+        _ => None,
+    };
+    matches!((updates_of(prev), updates_of(next)), (Some(a), Some(b)) if a == b)
 }
 
 /// About how many bytes `command` makes the room send every subscriber.
@@ -99,7 +129,7 @@ mod tests {
     use weft_storage::DocName;
     use yrs::{Doc, Text, Transact};
 
-    use crate::doc_state::Access;
+    use crate::doc_state::{Access, ConnId};
     use crate::session::{Session, Subscriber};
     use crate::{protocol, viewer, Change};
 
@@ -199,5 +229,44 @@ mod tests {
         }
         assert_eq!(delivered, updates.len());
         assert!(batches > 1, "the burst was handled in {batches} batch");
+    }
+
+    /// A writer's updates, one command each, queued for the room.
+    fn queued_updates(conns: &[ConnId], count: usize) -> mpsc::Receiver<Command> {
+        let (tx, rx) = mpsc::channel(count.max(1));
+        for (i, update) in changes_of(8, count).into_iter().enumerate() {
+            let message = protocol::decode_update(&update).expect("valid update");
+            let receive = Command::Receive {
+                conn: conns[i % conns.len()],
+                messages: vec![Inbound::Update(message)],
+                bytes: update.len(),
+            };
+            assert!(tx.try_send(receive).is_ok());
+        }
+        rx
+    }
+
+    #[test]
+    fn one_writers_burst_counts_as_one_frame_and_interleaved_writers_do_not() {
+        let config = EngineConfig {
+            outbound_queue: 8,
+            ..EngineConfig::default()
+        };
+        let mut batcher = Batcher::new(&config);
+        let mut rx = queued_updates(&[1], 500);
+        let first = rx.try_recv().expect("queued");
+        assert_eq!(
+            batcher.fill(first, &mut rx).len(),
+            500,
+            "one run: one frame"
+        );
+
+        let mut rx = queued_updates(&[1, 2], 500);
+        let first = rx.try_recv().expect("queued");
+        assert_eq!(
+            batcher.fill(first, &mut rx).len(),
+            config.outbound_queue / 2,
+            "alternating writers: a frame each"
+        );
     }
 }

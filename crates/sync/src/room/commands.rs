@@ -167,6 +167,42 @@ pub(super) fn refuse_all(rx: &mut mpsc::Receiver<Command>, error: RoomError) {
     }
 }
 
+/// A batch with each run of adjacent messages from one connection made one
+/// command, so a writer's burst of updates is applied as one run (one
+/// change: see `Room::receive`).
+fn coalesce(batch: Vec<Command>) -> Vec<Command> {
+    let mut out: Vec<Command> = Vec::with_capacity(batch.len());
+    for command in batch {
+        let Command::Receive {
+            conn,
+            messages,
+            bytes,
+        } = command
+        else {
+            out.push(command);
+            continue;
+        };
+        if let Some(Command::Receive {
+            conn: last,
+            messages: into,
+            bytes: total,
+        }) = out.last_mut()
+        {
+            if *last == conn {
+                into.extend(messages);
+                *total = total.saturating_add(bytes);
+                continue;
+            }
+        }
+        out.push(Command::Receive {
+            conn,
+            messages,
+            bytes,
+        });
+    }
+    out
+}
+
 impl Room {
     /// Runs a batch's commands in order. Those that need nothing from the
     /// store run together as one piece of CPU work, off the runtime's
@@ -178,7 +214,7 @@ impl Room {
         fx: &mut Effects,
         deferred: &mut Vec<Deferred>,
     ) {
-        let mut commands = batch.into_iter().peekable();
+        let mut commands = coalesce(batch).into_iter().peekable();
         while commands.peek().is_some() {
             let mut run = Vec::new();
             while let Some(command) = commands.next_if(|c| !c.reads_store()) {

@@ -14,6 +14,7 @@
 //! that long), the room snapshots at once, so a costly history is replayed
 //! at most once.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use tracing::warn;
@@ -21,7 +22,7 @@ use tracing::warn;
 use super::Room;
 use crate::cpu_budget::Overrun;
 use crate::creation::{retry_after_secs, ClientAddr};
-use crate::doc_state::{Access, ConnId, Effects};
+use crate::doc_state::{Access, ConnId, Effects, Rejection};
 use crate::guard::guarded;
 use crate::protocol::{self, ClientUpdate, Inbound};
 use crate::session::CloseReason;
@@ -50,42 +51,114 @@ impl Room {
                 return;
             }
         }
+        // A writer's consecutive updates are applied as one run (one
+        // change); anything else in between ends the run.
+        let mut run: Vec<ClientUpdate> = Vec::new();
         for message in messages {
-            if let (Inbound::Update(update), Access::ReadWrite) = (&message, access) {
-                if let Err(wait) = self.may_create(client, update, fx) {
-                    warn!(doc = %self.name, conn, "too many new documents from this address; closing connection");
-                    let retry_after_secs = retry_after_secs(wait);
-                    self.kick(
-                        conn,
-                        CloseReason::TooManyNewDocuments { retry_after_secs },
-                        fx,
-                    );
-                    break;
+            match message {
+                Inbound::Update(update) if access == Access::ReadWrite => {
+                    // The run's first update is the one that could create the
+                    // document; the rest are part of the same change.
+                    if run.is_empty() {
+                        if let Err(wait) = self.may_create(client, &update, fx) {
+                            warn!(doc = %self.name, conn, "too many new documents from this address; closing connection");
+                            let retry_after_secs = retry_after_secs(wait);
+                            self.kick(
+                                conn,
+                                CloseReason::TooManyNewDocuments { retry_after_secs },
+                                fx,
+                            );
+                            return self.close_crowded_out(fx);
+                        }
+                    }
+                    run.push(update);
                 }
-            }
-            let before = message.is_update().then(|| self.cx.clock.thread_cpu());
-            let result = self.state.receive(conn, access, message, fx);
-            let within = match before {
-                Some(before) => {
-                    let took = self.cx.clock.thread_cpu().saturating_sub(before);
-                    self.charge(conn, took)
+                other => {
+                    let applied = self.apply_run(conn, std::mem::take(&mut run), fx);
+                    if !applied || !self.receive_one(conn, access, other, fx) {
+                        return self.close_crowded_out(fx);
+                    }
                 }
-                None => Ok(()),
-            };
-            if let Err(rejection) = result {
-                warn!(doc = %self.name, conn, %rejection, "closing connection");
-                self.kick(conn, CloseReason::Rejected(rejection.to_string()), fx);
-                break;
-            }
-            if let Err(overrun) = within {
-                warn!(doc = %self.name, conn, %overrun, "closing connection: past its CPU budget");
-                metrics::counter!("weft_cpu_budget_disconnects_total", "limit" => overrun.label())
-                    .increment(1);
-                self.kick(conn, CloseReason::TooCostly(overrun.to_string()), fx);
-                break;
             }
         }
-        // Others its presence crowded out of the document's budget.
+        self.apply_run(conn, run, fx);
+        self.close_crowded_out(fx);
+    }
+
+    /// Applies a writer's run of updates, charging each one's CPU time to
+    /// it. Whether the connection is still open: it is closed when an
+    /// update is refused or its budget runs out (the updates integrated
+    /// until then stay, stored like any others).
+    fn apply_run(&mut self, conn: ConnId, run: Vec<ClientUpdate>, fx: &mut Effects) -> bool {
+        if run.is_empty() {
+            return true;
+        }
+        let mut overrun = None;
+        let (state, budget, replay_cost) =
+            (&mut self.state, &mut self.budget, &mut self.replay_cost);
+        let now = Duration::from_millis(self.cx.clock.now_ms());
+        let result = state.apply_run(Some(conn), run, fx, |took| {
+            metrics::histogram!("weft_update_cpu_seconds").record(took.as_secs_f64());
+            *replay_cost += took;
+            match budget.charge(conn, took, now) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(o) => {
+                    overrun = Some(o);
+                    ControlFlow::Break(())
+                }
+            }
+        });
+        self.closed_for(conn, result, overrun, fx)
+    }
+
+    /// A message other than a writer's update: sync, presence, or a
+    /// read-only connection's update (refused unless it changes nothing).
+    fn receive_one(
+        &mut self,
+        conn: ConnId,
+        access: Access,
+        message: Inbound,
+        fx: &mut Effects,
+    ) -> bool {
+        let before = message.is_update().then(|| self.cx.clock.thread_cpu());
+        let result = self.state.receive(conn, access, message, fx);
+        let within = match before {
+            Some(before) => {
+                let took = self.cx.clock.thread_cpu().saturating_sub(before);
+                self.charge(conn, took)
+            }
+            None => Ok(()),
+        };
+        self.closed_for(conn, result, within.err(), fx)
+    }
+
+    /// Closes `conn` if what it sent was refused or cost past its budget;
+    /// whether it is still open.
+    fn closed_for(
+        &mut self,
+        conn: ConnId,
+        result: Result<(), Rejection>,
+        overrun: Option<Overrun>,
+        fx: &mut Effects,
+    ) -> bool {
+        if let Err(rejection) = result {
+            warn!(doc = %self.name, conn, %rejection, "closing connection");
+            self.kick(conn, CloseReason::Rejected(rejection.to_string()), fx);
+            return false;
+        }
+        if let Some(overrun) = overrun {
+            warn!(doc = %self.name, conn, %overrun, "closing connection: past its CPU budget");
+            metrics::counter!("weft_cpu_budget_disconnects_total", "limit" => overrun.label())
+                .increment(1);
+            self.kick(conn, CloseReason::TooCostly(overrun.to_string()), fx);
+            return false;
+        }
+        true
+    }
+
+    /// Closes the others a connection's presence crowded out of the
+    /// document's budget.
+    fn close_crowded_out(&mut self, fx: &mut Effects) {
         for (other, rejection) in std::mem::take(&mut fx.closes) {
             warn!(doc = %self.name, conn = other, %rejection, "closing connection");
             self.kick(other, CloseReason::Rejected(rejection.to_string()), fx);
