@@ -60,7 +60,6 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, Response};
 use axum::Router;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -74,6 +73,7 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use crate::peer::PeerAddr;
+use crate::stream_conn;
 
 /// The deadlines and caps of the edge (see the module doc).
 #[derive(Debug, Clone, Copy)]
@@ -189,30 +189,22 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, pending: Arc<Pending>, sha
     let headers_due = after(shared.limits.header_timeout);
     let serve = async {
         match &shared.tls {
-            None => {
-                let protocol = tokio::select! {
-                    seen = timeout_at(headers_due, sniff(&tcp)) => seen,
-                    _ = shared.shutdown.cancelled() => return,
-                };
-                let Ok(protocol) = protocol else {
-                    return closed_for("header_timeout", peer);
-                };
-                let io = TokioIo::new(tcp);
-                Box::pin(serve_http(io, peer, &state, headers_due, &shared, protocol)).await
-            }
-            Some(acceptor) => {
-                let handshake = tokio::select! {
-                    done = timeout_at(headers_due, Box::pin(acceptor.accept(tcp))) => done,
-                    _ = shared.shutdown.cancelled() => return,
-                };
-                match handshake {
-                    Ok(Ok(tls)) => {
-                        let io = TokioIo::new(tls);
-                        Box::pin(serve_http(io, peer, &state, headers_due, &shared, None)).await
+            None => match Box::pin(first_request(&tcp, headers_due, &shared)).await {
+                Start::Closed(reason) => {
+                    if let Some(reason) = reason {
+                        closed_for(reason, peer);
                     }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => closed_for("header_timeout", peer),
                 }
+                Start::Stream(request, head_len) => {
+                    Box::pin(serve_stream(tcp, request, head_len, peer, &state, &shared)).await;
+                }
+                Start::Http(protocol) => {
+                    let io = TokioIo::new(tcp);
+                    Box::pin(serve_http(io, peer, &state, headers_due, &shared, protocol)).await;
+                }
+            },
+            Some(acceptor) => {
+                Box::pin(serve_tls(tcp, acceptor, peer, &state, headers_due, &shared)).await;
             }
         }
     };
@@ -220,6 +212,60 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, pending: Arc<Pending>, sha
         _ = serve => {}
         // Only ever cancelled while nothing is in flight.
         _ = state.evicted.cancelled() => closed_for("evicted", peer),
+    }
+}
+
+/// How a plain connection is to be served, from what it sent first.
+enum Start {
+    /// Not at all: shutdown, or (with why, for the log) the deadline.
+    Closed(Option<&'static str>),
+    /// Its request is an event stream, served without hyper (`stream_conn`).
+    Stream(Box<Request<Body>>, usize),
+    /// By hyper, in this protocol (`None`: hyper-util detects it).
+    Http(Option<Protocol>),
+}
+
+/// Waits for a plain connection's first bytes and tells how to serve it.
+/// Boxed by the caller: it is over once the connection is under way, and
+/// its futures would otherwise size the task for the connection's life.
+async fn first_request(tcp: &TcpStream, headers_due: Instant, shared: &Shared) -> Start {
+    let protocol = tokio::select! {
+        seen = timeout_at(headers_due, sniff(tcp)) => seen,
+        _ = shared.shutdown.cancelled() => return Start::Closed(None),
+    };
+    let Ok(protocol) = protocol else {
+        return Start::Closed(Some("header_timeout"));
+    };
+    if protocol == Some(Protocol::Http1) {
+        if let Some((request, head_len)) = stream_conn::waiting_request(tcp).await {
+            return Start::Stream(Box::new(request), head_len);
+        }
+    }
+    Start::Http(protocol)
+}
+
+/// A TLS handshake, then HTTP over it. Kept out of [`connection`]'s own
+/// future (boxed by the caller): a TLS stream is large, and a plain
+/// connection's task should not hold room for one.
+async fn serve_tls(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+    peer: SocketAddr,
+    state: &Arc<ConnState>,
+    headers_due: Instant,
+    shared: &Shared,
+) {
+    let handshake = tokio::select! {
+        done = timeout_at(headers_due, acceptor.accept(tcp)) => done,
+        _ = shared.shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(tls)) => {
+            let io = TokioIo::new(tls);
+            Box::pin(serve_http(io, peer, state, headers_due, shared, None)).await
+        }
+        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => closed_for("header_timeout", peer),
     }
 }
 
@@ -332,6 +378,26 @@ async fn serve_http<I>(
     }
 }
 
+/// Serves a plain HTTP/1.1 connection whose one request is an event
+/// stream, without hyper (see `stream_conn`). Routing is boxed: only the
+/// response's streaming stays for the connection's life.
+async fn serve_stream(
+    mut tcp: TcpStream,
+    request: Box<Request<Body>>,
+    head_len: usize,
+    peer: SocketAddr,
+    state: &Arc<ConnState>,
+    shared: &Shared,
+) {
+    if stream_conn::consume_head(&mut tcp, head_len).await.is_err() {
+        return;
+    }
+    let routed = Box::pin(handle(shared.router.clone(), *request, peer, state.clone()));
+    let Ok(response) = routed.await;
+    let out = Box::new(stream_conn::Outgoing::new(response));
+    stream_conn::respond(tcp, out, &shared.shutdown).await;
+}
+
 /// `now + d`, or a far future for durations past what a clock holds.
 fn after(d: Duration) -> Instant {
     Instant::now().checked_add(d).unwrap_or_else(far_future)
@@ -342,12 +408,16 @@ fn far_future() -> Instant {
 }
 
 /// Routes one request, marking it in flight until its response body ends.
-async fn handle(
+async fn handle<B>(
     mut router: Router,
-    request: Request<Incoming>,
+    request: Request<B>,
     peer: SocketAddr,
     state: Arc<ConnState>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, Infallible>
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let in_flight = state.request_started();
     let mut request = request.map(Body::new);
     request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));

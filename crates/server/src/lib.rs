@@ -32,6 +32,7 @@ mod shutdown;
 mod sse;
 mod store;
 mod store_health;
+mod stream_conn;
 mod telemetry;
 mod tls;
 mod token_api;

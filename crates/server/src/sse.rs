@@ -8,15 +8,20 @@
 //! with its last id and resumes without a gap.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::Stream;
 use serde::Deserialize;
-use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
@@ -79,16 +84,18 @@ pub async fn follow(
     let stream = EventStream {
         _live: LiveConnection::new("sse", grant.mode.as_str()),
         _slot: slot,
-        expiry: app.token_deadline(&grant),
+        expiry: app
+            .token_deadline(&grant)
+            .map(|at| Box::pin(tokio::time::sleep_until(at))),
         _tracked: app.connections.token(),
-        app,
+        shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
         follower,
         keepalive,
         gzip: gzip.then(EventGzip::default),
         opening: Some(opening),
         ended: false,
     };
-    let body = Body::from_stream(futures_util::stream::unfold(stream, EventStream::next));
+    let body = Body::from_stream(stream);
 
     let mut response = Response::new(body);
     let h = response.headers_mut();
@@ -105,15 +112,21 @@ pub async fn follow(
     Ok(response)
 }
 
+/// A viewer's events as a response body. Written as a `Stream` by hand
+/// rather than as an async loop: it is kept for as long as the viewer
+/// watches, and this way it holds only its own fields, not the state of
+/// every future it waits on (which, across thousands of idle viewers,
+/// was a large part of each one's memory).
 struct EventStream {
-    app: Arc<AppState>,
     follower: Follower,
     keepalive: Interval,
+    /// Ends the stream when the server shuts down.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The token's expiry, when it ends the stream.
+    expiry: Option<Pin<Box<Sleep>>>,
     gzip: Option<EventGzip>,
     /// Sent before anything else.
     opening: Option<Bytes>,
-    /// The token's expiry, when it ends the stream.
-    expiry: Option<Instant>,
     ended: bool,
     /// Its place under `--max-connections`, freed when the stream ends.
     _slot: ConnectionSlot,
@@ -124,49 +137,61 @@ struct EventStream {
 }
 
 impl EventStream {
-    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
-        if self.ended {
-            return None;
+    /// The next chunk of events, or `None` when the stream ends: shutdown,
+    /// the room dropped the viewer, or the token expired.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(opening) = self.opening.take() {
+            return Poll::Ready(Some(opening));
         }
-        let chunk = match self.opening.take() {
-            Some(opening) => Some(opening),
-            None => tokio::select! {
-                biased;
-                _ = self.app.shutdown.cancelled() => None,
-                next = self.follower.recv() => match next {
-                    Ok(events) => {
-                        self.keepalive.reset();
-                        Some(events)
-                    }
-                    Err(reason) => {
-                        debug!(%reason, "viewer stream ends");
-                        None
-                    }
-                },
-                _ = self.keepalive.tick() => Some(Bytes::from_static(b": keepalive\n\n")),
-                // Off for a token without an expiry.
-                _ = tokio::time::sleep_until(self.expiry.unwrap_or_else(Instant::now)),
-                    if self.expiry.is_some() => {
-                    debug!("token expired; viewer stream ends");
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(next) = self.follower.poll_recv(cx) {
+            return Poll::Ready(match next {
+                Ok(events) => {
+                    self.keepalive.reset();
+                    Some(events)
+                }
+                Err(reason) => {
+                    debug!(%reason, "viewer stream ends");
                     None
                 }
-            },
-        };
-        match (chunk, self.gzip.as_mut()) {
-            (Some(chunk), Some(gz)) => {
-                let wire = gz.compress(&chunk);
-                telemetry::carried("sse", "out", wire.len());
-                Some((Ok(wire), self))
-            }
-            (Some(chunk), None) => {
-                telemetry::carried("sse", "out", chunk.len());
-                Some((Ok(chunk), self))
-            }
-            (None, _) => {
-                self.ended = true;
-                let trailer = self.gzip.take()?.finish();
-                Some((Ok(trailer), self))
+            });
+        }
+        if self.keepalive.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Bytes::from_static(b": keepalive\n\n")));
+        }
+        if let Some(expiry) = &mut self.expiry {
+            if expiry.as_mut().poll(cx).is_ready() {
+                debug!("token expired; viewer stream ends");
+                return Poll::Ready(None);
             }
         }
+        Poll::Pending
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let chunk = ready!(this.poll_chunk(cx));
+        let wire = match (chunk, this.gzip.as_mut()) {
+            (Some(chunk), Some(gz)) => gz.compress(&chunk),
+            (Some(chunk), None) => chunk,
+            (None, _) => {
+                this.ended = true;
+                let Some(gz) = this.gzip.take() else {
+                    return Poll::Ready(None);
+                };
+                gz.finish()
+            }
+        };
+        telemetry::carried("sse", "out", wire.len());
+        Poll::Ready(Some(Ok(wire)))
     }
 }

@@ -76,22 +76,31 @@ pub async fn upgrade(
         .max_frame_size(Some(max))
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0);
-    ws.on_upgrade(config, move |socket| async move {
+    ws.on_upgrade(config, move |socket| {
+        // Split before the connection's future is made, so the future
+        // holds the two halves and not the whole socket beside them.
+        let (sink, stream) = socket.split();
+        async move {
             let sub = admitted.as_ref().ok().and_then(|(g, _)| g.sub.clone());
             let span = tracing::info_span!(
                 "ws", doc = %doc, %peer, sub = sub.as_deref().unwrap_or("-"), conn = tracing::field::Empty
             );
             match admitted {
-                Ok((grant, _slot)) => run(socket, doc, grant, peer, app).instrument(span).await,
+                Ok((grant, _slot)) => {
+                    run((sink, stream), doc, grant, peer, app)
+                        .instrument(span)
+                        .await
+                }
                 Err((code, reason)) => {
                     let _guard = span.enter();
                     info!(code, %reason, "refused");
-                    let (mut sink, mut stream) = socket.split();
-                    close(&mut sink, &mut stream, code, &reason).await;
+                    let (mut sink, mut stream) = (sink, stream);
+                    Box::pin(close(&mut sink, &mut stream, code, &reason)).await;
                 }
             }
             drop(tracked);
-        })
+        }
+    })
 }
 
 /// `/ws/` with nothing after it.
@@ -136,22 +145,27 @@ where
     Ok(())
 }
 
-async fn run(socket: WebSocket, doc: DocName, grant: Grant, peer: PeerAddr, app: Arc<AppState>) {
-    let (mut sink, mut stream) = socket.split();
+async fn run(
+    (mut sink, mut stream): (Sink, SplitStream<WebSocket>),
+    doc: DocName,
+    grant: Grant,
+    peer: PeerAddr,
+    app: Arc<AppState>,
+) {
     let access = match grant.mode {
         Mode::Write => Access::ReadWrite,
         Mode::Read => Access::ReadOnly,
     };
-    let mut session = match app
-        .rooms
-        .join(&doc, access, Some(client_addr(peer.0.ip())))
-        .await
-    {
+    // Boxed, as is closing below: joining (which may load the document)
+    // and closing are each done once, and inline they would size the
+    // future every connection keeps for its whole life.
+    let joined = Box::pin(app.rooms.join(&doc, access, Some(client_addr(peer.0.ip())))).await;
+    let mut session = match joined {
         Ok(session) => session,
         Err(e) => {
             let code = Refusal::of_room(&e).close_code;
             warn!(error = %e, "could not join document");
-            close(&mut sink, &mut stream, code, &e.to_string()).await;
+            Box::pin(close(&mut sink, &mut stream, code, &e.to_string())).await;
             return;
         }
     };
@@ -163,7 +177,7 @@ async fn run(socket: WebSocket, doc: DocName, grant: Grant, peer: PeerAddr, app:
     match end {
         End::Close(code, reason) => {
             info!(code, %reason, "closing connection");
-            close(&mut sink, &mut stream, code, &reason).await;
+            Box::pin(close(&mut sink, &mut stream, code, &reason)).await;
         }
         End::Gone(why) => info!(why, "connection ended"),
     }
@@ -194,8 +208,8 @@ async fn connection_loop(
     // or out, and a fresh future would register its waker all over again.
     let shutdown = app.shutdown.cancelled();
     tokio::pin!(shutdown);
-    let expired = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now));
-    tokio::pin!(expired);
+    // Boxed, and only for a token that expires.
+    let mut expired = expiry.map(|at| Box::pin(tokio::time::sleep_until(at)));
 
     loop {
         tokio::select! {
@@ -254,7 +268,7 @@ async fn connection_loop(
                 }
             }
             // Off for a token without an expiry.
-            () = &mut expired, if expiry.is_some() => {
+            () = async { if let Some(e) = &mut expired { e.as_mut().await } }, if expired.is_some() => {
                 return End::Close(close_code::UNAUTHORIZED, "token expired".into());
             }
             _ = ping.tick() => {

@@ -120,7 +120,9 @@ impl WsUpgrade {
                 Some(config),
             )
             .await;
-            callback(socket).await;
+            // Boxed: the task would otherwise keep room for the upgrade's
+            // own futures beside the connection's for the connection's life.
+            Box::pin(callback(socket)).await;
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();

@@ -420,3 +420,86 @@ async fn a_viewer_that_stops_reading_is_cut_off_and_others_keep_up() {
     assert!(got < total, "cut off after {got} of {total} changes");
     assert!(!String::from_utf8_lossy(&raw).contains(&last));
 }
+
+/// Sends `parts` of a request over a fresh connection, pausing between
+/// them, and returns what the server sent until it has sent `until`.
+async fn raw_stream(addr: &str, parts: &[&str], until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            // Long enough for the first part to be all the server sees.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        tcp.write_all(part.as_bytes()).await.expect("write");
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("more in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn event_streams_are_served_however_their_request_arrives() {
+    let weft = Weft::start(&[]);
+    let addr = weft.addr.clone();
+    // Whole, HTTP/1.1: served by the event-stream path, chunked, closing.
+    let whole = raw_stream(
+        &addr,
+        &[&format!("GET /sse/raw HTTP/1.1\r\nHost: {addr}\r\n\r\n")],
+        "event: snapshot",
+    )
+    .await;
+    assert!(whole.starts_with("HTTP/1.1 200 OK\r\n"), "{whole}");
+    let head = whole
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    // Its head dripped in two parts, or HTTP/1.0, or with a body: hyper
+    // serves it, and the viewer gets the same stream.
+    let dripped = raw_stream(
+        &addr,
+        &[
+            "GET /sse/raw HTTP/1.1\r\n",
+            &format!("Host: {addr}\r\n\r\n"),
+        ],
+        "event: snapshot",
+    )
+    .await;
+    assert!(dripped.starts_with("HTTP/1.1 200 OK\r\n"), "{dripped}");
+    let old = raw_stream(
+        &addr,
+        &[&format!("GET /sse/raw HTTP/1.0\r\nHost: {addr}\r\n\r\n")],
+        "event: snapshot",
+    )
+    .await;
+    assert!(old.contains(" 200 OK\r\n"), "{old}");
+    // A refusal goes out whole, with its length.
+    let refused = raw_stream(
+        &addr,
+        &[&format!(
+            "GET /sse/bad%00name HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        )],
+        "}",
+    )
+    .await;
+    assert!(
+        refused.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{refused}"
+    );
+    assert!(
+        refused.to_lowercase().contains("content-length: "),
+        "{refused}"
+    );
+}

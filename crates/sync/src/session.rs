@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -263,7 +263,12 @@ impl Session {
 
     /// The next frame for this client, or why the room ended the session.
     pub async fn recv(&mut self) -> Result<Bytes, CloseReason> {
-        match poll_fn(|cx| self.poll_next(cx.waker())).await {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv) for a hand-written future or stream.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, CloseReason>> {
+        self.poll_next(cx.waker()).map(|next| match next {
             Some(Queued { frame, counted }) => {
                 if counted {
                     self.shared.queued.fetch_sub(frame.len(), Ordering::Relaxed);
@@ -271,7 +276,7 @@ impl Session {
                 Ok(frame)
             }
             None => Err(self.close_reason()),
-        }
+        })
     }
 
     /// The next queued frame; `None` once the room has dropped its side
@@ -303,10 +308,15 @@ impl Session {
             messages,
             bytes,
         };
-        self.room
-            .send(command)
-            .await
-            .map_err(|_| self.close_reason())
+        // Waiting is the exception, and boxed: a connection's task keeps
+        // room for every future it may wait on for its whole life.
+        match self.room.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(command)) => Box::pin(self.room.send(command))
+                .await
+                .map_err(|_| self.close_reason()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.close_reason()),
+        }
     }
 
     fn close_reason(&self) -> CloseReason {
@@ -357,5 +367,10 @@ impl Follower {
     /// The next chunk of viewer events, or why the room ended the stream.
     pub async fn recv(&mut self) -> Result<Bytes, CloseReason> {
         self.0.recv().await
+    }
+
+    /// [`recv`](Self::recv) for a hand-written future or stream.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, CloseReason>> {
+        self.0.poll_recv(cx)
     }
 }
