@@ -216,10 +216,7 @@ fn delivered_all(v: &Value, step: &str, stream: &str, field: &str) -> Result<f64
     let missing = at(v, &format!("{step}/{stream}_deliveries_missing")).unwrap_or(0.0);
     if missing > 0.0 {
         let got = at(v, &format!("{step}/{stream}/samples")).unwrap_or(0.0);
-        return Err(format!(
-            "{missing} of {} deliveries missing",
-            missing + got
-        ));
+        return Err(format!("{missing} of {} deliveries missing", missing + got));
     }
     at(v, &format!("{step}/{field}"))
 }
