@@ -51,7 +51,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -392,6 +392,9 @@ async fn serve_stream(
     if stream_conn::consume_head(&mut tcp, head_len).await.is_err() {
         return;
     }
+    // This connection closes when its one response ends: it must not take
+    // a place among those waiting for a request then (and evict one).
+    state.will_close();
     let routed = Box::pin(handle(shared.router.clone(), *request, peer, state.clone()));
     let Ok(response) = routed.await;
     let out = Box::new(stream_conn::Outgoing::new(response));
@@ -509,6 +512,9 @@ struct ConnState {
     evicted: CancellationToken,
     /// Woken whenever the activity changes.
     changed: Notify,
+    /// The connection closes once nothing is in flight: it does not wait
+    /// for another request, so it takes no place among those that do.
+    closing: AtomicBool,
 }
 
 impl ConnState {
@@ -525,7 +531,13 @@ impl ConnState {
             inner: Mutex::new((activity, Some(place))),
             evicted,
             changed: Notify::new(),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// This connection will close when its requests in flight end.
+    fn will_close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     fn activity(&self) -> Activity {
@@ -570,7 +582,9 @@ impl ConnState {
             activity.in_flight = activity.in_flight.saturating_sub(1);
             if activity.in_flight == 0 {
                 activity.idle_since = Some(Instant::now());
-                *place = Some(self.pending.admit(self.evicted.clone()));
+                if !self.closing.load(Ordering::Relaxed) {
+                    *place = Some(self.pending.admit(self.evicted.clone()));
+                }
             }
         }
         self.changed.notify_one();

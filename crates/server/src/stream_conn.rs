@@ -26,7 +26,8 @@
 //! to make here) and every write has a deadline ([`WRITE_DEADLINE`]), so a
 //! viewer that stops reading does not hold its task and descriptor
 //! forever. On shutdown the body ends by itself (the handler watches the
-//! same signal); the connection gets [`CLOSE_GRACE`] to finish.
+//! same signal); the connection gets [`CLOSE_GRACE`] to finish, a write
+//! waiting for room included.
 
 use std::time::{Duration, SystemTime};
 
@@ -126,7 +127,7 @@ pub async fn respond(mut tcp: TcpStream, out: Box<Outgoing>, shutdown: &Cancella
         chunked,
     } = *out;
     let (mut reader, mut writer) = tcp.split();
-    if write(&mut writer, &head).await.is_err() {
+    if write(&mut writer, &head, shutdown).await.is_err() {
         return;
     }
     drop(head);
@@ -135,7 +136,7 @@ pub async fn respond(mut tcp: TcpStream, out: Box<Outgoing>, shutdown: &Cancella
         tokio::select! {
             frame = body.frame() => match frame {
                 Some(Ok(frame)) => {
-                    if write_frame(&mut writer, frame, chunked).await.is_err() {
+                    if write_frame(&mut writer, frame, chunked, shutdown).await.is_err() {
                         return;
                     }
                 }
@@ -152,11 +153,11 @@ pub async fn respond(mut tcp: TcpStream, out: Box<Outgoing>, shutdown: &Cancella
     let finish = async {
         if !ended {
             while let Some(Ok(frame)) = body.frame().await {
-                write_frame(&mut writer, frame, chunked).await?;
+                write_frame(&mut writer, frame, chunked, shutdown).await?;
             }
         }
         if chunked {
-            write(&mut writer, b"0\r\n\r\n").await?;
+            write(&mut writer, b"0\r\n\r\n", shutdown).await?;
         }
         writer.shutdown().await
     };
@@ -168,6 +169,7 @@ async fn write_frame(
     writer: &mut WriteHalf<'_>,
     frame: hyper::body::Frame<Bytes>,
     chunked: bool,
+    shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let Ok(data) = frame.into_data() else {
         return Ok(());
@@ -176,7 +178,7 @@ async fn write_frame(
         return Ok(());
     }
     let out = if chunked { chunk(&data) } else { data };
-    write(writer, &out).await
+    write(writer, &out, shutdown).await
 }
 
 /// The body's length when it is known up front: it is sent as is, with a
@@ -240,21 +242,34 @@ fn chunk(data: &[u8]) -> Bytes {
     out.into()
 }
 
-/// Writes all of `bytes`, within [`WRITE_DEADLINE`]. Most writes fit the
-/// socket's buffer and are done at once; only one that has to wait for
-/// room is a future of its own (boxed, so waiting is not what sizes every
-/// viewer's task).
-async fn write(writer: &mut WriteHalf<'_>, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes all of `bytes`, within [`WRITE_DEADLINE`], and within
+/// [`CLOSE_GRACE`] of shutdown. Most writes fit the socket's buffer and are
+/// done at once; only one that has to wait for room is a future of its own
+/// (boxed, so waiting is not what sizes every viewer's task).
+async fn write(
+    writer: &mut WriteHalf<'_>,
+    bytes: &[u8],
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
     let rest = match writer.try_write(bytes) {
         Ok(n) if n == bytes.len() => return Ok(()),
         Ok(n) => &bytes[n..],
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bytes,
         Err(e) => return Err(e),
     };
-    match Box::pin(timeout(WRITE_DEADLINE, writer.write_all(rest))).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
+    let waiting = async {
+        let shut_down = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+        };
+        tokio::select! {
+            written = timeout(WRITE_DEADLINE, writer.write_all(rest)) => {
+                written.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            }
+            () = shut_down => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    };
+    Box::pin(waiting).await
 }
 
 #[cfg(test)]

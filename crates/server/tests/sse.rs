@@ -503,3 +503,34 @@ async fn event_streams_are_served_however_their_request_arrives() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let mut weft = Weft::start(&["--shutdown-timeout", "20s"]);
+    let addr = weft.addr.clone();
+    // A small receive window, and never a read.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stalled = socket
+        .connect(addr.parse().expect("addr"))
+        .await
+        .expect("connect");
+    stalled
+        .write_all(format!("GET /sse/stall HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    // Megabytes of changes, far more than the sockets hold: the server's
+    // writes to the viewer wait for room that never comes.
+    let writer = Doc::new();
+    let chunk = "abcdefgh".repeat(32 * 1024);
+    for _ in 0..24 {
+        post(&addr, "stall", insert(&writer, &chunk)).await;
+    }
+    let (status, took) = weft
+        .terminate_within(std::time::Duration::from_secs(10))
+        .expect("shut down within 10 s, not at its 20 s deadline");
+    assert!(status.success(), "{status:?}");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+    drop(stalled);
+}

@@ -656,13 +656,23 @@ async fn only_a_change_that_creates_a_document_is_put_to_the_creation_limit() {
     assert_eq!(limit.asked.load(Ordering::SeqCst), 1);
     assert!(f.store.info(&first).await.expect("info").is_some());
 
-    // Over the limit: the editor is closed, the HTTP write refused, nothing stored.
+    // Over the limit: the editor is closed, the HTTP write refused, nothing
+    // stored; also when an update that creates nothing comes first in the
+    // same message (they are one run, and each is asked until one creates).
     let mut t = f
         .rooms
         .join(&second, Access::ReadWrite, client)
         .await
         .expect("join");
-    t.send(vec![edit(&Doc::new(), "x")], 0).await.expect("send");
+    let nothing = decode_update(
+        &Doc::new()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default()),
+    )
+    .expect("valid");
+    t.send(vec![Inbound::Update(nothing), edit(&Doc::new(), "x")], 0)
+        .await
+        .expect("send");
     let reason = loop {
         match timeout(WAIT, t.recv()).await.expect("closed in time") {
             Ok(_) => continue,
@@ -799,13 +809,12 @@ async fn updates_that_together_take_too_long_close_their_connection() {
         .await
         .expect("join");
     next(&mut reader).await;
+    // In one message, so the four are one run, timed one by one (this
+    // clock makes every reading 600 ms later; separate runs would each
+    // also be charged 600 ms for their commit).
     let writer = Doc::new();
-    for word in ["a", "b", "c", "d"] {
-        writer_session
-            .send(vec![edit(&writer, word)], 0)
-            .await
-            .expect("send");
-    }
+    let words = ["a", "b", "c", "d"].map(|word| edit(&writer, word));
+    writer_session.send(words.into(), 0).await.expect("send");
     let CloseReason::TooCostly(why) = close_reason(&mut writer_session).await else {
         panic!("closed for another reason");
     };
@@ -1014,4 +1023,34 @@ async fn numbering_goes_on_after_a_quarantined_snapshot_whose_log_is_gone() {
         .expect("applies");
     assert_eq!(id.expect("a change").seq, 3, "2 is never given again");
     assert_eq!(f.store.quarantined(&doc).await.expect("read").len(), 1);
+}
+
+#[tokio::test]
+async fn a_read_only_burst_of_changes_is_refused_once_not_closed_as_slow() {
+    let f = fixture(EngineConfig {
+        outbound_queue: 8,
+        ..EngineConfig::default()
+    });
+    let doc = name("read-only-burst");
+    let mut reader = f
+        .rooms
+        .join(&doc, Access::ReadOnly, None)
+        .await
+        .expect("join");
+    next(&mut reader).await; // sync step 1
+                             // Far more changes than the reader's queue has frames, in one message.
+    let writer = Doc::new();
+    let burst: Vec<Inbound> = (0..100).map(|i| edit(&writer, &i.to_string())).collect();
+    reader.send(burst, 0).await.expect("send");
+    f.rooms.stats(&doc).await.expect("room loaded");
+    let mut frames = 0;
+    while let Ok(Ok(_)) = timeout(Duration::from_millis(200), reader.recv()).await {
+        frames += 1;
+    }
+    assert!(frames <= 2, "{frames} frames for one refused burst");
+    // Still open: the room still answers it.
+    reader
+        .send(vec![edit(&writer, "!")], 0)
+        .await
+        .expect("still open");
 }

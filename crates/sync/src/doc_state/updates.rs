@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, IdSet, ReadTxn, Transact, Update, ID};
+use yrs::{Doc, IdSet, ReadTxn, Transact, TransactionMut, Update, ID};
 
 use super::effects::is_empty_update;
 use super::{Access, ConnId, Delivery, DocState, Effects, Rejection};
@@ -142,9 +142,11 @@ impl DocState {
     /// paste, an editor catching up, a replayed trace) costs one commit,
     /// one stored record and one frame per subscriber rather than one per
     /// update. `after_each` is told what each update cost (CPU time of this
-    /// thread) and may stop the run there; the updates already integrated
-    /// stay and are recorded. An update that fails stops the run the same
-    /// way, and its error is returned.
+    /// thread, checks included, whether it applied, was set aside or
+    /// failed) and may stop the run there; the updates already integrated
+    /// stay and are recorded. It is told once more, at the end, what
+    /// committing, encoding and reading back the run cost. An update that
+    /// fails stops the run the same way, and its error is returned.
     pub fn apply_run(
         &mut self,
         origin: Option<ConnId>,
@@ -160,46 +162,33 @@ impl DocState {
             with_txn(doc, |txn| {
                 let mut result = Ok(());
                 for update in updates {
-                    if let Some(why) = update.unstorable() {
-                        result = Err(Rejection::InvalidUpdate(why));
-                        break;
-                    }
-                    // An update that would wait in yrs' pending store (it
-                    // starts past what the document has, or builds on items
-                    // nobody sent) is set aside: that store and the
-                    // integration around it have crashed on crafted input
-                    // (found by fuzzing). A client only sends one when it
-                    // typed just before its sync step 2 on a fresh
-                    // connection, and that step 2 brings it all anyway.
-                    if update.would_wait(&txn.state_vector()) {
-                        metrics::counter!("weft_changes_refused_total", "reason" => "gap")
-                            .increment(1);
-                        continue;
-                    }
                     let before = clock.thread_cpu();
-                    let applied = txn.apply_update(update.update);
-                    let took = clock.thread_cpu().saturating_sub(before);
-                    // Whatever was integrated before an error is in the
-                    // document now, so it is recorded like any change.
-                    if let Err(e) = applied {
-                        result = Err(Rejection::InvalidUpdate(e.to_string()));
+                    let applied = apply_one(txn, update);
+                    let stop = after_each(clock.thread_cpu().saturating_sub(before)).is_break();
+                    if let Err(rejection) = applied {
+                        result = Err(rejection);
                         break;
                     }
-                    if after_each(took).is_break() {
+                    if stop {
                         break;
                     }
                 }
-                (result, txn.encode_update_v1())
+                let encoding = clock.thread_cpu();
+                (result, txn.encode_update_v1(), encoding)
             })
         });
-        let (result, delta) = match outcome {
-            Ok(pair) => pair,
+        let (result, delta, encoding) = match outcome {
+            Ok(done) => done,
             Err(panic) => {
                 self.poisoned = true;
                 return Err(Rejection::UpdatePanicked(panic));
             }
         };
-        if !is_empty_update(&delta) && !readable(&delta) {
+        let stored = is_empty_update(&delta) || readable(&delta);
+        // The commit (when the transaction ended), the encoding and the
+        // read-back are the writer's too.
+        let _ = after_each(clock.thread_cpu().saturating_sub(encoding));
+        if !stored {
             // yrs integrated something it cannot write back out: storing it
             // would make the document unloadable. Memory is now ahead of the
             // disk, so the room reloads from it.
@@ -211,6 +200,26 @@ impl DocState {
         self.record(origin, delta, fx);
         result
     }
+}
+
+/// One update of a run, in the run's transaction. An update that would
+/// wait in yrs' pending store (it starts past what the document has, or
+/// builds on items nobody sent) is set aside: that store and the
+/// integration around it have crashed on crafted input (found by fuzzing).
+/// A client only sends one when it typed just before its sync step 2 on a
+/// fresh connection, and that step 2 brings it all anyway. Whatever was
+/// integrated before an error is in the document, and is recorded with
+/// the run like any change.
+fn apply_one(txn: &mut TransactionMut<'_>, update: ClientUpdate) -> Result<(), Rejection> {
+    if let Some(why) = update.unstorable() {
+        return Err(Rejection::InvalidUpdate(why));
+    }
+    if update.would_wait(&txn.state_vector()) {
+        metrics::counter!("weft_changes_refused_total", "reason" => "gap").increment(1);
+        return Ok(());
+    }
+    txn.apply_update(update.update)
+        .map_err(|e| Rejection::InvalidUpdate(e.to_string()))
 }
 
 /// Whether a change yrs encoded decodes again (what is stored must load).
@@ -312,7 +321,7 @@ mod tests {
             ControlFlow::Continue(())
         })
         .expect("applies");
-        assert_eq!(told, 3, "each update's cost is reported");
+        assert_eq!(told, 4, "each update's cost is reported, then the commit's");
         assert_eq!(fx.changes.len(), 1);
         assert_eq!(fx.changes[0].seq, 1);
         let stored = Doc::new();

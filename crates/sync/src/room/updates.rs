@@ -54,30 +54,43 @@ impl Room {
         // A writer's consecutive updates are applied as one run (one
         // change); anything else in between ends the run.
         let mut run: Vec<ClientUpdate> = Vec::new();
+        // Whether the creation limit has had its say for this input: once
+        // an update that would create the document is admitted, the rest
+        // are part of the same change (or the document exists).
+        let mut creation_asked = false;
+        // A read-only connection is told once per input that it may not
+        // write, however many changes it sent (each telling would be a
+        // frame, and a batch counts its run of updates as one).
+        let mut denied = false;
         for message in messages {
             match message {
                 Inbound::Update(update) if access == Access::ReadWrite => {
-                    // The run's first update is the one that could create the
-                    // document; the rest are part of the same change.
-                    if run.is_empty() {
-                        if let Err(wait) = self.may_create(client, &update, fx) {
-                            warn!(doc = %self.name, conn, "too many new documents from this address; closing connection");
-                            let retry_after_secs = retry_after_secs(wait);
-                            self.kick(
-                                conn,
-                                CloseReason::TooManyNewDocuments { retry_after_secs },
-                                fx,
-                            );
-                            return self.close_crowded_out(fx);
+                    if !creation_asked {
+                        match self.may_create(client, &update, fx) {
+                            Ok(asked) => creation_asked = asked,
+                            Err(wait) => {
+                                warn!(doc = %self.name, conn, "too many new documents from this address; closing connection");
+                                let retry_after_secs = retry_after_secs(wait);
+                                self.kick(
+                                    conn,
+                                    CloseReason::TooManyNewDocuments { retry_after_secs },
+                                    fx,
+                                );
+                                return self.close_crowded_out(fx);
+                            }
                         }
                     }
                     run.push(update);
                 }
+                Inbound::Update(_) if denied => {}
                 other => {
                     let applied = self.apply_run(conn, std::mem::take(&mut run), fx);
+                    let told = fx.deliveries.len();
+                    let is_update = other.is_update();
                     if !applied || !self.receive_one(conn, access, other, fx) {
                         return self.close_crowded_out(fx);
                     }
+                    denied |= is_update && fx.deliveries.len() > told;
                 }
             }
         }
@@ -103,7 +116,8 @@ impl Room {
             match budget.charge(conn, took, now) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(o) => {
-                    overrun = Some(o);
+                    // The first overrun is what closes the connection.
+                    overrun.get_or_insert(o);
                     ControlFlow::Break(())
                 }
             }
@@ -207,27 +221,31 @@ impl Room {
 
     /// Whether `client` may apply `update` as far as creating the document
     /// goes: yes unless it would create the document and the creation
-    /// limit refuses (`Err`: how long until it may). Only the first change
-    /// is asked about, so two first writes in one batch count once.
+    /// limit refuses (`Err`: how long until it may). `Ok(true)`: the
+    /// question is settled (the document exists, there is no limit, or
+    /// this update creates it and was admitted), so later updates of the
+    /// same change need not ask; `Ok(false)`: this one creates nothing, so
+    /// the next must still ask. Only the first change is asked about, so
+    /// two first writes in one batch count once.
     fn may_create(
         &self,
         client: Option<ClientAddr>,
         update: &ClientUpdate,
         fx: &Effects,
-    ) -> Result<(), Duration> {
+    ) -> Result<bool, Duration> {
         let (Some(limit), Some(client)) = (&self.cx.config.creation_limit, client) else {
-            return Ok(());
+            return Ok(true);
         };
         if self.exists_with(fx) {
-            return Ok(());
+            return Ok(true);
         }
         // A sync step 2 that brings nothing (every new editor's) creates
         // nothing; if yrs fails to tell, the change counts.
         let changes = guarded(|| self.state.would_change(&update.update)).unwrap_or(true);
         if !changes {
-            return Ok(());
+            return Ok(false);
         }
-        limit.admit(client).inspect_err(|_| {
+        limit.admit(client).map(|()| true).inspect_err(|_| {
             metrics::counter!("weft_changes_refused_total", "reason" => "too_many_new_documents")
                 .increment(1);
         })
