@@ -236,7 +236,7 @@ async fn first_request(tcp: &TcpStream, headers_due: Instant, shared: &Shared) -
     let Ok(protocol) = protocol else {
         return Start::Closed(Some("header_timeout"));
     };
-    if protocol == Some(Protocol::Http1) {
+    if protocol == Some(Protocol::Http1) && stream_conn::may_be_stream(tcp).await {
         if let Some((request, head_len)) = stream_conn::waiting_request(tcp).await {
             return Start::Stream(Box::new(request), head_len);
         }

@@ -53,6 +53,15 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The path every event stream is under.
 const STREAM_PREFIX: &str = "/sse/";
 
+/// Whether the bytes waiting on `tcp` begin an event-stream request: a
+/// cheap look first, so other connections (a flood of them included) pay
+/// nothing for this path.
+pub async fn may_be_stream(tcp: &TcpStream) -> bool {
+    const START: &[u8] = b"GET /sse/";
+    let mut first = [0u8; START.len()];
+    matches!(tcp.peek(&mut first).await, Ok(n) if first[..n] == *START)
+}
+
 /// The event-stream request waiting on `tcp`, and how many bytes its head
 /// takes, if there is one this path serves; the bytes stay in the socket.
 pub async fn waiting_request(tcp: &TcpStream) -> Option<(Request<Body>, usize)> {
