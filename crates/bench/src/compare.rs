@@ -415,13 +415,7 @@ mod tests {
             servers: vec!["weft".into(), "peer".into()],
         })
         .expect("table");
-        let line = |label: &str| {
-            table
-                .lines()
-                .find(|l| l.contains(label))
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let line = |label: &str| line_of(&table, label);
         assert!(line("coldload").contains("2.50×"), "{table}");
         assert!(line("idle").contains("n/a: needs /proc"), "{table}");
         assert!(line("ingest").contains("not run"), "{table}");
@@ -453,13 +447,7 @@ mod tests {
             servers: vec!["weft".into(), "peer".into()],
         })
         .expect("table");
-        let line = |label: &str| {
-            table
-                .lines()
-                .find(|l| l.contains(label))
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let line = |label: &str| line_of(&table, label);
         // 2/3 of the peer's 9 ms; the peer's 20 ms plus the disk's 5 ms;
         // 0.4 s over 100,000 deliveries is 4 µs.
         assert!(
@@ -476,6 +464,15 @@ mod tests {
             "{table}"
         );
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// The table's row for `label`, or an empty string.
+    fn line_of(table: &str, label: &str) -> String {
+        table
+            .lines()
+            .find(|l| l.contains(label))
+            .unwrap_or_default()
+            .to_owned()
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -305,15 +305,30 @@ mod tests {
         assert_eq!(text_of(s.doc()), "abcde");
     }
 
+    /// One client's edits, one update each, as a run.
+    fn run_of(words: &[&str]) -> Vec<ClientUpdate> {
+        let client = Doc::new();
+        let at = |i: usize| u32::try_from(i).expect("small");
+        words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| incoming(edit(&client, at(i), w)))
+            .collect()
+    }
+
+    /// A document holding just `update`.
+    fn doc_of(update: &[u8]) -> Doc {
+        let doc = Doc::new();
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).expect("valid"))
+            .expect("applies");
+        doc
+    }
+
     #[test]
     fn a_run_of_updates_is_one_change_holding_them_all() {
         let mut s = state(&empty());
-        let client = Doc::new();
-        let run: Vec<ClientUpdate> = ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, w)| incoming(edit(&client, i as u32, w)))
-            .collect();
+        let run = run_of(&["a", "b", "c"]);
         let mut fx = Effects::default();
         let mut told = 0;
         s.apply_run(Some(1), run, &mut fx, |_| {
@@ -324,11 +339,7 @@ mod tests {
         assert_eq!(told, 4, "each update's cost is reported, then the commit's");
         assert_eq!(fx.changes.len(), 1);
         assert_eq!(fx.changes[0].seq, 1);
-        let stored = Doc::new();
-        stored
-            .transact_mut()
-            .apply_update(Update::decode_v1(&fx.changes[0].update).expect("valid"))
-            .expect("applies");
+        let stored = doc_of(&fx.changes[0].update);
         assert_eq!(text_of(&stored), "abc");
         assert_eq!(text_of(s.doc()), "abc");
     }
@@ -336,12 +347,7 @@ mod tests {
     #[test]
     fn a_run_stopped_midway_keeps_and_records_what_it_integrated() {
         let mut s = state(&empty());
-        let client = Doc::new();
-        let run: Vec<ClientUpdate> = ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, w)| incoming(edit(&client, i as u32, w)))
-            .collect();
+        let run = run_of(&["a", "b", "c"]);
         let mut fx = Effects::default();
         let mut told = 0;
         s.apply_run(Some(1), run, &mut fx, |_| {
@@ -355,11 +361,7 @@ mod tests {
         .expect("applies");
         assert_eq!(text_of(s.doc()), "ab", "the third was not applied");
         assert_eq!(fx.changes.len(), 1);
-        let stored = Doc::new();
-        stored
-            .transact_mut()
-            .apply_update(Update::decode_v1(&fx.changes[0].update).expect("valid"))
-            .expect("applies");
+        let stored = doc_of(&fx.changes[0].update);
         assert_eq!(
             text_of(&stored),
             "ab",

@@ -111,9 +111,7 @@ impl Room {
             (&mut self.state, &mut self.budget, &mut self.replay_cost);
         let now = Duration::from_millis(self.cx.clock.now_ms());
         let result = state.apply_run(Some(conn), run, fx, |took| {
-            metrics::histogram!("weft_update_cpu_seconds").record(took.as_secs_f64());
-            *replay_cost += took;
-            match budget.charge(conn, took, now) {
+            match charge(budget, replay_cost, (conn, took), now) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(o) => {
                     // The first overrun is what closes the connection.
@@ -182,10 +180,8 @@ impl Room {
     /// Charges an update's CPU time to `conn`; it also counts towards what
     /// loading the document would replay.
     fn charge(&mut self, conn: ConnId, took: Duration) -> Result<(), Overrun> {
-        metrics::histogram!("weft_update_cpu_seconds").record(took.as_secs_f64());
-        self.replay_cost += took;
         let now = Duration::from_millis(self.cx.clock.now_ms());
-        self.budget.charge(conn, took, now)
+        charge(&mut self.budget, &mut self.replay_cost, (conn, took), now)
     }
 
     /// Applies a Yjs v1 update that came from outside any connection (the
@@ -250,4 +246,18 @@ impl Room {
                 .increment(1);
         })
     }
+}
+
+/// Charges CPU time `took` to `conn`'s budget and to what loading the
+/// document would replay. A free function so a run can charge while the
+/// room's document state is borrowed.
+fn charge(
+    budget: &mut crate::cpu_budget::CpuBudget,
+    replay_cost: &mut Duration,
+    (conn, took): (ConnId, Duration),
+    now: Duration,
+) -> Result<(), Overrun> {
+    metrics::histogram!("weft_update_cpu_seconds").record(took.as_secs_f64());
+    *replay_cost += took;
+    budget.charge(conn, took, now)
 }
