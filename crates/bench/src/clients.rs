@@ -31,11 +31,30 @@ pub fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// The send time carried in `bytes`, if any.
-pub fn stamp(bytes: &[u8]) -> Option<u64> {
-    let at = bytes.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
-    let hex = std::str::from_utf8(bytes.get(at..at + 16)?).ok()?;
-    u64::from_str_radix(hex, 16).ok()
+/// Every send time carried in `bytes`, in order. A server may merge
+/// changes that reach it together into one update (weft does, for one
+/// writer's changes taken in one batch), so one frame can carry several.
+pub fn stamps(bytes: &[u8]) -> Vec<u64> {
+    let mut found = Vec::new();
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(MARK.len()).position(|w| w == MARK) {
+        rest = &rest[at + MARK.len()..];
+        let hex = rest.get(..16).and_then(|h| std::str::from_utf8(h).ok());
+        if let Some(stamp) = hex.and_then(|h| u64::from_str_radix(h, 16).ok()) {
+            found.push(stamp);
+        }
+    }
+    found
+}
+
+/// Reports each change carried in one received message: its delay, and
+/// its share of the message's `len` bytes.
+fn report_stamps(bytes: &[u8], len: usize, seen: &mut impl FnMut(Duration, usize)) {
+    let found = stamps(bytes);
+    let share = len / found.len().max(1);
+    for s in found {
+        seen(since(s), share);
+    }
 }
 
 /// Time since a stamp.
@@ -144,9 +163,7 @@ where
         if let Message::Binary(frame) = message {
             // Sync update frames only: 0 (sync), 2 (update).
             if frame.starts_with(&[0, 2]) {
-                if let Some(s) = stamp(&frame) {
-                    seen(since(s), frame.len());
-                }
+                report_stamps(&frame, frame.len(), &mut seen);
             }
         }
     }
@@ -299,9 +316,7 @@ pub async fn view_encoded(
                 continue;
             };
             if let Ok(update) = base64::engine::general_purpose::STANDARD.decode(data) {
-                if let Some(s) = stamp(&update) {
-                    seen(since(s), event.len());
-                }
+                report_stamps(&update, event.len(), seen);
             }
         }
     }
@@ -320,8 +335,21 @@ mod tests {
     #[test]
     fn stamps_are_found_in_raw_bytes() {
         let frame = [b"\x00\x02junk".as_slice(), b"wbts00000000000003e8", b"tail"].concat();
-        assert_eq!(stamp(&frame), Some(1000));
-        assert_eq!(stamp(b"no stamp here"), None);
-        assert_eq!(stamp(b"wbts12"), None);
+        assert_eq!(stamps(&frame), vec![1000]);
+        assert_eq!(stamps(b"no stamp here"), Vec::<u64>::new());
+        assert_eq!(stamps(b"wbts12"), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn every_change_merged_into_one_update_is_found() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, &format!("wbts{:016x}", 7));
+        text.insert(&mut txn, 0, &format!("wbts{:016x}", 9));
+        let update = txn.encode_update_v1();
+        let mut found = stamps(&update);
+        found.sort_unstable();
+        assert_eq!(found, vec![7, 9]);
     }
 }
