@@ -233,6 +233,7 @@ impl Running {
             self.state.connections.close();
             self.state.connections.wait().await;
             self.rooms.shut_down().await;
+            self.store.shut_down().await;
             if let Some((webhooks, outbox)) = &self.webhooks {
                 let outbox = outbox.as_ref();
                 webhooks::queue_pending(webhooks, &self.changes, outbox, self.clock.as_ref()).await;

@@ -64,6 +64,15 @@ impl Store {
         }
     }
 
+    /// Stops what the store runs in the background: in cluster mode, the
+    /// node's subscription to other nodes and its log followers. Called
+    /// once every room has ended.
+    pub(crate) async fn shut_down(&self) {
+        if let Store::Cluster(store) = self {
+            store.shut_down().await;
+        }
+    }
+
     /// The embedded store, whose health is watched (it can fail and recover).
     pub(crate) fn embedded(&self) -> Option<&SledStore> {
         match self {

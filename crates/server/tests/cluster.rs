@@ -622,3 +622,80 @@ async fn a_client_id_owned_on_one_node_cannot_be_forged_from_another() {
         "a newcomer on B was shown a forged state: {seen_on_b:?}"
     );
 }
+
+/// Documents the connection-count test opens on one node. CI runs a few
+/// hundred; `WEFT_CLUSTER_DOCS=5000` runs the figure README gives.
+fn many_docs() -> usize {
+    std::env::var("WEFT_CLUSTER_DOCS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200)
+}
+
+/// A change typed on `writer_node` to `doc` reaches `editor`, retried
+/// while the nodes find Redis again.
+async fn crosses(writer_node: &Weft, doc: &str, editor: &mut Editor, token: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "{doc}: no change crossed nodes");
+        let url = writer_node.url(doc);
+        let owned = token.to_owned();
+        let typed = tokio::spawn(async move {
+            let mut writer = Editor::connect(&url, Doc::new()).await;
+            writer.type_text(&owned).await;
+            writer
+        });
+        let Ok(Ok(writer)) = timeout(Duration::from_secs(3), typed).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if timeout(Duration::from_secs(3), editor.wait_for(&[token.to_owned()]))
+            .await
+            .is_ok()
+        {
+            drop(writer);
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_serves_many_documents_on_a_few_redis_connections_and_across_a_restart() {
+    let n = many_docs();
+    let mut redis = RedisServer::start();
+    // The editors are read one at a time, so at thousands of documents
+    // some are not read for longer than two pings would allow.
+    let unlimited = ["--max-new-docs-per-minute", "0", "--ping-interval", "10m"];
+    let a = redis.node(&unlimited);
+    let mut editors = Vec::with_capacity(n);
+    for i in 0..n {
+        editors.push(Editor::connect(&a.url(&format!("many-{i}")), Doc::new()).await);
+    }
+    let clients = redis.cli(&["CLIENT", "LIST"]).lines().count() - 1;
+    eprintln!("one node with {n} documents open: {clients} Redis connections");
+    assert!(
+        clients <= 8,
+        "one node with {n} documents open holds {clients} Redis connections"
+    );
+
+    // A change made on another node reaches a sample of them.
+    let b = redis.node(&unlimited);
+    let sample: Vec<usize> = (0..n).step_by((n / 100).max(1)).collect();
+    for &i in &sample {
+        crosses(
+            &b,
+            &format!("many-{i}"),
+            &mut editors[i],
+            &format!("<b{i}>"),
+        )
+        .await;
+    }
+
+    // Redis dies and comes back: every document still crosses nodes.
+    redis.restart();
+    for (i, editor) in editors.iter_mut().enumerate() {
+        crosses(&b, &format!("many-{i}"), editor, &format!("<again{i}>")).await;
+    }
+    let clients = redis.cli(&["CLIENT", "LIST"]).lines().count() - 1;
+    assert!(clients <= 16, "two nodes hold {clients} Redis connections");
+}

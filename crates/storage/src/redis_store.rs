@@ -18,9 +18,10 @@
 //! - Channel `weft:{doc}:events`: what nodes tell each other and never
 //!   store: awareness, that the document was deleted, and the presence
 //!   handshake of a node that has just loaded it (a question, and each
-//!   node's answer: the asker's id, then its awareness update). Each
-//!   message is the sender's node id (8 bytes), a kind byte, then the
-//!   payload.
+//!   node's answer: the asker's id, then its awareness update), and that a
+//!   node appended (published by the append script). Each message is the
+//!   sender's node id (8 bytes), a kind byte, then the payload. A node
+//!   hears every document's channel over one subscription (`redis_store/bus.rs`).
 //!
 //! Records are the same schema-versioned MessagePack as the sled store's.
 //!
@@ -45,6 +46,7 @@
 //! neither backup restores nor webhook deliveries: `RedisStore` does not
 //! play those roles.
 
+mod bus;
 mod replication;
 
 use std::time::Duration;
@@ -59,7 +61,8 @@ use crate::completeness::{self, DocRecords};
 use crate::record::{
     self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
 };
-use replication::{DELETED, EVENTS};
+use bus::Bus;
+use replication::{APPENDED, DELETED, EVENTS};
 
 use crate::{
     Archive, Catalogue, Cause, Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore,
@@ -79,9 +82,6 @@ const STORE_SNAPSHOT: &str = include_str!("redis_store/store_snapshot.lua");
 /// See `redis_store/release.lua`: the compaction lease, if still ours.
 const RELEASE: &str = include_str!("redis_store/release.lua");
 
-/// How long to wait before reconnecting a follower after Redis went away.
-const RECONNECT: Duration = Duration::from_millis(250);
-
 /// How long a compaction lease lasts if its holder dies mid-way.
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -97,11 +97,12 @@ const DOCS: &str = "weft:docs";
 /// Documents in Redis; see the module docs for the layout.
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
     /// Reconnects by itself after Redis restarts or the network blips.
     conn: ConnectionManager,
     /// Tells this node's messages on the events channel apart from others'.
     node: u64,
+    /// The node's one subscription to what other nodes say.
+    bus: Bus,
     load: Script,
     append: Script,
     store_snapshot: Script,
@@ -164,10 +165,11 @@ impl RedisStore {
             .map_err(|e| open(format!("cannot reach Redis: {e}"), Some(Box::new(e))))?;
         let mut node = [0u8; 8];
         getrandom::fill(&mut node).map_err(|e| open(e.to_string(), None))?;
+        let node = u64::from_le_bytes(node);
         Ok(RedisStore {
-            client,
+            bus: Bus::start(client, node),
             conn,
-            node: u64::from_le_bytes(node),
+            node,
             load: Script::new(LOAD),
             append: Script::new(APPEND),
             store_snapshot: Script::new(STORE_SNAPSHOT),
@@ -177,6 +179,17 @@ impl RedisStore {
 
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Stops following other nodes: ends the subscription and every task
+    /// that reads a log or hands an event over, and waits for them.
+    pub async fn shut_down(&self) {
+        self.bus.shut_down().await;
+    }
+
+    /// How many documents' channels the node is subscribed to right now.
+    pub fn subscribed_channels(&self) -> usize {
+        self.bus.subscribed()
     }
 
     /// The metadata of a document that exists (`None`: it does not, even
@@ -369,7 +382,9 @@ impl DocumentStore for RedisStore {
             .arg(first.seq.saturating_sub(1))
             .arg(encode_meta(meta)?)
             .arg(encode_incarnation(meta.incarnation)?)
-            .arg(doc.as_str());
+            .arg(doc.as_str())
+            .arg(key(doc, EVENTS))
+            .arg(self.event(APPENDED, &[]));
         for e in entries {
             invocation
                 .arg(e.seq)

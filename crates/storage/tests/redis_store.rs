@@ -427,3 +427,104 @@ async fn an_unreachable_redis_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The clients `redis` has connected, not counting the one asking.
+async fn connected_clients(redis: &RedisServer) -> usize {
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("lists");
+    list.lines().count() - 1
+}
+
+/// Waits until `rx` has every change up to `last`.
+async fn follow_until(rx: &mut tokio::sync::mpsc::Receiver<Vec<LogEntry>>, last: u64) {
+    let mut newest = 0;
+    while newest < last {
+        let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the change arrives in time")
+            .expect("still followed");
+        newest = batch.last().map_or(newest, |e| e.seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_hundreds_of_documents_on_two_connections_and_across_a_restart() {
+    const DOCS: usize = 300;
+    let mut redis = RedisServer::start();
+    let writer = store(&redis).await;
+    let node = store(&redis).await;
+    let alone = connected_clients(&redis).await;
+    let docs: Vec<DocName> = (0..DOCS)
+        .map(|i| DocName::new(format!("many-{i}")).expect("name"))
+        .collect();
+    let mut metas = Vec::new();
+    let mut followed = Vec::new();
+    for doc in &docs {
+        let peers = node
+            .watch_peers(doc)
+            .await
+            .expect("listens")
+            .expect("shared");
+        let log = node.watch(doc, 0).await.expect("follows").expect("shared");
+        metas.push(writer.load(doc).await.expect("loads").meta);
+        followed.push((peers, log));
+    }
+    assert_eq!(
+        connected_clients(&redis).await,
+        alone,
+        "following {DOCS} documents opened no connection"
+    );
+    assert!(alone <= 4, "two stores hold {alone} connections");
+    assert_eq!(node.subscribed_channels(), DOCS);
+
+    for (i, doc) in docs.iter().enumerate() {
+        writer
+            .append(doc, &metas[i], &[entry(1)])
+            .await
+            .expect("appends");
+    }
+    for (_, log) in &mut followed {
+        follow_until(log, 1).await;
+    }
+
+    // Redis dies and comes back with its data: every follower carries on
+    // from where it was, whatever was appended while it could not hear.
+    redis.restart();
+    let mut appended = 0;
+    for (i, doc) in docs.iter().enumerate() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while writer.append(doc, &metas[i], &[entry(2)]).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Redis never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        appended += 1;
+    }
+    assert_eq!(appended, DOCS);
+    for (_, log) in &mut followed {
+        follow_until(log, 2).await;
+    }
+    assert!(connected_clients(&redis).await <= alone);
+
+    // Rooms that go let their channels go.
+    followed.truncate(DOCS / 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node.subscribed_channels() != DOCS / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "channels never let go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.shut_down().await;
+}

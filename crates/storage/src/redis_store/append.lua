@@ -2,7 +2,8 @@
 -- the caller's and the newest sequence number is still the one the caller
 -- last saw; the first append also stores the metadata for good (PERSIST,
 -- or SET if the provisional metadata expired) and adds the name to the set
--- of documents.
+-- of documents. Other nodes following the log hear of the append on the
+-- document's events channel.
 --
 -- KEYS[1]  weft:{doc}:log, the stream of changes (entry id 0-<seq>)
 -- KEYS[2]  weft:{doc}:seq, the newest sequence number
@@ -16,7 +17,11 @@
 --          then the incarnation), so records of another schema version
 --          compare right
 -- ARGV[4]  the document's name
--- ARGV[5..] pairs of a change's sequence number and its record
+-- ARGV[5]  the document's events channel, weft:{doc}:events
+-- ARGV[6]  the start of the message telling other nodes of the append
+--          (the caller's node id and the APPENDED kind); the newest
+--          sequence number follows it
+-- ARGV[7..] pairs of a change's sequence number and its record
 --
 -- Returns {1, the new newest sequence number}, {0, the current one}
 -- (another node appended first: catch up and retry) or {2, 0} (another
@@ -35,9 +40,10 @@ if current ~= tonumber(ARGV[1]) then return {0, current} end
 if meta then redis.call('PERSIST', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[2]) end
 redis.call('SADD', KEYS[4], ARGV[4])
 local last = current
-for i = 5, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 'r', ARGV[i + 1])
   last = tonumber(ARGV[i])
 end
 redis.call('SET', KEYS[2], last)
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. last)
 return {1, last}

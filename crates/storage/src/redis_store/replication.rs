@@ -2,19 +2,27 @@
 //! [`Replication`] role of [`RedisStore`]): the changes they append, read
 //! by following the document's stream, and what they say on its events
 //! channel and never store (presence, the presence handshake, deletion).
+//! Every document's channel reaches this node over the one connection of
+//! its [`Bus`](super::bus::Bus); a log is read on the node's shared
+//! command connection when the bus says another node appended to it.
 //!
 //! A message on `weft:{doc}:events` is the sender's node id (8 bytes,
 //! little-endian), a kind byte, then the payload: an awareness update
-//! (`PRESENCE`), nothing (`DELETED`, `PRESENCE_WANTED`), or the asker's
-//! node id followed by an awareness update (`PRESENCE_ANSWER`).
+//! (`PRESENCE`), nothing (`DELETED`, `PRESENCE_WANTED`), the asker's node
+//! id followed by an awareness update (`PRESENCE_ANSWER`), or the newest
+//! sequence number appended, as decimal text (`APPENDED`, published by
+//! `append.lua` in the same step as the append).
 
-use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSub};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, Value};
-use tokio::sync::mpsc;
+use redis::AsyncCommands;
+use tokio::sync::{mpsc, Notify};
 
-use super::{io, key, stream_id, RedisStore, RECONNECT};
+use super::bus::{backoff, Listener};
+use super::{io, key, seq_of, stream_id, RedisStore};
 use crate::{DocName, LogEntry, PeerEvent, Replication, StorageError};
 
 /// The channel nodes tell each other things on, and its message kinds.
@@ -23,6 +31,7 @@ const PRESENCE: u8 = 0;
 pub(super) const DELETED: u8 = 1;
 const PRESENCE_WANTED: u8 = 2;
 const PRESENCE_ANSWER: u8 = 3;
+pub(super) const APPENDED: u8 = 4;
 
 impl RedisStore {
     /// A message for the events channel: who sends it, what it is, payload.
@@ -42,22 +51,25 @@ impl Replication for RedisStore {
         doc: &DocName,
         after: u64,
     ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
-        // Its own connection: a blocking read would hold up everything else
-        // multiplexed on the shared one. Opened here, so a Redis that cannot
-        // be reached fails the load; reopened in the task after a failure.
-        let first = self
-            .client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(io("opening a connection to follow the log"))?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(follow_log(
-            self.client.clone(),
-            first,
-            doc.clone(),
-            after,
+        let wake = Arc::new(Notify::new());
+        let channel = key(doc, EVENTS);
+        // Listening before the first read: whatever is appended after it
+        // wakes the follower.
+        self.bus.listen(&channel, Listener::Log(wake.clone())).await;
+        let follower = Follower {
+            conn: self.conn(),
+            doc: doc.clone(),
+            last: after,
             tx,
-        ));
+            wake,
+        };
+        let bus = self.bus.clone();
+        self.bus.spawn(async move {
+            let wake = follower.wake.clone();
+            follower.run().await;
+            bus.forget_log(&channel, &wake);
+        });
         Ok(Some(rx))
     }
 
@@ -76,7 +88,7 @@ impl Replication for RedisStore {
             .publish(key(doc, EVENTS), self.event(PRESENCE_WANTED, &[]))
             .await
             .map_err(io("asking other nodes for presence"))?;
-        // Every subscriber of the channel got it, the asker's own included.
+        // Every node subscribed to the channel got it, the asker included.
         Ok(usize::try_from(receivers.saturating_sub(1)).unwrap_or(0))
     }
 
@@ -101,132 +113,101 @@ impl Replication for RedisStore {
         &self,
         doc: &DocName,
     ) -> Result<Option<mpsc::Receiver<PeerEvent>>, StorageError> {
-        let channel = key(doc, EVENTS);
-        let first = subscribe(&self.client, &channel)
-            .await
-            .map_err(io("subscribing to other nodes' events"))?;
         let (tx, rx) = mpsc::channel(256);
-        let node = self.node.to_le_bytes();
-        tokio::spawn(relay_events(self.client.clone(), first, channel, node, tx));
+        self.bus
+            .listen(&key(doc, EVENTS), Listener::Peers(tx))
+            .await;
         Ok(Some(rx))
     }
 }
 
-/// Sends on what is appended to `doc`'s stream after `after`, until the
-/// room stops listening; reconnects after Redis went away.
-async fn follow_log(
-    client: redis::Client,
-    first: MultiplexedConnection,
+/// Most changes one read of a log takes.
+const PAGE: usize = 1024;
+
+/// Sends on what other nodes append to one document's log, until the
+/// room stops listening: reads what is new each time the bus says another
+/// node appended (or the subscription came back), on the node's shared
+/// connection (a read that does not block).
+struct Follower {
+    conn: ConnectionManager,
     doc: DocName,
-    after: u64,
+    /// The newest change sent on.
+    last: u64,
     tx: mpsc::Sender<Vec<LogEntry>>,
-) {
-    let stream = key(&doc, "log");
-    let mut conn = Some(first);
-    let mut last = stream_id(after);
-    let options = StreamReadOptions::default().block(1000).count(1024);
-    loop {
-        let Some(c) = conn.as_mut() else {
-            if !pause_before_reconnecting(&tx).await {
-                return;
-            }
-            conn = client.get_multiplexed_async_connection().await.ok();
-            continue;
-        };
-        let keys = [stream.as_str()];
-        let ids = [last.as_str()];
-        let read: Result<Option<StreamReadReply>, _> = tokio::select! {
-            _ = tx.closed() => return,
-            read = c.xread_options(&keys, &ids, &options) => read,
-        };
-        match read {
-            Ok(Some(reply)) => {
-                if !forward(&doc, reply, &mut last, &tx).await {
-                    return;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing_warn(&doc, &e);
-                conn = None;
-            }
-        }
-    }
+    wake: Arc<Notify>,
 }
 
-/// Sends the entries of `reply` on and moves `last` past them; false once
-/// the room stopped listening.
-async fn forward(
-    doc: &DocName,
-    reply: StreamReadReply,
-    last: &mut String,
-    tx: &mpsc::Sender<Vec<LogEntry>>,
-) -> bool {
-    for k in reply.keys {
-        let Some(newest) = k.ids.last().map(|e| e.id.clone()) else {
-            continue;
-        };
-        let entries = RedisStore::decode_entries(doc, StreamRangeReply { ids: k.ids });
-        *last = newest;
-        match entries {
-            Ok(entries) => {
-                if tx.send(entries).await.is_err() {
-                    return false;
-                }
-            }
-            // A record this node cannot read: leave it to a reload (the
-            // room sees the gap).
-            Err(e) => tracing_warn(doc, &e),
-        }
-    }
-    true
-}
-
-/// Sends on what other nodes say on `channel`, until the room stops
-/// listening; subscribes again after Redis went away.
-async fn relay_events(
-    client: redis::Client,
-    first: PubSub,
-    channel: String,
-    node: [u8; 8],
-    tx: mpsc::Sender<PeerEvent>,
-) {
-    let mut pubsub = Some(first);
-    loop {
-        let Some(subscribed) = pubsub.take() else {
-            if !pause_before_reconnecting(&tx).await {
-                return;
-            }
-            pubsub = subscribe(&client, &channel).await.ok();
-            continue;
-        };
-        let mut messages = subscribed.into_on_message();
+impl Follower {
+    async fn run(mut self) {
+        let mut delays = backoff();
         loop {
-            let message = tokio::select! {
-                _ = tx.closed() => return,
-                m = messages.next() => m,
-            };
-            // The connection dropped: subscribe again.
-            let Some(message) = message else { break };
-            let Ok(Value::BulkString(payload)) = message.get_payload::<Value>() else {
-                continue;
-            };
-            match decode_event(&payload, node) {
-                Some((event, Handoff::MayDrop)) => {
-                    let _ = tx.try_send(event);
+            match self.read().await {
+                Ok(Some(entries)) => {
+                    delays = backoff();
+                    let more = entries.len() >= PAGE;
+                    if self.tx.send(entries).await.is_err() {
+                        return;
+                    }
+                    if more {
+                        continue;
+                    }
                 }
-                Some((event, Handoff::Wait)) => {
-                    let _ = tx.send(event).await;
+                Ok(None) => delays = backoff(),
+                Err(e) => {
+                    tracing_warn(&self.doc, &e);
+                    let wait = delays.next().unwrap_or(Duration::from_secs(5));
+                    tokio::select! {
+                        () = self.tx.closed() => return,
+                        () = tokio::time::sleep(wait) => continue,
+                    }
                 }
-                None => {}
+            }
+            tokio::select! {
+                () = self.tx.closed() => return,
+                () = self.wake.notified() => {}
             }
         }
     }
+
+    /// What follows `last` in the log (up to [`PAGE`] changes), moving
+    /// `last` past it; `None` if nothing does, or if what does cannot be
+    /// read here (left to a reload: the room sees the gap).
+    async fn read(&mut self) -> Result<Option<Vec<LogEntry>>, redis::RedisError> {
+        let stream = key(&self.doc, "log");
+        let options = StreamReadOptions::default().count(PAGE);
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[stream.as_str()], &[stream_id(self.last)], &options)
+            .await?;
+        let Some(ids) = reply.and_then(|r| r.keys.into_iter().next()).map(|k| k.ids) else {
+            return Ok(None);
+        };
+        let Some(newest) = ids.last().and_then(|e| seq_of(&e.id)) else {
+            return Ok(None);
+        };
+        self.last = newest;
+        match RedisStore::decode_entries(&self.doc, StreamRangeReply { ids }) {
+            Ok(entries) => Ok(Some(entries)),
+            Err(e) => {
+                tracing_warn(&self.doc, &e);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// What a message on the events channel says.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Heard {
+    /// Another node appended to the document's log.
+    Appended,
+    /// Something for the rooms serving the document.
+    Peer(PeerEvent, Handoff),
 }
 
 /// How an event reaches a room that is busy.
 #[derive(Debug, PartialEq, Eq)]
-enum Handoff {
+pub(super) enum Handoff {
     /// Dropped: the next one replaces it.
     MayDrop,
     /// Waited for: it must not be lost.
@@ -235,7 +216,7 @@ enum Handoff {
 
 /// What a message on the events channel says, if another node sent it and
 /// this node knows its kind.
-fn decode_event(payload: &[u8], node: [u8; 8]) -> Option<(PeerEvent, Handoff)> {
+pub(super) fn decode_event(payload: &[u8], node: [u8; 8]) -> Option<Heard> {
     let Some((from, [kind, rest @ ..])) = payload.split_at_checked(8) else {
         return None;
     };
@@ -245,7 +226,13 @@ fn decode_event(payload: &[u8], node: [u8; 8]) -> Option<(PeerEvent, Handoff)> {
     let event = match *kind {
         // Presence is ephemeral: when the room is busy, a dropped update
         // is replaced by the next one.
-        PRESENCE => return Some((PeerEvent::Presence(rest.to_vec()), Handoff::MayDrop)),
+        PRESENCE => {
+            return Some(Heard::Peer(
+                PeerEvent::Presence(rest.to_vec()),
+                Handoff::MayDrop,
+            ))
+        }
+        APPENDED => return Some(Heard::Appended),
         // A deletion must not be dropped.
         DELETED => PeerEvent::Deleted,
         // Nor the handshake: the asker waits for answers.
@@ -263,22 +250,7 @@ fn decode_event(payload: &[u8], node: [u8; 8]) -> Option<(PeerEvent, Handoff)> {
         }
         _ => return None, // from a newer node: not for us
     };
-    Some((event, Handoff::Wait))
-}
-
-/// Waits a moment before reconnecting; false if the room stopped listening
-/// meanwhile.
-async fn pause_before_reconnecting<T>(tx: &mpsc::Sender<T>) -> bool {
-    tokio::select! {
-        _ = tx.closed() => false,
-        _ = tokio::time::sleep(RECONNECT) => true,
-    }
-}
-
-async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub)
+    Some(Heard::Peer(event, Handoff::Wait))
 }
 
 fn tracing_warn(doc: &DocName, e: &dyn std::fmt::Display) {
@@ -300,15 +272,18 @@ mod tests {
     fn messages_decode_by_kind_and_only_presence_may_be_dropped() {
         assert_eq!(
             decode_event(&message(OTHER, PRESENCE, b"aw"), ME),
-            Some((PeerEvent::Presence(b"aw".to_vec()), Handoff::MayDrop))
+            Some(Heard::Peer(
+                PeerEvent::Presence(b"aw".to_vec()),
+                Handoff::MayDrop
+            ))
         );
         assert_eq!(
             decode_event(&message(OTHER, DELETED, &[]), ME),
-            Some((PeerEvent::Deleted, Handoff::Wait))
+            Some(Heard::Peer(PeerEvent::Deleted, Handoff::Wait))
         );
         assert_eq!(
             decode_event(&message(OTHER, PRESENCE_WANTED, &[]), ME),
-            Some((
+            Some(Heard::Peer(
                 PeerEvent::PresenceWanted {
                     asker: u64::from_le_bytes(OTHER)
                 },
@@ -319,18 +294,29 @@ mod tests {
             |asker: [u8; 8]| message(OTHER, PRESENCE_ANSWER, &[&asker[..], b"aw"].concat());
         assert_eq!(
             decode_event(&answer(ME), ME),
-            Some((PeerEvent::PresenceAnswer(b"aw".to_vec()), Handoff::Wait))
+            Some(Heard::Peer(
+                PeerEvent::PresenceAnswer(b"aw".to_vec()),
+                Handoff::Wait
+            ))
+        );
+        assert_eq!(
+            decode_event(&message(OTHER, APPENDED, b"12"), ME),
+            Some(Heard::Appended)
         );
         // An answer to someone else is presence like any other.
         assert_eq!(
             decode_event(&answer([3; 8]), ME),
-            Some((PeerEvent::Presence(b"aw".to_vec()), Handoff::Wait))
+            Some(Heard::Peer(
+                PeerEvent::Presence(b"aw".to_vec()),
+                Handoff::Wait
+            ))
         );
     }
 
     #[test]
     fn own_short_and_unknown_messages_are_skipped() {
         assert_eq!(decode_event(&message(ME, PRESENCE, b"aw"), ME), None);
+        assert_eq!(decode_event(&message(ME, APPENDED, b"12"), ME), None);
         assert_eq!(decode_event(&OTHER, ME), None);
         assert_eq!(decode_event(&message(OTHER, 99, b"aw"), ME), None);
         assert_eq!(

@@ -1,0 +1,366 @@
+//! The node's one subscription to what other nodes say: a single Redis
+//! pub/sub connection for every document this node has open, whatever
+//! their number.
+//!
+//! Each open document has a route: the rooms listening to its events
+//! channel (presence, the presence handshake, deletion) and the followers
+//! of its log, which the channel wakes when another node appended (the
+//! append script publishes that, in the same step as the append). The
+//! bus subscribes a channel when its first listener comes, unsubscribes
+//! it when the last one goes, and routes each message to its document.
+//! After the connection drops it reconnects with jittered exponential
+//! backoff, subscribes every channel still wanted, and wakes every
+//! follower, which then reads what was appended meanwhile: nothing stored
+//! by another node is missed, however long Redis was away.
+//!
+//! Written here rather than taken from a crate: redis-rs gives one
+//! subscription connection and its stream of messages, but neither
+//! routing to many listeners nor resubscribing after a reconnect. Every
+//! task the bus starts is tracked and stops on [`Bus::shut_down`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::replication::{decode_event, Handoff, Heard};
+use crate::PeerEvent;
+
+/// How long a new listener waits for its channel to be subscribed before
+/// it is handed its receiver anyway (the bus keeps trying until it holds).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Channels per `SUBSCRIBE` when subscribing everything again.
+const SUBSCRIBE_CHUNK: usize = 512;
+
+/// Waits between attempts to reach Redis: from 100 ms, doubling, up to 5 s,
+/// each with random jitter so that nodes do not come back in step.
+pub(super) fn backoff() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Who listens to a document's channel.
+pub(super) enum Listener {
+    /// A room: presence, the presence handshake, deletion.
+    Peers(mpsc::Sender<PeerEvent>),
+    /// A follower of the document's log, woken when another node appended.
+    Log(Arc<Notify>),
+}
+
+/// The node's subscription; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Bus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// This node's id, so that its own messages are skipped.
+    node: [u8; 8],
+    routes: Mutex<HashMap<String, Route>>,
+    /// Channels whose listeners changed, for the bus task to subscribe or
+    /// unsubscribe.
+    changed: mpsc::UnboundedSender<String>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+#[derive(Default)]
+struct Route {
+    peers: Vec<mpsc::Sender<PeerEvent>>,
+    logs: Vec<Arc<Notify>>,
+    /// Whether the current connection is subscribed to the channel.
+    subscribed: bool,
+    /// Listeners waiting for the subscription to hold.
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+impl Route {
+    fn is_wanted(&self) -> bool {
+        !self.logs.is_empty() || self.peers.iter().any(|p| !p.is_closed())
+    }
+}
+
+impl Bus {
+    /// Starts the bus task; it connects in the background.
+    pub(super) fn start(client: redis::Client, node: u64) -> Bus {
+        let (changed, changes) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            node: node.to_le_bytes(),
+            routes: Mutex::new(HashMap::new()),
+            changed,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        shared.tasks.spawn(run(shared.clone(), client, changes));
+        Bus { shared }
+    }
+
+    /// Routes `channel`'s messages to `listener` from now on, and waits (a
+    /// bounded time) until the channel is subscribed. A listener that goes
+    /// (its receiver dropped, or [`Bus::forget_log`]) is let go.
+    pub(super) async fn listen(&self, channel: &str, listener: Listener) {
+        let (tx, subscribed) = oneshot::channel();
+        {
+            let mut routes = self.shared.routes();
+            let route = routes.entry(channel.to_owned()).or_default();
+            match listener {
+                Listener::Peers(peers) => {
+                    self.watch_closing(channel, peers.clone());
+                    route.peers.push(peers);
+                }
+                Listener::Log(wake) => route.logs.push(wake),
+            }
+            if route.subscribed {
+                return;
+            }
+            route.waiting.push(tx);
+        }
+        let _ = self.shared.changed.send(channel.to_owned());
+        if tokio::time::timeout(SUBSCRIBE_WAIT, subscribed)
+            .await
+            .is_err()
+        {
+            warn!(
+                channel,
+                "not yet subscribed to other nodes' messages; still trying"
+            );
+        }
+    }
+
+    /// Lets a log follower go.
+    pub(super) fn forget_log(&self, channel: &str, wake: &Arc<Notify>) {
+        if let Some(route) = self.shared.routes().get_mut(channel) {
+            route.logs.retain(|w| !Arc::ptr_eq(w, wake));
+        }
+        let _ = self.shared.changed.send(channel.to_owned());
+    }
+
+    /// Runs `task` until it ends or the bus shuts down, tracked.
+    pub(super) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.shared.stop.clone();
+        self.shared.tasks.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+
+    /// Stops the bus and every task it started, and waits for them.
+    pub(super) async fn shut_down(&self) {
+        self.shared.stop.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
+    /// How many channels the bus is subscribed to right now.
+    pub(super) fn subscribed(&self) -> usize {
+        self.shared
+            .routes()
+            .values()
+            .filter(|r| r.subscribed)
+            .count()
+    }
+
+    /// Tells the bus task when a room stops listening, so that the last
+    /// listener's going unsubscribes the channel.
+    fn watch_closing(&self, channel: &str, peers: mpsc::Sender<PeerEvent>) {
+        let changed = self.shared.changed.clone();
+        let channel = channel.to_owned();
+        self.spawn(async move {
+            peers.closed().await;
+            let _ = changed.send(channel);
+        });
+    }
+}
+
+impl Shared {
+    fn routes(&self) -> MutexGuard<'_, HashMap<String, Route>> {
+        // A panic while holding the lock leaves the map whole (every change
+        // to it is a single call), so a poisoned lock is still usable.
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a message to whoever listens to its channel.
+    fn route(&self, channel: &str, payload: &[u8]) {
+        let Some(heard) = decode_event(payload, self.node) else {
+            return;
+        };
+        let routes = self.routes();
+        let Some(route) = routes.get(channel) else {
+            return;
+        };
+        match heard {
+            Heard::Appended => route.logs.iter().for_each(|w| w.notify_one()),
+            Heard::Peer(event, handoff) => {
+                for peers in &route.peers {
+                    self.hand_over(peers, event.clone(), &handoff);
+                }
+            }
+        }
+    }
+
+    /// Gives `event` to one room without waiting for it: presence a busy
+    /// room has no room for is dropped (the next replaces it); what must
+    /// not be lost waits in a task of its own.
+    fn hand_over(&self, peers: &mpsc::Sender<PeerEvent>, event: PeerEvent, handoff: &Handoff) {
+        let Err(mpsc::error::TrySendError::Full(event)) = peers.try_send(event) else {
+            return;
+        };
+        if *handoff == Handoff::Wait {
+            let peers = peers.clone();
+            let stop = self.stop.clone();
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = peers.send(event) => {}
+                }
+            });
+        }
+    }
+
+    /// Every channel still wanted, as of now; forgets the others.
+    fn wanted(&self) -> Vec<String> {
+        let mut routes = self.routes();
+        routes.retain(|_, r| r.is_wanted());
+        routes.values_mut().for_each(|r| r.subscribed = false);
+        routes.keys().cloned().collect()
+    }
+
+    /// Marks `channels` subscribed and lets their waiting listeners go.
+    fn mark_subscribed(&self, channels: &[String]) {
+        let mut routes = self.routes();
+        for channel in channels {
+            if let Some(route) = routes.get_mut(channel) {
+                route.subscribed = true;
+                route.waiting.drain(..).for_each(|w| {
+                    let _ = w.send(());
+                });
+            }
+        }
+    }
+
+    /// Every log follower reads again: what was appended while the
+    /// subscription was down was announced to nobody here.
+    fn wake_followers(&self) {
+        for route in self.routes().values() {
+            route.logs.iter().for_each(|w| w.notify_one());
+        }
+    }
+}
+
+/// The bus task: connect, subscribe everything wanted, then route messages
+/// and follow changes of what is wanted until the connection drops; again.
+async fn run(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut changes: mpsc::UnboundedReceiver<String>,
+) {
+    let mut delays = backoff();
+    loop {
+        let connected = tokio::select! {
+            () = shared.stop.cancelled() => return,
+            connected = subscribe_all(&shared, &client) => connected,
+        };
+        let (mut sink, mut stream) = match connected {
+            Ok(connection) => connection,
+            Err(e) => {
+                warn!(error = %e, "cannot subscribe to other nodes' messages in Redis; retrying");
+                let wait = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    () = shared.stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        delays = backoff();
+        shared.wake_followers();
+        loop {
+            tokio::select! {
+                () = shared.stop.cancelled() => return,
+                Some(channel) = changes.recv() => {
+                    if let Err(e) = follow_change(&shared, &mut sink, channel).await {
+                        warn!(error = %e, "lost the subscription to other nodes' messages; reconnecting");
+                        break;
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(m) => shared.route(m.get_channel_name(), m.get_payload_bytes()),
+                    None => {
+                        warn!("lost the subscription to other nodes' messages; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A fresh connection subscribed to every channel wanted.
+async fn subscribe_all(
+    shared: &Shared,
+    client: &redis::Client,
+) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
+    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+    let wanted = shared.wanted();
+    for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
+        sink.subscribe(chunk).await?;
+        shared.mark_subscribed(chunk);
+    }
+    if !wanted.is_empty() {
+        info!(
+            channels = wanted.len(),
+            "subscribed to other nodes' messages again"
+        );
+    }
+    Ok((sink, stream))
+}
+
+/// Subscribes `channel` if it gained its first listener, unsubscribes it
+/// if it lost its last.
+async fn follow_change(
+    shared: &Shared,
+    sink: &mut PubSubSink,
+    channel: String,
+) -> redis::RedisResult<()> {
+    let subscribe = {
+        let mut routes = shared.routes();
+        let Some(route) = routes.get_mut(&channel) else {
+            return Ok(());
+        };
+        route.peers.retain(|p| !p.is_closed());
+        match (route.is_wanted(), route.subscribed) {
+            (true, false) => true,
+            (false, subscribed) => {
+                routes.remove(&channel);
+                if !subscribed {
+                    return Ok(());
+                }
+                false
+            }
+            (true, true) => return Ok(()),
+        }
+    };
+    if subscribe {
+        sink.subscribe(&channel).await?;
+        shared.mark_subscribed(std::slice::from_ref(&channel));
+    } else {
+        sink.unsubscribe(&channel).await?;
+    }
+    Ok(())
+}
