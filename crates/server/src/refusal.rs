@@ -69,6 +69,9 @@ impl Refusal {
             ),
             RoomError::Full(_) => Refusal::unavailable("document_full", TRY_AGAIN_LATER),
             RoomError::StorageFailure(_) => Refusal::unavailable("storage_failure", INTERNAL_ERROR),
+            RoomError::StoreUnavailable(_) => {
+                Refusal::unavailable("storage_unavailable", TRY_AGAIN_LATER)
+            }
             RoomError::LoadFailed(_) => Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "load_failed",

@@ -699,3 +699,39 @@ async fn one_node_serves_many_documents_on_a_few_redis_connections_and_across_a_
     let clients = redis.cli(&["CLIENT", "LIST"]).lines().count() - 1;
     assert!(clients <= 16, "two nodes hold {clients} Redis connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_fails_no_request_and_a_redis_that_stays_down_is_unavailability() {
+    let mut redis = RedisServer::start();
+    let (a, b, c) = (redis.node(&[]), redis.node(&[]), redis.node(&[]));
+    let mut editor = Editor::connect(&a.url("kept"), Doc::new()).await;
+    editor.type_text("<kept>").await;
+    let stored = async {
+        while http_get(&b.addr, "/docs/kept/json", &[]).await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(WAIT, stored)
+        .await
+        .expect("stored through A, read on B");
+    drop(editor);
+
+    // The first request on a node after Redis restarts finds its command
+    // connection dead; it is sent again on the new one. C never loaded
+    // the document; B never heard of the other name.
+    redis.restart();
+    let (status, body) = http_get(&c.addr, "/docs/kept/json", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<kept>"), "{body}");
+    let (status, body) = http_get(&b.addr, "/docs/never-written/json", &[]).await;
+    assert_eq!(status, 404, "{body}");
+
+    // Redis stays down: a document that must be loaded cannot be, and
+    // that is unavailability (503, try again), not a damaged document.
+    redis.stop();
+    let (status, body) = http_get(&a.addr, "/docs/not-loaded/json", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("storage_unavailable"), "{body}");
+    assert!(!body.contains("weft verify"), "{body}");
+    redis.start_again();
+}

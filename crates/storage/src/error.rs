@@ -119,6 +119,21 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether the store could not be reached or could not answer for now
+    /// (the next attempt may well succeed), as opposed to holding something
+    /// wrong or unreadable.
+    pub fn is_unavailability(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Io { .. }
+                | StorageError::Backend { .. }
+                | StorageError::Timeout { .. }
+                | StorageError::Unavailable { .. }
+                | StorageError::Connect { .. }
+                | StorageError::Busy(_)
+        )
+    }
+
     /// The backend failed while doing `action`; its message is the reason.
     pub(crate) fn backend(
         action: &'static str,

@@ -48,11 +48,12 @@
 
 mod bus;
 mod replication;
+mod retrying;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
@@ -63,6 +64,7 @@ use crate::record::{
 };
 use bus::Bus;
 use replication::{APPENDED, DELETED, EVENTS};
+use retrying::Retrying;
 
 use crate::{
     Archive, Catalogue, Cause, Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore,
@@ -97,8 +99,9 @@ const DOCS: &str = "weft:docs";
 /// Documents in Redis; see the module docs for the layout.
 #[derive(Clone)]
 pub struct RedisStore {
-    /// Reconnects by itself after Redis restarts or the network blips.
-    conn: ConnectionManager,
+    /// Reconnects by itself after Redis restarts or the network blips, and
+    /// sends again what a brief outage failed.
+    conn: Retrying,
     /// Tells this node's messages on the events channel apart from others'.
     node: u64,
     /// The node's one subscription to what other nodes say.
@@ -151,12 +154,13 @@ impl RedisStore {
             reason,
             source,
         };
-        // Retries wait 1 s, then 2 s (backon's exponential backoff: 1 s
-        // times factor^n, capped): a Redis that is down fails startup fast.
+        // A reconnection tries twice, 1 s apart: a Redis that is down fails
+        // startup fast, and a request while it is down within about a
+        // second (refused as unavailability; the next request tries again).
         let config = ConnectionManagerConfig::new()
             .set_factor(2)
-            .set_max_delay(2000)
-            .set_number_of_retries(2)
+            .set_max_delay(1000)
+            .set_number_of_retries(1)
             .set_connection_timeout(Duration::from_secs(3))
             .set_response_timeout(Duration::from_secs(10));
         let conn = client
@@ -168,7 +172,7 @@ impl RedisStore {
         let node = u64::from_le_bytes(node);
         Ok(RedisStore {
             bus: Bus::start(client, node),
-            conn,
+            conn: Retrying(conn),
             node,
             load: Script::new(LOAD),
             append: Script::new(APPEND),
@@ -177,7 +181,7 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Retrying {
         self.conn.clone()
     }
 
@@ -195,16 +199,42 @@ impl RedisStore {
     /// The metadata of a document that exists (`None`: it does not, even
     /// if a node holds provisional metadata for the name).
     async fn meta(&self, doc: &DocName) -> Result<Option<DocMeta>, StorageError> {
-        let (bytes, exists): (Option<Vec<u8>>, bool) = redis::pipe()
-            .get(key(doc, "meta"))
-            .sismember(DOCS, doc.as_str())
-            .query_async(&mut self.conn())
-            .await
-            .map_err(io("reading document metadata"))?;
+        let (bytes, exists) = self.read_meta(doc).await?;
         match bytes {
             Some(b) if exists => decode_meta(doc, &b).map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// The metadata record of `doc` and whether it is stored, read without
+    /// writing anything.
+    async fn read_meta(&self, doc: &DocName) -> Result<(Option<Vec<u8>>, bool), StorageError> {
+        redis::pipe()
+            .get(key(doc, "meta"))
+            .sismember(DOCS, doc.as_str())
+            .query_async(&mut self.conn())
+            .await
+            .map_err(io("reading document metadata"))
+    }
+
+    /// Whether the log already holds exactly `entries` (`newest` being the
+    /// newest number stored): an append retried after its connection
+    /// dropped may have run the first time, and is then refused for
+    /// numbers it took itself.
+    async fn holds(
+        &self,
+        doc: &DocName,
+        entries: &[LogEntry],
+        newest: u64,
+    ) -> Result<bool, StorageError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(false);
+        };
+        if newest < last.seq {
+            return Ok(false);
+        }
+        let stored = self.read_log(doc, first.seq - 1, entries.len()).await?;
+        Ok(stored == entries)
     }
 
     async fn last_seq(&self, doc: &DocName) -> Result<u64, StorageError> {
@@ -328,7 +358,7 @@ impl DocumentStore for RedisStore {
         };
         // The first node to load a name fixes its incarnation for all (for
         // a while, if nobody writes it: see the module docs).
-        let (meta, exists): (Option<Vec<u8>>, bool) = self
+        let loaded: redis::RedisResult<(Option<Vec<u8>>, bool)> = self
             .load
             .key(key(doc, "meta"))
             .key(DOCS)
@@ -336,8 +366,19 @@ impl DocumentStore for RedisStore {
             .arg(PROVISIONAL.as_millis() as u64)
             .arg(doc.as_str())
             .invoke_async(&mut self.conn())
-            .await
-            .map_err(io("loading document metadata"))?;
+            .await;
+        let (meta, exists) = match loaded {
+            Ok(loaded) => loaded,
+            // Redis is full and takes no writes: what is stored is read as
+            // it is, and a name never written (or whose provisional
+            // metadata expired) is served empty under this node's fresh
+            // metadata, which the first append stores if it ever can.
+            Err(e) if e.code() == Some("OOM") => {
+                let (meta, exists) = self.read_meta(doc).await?;
+                (meta.or(Some(encode_meta(&fresh)?)), exists)
+            }
+            Err(e) => return Err(io("loading document metadata")(e)),
+        };
         let meta = meta.ok_or_else(|| StorageError::Io {
             action: "loading a document",
             reason: "its metadata vanished while loading".into(),
@@ -397,6 +438,7 @@ impl DocumentStore for RedisStore {
         match ok {
             1 => Ok(()),
             2 => Err(StorageError::Recreated(doc.to_string())),
+            _ if self.holds(doc, entries, last).await? => Ok(()),
             _ => Err(StorageError::Conflict { last_seq: last }),
         }
     }

@@ -52,11 +52,21 @@ async fn two_nodes_never_store_two_changes_under_one_number() {
     a.append(&doc, &meta, &[entry(1), entry(2)])
         .await
         .expect("first");
-    // B still thinks the document is empty.
-    match b.append(&doc, &meta, &[entry(1)]).await {
+    // B still thinks the document is empty, and has a change of its own.
+    let bs = LogEntry {
+        update: vec![0xb; 3],
+        ..entry(1)
+    };
+    match b.append(&doc, &meta, &[bs]).await {
         Err(StorageError::Conflict { last_seq }) => assert_eq!(last_seq, 2),
         other => panic!("expected a conflict, got {other:?}"),
     }
+    // An append refused for numbers that already hold exactly its changes
+    // (it ran before its connection dropped, and was sent again) stored
+    // them: it succeeds.
+    b.append(&doc, &meta, &[entry(1), entry(2)])
+        .await
+        .expect("what is stored is stored");
     b.append(&doc, &meta, &[entry(3)])
         .await
         .expect("after catching up");
@@ -527,4 +537,83 @@ async fn a_node_follows_hundreds_of_documents_on_two_connections_and_across_a_re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     node.shut_down().await;
+}
+
+/// Makes `redis` full: its memory in use over `maxmemory`, under
+/// `noeviction`, so that it refuses every write that needs memory.
+async fn fill_up(redis: &RedisServer) {
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let filler = vec![b'x'; 16 * 1024];
+    for i in 0..32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("filler-{i}"))
+            .arg(&filler)
+            .query_async(&mut conn)
+            .await
+            .expect("fills");
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used - 256 * 1024)
+        .query_async(&mut conn)
+        .await
+        .expect("sets maxmemory");
+    let refused: redis::RedisResult<()> = redis::cmd("SET")
+        .arg("one-more")
+        .arg(&filler)
+        .query_async(&mut conn)
+        .await;
+    assert_eq!(
+        refused.map_err(|e| e.code().map(str::to_owned)),
+        Err(Some("OOM".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_full_redis_refuses_writes_and_still_loads_every_document() {
+    let redis = RedisServer::start();
+    let node = store(&redis).await;
+    let doc = DocName::new("stored").expect("name");
+    let meta = node.load(&doc).await.expect("loads").meta;
+    node.append(&doc, &meta, &[entry(1), entry(2)])
+        .await
+        .expect("appends");
+    let never = DocName::new("never-written").expect("name");
+    node.load(&never).await.expect("loads");
+
+    fill_up(&redis).await;
+    let refused = node.append(&doc, &meta, &[entry(3)]).await;
+    assert!(
+        refused.is_err(),
+        "a full Redis takes no change: {refused:?}"
+    );
+
+    // On this node and on one that starts now.
+    for reader in [node, store(&redis).await] {
+        let loaded = reader.load(&doc).await.expect("a stored document loads");
+        assert_eq!(loaded.meta, meta);
+        assert_eq!(loaded.log, vec![entry(1), entry(2)]);
+        assert!(loaded.exists);
+        let fresh = reader
+            .load(&DocName::new("brand-new").expect("name"))
+            .await
+            .expect("a new name loads, empty");
+        assert!(!fresh.exists && fresh.log.is_empty());
+        reader.load(&never).await.expect("a provisional name loads");
+    }
 }

@@ -168,6 +168,10 @@ pub struct RoomStats {
 pub enum RoomError {
     #[error("the stored document could not be loaded: {0}")]
     LoadFailed(String),
+    /// The store could not be read for now (unreachable, restarting, timed
+    /// out): nothing is known to be wrong with the document.
+    #[error("the document's store cannot be read right now ({0}); try again shortly")]
+    StoreUnavailable(String),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("the document is busy loading and unloading; try again")]

@@ -31,6 +31,7 @@ use weft_storage::{
 
 use crate::cpu::CpuPool;
 use crate::doc_state::{DocState, LoadError};
+use crate::RoomError;
 use crate::{Clock, EngineConfig};
 
 /// A document as loaded.
@@ -47,15 +48,16 @@ pub(crate) struct Loaded {
 }
 
 /// Loads `name` from `store`, replaying on `cpu`; fails only if the store
-/// cannot be read.
+/// cannot be read ([`RoomError::StoreUnavailable`] when it may answer
+/// later, [`RoomError::LoadFailed`] when what it holds does not load).
 pub(crate) async fn load(
     store: &dyn DocumentStore,
     name: &DocName,
     config: &EngineConfig,
     clock: Arc<dyn Clock>,
     cpu: &CpuPool,
-) -> Result<Loaded, String> {
-    let mut stored = store.load(name).await.map_err(|e| e.to_string())?;
+) -> Result<Loaded, RoomError> {
+    let mut stored = store.load(name).await.map_err(refusal)?;
     let newest = stored.last_seq();
     let before = store.quarantined(name).await.unwrap_or_else(|e| {
         warn!(doc = %name, error = %e, "could not read the changes set aside before; trying them again");
@@ -74,7 +76,7 @@ pub(crate) async fn load(
             if bad_snapshots.contains(&id) {
                 stored = older(store, name, stored, &bad_snapshots)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(refusal)?;
                 continue;
             }
         }
@@ -99,7 +101,7 @@ pub(crate) async fn load(
                 }
                 bad_snapshots.insert(id);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(RoomError::LoadFailed(e.to_string())),
         }
     };
     state.continue_after(newest);
@@ -124,6 +126,15 @@ pub(crate) async fn load(
         unsnapshotted: stored.log.len() as u64,
         cost,
     })
+}
+
+/// What a store failure while loading tells the document's clients.
+pub(crate) fn refusal(e: StorageError) -> RoomError {
+    if e.is_unavailability() {
+        RoomError::StoreUnavailable(e.to_string())
+    } else {
+        RoomError::LoadFailed(e.to_string())
+    }
 }
 
 /// The document rebuilt from the newest snapshot not in `bad` that is

@@ -1,9 +1,12 @@
+#!lua
 -- Appends changes to a document's log, only if the stored incarnation is
 -- the caller's and the newest sequence number is still the one the caller
 -- last saw; the first append also stores the metadata for good (PERSIST,
 -- or SET if the provisional metadata expired) and adds the name to the set
 -- of documents. Other nodes following the log hear of the append on the
--- document's events channel.
+-- document's events channel. The first line declares it a writing script,
+-- so that a Redis over maxmemory refuses it whole (OOM) instead of letting
+-- it grow past the limit.
 --
 -- KEYS[1]  weft:{doc}:log, the stream of changes (entry id 0-<seq>)
 -- KEYS[2]  weft:{doc}:seq, the newest sequence number

@@ -19,6 +19,7 @@
 //! task the bus starts is tracked and stops on [`Bus::shut_down`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -74,6 +75,8 @@ struct Shared {
     changed: mpsc::UnboundedSender<String>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Whether the bus holds a live subscription connection right now.
+    connected: AtomicBool,
 }
 
 #[derive(Default)]
@@ -102,13 +105,16 @@ impl Bus {
             changed,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            connected: AtomicBool::new(false),
         });
         shared.tasks.spawn(run(shared.clone(), client, changes));
         Bus { shared }
     }
 
     /// Routes `channel`'s messages to `listener` from now on, and waits (a
-    /// bounded time) until the channel is subscribed. A listener that goes
+    /// bounded time) until the channel is subscribed, unless Redis cannot
+    /// be reached right now (the channel is subscribed when it can, and
+    /// every follower reads what it missed then). A listener that goes
     /// (its receiver dropped, or [`Bus::forget_log`]) is let go.
     pub(super) async fn listen(&self, channel: &str, listener: Listener) {
         let (tx, subscribed) = oneshot::channel();
@@ -128,6 +134,9 @@ impl Bus {
             route.waiting.push(tx);
         }
         let _ = self.shared.changed.send(channel.to_owned());
+        if !self.shared.connected.load(Ordering::Relaxed) {
+            return;
+        }
         if tokio::time::timeout(SUBSCRIBE_WAIT, subscribed)
             .await
             .is_err()
@@ -289,6 +298,7 @@ async fn run(
             }
         };
         delays = backoff();
+        shared.connected.store(true, Ordering::Relaxed);
         shared.wake_followers();
         loop {
             tokio::select! {
@@ -308,6 +318,7 @@ async fn run(
                 },
             }
         }
+        shared.connected.store(false, Ordering::Relaxed);
     }
 }
 

@@ -1,5 +1,7 @@
+#!lua flags=allow-oom
 -- Releases a compaction lease, only if this node still holds it (it may
--- have expired and been taken by another).
+-- have expired and been taken by another). It only ever frees memory, so
+-- it may run when Redis is over maxmemory.
 --
 -- KEYS[1]  weft:{doc}:lease
 -- ARGV[1]  this node's id, as it took the lease

@@ -16,12 +16,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use tokio::sync::{mpsc, Notify};
 
 use super::bus::{backoff, Listener};
+use super::retrying::Retrying;
 use super::{io, key, seq_of, stream_id, RedisStore};
 use crate::{DocName, LogEntry, PeerEvent, Replication, StorageError};
 
@@ -129,7 +129,7 @@ const PAGE: usize = 1024;
 /// node appended (or the subscription came back), on the node's shared
 /// connection (a read that does not block).
 struct Follower {
-    conn: ConnectionManager,
+    conn: Retrying,
     doc: DocName,
     /// The newest change sent on.
     last: u64,

@@ -1,3 +1,4 @@
+#!lua
 -- Stores a snapshot and its index entry. It becomes the head (the snapshot
 -- loads start from) only if it is at least as new as the head: a node that
 -- lags behind must not move it back. The log is then trimmed to a tail of

@@ -29,6 +29,19 @@ impl RedisServer {
         self.child = Self::spawn(&self.dir);
     }
 
+    /// kill -9, leaving it down until [`RedisServer::start_again`].
+    #[allow(dead_code)] // not every including test file stops Redis
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a stopped server again on the same socket and files.
+    #[allow(dead_code)]
+    pub fn start_again(&mut self) {
+        self.child = Self::spawn(&self.dir);
+    }
+
     /// Its socket, for `redis-cli -s`.
     pub fn socket(&self) -> PathBuf {
         Self::socket_in(&self.dir)

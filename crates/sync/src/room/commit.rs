@@ -191,13 +191,12 @@ impl Room {
                 info!(doc = %self.name, why, "document reloaded from storage");
             }
             Err(e) => {
-                let reason = e.clone();
                 // Without a trustworthy state the room must not serve; the
                 // next connection loads the document afresh.
                 error!(doc = %self.name, error = %e, "reload failed; unloading document");
-                self.kick_all(CloseReason::StorageFailure(e));
+                self.kick_all(CloseReason::StorageFailure(e.to_string()));
                 self.cx.rooms.remove_if(&self.name, self.instance);
-                self.refuse_waiting(RoomError::LoadFailed(reason));
+                self.refuse_waiting(e);
             }
         }
     }

@@ -70,10 +70,10 @@ impl Room {
             cost: load_cost,
         } = match loaded {
             Ok(loaded) => loaded,
-            Err(reason) => {
-                error!(doc = %name, %reason, "document failed to load; refusing connections to it");
+            Err(refused) => {
+                error!(doc = %name, reason = %refused, "document failed to load; refusing connections to it");
                 cx.rooms.remove_if(&name, instance);
-                refuse_all(&mut rx, RoomError::LoadFailed(reason));
+                refuse_all(&mut rx, refused);
                 return None;
             }
         };
@@ -87,7 +87,7 @@ impl Room {
             Err(e) => {
                 error!(doc = %name, error = %e, "cannot follow the shared log; refusing connections");
                 cx.rooms.remove_if(&name, instance);
-                refuse_all(&mut rx, RoomError::LoadFailed(e.to_string()));
+                refuse_all(&mut rx, loading::refusal(e));
                 return None;
             }
         };
