@@ -382,6 +382,24 @@ fn a_node_refuses_to_start_without_redis_and_says_why() {
 }
 
 #[test]
+fn a_node_refuses_a_redis_that_evicts_keys_and_says_why() {
+    let redis = RedisServer::start();
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis"])
+        .arg(redis.url())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("maxmemory-policy is allkeys-lru")
+            && stderr.contains("set `maxmemory-policy noeviction`"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_node_refuses_webhooks_before_connecting_and_says_why() {
     // Webhook deliveries wait in the embedded store, which a cluster has
     // not: refused at startup, before Redis is even tried.

@@ -92,6 +92,13 @@ pub enum StorageError {
         source: Cause,
     },
 
+    #[error("Redis{target} is not safe for weft's documents: {reason}")]
+    UnsafeRedis {
+        /// ` at host:port`, never the URL.
+        target: String,
+        reason: String,
+    },
+
     #[error(
         "could not connect to Redis{target}: {reason}; check --redis and that Redis is running"
     )]

@@ -47,6 +47,7 @@
 //! play those roles.
 
 mod bus;
+mod eviction;
 mod replication;
 mod retrying;
 
@@ -132,6 +133,22 @@ fn key(doc: &DocName, what: &str) -> String {
     format!("weft:{{{doc}}}:{what}")
 }
 
+/// A stored document some of whose keys are gone (evicted, deleted by
+/// hand, or Redis came back without them): refused, never served as if
+/// it were empty or whole.
+fn damaged(doc: &DocName, what: &str, problem: &str) -> StorageError {
+    StorageError::Corrupt {
+        kind: "document",
+        key: key(doc, what),
+        reason: format!(
+            "{problem}: the document is stored but part of it is gone from Redis (evicted, \
+             deleted by hand, or Redis came back without it); it is refused rather than served \
+             incomplete"
+        ),
+        source: None,
+    }
+}
+
 fn stream_id(seq: u64) -> String {
     format!("0-{seq}")
 }
@@ -167,12 +184,21 @@ impl RedisStore {
             .get_connection_manager_with_config(config)
             .await
             .map_err(|e| open(format!("cannot reach Redis: {e}"), Some(Box::new(e))))?;
+        let mut conn = Retrying(conn);
+        eviction::check(&mut conn)
+            .await
+            .map_err(|reason| StorageError::UnsafeRedis {
+                target: target.clone(),
+                reason,
+            })?;
         let mut node = [0u8; 8];
         getrandom::fill(&mut node).map_err(|e| open(e.to_string(), None))?;
         let node = u64::from_le_bytes(node);
+        let bus = Bus::start(client, node);
+        bus.spawn(eviction::keep_checking(conn.clone()));
         Ok(RedisStore {
-            bus: Bus::start(client, node),
-            conn: Retrying(conn),
+            bus,
+            conn,
             node,
             load: Script::new(LOAD),
             append: Script::new(APPEND),
@@ -237,6 +263,14 @@ impl RedisStore {
         Ok(stored == entries)
     }
 
+    /// The newest sequence number stored, if any change was.
+    async fn stored_seq(&self, doc: &DocName) -> Result<Option<u64>, StorageError> {
+        self.conn()
+            .get(key(doc, "seq"))
+            .await
+            .map_err(io("reading the newest sequence number"))
+    }
+
     async fn last_seq(&self, doc: &DocName) -> Result<u64, StorageError> {
         let seq: Option<u64> = self
             .conn()
@@ -252,13 +286,6 @@ impl RedisStore {
             .get(key(doc, "head"))
             .await
             .map_err(io("reading the newest snapshot id"))
-    }
-
-    async fn head(&self, doc: &DocName) -> Result<Option<Snapshot>, StorageError> {
-        match self.head_id(doc).await? {
-            Some(id) => self.get_snapshot(doc, id).await,
-            None => Ok(None),
-        }
     }
 
     fn decode_entries(
@@ -379,19 +406,44 @@ impl DocumentStore for RedisStore {
             }
             Err(e) => return Err(io("loading document metadata")(e)),
         };
-        let meta = meta.ok_or_else(|| StorageError::Io {
-            action: "loading a document",
-            reason: "its metadata vanished while loading".into(),
-        })?;
-        let meta = decode_meta(doc, &meta)?;
+        let meta = match meta {
+            Some(meta) => decode_meta(doc, &meta)?,
+            None if exists => return Err(damaged(doc, "meta", "missing")),
+            None => {
+                return Err(StorageError::Io {
+                    action: "loading a document",
+                    reason: "its metadata vanished while loading".into(),
+                })
+            }
+        };
+        // Read before the log: every change up to it is in the log or in
+        // the snapshot, or it is lost.
+        let newest = match (self.stored_seq(doc).await?, exists) {
+            (Some(newest), true) => newest,
+            (None, false) => 0,
+            (None, true) => return Err(damaged(doc, "seq", "missing")),
+            // Changes without the metadata that says they were stored.
+            (Some(_), false) => return Err(damaged(doc, "meta", "missing")),
+        };
         // Another node may store a newer snapshot and trim the log between
         // reading the head and reading the log: the log must then follow on
         // from the snapshot, or the load is tried again.
+        let mut lost = false;
         for _ in 0..8 {
-            let snapshot = self.head(doc).await?;
+            let snapshot = match self.head_id(doc).await? {
+                Some(id) => Some(
+                    self.get_snapshot(doc, id)
+                        .await?
+                        .ok_or_else(|| damaged(doc, "snapshots", "missing the head snapshot"))?,
+                ),
+                None => None,
+            };
             let after = snapshot.as_ref().map_or(0, |s| s.seq);
             let log = self.read_log(doc, after, usize::MAX).await?;
-            if log.first().is_none_or(|e| e.seq == after + 1) {
+            // Short of the newest: trimmed behind a newer snapshot
+            // meanwhile (look again), or lost.
+            lost = log.last().map_or(after, |e| e.seq) < newest;
+            if !lost && log.first().is_none_or(|e| e.seq == after + 1) {
                 return Ok(StoredDoc {
                     meta,
                     exists,
@@ -399,6 +451,9 @@ impl DocumentStore for RedisStore {
                     log,
                 });
             }
+        }
+        if lost {
+            return Err(damaged(doc, "log", "missing changes up to the newest"));
         }
         Err(StorageError::Busy(
             "the document's log kept being trimmed while it loaded",
@@ -439,6 +494,15 @@ impl DocumentStore for RedisStore {
             1 => Ok(()),
             2 => Err(StorageError::Recreated(doc.to_string())),
             _ if self.holds(doc, entries, last).await? => Ok(()),
+            // Behind what this node has seen stored: history went back.
+            _ if last + 1 < first.seq => Err(damaged(
+                doc,
+                "seq",
+                &format!(
+                    "the newest change stored is {last}, but this node has seen {} stored",
+                    first.seq - 1
+                ),
+            )),
             _ => Err(StorageError::Conflict { last_seq: last }),
         }
     }

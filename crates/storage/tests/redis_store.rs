@@ -617,3 +617,65 @@ async fn a_full_redis_refuses_writes_and_still_loads_every_document() {
         reader.load(&never).await.expect("a provisional name loads");
     }
 }
+
+#[tokio::test]
+async fn a_stored_document_missing_some_keys_is_refused_never_served_empty() {
+    let redis = RedisServer::start();
+    let node = store(&redis).await;
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let mut stored = Vec::new();
+    for name in ["no-meta", "no-seq", "no-log", "no-set"] {
+        let doc = DocName::new(name).expect("name");
+        let meta = node.load(&doc).await.expect("loads").meta;
+        node.append(&doc, &meta, &[entry(1), entry(2), entry(3)])
+            .await
+            .expect("appends");
+        stored.push((doc, meta));
+    }
+    for key in [
+        "weft:{no-meta}:meta",
+        "weft:{no-seq}:seq",
+        "weft:{no-log}:log",
+        "weft:docs",
+    ] {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut raw)
+            .await
+            .expect("deletes");
+    }
+
+    for (name, missing) in [("no-meta", "meta"), ("no-seq", "seq"), ("no-log", "log")] {
+        let doc = DocName::new(name).expect("name");
+        match node.load(&doc).await {
+            Err(e @ StorageError::Corrupt { .. }) => {
+                let said = e.to_string();
+                assert!(
+                    said.contains(&format!("weft:{{{name}}}:{missing}")),
+                    "{said}"
+                );
+                assert!(said.contains("weft verify"), "{said}");
+            }
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+    }
+    // A node that had the document loaded, writing on: refused, not a
+    // conflict it would retry for ever.
+    let (doc, meta) = &stored[1];
+    let appended = node.append(doc, meta, &[entry(4)]).await;
+    assert!(
+        matches!(&appended, Err(StorageError::Corrupt { .. })),
+        "{appended:?}"
+    );
+    // The set of names is only a listing: documents whose metadata is
+    // stored for good are stored.
+    let (doc, meta) = &stored[3];
+    let loaded = node.load(doc).await.expect("loads");
+    assert!(loaded.exists);
+    assert_eq!(&loaded.meta, meta);
+    assert_eq!(loaded.log.len(), 3);
+}
