@@ -753,3 +753,51 @@ async fn a_redis_restart_fails_no_request_and_a_redis_that_stays_down_is_unavail
     assert!(!body.contains("weft verify"), "{body}");
     redis.start_again();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_comes_back_empty_every_node_resyncs_its_clients_and_nothing_seen_is_lost() {
+    let redis = RedisServer::start();
+    let (a, b) = (redis.node(&[]), redis.node(&[]));
+    let mut on_a = Editor::connect(&a.url("wiped"), Doc::new()).await;
+    let mut on_b = Editor::connect(&b.url("wiped"), Doc::new()).await;
+    let before = [tokens("a", 3), tokens("b", 3)].concat();
+    for t in &before[..3] {
+        on_a.type_text(t).await;
+    }
+    for t in &before[3..] {
+        on_b.type_text(t).await;
+    }
+    timeout(WAIT, on_a.wait_for(&before))
+        .await
+        .expect("A has all");
+    timeout(WAIT, on_b.wait_for(&before))
+        .await
+        .expect("B has all");
+
+    // Redis loses everything (wiped, or an empty replica promoted). A's
+    // next change is not stored under the old history: its writer is
+    // closed with 1011, and so is B's editor once B hears the document
+    // was stored anew.
+    redis.cli(&["FLUSHALL"]);
+    on_a.type_text("<after>").await;
+    let (code, reason) = close_of(&mut on_a.ws).await;
+    assert_eq!(u16::from(code), 1011, "{reason}");
+
+    // Clients reconnect and resync, as y-websocket does: what they hold
+    // goes back into Redis.
+    let on_a = Editor::connect(&a.url("wiped"), on_a.doc).await;
+    // B wrote nothing: only hearing that the history changed closes it.
+    let (code, reason) = close_of(&mut on_b.ws).await;
+    assert_eq!(u16::from(code), 1011, "{reason}");
+    let on_b = Editor::connect(&b.url("wiped"), on_b.doc).await;
+
+    // A node that starts now, and both others, have everything any client
+    // saw, "<after>" included.
+    let all: Vec<String> = before.iter().cloned().chain(["<after>".into()]).collect();
+    let c = redis.node(&[]);
+    let mut fresh = Editor::connect(&c.url("wiped"), Doc::new()).await;
+    timeout(WAIT, fresh.wait_for(&all))
+        .await
+        .expect("a fresh node has every change");
+    drop((on_a, on_b));
+}

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::{
     Archive, ArchiveRestore, Catalogue, Corruption, DocDump, DocInfo, DocMeta, DocName,
-    DocumentStore, LogEntry, NewSnapshot, PeerEvent, Quarantined, Replication, RetentionPolicy,
-    Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery, WebhookOutbox,
+    DocumentStore, Followed, LogEntry, NewSnapshot, PeerEvent, Quarantined, Replication,
+    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    WebhookOutbox,
 };
 
 #[derive(Debug)]
@@ -194,9 +195,10 @@ impl<S: Replication> Replication for FaultyStore<S> {
     async fn watch(
         &self,
         doc: &DocName,
+        meta: &DocMeta,
         after: u64,
-    ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
-        self.inner.watch(doc, after).await
+    ) -> Result<Option<mpsc::Receiver<Followed>>, StorageError> {
+        self.inner.watch(doc, meta, after).await
     }
 
     async fn watch_peers(

@@ -113,6 +113,19 @@ pub struct NewSnapshot {
 }
 
 /// Something another process said about a document (cluster mode).
+/// What following a document's log in a shared store brings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// Changes other processes stored, in order.
+    Changes(Vec<LogEntry>),
+    /// The stored history is no longer the one this process follows (the
+    /// store came back without it, went back to an older state, or the
+    /// document was deleted and created anew): what this process holds
+    /// may be in no store. Reload, and have the clients resync. Nothing
+    /// more follows.
+    Lost(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     /// An awareness update (y-protocols encoding) from its connections.

@@ -45,8 +45,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::{
-    Corruption, DocDump, DocInfo, DocMeta, DocName, LogEntry, NewSnapshot, PeerEvent, Quarantined,
-    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    Corruption, DocDump, DocInfo, DocMeta, DocName, Followed, LogEntry, NewSnapshot, PeerEvent,
+    Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
 };
 
 /// A document's changes and snapshots.
@@ -174,12 +174,15 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug + 'static {
 #[async_trait]
 pub trait Replication: Send + Sync + std::fmt::Debug + 'static {
     /// Changes other processes append to the document after `after`, in
-    /// order, as they are stored; `None` when there are no other processes.
+    /// order, as they are stored, as long as the stored history is the one
+    /// of incarnation `meta` that reached `after`; `None` when there are no
+    /// other processes.
     async fn watch(
         &self,
         doc: &DocName,
+        meta: &DocMeta,
         after: u64,
-    ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError>;
+    ) -> Result<Option<mpsc::Receiver<Followed>>, StorageError>;
 
     /// What the other processes serving `doc` announce: their presence, and
     /// the document's deletion. `None` when there are no other processes.

@@ -53,8 +53,8 @@ use crate::record::{
 };
 use crate::{
     Archive, ArchiveRestore, Catalogue, Corruption, DocDump, DocInfo, DocMeta, DocName,
-    DocumentStore, LogEntry, NewSnapshot, PeerEvent, Quarantined, Replication, RetentionPolicy,
-    Snapshot, SnapshotInfo, StorageError, StoredDoc,
+    DocumentStore, Followed, LogEntry, NewSnapshot, PeerEvent, Quarantined, Replication,
+    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
 };
 
 /// How long a sled call may take by default before the store counts as failed.
@@ -641,8 +641,9 @@ impl Replication for SledStore {
     async fn watch(
         &self,
         _doc: &DocName,
+        _meta: &DocMeta,
         _after: u64,
-    ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
+    ) -> Result<Option<mpsc::Receiver<Followed>>, StorageError> {
         Ok(None)
     }
 

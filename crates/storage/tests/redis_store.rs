@@ -10,8 +10,8 @@ use std::time::Duration;
 use support::redis_server::RedisServer;
 
 use weft_storage::{
-    Archive, Catalogue, DocName, DocumentStore, LogEntry, NewSnapshot, PeerEvent, Quarantined,
-    RedisStore, Replication, RetentionPolicy, SnapshotReason, StorageError,
+    Archive, Catalogue, DocName, DocumentStore, Followed, LogEntry, NewSnapshot, PeerEvent,
+    Quarantined, RedisStore, Replication, RetentionPolicy, SnapshotReason, StorageError,
 };
 
 /// A store on `redis`, as one node would open it.
@@ -306,7 +306,7 @@ async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sende
     let meta = a.load(&doc).await.expect("loads").meta;
     a.append(&doc, &meta, &[entry(1)]).await.expect("appends");
     let mut follow = b
-        .watch(&doc, 1)
+        .watch(&doc, &meta, 1)
         .await
         .expect("watches")
         .expect("a shared store");
@@ -330,7 +330,10 @@ async fn another_nodes_changes_presence_and_deletion_arrive_and_skip_their_sende
             .await
             .expect("in time")
             .expect("open");
-        got.extend(batch);
+        match batch {
+            Followed::Changes(batch) => got.extend(batch),
+            lost => panic!("{lost:?}"),
+        }
     }
     assert_eq!(got, vec![entry(2), entry(3)], "only what came after 1");
 
@@ -454,13 +457,16 @@ async fn connected_clients(redis: &RedisServer) -> usize {
 }
 
 /// Waits until `rx` has every change up to `last`.
-async fn follow_until(rx: &mut tokio::sync::mpsc::Receiver<Vec<LogEntry>>, last: u64) {
+async fn follow_until(rx: &mut tokio::sync::mpsc::Receiver<Followed>, last: u64) {
     let mut newest = 0;
     while newest < last {
-        let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        let followed = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("the change arrives in time")
             .expect("still followed");
+        let Followed::Changes(batch) = followed else {
+            panic!("{followed:?}");
+        };
         newest = batch.last().map_or(newest, |e| e.seq);
     }
 }
@@ -478,13 +484,18 @@ async fn a_node_follows_hundreds_of_documents_on_two_connections_and_across_a_re
     let mut metas = Vec::new();
     let mut followed = Vec::new();
     for doc in &docs {
+        let meta = writer.load(doc).await.expect("loads").meta;
         let peers = node
             .watch_peers(doc)
             .await
             .expect("listens")
             .expect("shared");
-        let log = node.watch(doc, 0).await.expect("follows").expect("shared");
-        metas.push(writer.load(doc).await.expect("loads").meta);
+        let log = node
+            .watch(doc, &meta, 0)
+            .await
+            .expect("follows")
+            .expect("shared");
+        metas.push(meta);
         followed.push((peers, log));
     }
     assert_eq!(
@@ -678,4 +689,83 @@ async fn a_stored_document_missing_some_keys_is_refused_never_served_empty() {
     assert!(loaded.exists);
     assert_eq!(&loaded.meta, meta);
     assert_eq!(loaded.log.len(), 3);
+}
+
+/// Waits until `rx` says the history it followed is lost.
+async fn until_lost(rx: &mut tokio::sync::mpsc::Receiver<Followed>) -> String {
+    loop {
+        let followed = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("in time")
+            .expect("says why before it ends");
+        if let Followed::Lost(reason) = followed {
+            assert!(rx.recv().await.is_none(), "nothing follows a loss");
+            return reason;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_follower_says_when_the_stored_history_is_not_the_one_it_followed() {
+    let redis = RedisServer::start();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+
+    // Redis comes back empty; a node writes the name anew.
+    let doc = DocName::new("wiped").expect("name");
+    let meta = a.load(&doc).await.expect("loads").meta;
+    a.append(&doc, &meta, &[entry(1), entry(2), entry(3)])
+        .await
+        .expect("appends");
+    let mut followed = b
+        .watch(&doc, &meta, 3)
+        .await
+        .expect("follows")
+        .expect("shared");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw)
+        .await
+        .expect("flushes");
+    let anew = a.load(&doc).await.expect("loads").meta;
+    assert_ne!(anew.incarnation, meta.incarnation);
+    a.append(&doc, &anew, &[entry(1)]).await.expect("appends");
+    // Whichever it read first: no metadata, or another incarnation's.
+    let reason = until_lost(&mut followed).await;
+    assert!(
+        reason.contains("another incarnation") || reason.contains("metadata is gone"),
+        "{reason}"
+    );
+
+    // Redis goes back to an older state of the same document.
+    let doc = DocName::new("rewound").expect("name");
+    let meta = a.load(&doc).await.expect("loads").meta;
+    let five: Vec<LogEntry> = (1..=5).map(entry).collect();
+    a.append(&doc, &meta, &five).await.expect("appends");
+    let mut followed = b
+        .watch(&doc, &meta, 5)
+        .await
+        .expect("follows")
+        .expect("shared");
+    // (A stream remembers its top id; an older state has none past 2.)
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg("weft:{rewound}:log")
+        .ignore()
+        .cmd("SET")
+        .arg("weft:{rewound}:seq")
+        .arg(2)
+        .ignore()
+        .query_async(&mut raw)
+        .await
+        .expect("rewinds");
+    a.append(&doc, &meta, &[entry(3)]).await.expect("appends");
+    let reason = until_lost(&mut followed).await;
+    assert!(
+        reason.contains("but this node followed it to 5"),
+        "{reason}"
+    );
 }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use super::bus::{backoff, Listener};
 use super::retrying::Retrying;
 use super::{io, key, seq_of, stream_id, RedisStore};
-use crate::{DocName, LogEntry, PeerEvent, Replication, StorageError};
+use crate::{DocMeta, DocName, Followed, LogEntry, PeerEvent, Replication, StorageError};
 
 /// The channel nodes tell each other things on, and its message kinds.
 pub(super) const EVENTS: &str = "events";
@@ -49,8 +49,9 @@ impl Replication for RedisStore {
     async fn watch(
         &self,
         doc: &DocName,
+        meta: &DocMeta,
         after: u64,
-    ) -> Result<Option<mpsc::Receiver<Vec<LogEntry>>>, StorageError> {
+    ) -> Result<Option<mpsc::Receiver<Followed>>, StorageError> {
         let (tx, rx) = mpsc::channel(64);
         let wake = Arc::new(Notify::new());
         let channel = key(doc, EVENTS);
@@ -60,6 +61,7 @@ impl Replication for RedisStore {
         let follower = Follower {
             conn: self.conn(),
             doc: doc.clone(),
+            incarnation: meta.incarnation,
             last: after,
             tx,
             wake,
@@ -127,14 +129,27 @@ const PAGE: usize = 1024;
 /// Sends on what other nodes append to one document's log, until the
 /// room stops listening: reads what is new each time the bus says another
 /// node appended (or the subscription came back), on the node's shared
-/// connection (a read that does not block).
+/// connection (a read that does not block). Each read also checks that
+/// the stored history is still the one followed: the same incarnation,
+/// and a newest change no older than the last one sent on. If not (Redis
+/// came back empty or from an older state, or the document was deleted
+/// and created anew), it says so ([`Followed::Lost`]) and stops.
 struct Follower {
     conn: Retrying,
     doc: DocName,
+    /// The incarnation whose history is followed.
+    incarnation: u64,
     /// The newest change sent on.
     last: u64,
-    tx: mpsc::Sender<Vec<LogEntry>>,
+    tx: mpsc::Sender<Followed>,
     wake: Arc<Notify>,
+}
+
+/// What one read of the log found.
+enum Read {
+    Changes(Vec<LogEntry>),
+    Nothing,
+    Lost(String),
 }
 
 impl Follower {
@@ -142,17 +157,22 @@ impl Follower {
         let mut delays = backoff();
         loop {
             match self.read().await {
-                Ok(Some(entries)) => {
+                Ok(Read::Changes(entries)) => {
                     delays = backoff();
                     let more = entries.len() >= PAGE;
-                    if self.tx.send(entries).await.is_err() {
+                    if self.tx.send(Followed::Changes(entries)).await.is_err() {
                         return;
                     }
                     if more {
                         continue;
                     }
                 }
-                Ok(None) => delays = backoff(),
+                Ok(Read::Nothing) => delays = backoff(),
+                Ok(Read::Lost(reason)) => {
+                    tracing::error!(doc = %self.doc, %reason, "the stored history of a followed document changed under this node");
+                    let _ = self.tx.send(Followed::Lost(reason)).await;
+                    return;
+                }
                 Err(e) => {
                     tracing_warn(&self.doc, &e);
                     let wait = delays.next().unwrap_or(Duration::from_secs(5));
@@ -170,28 +190,59 @@ impl Follower {
     }
 
     /// What follows `last` in the log (up to [`PAGE`] changes), moving
-    /// `last` past it; `None` if nothing does, or if what does cannot be
+    /// `last` past it; nothing if nothing does, or if what does cannot be
     /// read here (left to a reload: the room sees the gap).
-    async fn read(&mut self) -> Result<Option<Vec<LogEntry>>, redis::RedisError> {
+    async fn read(&mut self) -> Result<Read, redis::RedisError> {
         let stream = key(&self.doc, "log");
         let options = StreamReadOptions::default().count(PAGE);
-        let reply: Option<StreamReadReply> = self
-            .conn
-            .xread_options(&[stream.as_str()], &[stream_id(self.last)], &options)
-            .await?;
+        let (meta, newest, reply): (Option<Vec<u8>>, Option<u64>, Option<StreamReadReply>) =
+            redis::pipe()
+                .get(key(&self.doc, "meta"))
+                .get(key(&self.doc, "seq"))
+                .xread_options(&[stream.as_str()], &[stream_id(self.last)], &options)
+                .query_async(&mut self.conn)
+                .await?;
+        if let Some(lost) = self.lost(meta.as_deref(), newest.unwrap_or(0)) {
+            return Ok(Read::Lost(lost));
+        }
         let Some(ids) = reply.and_then(|r| r.keys.into_iter().next()).map(|k| k.ids) else {
-            return Ok(None);
+            return Ok(Read::Nothing);
         };
         let Some(newest) = ids.last().and_then(|e| seq_of(&e.id)) else {
-            return Ok(None);
+            return Ok(Read::Nothing);
         };
         self.last = newest;
         match RedisStore::decode_entries(&self.doc, StreamRangeReply { ids }) {
-            Ok(entries) => Ok(Some(entries)),
+            Ok(entries) => Ok(Read::Changes(entries)),
             Err(e) => {
                 tracing_warn(&self.doc, &e);
-                Ok(None)
+                Ok(Read::Nothing)
             }
+        }
+    }
+
+    /// Why the stored history is no longer the one followed, if it is not.
+    fn lost(&self, meta: Option<&[u8]>, newest: u64) -> Option<String> {
+        let Some(meta) = meta else {
+            // Nothing stored yet, and the name's provisional metadata
+            // expired: nothing to lose.
+            return (self.last > 0).then(|| {
+                format!(
+                    "its metadata is gone from Redis, with the {} changes this node followed",
+                    self.last
+                )
+            });
+        };
+        match super::decode_meta(&self.doc, meta) {
+            Ok(meta) if meta.incarnation != self.incarnation => {
+                Some("it was deleted and created anew (another incarnation)".into())
+            }
+            Ok(_) if newest < self.last => Some(format!(
+                "its newest stored change is {newest}, but this node followed it to {}",
+                self.last
+            )),
+            // Unreadable metadata is for loading to report.
+            _ => None,
         }
     }
 }

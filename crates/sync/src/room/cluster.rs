@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use weft_storage::{LogEntry, PeerEvent, StorageError};
 
@@ -169,6 +169,33 @@ impl Room {
             self.reload("a change stored by another node did not apply")
                 .await;
         }
+    }
+
+    /// The stored history changed under this node (cluster mode: Redis
+    /// came back empty or from an older state, or the document was
+    /// deleted and created anew without this node hearing it): what this
+    /// room holds may be in no store. Everyone connected is closed with
+    /// 1011, so that clients resync and send back what they hold; the
+    /// document is reloaded from the store and followed afresh.
+    pub(super) async fn history_lost(&mut self, reason: String) {
+        error!(doc = %self.name, %reason, "the stored history changed; reloading the document and resyncing its clients");
+        metrics::counter!("weft_documents_history_lost_total").increment(1);
+        self.kick_all(CloseReason::StorageFailure(format!(
+            "the stored document changed under this server ({reason}); reconnect to resync"
+        )));
+        self.reload(&reason).await;
+        self.remote = match self
+            .cx
+            .store
+            .watch(&self.name, &self.meta, self.state.last_seq())
+            .await
+        {
+            Ok(remote) => remote,
+            Err(e) => {
+                error!(doc = %self.name, error = %e, "cannot follow the shared log again");
+                None
+            }
+        };
     }
 
     /// Another node deleted the document (cluster mode): its connections

@@ -82,7 +82,7 @@ impl Room {
         metrics::gauge!("weft_documents_loaded").increment(1.0);
         // Followed from the newest change loaded, so nothing stored
         // meanwhile is missed.
-        let remote = match cx.store.watch(&name, state.last_seq()).await {
+        let remote = match cx.store.watch(&name, &meta, state.last_seq()).await {
             Ok(remote) => remote,
             Err(e) => {
                 error!(doc = %name, error = %e, "cannot follow the shared log; refusing connections");

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use weft_storage::{DocMeta, DocName, EngineStore, LogEntry, PeerEvent};
+use weft_storage::{DocMeta, DocName, EngineStore, Followed, PeerEvent};
 
 use crate::changes::ChangeFeed;
 use crate::cpu::CpuPool;
@@ -94,7 +94,7 @@ pub(crate) struct Room {
     cx: RoomContext,
     /// Cluster mode: changes other nodes store, and what else they say
     /// (their presence, the document's deletion).
-    remote: Option<mpsc::Receiver<Vec<LogEntry>>>,
+    remote: Option<mpsc::Receiver<Followed>>,
     peers: Option<mpsc::Receiver<PeerEvent>>,
 }
 
@@ -124,9 +124,10 @@ impl Room {
                         return; // the document was deleted
                     }
                 }
-                Some(entries) = recv_from(&mut self.remote) => {
-                    self.handle_stored_elsewhere(entries).await;
-                }
+                Some(followed) = recv_from(&mut self.remote) => match followed {
+                    Followed::Changes(entries) => self.handle_stored_elsewhere(entries).await,
+                    Followed::Lost(reason) => self.history_lost(reason).await,
+                },
                 Some(event) = recv_from(&mut self.peers) => {
                     if !self.on_peer_event(event).await {
                         return; // the document was deleted
