@@ -41,7 +41,10 @@ use crate::webhooks::{self, WebhookConfig};
 async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
     if let Some(url) = &config.redis {
         anyhow::ensure!(config.webhook_urls.is_empty(), WEBHOOKS_NEED_EMBEDDED);
-        let store = RedisStore::connect(url.expose()).await.map_err(reported)?;
+        let store = RedisStore::connect(url.expose())
+            .await
+            .map_err(reported)?
+            .with_min_replicas(config.redis_min_replicas, config.redis_replica_wait);
         store
             .check_writable()
             .await
@@ -49,6 +52,10 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
             .context("Redis does not take writes")?;
         return Ok(Store::Cluster(Arc::new(store)));
     }
+    anyhow::ensure!(
+        config.redis_min_replicas == 0,
+        "--redis-min-replicas is for cluster mode: add --redis, or drop it"
+    );
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "could not create the data directory {}",

@@ -60,6 +60,18 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_REDIS", hide_env_values = true)]
     pub redis: Option<Secret>,
 
+    /// Cluster mode: a change counts as stored, and is broadcast, only once
+    /// this many Redis replicas have it too (`WAIT`), so that a failover to
+    /// a replica loses nothing any client saw. 0: once the primary has it.
+    #[arg(long, env = "WEFT_REDIS_MIN_REPLICAS", default_value_t = 0)]
+    pub redis_min_replicas: u32,
+
+    /// How long a change waits for --redis-min-replicas replicas; past it
+    /// the change is refused (503, WebSocket 1011) and its writers resync.
+    #[arg(long, env = "WEFT_REDIS_REPLICA_WAIT", default_value = "1s", value_parser = positive_duration)]
+    #[serde(serialize_with = "config_file::exact_duration")]
+    pub redis_replica_wait: Duration,
+
     /// Largest WebSocket message accepted, in bytes; larger ones close the
     /// connection with 1009.
     #[arg(long, env = "WEFT_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]

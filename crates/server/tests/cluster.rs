@@ -9,11 +9,14 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use redis_server::RedisServer;
 use support::*;
 use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 /// What the cluster tests do with a Redis: start weft nodes on it and
@@ -800,4 +803,81 @@ async fn when_redis_comes_back_empty_every_node_resyncs_its_clients_and_nothing_
         .await
         .expect("a fresh node has every change");
     drop((on_a, on_b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_min_replicas_a_change_no_replica_has_is_refused() {
+    let redis = RedisServer::start();
+    let a = redis.node(&["--redis-min-replicas", "1", "--redis-replica-wait", "200ms"]);
+    let (status, body) = request(
+        &a.addr,
+        "POST",
+        "/docs/lonely/updates",
+        &[("content-type", "application/octet-stream")],
+        insert(&Doc::new(), "<unreplicated>"),
+    )
+    .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("replicas"), "{body}");
+    // (The primary may still hold it: WAIT confirms, it does not undo.)
+}
+
+/// Takes whatever reaches `editor` within `within`, until its connection
+/// ends.
+async fn take_for(editor: &mut Editor, within: Duration) {
+    let deadline = Instant::now() + within;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, editor.ws.next()).await {
+        if let Message::Binary(bytes) = frame {
+            if let Ok(msg) = YMessage::decode_v1(&bytes) {
+                editor.take(msg).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_min_replicas_every_change_a_client_saw_survives_the_primary_dying() {
+    let mut primary = RedisServer::start_on_tcp();
+    let replica = RedisServer::start_replica_of(&primary);
+    let a = primary.node(&["--redis-min-replicas", "1"]);
+    let mut writer = Editor::connect(&a.url("failover"), Doc::new()).await;
+    let mut observer = Editor::connect(&a.url("failover"), Doc::new()).await;
+    let typed = tokens("t", 40);
+    for t in &typed[..20] {
+        writer.type_text(t).await;
+    }
+    timeout(WAIT, observer.wait_for(&typed[..20]))
+        .await
+        .expect("the observer sees the first changes");
+
+    // The primary dies mid-edit (kill -9), and the replica takes over.
+    for t in &typed[20..30] {
+        writer.type_text(t).await;
+    }
+    primary.stop();
+    for t in &typed[30..] {
+        // Refused now (its node cannot store it): the connection may close.
+        let update = update_message(insert(&writer.doc, t)).encode_v1();
+        let _ = writer.ws.send(Message::Binary(update.into())).await;
+    }
+    // Whatever the observer got before its node lost Redis.
+    take_for(&mut observer, Duration::from_secs(2)).await;
+    let seen_by = |doc: &Doc| -> Vec<String> {
+        let text = text(doc);
+        typed
+            .iter()
+            .filter(|t| text.contains(t.as_str()))
+            .cloned()
+            .collect()
+    };
+    let seen = seen_by(&observer.doc);
+    assert!(seen.len() >= 20, "{seen:?}");
+    replica.cli(&["REPLICAOF", "NO", "ONE"]);
+
+    let b = replica.node(&[]);
+    let mut fresh = Editor::connect(&b.url("failover"), Doc::new()).await;
+    timeout(WAIT, fresh.wait_for(&seen))
+        .await
+        .expect("every change a client saw is on the promoted replica");
 }

@@ -56,7 +56,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::ConnectionManagerConfig;
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, Cmd, Script};
 
 use crate::clock::now_ms;
 use crate::completeness::{self, DocRecords};
@@ -107,6 +107,9 @@ pub struct RedisStore {
     node: u64,
     /// The node's one subscription to what other nodes say.
     bus: Bus,
+    /// Replicas that must have a change before it counts as stored, and
+    /// how long to wait for them.
+    replicas: Option<(u32, Duration)>,
     load: Script,
     append: Script,
     store_snapshot: Script,
@@ -198,6 +201,7 @@ impl RedisStore {
         bus.spawn(eviction::keep_checking(conn.clone()));
         Ok(RedisStore {
             bus,
+            replicas: None,
             conn,
             node,
             load: Script::new(LOAD),
@@ -205,6 +209,13 @@ impl RedisStore {
             store_snapshot: Script::new(STORE_SNAPSHOT),
             release: Script::new(RELEASE),
         })
+    }
+
+    /// A change counts as stored only once `min` replicas have it too,
+    /// confirmed by `WAIT` within `wait`; 0: once the primary has it.
+    pub fn with_min_replicas(mut self, min: u32, wait: Duration) -> Self {
+        self.replicas = (min > 0).then_some((min, wait));
+        self
     }
 
     fn conn(&self) -> Retrying {
@@ -241,6 +252,59 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(io("reading document metadata"))
+    }
+
+    /// Sends `pipe`, whose commands run `script` by its hash; loads the
+    /// script first if Redis does not have it (after a restart).
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        pipe: &redis::Pipeline,
+        conn: &mut impl redis::aio::ConnectionLike,
+    ) -> Result<T, StorageError> {
+        match pipe.query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                script
+                    .prepare_invoke()
+                    .load_async(conn)
+                    .await
+                    .map_err(io("loading a script into Redis"))?;
+                pipe.query_async(conn)
+                    .await
+                    .map_err(io("appending changes"))
+            }
+            sent => sent.map_err(io("appending changes")),
+        }
+    }
+
+    /// Runs the append script and then `WAIT min`, in one request on one
+    /// connection (`WAIT` counts the replicas that have every write its
+    /// connection made), and refuses the append unless `min` replicas
+    /// confirmed it within `wait`. Not retried: after a dropped connection
+    /// nothing proves the replicas have it, so it is refused and its
+    /// writers resync.
+    async fn append_replicated(
+        &self,
+        eval: Cmd,
+        min: u32,
+        wait: Duration,
+    ) -> Result<(u8, u64), StorageError> {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval).cmd("WAIT").arg(min).arg(wait_ms);
+        let ((ok, last), replicas): ((u8, u64), u32) = self
+            .run_script(&self.append, &pipe, &mut self.conn.0.clone())
+            .await?;
+        if ok == 1 && replicas < min {
+            return Err(StorageError::Io {
+                action: "waiting for Redis replicas",
+                reason: format!(
+                    "only {replicas} of the {min} replicas required (--redis-min-replicas) had \
+                     the change within {wait:?}, so it was not acknowledged; check the replicas"
+                ),
+            });
+        }
+        Ok((ok, last))
     }
 
     /// Whether the log already holds exactly `entries` (`newest` being the
@@ -469,12 +533,14 @@ impl DocumentStore for RedisStore {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        let mut invocation = self.append.prepare_invoke();
-        invocation
-            .key(key(doc, "log"))
-            .key(key(doc, "seq"))
-            .key(key(doc, "meta"))
-            .key(DOCS)
+        // The script's hash, its 4 keys, then its arguments (see append.lua).
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.append.get_hash())
+            .arg(4)
+            .arg(key(doc, "log"))
+            .arg(key(doc, "seq"))
+            .arg(key(doc, "meta"))
+            .arg(DOCS)
             .arg(first.seq.saturating_sub(1))
             .arg(encode_meta(meta)?)
             .arg(encode_incarnation(meta.incarnation)?)
@@ -482,14 +548,19 @@ impl DocumentStore for RedisStore {
             .arg(key(doc, EVENTS))
             .arg(self.event(APPENDED, &[]));
         for e in entries {
-            invocation
-                .arg(e.seq)
-                .arg(record::encode(&LogRecord::of(e))?);
+            eval.arg(e.seq).arg(record::encode(&LogRecord::of(e))?);
         }
-        let (ok, last): (u8, u64) = invocation
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(io("appending changes"))?;
+        let (ok, last): (u8, u64) = match self.replicas {
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(eval);
+                let ((ok, last),): ((u8, u64),) = self
+                    .run_script(&self.append, &pipe, &mut self.conn())
+                    .await?;
+                (ok, last)
+            }
+            Some((min, wait)) => self.append_replicated(eval, min, wait).await?,
+        };
         match ok {
             1 => Ok(()),
             2 => Err(StorageError::Recreated(doc.to_string())),
