@@ -388,6 +388,8 @@ fn a_node_refuses_to_start_without_redis_and_says_why() {
 fn a_node_refuses_a_redis_that_evicts_keys_and_says_why() {
     let redis = RedisServer::start();
     redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    // (Without a maxmemory Redis never evicts, whatever the policy.)
+    redis.cli(&["CONFIG", "SET", "maxmemory", "100mb"]);
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["serve", "--listen", "127.0.0.1:0", "--redis"])
         .arg(redis.url())

@@ -82,6 +82,10 @@ pub struct DocInfo {
     /// Bytes on disk: the newest snapshot plus the logged changes.
     pub size_bytes: u64,
     pub snapshots: usize,
+    /// Memory the store holds for the document, where it can tell (Redis:
+    /// `MEMORY USAGE` of every key of the document, snapshot history,
+    /// log tail and metadata included); `None` for the embedded store.
+    pub held_bytes: Option<u64>,
 }
 
 /// Everything stored about one document, for backups.
@@ -118,6 +122,9 @@ pub struct NewSnapshot {
 pub enum Followed {
     /// Changes other processes stored, in order.
     Changes(Vec<LogEntry>),
+    /// Another process deleted the document (heard from the store when the
+    /// word itself was missed). Nothing more follows.
+    Deleted,
     /// The stored history is no longer the one this process follows (the
     /// store came back without it, went back to an older state, or the
     /// document was deleted and created anew): what this process holds

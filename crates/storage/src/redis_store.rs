@@ -47,7 +47,7 @@
 //! play those roles.
 
 mod bus;
-mod eviction;
+mod health;
 mod replication;
 mod retrying;
 
@@ -76,6 +76,9 @@ use crate::{
 /// See `redis_store/load.lua`: a name's metadata, provisional until stored.
 const LOAD: &str = include_str!("redis_store/load.lua");
 
+/// See `redis_store/read_meta.lua`: what `load.lua` reads, writing nothing.
+const READ_META: &str = include_str!("redis_store/read_meta.lua");
+
 /// See `redis_store/append.lua`: changes, only if nobody appended first.
 const APPEND: &str = include_str!("redis_store/append.lua");
 
@@ -94,6 +97,12 @@ const LEASE: Duration = Duration::from_secs(30);
 /// of made-up names leaves Redis only this long's worth of them.
 pub const PROVISIONAL: Duration = Duration::from_secs(60 * 60);
 
+/// What `delete` leaves for a while, so that a node that missed the word
+/// on the events channel (its subscription was down) still learns that the
+/// document was deleted rather than lost; and for how long.
+const DELETED_MARK: &str = "deleted";
+const TOMBSTONE: Duration = Duration::from_secs(60 * 60);
+
 /// The set of every document's name.
 const DOCS: &str = "weft:docs";
 
@@ -111,6 +120,7 @@ pub struct RedisStore {
     /// how long to wait for them.
     replicas: Option<(u32, Duration)>,
     load: Script,
+    read_meta_only: Script,
     append: Script,
     store_snapshot: Script,
     release: Script,
@@ -134,6 +144,25 @@ fn io(action: &'static str) -> impl Fn(redis::RedisError) -> StorageError {
 
 fn key(doc: &DocName, what: &str) -> String {
     format!("weft:{{{doc}}}:{what}")
+}
+
+/// Every key one document may have.
+fn doc_keys(doc: &DocName) -> Vec<String> {
+    [
+        "meta",
+        "log",
+        "seq",
+        "snapshots",
+        "snapshot-index",
+        "snapshot-ids",
+        "head",
+        "head-seq",
+        "lease",
+        "quarantine",
+    ]
+    .iter()
+    .map(|w| key(doc, w))
+    .collect()
 }
 
 /// A stored document some of whose keys are gone (evicted, deleted by
@@ -188,7 +217,7 @@ impl RedisStore {
             .await
             .map_err(|e| open(format!("cannot reach Redis: {e}"), Some(Box::new(e))))?;
         let mut conn = Retrying(conn);
-        eviction::check(&mut conn)
+        health::check(&mut conn)
             .await
             .map_err(|reason| StorageError::UnsafeRedis {
                 target: target.clone(),
@@ -198,13 +227,14 @@ impl RedisStore {
         getrandom::fill(&mut node).map_err(|e| open(e.to_string(), None))?;
         let node = u64::from_le_bytes(node);
         let bus = Bus::start(client, node);
-        bus.spawn(eviction::keep_checking(conn.clone()));
+        bus.spawn(health::keep_checking(conn.clone()));
         Ok(RedisStore {
             bus,
             replicas: None,
             conn,
             node,
             load: Script::new(LOAD),
+            read_meta_only: Script::new(READ_META),
             append: Script::new(APPEND),
             store_snapshot: Script::new(STORE_SNAPSHOT),
             release: Script::new(RELEASE),
@@ -327,12 +357,35 @@ impl RedisStore {
         Ok(stored == entries)
     }
 
-    /// The newest sequence number stored, if any change was.
-    async fn stored_seq(&self, doc: &DocName) -> Result<Option<u64>, StorageError> {
-        self.conn()
-            .get(key(doc, "seq"))
+    /// What Redis holds for `doc`: the `MEMORY USAGE` of each of its keys
+    /// (values, their structure and the key itself), summed.
+    async fn held_bytes(&self, doc: &DocName) -> Result<u64, StorageError> {
+        let mut pipe = redis::pipe();
+        for k in doc_keys(doc) {
+            pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+        }
+        let each: Vec<Option<u64>> = pipe
+            .query_async(&mut self.conn())
             .await
-            .map_err(io("reading the newest sequence number"))
+            .map_err(io("measuring a document's memory"))?;
+        Ok(each.into_iter().flatten().sum())
+    }
+
+    /// What `load.lua` reads, read in one step without writing anything:
+    /// the metadata record, whether the document is stored (listed, or its
+    /// metadata permanent), and its newest sequence number.
+    async fn read_without_writing(
+        &self,
+        doc: &DocName,
+    ) -> Result<(Option<Vec<u8>>, bool, Option<u64>), StorageError> {
+        self.read_meta_only
+            .key(key(doc, "meta"))
+            .key(DOCS)
+            .key(key(doc, "seq"))
+            .arg(doc.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(io("reading document metadata"))
     }
 
     async fn last_seq(&self, doc: &DocName) -> Result<u64, StorageError> {
@@ -449,24 +502,28 @@ impl DocumentStore for RedisStore {
         };
         // The first node to load a name fixes its incarnation for all (for
         // a while, if nobody writes it: see the module docs).
-        let loaded: redis::RedisResult<(Option<Vec<u8>>, bool)> = self
+        let loaded: redis::RedisResult<(Option<Vec<u8>>, bool, Option<u64>)> = self
             .load
             .key(key(doc, "meta"))
             .key(DOCS)
+            .key(key(doc, "seq"))
             .arg(encode_meta(&fresh)?)
             .arg(PROVISIONAL.as_millis() as u64)
             .arg(doc.as_str())
             .invoke_async(&mut self.conn())
             .await;
-        let (meta, exists) = match loaded {
+        let (meta, exists, stored_seq) = match loaded {
             Ok(loaded) => loaded,
             // Redis is full and takes no writes: what is stored is read as
             // it is, and a name never written (or whose provisional
             // metadata expired) is served empty under this node's fresh
             // metadata, which the first append stores if it ever can.
             Err(e) if e.code() == Some("OOM") => {
-                let (meta, exists) = self.read_meta(doc).await?;
-                (meta.or(Some(encode_meta(&fresh)?)), exists)
+                let (meta, exists, seq) = self.read_without_writing(doc).await?;
+                match meta {
+                    None if !exists => (Some(encode_meta(&fresh)?), false, seq),
+                    meta => (meta, exists, seq),
+                }
             }
             Err(e) => return Err(io("loading document metadata")(e)),
         };
@@ -482,7 +539,7 @@ impl DocumentStore for RedisStore {
         };
         // Read before the log: every change up to it is in the log or in
         // the snapshot, or it is lost.
-        let newest = match (self.stored_seq(doc).await?, exists) {
+        let newest = match (stored_seq, exists) {
             (Some(newest), true) => newest,
             (None, false) => 0,
             (None, true) => return Err(damaged(doc, "seq", "missing")),
@@ -494,12 +551,16 @@ impl DocumentStore for RedisStore {
         // from the snapshot, or the load is tried again.
         let mut lost = false;
         for _ in 0..8 {
-            let snapshot = match self.head_id(doc).await? {
-                Some(id) => Some(
-                    self.get_snapshot(doc, id)
-                        .await?
-                        .ok_or_else(|| damaged(doc, "snapshots", "missing the head snapshot"))?,
-                ),
+            let head = self.head_id(doc).await?;
+            let snapshot = match head {
+                Some(id) => match self.get_snapshot(doc, id).await? {
+                    Some(snapshot) => Some(snapshot),
+                    // A newer head replaced it and pruning took it
+                    // meanwhile: look again. Gone from a head that
+                    // stays: damaged.
+                    None if self.head_id(doc).await? != head => continue,
+                    None => return Err(damaged(doc, "snapshots", "missing the head snapshot")),
+                },
                 None => None,
             };
             let after = snapshot.as_ref().map_or(0, |s| s.seq);
@@ -593,7 +654,9 @@ impl DocumentStore for RedisStore {
             .arg("NX")
             .arg("PX")
             .arg(LEASE.as_millis() as u64)
-            .query_async(&mut conn)
+            // Not sent again after a dropped connection: a lease taken by
+            // the first try would refuse the second.
+            .query_async(&mut self.conn.0.clone())
             .await
             .map_err(io("taking the compaction lease"))?;
         if got.is_none() {
@@ -720,26 +783,17 @@ impl DocumentStore for RedisStore {
     async fn delete(&self, doc: &DocName) -> Result<bool, StorageError> {
         // Published after the keys are gone, so a node that lets go of the
         // document on hearing it and loads it again finds it empty.
-        let keys: Vec<String> = [
-            "meta",
-            "log",
-            "seq",
-            "snapshots",
-            "snapshot-index",
-            "snapshot-ids",
-            "head",
-            "head-seq",
-            "lease",
-            "quarantine",
-        ]
-        .iter()
-        .map(|w| key(doc, w))
-        .collect();
-        let (removed, _, _): (i64, i64, i64) = redis::pipe()
+        let keys = doc_keys(doc);
+        let (removed, _, _, _): (i64, (), i64, i64) = redis::pipe()
+            .atomic()
             .del(&keys)
+            // Nodes that miss the word on the channel find this instead.
+            .pset_ex(key(doc, DELETED_MARK), 1, TOMBSTONE.as_millis() as u64)
             .srem(DOCS, doc.as_str())
             .publish(key(doc, EVENTS), self.event(DELETED, &[]))
-            .query_async(&mut self.conn())
+            // Not sent again after a dropped connection: it may have run,
+            // and the name may be written anew meanwhile.
+            .query_async(&mut self.conn.0.clone())
             .await
             .map_err(io("deleting a document"))?;
         Ok(removed > 0)
@@ -818,6 +872,7 @@ impl Catalogue for RedisStore {
             size_bytes: head.map_or(0, |s| s.size)
                 + log.iter().map(|e| e.update.len() as u64).sum::<u64>(),
             snapshots: snapshots.len(),
+            held_bytes: Some(self.held_bytes(doc).await?),
         }))
     }
 }

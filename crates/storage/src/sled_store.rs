@@ -559,6 +559,7 @@ impl Catalogue for SledStore {
                 last_change_ms,
                 size_bytes,
                 snapshots: snapshots.len(),
+                held_bytes: None,
             }))
         })
         .await

@@ -768,4 +768,22 @@ async fn a_follower_says_when_the_stored_history_is_not_the_one_it_followed() {
         reason.contains("but this node followed it to 5"),
         "{reason}"
     );
+
+    // Deleted while this node did not hear it, and written anew: the
+    // follower says deleted, not lost (nothing is to be sent back).
+    let doc = DocName::new("deleted-unheard").expect("name");
+    let meta = a.load(&doc).await.expect("loads").meta;
+    a.append(&doc, &meta, &[entry(1)]).await.expect("appends");
+    let mut followed = b
+        .watch(&doc, &meta, 1)
+        .await
+        .expect("follows")
+        .expect("shared");
+    assert!(a.delete(&doc).await.expect("deletes"));
+    let anew = a.load(&doc).await.expect("loads").meta;
+    a.append(&doc, &anew, &[entry(1)]).await.expect("appends");
+    let heard = tokio::time::timeout(Duration::from_secs(10), followed.recv())
+        .await
+        .expect("in time");
+    assert_eq!(heard, Some(Followed::Deleted));
 }

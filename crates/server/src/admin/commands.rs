@@ -429,9 +429,11 @@ fn docs_table(docs: &[DocSummary]) -> String {
     if docs.is_empty() {
         return "no documents".into();
     }
+    // Cluster mode: what Redis holds for each, snapshot history included.
+    let in_redis = docs.iter().any(|d| d.redis_bytes.is_some());
     let mut t = Table::new();
     t.load_preset(NOTHING);
-    t.set_header([
+    let mut header = vec![
         "DOCUMENT",
         "SIZE",
         "LAST SEQ",
@@ -439,9 +441,13 @@ fn docs_table(docs: &[DocSummary]) -> String {
         "SNAPSHOTS",
         "EDITORS",
         "VIEWERS",
-    ]);
+    ];
+    if in_redis {
+        header.push("IN REDIS");
+    }
+    t.set_header(header);
     for d in docs {
-        t.add_row([
+        let mut row = vec![
             d.name.clone(),
             bytes(d.size_bytes),
             d.last_seq.to_string(),
@@ -449,7 +455,11 @@ fn docs_table(docs: &[DocSummary]) -> String {
             d.snapshots.to_string(),
             d.editors.to_string(),
             d.viewers.to_string(),
-        ]);
+        ];
+        if in_redis {
+            row.push(d.redis_bytes.map_or("-".into(), bytes));
+        }
+        t.add_row(row);
     }
     t.to_string()
 }

@@ -18,6 +18,9 @@ pub struct DocSummary {
     /// Live connections (0 when the document is not loaded).
     pub editors: usize,
     pub viewers: usize,
+    /// Cluster mode: memory Redis holds for the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_bytes: Option<u64>,
 }
 
 impl DocSummary {
@@ -32,6 +35,7 @@ impl DocSummary {
             snapshots: info.snapshots,
             editors: live.editors,
             viewers: live.viewers,
+            redis_bytes: info.held_bytes,
         }
     }
 }

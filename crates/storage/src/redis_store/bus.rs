@@ -38,8 +38,17 @@ use crate::PeerEvent;
 /// it is handed its receiver anyway (the bus keeps trying until it holds).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 
-/// Channels per `SUBSCRIBE` when subscribing everything again.
+/// Channels per `SUBSCRIBE` or `UNSUBSCRIBE`.
 const SUBSCRIBE_CHUNK: usize = 512;
+
+/// How often the bus pings Redis on its subscription connection: a
+/// connection that died without a word (a host gone, a NAT that forgot
+/// it) is found within this plus [`REPLY_WAIT`], and replaced.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// How long Redis has to answer a ping, a subscribe or an unsubscribe
+/// before the connection is taken for dead.
+const REPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits between attempts to reach Redis: from 100 ms, doubling, up to 5 s,
 /// each with random jitter so that nodes do not come back in step.
@@ -75,8 +84,9 @@ struct Shared {
     changed: mpsc::UnboundedSender<String>,
     stop: CancellationToken,
     tasks: TaskTracker,
-    /// Whether the bus holds a live subscription connection right now.
-    connected: AtomicBool,
+    /// Whether the bus's last attempt to reach Redis failed (it is waiting
+    /// to try again): a new listener then does not wait for its channel.
+    unreachable: AtomicBool,
 }
 
 #[derive(Default)]
@@ -105,7 +115,7 @@ impl Bus {
             changed,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            connected: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
         });
         shared.tasks.spawn(run(shared.clone(), client, changes));
         Bus { shared }
@@ -134,7 +144,7 @@ impl Bus {
             route.waiting.push(tx);
         }
         let _ = self.shared.changed.send(channel.to_owned());
-        if !self.shared.connected.load(Ordering::Relaxed) {
+        if self.shared.unreachable.load(Ordering::Relaxed) {
             return;
         }
         if tokio::time::timeout(SUBSCRIBE_WAIT, subscribed)
@@ -251,7 +261,9 @@ impl Shared {
         routes.keys().cloned().collect()
     }
 
-    /// Marks `channels` subscribed and lets their waiting listeners go.
+    /// Marks `channels` subscribed, lets their waiting listeners go, and
+    /// has their log followers read again: an append announced before the
+    /// subscription held reached nobody here.
     fn mark_subscribed(&self, channels: &[String]) {
         let mut routes = self.routes();
         for channel in channels {
@@ -260,6 +272,7 @@ impl Shared {
                 route.waiting.drain(..).for_each(|w| {
                     let _ = w.send(());
                 });
+                route.logs.iter().for_each(|w| w.notify_one());
             }
         }
     }
@@ -290,6 +303,7 @@ async fn run(
             Ok(connection) => connection,
             Err(e) => {
                 warn!(error = %e, "cannot subscribe to other nodes' messages in Redis; retrying");
+                shared.unreachable.store(true, Ordering::Relaxed);
                 let wait = delays.next().unwrap_or(Duration::from_secs(5));
                 tokio::select! {
                     () = shared.stop.cancelled() => return,
@@ -298,27 +312,57 @@ async fn run(
             }
         };
         delays = backoff();
-        shared.connected.store(true, Ordering::Relaxed);
+        shared.unreachable.store(false, Ordering::Relaxed);
         shared.wake_followers();
-        loop {
-            tokio::select! {
-                () = shared.stop.cancelled() => return,
-                Some(channel) = changes.recv() => {
-                    if let Err(e) = follow_change(&shared, &mut sink, channel).await {
-                        warn!(error = %e, "lost the subscription to other nodes' messages; reconnecting");
-                        break;
-                    }
-                }
-                message = stream.next() => match message {
-                    Some(m) => shared.route(m.get_channel_name(), m.get_payload_bytes()),
-                    None => {
-                        warn!("lost the subscription to other nodes' messages; reconnecting");
-                        break;
-                    }
-                },
-            }
+        let why = serve(&shared, &mut changes, &mut sink, &mut stream).await;
+        match why {
+            Some(why) => warn!(
+                why,
+                "lost the subscription to other nodes' messages; reconnecting"
+            ),
+            None => return,
         }
-        shared.connected.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Routes messages and follows changes of what is wanted, and pings, until
+/// the connection fails (why) or the bus stops (`None`).
+async fn serve(
+    shared: &Shared,
+    changes: &mut mpsc::UnboundedReceiver<String>,
+    sink: &mut PubSubSink,
+    stream: &mut PubSubStream,
+) -> Option<&'static str> {
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    loop {
+        let answered = tokio::select! {
+            () = shared.stop.cancelled() => return None,
+            Some(first) = changes.recv() => {
+                // Every change waiting, in one SUBSCRIBE and one UNSUBSCRIBE.
+                let mut channels = vec![first];
+                while channels.len() < SUBSCRIBE_CHUNK {
+                    let Ok(next) = changes.try_recv() else { break };
+                    channels.push(next);
+                }
+                tokio::time::timeout(REPLY_WAIT, follow_changes(shared, sink, channels)).await
+            }
+            message = stream.next() => match message {
+                Some(m) => {
+                    shared.route(m.get_channel_name(), m.get_payload_bytes());
+                    Ok(Ok(()))
+                }
+                None => return Some("the connection closed"),
+            },
+            _ = heartbeat.tick() => {
+                tokio::time::timeout(REPLY_WAIT, sink.ping::<redis::Value>()).await.map(|r| r.map(drop))
+            }
+        };
+        match answered {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Some("Redis refused a command"),
+            Err(_) => return Some("Redis did not answer in time"),
+        }
     }
 }
 
@@ -330,7 +374,14 @@ async fn subscribe_all(
     let (mut sink, stream) = client.get_async_pubsub().await?.split();
     let wanted = shared.wanted();
     for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
-        sink.subscribe(chunk).await?;
+        tokio::time::timeout(REPLY_WAIT, sink.subscribe(chunk))
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "Redis did not answer a subscribe in time",
+                ))
+            })??;
         shared.mark_subscribed(chunk);
     }
     if !wanted.is_empty() {
@@ -342,36 +393,41 @@ async fn subscribe_all(
     Ok((sink, stream))
 }
 
-/// Subscribes `channel` if it gained its first listener, unsubscribes it
-/// if it lost its last.
-async fn follow_change(
+/// Subscribes each of `channels` that gained its first listener, and
+/// unsubscribes each that lost its last.
+async fn follow_changes(
     shared: &Shared,
     sink: &mut PubSubSink,
-    channel: String,
+    channels: Vec<String>,
 ) -> redis::RedisResult<()> {
-    let subscribe = {
+    let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
+    {
         let mut routes = shared.routes();
-        let Some(route) = routes.get_mut(&channel) else {
-            return Ok(());
-        };
-        route.peers.retain(|p| !p.is_closed());
-        match (route.is_wanted(), route.subscribed) {
-            (true, false) => true,
-            (false, subscribed) => {
-                routes.remove(&channel);
-                if !subscribed {
-                    return Ok(());
+        for channel in channels {
+            let Some(route) = routes.get_mut(&channel) else {
+                continue;
+            };
+            route.peers.retain(|p| !p.is_closed());
+            match (route.is_wanted(), route.subscribed) {
+                (true, false) => subscribe.push(channel),
+                (false, subscribed) => {
+                    routes.remove(&channel);
+                    if subscribed {
+                        unsubscribe.push(channel);
+                    }
                 }
-                false
+                (true, true) => {}
             }
-            (true, true) => return Ok(()),
         }
-    };
-    if subscribe {
-        sink.subscribe(&channel).await?;
-        shared.mark_subscribed(std::slice::from_ref(&channel));
-    } else {
-        sink.unsubscribe(&channel).await?;
+    }
+    subscribe.sort_unstable();
+    subscribe.dedup();
+    if !subscribe.is_empty() {
+        sink.subscribe(&subscribe).await?;
+        shared.mark_subscribed(&subscribe);
+    }
+    if !unsubscribe.is_empty() {
+        sink.unsubscribe(&unsubscribe).await?;
     }
     Ok(())
 }

@@ -9,21 +9,22 @@
 --
 -- KEYS[1]  weft:{doc}:meta, the metadata record
 -- KEYS[2]  weft:docs, the set of stored documents' names
+-- KEYS[3]  weft:{doc}:seq, the newest sequence number
 -- ARGV[1]  the caller's fresh metadata record (MessagePack)
 -- ARGV[2]  how long provisional metadata lasts, in milliseconds
 -- ARGV[3]  the document's name
 --
--- Returns {the metadata record, 1 if the document is stored else 0}. A
+-- Returns {the metadata record, 1 if the document is stored else 0, the
+-- newest sequence number}, read in one step so that they agree. A
 -- document is stored if its metadata is permanent or its name is in
 -- KEYS[2]; a stored document whose metadata is gone (evicted, or deleted
--- by hand) gets none made up: {false, 1}, and the caller refuses it.
+-- by hand) gets none made up: {false, 1, ...}, and the caller refuses it.
 local ttl = redis.call('PTTL', KEYS[1])
 local listed = redis.call('SISMEMBER', KEYS[2], ARGV[3])
 if ttl == -2 then
-  if listed == 1 then return {false, 1} end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if listed == 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 elseif ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 if ttl == -1 then listed = 1 end
-return {redis.call('GET', KEYS[1]), listed}
+return {redis.call('GET', KEYS[1]), listed, redis.call('GET', KEYS[3])}

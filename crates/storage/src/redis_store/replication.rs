@@ -149,6 +149,7 @@ struct Follower {
 enum Read {
     Changes(Vec<LogEntry>),
     Nothing,
+    Deleted,
     Lost(String),
 }
 
@@ -168,6 +169,10 @@ impl Follower {
                     }
                 }
                 Ok(Read::Nothing) => delays = backoff(),
+                Ok(Read::Deleted) => {
+                    let _ = self.tx.send(Followed::Deleted).await;
+                    return;
+                }
                 Ok(Read::Lost(reason)) => {
                     tracing::error!(doc = %self.doc, %reason, "the stored history of a followed document changed under this node");
                     let _ = self.tx.send(Followed::Lost(reason)).await;
@@ -195,14 +200,20 @@ impl Follower {
     async fn read(&mut self) -> Result<Read, redis::RedisError> {
         let stream = key(&self.doc, "log");
         let options = StreamReadOptions::default().count(PAGE);
-        let (meta, newest, reply): (Option<Vec<u8>>, Option<u64>, Option<StreamReadReply>) =
-            redis::pipe()
-                .get(key(&self.doc, "meta"))
-                .get(key(&self.doc, "seq"))
-                .xread_options(&[stream.as_str()], &[stream_id(self.last)], &options)
-                .query_async(&mut self.conn)
-                .await?;
+        type Reply = (Option<Vec<u8>>, Option<u64>, bool, Option<StreamReadReply>);
+        let (meta, newest, deleted, reply): Reply = redis::pipe()
+            .get(key(&self.doc, "meta"))
+            .get(key(&self.doc, "seq"))
+            .exists(key(&self.doc, super::DELETED_MARK))
+            .xread_options(&[stream.as_str()], &[stream_id(self.last)], &options)
+            .query_async(&mut self.conn)
+            .await?;
         if let Some(lost) = self.lost(meta.as_deref(), newest.unwrap_or(0)) {
+            // Deleted (and maybe written anew since) while this node did
+            // not hear it: let go of it as on hearing it.
+            if deleted {
+                return Ok(Read::Deleted);
+            }
             return Ok(Read::Lost(lost));
         }
         let Some(ids) = reply.and_then(|r| r.keys.into_iter().next()).map(|k| k.ids) else {
@@ -292,12 +303,15 @@ pub(super) fn decode_event(payload: &[u8], node: [u8; 8]) -> Option<Heard> {
         },
         PRESENCE_ANSWER => {
             let (asker, update) = rest.split_at_checked(8)?;
-            // Anyone else's answer is presence like any other.
-            if asker == node {
-                PeerEvent::PresenceAnswer(update.to_vec())
-            } else {
-                PeerEvent::Presence(update.to_vec())
+            // Anyone else's answer is presence like any other, and as
+            // droppable.
+            if asker != node {
+                return Some(Heard::Peer(
+                    PeerEvent::Presence(update.to_vec()),
+                    Handoff::MayDrop,
+                ));
             }
+            PeerEvent::PresenceAnswer(update.to_vec())
         }
         _ => return None, // from a newer node: not for us
     };
@@ -359,7 +373,7 @@ mod tests {
             decode_event(&answer([3; 8]), ME),
             Some(Heard::Peer(
                 PeerEvent::Presence(b"aw".to_vec()),
-                Handoff::Wait
+                Handoff::MayDrop
             ))
         );
     }

@@ -163,7 +163,9 @@ impl Room {
                 self.exists |= fresh > 0;
             }
             // Trimmed past this node's position: the store has it all.
-            Err(gap) => self.reload(&gap.to_string()).await,
+            Err(gap) => {
+                self.reload(&gap.to_string()).await;
+            }
         }
         if self.state.is_poisoned() {
             self.reload("a change stored by another node did not apply")
@@ -183,7 +185,9 @@ impl Room {
         self.kick_all(CloseReason::StorageFailure(format!(
             "the stored document changed under this server ({reason}); reconnect to resync"
         )));
-        self.reload(&reason).await;
+        if !self.reload(&reason).await {
+            return; // unloaded: the next connection loads it afresh
+        }
         self.remote = match self
             .cx
             .store
@@ -201,7 +205,7 @@ impl Room {
     /// Another node deleted the document (cluster mode): its connections
     /// here end as they would on the node that deleted it, and memory is
     /// not left holding what the store no longer has.
-    fn deleted_elsewhere(&mut self) {
+    pub(super) fn deleted_elsewhere(&mut self) {
         self.let_go(CloseReason::Deleted);
         info!(doc = %self.name, "document deleted by another node");
     }

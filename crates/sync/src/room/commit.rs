@@ -178,8 +178,9 @@ impl Room {
     }
 
     /// Loads the document again from the store, keeping presence; if that
-    /// fails, the room unloads (its connections closed, what waits refused).
-    pub(super) async fn reload(&mut self, why: &str) {
+    /// fails, the room unloads (its connections closed, what waits
+    /// refused). `true` if it reloaded.
+    pub(super) async fn reload(&mut self, why: &str) -> bool {
         let config = &self.cx.config;
         let (store, clock) = (&*self.cx.store, self.cx.clock.clone());
         let result = loading::load(store, &self.name, config, clock, &self.cx.cpu).await;
@@ -189,6 +190,7 @@ impl Room {
                 self.meta = loaded.meta;
                 self.exists = loaded.exists;
                 info!(doc = %self.name, why, "document reloaded from storage");
+                true
             }
             Err(e) => {
                 // Without a trustworthy state the room must not serve; the
@@ -197,6 +199,7 @@ impl Room {
                 self.kick_all(CloseReason::StorageFailure(e.to_string()));
                 self.cx.rooms.remove_if(&self.name, self.instance);
                 self.refuse_waiting(e);
+                false
             }
         }
     }

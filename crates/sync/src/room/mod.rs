@@ -124,15 +124,21 @@ impl Room {
                         return; // the document was deleted
                     }
                 }
-                Some(followed) = recv_from(&mut self.remote) => match followed {
-                    Followed::Changes(entries) => self.handle_stored_elsewhere(entries).await,
-                    Followed::Lost(reason) => self.history_lost(reason).await,
-                },
+                // Before the log: a deletion heard must win over what the
+                // log then says of the keys it removed.
                 Some(event) = recv_from(&mut self.peers) => {
                     if !self.on_peer_event(event).await {
                         return; // the document was deleted
                     }
                 }
+                Some(followed) = recv_from(&mut self.remote) => match followed {
+                    Followed::Changes(entries) => self.handle_stored_elsewhere(entries).await,
+                    Followed::Lost(reason) => self.history_lost(reason).await,
+                    Followed::Deleted => {
+                        self.deleted_elsewhere();
+                        return;
+                    }
+                },
                 _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     if self.try_unload().await {
                         return;

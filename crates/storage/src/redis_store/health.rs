@@ -1,0 +1,121 @@
+//! What a node checks of the Redis it runs on.
+//!
+//! Redis must never evict weft's keys. Under any `maxmemory-policy` but
+//! `noeviction`, a Redis short of memory deletes keys: a document's log,
+//! its metadata or its sequence number, and with them acknowledged
+//! changes. A node refuses to start on such a Redis, and a running node
+//! checks again every 15 s and logs an error if the policy changed.
+//! A Redis that does not let weft read its configuration (a managed one
+//! may rename `CONFIG`) gets a warning at startup instead.
+//!
+//! The same round reads how much memory Redis holds (`INFO memory`) into
+//! the gauge `weft_redis_used_memory_bytes`: documents nobody has open
+//! still cost Redis memory, and this is where an operator sees it grow.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use tracing::{error, warn};
+
+/// The only safe policy.
+const SAFE: &str = "noeviction";
+
+/// How often a running node checks again.
+const EVERY: Duration = Duration::from_secs(15);
+
+/// Redis' `maxmemory-policy`, if it tells, or "noeviction" when it has no
+/// `maxmemory` (it then never evicts, whatever the policy says).
+async fn policy(conn: &mut impl ConnectionLike) -> redis::RedisResult<String> {
+    let (_, policy, _, max): (String, String, String, u64) = redis::pipe()
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory")
+        .query_async(conn)
+        .await
+        .map(|((a, b), (c, d)): ((String, String), (String, u64))| (a, b, c, d))?;
+    Ok(if max == 0 { SAFE.to_owned() } else { policy })
+}
+
+/// Redis' major version, from `INFO server`.
+async fn major_version(conn: &mut impl ConnectionLike) -> Option<u32> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))?
+        .split('.')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What is wrong with a Redis that evicts under `policy`, and what to do.
+fn unsafe_policy(policy: &str) -> String {
+    format!(
+        "its maxmemory-policy is {policy}: when it runs short of memory it deletes keys, and \
+         with them acknowledged changes and whole documents; set `maxmemory-policy noeviction` \
+         (then a full Redis refuses changes with 503 and every document stays readable)"
+    )
+}
+
+/// At startup: `Err` with the reason if Redis is too old for weft's
+/// scripts (7 declares their flags) or may evict weft's keys.
+pub(super) async fn check(conn: &mut impl ConnectionLike) -> Result<(), String> {
+    if let Some(major) = major_version(conn).await.filter(|&v| v < 7) {
+        return Err(format!(
+            "it is Redis {major}, and weft needs Redis 7 or later (its scripts declare that \
+             they write, so that a full Redis refuses them); upgrade Redis"
+        ));
+    }
+    match policy(conn).await {
+        Ok(policy) if policy == SAFE => Ok(()),
+        Ok(policy) => Err(unsafe_policy(&policy)),
+        Err(e) => {
+            warn!(
+                error = %e,
+                "cannot read Redis' maxmemory-policy; make sure it is noeviction, or Redis may \
+                 delete documents when it runs short of memory"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Memory Redis holds, from `INFO memory`.
+async fn used_memory(conn: &mut impl ConnectionLike) -> Option<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// While the node runs: the memory gauge, and an error in the log
+/// whenever the policy is found changed to one that evicts.
+pub(super) async fn keep_checking(mut conn: impl ConnectionLike) {
+    loop {
+        if let Some(bytes) = used_memory(&mut conn).await {
+            metrics::gauge!("weft_redis_used_memory_bytes").set(bytes as f64);
+        }
+        if let Ok(policy) = policy(&mut conn).await {
+            if policy != SAFE {
+                error!(
+                    reason = unsafe_policy(&policy),
+                    "Redis may delete weft's documents"
+                );
+            }
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
