@@ -39,18 +39,25 @@ async fn policy(conn: &mut impl ConnectionLike) -> redis::RedisResult<String> {
     Ok(if max == 0 { SAFE.to_owned() } else { policy })
 }
 
-/// Redis' major version, from `INFO server`.
-async fn major_version(conn: &mut impl ConnectionLike) -> Option<u32> {
+/// One field of one section of `INFO`.
+async fn info_field(conn: &mut impl ConnectionLike, section: &str, field: &str) -> Option<String> {
     let info: String = redis::cmd("INFO")
-        .arg("server")
+        .arg(section)
         .query_async(conn)
         .await
         .ok()?;
+    let prefix = format!("{field}:");
     info.lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))?
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Redis' major version, from `INFO server`.
+async fn major_version(conn: &mut impl ConnectionLike) -> Option<u32> {
+    info_field(conn, "server", "redis_version")
+        .await?
         .split('.')
         .next()?
-        .trim()
         .parse()
         .ok()
 }
@@ -89,14 +96,8 @@ pub(super) async fn check(conn: &mut impl ConnectionLike) -> Result<(), String> 
 
 /// Memory Redis holds, from `INFO memory`.
 async fn used_memory(conn: &mut impl ConnectionLike) -> Option<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
-        .await
-        .ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))?
-        .trim()
+    info_field(conn, "memory", "used_memory")
+        .await?
         .parse()
         .ok()
 }
