@@ -787,3 +787,23 @@ async fn a_follower_says_when_the_stored_history_is_not_the_one_it_followed() {
         .expect("in time");
     assert_eq!(heard, Some(Followed::Deleted));
 }
+
+#[tokio::test]
+async fn a_documents_info_says_what_redis_holds_for_it() {
+    let redis = RedisServer::start();
+    let node = store(&redis).await;
+    let doc = DocName::new("measured").expect("name");
+    let meta = node.load(&doc).await.expect("loads").meta;
+    let big = LogEntry {
+        update: vec![7; 64 * 1024],
+        ..entry(1)
+    };
+    node.append(&doc, &meta, &[big]).await.expect("appends");
+    let info = node.info(&doc).await.expect("reads").expect("stored");
+    let held = info.held_bytes.expect("Redis tells");
+    // The change itself, and the keys around it, but not wildly more.
+    assert!(
+        (64 * 1024..256 * 1024).contains(&held),
+        "{held} bytes held for a 64 KiB change"
+    );
+}
