@@ -71,8 +71,33 @@ impl DocState {
     /// node's pending changes in `fx`, numbered after the old `last_seq`,
     /// are renumbered to follow them, and `remote` is applied and delivered
     /// before them. Deliveries keep their order otherwise. Returns how far
-    /// this node's changes moved (how many of `remote` were new).
+    /// this node's changes moved.
     pub fn rebase(&mut self, remote: &[LogEntry], fx: &mut Effects) -> Result<u64, StoredGap> {
+        self.rebase_with(None, remote, fx)
+    }
+
+    /// As [`rebase`](Self::rebase), when the changes other nodes stored are
+    /// no longer logged one by one from this node's first pending one: a
+    /// snapshot holds them, up to its sequence number. `held_in` (that
+    /// snapshot as a stored change: its number, time and state) is applied
+    /// and delivered as the last of them (an update holding them all;
+    /// what this node already has of it changes nothing), then `remote`,
+    /// the log after it.
+    pub fn rebase_across(
+        &mut self,
+        held_in: &LogEntry,
+        remote: &[LogEntry],
+        fx: &mut Effects,
+    ) -> Result<u64, StoredGap> {
+        self.rebase_with(Some(held_in), remote, fx)
+    }
+
+    fn rebase_with(
+        &mut self,
+        held_in: Option<&LogEntry>,
+        remote: &[LogEntry],
+        fx: &mut Effects,
+    ) -> Result<u64, StoredGap> {
         let pending = fx.changes.len() as u64;
         let first_pending = self.last_seq + 1 - pending;
         // Take this node's changes back out of the window and the deliveries.
@@ -94,7 +119,13 @@ impl DocState {
         }
         fx.deliveries = others;
         fx.changes.clear();
-        let moved = self.apply_stored(remote, fx)?;
+        if let Some(snapshot) = held_in.filter(|s| s.seq > self.last_seq) {
+            // The numbers before it are in it: no change stands for them.
+            self.last_seq = snapshot.seq - 1;
+            self.apply_stored(std::slice::from_ref(snapshot), fx)?;
+        }
+        self.apply_stored(remote, fx)?;
+        let moved = self.last_seq - (first_pending - 1);
         for (change, origin) in mine {
             self.last_seq += 1;
             let change = Change {
@@ -183,5 +214,50 @@ mod tests {
         assert_eq!(recent, vec![1, 2, 3]);
         let t = text_of(s.doc());
         assert!(t.contains('m') && t.contains("xy"), "{t}");
+    }
+
+    #[test]
+    fn a_rebase_across_a_snapshot_takes_its_state_for_the_changes_it_holds() {
+        use yrs::{ReadTxn, StateVector, Transact};
+        let mut s = state(&empty());
+        let mine = Doc::new();
+        let mut fx = Effects::default();
+        s.receive(
+            1,
+            Access::ReadWrite,
+            Inbound::Update(incoming(edit(&mine, 0, "m"))),
+            &mut fx,
+        )
+        .expect("applies");
+
+        // Meanwhile another node stored #1..#5, then compacted them into a
+        // snapshot at #5 and trimmed the log; #6 follows it.
+        let other = Doc::new();
+        for (i, c) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            stored_entry(i as u64 + 1, &other, i as u32, c);
+        }
+        let held_in = LogEntry {
+            seq: 5,
+            at_ms: 7,
+            update: other
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        };
+        let tail = [stored_entry(6, &other, 5, "f")];
+        let moved = s.rebase_across(&held_in, &tail, &mut fx).expect("rebases");
+        assert_eq!(moved, 6);
+        assert_eq!(fx.changes.len(), 1);
+        assert_eq!(fx.changes[0].seq, 7, "ours follows the newest stored");
+        let seqs: Vec<u64> = fx
+            .deliveries
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Change { change, .. } => Some(change.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![5, 6, 7], "the snapshot stands for #1..#5");
+        let t = text_of(s.doc());
+        assert!(t.contains('m') && t.contains("abcdef"), "{t}");
     }
 }

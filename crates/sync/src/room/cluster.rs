@@ -90,20 +90,37 @@ impl Room {
         fx: &mut Effects,
         deferred: &mut [Deferred],
     ) -> Result<Vec<LogEntry>, StorageError> {
-        let remote = self
+        let mut remote = self
             .cx
             .store
             .read_log(&self.name, first.saturating_sub(1), usize::MAX)
             .await?;
+        // Compacted away behind a snapshot meanwhile: the snapshot holds
+        // them, and stands for them.
+        let mut held_in = None;
+        if remote.first().map(|e| e.seq) != Some(first) {
+            let stored = self.cx.store.load(&self.name).await?;
+            if let Some(snapshot) = stored.snapshot.filter(|s| s.seq >= first) {
+                held_in = Some(LogEntry {
+                    seq: snapshot.seq,
+                    at_ms: snapshot.taken_at_ms,
+                    update: snapshot.state,
+                });
+                remote = stored.log;
+            }
+        }
         let cpu = self.cx.cpu.clone();
         let state = &mut self.state;
-        let shift =
-            cpu.run(|| state.rebase(&remote, fx))
-                .await
-                .map_err(|gap| StorageError::Io {
-                    action: "catching up with other nodes",
-                    reason: gap.to_string(),
-                })?;
+        let rebased = cpu
+            .run(|| match &held_in {
+                Some(snapshot) => state.rebase_across(snapshot, &remote, fx),
+                None => state.rebase(&remote, fx),
+            })
+            .await;
+        let shift = rebased.map_err(|gap| StorageError::Io {
+            action: "catching up with other nodes",
+            reason: gap.to_string(),
+        })?;
         self.unsnapshotted += shift;
         // Viewers that joined during the batch were told its old numbers.
         for sub in self.subscribers.values_mut() {
