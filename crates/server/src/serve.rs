@@ -44,7 +44,9 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
         let store = RedisStore::connect(url.expose())
             .await
             .map_err(reported)?
-            .with_min_replicas(config.redis_min_replicas, config.redis_replica_wait);
+            .with_min_replicas(config.redis_min_replicas, config.redis_replica_wait)
+            .await
+            .map_err(reported)?;
         store
             .check_writable()
             .await

@@ -54,7 +54,7 @@ mod retrying;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManagerConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Cmd, Script};
 
@@ -85,6 +85,9 @@ const APPEND: &str = include_str!("redis_store/append.lua");
 /// See `redis_store/store_snapshot.lua`: a snapshot, the head, the trim.
 const STORE_SNAPSHOT: &str = include_str!("redis_store/store_snapshot.lua");
 
+/// See `redis_store/delete.lua`: a document, leaving its mark.
+const DELETE: &str = include_str!("redis_store/delete.lua");
+
 /// See `redis_store/release.lua`: the compaction lease, if still ours.
 const RELEASE: &str = include_str!("redis_store/release.lua");
 
@@ -96,6 +99,15 @@ const LEASE: Duration = Duration::from_secs(30);
 /// same time agree on its incarnation; short enough that a flood of reads
 /// of made-up names leaves Redis only this long's worth of them.
 pub const PROVISIONAL: Duration = Duration::from_secs(60 * 60);
+
+/// `--redis-min-replicas`: how many replicas must confirm a change, how
+/// long to wait for them, and the connection that waits.
+#[derive(Clone)]
+struct Replicas {
+    min: u32,
+    wait: Duration,
+    conn: ConnectionManager,
+}
 
 /// What `delete` leaves for a while, so that a node that missed the word
 /// on the events channel (its subscription was down) still learns that the
@@ -118,12 +130,15 @@ pub struct RedisStore {
     bus: Bus,
     /// Replicas that must have a change before it counts as stored, and
     /// how long to wait for them.
-    replicas: Option<(u32, Duration)>,
+    replicas: Option<Replicas>,
+    /// For the connection replicated appends get to themselves.
+    client: redis::Client,
     load: Script,
     read_meta_only: Script,
     append: Script,
     store_snapshot: Script,
     release: Script,
+    delete: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -226,11 +241,12 @@ impl RedisStore {
         let mut node = [0u8; 8];
         getrandom::fill(&mut node).map_err(|e| open(e.to_string(), None))?;
         let node = u64::from_le_bytes(node);
-        let bus = Bus::start(client, node);
+        let bus = Bus::start(client.clone(), node);
         bus.spawn(health::keep_checking(conn.clone()));
         Ok(RedisStore {
             bus,
             replicas: None,
+            client,
             conn,
             node,
             load: Script::new(LOAD),
@@ -238,14 +254,36 @@ impl RedisStore {
             append: Script::new(APPEND),
             store_snapshot: Script::new(STORE_SNAPSHOT),
             release: Script::new(RELEASE),
+            delete: Script::new(DELETE),
         })
     }
 
     /// A change counts as stored only once `min` replicas have it too,
     /// confirmed by `WAIT` within `wait`; 0: once the primary has it.
-    pub fn with_min_replicas(mut self, min: u32, wait: Duration) -> Self {
-        self.replicas = (min > 0).then_some((min, wait));
-        self
+    /// Replicated appends get a connection of their own: Redis holds up
+    /// whatever a connection sends after a `WAIT` until it returns, and
+    /// the node's loads, reads and presence must not wait for replicas.
+    pub async fn with_min_replicas(
+        mut self,
+        min: u32,
+        wait: Duration,
+    ) -> Result<Self, StorageError> {
+        if min == 0 {
+            return Ok(self);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_factor(2)
+            .set_max_delay(1000)
+            .set_number_of_retries(1)
+            .set_connection_timeout(Duration::from_secs(3))
+            .set_response_timeout(wait + Duration::from_secs(5));
+        let conn = self
+            .client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(io("opening the connection for replicated appends"))?;
+        self.replicas = Some(Replicas { min, wait, conn });
+        Ok(self)
     }
 
     fn conn(&self) -> Retrying {
@@ -288,6 +326,7 @@ impl RedisStore {
     /// script first if Redis does not have it (after a restart).
     async fn run_script<T: redis::FromRedisValue>(
         &self,
+        action: &'static str,
         script: &Script,
         pipe: &redis::Pipeline,
         conn: &mut impl redis::aio::ConnectionLike,
@@ -299,11 +338,9 @@ impl RedisStore {
                     .load_async(conn)
                     .await
                     .map_err(io("loading a script into Redis"))?;
-                pipe.query_async(conn)
-                    .await
-                    .map_err(io("appending changes"))
+                pipe.query_async(conn).await.map_err(io(action))
             }
-            sent => sent.map_err(io("appending changes")),
+            sent => sent.map_err(io(action)),
         }
     }
 
@@ -316,14 +353,19 @@ impl RedisStore {
     async fn append_replicated(
         &self,
         eval: Cmd,
-        min: u32,
-        wait: Duration,
+        replicas: &Replicas,
     ) -> Result<(u8, u64), StorageError> {
+        let Replicas { min, wait, .. } = *replicas;
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let mut pipe = redis::pipe();
         pipe.add_command(eval).cmd("WAIT").arg(min).arg(wait_ms);
         let ((ok, last), replicas): ((u8, u64), u32) = self
-            .run_script(&self.append, &pipe, &mut self.conn.0.clone())
+            .run_script(
+                "appending changes",
+                &self.append,
+                &pipe,
+                &mut replicas.conn.clone(),
+            )
             .await?;
         if ok == 1 && replicas < min {
             return Err(StorageError::Io {
@@ -335,6 +377,105 @@ impl RedisStore {
             });
         }
         Ok((ok, last))
+    }
+
+    /// One attempt at [`DocumentStore::load`].
+    async fn load_once(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
+        let fresh = DocMeta {
+            incarnation: {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).map_err(|e| StorageError::Io {
+                    action: "drawing a document incarnation id",
+                    reason: e.to_string(),
+                })?;
+                u64::from_le_bytes(b)
+            },
+            created_at_ms: now_ms(),
+        };
+        // The first node to load a name fixes its incarnation for all (for
+        // a while, if nobody writes it: see the module docs).
+        let loaded: redis::RedisResult<(Option<Vec<u8>>, bool, Option<u64>)> = self
+            .load
+            .key(key(doc, "meta"))
+            .key(DOCS)
+            .key(key(doc, "seq"))
+            .arg(encode_meta(&fresh)?)
+            .arg(PROVISIONAL.as_millis() as u64)
+            .arg(doc.as_str())
+            .invoke_async(&mut self.conn())
+            .await;
+        let (meta, exists, stored_seq) = match loaded {
+            Ok(loaded) => loaded,
+            // Redis is full and takes no writes: what is stored is read as
+            // it is, and a name never written (or whose provisional
+            // metadata expired) is served empty under this node's fresh
+            // metadata, which the first append stores if it ever can.
+            Err(e) if e.code() == Some("OOM") => {
+                let (meta, exists, seq) = self.read_without_writing(doc).await?;
+                match meta {
+                    None if !exists => (Some(encode_meta(&fresh)?), false, seq),
+                    meta => (meta, exists, seq),
+                }
+            }
+            Err(e) => return Err(io("loading document metadata")(e)),
+        };
+        let meta = match meta {
+            Some(meta) => decode_meta(doc, &meta)?,
+            None if exists => return Err(damaged(doc, "meta", "missing")),
+            None => {
+                return Err(StorageError::Io {
+                    action: "loading a document",
+                    reason: "its metadata vanished while loading".into(),
+                })
+            }
+        };
+        // Read before the log: every change up to it is in the log or in
+        // the snapshot, or it is lost.
+        let newest = match (stored_seq, exists) {
+            (Some(newest), true) => newest,
+            (None, false) => 0,
+            (None, true) => return Err(damaged(doc, "seq", "missing")),
+            // Changes without the metadata that says they were stored.
+            (Some(_), false) => return Err(damaged(doc, "meta", "missing")),
+        };
+        // Another node may store a newer snapshot and trim the log between
+        // reading the head and reading the log: the log must then follow on
+        // from the snapshot, or the load is tried again.
+        let mut lost = false;
+        for _ in 0..8 {
+            let head = self.head_id(doc).await?;
+            let snapshot = match head {
+                Some(id) => match self.get_snapshot(doc, id).await? {
+                    Some(snapshot) => Some(snapshot),
+                    // A newer head replaced it and pruning took it
+                    // meanwhile: look again. Gone from a head that
+                    // stays: damaged.
+                    None if self.head_id(doc).await? != head => continue,
+                    None => return Err(damaged(doc, "snapshots", "missing the head snapshot")),
+                },
+                None => None,
+            };
+            let after = snapshot.as_ref().map_or(0, |s| s.seq);
+            let log = self.read_log(doc, after, usize::MAX).await?;
+            // Short of the newest: trimmed behind a newer snapshot
+            // meanwhile (look again), or lost.
+            lost = log.last().map_or(after, |e| e.seq) < newest;
+            if !lost && log.first().is_none_or(|e| e.seq == after + 1) {
+                return Ok(StoredDoc {
+                    meta,
+                    // Another node's first append since the metadata was read.
+                    exists: exists || !log.is_empty(),
+                    snapshot,
+                    log,
+                });
+            }
+        }
+        if lost {
+            return Err(damaged(doc, "log", "missing changes up to the newest"));
+        }
+        Err(StorageError::Busy(
+            "the document's log kept being trimmed while it loaded",
+        ))
     }
 
     /// Whether the log already holds exactly `entries` (`newest` being the
@@ -362,7 +503,9 @@ impl RedisStore {
     async fn held_bytes(&self, doc: &DocName) -> Result<u64, StorageError> {
         let mut pipe = redis::pipe();
         for k in doc_keys(doc) {
-            pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+            // Redis' default sampling: counting every element of a long log
+            // would hold Redis up.
+            pipe.cmd("MEMORY").arg("USAGE").arg(k);
         }
         let each: Vec<Option<u64>> = pipe
             .query_async(&mut self.conn())
@@ -489,100 +632,12 @@ impl DocumentStore for RedisStore {
     }
 
     async fn load(&self, doc: &DocName) -> Result<StoredDoc, StorageError> {
-        let fresh = DocMeta {
-            incarnation: {
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b).map_err(|e| StorageError::Io {
-                    action: "drawing a document incarnation id",
-                    reason: e.to_string(),
-                })?;
-                u64::from_le_bytes(b)
-            },
-            created_at_ms: now_ms(),
-        };
-        // The first node to load a name fixes its incarnation for all (for
-        // a while, if nobody writes it: see the module docs).
-        let loaded: redis::RedisResult<(Option<Vec<u8>>, bool, Option<u64>)> = self
-            .load
-            .key(key(doc, "meta"))
-            .key(DOCS)
-            .key(key(doc, "seq"))
-            .arg(encode_meta(&fresh)?)
-            .arg(PROVISIONAL.as_millis() as u64)
-            .arg(doc.as_str())
-            .invoke_async(&mut self.conn())
-            .await;
-        let (meta, exists, stored_seq) = match loaded {
-            Ok(loaded) => loaded,
-            // Redis is full and takes no writes: what is stored is read as
-            // it is, and a name never written (or whose provisional
-            // metadata expired) is served empty under this node's fresh
-            // metadata, which the first append stores if it ever can.
-            Err(e) if e.code() == Some("OOM") => {
-                let (meta, exists, seq) = self.read_without_writing(doc).await?;
-                match meta {
-                    None if !exists => (Some(encode_meta(&fresh)?), false, seq),
-                    meta => (meta, exists, seq),
-                }
-            }
-            Err(e) => return Err(io("loading document metadata")(e)),
-        };
-        let meta = match meta {
-            Some(meta) => decode_meta(doc, &meta)?,
-            None if exists => return Err(damaged(doc, "meta", "missing")),
-            None => {
-                return Err(StorageError::Io {
-                    action: "loading a document",
-                    reason: "its metadata vanished while loading".into(),
-                })
-            }
-        };
-        // Read before the log: every change up to it is in the log or in
-        // the snapshot, or it is lost.
-        let newest = match (stored_seq, exists) {
-            (Some(newest), true) => newest,
-            (None, false) => 0,
-            (None, true) => return Err(damaged(doc, "seq", "missing")),
-            // Changes without the metadata that says they were stored.
-            (Some(_), false) => return Err(damaged(doc, "meta", "missing")),
-        };
-        // Another node may store a newer snapshot and trim the log between
-        // reading the head and reading the log: the log must then follow on
-        // from the snapshot, or the load is tried again.
-        let mut lost = false;
-        for _ in 0..8 {
-            let head = self.head_id(doc).await?;
-            let snapshot = match head {
-                Some(id) => match self.get_snapshot(doc, id).await? {
-                    Some(snapshot) => Some(snapshot),
-                    // A newer head replaced it and pruning took it
-                    // meanwhile: look again. Gone from a head that
-                    // stays: damaged.
-                    None if self.head_id(doc).await? != head => continue,
-                    None => return Err(damaged(doc, "snapshots", "missing the head snapshot")),
-                },
-                None => None,
-            };
-            let after = snapshot.as_ref().map_or(0, |s| s.seq);
-            let log = self.read_log(doc, after, usize::MAX).await?;
-            // Short of the newest: trimmed behind a newer snapshot
-            // meanwhile (look again), or lost.
-            lost = log.last().map_or(after, |e| e.seq) < newest;
-            if !lost && log.first().is_none_or(|e| e.seq == after + 1) {
-                return Ok(StoredDoc {
-                    meta,
-                    exists,
-                    snapshot,
-                    log,
-                });
-            }
+        // What looks damaged may have been a delete or a first write by
+        // another node between the reads: damaged only if it looks so twice.
+        match self.load_once(doc).await {
+            Err(StorageError::Corrupt { .. }) => self.load_once(doc).await,
+            loaded => loaded,
         }
-        if lost {
-            return Err(damaged(doc, "log", "missing changes up to the newest"));
-        }
-        Err(StorageError::Busy(
-            "the document's log kept being trimmed while it loaded",
-        ))
     }
 
     async fn append(
@@ -606,7 +661,12 @@ impl DocumentStore for RedisStore {
             .arg(encode_meta(meta)?)
             .arg(encode_incarnation(meta.incarnation)?)
             .arg(doc.as_str())
-            .arg(key(doc, EVENTS))
+            // Replicated: published below, once the replicas have it.
+            .arg(if self.replicas.is_some() {
+                String::new()
+            } else {
+                key(doc, EVENTS)
+            })
             .arg(self.event(APPENDED, &[]));
         for e in entries {
             eval.arg(e.seq).arg(record::encode(&LogRecord::of(e))?);
@@ -616,11 +676,28 @@ impl DocumentStore for RedisStore {
                 let mut pipe = redis::pipe();
                 pipe.add_command(eval);
                 let ((ok, last),): ((u8, u64),) = self
-                    .run_script(&self.append, &pipe, &mut self.conn())
+                    .run_script("appending changes", &self.append, &pipe, &mut self.conn())
                     .await?;
                 (ok, last)
             }
-            Some((min, wait)) => self.append_replicated(eval, min, wait).await?,
+            Some(ref replicas) => {
+                let (ok, last) = self.append_replicated(eval, replicas).await?;
+                if ok == 1 {
+                    // Other nodes hear of it only now (a lost message is
+                    // made up for by the next append's, or a reconnect).
+                    let announced: redis::RedisResult<i64> = self
+                        .conn()
+                        .publish(
+                            key(doc, EVENTS),
+                            self.event(APPENDED, last.to_string().as_bytes()),
+                        )
+                        .await;
+                    if let Err(e) = announced {
+                        tracing::warn!(%doc, error = %e, "could not tell other nodes of a replicated append");
+                    }
+                }
+                (ok, last)
+            }
         };
         match ok {
             1 => Ok(()),
@@ -781,21 +858,32 @@ impl DocumentStore for RedisStore {
     }
 
     async fn delete(&self, doc: &DocName) -> Result<bool, StorageError> {
-        // Published after the keys are gone, so a node that lets go of the
-        // document on hearing it and loads it again finds it empty.
+        // See delete.lua; the keys are gone before the word goes out, so a
+        // node that lets go of the document on hearing it and loads it
+        // again finds it empty.
         let keys = doc_keys(doc);
-        let (removed, _, _, _): (i64, (), i64, i64) = redis::pipe()
-            .atomic()
-            .del(&keys)
-            // Nodes that miss the word on the channel find this instead.
-            .pset_ex(key(doc, DELETED_MARK), 1, TOMBSTONE.as_millis() as u64)
-            .srem(DOCS, doc.as_str())
-            .publish(key(doc, EVENTS), self.event(DELETED, &[]))
-            // Not sent again after a dropped connection: it may have run,
-            // and the name may be written anew meanwhile.
-            .query_async(&mut self.conn.0.clone())
-            .await
-            .map_err(io("deleting a document"))?;
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.delete.get_hash())
+            .arg(keys.len() + 2)
+            .arg(&keys)
+            .arg(key(doc, DELETED_MARK))
+            .arg(DOCS)
+            .arg(doc.as_str())
+            .arg(TOMBSTONE.as_millis() as u64)
+            .arg(key(doc, EVENTS))
+            .arg(self.event(DELETED, &[]));
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval);
+        // Not sent again after a dropped connection: it may have run, and
+        // the name may be written anew meanwhile.
+        let (removed,): (i64,) = self
+            .run_script(
+                "deleting a document",
+                &self.delete,
+                &pipe,
+                &mut self.conn.0.clone(),
+            )
+            .await?;
         Ok(removed > 0)
     }
 

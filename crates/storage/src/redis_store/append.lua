@@ -20,7 +20,8 @@
 --          then the incarnation), so records of another schema version
 --          compare right
 -- ARGV[4]  the document's name
--- ARGV[5]  the document's events channel, weft:{doc}:events
+-- ARGV[5]  the document's events channel, weft:{doc}:events, or '' to
+--          publish nothing (the caller publishes once replicas confirmed)
 -- ARGV[6]  the start of the message telling other nodes of the append
 --          (the caller's node id and the APPENDED kind); the newest
 --          sequence number follows it
@@ -48,5 +49,5 @@ for i = 7, #ARGV, 2 do
   last = tonumber(ARGV[i])
 end
 redis.call('SET', KEYS[2], last)
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. last)
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6] .. last) end
 return {1, last}

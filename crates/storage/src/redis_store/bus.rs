@@ -374,14 +374,7 @@ async fn subscribe_all(
     let (mut sink, stream) = client.get_async_pubsub().await?.split();
     let wanted = shared.wanted();
     for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
-        tokio::time::timeout(REPLY_WAIT, sink.subscribe(chunk))
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((
-                    redis::ErrorKind::IoError,
-                    "Redis did not answer a subscribe in time",
-                ))
-            })??;
+        subscribe(&mut sink, chunk).await?;
         shared.mark_subscribed(chunk);
     }
     if !wanted.is_empty() {
@@ -423,11 +416,31 @@ async fn follow_changes(
     subscribe.sort_unstable();
     subscribe.dedup();
     if !subscribe.is_empty() {
-        sink.subscribe(&subscribe).await?;
+        self::subscribe(sink, &subscribe).await?;
         shared.mark_subscribed(&subscribe);
     }
     if !unsubscribe.is_empty() {
-        sink.unsubscribe(&unsubscribe).await?;
+        // One each, as for subscribing.
+        for channel in &unsubscribe {
+            sink.unsubscribe(channel).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Subscribes `channels`, one command each: redis-rs matches each of
+/// Redis' confirmations to the next command waiting for one, so a command
+/// naming several would let the later ones count as confirmed early.
+async fn subscribe(sink: &mut PubSubSink, channels: &[String]) -> redis::RedisResult<()> {
+    for channel in channels {
+        tokio::time::timeout(REPLY_WAIT, sink.subscribe(channel))
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "Redis did not answer a subscribe in time",
+                ))
+            })??;
     }
     Ok(())
 }

@@ -200,20 +200,27 @@ impl Follower {
     async fn read(&mut self) -> Result<Read, redis::RedisError> {
         let stream = key(&self.doc, "log");
         let options = StreamReadOptions::default().count(PAGE);
-        type Reply = (Option<Vec<u8>>, Option<u64>, bool, Option<StreamReadReply>);
+        type Reply = (
+            Option<Vec<u8>>,
+            Option<u64>,
+            Option<Vec<u8>>,
+            Option<StreamReadReply>,
+        );
         let (meta, newest, deleted, reply): Reply = redis::pipe()
             .get(key(&self.doc, "meta"))
             .get(key(&self.doc, "seq"))
-            .exists(key(&self.doc, super::DELETED_MARK))
+            .get(key(&self.doc, super::DELETED_MARK))
             .xread_options(&[stream.as_str()], &[stream_id(self.last)], &options)
             .query_async(&mut self.conn)
             .await?;
+        // This incarnation was deleted (and the name maybe written anew
+        // since) while this node did not hear it: let go of it as on
+        // hearing it.
+        let mark = deleted.and_then(|m| super::decode_meta(&self.doc, &m).ok());
+        if mark.is_some_and(|m| m.incarnation == self.incarnation) {
+            return Ok(Read::Deleted);
+        }
         if let Some(lost) = self.lost(meta.as_deref(), newest.unwrap_or(0)) {
-            // Deleted (and maybe written anew since) while this node did
-            // not hear it: let go of it as on hearing it.
-            if deleted {
-                return Ok(Read::Deleted);
-            }
             return Ok(Read::Lost(lost));
         }
         let Some(ids) = reply.and_then(|r| r.keys.into_iter().next()).map(|k| k.ids) else {

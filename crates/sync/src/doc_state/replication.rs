@@ -123,6 +123,10 @@ impl DocState {
             // The numbers before it are in it: no change stands for them.
             self.last_seq = snapshot.seq - 1;
             self.apply_stored(std::slice::from_ref(snapshot), fx)?;
+            // The document is now about the snapshot's size, with this
+            // node's pending changes on top (not the sum of both).
+            let mine_bytes: usize = mine.iter().map(|(c, _)| c.update.len()).sum();
+            self.size_estimate = (snapshot.update.len() + mine_bytes) as u64;
         }
         self.apply_stored(remote, fx)?;
         let moved = self.last_seq - (first_pending - 1);

@@ -121,7 +121,11 @@ impl Room {
             action: "catching up with other nodes",
             reason: gap.to_string(),
         })?;
-        self.unsnapshotted += shift;
+        // Changes a snapshot holds are not waiting for one.
+        self.unsnapshotted = match held_in {
+            Some(_) => remote.len() as u64,
+            None => self.unsnapshotted + shift,
+        };
         // Viewers that joined during the batch were told its old numbers.
         for sub in self.subscribers.values_mut() {
             if let Kind::Viewer { after } = &mut sub.kind {
@@ -133,6 +137,13 @@ impl Room {
         for d in deferred.iter_mut() {
             let id = match d {
                 Deferred::Applied(_, Ok(Some(id))) | Deferred::Changed(_, Some(id), _) => id,
+                // A read made during the batch holds none of theirs: it
+                // names the newest change before them, and resuming from it
+                // sends theirs and ours again.
+                Deferred::Read(_, read) => {
+                    read.id.seq = read.id.seq.min(first.saturating_sub(1));
+                    continue;
+                }
                 _ => continue,
             };
             if id.seq >= first {
