@@ -196,6 +196,19 @@ fn damaged(doc: &DocName, what: &str, problem: &str) -> StorageError {
     }
 }
 
+/// How the node's Redis connections reconnect: twice, 1 s apart, so that
+/// a Redis that is down fails startup fast, and a request while it is down
+/// within about a second (refused as unavailability; the next request
+/// tries again). A reply may take `response_timeout`.
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_factor(2)
+        .set_max_delay(1000)
+        .set_number_of_retries(1)
+        .set_connection_timeout(Duration::from_secs(3))
+        .set_response_timeout(response_timeout)
+}
+
 fn stream_id(seq: u64) -> String {
     format!("0-{seq}")
 }
@@ -218,17 +231,8 @@ impl RedisStore {
             reason,
             source,
         };
-        // A reconnection tries twice, 1 s apart: a Redis that is down fails
-        // startup fast, and a request while it is down within about a
-        // second (refused as unavailability; the next request tries again).
-        let config = ConnectionManagerConfig::new()
-            .set_factor(2)
-            .set_max_delay(1000)
-            .set_number_of_retries(1)
-            .set_connection_timeout(Duration::from_secs(3))
-            .set_response_timeout(Duration::from_secs(10));
         let conn = client
-            .get_connection_manager_with_config(config)
+            .get_connection_manager_with_config(manager_config(Duration::from_secs(10)))
             .await
             .map_err(|e| open(format!("cannot reach Redis: {e}"), Some(Box::new(e))))?;
         let mut conn = Retrying(conn);
@@ -271,15 +275,9 @@ impl RedisStore {
         if min == 0 {
             return Ok(self);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_factor(2)
-            .set_max_delay(1000)
-            .set_number_of_retries(1)
-            .set_connection_timeout(Duration::from_secs(3))
-            .set_response_timeout(wait + Duration::from_secs(5));
         let conn = self
             .client
-            .get_connection_manager_with_config(config)
+            .get_connection_manager_with_config(manager_config(wait + Duration::from_secs(5)))
             .await
             .map_err(io("opening the connection for replicated appends"))?;
         self.replicas = Some(Replicas { min, wait, conn });
@@ -304,22 +302,11 @@ impl RedisStore {
     /// The metadata of a document that exists (`None`: it does not, even
     /// if a node holds provisional metadata for the name).
     async fn meta(&self, doc: &DocName) -> Result<Option<DocMeta>, StorageError> {
-        let (bytes, exists) = self.read_meta(doc).await?;
+        let (bytes, exists, _) = self.read_without_writing(doc).await?;
         match bytes {
             Some(b) if exists => decode_meta(doc, &b).map(Some),
             _ => Ok(None),
         }
-    }
-
-    /// The metadata record of `doc` and whether it is stored, read without
-    /// writing anything.
-    async fn read_meta(&self, doc: &DocName) -> Result<(Option<Vec<u8>>, bool), StorageError> {
-        redis::pipe()
-            .get(key(doc, "meta"))
-            .sismember(DOCS, doc.as_str())
-            .query_async(&mut self.conn())
-            .await
-            .map_err(io("reading document metadata"))
     }
 
     /// Sends `pipe`, whose commands run `script` by its hash; loads the

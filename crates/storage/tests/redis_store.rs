@@ -547,7 +547,21 @@ async fn a_node_follows_hundreds_of_documents_on_two_connections_and_across_a_re
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Shutting down ends the node's subscription (its command connection
+    // goes with the store) and every follower: their rooms hear the end.
+    let before = connected_clients(&redis).await;
     node.shut_down().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while connected_clients(&redis).await != before - 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription outlived shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (_, log) in &mut followed {
+        assert_eq!(log.recv().await, None, "a follower outlived shutdown");
+    }
 }
 
 /// Makes `redis` full: its memory in use over `maxmemory`, under

@@ -263,7 +263,8 @@ impl Shared {
 
     /// Marks `channels` subscribed, lets their waiting listeners go, and
     /// has their log followers read again: an append announced before the
-    /// subscription held reached nobody here.
+    /// subscription held (or while the bus was reconnecting) reached nobody
+    /// here.
     fn mark_subscribed(&self, channels: &[String]) {
         let mut routes = self.routes();
         for channel in channels {
@@ -274,14 +275,6 @@ impl Shared {
                 });
                 route.logs.iter().for_each(|w| w.notify_one());
             }
-        }
-    }
-
-    /// Every log follower reads again: what was appended while the
-    /// subscription was down was announced to nobody here.
-    fn wake_followers(&self) {
-        for route in self.routes().values() {
-            route.logs.iter().for_each(|w| w.notify_one());
         }
     }
 }
@@ -313,7 +306,6 @@ async fn run(
         };
         delays = backoff();
         shared.unreachable.store(false, Ordering::Relaxed);
-        shared.wake_followers();
         let why = serve(&shared, &mut changes, &mut sink, &mut stream).await;
         match why {
             Some(why) => warn!(

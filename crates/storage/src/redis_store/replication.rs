@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use super::bus::{backoff, Listener};
 use super::retrying::Retrying;
 use super::{io, key, seq_of, stream_id, RedisStore};
-use crate::{DocMeta, DocName, Followed, LogEntry, PeerEvent, Replication, StorageError};
+use crate::{DocMeta, DocName, Followed, PeerEvent, Replication, StorageError};
 
 /// The channel nodes tell each other things on, and its message kinds.
 pub(super) const EVENTS: &str = "events";
@@ -145,39 +145,25 @@ struct Follower {
     wake: Arc<Notify>,
 }
 
-/// What one read of the log found.
-enum Read {
-    Changes(Vec<LogEntry>),
-    Nothing,
-    Deleted,
-    Lost(String),
-}
-
 impl Follower {
     async fn run(mut self) {
         let mut delays = backoff();
         loop {
             match self.read().await {
-                Ok(Read::Changes(entries)) => {
+                Ok(Some(followed)) => {
                     delays = backoff();
-                    let more = entries.len() >= PAGE;
-                    if self.tx.send(Followed::Changes(entries)).await.is_err() {
+                    // A full page: there may be more. A loss or deletion
+                    // is the last word (the room logs and counts it).
+                    let more = matches!(&followed, Followed::Changes(c) if c.len() >= PAGE);
+                    let last = !matches!(followed, Followed::Changes(_));
+                    if self.tx.send(followed).await.is_err() || last {
                         return;
                     }
                     if more {
                         continue;
                     }
                 }
-                Ok(Read::Nothing) => delays = backoff(),
-                Ok(Read::Deleted) => {
-                    let _ = self.tx.send(Followed::Deleted).await;
-                    return;
-                }
-                Ok(Read::Lost(reason)) => {
-                    tracing::error!(doc = %self.doc, %reason, "the stored history of a followed document changed under this node");
-                    let _ = self.tx.send(Followed::Lost(reason)).await;
-                    return;
-                }
+                Ok(None) => delays = backoff(),
                 Err(e) => {
                     tracing_warn(&self.doc, &e);
                     let wait = delays.next().unwrap_or(Duration::from_secs(5));
@@ -195,9 +181,10 @@ impl Follower {
     }
 
     /// What follows `last` in the log (up to [`PAGE`] changes), moving
-    /// `last` past it; nothing if nothing does, or if what does cannot be
-    /// read here (left to a reload: the room sees the gap).
-    async fn read(&mut self) -> Result<Read, redis::RedisError> {
+    /// `last` past it, or that the history followed is gone; nothing if
+    /// nothing follows, or if what does cannot be read here (left to a
+    /// reload: the room sees the gap).
+    async fn read(&mut self) -> Result<Option<Followed>, redis::RedisError> {
         let stream = key(&self.doc, "log");
         let options = StreamReadOptions::default().count(PAGE);
         type Reply = (
@@ -218,23 +205,23 @@ impl Follower {
         // hearing it.
         let mark = deleted.and_then(|m| super::decode_meta(&self.doc, &m).ok());
         if mark.is_some_and(|m| m.incarnation == self.incarnation) {
-            return Ok(Read::Deleted);
+            return Ok(Some(Followed::Deleted));
         }
         if let Some(lost) = self.lost(meta.as_deref(), newest.unwrap_or(0)) {
-            return Ok(Read::Lost(lost));
+            return Ok(Some(Followed::Lost(lost)));
         }
         let Some(ids) = reply.and_then(|r| r.keys.into_iter().next()).map(|k| k.ids) else {
-            return Ok(Read::Nothing);
+            return Ok(None);
         };
         let Some(newest) = ids.last().and_then(|e| seq_of(&e.id)) else {
-            return Ok(Read::Nothing);
+            return Ok(None);
         };
         self.last = newest;
         match RedisStore::decode_entries(&self.doc, StreamRangeReply { ids }) {
-            Ok(entries) => Ok(Read::Changes(entries)),
+            Ok(entries) => Ok(Some(Followed::Changes(entries))),
             Err(e) => {
                 tracing_warn(&self.doc, &e);
-                Ok(Read::Nothing)
+                Ok(None)
             }
         }
     }

@@ -152,6 +152,17 @@ mod tests {
     use crate::{Access, ConnId};
     use yrs::Doc;
 
+    /// The changes `fx` delivers: their numbers, and whose they are.
+    fn delivered(fx: &Effects) -> Vec<(u64, Option<ConnId>)> {
+        fx.deliveries
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Change { change, origin } => Some((change.seq, *origin)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn changes_stored_elsewhere_apply_in_order_skip_repeats_and_report_gaps() {
         let mut s = state(&empty());
@@ -205,15 +216,7 @@ mod tests {
         assert_eq!(fx.changes.len(), 1);
         assert_eq!(fx.changes[0].seq, 3, "ours now follows theirs");
         assert_eq!(s.last_seq(), 3);
-        let seqs: Vec<(u64, Option<ConnId>)> = fx
-            .deliveries
-            .iter()
-            .filter_map(|d| match d {
-                Delivery::Change { change, origin } => Some((change.seq, *origin)),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(seqs, vec![(1, None), (2, None), (3, Some(1))]);
+        assert_eq!(delivered(&fx), vec![(1, None), (2, None), (3, Some(1))]);
         let recent: Vec<u64> = s.recent().iter().map(|c| c.seq).collect();
         assert_eq!(recent, vec![1, 2, 3]);
         let t = text_of(s.doc());
@@ -252,15 +255,11 @@ mod tests {
         assert_eq!(moved, 6);
         assert_eq!(fx.changes.len(), 1);
         assert_eq!(fx.changes[0].seq, 7, "ours follows the newest stored");
-        let seqs: Vec<u64> = fx
-            .deliveries
-            .iter()
-            .filter_map(|d| match d {
-                Delivery::Change { change, .. } => Some(change.seq),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(seqs, vec![5, 6, 7], "the snapshot stands for #1..#5");
+        assert_eq!(
+            delivered(&fx),
+            vec![(5, None), (6, None), (7, Some(1))],
+            "the snapshot stands for #1..#5"
+        );
         let t = text_of(s.doc());
         assert!(t.contains('m') && t.contains("abcdef"), "{t}");
     }
