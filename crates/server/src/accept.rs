@@ -16,7 +16,10 @@
 //!   quiet; they cannot use up those that WebSockets and event streams
 //!   need, and a flood of them cannot keep a new client out either (it
 //!   would have to open more than the cap in the time the client needs to
-//!   send its headers).
+//!   send its headers). A place is taken in the accept loop itself, and
+//!   the loop accepts no more while [`MAX_UNCLOSED`] evicted connections
+//!   have yet to close their sockets (their tasks may not have run yet), so
+//!   the bound holds however far a flood runs ahead of the scheduler.
 //! - **Header deadline**: a pending connection that has not delivered its
 //!   first request's headers within `--header-timeout` is closed. HTTP/1.1
 //!   gives every later request on the connection the same deadline, counted
@@ -51,7 +54,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,6 +152,10 @@ pub async fn run(edge: Edge) {
     });
     let mut backoff = Backoff::default();
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = pending.room_to_accept() => {}
+        }
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -163,7 +170,8 @@ pub async fn run(edge: Edge) {
             },
         };
         backoff.reset();
-        tasks.spawn(connection(tcp, peer, pending.clone(), shared.clone()));
+        let state = Arc::new(ConnState::new(pending.clone()));
+        tasks.spawn(connection(tcp, peer, state, shared.clone()));
     }
 }
 
@@ -183,9 +191,10 @@ fn http_builder(limits: EdgeLimits) -> auto::Builder<TokioExecutor> {
 /// Each way of serving is boxed: the task holds only the one its
 /// connection takes, sized for it, rather than room for the largest (a TLS
 /// handshake, or hyper serving a TLS stream) on every plain connection.
-async fn connection(tcp: TcpStream, peer: SocketAddr, pending: Arc<Pending>, shared: Arc<Shared>) {
+async fn connection(tcp: TcpStream, peer: SocketAddr, state: Arc<ConnState>, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
-    let state = Arc::new(ConnState::new(pending));
+    // Dropped last, once the socket (owned by `serve`) is closed.
+    let _closed = SocketClosed(state.clone());
     let headers_due = after(shared.limits.header_timeout);
     let serve = async {
         match &shared.tls {
@@ -438,6 +447,14 @@ fn closed_for(reason: &'static str, peer: SocketAddr) {
     metrics::counter!("weft_connections_closed_total", "reason" => reason).increment(1);
 }
 
+/// How many connections closed to make room may still hold their sockets
+/// before the accept loop waits for them.
+const MAX_UNCLOSED: usize = 64;
+
+/// The longest the accept loop waits for evicted connections to close: a
+/// starved runtime must slow accepting down, never stop it.
+const UNCLOSED_WAIT: Duration = Duration::from_secs(1);
+
 /// The connections with nothing in flight (those that have not yet
 /// delivered a request's headers, and idle ones), oldest first, at most
 /// `max` of them.
@@ -445,6 +462,10 @@ struct Pending {
     places: Mutex<BTreeMap<u64, CancellationToken>>,
     next: AtomicU64,
     max: usize,
+    /// Connections evicted whose sockets are not closed yet.
+    unclosed: AtomicUsize,
+    /// Woken when an evicted connection's socket closes.
+    one_closed: Notify,
 }
 
 impl Pending {
@@ -453,6 +474,8 @@ impl Pending {
             places: Mutex::default(),
             next: AtomicU64::new(0),
             max: max.max(1),
+            unclosed: AtomicUsize::new(0),
+            one_closed: Notify::new(),
         }
     }
 
@@ -466,7 +489,12 @@ impl Pending {
                 let Some((_, oldest)) = places.pop_first() else {
                     break;
                 };
-                oldest.cancel();
+                // Under the lock, so a connection is counted once however
+                // it races its own close (`ConnState::socket_closed`).
+                if !oldest.is_cancelled() {
+                    self.unclosed.fetch_add(1, Ordering::AcqRel);
+                    oldest.cancel();
+                }
             }
             places.insert(id, evicted);
         }
@@ -474,6 +502,30 @@ impl Pending {
             pending: self.clone(),
             id,
         }
+    }
+}
+
+impl Pending {
+    /// Returns once fewer than [`MAX_UNCLOSED`] evicted connections hold
+    /// their sockets, or after [`UNCLOSED_WAIT`].
+    async fn room_to_accept(&self) {
+        let wait = async {
+            loop {
+                let closed = self.one_closed.notified();
+                if self.unclosed.load(Ordering::Acquire) < MAX_UNCLOSED {
+                    return;
+                }
+                closed.await;
+            }
+        };
+        let _ = tokio::time::timeout(UNCLOSED_WAIT, wait).await;
+    }
+
+    fn evicted_socket_closed(&self) {
+        let _ = self
+            .unclosed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.one_closed.notify_one();
     }
 }
 
@@ -582,12 +634,36 @@ impl ConnState {
             activity.in_flight = activity.in_flight.saturating_sub(1);
             if activity.in_flight == 0 {
                 activity.idle_since = Some(Instant::now());
-                if !self.closing.load(Ordering::Relaxed) {
+                if !self.closing.load(Ordering::Relaxed) && !self.evicted.is_cancelled() {
                     *place = Some(self.pending.admit(self.evicted.clone()));
                 }
             }
         }
         self.changed.notify_one();
+    }
+}
+
+impl ConnState {
+    /// The connection's socket is closed: it gives up its place, takes no
+    /// other, and if it was evicted, no longer counts as unclosed.
+    fn socket_closed(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        let place = self.inner.lock().ok().and_then(|mut inner| inner.1.take());
+        // Once its place is gone (it was in the set, or evicted from it,
+        // or never there while busy), nothing can evict it any more.
+        drop(place);
+        if self.evicted.is_cancelled() {
+            self.pending.evicted_socket_closed();
+        }
+    }
+}
+
+/// Marks the connection's socket closed when the connection task ends.
+struct SocketClosed(Arc<ConnState>);
+
+impl Drop for SocketClosed {
+    fn drop(&mut self) {
+        self.0.socket_closed();
     }
 }
 
@@ -709,6 +785,55 @@ mod tests {
         // The next arrival evicts the idle connection.
         let _later = pending.admit(CancellationToken::new());
         assert!(conn.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_counts_as_unclosed_until_its_socket_closes() {
+        let pending = Arc::new(Pending::new(1));
+        let first = Arc::new(ConnState::new(pending.clone()));
+        let second = ConnState::new(pending.clone());
+        assert!(first.evicted.is_cancelled());
+        assert_eq!(pending.unclosed.load(Ordering::Acquire), 1);
+        // A busy connection ending its request does not come back into the
+        // set once evicted, so it cannot be counted twice.
+        drop(first.request_started());
+        assert_eq!(pending.unclosed.load(Ordering::Acquire), 1);
+        first.socket_closed();
+        assert_eq!(pending.unclosed.load(Ordering::Acquire), 0);
+        // Closing one that was never evicted frees its place and counts
+        // nothing; the next arrival evicts no one.
+        second.socket_closed();
+        assert_eq!(pending.unclosed.load(Ordering::Acquire), 0);
+        let third = ConnState::new(pending.clone());
+        assert!(!second.evicted.is_cancelled() && !third.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn accepting_waits_while_too_many_evicted_sockets_are_open() {
+        use futures_util::FutureExt;
+        let pending = Arc::new(Pending::new(1));
+        let conns: Vec<_> = (0..=MAX_UNCLOSED)
+            .map(|_| ConnState::new(pending.clone()))
+            .collect();
+        assert_eq!(pending.unclosed.load(Ordering::Acquire), MAX_UNCLOSED);
+        let mut room = Box::pin(pending.room_to_accept());
+        assert!((&mut room).now_or_never().is_none(), "the loop waits");
+        conns[0].socket_closed();
+        assert!(
+            room.now_or_never().is_some(),
+            "one closed: it accepts again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_starved_runtime_slows_accepting_but_never_stops_it() {
+        let pending = Arc::new(Pending::new(1));
+        let _conns: Vec<_> = (0..=MAX_UNCLOSED)
+            .map(|_| ConnState::new(pending.clone()))
+            .collect();
+        let start = Instant::now();
+        pending.room_to_accept().await;
+        assert_eq!(start.elapsed(), UNCLOSED_WAIT);
     }
 
     #[tokio::test(start_paused = true)]
