@@ -39,10 +39,16 @@ use crate::webhooks::{self, WebhookConfig};
 /// The embedded sled store, or Redis in cluster mode. What Redis cannot do
 /// (webhooks) is refused before connecting to it.
 async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
-    if let Some(url) = &config.redis {
+    if config.is_cluster() {
         anyhow::ensure!(config.webhook_urls.is_empty(), WEBHOOKS_NEED_EMBEDDED);
-        let store = RedisStore::connect(url.expose())
-            .await
+    }
+    let redis = match (&config.redis, &config.redis_cluster) {
+        (_, Some(urls)) => Some(RedisStore::connect_cluster(&redis_nodes(urls.expose())?).await),
+        (Some(url), None) => Some(RedisStore::connect(url.expose()).await),
+        (None, None) => None,
+    };
+    if let Some(store) = redis {
+        let store = store
             .map_err(reported)?
             .with_min_replicas(config.redis_min_replicas, config.redis_replica_wait)
             .await
@@ -56,7 +62,7 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
     }
     anyhow::ensure!(
         config.redis_min_replicas == 0,
-        "--redis-min-replicas is for cluster mode: add --redis, or drop it"
+        "--redis-min-replicas is for cluster mode: add --redis or --redis-cluster, or drop it"
     );
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -73,6 +79,21 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
         .map_err(reported)
         .context("the data directory is not writable")?;
     Ok(Store::Embedded(Arc::new(store)))
+}
+
+/// The node URLs of `--redis-cluster`.
+fn redis_nodes(list: &str) -> anyhow::Result<Vec<String>> {
+    let nodes: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "--redis-cluster names no node: give one or more redis:// URLs, comma-separated"
+    );
+    Ok(nodes)
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -97,9 +118,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let router = app::router(running.state.clone());
     running.start_background(&config).await?;
 
-    match &config.redis {
-        Some(_) => info!("cluster mode: documents in Redis"),
-        None => info!(data_dir = %config.data_dir.display(), "store open"),
+    match (&config.redis, &config.redis_cluster) {
+        (_, Some(_)) => info!("cluster mode: documents in a Redis Cluster"),
+        (Some(_), None) => info!("cluster mode: documents in Redis"),
+        (None, None) => info!(data_dir = %config.data_dir.display(), "store open"),
     }
     // A stable line on stdout, for scripts and tests that asked for port 0;
     // the last one weft prints.

@@ -60,6 +60,18 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_REDIS", hide_env_values = true)]
     pub redis: Option<Secret>,
 
+    /// Cluster mode on a Redis Cluster: the URLs of some of its nodes,
+    /// comma-separated (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`; one
+    /// is enough, the others are found from it). Each document lives on
+    /// the shard that holds its slot, its messages too (sharded pub/sub).
+    #[arg(
+        long,
+        env = "WEFT_REDIS_CLUSTER",
+        hide_env_values = true,
+        conflicts_with = "redis"
+    )]
+    pub redis_cluster: Option<Secret>,
+
     /// Cluster mode: a change counts as stored, and is broadcast, only once
     /// this many Redis replicas have it too (`WAIT`), so that a failover to
     /// a replica loses nothing any client saw. 0: once the primary has it.
@@ -317,6 +329,11 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl ServeConfig {
+    /// Whether documents are in Redis (one server or a Redis Cluster).
+    pub fn is_cluster(&self) -> bool {
+        self.redis.is_some() || self.redis_cluster.is_some()
+    }
+
     pub fn retention(&self) -> weft_storage::RetentionPolicy {
         weft_storage::RetentionPolicy {
             keep_last: self.snapshot_keep_last,

@@ -203,7 +203,7 @@ async fn connection_loop(
     let mut last_heard = Instant::now();
     let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst);
     let doc_limits = app.config.engine().limits;
-    let cluster = app.config.redis.is_some();
+    let cluster = app.config.is_cluster();
     // Made once, not on every turn of the loop: each turn is one frame in
     // or out, and a fresh future would register its waker all over again.
     let shutdown = app.shutdown.cancelled();

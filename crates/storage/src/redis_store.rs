@@ -14,31 +14,33 @@
 //!   snapshot loads start from), `weft:{doc}:lease`
 //!   (which node may compact), `weft:{doc}:quarantine` (`c<seq>` for a
 //!   change, `s<id>` for a snapshot → a stored part that no longer
-//!   replays), and the set `weft:docs` of names.
+//!   replays). Every key of a document is in its slot: weft runs on a
+//!   Redis Cluster as on one server, each script on its document's shard.
 //! - Channel `weft:{doc}:events`: what nodes tell each other and never
 //!   store: awareness, that the document was deleted, and the presence
 //!   handshake of a node that has just loaded it (a question, and each
 //!   node's answer: the asker's id, then its awareness update), and that a
 //!   node appended (published by the append script). Each message is the
-//!   sender's node id (8 bytes), a kind byte, then the payload. A node
-//!   hears every document's channel over one subscription (`redis_store/bus.rs`).
+//!   sender's node id (8 bytes), a kind byte, then the payload. The
+//!   channel is sharded (`SPUBLISH`), so it too lives on the document's
+//!   shard. A node hears every document's channel over one subscription
+//!   (`redis_store/bus.rs`).
 //!
 //! Records are the same schema-versioned MessagePack as the sled store's.
 //!
-//! **When a document exists.** A document is in `weft:docs` once a change
-//! to it is stored; until then nothing of it is kept for good. Several
+//! **When a document exists.** A document is stored once a change to it
+//! is: its metadata is then permanent and its `seq` set, and listing finds
+//! it by those keys (`SCAN` on every primary); until then nothing of it is
+//! kept for good. Several
 //! nodes may load a never-written name at once and must agree on its
 //! incarnation (event ids carry it), so loading sets `meta` with `NX` and
 //! an expiry of [`PROVISIONAL`] (a later load renews it): every node that
 //! loads the name meanwhile gets the same metadata, and a name that is only
 //! ever read disappears by itself. The append script makes it permanent:
 //! it `PERSIST`s `meta` (or sets it from the metadata the node holds, if it
-//! expired) and adds the name to `weft:docs`, atomically with the first
-//! changes. It refuses an append whose incarnation is not the stored one
+//! expired), atomically with the first changes. It refuses an append whose incarnation is not the stored one
 //! (the name expired and another node created it anew, or it was deleted
-//! and recreated): [`StorageError::Recreated`], and the room reloads. The
-//! set is the one key outside the document's hash slot that the script
-//! touches, as `delete` already did (weft talks to a single primary).
+//! and recreated): [`StorageError::Recreated`], and the room reloads.
 //!
 //! Each Lua script is a file of its own beside this one (`redis_store/`),
 //! saying what it does and its KEYS and ARGV. What nodes tell each other
@@ -48,13 +50,13 @@
 
 mod bus;
 mod health;
+mod link;
 mod replication;
 mod retrying;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Cmd, Script};
 
@@ -64,6 +66,7 @@ use crate::record::{
     self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
 };
 use bus::Bus;
+use link::{Link, Target};
 use replication::{APPENDED, DELETED, EVENTS};
 use retrying::Retrying;
 
@@ -106,7 +109,7 @@ pub const PROVISIONAL: Duration = Duration::from_secs(60 * 60);
 struct Replicas {
     min: u32,
     wait: Duration,
-    conn: ConnectionManager,
+    conn: Link,
 }
 
 /// What `delete` leaves for a while, so that a node that missed the word
@@ -114,9 +117,6 @@ struct Replicas {
 /// document was deleted rather than lost; and for how long.
 const DELETED_MARK: &str = "deleted";
 const TOMBSTONE: Duration = Duration::from_secs(60 * 60);
-
-/// The set of every document's name.
-const DOCS: &str = "weft:docs";
 
 /// Documents in Redis; see the module docs for the layout.
 #[derive(Clone)]
@@ -131,8 +131,9 @@ pub struct RedisStore {
     /// Replicas that must have a change before it counts as stored, and
     /// how long to wait for them.
     replicas: Option<Replicas>,
-    /// For the connection replicated appends get to themselves.
-    client: redis::Client,
+    /// Where Redis is, for the connection replicated appends get to
+    /// themselves.
+    target: Target,
     load: Script,
     read_meta_only: Script,
     append: Script,
@@ -159,6 +160,28 @@ fn io(action: &'static str) -> impl Fn(redis::RedisError) -> StorageError {
 
 fn key(doc: &DocName, what: &str) -> String {
     format!("weft:{{{doc}}}:{what}")
+}
+
+/// The `SCAN` pattern of every document's `what` key.
+fn key_pattern(what: &str) -> String {
+    format!("weft:{{*}}:{what}")
+}
+
+/// The document whose `what` key `key` is.
+fn doc_of(key: &str, what: &str) -> Option<String> {
+    let name = key
+        .strip_prefix("weft:{")?
+        .strip_suffix(what)?
+        .strip_suffix("}:")?;
+    Some(name.to_owned())
+}
+
+fn bad_url(e: redis::RedisError) -> StorageError {
+    StorageError::Connect {
+        target: String::new(),
+        reason: format!("bad Redis URL ({e})"),
+        source: Some(Box::new(e)),
+    }
 }
 
 /// Every key one document may have.
@@ -196,19 +219,6 @@ fn damaged(doc: &DocName, what: &str, problem: &str) -> StorageError {
     }
 }
 
-/// How the node's Redis connections reconnect: twice, 1 s apart, so that
-/// a Redis that is down fails startup fast, and a request while it is down
-/// within about a second (refused as unavailability; the next request
-/// tries again). A reply may take `response_timeout`.
-fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_factor(2)
-        .set_max_delay(1000)
-        .set_number_of_retries(1)
-        .set_connection_timeout(Duration::from_secs(3))
-        .set_response_timeout(response_timeout)
-}
-
 fn stream_id(seq: u64) -> String {
     format!("0-{seq}")
 }
@@ -220,37 +230,44 @@ fn seq_of(id: &str) -> Option<u64> {
 impl RedisStore {
     /// Connects to Redis at `url` (`redis://[:password@]host:port/db`).
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url).map_err(|e| StorageError::Connect {
-            target: String::new(),
-            reason: format!("bad Redis URL ({e})"),
-            source: Some(Box::new(e)),
-        })?;
-        let target = format!(" at {}", client.get_connection_info().addr);
+        let target = Target::single(url).map_err(bad_url)?;
+        Self::open(target).await
+    }
+
+    /// Connects to the Redis Cluster that has the nodes at `urls` (one is
+    /// enough; the others are found from it).
+    pub async fn connect_cluster(urls: &[String]) -> Result<Self, StorageError> {
+        let target = Target::cluster(urls).map_err(bad_url)?;
+        Self::open(target).await
+    }
+
+    async fn open(target: Target) -> Result<Self, StorageError> {
+        let at = format!(" at {}", target.describe());
         let open = |reason: String, source: Option<Cause>| StorageError::Connect {
-            target: target.clone(),
+            target: at.clone(),
             reason,
             source,
         };
-        let conn = client
-            .get_connection_manager_with_config(manager_config(Duration::from_secs(10)))
+        let conn = target
+            .commands(Duration::from_secs(10))
             .await
             .map_err(|e| open(format!("cannot reach Redis: {e}"), Some(Box::new(e))))?;
         let mut conn = Retrying(conn);
-        health::check(&mut conn)
+        health::check(&mut conn.0)
             .await
             .map_err(|reason| StorageError::UnsafeRedis {
-                target: target.clone(),
+                target: at.clone(),
                 reason,
             })?;
         let mut node = [0u8; 8];
         getrandom::fill(&mut node).map_err(|e| open(e.to_string(), None))?;
         let node = u64::from_le_bytes(node);
-        let bus = Bus::start(client.clone(), node);
-        bus.spawn(health::keep_checking(conn.clone()));
+        let bus = Bus::start(target.clone(), node);
+        bus.spawn(health::keep_checking(conn.0.clone()));
         Ok(RedisStore {
             bus,
             replicas: None,
-            client,
+            target,
             conn,
             node,
             load: Script::new(LOAD),
@@ -276,8 +293,8 @@ impl RedisStore {
             return Ok(self);
         }
         let conn = self
-            .client
-            .get_connection_manager_with_config(manager_config(wait + Duration::from_secs(5)))
+            .target
+            .commands(wait + Duration::from_secs(5))
             .await
             .map_err(io("opening the connection for replicated appends"))?;
         self.replicas = Some(Replicas { min, wait, conn });
@@ -384,11 +401,9 @@ impl RedisStore {
         let loaded: redis::RedisResult<(Option<Vec<u8>>, bool, Option<u64>)> = self
             .load
             .key(key(doc, "meta"))
-            .key(DOCS)
             .key(key(doc, "seq"))
             .arg(encode_meta(&fresh)?)
             .arg(PROVISIONAL.as_millis() as u64)
-            .arg(doc.as_str())
             .invoke_async(&mut self.conn())
             .await;
         let (meta, exists, stored_seq) = match loaded {
@@ -502,17 +517,15 @@ impl RedisStore {
     }
 
     /// What `load.lua` reads, read in one step without writing anything:
-    /// the metadata record, whether the document is stored (listed, or its
-    /// metadata permanent), and its newest sequence number.
+    /// the metadata record, whether the document is stored (its metadata
+    /// permanent, or its newest sequence number set), and that number.
     async fn read_without_writing(
         &self,
         doc: &DocName,
     ) -> Result<(Option<Vec<u8>>, bool, Option<u64>), StorageError> {
         self.read_meta_only
             .key(key(doc, "meta"))
-            .key(DOCS)
             .key(key(doc, "seq"))
-            .arg(doc.as_str())
             .invoke_async(&mut self.conn())
             .await
             .map_err(io("reading document metadata"))
@@ -636,18 +649,16 @@ impl DocumentStore for RedisStore {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        // The script's hash, its 4 keys, then its arguments (see append.lua).
+        // The script's hash, its 3 keys, then its arguments (see append.lua).
         let mut eval = redis::cmd("EVALSHA");
         eval.arg(self.append.get_hash())
-            .arg(4)
+            .arg(3)
             .arg(key(doc, "log"))
             .arg(key(doc, "seq"))
             .arg(key(doc, "meta"))
-            .arg(DOCS)
             .arg(first.seq.saturating_sub(1))
             .arg(encode_meta(meta)?)
             .arg(encode_incarnation(meta.incarnation)?)
-            .arg(doc.as_str())
             // Replicated: published below, once the replicas have it.
             .arg(if self.replicas.is_some() {
                 String::new()
@@ -674,7 +685,7 @@ impl DocumentStore for RedisStore {
                     // made up for by the next append's, or a reconnect).
                     let announced: redis::RedisResult<i64> = self
                         .conn()
-                        .publish(
+                        .spublish(
                             key(doc, EVENTS),
                             self.event(APPENDED, last.to_string().as_bytes()),
                         )
@@ -851,11 +862,9 @@ impl DocumentStore for RedisStore {
         let keys = doc_keys(doc);
         let mut eval = redis::cmd("EVALSHA");
         eval.arg(self.delete.get_hash())
-            .arg(keys.len() + 2)
+            .arg(keys.len() + 1)
             .arg(&keys)
             .arg(key(doc, DELETED_MARK))
-            .arg(DOCS)
-            .arg(doc.as_str())
             .arg(TOMBSTONE.as_millis() as u64)
             .arg(key(doc, EVENTS))
             .arg(self.event(DELETED, &[]));
@@ -915,18 +924,38 @@ impl DocumentStore for RedisStore {
 
 #[async_trait]
 impl Catalogue for RedisStore {
+    /// Every stored document: those with a newest sequence number, and
+    /// those whose metadata is permanent (a document damaged by losing its
+    /// `seq` is listed, and `verify` reports it), found with `SCAN` on
+    /// every primary.
     async fn list(&self) -> Result<Vec<DocName>, StorageError> {
-        let names: Vec<String> = self
-            .conn()
-            .smembers(DOCS)
+        let mut conn = self.conn.0.clone();
+        let with_seq = conn
+            .keys_matching(&key_pattern("seq"))
             .await
             .map_err(io("listing documents"))?;
-        let mut docs: Vec<DocName> = names
+        let with_meta = conn
+            .keys_matching(&key_pattern("meta"))
+            .await
+            .map_err(io("listing documents"))?;
+        let mut docs: std::collections::BTreeSet<String> =
+            with_seq.iter().filter_map(|k| doc_of(k, "seq")).collect();
+        for name in with_meta.iter().filter_map(|k| doc_of(k, "meta")) {
+            if docs.contains(&name) {
+                continue;
+            }
+            let Ok(doc) = DocName::new(name.clone()) else {
+                continue;
+            };
+            // Provisional metadata (a name only ever read) is not a document.
+            if self.read_without_writing(&doc).await?.1 {
+                docs.insert(name);
+            }
+        }
+        Ok(docs
             .into_iter()
             .filter_map(|n| DocName::new(n).ok())
-            .collect();
-        docs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        Ok(docs)
+            .collect())
     }
 
     async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {

@@ -1,6 +1,13 @@
 //! The node's one subscription to what other nodes say: a single Redis
-//! pub/sub connection for every document this node has open, whatever
-//! their number.
+//! pub/sub connection (on a cluster, one per primary) for every document
+//! this node has open, whatever their number.
+//!
+//! The channels are sharded (`SSUBSCRIBE`, `SPUBLISH`; Redis 7): on a
+//! cluster a document's messages stay on its shard, and on one server they
+//! behave as plain channels do. The connection speaks RESP3, so messages
+//! arrive as pushes beside the replies. When a slot moves to another shard
+//! Redis drops its channels' subscriptions, and the bus then subscribes
+//! everything again on a fresh connection, as after a reconnect.
 //!
 //! Each open document has a route: the rooms listening to its events
 //! channel (presence, the presence handshake, deletion) and the followers
@@ -13,9 +20,9 @@
 //! follower, which then reads what was appended meanwhile: nothing stored
 //! by another node is missed, however long Redis was away.
 //!
-//! Written here rather than taken from a crate: redis-rs gives one
-//! subscription connection and its stream of messages, but neither
-//! routing to many listeners nor resubscribing after a reconnect. Every
+//! Written here rather than taken from a crate: redis-rs gives a
+//! subscription connection and its pushes, but neither routing to many
+//! listeners nor making good what a reconnect or a moved slot missed. Every
 //! task the bus starts is tracked and stops on [`Bus::shut_down`].
 
 use std::collections::HashMap;
@@ -24,13 +31,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::link::{Link, Target};
 use super::replication::{decode_event, Handoff, Heard};
 use crate::PeerEvent;
 
@@ -38,7 +45,7 @@ use crate::PeerEvent;
 /// it is handed its receiver anyway (the bus keeps trying until it holds).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 
-/// Channels per `SUBSCRIBE` or `UNSUBSCRIBE`.
+/// Channels subscribed or unsubscribed in one round.
 const SUBSCRIBE_CHUNK: usize = 512;
 
 /// How often the bus pings Redis on its subscription connection: a
@@ -107,7 +114,7 @@ impl Route {
 
 impl Bus {
     /// Starts the bus task; it connects in the background.
-    pub(super) fn start(client: redis::Client, node: u64) -> Bus {
+    pub(super) fn start(target: Target, node: u64) -> Bus {
         let (changed, changes) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node: node.to_le_bytes(),
@@ -117,7 +124,7 @@ impl Bus {
             tasks: TaskTracker::new(),
             unreachable: AtomicBool::new(false),
         });
-        shared.tasks.spawn(run(shared.clone(), client, changes));
+        shared.tasks.spawn(run(shared.clone(), target, changes));
         Bus { shared }
     }
 
@@ -234,6 +241,36 @@ impl Shared {
         }
     }
 
+    /// Handles one push from the subscription connection; `Some(why)` if
+    /// the connection can no longer be trusted to carry every message.
+    fn heard(&self, push: PushInfo) -> Option<&'static str> {
+        let mut data = push.data.into_iter();
+        let channel: Option<String> = data
+            .next()
+            .and_then(|c| redis::from_owned_redis_value(c).ok());
+        match (push.kind, channel) {
+            (PushKind::SMessage | PushKind::Message, Some(channel)) => {
+                if let Some(Ok(payload)) = data.next().map(redis::from_owned_redis_value::<Vec<u8>>)
+                {
+                    self.route(&channel, &payload);
+                }
+                None
+            }
+            (PushKind::Disconnection, _) => Some("the connection closed"),
+            // Redis let go of a channel still wanted: its slot moved to
+            // another shard. redis-rs would also take this for the reply
+            // to whatever command is in flight, so the connection is
+            // replaced (subscribing everything again, and every follower
+            // reads what it missed).
+            (PushKind::SUnsubscribe, Some(channel))
+                if self.routes().get(&channel).is_some_and(|r| r.subscribed) =>
+            {
+                Some("Redis dropped a subscription (its slot moved to another shard)")
+            }
+            _ => None,
+        }
+    }
+
     /// Gives `event` to one room without waiting for it: presence a busy
     /// room has no room for is dropped (the next replaces it); what must
     /// not be lost waits in a task of its own.
@@ -281,19 +318,16 @@ impl Shared {
 
 /// The bus task: connect, subscribe everything wanted, then route messages
 /// and follow changes of what is wanted until the connection drops; again.
-async fn run(
-    shared: Arc<Shared>,
-    client: redis::Client,
-    mut changes: mpsc::UnboundedReceiver<String>,
-) {
+async fn run(shared: Arc<Shared>, target: Target, mut changes: mpsc::UnboundedReceiver<String>) {
     let mut delays = backoff();
     loop {
+        let (to_bus, mut pushes) = mpsc::unbounded_channel();
         let connected = tokio::select! {
             () = shared.stop.cancelled() => return,
-            connected = subscribe_all(&shared, &client) => connected,
+            connected = subscribe_all(&shared, &target, to_bus) => connected,
         };
-        let (mut sink, mut stream) = match connected {
-            Ok(connection) => connection,
+        let mut conn = match connected {
+            Ok(conn) => conn,
             Err(e) => {
                 warn!(error = %e, "cannot subscribe to other nodes' messages in Redis; retrying");
                 shared.unreachable.store(true, Ordering::Relaxed);
@@ -306,7 +340,7 @@ async fn run(
         };
         delays = backoff();
         shared.unreachable.store(false, Ordering::Relaxed);
-        let why = serve(&shared, &mut changes, &mut sink, &mut stream).await;
+        let why = serve(&shared, &mut changes, &mut conn, &mut pushes).await;
         match why {
             Some(why) => warn!(
                 why,
@@ -322,37 +356,42 @@ async fn run(
 async fn serve(
     shared: &Shared,
     changes: &mut mpsc::UnboundedReceiver<String>,
-    sink: &mut PubSubSink,
-    stream: &mut PubSubStream,
+    conn: &mut Link,
+    pushes: &mut mpsc::UnboundedReceiver<PushInfo>,
 ) -> Option<&'static str> {
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         let answered = tokio::select! {
+            // Pushes first: the confirmation of an unsubscribe this task
+            // sent is then taken for what it is before the channel can be
+            // wanted again (see `Shared::heard`).
+            biased;
             () = shared.stop.cancelled() => return None,
+            push = pushes.recv() => match push {
+                Some(push) => shared.heard(push).map_or(Ok(Ok(())), |why| Ok(Err(why))),
+                None => return Some("the connection closed"),
+            },
             Some(first) = changes.recv() => {
-                // Every change waiting, in one SUBSCRIBE and one UNSUBSCRIBE.
+                // Every change waiting, in one round.
                 let mut channels = vec![first];
                 while channels.len() < SUBSCRIBE_CHUNK {
                     let Ok(next) = changes.try_recv() else { break };
                     channels.push(next);
                 }
-                tokio::time::timeout(REPLY_WAIT, follow_changes(shared, sink, channels)).await
+                tokio::time::timeout(REPLY_WAIT, follow_changes(shared, conn, channels))
+                    .await
+                    .map(|r| r.map_err(|_| "Redis refused a command"))
             }
-            message = stream.next() => match message {
-                Some(m) => {
-                    shared.route(m.get_channel_name(), m.get_payload_bytes());
-                    Ok(Ok(()))
-                }
-                None => return Some("the connection closed"),
-            },
             _ = heartbeat.tick() => {
-                tokio::time::timeout(REPLY_WAIT, sink.ping::<redis::Value>()).await.map(|r| r.map(drop))
+                tokio::time::timeout(REPLY_WAIT, redis::cmd("PING").query_async::<redis::Value>(conn))
+                    .await
+                    .map(|r| r.map(drop).map_err(|_| "Redis refused a command"))
             }
         };
         match answered {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Some("Redis refused a command"),
+            Ok(Err(why)) => return Some(why),
             Err(_) => return Some("Redis did not answer in time"),
         }
     }
@@ -361,12 +400,13 @@ async fn serve(
 /// A fresh connection subscribed to every channel wanted.
 async fn subscribe_all(
     shared: &Shared,
-    client: &redis::Client,
-) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
-    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+    target: &Target,
+    pushes: mpsc::UnboundedSender<PushInfo>,
+) -> redis::RedisResult<Link> {
+    let mut conn = target.subscriber(pushes, REPLY_WAIT).await?;
     let wanted = shared.wanted();
     for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
-        subscribe(&mut sink, chunk).await?;
+        subscribe(&mut conn, chunk).await?;
         shared.mark_subscribed(chunk);
     }
     if !wanted.is_empty() {
@@ -375,14 +415,14 @@ async fn subscribe_all(
             "subscribed to other nodes' messages again"
         );
     }
-    Ok((sink, stream))
+    Ok(conn)
 }
 
 /// Subscribes each of `channels` that gained its first listener, and
 /// unsubscribes each that lost its last.
 async fn follow_changes(
     shared: &Shared,
-    sink: &mut PubSubSink,
+    conn: &mut Link,
     channels: Vec<String>,
 ) -> redis::RedisResult<()> {
     let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
@@ -408,24 +448,26 @@ async fn follow_changes(
     subscribe.sort_unstable();
     subscribe.dedup();
     if !subscribe.is_empty() {
-        self::subscribe(sink, &subscribe).await?;
+        self::subscribe(conn, &subscribe).await?;
         shared.mark_subscribed(&subscribe);
     }
-    if !unsubscribe.is_empty() {
-        // One each, as for subscribing.
-        for channel in &unsubscribe {
-            sink.unsubscribe(channel).await?;
-        }
+    for channel in &unsubscribe {
+        redis::cmd("SUNSUBSCRIBE")
+            .arg(channel)
+            .exec_async(conn)
+            .await?;
     }
     Ok(())
 }
 
-/// Subscribes `channels`, one command each: redis-rs matches each of
-/// Redis' confirmations to the next command waiting for one, so a command
-/// naming several would let the later ones count as confirmed early.
-async fn subscribe(sink: &mut PubSubSink, channels: &[String]) -> redis::RedisResult<()> {
+/// Subscribes `channels` (sharded pub/sub: on a cluster, each on its
+/// document's shard), one command each: a command naming several would
+/// span shards, and each confirmation is matched to one command.
+async fn subscribe(conn: &mut Link, channels: &[String]) -> redis::RedisResult<()> {
     for channel in channels {
-        tokio::time::timeout(REPLY_WAIT, sink.subscribe(channel))
+        let mut ssubscribe = redis::cmd("SSUBSCRIBE");
+        ssubscribe.arg(channel);
+        tokio::time::timeout(REPLY_WAIT, ssubscribe.exec_async(conn))
             .await
             .map_err(|_| {
                 redis::RedisError::from((

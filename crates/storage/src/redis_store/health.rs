@@ -4,7 +4,8 @@
 //! `noeviction`, a Redis short of memory deletes keys: a document's log,
 //! its metadata or its sequence number, and with them acknowledged
 //! changes. A node refuses to start on such a Redis, and a running node
-//! checks again every 15 s and logs an error if the policy changed.
+//! checks again every 15 s and logs an error if the policy changed. On a
+//! Redis Cluster every primary is checked.
 //! A Redis that does not let weft read its configuration (a managed one
 //! may rename `CONFIG`) gets a warning at startup instead.
 //!
@@ -14,8 +15,11 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
+use std::collections::HashMap;
+
 use tracing::{error, warn};
+
+use super::link::Link;
 
 /// The only safe policy.
 const SAFE: &str = "noeviction";
@@ -23,43 +27,57 @@ const SAFE: &str = "noeviction";
 /// How often a running node checks again.
 const EVERY: Duration = Duration::from_secs(15);
 
-/// Redis' `maxmemory-policy`, if it tells, or "noeviction" when it has no
-/// `maxmemory` (it then never evicts, whatever the policy says).
-async fn policy(conn: &mut impl ConnectionLike) -> redis::RedisResult<String> {
-    let (_, policy, _, max): (String, String, String, u64) = redis::pipe()
-        .cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory")
-        .query_async(conn)
-        .await
-        .map(|((a, b), (c, d)): ((String, String), (String, u64))| (a, b, c, d))?;
-    Ok(if max == 0 { SAFE.to_owned() } else { policy })
+/// One setting of each primary's (`CONFIG GET`).
+async fn setting(conn: &mut Link, name: &str) -> redis::RedisResult<Vec<String>> {
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg(name);
+    conn.on_every_primary(&get)
+        .await?
+        .into_iter()
+        .map(|(_, reply)| {
+            let mut values: HashMap<String, String> = redis::from_owned_redis_value(reply)?;
+            Ok(values.remove(name).unwrap_or_default())
+        })
+        .collect()
 }
 
-/// One field of one section of `INFO`.
-async fn info_field(conn: &mut impl ConnectionLike, section: &str, field: &str) -> Option<String> {
-    let info: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(conn)
-        .await
-        .ok()?;
+/// The `maxmemory-policy` of a primary that may evict, if it tells, or
+/// "noeviction" when none may (one without `maxmemory` never evicts,
+/// whatever its policy says).
+async fn policy(conn: &mut Link) -> redis::RedisResult<String> {
+    let policies = setting(conn, "maxmemory-policy").await?;
+    let limits = setting(conn, "maxmemory").await?;
+    let evicting = policies
+        .into_iter()
+        .zip(limits)
+        .find(|(policy, max)| policy != SAFE && max.parse::<u64>().map_or(true, |m| m > 0));
+    Ok(evicting.map_or_else(|| SAFE.to_owned(), |(policy, _)| policy))
+}
+
+/// One field of one section of each primary's `INFO`.
+async fn info_field(conn: &mut Link, section: &str, field: &str) -> Option<Vec<String>> {
+    let mut info = redis::cmd("INFO");
+    info.arg(section);
+    let replies = conn.on_every_primary(&info).await.ok()?;
     let prefix = format!("{field}:");
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .map(|v| v.trim().to_owned())
+    replies
+        .into_iter()
+        .map(|(_, reply)| {
+            let text: String = redis::from_owned_redis_value(reply).ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|v| v.trim().to_owned())
+        })
+        .collect()
 }
 
-/// Redis' major version, from `INFO server`.
-async fn major_version(conn: &mut impl ConnectionLike) -> Option<u32> {
+/// The oldest primary's major version, from `INFO server`.
+async fn major_version(conn: &mut Link) -> Option<u32> {
     info_field(conn, "server", "redis_version")
         .await?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
+        .iter()
+        .filter_map(|v| v.split('.').next()?.parse().ok())
+        .min()
 }
 
 /// What is wrong with a Redis that evicts under `policy`, and what to do.
@@ -73,7 +91,7 @@ fn unsafe_policy(policy: &str) -> String {
 
 /// At startup: `Err` with the reason if Redis is too old for weft's
 /// scripts (7 declares their flags) or may evict weft's keys.
-pub(super) async fn check(conn: &mut impl ConnectionLike) -> Result<(), String> {
+pub(super) async fn check(conn: &mut Link) -> Result<(), String> {
     if let Some(major) = major_version(conn).await.filter(|&v| v < 7) {
         return Err(format!(
             "it is Redis {major}, and weft needs Redis 7 or later (its scripts declare that \
@@ -94,17 +112,18 @@ pub(super) async fn check(conn: &mut impl ConnectionLike) -> Result<(), String> 
     }
 }
 
-/// Memory Redis holds, from `INFO memory`.
-async fn used_memory(conn: &mut impl ConnectionLike) -> Option<u64> {
+/// Memory Redis holds (every primary's, summed), from `INFO memory`.
+async fn used_memory(conn: &mut Link) -> Option<u64> {
     info_field(conn, "memory", "used_memory")
         .await?
-        .parse()
-        .ok()
+        .iter()
+        .map(|v| v.parse::<u64>().ok())
+        .sum()
 }
 
 /// While the node runs: the memory gauge, and an error in the log
 /// whenever the policy is found changed to one that evicts.
-pub(super) async fn keep_checking(mut conn: impl ConnectionLike) {
+pub(super) async fn keep_checking(mut conn: Link) {
     loop {
         if let Some(bytes) = used_memory(&mut conn).await {
             metrics::gauge!("weft_redis_used_memory_bytes").set(bytes as f64);

@@ -78,7 +78,7 @@ impl Replication for RedisStore {
     async fn publish_presence(&self, doc: &DocName, update: &[u8]) -> Result<(), StorageError> {
         let _: i64 = self
             .conn()
-            .publish(key(doc, EVENTS), self.event(PRESENCE, update))
+            .spublish(key(doc, EVENTS), self.event(PRESENCE, update))
             .await
             .map_err(io("publishing presence"))?;
         Ok(())
@@ -87,7 +87,7 @@ impl Replication for RedisStore {
     async fn ask_presence(&self, doc: &DocName) -> Result<usize, StorageError> {
         let receivers: i64 = self
             .conn()
-            .publish(key(doc, EVENTS), self.event(PRESENCE_WANTED, &[]))
+            .spublish(key(doc, EVENTS), self.event(PRESENCE_WANTED, &[]))
             .await
             .map_err(io("asking other nodes for presence"))?;
         // Every node subscribed to the channel got it, the asker included.
@@ -105,7 +105,7 @@ impl Replication for RedisStore {
         payload.extend_from_slice(update);
         let _: i64 = self
             .conn()
-            .publish(key(doc, EVENTS), self.event(PRESENCE_ANSWER, &payload))
+            .spublish(key(doc, EVENTS), self.event(PRESENCE_ANSWER, &payload))
             .await
             .map_err(io("answering another node's presence question"))?;
         Ok(())

@@ -18,7 +18,8 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use super::link::Link;
+use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
 
 /// Pauses before each retry.
@@ -30,7 +31,7 @@ const PAUSES: [Duration; 3] = [
 
 /// The command connection, retrying what a brief outage failed.
 #[derive(Clone)]
-pub(super) struct Retrying(pub(super) ConnectionManager);
+pub(super) struct Retrying(pub(super) Link);
 
 /// Whether `e` says Redis was away for a moment rather than that the
 /// command is wrong.

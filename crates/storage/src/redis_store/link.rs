@@ -1,0 +1,239 @@
+//! Where the node's Redis is, and the connections it opens there: a single
+//! server (`--redis`) or a Redis Cluster (`--redis-cluster`).
+//!
+//! [`Target`] opens the two kinds of connection the store needs: commands
+//! (a connection manager on one server, redis-rs' cluster connection on a
+//! cluster, which sends each command to its key's shard and follows
+//! `MOVED`/`ASK` while slots move), and the bus's subscription (RESP3, so
+//! that sharded pub/sub messages arrive as pushes; on a cluster one
+//! connection per primary, subscribing each channel on its shard).
+//! [`Link`] is either, as one `ConnectionLike`, with the two things weft asks
+//! of every primary: a command run on each, and the keys matching a pattern.
+
+use std::time::Duration;
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture,
+    RedisResult, Value,
+};
+use tokio::sync::mpsc;
+
+/// How long opening a connection may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(3);
+
+/// Keys asked of `SCAN` per call.
+const SCAN_COUNT: usize = 1000;
+
+/// Where Redis is.
+#[derive(Clone)]
+pub(super) enum Target {
+    Single(redis::Client),
+    /// Some of the cluster's nodes; the rest are found from them.
+    Cluster(Vec<ConnectionInfo>),
+}
+
+impl Target {
+    /// `url` for one server; `urls` (one or more nodes) for a cluster.
+    pub(super) fn single(url: &str) -> RedisResult<Target> {
+        redis::Client::open(url).map(Target::Single)
+    }
+
+    pub(super) fn cluster(urls: &[String]) -> RedisResult<Target> {
+        let nodes = urls
+            .iter()
+            .map(|u| u.as_str().into_connection_info())
+            .collect::<RedisResult<Vec<_>>>()?;
+        // Checked here, so that a bad list fails at startup.
+        ClusterClient::new(nodes.clone())?;
+        Ok(Target::Cluster(nodes))
+    }
+
+    /// The server or nodes, for messages.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Target::Single(client) => client.get_connection_info().addr.to_string(),
+            Target::Cluster(nodes) => {
+                let all: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+                format!("the Redis Cluster of {}", all.join(", "))
+            }
+        }
+    }
+
+    /// A command connection: it reconnects by itself (twice, 1 s apart, on
+    /// one server, so that a Redis that is down fails a request within
+    /// about a second), and a reply may take `response_timeout`.
+    pub(super) async fn commands(&self, response_timeout: Duration) -> RedisResult<Link> {
+        match self {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_factor(2)
+                    .set_max_delay(1000)
+                    .set_number_of_retries(1)
+                    .set_connection_timeout(CONNECT_WAIT)
+                    .set_response_timeout(response_timeout);
+                let manager = client.get_connection_manager_with_config(config).await?;
+                Ok(Link::Managed(manager))
+            }
+            Target::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.clone())
+                    .connection_timeout(CONNECT_WAIT)
+                    .response_timeout(response_timeout)
+                    .retries(4)
+                    .build()?;
+                Ok(Link::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A RESP3 connection for subscriptions, its pushes (messages,
+    /// confirmations, and the library's word that a connection closed)
+    /// sent to `pushes`. It does not reconnect: the bus does.
+    pub(super) async fn subscriber(
+        &self,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+        response_timeout: Duration,
+    ) -> RedisResult<Link> {
+        match self {
+            Target::Single(client) => {
+                let mut info = client.get_connection_info().clone();
+                info.redis.protocol = ProtocolVersion::RESP3;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(CONNECT_WAIT)
+                    .set_response_timeout(response_timeout)
+                    .set_push_sender(pushes);
+                let conn = redis::Client::open(info)?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                Ok(Link::Plain(conn))
+            }
+            Target::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.clone())
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .connection_timeout(CONNECT_WAIT)
+                    .response_timeout(response_timeout)
+                    .push_sender(pushes)
+                    .build()?;
+                Ok(Link::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+}
+
+/// A connection to the server or the cluster.
+#[derive(Clone)]
+pub(super) enum Link {
+    Managed(ConnectionManager),
+    Plain(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Managed(c) => c.req_packed_command(cmd),
+            Link::Plain(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Managed(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Plain(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Managed(c) => c.get_db(),
+            Link::Plain(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Link {
+    /// Runs `cmd` on the server, or on every primary of the cluster: each
+    /// one's address (empty for a single server) and reply.
+    pub(super) async fn on_every_primary(
+        &mut self,
+        cmd: &Cmd,
+    ) -> RedisResult<Vec<(String, Value)>> {
+        match self {
+            Link::Cluster(c) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let Value::Map(replies) = c.route_command(cmd, routing).await? else {
+                    return Err(unexpected("a reply from each primary"));
+                };
+                replies
+                    .into_iter()
+                    .map(|(addr, reply)| Ok((redis::from_owned_redis_value(addr)?, reply)))
+                    .collect()
+            }
+            single => Ok(vec![(String::new(), cmd.query_async(single).await?)]),
+        }
+    }
+
+    /// Every key matching `pattern`, on the server or every primary.
+    pub(super) async fn keys_matching(&mut self, pattern: &str) -> RedisResult<Vec<String>> {
+        let mut keys = Vec::new();
+        for (node, first) in self.on_every_primary(&scan(0, pattern)).await? {
+            let (mut cursor, page): (u64, Vec<String>) = redis::from_owned_redis_value(first)?;
+            keys.extend(page);
+            while cursor != 0 {
+                let (next, page): (u64, Vec<String>) =
+                    self.on_node(&node, &scan(cursor, pattern)).await?;
+                keys.extend(page);
+                cursor = next;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Runs `cmd` on the node at `addr` (as [`Link::on_every_primary`]
+    /// names it), or on the single server.
+    async fn on_node<T: redis::FromRedisValue>(&mut self, addr: &str, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Link::Cluster(c) => {
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+                    .ok_or_else(|| unexpected("a node address host:port"))?;
+                let routing =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                redis::from_owned_redis_value(c.route_command(cmd, routing).await?)
+            }
+            single => cmd.query_async(single).await,
+        }
+    }
+}
+
+fn scan(cursor: u64, pattern: &str) -> Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_COUNT);
+    cmd
+}
+
+fn unexpected(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::TypeError,
+        "Redis' reply was not",
+        what.to_owned(),
+    ))
+}
