@@ -1,6 +1,8 @@
 //! Cluster mode end to end: a real `redis-server` on loopback and several
 //! weft nodes sharing it, spoken to as y-websocket editors and SSE viewers.
 
+#[path = "../../storage/tests/support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../../storage/tests/support/redis_server.rs"]
 mod redis_server;
 mod support;
@@ -10,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use redis_cluster::RedisCluster;
 use redis_server::RedisServer;
 use support::*;
 use tokio::time::{timeout, Instant};
@@ -156,15 +159,22 @@ fn assert_contiguous(ids: &[String]) {
 async fn editors_on_two_nodes_converge_and_a_viewer_on_a_third_resumes_on_any_node() {
     let redis = RedisServer::start();
     let (a, b, c) = (redis.node(&[]), redis.node(&[]), redis.node(&[]));
+    converge_and_resume(&a, &b, &c, "shared").await;
+}
 
-    let mut viewer = open_stream(&c.addr, "/sse/shared", &[]).await;
+/// Editors on `a` and `b` type into `doc` at once and converge; a viewer
+/// on `c` sees every change in one numbered order, drops, and resumes on
+/// `a` with exactly what it missed.
+async fn converge_and_resume(a: &Weft, b: &Weft, c: &Weft, doc: &str) {
+    let path = format!("/sse/{doc}");
+    let mut viewer = open_stream(&c.addr, &path, &[]).await;
     viewer.next().await; // retry
     let seen = Doc::new();
     let snapshot = viewer.next_change().await;
     assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
 
-    let mut on_a = Editor::connect(&a.url("shared"), Doc::new()).await;
-    let mut on_b = Editor::connect(&b.url("shared"), Doc::new()).await;
+    let mut on_a = Editor::connect(&a.url(doc), Doc::new()).await;
+    let mut on_b = Editor::connect(&b.url(doc), Doc::new()).await;
     // Both type at once, interleaved, without waiting for each other.
     let (from_a, from_b) = (tokens("a", 30), tokens("b", 30));
     for (x, y) in from_a.iter().zip(&from_b) {
@@ -194,7 +204,7 @@ async fn editors_on_two_nodes_converge_and_a_viewer_on_a_third_resumes_on_any_no
     for t in &more {
         on_b.type_text(t).await;
     }
-    let mut resumed = open_stream(&a.addr, "/sse/shared", &[("last-event-id", &last)]).await;
+    let mut resumed = open_stream(&a.addr, &path, &[("last-event-id", &last)]).await;
     resumed.next().await; // retry
     let first = resumed.next_change().await;
     assert_eq!(
@@ -468,7 +478,11 @@ async fn restoring_a_backup_into_a_cluster_is_refused_and_says_why() {
             && stderr.contains("--data-dir"),
         "{stderr}"
     );
-    assert_eq!(redis.cli(&["GET", "weft:{kept}:seq"]), stored, "nothing changed");
+    assert_eq!(
+        redis.cli(&["GET", "weft:{kept}:seq"]),
+        stored,
+        "nothing changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -916,4 +930,137 @@ async fn writers_on_three_nodes_with_aggressive_trimming_are_never_disconnected(
     }
     let texts: Vec<String> = editors.iter().map(|e| text(&e.doc)).collect();
     assert!(texts.iter().all(|t| t == &texts[0]), "editors converge");
+}
+
+/// A weft node on the Redis Cluster `cluster`.
+fn on_cluster(cluster: &RedisCluster, extra: &[&str]) -> Weft {
+    let urls = cluster.urls();
+    let mut args = vec!["--redis-cluster", urls.as_str()];
+    args.extend_from_slice(extra);
+    Weft::start(&args)
+}
+
+/// A document's key, as weft names it.
+fn doc_key(doc: &str, what: &str) -> String {
+    format!("weft:{{{doc}}}:{what}")
+}
+
+/// One document name whose keys live on each of the cluster's shards.
+fn one_doc_per_shard(cluster: &RedisCluster) -> Vec<String> {
+    let mut found: Vec<Option<String>> = vec![None; 3];
+    for i in 0..1000 {
+        let name = format!("sharded-{i}");
+        let owner = cluster.owner_of(cluster.slot_of(&doc_key(&name, "log")));
+        found[owner].get_or_insert(name);
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().flatten().collect();
+        }
+    }
+    panic!("no names found for every shard: {found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_documents_on_every_shard_converge_and_viewers_resume_on_any_node() {
+    let cluster = RedisCluster::start();
+    let (a, b, c) = (
+        on_cluster(&cluster, &[]),
+        on_cluster(&cluster, &[]),
+        on_cluster(&cluster, &[]),
+    );
+    let docs = one_doc_per_shard(&cluster);
+    for doc in &docs {
+        converge_and_resume(&a, &b, &c, doc).await;
+    }
+    // Each document is stored whole on its own shard.
+    for (shard, doc) in docs.iter().enumerate() {
+        for what in ["meta", "seq", "log"] {
+            let key = doc_key(doc, what);
+            assert_eq!(cluster.cli_on(shard, &["EXISTS", &key]), "1", "{key}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_live_documents_slot_to_another_shard_loses_nothing_any_client_saw() {
+    let cluster = RedisCluster::start();
+    let (a, b) = (on_cluster(&cluster, &[]), on_cluster(&cluster, &[]));
+    let doc = "moving";
+    let mut on_a = Editor::connect(&a.url(doc), Doc::new()).await;
+    let mut on_b = Editor::connect(&b.url(doc), Doc::new()).await;
+    let mut viewer = open_stream(&b.addr, &format!("/sse/{doc}"), &[]).await;
+    viewer.next().await; // retry
+    let seen = Doc::new();
+    let snapshot = viewer.next_change().await;
+    assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
+    let mut typed = vec!["<before>".to_owned()];
+    on_a.type_text(&typed[0]).await;
+    timeout(WAIT, on_b.wait_for(&typed))
+        .await
+        .expect("B gets it");
+
+    // The document's slot moves to another shard while both type: its
+    // commands meet ASK, then TRYAGAIN while its keys are split, then
+    // MOVED; the nodes' subscriptions to its channel are dropped by Redis.
+    let slot = cluster.slot_of(&doc_key(doc, "log"));
+    let (from, to) = (cluster.owner_of(slot), (cluster.owner_of(slot) + 1) % 3);
+    let moving = tokio::task::spawn_blocking(move || {
+        cluster.move_slot(slot, to, || std::thread::sleep(Duration::from_millis(150)));
+        cluster
+    });
+    let mut round = 0;
+    while !moving.is_finished() {
+        for (editor, who) in [(&mut on_a, "a"), (&mut on_b, "b")] {
+            let token = format!("<{who}{round}>");
+            editor.type_text(&token).await;
+            typed.push(token);
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let cluster = moving.await.expect("the slot moved");
+    assert_eq!(cluster.owner_of(slot), to);
+    assert!(
+        round > 5,
+        "typing went on throughout the move ({round} rounds)"
+    );
+    // On the new shard, each node hears the other's changes: its
+    // subscription to the document's channel followed the slot.
+    timeout(WAIT, on_a.wait_for(&typed))
+        .await
+        .expect("A has every change");
+    timeout(WAIT, on_b.wait_for(&typed))
+        .await
+        .expect("B has every change");
+    typed.push("<a-after>".to_owned());
+    on_a.type_text("<a-after>").await;
+    timeout(WAIT, on_b.wait_for(&typed))
+        .await
+        .expect("B hears A");
+    typed.push("<b-after>".to_owned());
+    on_b.type_text("<b-after>").await;
+    timeout(WAIT, on_a.wait_for(&typed))
+        .await
+        .expect("A has every change");
+    timeout(WAIT, on_b.wait_for(&typed))
+        .await
+        .expect("B has every change");
+    assert_eq!(text(&on_a.doc), text(&on_b.doc), "editors converge");
+    let ids = timeout(WAIT, view_until(&mut viewer, &seen, &typed))
+        .await
+        .expect("the viewer sees every change");
+    assert_contiguous(&ids);
+    // All of it is stored on the new shard and nothing is left on the old:
+    // a node that loads the document now gets every change.
+    assert_eq!(cluster.cli_on(to, &["EXISTS", &doc_key(doc, "log")]), "1");
+    let slot_arg = slot.to_string();
+    let left = cluster.cli_on(from, &["CLUSTER", "COUNTKEYSINSLOT", &slot_arg]);
+    assert_eq!(left, "0", "nothing left behind");
+    let c = on_cluster(&cluster, &[]);
+    let fresh = Editor::connect(&c.url(doc), Doc::new()).await;
+    for token in &typed {
+        assert!(
+            text(&fresh.doc).contains(token.as_str()),
+            "{token} was lost"
+        );
+    }
 }
