@@ -230,8 +230,14 @@ async fn converge_and_resume(a: &Weft, b: &Weft, c: &Weft, doc: &str) {
 async fn presence_crosses_nodes_and_goes_when_its_editor_leaves() {
     let redis = RedisServer::start();
     let (a, b) = (redis.node(&[]), redis.node(&[]));
-    let mut on_a = Editor::connect(&a.url("presence"), Doc::new()).await;
-    let mut on_b = Editor::connect(&b.url("presence"), Doc::new()).await;
+    presence_crosses(&a, &b, "presence").await;
+}
+
+/// Presence set on `a` reaches an editor of `doc` on `b`, and its removal
+/// too when the editor on `a` leaves.
+async fn presence_crosses(a: &Weft, b: &Weft, doc: &str) {
+    let mut on_a = Editor::connect(&a.url(doc), Doc::new()).await;
+    let mut on_b = Editor::connect(&b.url(doc), Doc::new()).await;
     send(&mut on_a.ws, presence(4242, 1, r#"{"user":"ada"}"#)).await;
     let deadline = Instant::now() + WAIT;
     loop {
@@ -961,16 +967,50 @@ fn one_doc_per_shard(cluster: &RedisCluster) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_redis_cluster_documents_on_every_shard_converge_and_viewers_resume_on_any_node() {
+    const ADMIN: &str = "cluster-admin-key-for-listing-0123456789";
     let cluster = RedisCluster::start();
     let (a, b, c) = (
-        on_cluster(&cluster, &[]),
+        on_cluster(&cluster, &["--admin-key", ADMIN]),
         on_cluster(&cluster, &[]),
         on_cluster(&cluster, &[]),
     );
     let docs = one_doc_per_shard(&cluster);
     for doc in &docs {
         converge_and_resume(&a, &b, &c, doc).await;
+        presence_crosses(&b, &c, doc).await;
     }
+    // Each node holds two connections to each primary, whatever the
+    // number of documents: its commands and its subscriptions.
+    for shard in 0..3 {
+        let clients = cluster.cli_on(shard, &["CLIENT", "LIST"]);
+        let weft = clients
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .count();
+        assert_eq!(weft, 3 * 2, "connections on shard {shard}:\n{clients}");
+    }
+    // Listing finds the documents on every shard.
+    let auth = format!("Bearer {ADMIN}");
+    let (status, body) = request(
+        &a.addr,
+        "GET",
+        "/admin/docs",
+        &[("authorization", &auth)],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let mut names: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    let mut expected: Vec<&str> = docs.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(names, expected);
     // Each document is stored whole on its own shard.
     for (shard, doc) in docs.iter().enumerate() {
         for what in ["meta", "seq", "log"] {
