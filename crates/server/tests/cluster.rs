@@ -952,10 +952,10 @@ fn doc_key(doc: &str, what: &str) -> String {
 }
 
 /// One document name whose keys live on each of the cluster's shards.
-fn one_doc_per_shard(cluster: &RedisCluster) -> Vec<String> {
+fn one_doc_per_shard(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
     let mut found: Vec<Option<String>> = vec![None; 3];
     for i in 0..1000 {
-        let name = format!("sharded-{i}");
+        let name = format!("{prefix}-{i}");
         let owner = cluster.owner_of(cluster.slot_of(&doc_key(&name, "log")));
         found[owner].get_or_insert(name);
         if found.iter().all(Option::is_some) {
@@ -974,10 +974,12 @@ async fn on_a_redis_cluster_documents_on_every_shard_converge_and_viewers_resume
         on_cluster(&cluster, &[]),
         on_cluster(&cluster, &[]),
     );
-    let docs = one_doc_per_shard(&cluster);
+    let docs = one_doc_per_shard(&cluster, "sharded");
     for doc in &docs {
         converge_and_resume(&a, &b, &c, doc).await;
-        presence_crosses(&b, &c, doc).await;
+    }
+    for doc in one_doc_per_shard(&cluster, "presence") {
+        presence_crosses(&b, &c, &doc).await;
     }
     // Each node holds two connections to each primary, whatever the
     // number of documents: its commands and its subscriptions.

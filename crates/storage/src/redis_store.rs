@@ -622,10 +622,15 @@ fn decode_snapshot(doc: &DocName, id: u64, bytes: &[u8]) -> Result<Snapshot, Sto
 
 #[async_trait]
 impl DocumentStore for RedisStore {
+    /// A script that declares it writes, on every primary: Redis refuses
+    /// it when full (OOM) or read-only, as it would an append.
     async fn check_writable(&self) -> Result<(), StorageError> {
-        let _: () = self
-            .conn()
-            .set("weft:probe", now_ms())
+        let mut probe = redis::cmd("EVAL");
+        probe.arg("#!lua\nreturn 1").arg(0);
+        self.conn
+            .0
+            .clone()
+            .on_every_primary(&probe)
             .await
             .map_err(io("checking Redis takes writes"))?;
         Ok(())
@@ -700,7 +705,20 @@ impl DocumentStore for RedisStore {
         match ok {
             1 => Ok(()),
             2 => Err(StorageError::Recreated(doc.to_string())),
-            _ if self.holds(doc, entries, last).await? => Ok(()),
+            // Sent twice (a cluster connection resends after a dropped
+            // connection) and stored by the first: with replicas required,
+            // the second `WAIT` proves nothing about them.
+            _ if self.holds(doc, entries, last).await? => match self.replicas {
+                None => Ok(()),
+                Some(Replicas { min, .. }) => Err(StorageError::Io {
+                    action: "waiting for Redis replicas",
+                    reason: format!(
+                        "the change was stored, but the connection dropped before {min} \
+                         replicas (--redis-min-replicas) could confirm it, so it was not \
+                         acknowledged; its writers resync"
+                    ),
+                }),
+            },
             // Behind what this node has seen stored: history went back.
             _ if last + 1 < first.seq => Err(damaged(
                 doc,
@@ -734,7 +752,13 @@ impl DocumentStore for RedisStore {
             .query_async(&mut self.conn.0.clone())
             .await
             .map_err(io("taking the compaction lease"))?;
-        if got.is_none() {
+        // A cluster connection resends a command after a dropped
+        // connection: a lease its first try took is this node's.
+        let ours = || async {
+            let holds: Option<String> = conn.clone().get(&lease).await.ok().flatten();
+            holds.as_deref() == Some(holder.as_str())
+        };
+        if got.is_none() && !ours().await {
             // Another node is compacting this document right now; its
             // snapshot serves everyone.
             return Err(StorageError::Busy(

@@ -1,5 +1,5 @@
 //! The node's one subscription to what other nodes say: a single Redis
-//! pub/sub connection (on a cluster, one per primary) for every document
+//! pub/sub connection (on a cluster, one to each node) for every document
 //! this node has open, whatever their number.
 //!
 //! The channels are sharded (`SSUBSCRIBE`, `SPUBLISH`; Redis 7): on a

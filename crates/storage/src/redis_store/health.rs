@@ -27,31 +27,26 @@ const SAFE: &str = "noeviction";
 /// How often a running node checks again.
 const EVERY: Duration = Duration::from_secs(15);
 
-/// One setting of each primary's (`CONFIG GET`).
-async fn setting(conn: &mut Link, name: &str) -> redis::RedisResult<Vec<String>> {
-    let mut get = redis::cmd("CONFIG");
-    get.arg("GET").arg(name);
-    conn.on_every_primary(&get)
-        .await?
-        .into_iter()
-        .map(|(_, reply)| {
-            let mut values: HashMap<String, String> = redis::from_owned_redis_value(reply)?;
-            Ok(values.remove(name).unwrap_or_default())
-        })
-        .collect()
-}
-
 /// The `maxmemory-policy` of a primary that may evict, if it tells, or
 /// "noeviction" when none may (one without `maxmemory` never evicts,
-/// whatever its policy says).
+/// whatever its policy says). Both settings come from one reply per
+/// primary, so each policy is judged with its own primary's limit.
 async fn policy(conn: &mut Link) -> redis::RedisResult<String> {
-    let policies = setting(conn, "maxmemory-policy").await?;
-    let limits = setting(conn, "maxmemory").await?;
-    let evicting = policies
-        .into_iter()
-        .zip(limits)
-        .find(|(policy, max)| policy != SAFE && max.parse::<u64>().map_or(true, |m| m > 0));
-    Ok(evicting.map_or_else(|| SAFE.to_owned(), |(policy, _)| policy))
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg("maxmemory-policy").arg("maxmemory");
+    for (_, reply) in conn.on_every_primary(&get).await? {
+        let settings: HashMap<String, String> = redis::from_owned_redis_value(reply)?;
+        let policy = settings
+            .get("maxmemory-policy")
+            .map_or(SAFE, String::as_str);
+        let limit = settings
+            .get("maxmemory")
+            .and_then(|m| m.parse::<u64>().ok());
+        if policy != SAFE && limit != Some(0) {
+            return Ok(policy.to_owned());
+        }
+    }
+    Ok(SAFE.to_owned())
 }
 
 /// One field of one section of each primary's `INFO`.

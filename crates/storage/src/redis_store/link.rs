@@ -177,6 +177,17 @@ impl Link {
                 let Value::Map(replies) = c.route_command(cmd, routing).await? else {
                     return Err(unexpected("a reply from each primary"));
                 };
+                // redis-rs leaves out a primary it has no connection to: a
+                // listing or a check must not pass for the whole cluster
+                // with a shard missing.
+                let primaries = primaries(c).await?;
+                if replies.len() < primaries {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::ClusterDown,
+                        "not every primary of the Redis Cluster answered",
+                        format!("{} of {primaries}", replies.len()),
+                    )));
+                }
                 replies
                     .into_iter()
                     .map(|(addr, reply)| Ok((redis::from_owned_redis_value(addr)?, reply)))
@@ -218,6 +229,16 @@ impl Link {
             single => cmd.query_async(single).await,
         }
     }
+}
+
+/// How many primaries serve slots, as the cluster itself says
+/// (`CLUSTER INFO`'s `cluster_size`).
+async fn primaries(c: &mut ClusterConnection) -> RedisResult<usize> {
+    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(c).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("cluster_size:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| unexpected("CLUSTER INFO with cluster_size"))
 }
 
 fn scan(cursor: u64, pattern: &str) -> Cmd {

@@ -2,7 +2,8 @@
 //! 127.0.0.1 for tests (`redis-server --cluster-enabled yes` × 3, joined by
 //! `redis-cli --cluster create`), every write fsynced, killed when dropped.
 //! A cluster needs TCP: each node takes a client port and a bus port the
-//! system just handed out and let go. [`RedisCluster::move_slot`] moves one
+//! system just handed out and let go (a node that finds one taken exits,
+//! and is started again on others). [`RedisCluster::move_slot`] moves one
 //! slot, keys and all, to another primary, step by step as
 //! `redis-cli --cluster reshard` does, so a test can move the slot of the
 //! very document it is editing.
@@ -202,10 +203,21 @@ fn covers(range: &str, slot: u16) -> bool {
 }
 
 impl ClusterNode {
+    /// A node on ports just handed out; tried again on others if one was
+    /// taken meanwhile (the server then exits at once).
     fn spawn() -> ClusterNode {
+        for _ in 0..5 {
+            if let Some(node) = Self::try_spawn() {
+                return node;
+            }
+        }
+        panic!("redis-server did not start on five pairs of free ports");
+    }
+
+    fn try_spawn() -> Option<ClusterNode> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, bus) = (free_port(), free_port());
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--cluster-enabled",
@@ -228,18 +240,27 @@ impl ClusterNode {
             .spawn()
             .expect("redis-server on PATH (tests/run installs it: apt-get install redis-server)");
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Ours once it answers with the bus port it was given.
+        let port_arg = port.to_string();
+        while !Command::new("redis-cli")
+            .args(["-p", &port_arg, "CONFIG", "GET", "cluster-port"])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(&bus.to_string()))
+        {
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "redis-server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        ClusterNode {
+        Some(ClusterNode {
             child,
             port,
             _dir: dir,
-        }
+        })
     }
 }
 
