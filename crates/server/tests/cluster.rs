@@ -1106,3 +1106,39 @@ async fn moving_a_live_documents_slot_to_another_shard_loses_nothing_any_client_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_down_for_a_while_loses_nothing_and_every_document_crosses_nodes_after() {
+    let mut cluster = RedisCluster::start();
+    let (a, b) = (on_cluster(&cluster, &[]), on_cluster(&cluster, &[]));
+    let docs = one_doc_per_shard(&cluster, "shard");
+    let mut editors = Vec::new();
+    for doc in &docs {
+        let on_a = Editor::connect(&a.url(doc), Doc::new()).await;
+        let on_b = Editor::connect(&b.url(doc), Doc::new()).await;
+        editors.push((on_a, on_b));
+    }
+
+    // The third shard's primary dies (no replica takes over) while
+    // documents on the other shards are typed into; two seconds later it
+    // is back.
+    cluster.stop(2);
+    let mut typed = Vec::new();
+    for (i, (on_a, _)) in editors.iter_mut().enumerate().take(2) {
+        let token = format!("<while-{i}>");
+        on_a.type_text(&token).await;
+        typed.push(vec![token]);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.start_again(2);
+
+    // What was typed meanwhile crosses, and so does the document on the
+    // shard that was down.
+    for (i, token) in typed.iter().enumerate() {
+        timeout(WAIT, editors[i].1.wait_for(token))
+            .await
+            .unwrap_or_else(|_| panic!("{} lost what was typed while a shard was down", docs[i]));
+    }
+    let mut back = Editor::connect(&b.url(&docs[2]), Doc::new()).await;
+    crosses(&a, &docs[2], &mut back, "<back>").await;
+}

@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands, Cmd, Script};
+use redis::{AsyncCommands, Cmd};
 
 use crate::clock::now_ms;
 use crate::completeness::{self, DocRecords};
@@ -66,7 +66,7 @@ use crate::record::{
     self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
 };
 use bus::Bus;
-use link::{Link, Target};
+use link::{Link, Lua, Target};
 use replication::{APPENDED, DELETED, EVENTS};
 use retrying::Retrying;
 
@@ -134,12 +134,12 @@ pub struct RedisStore {
     /// Where Redis is, for the connection replicated appends get to
     /// themselves.
     target: Target,
-    load: Script,
-    read_meta_only: Script,
-    append: Script,
-    store_snapshot: Script,
-    release: Script,
-    delete: Script,
+    load: Lua,
+    read_meta_only: Lua,
+    append: Lua,
+    store_snapshot: Lua,
+    release: Lua,
+    delete: Lua,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -270,12 +270,12 @@ impl RedisStore {
             target,
             conn,
             node,
-            load: Script::new(LOAD),
-            read_meta_only: Script::new(READ_META),
-            append: Script::new(APPEND),
-            store_snapshot: Script::new(STORE_SNAPSHOT),
-            release: Script::new(RELEASE),
-            delete: Script::new(DELETE),
+            load: Lua::new(LOAD),
+            read_meta_only: Lua::new(READ_META),
+            append: Lua::new(APPEND),
+            store_snapshot: Lua::new(STORE_SNAPSHOT),
+            release: Lua::new(RELEASE),
+            delete: Lua::new(DELETE),
         })
     }
 
@@ -326,26 +326,38 @@ impl RedisStore {
         }
     }
 
-    /// Sends `pipe`, whose commands run `script` by its hash; loads the
-    /// script first if Redis does not have it (after a restart).
-    async fn run_script<T: redis::FromRedisValue>(
+    /// Sends `pipe`, whose commands run `script` on `doc`'s keys (see
+    /// [`Lua::run`]), refused as `action`.
+    async fn run_script<T, C>(
         &self,
         action: &'static str,
-        script: &Script,
+        script: &Lua,
+        doc: &DocName,
         pipe: &redis::Pipeline,
-        conn: &mut impl redis::aio::ConnectionLike,
-    ) -> Result<T, StorageError> {
-        match pipe.query_async(conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-                script
-                    .prepare_invoke()
-                    .load_async(conn)
-                    .await
-                    .map_err(io("loading a script into Redis"))?;
-                pipe.query_async(conn).await.map_err(io(action))
-            }
-            sent => sent.map_err(io(action)),
-        }
+        conn: &mut C,
+    ) -> Result<T, StorageError>
+    where
+        T: redis::FromRedisValue,
+        C: redis::aio::ConnectionLike + AsMut<Link>,
+    {
+        script
+            .run(&key(doc, "meta"), pipe, conn)
+            .await
+            .map_err(io(action))
+    }
+
+    /// One call of `script` on `doc`'s keys, as a request of its own.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        script: &Lua,
+        doc: &DocName,
+        call: Cmd,
+        conn: &mut (impl redis::aio::ConnectionLike + AsMut<Link>),
+    ) -> redis::RedisResult<T> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(call);
+        let (reply,): (T,) = script.run(&key(doc, "meta"), &pipe, conn).await?;
+        Ok(reply)
     }
 
     /// Runs the append script and then `WAIT min`, in one request on one
@@ -356,6 +368,7 @@ impl RedisStore {
     /// writers resync.
     async fn append_replicated(
         &self,
+        doc: &DocName,
         eval: Cmd,
         replicas: &Replicas,
     ) -> Result<(u8, u64), StorageError> {
@@ -367,6 +380,7 @@ impl RedisStore {
             .run_script(
                 "appending changes",
                 &self.append,
+                doc,
                 &pipe,
                 &mut replicas.conn.clone(),
             )
@@ -398,14 +412,11 @@ impl RedisStore {
         };
         // The first node to load a name fixes its incarnation for all (for
         // a while, if nobody writes it: see the module docs).
-        let loaded: redis::RedisResult<(Option<Vec<u8>>, bool, Option<u64>)> = self
-            .load
-            .key(key(doc, "meta"))
-            .key(key(doc, "seq"))
-            .arg(encode_meta(&fresh)?)
-            .arg(PROVISIONAL.as_millis() as u64)
-            .invoke_async(&mut self.conn())
-            .await;
+        let mut load = self.load.call(&[key(doc, "meta"), key(doc, "seq")]);
+        load.arg(encode_meta(&fresh)?)
+            .arg(PROVISIONAL.as_millis() as u64);
+        let loaded: redis::RedisResult<(Option<Vec<u8>>, bool, Option<u64>)> =
+            self.call(&self.load, doc, load, &mut self.conn()).await;
         let (meta, exists, stored_seq) = match loaded {
             Ok(loaded) => loaded,
             // Redis is full and takes no writes: what is stored is read as
@@ -523,10 +534,10 @@ impl RedisStore {
         &self,
         doc: &DocName,
     ) -> Result<(Option<Vec<u8>>, bool, Option<u64>), StorageError> {
-        self.read_meta_only
-            .key(key(doc, "meta"))
-            .key(key(doc, "seq"))
-            .invoke_async(&mut self.conn())
+        let read = self
+            .read_meta_only
+            .call(&[key(doc, "meta"), key(doc, "seq")]);
+        self.call(&self.read_meta_only, doc, read, &mut self.conn())
             .await
             .map_err(io("reading document metadata"))
     }
@@ -655,13 +666,10 @@ impl DocumentStore for RedisStore {
             return Ok(());
         };
         // The script's hash, its 3 keys, then its arguments (see append.lua).
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(self.append.get_hash())
-            .arg(3)
-            .arg(key(doc, "log"))
-            .arg(key(doc, "seq"))
-            .arg(key(doc, "meta"))
-            .arg(first.seq.saturating_sub(1))
+        let mut eval = self
+            .append
+            .call(&[key(doc, "log"), key(doc, "seq"), key(doc, "meta")]);
+        eval.arg(first.seq.saturating_sub(1))
             .arg(encode_meta(meta)?)
             .arg(encode_incarnation(meta.incarnation)?)
             // Replicated: published below, once the replicas have it.
@@ -679,12 +687,18 @@ impl DocumentStore for RedisStore {
                 let mut pipe = redis::pipe();
                 pipe.add_command(eval);
                 let ((ok, last),): ((u8, u64),) = self
-                    .run_script("appending changes", &self.append, &pipe, &mut self.conn())
+                    .run_script(
+                        "appending changes",
+                        &self.append,
+                        doc,
+                        &pipe,
+                        &mut self.conn(),
+                    )
                     .await?;
                 (ok, last)
             }
             Some(ref replicas) => {
-                let (ok, last) = self.append_replicated(eval, replicas).await?;
+                let (ok, last) = self.append_replicated(doc, eval, replicas).await?;
                 if ok == 1 {
                     // Other nodes hear of it only now (a lost message is
                     // made up for by the next append's, or a reconnect).
@@ -777,29 +791,30 @@ impl DocumentStore for RedisStore {
                 reason: snapshot.reason,
                 state: snapshot.state,
             };
-            let _: i64 = self
-                .store_snapshot
-                .key(key(doc, "snapshots"))
-                .key(key(doc, "head"))
-                .key(key(doc, "head-seq"))
-                .key(key(doc, "log"))
-                .key(key(doc, "snapshot-index"))
+            let mut store = self.store_snapshot.call(&[
+                key(doc, "snapshots"),
+                key(doc, "head"),
+                key(doc, "head-seq"),
+                key(doc, "log"),
+                key(doc, "snapshot-index"),
+            ]);
+            store
                 .arg(id)
                 .arg(record::encode(&SnapshotRecord::of(&snapshot))?)
                 .arg(snapshot.seq)
                 .arg(keep_log_tail)
-                .arg(record::encode(&SnapshotIndexRecord::of(&snapshot))?)
-                .invoke_async(&mut conn)
+                .arg(record::encode(&SnapshotIndexRecord::of(&snapshot))?);
+            let _: i64 = self
+                .call(&self.store_snapshot, doc, store, &mut conn)
                 .await
                 .map_err(io("storing a snapshot"))?;
             Ok(id)
         }
         .await;
+        let mut release = self.release.call(std::slice::from_ref(&lease));
+        release.arg(&holder);
         let _: i64 = self
-            .release
-            .key(&lease)
-            .arg(&holder)
-            .invoke_async(&mut conn)
+            .call(&self.release, doc, release, &mut conn)
             .await
             .map_err(io("releasing the compaction lease"))?;
         result
@@ -883,13 +898,10 @@ impl DocumentStore for RedisStore {
         // See delete.lua; the keys are gone before the word goes out, so a
         // node that lets go of the document on hearing it and loads it
         // again finds it empty.
-        let keys = doc_keys(doc);
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(self.delete.get_hash())
-            .arg(keys.len() + 1)
-            .arg(&keys)
-            .arg(key(doc, DELETED_MARK))
-            .arg(TOMBSTONE.as_millis() as u64)
+        let mut keys = doc_keys(doc);
+        keys.push(key(doc, DELETED_MARK));
+        let mut eval = self.delete.call(&keys);
+        eval.arg(TOMBSTONE.as_millis() as u64)
             .arg(key(doc, EVENTS))
             .arg(self.event(DELETED, &[]));
         let mut pipe = redis::pipe();
@@ -900,6 +912,7 @@ impl DocumentStore for RedisStore {
             .run_script(
                 "deleting a document",
                 &self.delete,
+                doc,
                 &pipe,
                 &mut self.conn.0.clone(),
             )

@@ -57,6 +57,10 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// before the connection is taken for dead.
 const REPLY_WAIT: Duration = Duration::from_secs(5);
 
+/// On a cluster, how often channels whose shard did not take them are
+/// tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
 /// Waits between attempts to reach Redis: from 100 ms, doubling, up to 5 s,
 /// each with random jitter so that nodes do not come back in step.
 pub(super) fn backoff() -> ExponentialBackoff {
@@ -241,9 +245,8 @@ impl Shared {
         }
     }
 
-    /// Handles one push from the subscription connection; `Some(why)` if
-    /// the connection can no longer be trusted to carry every message.
-    fn heard(&self, push: PushInfo) -> Option<&'static str> {
+    /// Handles one push from the subscription connection.
+    fn heard(&self, push: PushInfo, cluster: bool) -> Result<(), Trouble> {
         let mut data = push.data.into_iter();
         let channel: Option<String> = data
             .next()
@@ -254,20 +257,26 @@ impl Shared {
                 {
                     self.route(&channel, &payload);
                 }
-                None
+                Ok(())
             }
-            (PushKind::Disconnection, _) => Some("the connection closed"),
+            // On a cluster, one node's connection: redis-rs connects it
+            // again, and the channels it carried are subscribed again.
+            (PushKind::Disconnection, _) if cluster => Err(Trouble::Resubscribe(
+                "a connection to a cluster node closed",
+            )),
+            (PushKind::Disconnection, _) => Err(Trouble::Replace("the connection closed")),
             // Redis let go of a channel still wanted: its slot moved to
-            // another shard. redis-rs would also take this for the reply
-            // to whatever command is in flight, so the connection is
-            // replaced (subscribing everything again, and every follower
-            // reads what it missed).
+            // another shard. redis-rs may take this for the reply to
+            // whatever command is in flight, so the connection is
+            // replaced.
             (PushKind::SUnsubscribe, Some(channel))
                 if self.routes().get(&channel).is_some_and(|r| r.subscribed) =>
             {
-                Some("Redis dropped a subscription (its slot moved to another shard)")
+                Err(Trouble::Replace(
+                    "Redis dropped a subscription (its slot moved to another shard)",
+                ))
             }
-            _ => None,
+            _ => Ok(()),
         }
     }
 
@@ -288,6 +297,16 @@ impl Shared {
                 }
             });
         }
+    }
+
+    /// Channels wanted but not subscribed (on a cluster, those whose
+    /// shard could not be reached).
+    fn unsubscribed(&self) -> Vec<String> {
+        self.routes()
+            .iter()
+            .filter(|(_, r)| !r.subscribed && r.is_wanted())
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     /// Every channel still wanted, as of now; forgets the others.
@@ -316,15 +335,26 @@ impl Shared {
     }
 }
 
+/// What the bus does about a problem with its connection.
+enum Trouble {
+    /// The connection cannot be trusted any more: replace it.
+    Replace(&'static str),
+    /// Some subscriptions may be gone (a cluster node's connection
+    /// dropped, or a node did not answer): make them all again on this
+    /// connection.
+    Resubscribe(&'static str),
+}
+
 /// The bus task: connect, subscribe everything wanted, then route messages
-/// and follow changes of what is wanted until the connection drops; again.
+/// and follow changes of what is wanted until the connection must be
+/// replaced; again.
 async fn run(shared: Arc<Shared>, target: Target, mut changes: mpsc::UnboundedReceiver<String>) {
     let mut delays = backoff();
     loop {
         let (to_bus, mut pushes) = mpsc::unbounded_channel();
         let connected = tokio::select! {
             () = shared.stop.cancelled() => return,
-            connected = subscribe_all(&shared, &target, to_bus) => connected,
+            connected = connect(&shared, &target, to_bus) => connected,
         };
         let mut conn = match connected {
             Ok(conn) => conn,
@@ -352,25 +382,27 @@ async fn run(shared: Arc<Shared>, target: Target, mut changes: mpsc::UnboundedRe
 }
 
 /// Routes messages and follows changes of what is wanted, and pings, until
-/// the connection fails (why) or the bus stops (`None`).
+/// the connection must be replaced (why) or the bus stops (`None`).
 async fn serve(
     shared: &Shared,
     changes: &mut mpsc::UnboundedReceiver<String>,
     conn: &mut Link,
     pushes: &mut mpsc::UnboundedReceiver<PushInfo>,
 ) -> Option<&'static str> {
+    let cluster = conn.is_cluster();
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + RETRY, RETRY);
     loop {
-        let answered = tokio::select! {
+        let outcome = tokio::select! {
             // Pushes first: the confirmation of an unsubscribe this task
             // sent is then taken for what it is before the channel can be
             // wanted again (see `Shared::heard`).
             biased;
             () = shared.stop.cancelled() => return None,
             push = pushes.recv() => match push {
-                Some(push) => shared.heard(push).map_or(Ok(Ok(())), |why| Ok(Err(why))),
-                None => return Some("the connection closed"),
+                Some(push) => shared.heard(push, cluster),
+                None => Err(Trouble::Replace("the connection closed")),
             },
             Some(first) = changes.recv() => {
                 // Every change waiting, in one round.
@@ -379,39 +411,44 @@ async fn serve(
                     let Ok(next) = changes.try_recv() else { break };
                     channels.push(next);
                 }
-                tokio::time::timeout(REPLY_WAIT, follow_changes(shared, conn, channels))
-                    .await
-                    .map(|r| r.map_err(|_| "Redis refused a command"))
+                follow_changes(shared, conn, channels).await
             }
-            _ = heartbeat.tick() => {
-                tokio::time::timeout(REPLY_WAIT, redis::cmd("PING").query_async::<redis::Value>(conn))
-                    .await
-                    .map(|r| r.map(drop).map_err(|_| "Redis refused a command"))
-            }
+            // On a cluster: channels whose shard could not be reached.
+            _ = retry.tick(), if cluster => subscribe(shared, conn, shared.unsubscribed()).await,
+            _ = heartbeat.tick() => ping(conn).await,
         };
-        match answered {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return Some(why),
-            Err(_) => return Some("Redis did not answer in time"),
+        match outcome {
+            Ok(()) => {}
+            Err(Trouble::Resubscribe(why)) if cluster => {
+                warn!(why, "subscribing to other nodes' messages again");
+                if let Err(Trouble::Replace(why)) = subscribe(shared, conn, shared.wanted()).await {
+                    return Some(why);
+                }
+            }
+            Err(Trouble::Resubscribe(why) | Trouble::Replace(why)) => return Some(why),
         }
     }
 }
 
-/// A fresh connection subscribed to every channel wanted.
-async fn subscribe_all(
+/// A fresh connection subscribed to every channel wanted (on a cluster,
+/// every one whose shard answers; the others are tried again each
+/// [`RETRY`]).
+async fn connect(
     shared: &Shared,
     target: &Target,
     pushes: mpsc::UnboundedSender<PushInfo>,
-) -> redis::RedisResult<Link> {
+) -> Result<Link, redis::RedisError> {
     let mut conn = target.subscriber(pushes, REPLY_WAIT).await?;
     let wanted = shared.wanted();
-    for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
-        subscribe(&mut conn, chunk).await?;
-        shared.mark_subscribed(chunk);
+    let count = wanted.len();
+    if let Err(Trouble::Replace(why) | Trouble::Resubscribe(why)) =
+        subscribe(shared, &mut conn, wanted).await
+    {
+        return Err(redis::RedisError::from((redis::ErrorKind::IoError, why)));
     }
-    if !wanted.is_empty() {
+    if count > 0 {
         info!(
-            channels = wanted.len(),
+            channels = count,
             "subscribed to other nodes' messages again"
         );
     }
@@ -424,7 +461,7 @@ async fn follow_changes(
     shared: &Shared,
     conn: &mut Link,
     channels: Vec<String>,
-) -> redis::RedisResult<()> {
+) -> Result<(), Trouble> {
     let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
     {
         let mut routes = shared.routes();
@@ -447,34 +484,103 @@ async fn follow_changes(
     }
     subscribe.sort_unstable();
     subscribe.dedup();
-    if !subscribe.is_empty() {
-        self::subscribe(conn, &subscribe).await?;
-        shared.mark_subscribed(&subscribe);
-    }
-    for channel in &unsubscribe {
-        redis::cmd("SUNSUBSCRIBE")
-            .arg(channel)
-            .exec_async(conn)
-            .await?;
+    self::subscribe(shared, conn, subscribe).await?;
+    let cluster = conn.is_cluster();
+    let replies = unsubscribe.iter().map(|channel| {
+        confirmed(
+            conn.clone(),
+            "SUNSUBSCRIBE",
+            PushKind::SUnsubscribe,
+            channel,
+        )
+    });
+    for done in futures_util::future::join_all(replies).await {
+        // Not subscribed any more either way, unless the reply was not
+        // the one asked for.
+        if let Err(why) = done {
+            if !cluster {
+                return Err(Trouble::Replace(why));
+            }
+        }
     }
     Ok(())
 }
 
 /// Subscribes `channels` (sharded pub/sub: on a cluster, each on its
-/// document's shard), one command each: a command naming several would
-/// span shards, and each confirmation is matched to one command.
-async fn subscribe(conn: &mut Link, channels: &[String]) -> redis::RedisResult<()> {
-    for channel in channels {
-        let mut ssubscribe = redis::cmd("SSUBSCRIBE");
-        ssubscribe.arg(channel);
-        tokio::time::timeout(REPLY_WAIT, ssubscribe.exec_async(conn))
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((
-                    redis::ErrorKind::IoError,
-                    "Redis did not answer a subscribe in time",
-                ))
-            })??;
+/// document's shard), one command each (a command naming several would
+/// span shards), all at once, and marks each that Redis confirmed. On one
+/// server any failure means the connection is gone; on a cluster the
+/// channels of a shard that did not answer stay unsubscribed, and are
+/// tried again.
+async fn subscribe(shared: &Shared, conn: &mut Link, channels: Vec<String>) -> Result<(), Trouble> {
+    if channels.is_empty() {
+        return Ok(());
+    }
+    let cluster = conn.is_cluster();
+    let replies = channels
+        .iter()
+        .map(|channel| confirmed(conn.clone(), "SSUBSCRIBE", PushKind::SSubscribe, channel));
+    let replies = futures_util::future::join_all(replies).await;
+    let mut held = Vec::with_capacity(channels.len());
+    let mut failed = 0;
+    for (channel, reply) in channels.into_iter().zip(replies) {
+        match reply {
+            Ok(()) => held.push(channel),
+            Err(why) if !cluster => return Err(Trouble::Replace(why)),
+            Err(_) => failed += 1,
+        }
+    }
+    shared.mark_subscribed(&held);
+    if failed > 0 {
+        warn!(
+            channels = failed,
+            "some shards of the Redis Cluster did not take subscriptions; trying again"
+        );
     }
     Ok(())
+}
+
+/// Sends `command channel` and checks that Redis' reply confirms exactly
+/// that (a reply out of step means the connection can no longer be
+/// trusted), within [`REPLY_WAIT`].
+async fn confirmed(
+    mut conn: Link,
+    command: &'static str,
+    kind: PushKind,
+    channel: &str,
+) -> Result<(), &'static str> {
+    let mut cmd = redis::cmd(command);
+    cmd.arg(channel);
+    let reply = tokio::time::timeout(REPLY_WAIT, cmd.query_async::<redis::Value>(&mut conn))
+        .await
+        .map_err(|_| "Redis did not answer in time")?
+        .map_err(|_| "Redis refused a command")?;
+    let redis::Value::Push { kind: got, data } = reply else {
+        return Err("Redis' reply was not a confirmation");
+    };
+    let about: Option<String> = data
+        .into_iter()
+        .next()
+        .and_then(|c| redis::from_owned_redis_value(c).ok());
+    if got == kind && about.as_deref() == Some(channel) {
+        Ok(())
+    } else {
+        Err("Redis confirmed another command than the one sent")
+    }
+}
+
+/// Asks Redis (every primary, on a cluster) for a sign of life.
+async fn ping(conn: &mut Link) -> Result<(), Trouble> {
+    let cluster = conn.is_cluster();
+    let pong = tokio::time::timeout(
+        REPLY_WAIT,
+        redis::cmd("PING").query_async::<redis::Value>(conn),
+    )
+    .await;
+    match pong {
+        Ok(Ok(_)) => Ok(()),
+        _ if cluster => Err(Trouble::Resubscribe("a cluster node did not answer a ping")),
+        Ok(Err(_)) => Err(Trouble::Replace("Redis refused a command")),
+        Err(_) => Err(Trouble::Replace("Redis did not answer in time")),
+    }
 }

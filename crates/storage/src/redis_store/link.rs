@@ -17,7 +17,9 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{
     Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture,
     RedisResult, Value,
@@ -125,6 +127,46 @@ impl Target {
     }
 }
 
+/// A Lua script, sent by its hash (`EVALSHA`). When Redis lacks it (after
+/// a restart), it is loaded onto the server that serves the key it runs
+/// on: on a cluster, that shard's primary only, since redis-rs' own
+/// loading asks every primary and fails while any one is down.
+#[derive(Clone)]
+pub(super) struct Lua {
+    source: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    pub(super) fn new(source: &'static str) -> Lua {
+        let hash = redis::Script::new(source).get_hash().to_owned();
+        Lua { source, hash }
+    }
+
+    /// `EVALSHA` of this script on `keys`; its arguments follow.
+    pub(super) fn call(&self, keys: &[String]) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys.len()).arg(keys);
+        cmd
+    }
+
+    /// Sends `pipe`, whose commands run this script on `key` (and keys
+    /// in its slot); loads the script there first if Redis lacks it.
+    pub(super) async fn run<T, C>(&self, key: &str, pipe: &Pipeline, conn: &mut C) -> RedisResult<T>
+    where
+        T: redis::FromRedisValue,
+        C: ConnectionLike + AsMut<Link>,
+    {
+        match pipe.query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                conn.as_mut().load_script(key, self.source).await?;
+                pipe.query_async(conn).await
+            }
+            sent => sent,
+        }
+    }
+}
+
 /// A connection to the server or the cluster.
 #[derive(Clone)]
 pub(super) enum Link {
@@ -164,7 +206,41 @@ impl ConnectionLike for Link {
     }
 }
 
+impl AsMut<Link> for Link {
+    fn as_mut(&mut self) -> &mut Link {
+        self
+    }
+}
+
 impl Link {
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Link::Cluster(_))
+    }
+
+    /// `SCRIPT LOAD` on the server; on a cluster, on the primary serving
+    /// `key` as redis-rs knows it, and on every other primary that answers
+    /// (a slot that moves takes its document's scripts calls to a primary
+    /// redis-rs may not know serves it yet).
+    async fn load_script(&mut self, key: &str, source: &str) -> RedisResult<()> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(source);
+        match self {
+            Link::Cluster(c) => {
+                let route = Route::new(slot_of(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let loaded = c.route_command(&load, routing).await.map(drop);
+                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(c).await?;
+                for (host, port) in reachable_primaries(&nodes) {
+                    let at =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                    let _ = c.route_command(&load, at).await;
+                }
+                loaded
+            }
+            single => load.query_async::<Value>(single).await.map(drop),
+        }
+    }
+
     /// Runs `cmd` on the server, or on every primary of the cluster: each
     /// one's address (empty for a single server) and reply.
     pub(super) async fn on_every_primary(
@@ -241,6 +317,37 @@ async fn primaries(c: &mut ClusterConnection) -> RedisResult<usize> {
         .ok_or_else(|| unexpected("CLUSTER INFO with cluster_size"))
 }
 
+/// The primaries `CLUSTER NODES` lists as connected and not failing.
+fn reachable_primaries(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let up =
+                flags.contains("master") && !flags.contains("fail") && !flags.contains("noaddr");
+            let connected = fields.get(7) == Some(&"connected");
+            // ip:port@cport[,hostname]
+            let addr = fields.get(1)?.split('@').next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            (up && connected).then(|| Some((host.to_owned(), port.parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the
+/// first `{…}` with something inside), or of the whole key, mod 16384.
+/// redis-rs keeps its own to itself.
+fn slot_of(key: &str) -> u16 {
+    let key = key.as_bytes();
+    let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16384
+}
+
 fn scan(cursor: u64, pattern: &str) -> Cmd {
     let mut cmd = redis::cmd("SCAN");
     cmd.arg(cursor)
@@ -257,4 +364,23 @@ fn unexpected(what: &'static str) -> redis::RedisError {
         "Redis' reply was not",
         what.to_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_of;
+
+    #[test]
+    fn slots_are_redis_cluster_slots() {
+        // Values from Redis' own `CLUSTER KEYSLOT`.
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("weft:{doc}:log"), slot_of("doc"));
+        assert_eq!(slot_of("weft:{doc}:meta"), slot_of("weft:{doc}:seq"));
+        assert_eq!(slot_of("{}foo"), slot_of("{}foo"));
+        assert_ne!(
+            slot_of("{}foo"),
+            slot_of("foo"),
+            "an empty tag hashes the whole key"
+        );
+    }
 }

@@ -33,6 +33,12 @@ const PAUSES: [Duration; 3] = [
 #[derive(Clone)]
 pub(super) struct Retrying(pub(super) Link);
 
+impl AsMut<Link> for Retrying {
+    fn as_mut(&mut self) -> &mut Link {
+        &mut self.0
+    }
+}
+
 /// Whether `e` says Redis was away for a moment rather than that the
 /// command is wrong.
 fn is_brief_outage(e: &RedisError) -> bool {

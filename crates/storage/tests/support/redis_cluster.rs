@@ -18,7 +18,8 @@ pub struct RedisCluster {
 struct ClusterNode {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    bus: u16,
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -59,6 +60,25 @@ impl RedisCluster {
             .map(|n| format!("redis://127.0.0.1:{}", n.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// kill -9 of node `i`, leaving it down until [`RedisCluster::start_again`].
+    /// The others take a minute to declare it failed (`cluster-node-timeout`),
+    /// so a test sees the cluster as it is before a failover.
+    #[allow(dead_code)]
+    pub fn stop(&mut self, i: usize) {
+        let _ = self.nodes[i].child.kill();
+        let _ = self.nodes[i].child.wait();
+    }
+
+    /// Starts node `i` again on its ports and files; it rejoins the cluster
+    /// with the slots it had.
+    #[allow(dead_code)]
+    pub fn start_again(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.child = ClusterNode::run(node.port, node.bus, &node.dir)
+            .expect("redis-server starts again on its ports");
+        self.until_every_node_agrees();
     }
 
     /// Runs a redis-cli command on node `i`, returning its output.
@@ -217,6 +237,18 @@ impl ClusterNode {
     fn try_spawn() -> Option<ClusterNode> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, bus) = (free_port(), free_port());
+        let child = Self::run(port, bus, &dir)?;
+        Some(ClusterNode {
+            child,
+            port,
+            bus,
+            dir,
+        })
+    }
+
+    /// redis-server on `port` and `bus`, once it answers as itself; `None`
+    /// if it exited (a port was taken).
+    fn run(port: u16, bus: u16, dir: &tempfile::TempDir) -> Option<Child> {
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
@@ -226,6 +258,7 @@ impl ClusterNode {
                 &bus.to_string(),
             ])
             .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "60000"])
             .args([
                 "--save",
                 "",
@@ -240,7 +273,6 @@ impl ClusterNode {
             .spawn()
             .expect("redis-server on PATH (tests/run installs it: apt-get install redis-server)");
         let started = Instant::now();
-        // Ours once it answers with the bus port it was given.
         let port_arg = port.to_string();
         while !Command::new("redis-cli")
             .args(["-p", &port_arg, "CONFIG", "GET", "cluster-port"])
@@ -256,11 +288,7 @@ impl ClusterNode {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(ClusterNode {
-            child,
-            port,
-            _dir: dir,
-        })
+        Some(child)
     }
 }
 
