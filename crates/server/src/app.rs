@@ -23,7 +23,7 @@ use crate::admin_throttle::FailureThrottle;
 use crate::auth::Authenticator;
 use crate::limits::ConnectionLimit;
 use crate::serve_config::ServeConfig;
-use crate::{docs_api, origin, sse, telemetry, token_api, web, ws};
+use crate::{docs_api, edits_api, origin, sse, telemetry, token_api, web, ws};
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -62,6 +62,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/{doc}", get(docs_api::state))
         .route("/docs/{doc}/updates", post(docs_api::post_update))
         .route("/docs/{doc}/json", get(docs_api::as_json))
+        .route("/docs/{doc}/text/{name}", post(edits_api::edit_text_root))
+        .route("/docs/{doc}/map/{name}", post(edits_api::edit_map_root))
         .route("/auth/token", post(token_api::mint))
         .nest("/admin", admin::api::router())
         .merge(web::router())

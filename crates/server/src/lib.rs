@@ -20,6 +20,7 @@ mod config_file;
 mod creation_limit;
 mod doc_path;
 mod docs_api;
+mod edits_api;
 mod event_gzip;
 mod limits;
 mod origin;

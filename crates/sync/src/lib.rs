@@ -11,6 +11,7 @@ mod cpu;
 mod cpu_budget;
 mod creation;
 mod doc_state;
+pub mod edit;
 mod event_id;
 pub mod guard;
 pub mod harness;
