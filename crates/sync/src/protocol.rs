@@ -18,6 +18,12 @@ use yrs::updates::encoder::Encode;
 pub use yrs::StateVector;
 use yrs::{ReadTxn, Transact, Update};
 
+/// y-sweet's sync status message type.
+const SYNC_STATUS: u8 = 102;
+
+/// The largest sync status payload taken: y-sweet's is one varint.
+const MAX_SYNC_STATUS: usize = 16;
+
 /// A message from a client, fully decoded.
 #[derive(Debug)]
 pub enum Inbound {
@@ -32,6 +38,12 @@ pub enum Inbound {
     /// An auth message. Clients have nothing to say to the server here;
     /// accepted and ignored for compatibility.
     Auth,
+    /// y-sweet's sync status (message type 102): the client's opaque
+    /// payload (a version number), answered with the same message once
+    /// everything the connection sent before it is stored. The y-sweet
+    /// client learns from it that its changes are safe, and uses it as a
+    /// heartbeat.
+    SyncStatus(Vec<u8>),
 }
 
 impl Inbound {
@@ -48,7 +60,7 @@ pub enum ProtocolError {
     EmptyFrame,
     #[error("malformed frame: {0}")]
     Malformed(String),
-    #[error("unknown message type {0}: expected 0 (sync), 1 (awareness), 2 (auth) or 3 (query awareness)")]
+    #[error("unknown message type {0}: expected 0 (sync), 1 (awareness), 2 (auth), 3 (query awareness) or 102 (sync status)")]
     UnknownMessageType(u8),
     #[error("not a valid y-protocols message (the decoder failed internally: {0})")]
     DecoderPanicked(String),
@@ -138,6 +150,15 @@ fn decode_messages(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
             Message::Awareness(update) => Inbound::Awareness(update),
             Message::AwarenessQuery => Inbound::AwarenessQuery,
             Message::Auth(_) => Inbound::Auth,
+            Message::Custom(SYNC_STATUS, payload) if payload.len() <= MAX_SYNC_STATUS => {
+                Inbound::SyncStatus(payload)
+            }
+            Message::Custom(SYNC_STATUS, payload) => {
+                return Err(ProtocolError::Malformed(format!(
+                    "a sync status of {} bytes (at most {MAX_SYNC_STATUS})",
+                    payload.len()
+                )))
+            }
             Message::Custom(tag, _) => return Err(ProtocolError::UnknownMessageType(tag)),
         });
     }
@@ -199,6 +220,13 @@ pub fn sync_update(update: &[u8]) -> Bytes {
 /// An awareness frame.
 pub fn awareness(update: AwarenessUpdate) -> Bytes {
     Message::Awareness(update).encode_v1().into()
+}
+
+/// The answer to a sync status: the same message back.
+pub fn sync_status(payload: &[u8]) -> Bytes {
+    Message::Custom(SYNC_STATUS, payload.to_vec())
+        .encode_v1()
+        .into()
 }
 
 /// An auth "permission denied" frame with a reason.

@@ -77,6 +77,11 @@ impl DocState {
                 Ok(())
             }
             Inbound::Auth => Ok(()),
+            Inbound::SyncStatus(payload) => {
+                fx.deliveries
+                    .push(Delivery::To(conn, protocol::sync_status(&payload)));
+                Ok(())
+            }
         }
     }
 
@@ -233,6 +238,29 @@ mod tests {
     use super::*;
     use yrs::updates::encoder::Encode;
     use yrs::{GetString, StateVector, Text};
+
+    #[test]
+    fn a_sync_status_is_answered_after_the_changes_sent_before_it() {
+        let mut s = state(&empty());
+        let mut fx = Effects::default();
+        let frame = [
+            protocol::sync_update(&edit(&Doc::with_client_id(1), 0, "hi").encode_v1()).to_vec(),
+            protocol::sync_status(&[7]).to_vec(),
+        ]
+        .concat();
+        for message in protocol::decode_frame(&frame).expect("decodes") {
+            s.receive(1, Access::ReadWrite, message, &mut fx)
+                .expect("accepted");
+        }
+        // The change must be stored before any delivery goes out; the
+        // answer is the last of them, to the sender alone.
+        assert_eq!(fx.changes.len(), 1);
+        let last = fx.deliveries.last().expect("an answer");
+        assert!(
+            matches!(last, Delivery::To(1, frame) if frame[..] == protocol::sync_status(&[7])[..]),
+            "{last:?}"
+        );
+    }
 
     #[test]
     fn a_change_building_on_items_nobody_sent_is_set_aside() {

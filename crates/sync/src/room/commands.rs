@@ -119,7 +119,10 @@ impl Command {
                     && messages.iter().all(|m| {
                         matches!(
                             m,
-                            Inbound::Awareness(_) | Inbound::AwarenessQuery | Inbound::Auth
+                            Inbound::Awareness(_)
+                                | Inbound::AwarenessQuery
+                                | Inbound::Auth
+                                | Inbound::SyncStatus(_)
                         )
                     })
             }
