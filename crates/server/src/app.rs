@@ -23,7 +23,7 @@ use crate::admin_throttle::FailureThrottle;
 use crate::auth::Authenticator;
 use crate::limits::ConnectionLimit;
 use crate::serve_config::ServeConfig;
-use crate::{docs_api, edits_api, origin, sse, telemetry, token_api, web, ws};
+use crate::{docs_api, edits_api, origin, sse, telemetry, token_api, web, ws, ysweet_api};
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -66,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/{doc}/map/{name}", post(edits_api::edit_map_root))
         .route("/auth/token", post(token_api::mint))
         .nest("/admin", admin::api::router())
+        .merge(ysweet_api::router())
         .merge(web::router())
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(middleware::from_fn_with_state(

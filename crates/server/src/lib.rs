@@ -41,6 +41,7 @@ mod web;
 mod webhooks;
 mod ws;
 mod ws_upgrade;
+mod ysweet_api;
 
 pub use admin::commands::run as run_admin;
 pub use cli::{Cli, Command};

@@ -49,13 +49,13 @@ fn mint_for(
     headers: &HeaderMap,
     req: TokenRequest,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(auth) = &app.auth else {
+    if app.auth.is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "auth_disabled",
             "weft runs open (no --auth-secret): every request is allowed, so there is no token to mint",
         ));
-    };
+    }
     if !valid_pattern(&req.doc) {
         return Err(ApiError::bad_request(
             "invalid_doc_name",
@@ -68,9 +68,36 @@ fn mint_for(
             format!("ttl_secs must be between 1 and {MAX_TTL_SECS}"),
         ));
     }
+    let (token, exp) = sign(app, &req.doc, req.mode, req.ttl_secs, req.sub)?;
+    let (ws, http) = public_bases(app, headers);
+    let single = !req.doc.ends_with('*');
+    Ok(Json(json!({
+        "token": token,
+        "expires_at": exp.secs(),
+        "ws_url": single.then(|| format!("{ws}/ws/{}?token={token}", req.doc)),
+        "sse_url": single.then(|| format!("{http}/sse/{}?token={token}", req.doc)),
+    })))
+}
+
+/// Signs a document token for `doc` (a name, or a pattern ending in `*`)
+/// in `mode`, valid for `ttl_secs` from now; with its expiry.
+pub(crate) fn sign(
+    app: &AppState,
+    doc: &str,
+    mode: Mode,
+    ttl_secs: u64,
+    sub: Option<String>,
+) -> Result<(String, Timestamp), ApiError> {
+    let Some(auth) = &app.auth else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "auth_disabled",
+            "weft runs open (no --auth-secret): every request is allowed, so there is no token to mint",
+        ));
+    };
     let now = SystemClock.now_ms() / 1000;
     let (Some(exp), iat) = (
-        Timestamp::from_secs(now.saturating_add(req.ttl_secs)),
+        Timestamp::from_secs(now.saturating_add(ttl_secs)),
         Timestamp::from_secs(now),
     ) else {
         return Err(ApiError::internal(
@@ -78,42 +105,37 @@ fn mint_for(
         ));
     };
     let claims = Claims {
-        doc: req.doc.clone(),
-        mode: req.mode,
+        doc: doc.to_owned(),
+        mode,
         exp,
         nbf: None,
         iat,
-        sub: req.sub,
+        sub,
     };
-    let token = match auth.mint(&claims) {
-        Some(Ok(token)) => token,
-        Some(Err(e)) => return Err(ApiError::internal(format!("could not sign the token: {e}"))),
-        None => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "cannot_mint",
-                "weft verifies tokens with a public key only; mint them where the private key is, \
-                 or configure --auth-secret",
-            ))
-        }
-    };
-    // URLs only for a single document; a pattern names no one URL.
+    match auth.mint(&claims) {
+        Some(Ok(token)) => Ok((token, exp)),
+        Some(Err(e)) => Err(ApiError::internal(format!("could not sign the token: {e}"))),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cannot_mint",
+            "weft verifies tokens with a public key only; mint them where the private key is, \
+             or configure --auth-secret",
+        )),
+    }
+}
+
+/// Where clients reach this server, as the request names it (its `Host`),
+/// for WebSockets and for HTTP: `ws://host` and `http://host` (`wss`,
+/// `https` with TLS).
+pub(crate) fn public_bases(app: &AppState, headers: &HeaderMap) -> (String, String) {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| app.config.listen.to_string());
-    let tls = app.config.tls_cert.is_some();
-    let (ws, http) = if tls {
-        ("wss", "https")
+    if app.config.tls_cert.is_some() {
+        (format!("wss://{host}"), format!("https://{host}"))
     } else {
-        ("ws", "http")
-    };
-    let single = !req.doc.ends_with('*');
-    Ok(Json(json!({
-        "token": token,
-        "expires_at": claims.exp.secs(),
-        "ws_url": single.then(|| format!("{ws}://{host}/ws/{}?token={token}", req.doc)),
-        "sse_url": single.then(|| format!("{http}://{host}/sse/{}?token={token}", req.doc)),
-    })))
+        (format!("ws://{host}"), format!("http://{host}"))
+    }
 }
