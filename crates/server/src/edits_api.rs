@@ -8,10 +8,13 @@
 //! `POST /docs/{doc}/updates` does: durable before it is broadcast,
 //! answered with its event id. Access is decided from the headers before
 //! any byte of the body is read. Making an edit loads the whole document
-//! into a throwaway copy, so at most [`AT_ONCE`] are made at a time; a
-//! request that cannot start one within [`WAIT_FOR_TURN`] gets `503 busy`.
+//! into a throwaway copy, so at most [`AT_ONCE`] are made at a time, and a
+//! document's edits one after another (two whole-text replacements sent
+//! together must not both delete the old text and both insert theirs); a
+//! request that cannot start within [`WAIT_FOR_TURN`] gets `503 busy`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
@@ -86,9 +89,7 @@ pub async fn edit_text_root(
     app.authorize(&credentials, &doc, Mode::Write)?;
     let body = json_body(&app, request).await?;
     let edit = text_edit_of(body)?;
-    let state = current_state(&app, &doc).await?;
-    let update = made_off_thread(move || edit_text(state.as_deref(), &root, edit)).await?;
-    post(&app, &doc, update, peer).await
+    in_turn(&app, &doc, peer, move |state| edit_text(state, &root, edit)).await
 }
 
 /// `POST /docs/{doc}/map/{name}`: a JSON object of keys to set on the map
@@ -107,9 +108,10 @@ pub async fn edit_map_root(
             "the body is a JSON object of the keys to set (null removes a key)",
         ));
     };
-    let state = current_state(&app, &doc).await?;
-    let update = made_off_thread(move || edit_map(state.as_deref(), &root, entries)).await?;
-    post(&app, &doc, update, peer).await
+    in_turn(&app, &doc, peer, move |state| {
+        edit_map(state, &root, entries)
+    })
+    .await
 }
 
 /// The request's body as JSON, within the size limit.
@@ -145,6 +147,82 @@ fn text_body_refused() -> ApiError {
     )
 }
 
+/// Makes and posts one edit: in its turn (one document's edits one after
+/// another on this node, so that each is made against what the one before
+/// left; at most [`AT_ONCE`] documents at once), reading the document,
+/// making the update off the async threads (the turn goes with that work,
+/// so a client that leaves does not free it early), then posting it.
+async fn in_turn(
+    app: &AppState,
+    doc: &DocName,
+    peer: PeerAddr,
+    make: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, EditError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let busy = || {
+        ApiError::unavailable(
+            "busy",
+            "too many edits are being made right now; try again shortly",
+        )
+    };
+    let turns = async {
+        let this_doc = DocTurn::take(doc).await;
+        let any = TURNS.acquire().await.ok()?;
+        Some((this_doc, any))
+    };
+    let (this_doc, turn) = tokio::time::timeout(WAIT_FOR_TURN, turns)
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(busy)?;
+    let state = current_state(app, doc).await?;
+    let made = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        make(state.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(refused)?;
+    let posted = post(app, doc, made, peer).await;
+    drop(this_doc);
+    posted
+}
+
+/// One document's turn to be edited over HTTP on this node.
+struct DocTurn {
+    doc: DocName,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Each document being edited, and its turn.
+static DOC_TURNS: LazyLock<Mutex<HashMap<DocName, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+impl DocTurn {
+    async fn take(doc: &DocName) -> DocTurn {
+        let lock = {
+            let mut turns = DOC_TURNS.lock().unwrap_or_else(|p| p.into_inner());
+            turns.entry(doc.clone()).or_default().clone()
+        };
+        DocTurn {
+            doc: doc.clone(),
+            _held: lock.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for DocTurn {
+    fn drop(&mut self) {
+        let mut turns = DOC_TURNS.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours (the guard) and the map's: nobody else waits for it.
+        if turns
+            .get(&self.doc)
+            .is_some_and(|t| Arc::strong_count(t) <= 2)
+        {
+            turns.remove(&self.doc);
+        }
+    }
+}
+
 /// The document's whole state, or `None` if it was never written.
 async fn current_state(app: &AppState, doc: &DocName) -> Result<Option<Vec<u8>>, ApiError> {
     match app.rooms.read(doc, None).await {
@@ -152,27 +230,6 @@ async fn current_state(app: &AppState, doc: &DocName) -> Result<Option<Vec<u8>>,
         Err(RoomError::NoSuchDocument(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Runs the edit on a blocking thread, in its turn: it loads the whole
-/// document.
-async fn made_off_thread(
-    make: impl FnOnce() -> Result<Option<Vec<u8>>, EditError> + Send + 'static,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    let turn = tokio::time::timeout(WAIT_FOR_TURN, TURNS.acquire())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            ApiError::unavailable(
-                "busy",
-                "too many edits are being made right now; try again shortly",
-            )
-        })?;
-    let made = tokio::task::spawn_blocking(make).await;
-    drop(turn);
-    made.map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(refused)
 }
 
 fn refused(e: EditError) -> ApiError {

@@ -124,16 +124,28 @@ pub(crate) fn sign(
     }
 }
 
-/// Where clients reach this server, as the request names it (its `Host`),
-/// for WebSockets and for HTTP: `ws://host` and `http://host` (`wss`,
-/// `https` with TLS).
+/// Where clients reach this server, as the request names it, for
+/// WebSockets and for HTTP: `ws://host` and `http://host` (`wss`, `https`
+/// with TLS). Behind a proxy, its `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` say what the client used (these answers go only to
+/// whoever asked, so trusting them gives nobody anything).
 pub(crate) fn public_bases(app: &AppState, headers: &HeaderMap) -> (String, String) {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
+    let named = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or(v).trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let host = named("x-forwarded-host")
+        .or_else(|| named(header::HOST.as_str()))
         .unwrap_or_else(|| app.config.listen.to_string());
-    if app.config.tls_cert.is_some() {
+    let tls = match named("x-forwarded-proto").as_deref() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => app.config.tls_cert.is_some(),
+    };
+    if tls {
         (format!("wss://{host}"), format!("https://{host}"))
     } else {
         (format!("ws://{host}"), format!("http://{host}"))

@@ -27,6 +27,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use weft_storage::DocName;
@@ -37,7 +38,7 @@ use crate::admin_key::AdminKey;
 use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::auth::Mode;
-use crate::body::{self, BodyLimits, JsonBodyError, LimitedJson};
+use crate::body::{self, BodyLimits};
 use crate::creation_limit::client_addr;
 use crate::peer::PeerAddr;
 use crate::token_api::{public_bases, sign};
@@ -48,6 +49,10 @@ const DEFAULT_VALID_SECS: u64 = 3600;
 
 /// The longest a client token may last.
 const MAX_VALID_SECS: u64 = 7 * 24 * 3600;
+
+/// The largest request body the y-sweet API reads (its JSON requests are
+/// a few fields).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// An empty document as a Yjs v1 update.
 const EMPTY_UPDATE: [u8; 2] = [0, 0];
@@ -83,16 +88,40 @@ fn server_token(app: &AppState, key: Result<AdminKey, ApiError>) -> Result<(), A
 async fn new_doc(
     State(app): State<Arc<AppState>>,
     key: Result<AdminKey, ApiError>,
-    body: Result<LimitedJson<NewDoc>, JsonBodyError>,
-) -> Result<Json<Value>, Response> {
-    server_token(&app, key).map_err(IntoResponse::into_response)?;
-    let LimitedJson(req) = body.map_err(IntoResponse::into_response)?;
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let req: NewDoc = json_after_token(&app, key, request).await?;
     let name = match req.doc_id {
         Some(id) => id,
-        None => random_name().map_err(IntoResponse::into_response)?,
+        None => random_name()?,
     };
-    let doc = doc_name(name).map_err(IntoResponse::into_response)?;
+    let doc = doc_name(name)?;
     Ok(Json(json!({ "docId": doc.as_str() })))
+}
+
+/// The request's JSON body (an empty one is `{}`), read only once the
+/// server token is found good, and at most [`MAX_REQUEST_BYTES`].
+async fn json_after_token<T: DeserializeOwned + Default>(
+    app: &AppState,
+    key: Result<AdminKey, ApiError>,
+    request: Request,
+) -> Result<T, ApiError> {
+    server_token(app, key)?;
+    let limits = BodyLimits {
+        max_bytes: Some(MAX_REQUEST_BYTES),
+        ..BodyLimits::of(app)
+    };
+    let declared = body::declared_length(&request);
+    let bytes = body::read(request.into_body(), declared, limits).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("the body is not the JSON expected: {e}"),
+        )
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,14 +138,11 @@ async fn auth(
     Path(doc): Path<String>,
     headers: HeaderMap,
     key: Result<AdminKey, ApiError>,
-    body: Result<LimitedJson<AuthRequest>, JsonBodyError>,
-) -> Result<Json<Value>, Response> {
-    server_token(&app, key).map_err(IntoResponse::into_response)?;
-    let doc = doc_name(doc).map_err(IntoResponse::into_response)?;
-    let LimitedJson(req) = body.map_err(IntoResponse::into_response)?;
-    client_token(&app, &headers, &doc, req)
-        .map(Json)
-        .map_err(IntoResponse::into_response)
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let req: AuthRequest = json_after_token(&app, key, request).await?;
+    let doc = doc_name(doc)?;
+    client_token(&app, &headers, &doc, req).map(Json)
 }
 
 fn client_token(

@@ -275,3 +275,19 @@ async fn edits_need_a_write_token() {
     let (status, _) = request(&weft.addr, "POST", &path, &[], body).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_texts_sent_together_replace_one_after_another_never_doubling() {
+    let weft = Weft::start(&[]);
+    let (status, _) = post_json(&weft.addr, "/docs/twice/text/t", json!({"text": "old"})).await;
+    assert_eq!(status, 200);
+    // The same replacement sent eight times at once (a retried request,
+    // say): the text ends as it, never as several copies.
+    let sends = (0..8).map(|_| post_json(&weft.addr, "/docs/twice/text/t", json!({"text": "new"})));
+    for (status, body) in futures_util::future::join_all(sends).await {
+        assert!(status == 200 || status == 204, "{status} {body}");
+    }
+    let (_, body) = request(&weft.addr, "GET", "/docs/twice/json", &[], vec![]).await;
+    let json: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["t"], "new");
+}

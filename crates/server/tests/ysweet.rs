@@ -44,6 +44,16 @@ async fn open_mode_hands_out_client_tokens_without_a_token() {
     assert_eq!((status, bytes), (200, vec![0, 0]));
     let (status, body) = post_json(&weft.addr, "/check_store", &[], json!({})).await;
     assert_eq!((status, body), (200, json!({"ok": true})));
+    // Behind a proxy that terminates TLS, the URLs are the ones clients use.
+    let proxied = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "docs.example.com"),
+    ];
+    let (status, token) =
+        post_json(&weft.addr, &format!("/doc/{id}/auth"), &proxied, json!({})).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["url"], "wss://docs.example.com/ws");
+    assert_eq!(token["baseUrl"], format!("https://docs.example.com/d/{id}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use yrs::types::{AsPrelim, Attrs, Delta};
 use yrs::{
-    Any, Doc, GetString, In, Map as _, MapRef, OffsetKind, Options, Out, ReadTxn, Text, Transact,
+    Any, Doc, In, Map as _, MapRef, Number, OffsetKind, Options, Out, ReadTxn, Text, Transact,
     TransactionMut, WriteTxn,
 };
 
@@ -29,6 +29,13 @@ use crate::guard::{guarded, with_txn};
 /// How long the smallest-change search for a whole new text may take
 /// before it settles for a coarser change (still correct, just larger).
 const DIFF_DEADLINE: Duration = Duration::from_millis(200);
+
+/// The most ops one delta may hold.
+pub const MAX_OPS: usize = 10_000;
+
+/// The largest changed middle (after what both texts share at either end)
+/// searched for the smallest change; a larger one is replaced whole.
+const MAX_DIFFED_BYTES: usize = 64 * 1024;
 
 /// What to do to a text.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +77,12 @@ fn refused(code: &'static str, message: impl Into<String>) -> EditError {
 /// Reads a Quill Delta: `[{"insert": "hi", "attributes": {…}}, {"retain":
 /// 5}, {"delete": 3}, …]`.
 pub fn parse_delta(ops: &[Value]) -> Result<Vec<DeltaOp>, EditError> {
+    if ops.len() > MAX_OPS {
+        return Err(refused(
+            "invalid_delta",
+            format!("{} ops; at most {MAX_OPS} in one edit", ops.len()),
+        ));
+    }
     ops.iter()
         .enumerate()
         .map(|(i, op)| {
@@ -121,13 +134,35 @@ pub fn edit_text(
 ) -> Result<Option<Vec<u8>>, EditError> {
     with_document(state, name, RootKind::Text, |txn| {
         let text = txn.get_or_insert_text(name);
+        let units = text_units(txn, &text, name)?;
         let delta = match edit {
-            TextEdit::Delta(ops) => within_text(ops, text.len(txn))?,
-            TextEdit::Replace(new) => smallest_change(&text.get_string(txn), &new),
+            TextEdit::Delta(ops) => within_text(ops, &units)?,
+            TextEdit::Replace(new) => smallest_change(&String::from_utf16_lossy(&units), &new),
         };
         text.apply_delta(txn, delta.into_iter().map(to_yrs_delta));
         Ok(())
     })
+}
+
+/// The text as the UTF-16 units positions count, each embed (or embedded
+/// type) one U+FFFC; refused unless that is all the text holds (a root
+/// built by hand may mix in other content, which yrs counts in the text's
+/// length but cannot edit as text).
+fn text_units<T: ReadTxn>(txn: &T, text: &yrs::TextRef, name: &str) -> Result<Vec<u16>, EditError> {
+    let mut units: Vec<u16> = Vec::new();
+    for chunk in text.diff(txn, yrs::types::text::YChange::identity) {
+        match chunk.insert {
+            Out::Any(Any::String(s)) => units.extend(s.encode_utf16()),
+            _ => units.push(0xFFFC),
+        }
+    }
+    if u32::try_from(units.len()).ok() != Some(text.len(txn)) {
+        return Err(refused(
+            "wrong_root_type",
+            format!("{name} holds content that is not text (made by hand, not by an editor); it cannot be edited as text"),
+        ));
+    }
+    Ok(units)
 }
 
 /// The update that sets `entries` on the map `name` (`null` removes a
@@ -141,12 +176,7 @@ pub fn edit_map(
     for (key, value) in entries {
         let value = match value {
             Value::Null => None,
-            value => Some(serde_json::from_value::<Any>(value).map_err(|e| {
-                refused(
-                    "invalid_value",
-                    format!("{key}: not a value a map holds: {e}"),
-                )
-            })?),
+            value => Some(json_to_any(value)),
         };
         values.push((key, value));
     }
@@ -279,20 +309,34 @@ fn describe<T: ReadTxn>(txn: &T, root: Out) -> &'static str {
     }
 }
 
-/// `ops` checked against a text of `len` units: what they retain and
-/// delete (each unit of the text at most once) must be within it.
-fn within_text(ops: Vec<DeltaOp>, len: u32) -> Result<Vec<DeltaOp>, EditError> {
+/// `ops` checked against the text's `units`: what they retain and delete
+/// (each unit of the text at most once) must be within it, and no
+/// position may fall between the two halves of a character (yrs would
+/// split it, and every replica would show two broken halves).
+fn within_text(ops: Vec<DeltaOp>, units: &[u16]) -> Result<Vec<DeltaOp>, EditError> {
+    let len = units.len() as u64;
     let mut consumed: u64 = 0;
     for op in &ops {
         if let DeltaOp::Retain(n, _) | DeltaOp::Delete(n) = op {
             consumed += u64::from(*n);
-            if consumed > u64::from(len) {
+            if consumed > len {
                 return Err(refused(
                     "past_end",
                     format!(
                         "the delta retains and deletes {consumed} units, past the end of the \
                          text ({len} UTF-16 units long)"
                     ),
+                ));
+            }
+            let at = consumed as usize;
+            let splits = at > 0
+                && at < units.len()
+                && (0xD800..0xDC00).contains(&units[at - 1])
+                && (0xDC00..0xE000).contains(&units[at]);
+            if splits {
+                return Err(refused(
+                    "invalid_position",
+                    format!("position {at} falls inside a character (between the two UTF-16 units of one)"),
                 ));
             }
         }
@@ -303,11 +347,34 @@ fn within_text(ops: Vec<DeltaOp>, len: u32) -> Result<Vec<DeltaOp>, EditError> {
 /// The smallest delta (within [`DIFF_DEADLINE`]) that turns `old` into
 /// `new`.
 fn smallest_change(old: &str, new: &str) -> Vec<DeltaOp> {
+    let units = |s: &str| u32::try_from(s.encode_utf16().count()).unwrap_or(u32::MAX);
+    // What both share at the ends needs no search: only the middle is
+    // diffed, and a middle too large to diff cheaply is replaced whole.
+    let prefix = common_prefix(old, new);
+    let suffix = common_suffix(&old[prefix..], &new[prefix..]);
+    let (old_mid, new_mid) = (
+        &old[prefix..old.len() - suffix],
+        &new[prefix..new.len() - suffix],
+    );
+    let mut ops: Vec<DeltaOp> = Vec::new();
+    if prefix > 0 {
+        ops.push(DeltaOp::Retain(units(&old[..prefix]), Map::new()));
+    }
+    if old_mid.len().max(new_mid.len()) > MAX_DIFFED_BYTES {
+        if !old_mid.is_empty() {
+            ops.push(DeltaOp::Delete(units(old_mid)));
+        }
+        if !new_mid.is_empty() {
+            ops.push(DeltaOp::Insert(
+                Value::String(new_mid.to_owned()),
+                Map::new(),
+            ));
+        }
+        return ops;
+    }
     let diff = similar::TextDiff::configure()
         .timeout(DIFF_DEADLINE)
-        .diff_chars(old, new);
-    let units = |s: &str| u32::try_from(s.encode_utf16().count()).unwrap_or(u32::MAX);
-    let mut ops: Vec<DeltaOp> = Vec::new();
+        .diff_chars(old_mid, new_mid);
     for change in diff.iter_all_changes() {
         let value = change.value();
         let op = match change.tag() {
@@ -353,16 +420,52 @@ fn to_yrs_delta(op: DeltaOp) -> Delta<In> {
     }
 }
 
-/// JSON as Yjs holds it (`null` formatting removes a format, as in Quill).
+/// JSON as a JavaScript client holds it: a whole number beyond 2^53 as a
+/// double, as `JSON.parse` makes it (yrs would send it as a BigInt),
+/// objects and arrays all the way down. `null` formatting removes a
+/// format, as in Quill.
 fn json_to_any(value: Value) -> Any {
-    serde_json::from_value(value).unwrap_or(Any::Null)
+    match value {
+        Value::Null => Any::Null,
+        Value::Bool(b) => Any::Bool(b),
+        Value::Number(n) => Any::Number(match n.as_i64() {
+            Some(i) if i.abs() <= Number::I64_MAX_SAFE_INTEGER => Number::Int(i),
+            _ => Number::Float(n.as_f64().unwrap_or(f64::NAN)),
+        }),
+        Value::String(s) => Any::from(s),
+        Value::Array(items) => Any::from(items.into_iter().map(json_to_any).collect::<Vec<_>>()),
+        Value::Object(fields) => Any::from(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, json_to_any(v)))
+                .collect::<HashMap<String, Any>>(),
+        ),
+    }
+}
+
+/// Bytes at the start that two texts share (on a character boundary).
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
+}
+
+/// Bytes at the end that two texts share (on a character boundary).
+fn common_suffix(a: &str, b: &str) -> usize {
+    a.chars()
+        .rev()
+        .zip(b.chars().rev())
+        .take_while(|(x, y)| x == y)
+        .map(|(c, _)| c.len_utf8())
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
-    use yrs::Update;
+    use yrs::{GetString, Update};
 
     fn apply(doc: &Doc, update: &[u8]) {
         doc.transact_mut()
@@ -476,6 +579,84 @@ mod tests {
             TextEdit::Replace("the very quick red fox".into()),
         );
         assert_eq!(same, Ok(None));
+    }
+
+    #[test]
+    fn a_position_inside_a_character_is_refused() {
+        let doc = utf16_doc();
+        doc.get_or_insert_text("t")
+            .insert(&mut doc.transact_mut(), 0, "🙂");
+        let ops = serde_json::json!([{"retain": 1}, {"insert": "x"}]);
+        let e = edit_text(Some(&state(&doc)), "t", delta(ops)).expect_err("refused");
+        assert_eq!(e.code, "invalid_position", "{e}");
+    }
+
+    #[test]
+    fn a_text_root_mixed_with_other_content_is_refused_not_a_panic() {
+        // One client used the root as text, another as an array: yrs
+        // counts both in the text's length but can only edit the text.
+        let (as_text, as_array) = (Doc::with_client_id(1), Doc::with_client_id(2));
+        as_text
+            .get_or_insert_text("t")
+            .insert(&mut as_text.transact_mut(), 0, "a");
+        yrs::Array::insert_range(
+            &as_array.get_or_insert_array("t"),
+            &mut as_array.transact_mut(),
+            0,
+            [1, 2, 3],
+        );
+        let server = Doc::new();
+        apply(&server, &state(&as_text));
+        apply(&server, &state(&as_array));
+        let ops = serde_json::json!([{"delete": 2}]);
+        let e = edit_text(Some(&state(&server)), "t", delta(ops)).expect_err("refused");
+        assert_eq!(e.code, "wrong_root_type", "{e}");
+    }
+
+    #[test]
+    fn a_whole_new_text_counts_embeds_as_one_unit() {
+        let doc = utf16_doc();
+        let text = doc.get_or_insert_text("t");
+        {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "ab");
+            let image: HashMap<String, Any> = [("image".to_owned(), Any::from("cat.png"))].into();
+            text.insert_embed(&mut txn, 1, Any::from(image));
+        }
+        let update = edit_text(Some(&state(&doc)), "t", TextEdit::Replace("ab!".into()))
+            .expect("edits")
+            .expect("changes");
+        apply(&doc, &update);
+        assert_eq!(text.get_string(&doc.transact()), "ab!");
+        assert_eq!(
+            text.len(&doc.transact()),
+            3,
+            "the embed is gone, nothing else"
+        );
+    }
+
+    #[test]
+    fn numbers_are_what_javascript_reads() {
+        let doc = utf16_doc();
+        let entries = serde_json::json!({"small": 7, "huge": 9007199254740993_u64, "x": 1.5});
+        let update = edit_map(
+            Some(&state(&doc)),
+            "m",
+            entries.as_object().cloned().expect("object"),
+        )
+        .expect("edits")
+        .expect("changes");
+        apply(&doc, &update);
+        let map = doc.get_or_insert_map("m");
+        let txn = doc.transact();
+        assert_eq!(
+            map.get(&txn, "small"),
+            Some(Out::Any(Any::Number(Number::Int(7))))
+        );
+        assert!(matches!(
+            map.get(&txn, "huge"),
+            Some(Out::Any(Any::Number(Number::Float(_))))
+        ));
     }
 
     #[test]
