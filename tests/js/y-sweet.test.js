@@ -28,15 +28,27 @@ function ysweetClient (manager, docId, authorization = 'full') {
   provider.on('connection-status', s => statuses.push(s))
   const local = []
   provider.on('local-changes', pending => local.push(pending))
-  // The client answers its socket closing by reconnecting, even after
-  // disconnect() and destroy(): unhook it first.
-  cleanups.push(() => {
-    if (provider.websocket) provider.websocket.onclose = null
-    provider.disconnect()
-    provider.destroy()
-    doc.destroy()
-  })
+  cleanups.push(() => { stop(provider); doc.destroy() })
   return { doc, provider, statuses, local, text: doc.getText('t') }
+}
+
+/**
+ * Stops a y-sweet provider for good. @y-sweet/client 0.9 has no full stop:
+ * destroy() leaves its heartbeat timer, whose timeout reconnects (and keeps
+ * the process alive), and a closing socket reconnects too.
+ */
+function stop (provider) {
+  provider.connect = async () => {}
+  provider.resetHeartbeat = () => {}
+  provider.setConnectionTimeout = () => {}
+  provider.clearHeartbeat()
+  provider.clearConnectionTimeout()
+  if (provider.websocket) {
+    provider.websocket.onclose = null
+    provider.websocket.onerror = null
+  }
+  provider.disconnect()
+  provider.destroy()
 }
 
 test('@y-sweet/sdk and @y-sweet/client work against weft unmodified', async () => {
