@@ -177,6 +177,30 @@ impl Room {
         }
     }
 
+    /// Keeps the presence removals in `fx` for other nodes (cluster mode):
+    /// `publish_departed` sends them.
+    pub(super) fn note_departed(&mut self, fx: &Effects) {
+        if self.remote.is_none() {
+            return;
+        }
+        for d in &fx.deliveries {
+            if let Delivery::Presence(update) = d {
+                self.departed.push(update.clone());
+            }
+        }
+    }
+
+    /// Tells other nodes of the connections dropped since the last time.
+    pub(super) async fn publish_departed(&mut self) {
+        for update in std::mem::take(&mut self.departed) {
+            self.publish_presence(&Effects {
+                deliveries: vec![Delivery::Presence(update)],
+                ..Effects::default()
+            })
+            .await;
+        }
+    }
+
     /// Changes other nodes stored (cluster mode), in order.
     pub(super) async fn handle_stored_elsewhere(&mut self, entries: Vec<LogEntry>) {
         let mut fx = Effects::default();

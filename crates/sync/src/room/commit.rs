@@ -174,6 +174,7 @@ impl Room {
         }
         self.note_idle();
         self.reload(&reason).await;
+        self.note_departed(&fx);
         self.deliver(fx);
     }
 

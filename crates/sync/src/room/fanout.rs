@@ -42,8 +42,10 @@ impl Room {
                 self.offer_delivery(delivery, &mut gone);
             }
             // Dropping a subscriber removes its presence, which is news for
-            // the others: deliver that too.
-            queue = self.drop_gone(gone).deliveries;
+            // the others, here and on other nodes: deliver that too.
+            let dropped = self.drop_gone(gone);
+            self.note_departed(&dropped);
+            queue = dropped.deliveries;
         }
     }
 

@@ -109,6 +109,7 @@ impl Room {
             cx,
             remote,
             peers,
+            departed: Vec::new(),
         })
     }
 

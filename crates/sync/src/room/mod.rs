@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use weft_storage::{DocMeta, DocName, EngineStore, Followed, PeerEvent};
+use yrs::sync::AwarenessUpdate;
 
 use crate::changes::ChangeFeed;
 use crate::cpu::CpuPool;
@@ -96,6 +97,10 @@ pub(crate) struct Room {
     /// (their presence, the document's deletion).
     remote: Option<mpsc::Receiver<Followed>>,
     peers: Option<mpsc::Receiver<PeerEvent>>,
+    /// Presence removals of connections dropped outside a `Leave` (found
+    /// gone while delivering, or closed after a failed store), which other
+    /// nodes must hear too; published before the room takes anything else.
+    departed: Vec<AwarenessUpdate>,
 }
 
 impl Room {
@@ -103,6 +108,7 @@ impl Room {
     /// the room stops.
     async fn run_loop(&mut self) {
         loop {
+            self.publish_departed().await;
             // What did not fit the last batch opens the next, before anything
             // else is looked at.
             if let Some(command) = self.batcher.take_held() {
