@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,6 +40,7 @@ use crate::app::AppState;
 use crate::auth::Mode;
 use crate::body::{self, BodyLimits};
 use crate::creation_limit::client_addr;
+use crate::doc_path::DocPath;
 use crate::peer::PeerAddr;
 use crate::token_api::{public_bases, sign};
 
@@ -135,13 +136,12 @@ pub struct AuthRequest {
 /// `POST /doc/{docId}/auth`: a client token.
 async fn auth(
     State(app): State<Arc<AppState>>,
-    Path(doc): Path<String>,
+    DocPath(doc): DocPath,
     headers: HeaderMap,
     key: Result<AdminKey, ApiError>,
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let req: AuthRequest = json_after_token(&app, key, request).await?;
-    let doc = doc_name(doc)?;
     client_token(&app, &headers, &doc, req).map(Json)
 }
 
@@ -189,10 +189,9 @@ fn client_token(
 /// written).
 async fn as_update(
     State(app): State<Arc<AppState>>,
-    Path(doc): Path<String>,
+    DocPath(doc): DocPath,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
-    let doc = doc_name(doc)?;
     app.authorize(&credentials, &doc, Mode::Read)?;
     let update = match app.rooms.read(&doc, None).await {
         Ok(read) => read.update,
@@ -205,12 +204,11 @@ async fn as_update(
 /// `POST …/update`: a Yjs v1 update, applied as any other.
 async fn update(
     State(app): State<Arc<AppState>>,
-    Path(doc): Path<String>,
+    DocPath(doc): DocPath,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     credentials: Credentials,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let doc = doc_name(doc)?;
     app.authorize(&credentials, &doc, Mode::Write)?;
     let declared = body::declared_length(&request);
     let update = body::read(request.into_body(), declared, BodyLimits::of(&app)).await?;
