@@ -23,7 +23,9 @@ use crate::admin_throttle::FailureThrottle;
 use crate::auth::Authenticator;
 use crate::limits::ConnectionLimit;
 use crate::serve_config::ServeConfig;
-use crate::{docs_api, edits_api, origin, sse, telemetry, token_api, web, ws, ysweet_api};
+use crate::{
+    docs_api, edits_api, hocuspocus, origin, sse, telemetry, token_api, web, ws, ysweet_api,
+};
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -56,6 +58,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/", get(hocuspocus::at_root))
+        .route("/hocuspocus", get(hocuspocus::upgrade))
         .route("/ws/", get(ws::empty_name))
         .route("/ws/{*doc}", get(ws::upgrade))
         .route("/sse/{doc}", get(sse::follow))

@@ -138,21 +138,34 @@ impl Drop for LiveConnection {
     }
 }
 
-/// Counts one message of `bytes` on `transport` (`ws`, `sse`) going
+/// Counts one message of `bytes` on `transport` (`ws`, `sse`, `hocuspocus`) going
 /// `direction` (`in`, `out`). Called for every frame every connection
 /// sends, so the counters are looked up once, not per call (a lookup hashes
 /// the name and labels).
 pub fn carried(transport: &'static str, direction: &'static str, bytes: usize) {
-    static TRAFFIC: OnceLock<[(Counter, Counter); 4]> = OnceLock::new();
+    static TRAFFIC: OnceLock<[(Counter, Counter); 6]> = OnceLock::new();
     let all = TRAFFIC.get_or_init(|| {
-        [("ws", "in"), ("ws", "out"), ("sse", "in"), ("sse", "out")].map(|(t, d)| {
+        [
+            ("ws", "in"),
+            ("ws", "out"),
+            ("sse", "in"),
+            ("sse", "out"),
+            ("hocuspocus", "in"),
+            ("hocuspocus", "out"),
+        ]
+        .map(|(t, d)| {
             (
                 metrics::counter!("weft_messages_total", "transport" => t, "direction" => d),
                 metrics::counter!("weft_bytes_total", "transport" => t, "direction" => d),
             )
         })
     });
-    let i = usize::from(transport == "sse") * 2 + usize::from(direction == "out");
+    let kind = match transport {
+        "sse" => 1,
+        "hocuspocus" => 2,
+        _ => 0,
+    };
+    let i = kind * 2 + usize::from(direction == "out");
     all[i].0.increment(1);
     all[i].1.increment(bytes as u64);
 }

@@ -24,7 +24,6 @@ struct Dist;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/", get(|| async { page("index.html") }))
         .route("/edit/{doc}", get(|| async { page("edit.html") }))
         .route("/view/{doc}", get(|| async { page("view.html") }))
         .route("/follow", get(|| async { page("follow.html") }))
@@ -32,7 +31,9 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/docs", get(list_docs))
 }
 
-fn page(name: &str) -> Response {
+/// One of the built pages. (`/` is routed in `hocuspocus`, which serves
+/// the index page to anything but a WebSocket.)
+pub(crate) fn page(name: &str) -> Response {
     match Dist::get(name) {
         Some(file) => (
             [

@@ -66,17 +66,9 @@ pub async fn upgrade(
             ),
         )),
     };
-    let max = app.config.max_message_bytes;
     // The connection task counts as tracked from here until it ends.
     let tracked = app.connections.token();
-    // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to
-    // gather writes) would cost every idle connection hundreds of KiB.
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
-    ws.on_upgrade(config, move |socket| {
+    ws.on_upgrade(socket_config(&app), move |socket| {
         // Split before the connection's future is made, so the future
         // holds the two halves and not the whole socket beside them.
         let (sink, stream) = socket.split();
@@ -111,7 +103,19 @@ pub async fn empty_name() -> ApiError {
     )
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+pub(crate) type Sink = SplitSink<WebSocket, Message>;
+
+/// The socket's limits and buffers. Small buffers: tungstenite's defaults
+/// (128 KiB to read, 128 KiB to gather writes) would cost every idle
+/// connection hundreds of KiB.
+pub(crate) fn socket_config(app: &AppState) -> WebSocketConfig {
+    let max = app.config.max_message_bytes;
+    WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+}
 
 /// Bytes read from a socket at a time; frames larger than this are read in
 /// several steps. A keystroke's update or a cursor move fits; every idle
@@ -124,7 +128,7 @@ const READ_BUFFER: usize = 1024;
 const FRAGMENT: usize = 64 * 1024;
 
 /// Sends one binary message, in fragments if it is large.
-async fn send_binary<S>(sink: &mut S, frame: Bytes) -> Result<(), S::Error>
+pub(crate) async fn send_binary<S>(sink: &mut S, frame: Bytes) -> Result<(), S::Error>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
@@ -183,7 +187,7 @@ async fn run(
     }
 }
 
-enum End {
+pub(crate) enum End {
     /// Send a close frame with this code and reason.
     Close(u16, String),
     /// The peer is gone or unreachable; nothing more to send.
@@ -284,7 +288,7 @@ async fn connection_loop(
     }
 }
 
-fn read_error(e: WsError) -> End {
+pub(crate) fn read_error(e: WsError) -> End {
     match e {
         WsError::Capacity(c) => {
             End::Close(close_code::MESSAGE_TOO_BIG, format!("message too big: {c}"))
@@ -308,7 +312,12 @@ fn read_error(e: WsError) -> End {
 /// answers (briefly). Dropping a socket with unread data makes the kernel
 /// reset the connection, and a reset can destroy the close frame before the
 /// client reads it: it would see 1006 instead of our code.
-async fn close(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, code: u16, reason: &str) {
+pub(crate) async fn close(
+    sink: &mut Sink,
+    stream: &mut SplitStream<WebSocket>,
+    code: u16,
+    reason: &str,
+) {
     metrics::counter!("weft_ws_closes_total", "code" => code.to_string()).increment(1);
     let frame = CloseFrame {
         code: CloseCode::from(code),

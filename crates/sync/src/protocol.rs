@@ -24,6 +24,9 @@ const SYNC_STATUS: u8 = 102;
 /// The largest sync status payload taken: y-sweet's is one varint.
 const MAX_SYNC_STATUS: usize = 16;
 
+/// Hocuspocus' stateless message type, as relayed to its connections.
+pub const STATELESS: u8 = 5;
+
 /// A message from a client, fully decoded.
 #[derive(Debug)]
 pub enum Inbound {
@@ -44,6 +47,11 @@ pub enum Inbound {
     /// client learns from it that its changes are safe, and uses it as a
     /// heartbeat.
     SyncStatus(Vec<u8>),
+    /// Hocuspocus' stateless message: the application's own string,
+    /// relayed to the document's other connections that speak Hocuspocus'
+    /// protocol, never stored. Only the Hocuspocus transport makes these
+    /// (a y-websocket frame of this type is refused as unknown).
+    Stateless(String),
 }
 
 impl Inbound {
@@ -225,6 +233,15 @@ pub fn awareness(update: AwarenessUpdate) -> Bytes {
 /// The answer to a sync status: the same message back.
 pub fn sync_status(payload: &[u8]) -> Bytes {
     Message::Custom(SYNC_STATUS, payload.to_vec())
+        .encode_v1()
+        .into()
+}
+
+/// A stateless message as relayed: its type, then the string (a lib0
+/// `varString`, which is what a custom message's length-prefixed bytes
+/// are).
+pub fn stateless(payload: &str) -> Bytes {
+    Message::Custom(STATELESS, payload.as_bytes().to_vec())
         .encode_v1()
         .into()
 }

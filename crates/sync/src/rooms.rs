@@ -24,7 +24,7 @@ use crate::changes::ChangeFeed;
 use crate::cpu::CpuPool;
 use crate::creation::ClientAddr;
 use crate::doc_state::Access;
-use crate::session::{Follower, Session};
+use crate::session::{Dialect, Follower, Session};
 use crate::{Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats};
 
 /// How often a join retries when it meets a room that is unloading.
@@ -133,9 +133,20 @@ impl Rooms {
         access: Access,
         client: Option<ClientAddr>,
     ) -> Result<Session, RoomError> {
+        self.join_as(doc, (access, client), Dialect::YSync).await
+    }
+
+    /// [`join`](Self::join) for a client that speaks `dialect`.
+    pub async fn join_as(
+        &self,
+        doc: &DocName,
+        (access, client): (Access, Option<ClientAddr>),
+        dialect: Dialect,
+    ) -> Result<Session, RoomError> {
         let mut joined = None;
         self.call(doc, |room, reply| {
-            let (session, subscriber) = self.session(doc, room, (access, client));
+            let (session, mut subscriber) = self.session(doc, room, (access, client));
+            subscriber.hears_stateless = dialect == Dialect::Hocuspocus;
             let conn = session.id();
             joined = Some(session);
             Command::Join {

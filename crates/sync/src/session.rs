@@ -72,6 +72,17 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
+/// What an editor's client speaks around y-protocols' messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// y-websocket's (and y-sweet's): y-protocols messages only.
+    #[default]
+    YSync,
+    /// Hocuspocus': its connections also hear each other's stateless
+    /// messages.
+    Hocuspocus,
+}
+
 /// What a subscriber is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -131,6 +142,9 @@ pub(crate) struct Subscriber {
     /// Where the connection comes from, for the limit on creating
     /// documents (`None`: not limited).
     pub client: Option<ClientAddr>,
+    /// Whether it is sent other connections' stateless messages (a
+    /// Hocuspocus connection).
+    pub hears_stateless: bool,
     max_queued_bytes: usize,
 }
 
@@ -248,6 +262,7 @@ impl Session {
             kind: Kind::Editor,
             access,
             client,
+            hears_stateless: false,
             max_queued_bytes: bytes,
         };
         (session, subscriber)

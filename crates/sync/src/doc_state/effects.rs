@@ -36,6 +36,10 @@ pub enum Delivery {
     /// whatever the connection's byte limit and not counted against it:
     /// what others published must never be what gets a joiner closed.
     Opening(ConnId, Bytes),
+    /// A stateless message (see `Inbound::Stateless`), as a frame for the
+    /// document's other connections that understand it. It carries no
+    /// document content.
+    Stateless { origin: ConnId, frame: Bytes },
 }
 
 /// What handling some input requires of the caller, in order.

@@ -82,6 +82,13 @@ impl DocState {
                     .push(Delivery::To(conn, protocol::sync_status(&payload)));
                 Ok(())
             }
+            Inbound::Stateless(payload) => {
+                fx.deliveries.push(Delivery::Stateless {
+                    origin: conn,
+                    frame: protocol::stateless(&payload),
+                });
+                Ok(())
+            }
         }
     }
 
@@ -260,6 +267,26 @@ mod tests {
             matches!(last, Delivery::To(1, frame) if frame[..] == protocol::sync_status(&[7])[..]),
             "{last:?}"
         );
+    }
+
+    #[test]
+    fn a_stateless_message_goes_to_others_as_a_frame_and_changes_nothing() {
+        let mut s = state(&empty());
+        let mut fx = Effects::default();
+        // Read-only connections may send them too: they are not content.
+        s.receive(
+            3,
+            Access::ReadOnly,
+            Inbound::Stateless("{\"ping\":1}".into()),
+            &mut fx,
+        )
+        .expect("accepted");
+        assert!(fx.changes.is_empty());
+        let [Delivery::Stateless { origin: 3, frame }] = fx.deliveries.as_slice() else {
+            panic!("{:?}", fx.deliveries)
+        };
+        // Hocuspocus' stateless message: type 5, then a lib0 varString.
+        assert_eq!(frame[..], [&[5u8, 10][..], b"{\"ping\":1}"].concat()[..]);
     }
 
     #[test]

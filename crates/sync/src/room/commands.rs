@@ -123,6 +123,7 @@ impl Command {
                                 | Inbound::AwarenessQuery
                                 | Inbound::Auth
                                 | Inbound::SyncStatus(_)
+                                | Inbound::Stateless(_)
                         )
                     })
             }

@@ -140,7 +140,8 @@ impl Room {
     /// when they reconnect), and so is anyone owed a frame from this batch
     /// (it may contain those changes); everyone else, viewers and read-only
     /// editors, stays and goes on being served from memory. The batch's
-    /// presence changes carry no document content and are still delivered.
+    /// presence changes and stateless messages carry no document content
+    /// and are still delivered.
     async fn storage_failed(&mut self, reason: String, batch: Effects) {
         error!(doc = %self.name, %reason, "could not store changes; closing the document's writers");
         let mut fx = Effects::default();
@@ -156,7 +157,7 @@ impl Room {
             batch
                 .deliveries
                 .into_iter()
-                .filter(|d| matches!(d, Delivery::Presence(_))),
+                .filter(|d| matches!(d, Delivery::Presence(_) | Delivery::Stateless { .. })),
         );
         let closing: Vec<ConnId> = self
             .subscribers

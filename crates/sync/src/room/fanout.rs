@@ -80,6 +80,13 @@ impl Room {
                     offer(conn, sub, bytes, gone);
                 }
             }
+            Delivery::Stateless { origin, frame } => {
+                for (&conn, sub) in &self.subscribers {
+                    if sub.hears_stateless && conn != origin {
+                        offer(conn, sub, frame.clone(), gone);
+                    }
+                }
+            }
             Delivery::Presence(update) => {
                 let mut frame = None;
                 let mut event = None;
