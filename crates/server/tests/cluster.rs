@@ -1143,3 +1143,78 @@ async fn a_shard_down_for_a_while_loses_nothing_and_every_document_crosses_nodes
     let mut back = Editor::connect(&b.url(&docs[2]), Doc::new()).await;
     crosses(&a, &docs[2], &mut back, "<back>").await;
 }
+
+/// A Hocuspocus frame for `doc`: its name, then `body`.
+fn hocuspocus_frame(doc: &str, body: &[u8]) -> Vec<u8> {
+    use yrs::encoding::write::Write;
+    let mut out = Vec::new();
+    out.write_string(doc);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A Hocuspocus socket on `node` with `doc` open (no token needed).
+async fn hocuspocus_on(node: &Weft, doc: &str) -> Ws {
+    let mut ws = connect(&format!("ws://{}/hocuspocus", node.addr)).await;
+    let auth = hocuspocus_frame(doc, &[2, 0, 0]);
+    ws.send(Message::Binary(auth.into())).await.expect("send");
+    ws
+}
+
+/// Reads `ws` until a stateless message (type 5) for `doc` carrying
+/// `payload` comes, or `within` passes.
+async fn hears_stateless(ws: &mut Ws, doc: &str, payload: &str, within: Duration) -> bool {
+    let mut want = hocuspocus_frame(doc, &[5]);
+    yrs::encoding::write::Write::write_string(&mut want, payload);
+    let deadline = Instant::now() + within;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if matches!(&msg, Message::Binary(b) if b[..] == want[..]) {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hocuspocus_stateless_messages_cross_nodes() {
+    let redis = RedisServer::start();
+    let (a, b) = (redis.node(&[]), redis.node(&[]));
+    let mut on_a = hocuspocus_on(&a, "chat").await;
+    let mut on_b = hocuspocus_on(&b, "chat").await;
+    // Stateless messages are ephemeral: one sent before node B's room
+    // listens is lost, so A says it again until B hears it.
+    let mut stateless = vec![5];
+    yrs::encoding::write::Write::write_string(&mut stateless, "hello from A");
+    let mut heard = false;
+    for _ in 0..20 {
+        let frame = hocuspocus_frame("chat", &stateless);
+        on_a.send(Message::Binary(frame.into()))
+            .await
+            .expect("send");
+        if hears_stateless(
+            &mut on_b,
+            "chat",
+            "hello from A",
+            Duration::from_millis(500),
+        )
+        .await
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(
+        heard,
+        "node B's Hocuspocus connection never heard A's stateless message"
+    );
+    // The sender is not sent its own back, from its node or another.
+    assert!(
+        !hears_stateless(
+            &mut on_a,
+            "chat",
+            "hello from A",
+            Duration::from_millis(300)
+        )
+        .await
+    );
+}

@@ -212,6 +212,10 @@ impl<S: Replication> Replication for FaultyStore<S> {
         self.inner.publish_presence(doc, update).await
     }
 
+    async fn publish_stateless(&self, doc: &DocName, frame: &[u8]) -> Result<(), StorageError> {
+        self.inner.publish_stateless(doc, frame).await
+    }
+
     async fn ask_presence(&self, doc: &DocName) -> Result<usize, StorageError> {
         self.inner.ask_presence(doc).await
     }

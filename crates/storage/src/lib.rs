@@ -145,6 +145,10 @@ pub enum PeerEvent {
     PresenceAnswer(Vec<u8>),
     /// The document was deleted: whoever has it open lets it go.
     Deleted,
+    /// A stateless message from one of its Hocuspocus connections, as the
+    /// frame the others are sent: for this process's Hocuspocus
+    /// connections to the document. Ephemeral, like presence.
+    Stateless(Vec<u8>),
 }
 
 /// A change notification waiting to be sent to a webhook.

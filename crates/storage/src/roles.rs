@@ -194,6 +194,10 @@ pub trait Replication: Send + Sync + std::fmt::Debug + 'static {
     /// Sends an awareness update to the other processes serving `doc`.
     async fn publish_presence(&self, doc: &DocName, update: &[u8]) -> Result<(), StorageError>;
 
+    /// Sends a stateless message's frame to the other processes serving
+    /// `doc` ([`PeerEvent::Stateless`]).
+    async fn publish_stateless(&self, doc: &DocName, frame: &[u8]) -> Result<(), StorageError>;
+
     /// Asks the other processes serving `doc` for the presence their own
     /// connections own (each answers with [`answer_presence`]); returns how
     /// many will answer. 0 when there are no other processes.

@@ -659,6 +659,10 @@ impl Replication for SledStore {
         Ok(())
     }
 
+    async fn publish_stateless(&self, _doc: &DocName, _frame: &[u8]) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     async fn ask_presence(&self, _doc: &DocName) -> Result<usize, StorageError> {
         Ok(0)
     }

@@ -32,6 +32,7 @@ pub(super) const DELETED: u8 = 1;
 const PRESENCE_WANTED: u8 = 2;
 const PRESENCE_ANSWER: u8 = 3;
 pub(super) const APPENDED: u8 = 4;
+const STATELESS: u8 = 5;
 
 impl RedisStore {
     /// A message for the events channel: who sends it, what it is, payload.
@@ -81,6 +82,15 @@ impl Replication for RedisStore {
             .spublish(key(doc, EVENTS), self.event(PRESENCE, update))
             .await
             .map_err(io("publishing presence"))?;
+        Ok(())
+    }
+
+    async fn publish_stateless(&self, doc: &DocName, frame: &[u8]) -> Result<(), StorageError> {
+        let _: i64 = self
+            .conn()
+            .spublish(key(doc, EVENTS), self.event(STATELESS, frame))
+            .await
+            .map_err(io("publishing a stateless message"))?;
         Ok(())
     }
 
@@ -289,6 +299,13 @@ pub(super) fn decode_event(payload: &[u8], node: [u8; 8]) -> Option<Heard> {
             ))
         }
         APPENDED => return Some(Heard::Appended),
+        // As ephemeral as presence, but each one is its own message.
+        STATELESS => {
+            return Some(Heard::Peer(
+                PeerEvent::Stateless(rest.to_vec()),
+                Handoff::MayDrop,
+            ))
+        }
         // A deletion must not be dropped.
         DELETED => PeerEvent::Deleted,
         // Nor the handshake: the asker waits for answers.
@@ -328,11 +345,18 @@ mod tests {
     }
 
     #[test]
-    fn messages_decode_by_kind_and_only_presence_may_be_dropped() {
+    fn messages_decode_by_kind_and_only_ephemeral_ones_may_be_dropped() {
         assert_eq!(
             decode_event(&message(OTHER, PRESENCE, b"aw"), ME),
             Some(Heard::Peer(
                 PeerEvent::Presence(b"aw".to_vec()),
+                Handoff::MayDrop
+            ))
+        );
+        assert_eq!(
+            decode_event(&message(OTHER, STATELESS, b"\x05\x02hi"), ME),
+            Some(Heard::Peer(
+                PeerEvent::Stateless(b"\x05\x02hi".to_vec()),
                 Handoff::MayDrop
             ))
         );

@@ -37,9 +37,13 @@ pub enum Delivery {
     /// what others published must never be what gets a joiner closed.
     Opening(ConnId, Bytes),
     /// A stateless message (see `Inbound::Stateless`), as a frame for the
-    /// document's other connections that understand it. It carries no
-    /// document content.
-    Stateless { origin: ConnId, frame: Bytes },
+    /// document's other connections that understand it, from one of this
+    /// process's (`origin`) or another's (`None`). It carries no document
+    /// content.
+    Stateless {
+        origin: Option<ConnId>,
+        frame: Bytes,
+    },
 }
 
 /// What handling some input requires of the caller, in order.

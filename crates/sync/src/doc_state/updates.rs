@@ -84,7 +84,7 @@ impl DocState {
             }
             Inbound::Stateless(payload) => {
                 fx.deliveries.push(Delivery::Stateless {
-                    origin: conn,
+                    origin: Some(conn),
                     frame: protocol::stateless(&payload),
                 });
                 Ok(())
@@ -282,7 +282,11 @@ mod tests {
         )
         .expect("accepted");
         assert!(fx.changes.is_empty());
-        let [Delivery::Stateless { origin: 3, frame }] = fx.deliveries.as_slice() else {
+        let [Delivery::Stateless {
+            origin: Some(3),
+            frame,
+        }] = fx.deliveries.as_slice()
+        else {
             panic!("{:?}", fx.deliveries)
         };
         // Hocuspocus' stateless message: type 5, then a lib0 varString.

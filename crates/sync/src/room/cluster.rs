@@ -73,6 +73,13 @@ impl Room {
                     debug!(doc = %self.name, error = %e, "presence question not answered");
                 }
             }
+            PeerEvent::Stateless(frame) => self.deliver(Effects {
+                deliveries: vec![Delivery::Stateless {
+                    origin: None,
+                    frame: frame.into(),
+                }],
+                ..Effects::default()
+            }),
             PeerEvent::Deleted => {
                 self.deleted_elsewhere();
                 return false;
@@ -153,7 +160,8 @@ impl Room {
         Ok(log_entries(&fx.changes))
     }
 
-    /// Presence changes made here go to the other nodes (cluster mode).
+    /// Presence changes made here, and stateless messages sent here, go to
+    /// the other nodes (cluster mode).
     pub(super) async fn publish_presence(&self, fx: &Effects) {
         use yrs::updates::encoder::Encode;
         // One process alone (the embedded store, which has no shared log to
@@ -164,15 +172,20 @@ impl Room {
             return;
         }
         for d in &fx.deliveries {
-            if let Delivery::Presence(update) = d {
-                if let Err(e) = self
-                    .cx
-                    .store
-                    .publish_presence(&self.name, &update.encode_v1())
-                    .await
-                {
-                    debug!(doc = %self.name, error = %e, "presence not published");
+            let published = match d {
+                Delivery::Presence(update) => {
+                    let update = update.encode_v1();
+                    self.cx.store.publish_presence(&self.name, &update).await
                 }
+                // Only this node's: another's came from the bus.
+                Delivery::Stateless {
+                    origin: Some(_),
+                    frame,
+                } => self.cx.store.publish_stateless(&self.name, frame).await,
+                _ => continue,
+            };
+            if let Err(e) = published {
+                debug!(doc = %self.name, error = %e, "presence or stateless message not published");
             }
         }
     }

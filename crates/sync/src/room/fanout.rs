@@ -82,7 +82,7 @@ impl Room {
             }
             Delivery::Stateless { origin, frame } => {
                 for (&conn, sub) in &self.subscribers {
-                    if sub.hears_stateless && conn != origin {
+                    if sub.hears_stateless && Some(conn) != origin {
                         offer(conn, sub, frame.clone(), gone);
                     }
                 }
