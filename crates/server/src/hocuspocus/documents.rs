@@ -136,8 +136,8 @@ impl Documents {
 
     /// Drops `key`'s waiting messages and any later ones, until it sends
     /// a token. The set is bounded like the socket's documents: past
-    /// that, the oldest entries are forgotten (their messages then wait
-    /// again, within the waiting bound).
+    /// that, it starts again empty (the messages of the addresses it
+    /// forgot then wait again, within the waiting bound).
     pub fn forget(&mut self, key: &str) {
         self.take_waiting(key);
         if self.ended.len() >= MAX_DOCUMENTS {
