@@ -35,8 +35,8 @@ async function startWeft (args = []) {
 }
 
 /** One socket, as an app that opens several documents makes it. */
-function socket (url) {
-  const ws = new HocuspocusProviderWebsocket({ url, WebSocketPolyfill: WebSocket })
+function socket (url, extra = {}) {
+  const ws = new HocuspocusProviderWebsocket({ url, WebSocketPolyfill: WebSocket, ...extra })
   cleanups.push(() => ws.destroy())
   return ws
 }
@@ -110,6 +110,7 @@ test('documents on one socket, each with its own token, beside y-websocket and S
   assert.deepEqual(await stored.json(), { t: 'plans' })
 
   // The read-only provider's change is refused: never acknowledged, never stored.
+  await waitFor(() => !reader.p.hasUnsyncedChanges, 10000, 'the reader\'s opening sync acknowledged')
   const before = reader.heard.statuses.length
   reader.text.insert(0, 'not allowed')
   await waitFor(() => reader.heard.statuses.length > before, 10000, 'the server\'s word on the change')
@@ -165,4 +166,34 @@ test('a token is fetched again before it ends, and the document stays open', asy
   assert.deepEqual(p.heard.denied, [])
   p.text.insert(0, 'still writing')
   await waitFor(() => !p.p.hasUnsyncedChanges, 10000, 'the change stored')
+})
+
+test('forced syncs are acknowledged as Hocuspocus acknowledges them', async () => {
+  const weft = await startWeft()
+  const p = provider(socket(`ws://${weft.addr}/hocuspocus`), 'forced', '', { forceSyncInterval: 300 })
+  await waitFor(() => p.p.isSynced, 10000, 'synced')
+  p.text.insert(0, 'typed')
+  // Each forced sync counts as unsynced until weft answers it as
+  // Hocuspocus' server does: its step 2, then its own step 1, whose
+  // answer is acknowledged.
+  const before = p.heard.statuses.length
+  await waitFor(() => p.heard.statuses.length >= before + 4, 10000, 'the change and three forced syncs acknowledged')
+  await waitFor(() => !p.p.hasUnsyncedChanges, 10000, 'nothing unsynced')
+})
+
+test('pings keep a quiet provider connected', async () => {
+  const weft = await startWeft(['--ping-interval', '500ms'])
+  // No awareness and no edits (nothing else to hear), and a short
+  // patience: without weft's pings this provider would take its socket
+  // for dead after 2 s.
+  const statuses = []
+  const quiet = socket(`ws://${weft.addr}/hocuspocus`, {
+    messageReconnectTimeout: 2000,
+    onStatus: ({ status }) => statuses.push(status)
+  })
+  const p = provider(quiet, 'quiet', '', { awareness: null })
+  await waitFor(() => p.p.isSynced, 10000, 'synced')
+  // 5 s of quiet: more than twice the provider's patience.
+  await new Promise(resolve => setTimeout(resolve, 5000))
+  assert.deepEqual(statuses.filter(s => s === 'disconnected'), [])
 })

@@ -42,6 +42,11 @@ pub struct AppState {
     pub connections: TaskTracker,
     /// Live WebSocket and SSE connections, against `--max-connections`.
     pub connection_limit: ConnectionLimit,
+    /// Hocuspocus sockets that have not yet authenticated a document,
+    /// against `--max-pending-connections` (they count against
+    /// `--max-connections` once they have), so sockets without a token
+    /// cannot take the places of those with one.
+    pub unauthenticated_limit: ConnectionLimit,
     /// Wrong admin keys per client address, to slow down guessing.
     pub admin_failures: FailureThrottle,
     /// The embedded store, for readiness checks.

@@ -26,6 +26,7 @@ mod hocuspocus;
 mod limits;
 mod origin;
 mod peer;
+mod read_budget;
 mod refusal;
 mod secret;
 mod serve;

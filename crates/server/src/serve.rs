@@ -178,6 +178,9 @@ impl Running {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             connection_limit: ConnectionLimit::new(config.max_connections),
+            unauthenticated_limit: ConnectionLimit::new(
+                usize::try_from(config.max_pending_connections).unwrap_or(usize::MAX),
+            ),
             admin_failures: FailureThrottle::new(
                 config.admin_failure_burst,
                 config.admin_failure_interval,
@@ -316,7 +319,9 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Raises the soft open-files limit to the hard one: every connection is a
 /// descriptor. Warns when even that is below what the limits allow.
 fn raise_open_files_limit(config: &ServeConfig) {
-    let wanted = config.max_connections as u64 + config.max_pending_connections + 256;
+    // Pending connections, and as many Hocuspocus sockets not yet
+    // authenticated.
+    let wanted = config.max_connections as u64 + 2 * config.max_pending_connections + 256;
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if config.max_connections > 0 && limit < wanted => warn!(
             limit,

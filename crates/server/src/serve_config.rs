@@ -260,7 +260,9 @@ pub struct ServeConfig {
 
     /// Connections that have not yet delivered a request's headers; more
     /// are closed at once, so they cannot use up the descriptors open
-    /// WebSockets and event streams need.
+    /// WebSockets and event streams need. As many Hocuspocus sockets may
+    /// wait to authenticate a document (they count against
+    /// --max-connections once they have).
     #[arg(long, env = "WEFT_MAX_PENDING_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending_connections: u64,
 

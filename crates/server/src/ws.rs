@@ -68,7 +68,7 @@ pub async fn upgrade(
     };
     // The connection task counts as tracked from here until it ends.
     let tracked = app.connections.token();
-    ws.on_upgrade(socket_config(&app), move |socket| {
+    ws.on_upgrade(socket_config(&app), None, move |socket| {
         // Split before the connection's future is made, so the future
         // holds the two halves and not the whole socket beside them.
         let (sink, stream) = socket.split();
@@ -127,13 +127,62 @@ const READ_BUFFER: usize = 1024;
 /// `ws_upgrade` for why).
 const FRAGMENT: usize = 64 * 1024;
 
-/// Sends one binary message, in fragments if it is large.
-pub(crate) async fn send_binary<S>(sink: &mut S, frame: Bytes) -> Result<(), S::Error>
+/// Why a message was not sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unsent {
+    /// The socket failed.
+    Failed,
+    /// The peer took nothing for the write deadline: it stopped reading.
+    Stalled,
+}
+
+impl Unsent {
+    pub(crate) fn why(&self) -> &'static str {
+        match self {
+            Unsent::Failed => "write failed",
+            Unsent::Stalled => {
+                "the peer stopped reading: nothing written within the write deadline"
+            }
+        }
+    }
+}
+
+/// How long one write (a message, or a fragment of a large one) may wait
+/// for the peer to take it: two ping intervals, at least 10 s. A peer
+/// that stops reading would otherwise hold its connection, and whatever
+/// its task holds, for ever.
+pub(crate) fn write_deadline(app: &AppState) -> Duration {
+    (app.config.ping_interval * 2).max(Duration::from_secs(10))
+}
+
+/// Sends `message`, waiting at most `deadline` for the peer to take it.
+pub(crate) async fn send_within<S>(
+    sink: &mut S,
+    message: Message,
+    deadline: Duration,
+) -> Result<(), Unsent>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    match tokio::time::timeout(deadline, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Unsent::Failed),
+        Err(_) => Err(Unsent::Stalled),
+    }
+}
+
+/// Sends one binary message, in fragments if it is large, each within
+/// `deadline`.
+pub(crate) async fn send_binary<S>(
+    sink: &mut S,
+    frame: Bytes,
+    deadline: Duration,
+) -> Result<(), Unsent>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
     if frame.len() <= FRAGMENT {
-        return sink.send(Message::Binary(frame)).await;
+        return send_within(sink, Message::Binary(frame), deadline).await;
     }
     let count = frame.len().div_ceil(FRAGMENT);
     for i in 0..count {
@@ -143,8 +192,8 @@ where
         } else {
             OpCode::Data(Data::Continue)
         };
-        sink.send(Message::Frame(Frame::message(part, opcode, i + 1 == count)))
-            .await?;
+        let fragment = Message::Frame(Frame::message(part, opcode, i + 1 == count));
+        send_within(sink, fragment, deadline).await?;
     }
     Ok(())
 }
@@ -208,6 +257,7 @@ async fn connection_loop(
     let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst);
     let doc_limits = app.config.engine().limits;
     let cluster = app.config.is_cluster();
+    let deadline = write_deadline(app);
     // Made once, not on every turn of the loop: each turn is one frame in
     // or out, and a fresh future would register its waker all over again.
     let shutdown = app.shutdown.cancelled();
@@ -224,8 +274,8 @@ async fn connection_loop(
             outbound = session.recv() => match outbound {
                 Ok(frame) => {
                     telemetry::carried("ws", "out", frame.len());
-                    if send_binary(sink, frame).await.is_err() {
-                        return End::Gone("write failed");
+                    if let Err(unsent) = send_binary(sink, frame, deadline).await {
+                        return End::Gone(unsent.why());
                     }
                 }
                 Err(reason) => {
@@ -280,8 +330,8 @@ async fn connection_loop(
                     debug!("no answer to pings");
                     return End::Gone("no answer to two pings");
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return End::Gone("write failed");
+                if let Err(unsent) = send_within(sink, Message::Ping(Default::default()), deadline).await {
+                    return End::Gone(unsent.why());
                 }
             }
         }
@@ -350,14 +400,18 @@ mod tests {
     #[tokio::test]
     async fn large_messages_go_out_as_fragments_and_small_ones_whole() {
         let mut sent: Vec<Message> = Vec::new();
-        send_binary(&mut sent, Bytes::from(vec![7u8; 100]))
-            .await
-            .expect("sends");
+        send_binary(
+            &mut sent,
+            Bytes::from(vec![7u8; 100]),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect("sends");
         assert!(matches!(&sent[..], [Message::Binary(b)] if b.len() == 100));
 
         let big: Vec<u8> = (0..(3 * FRAGMENT + 10)).map(|i| i as u8).collect();
         let mut sent: Vec<Message> = Vec::new();
-        send_binary(&mut sent, Bytes::from(big.clone()))
+        send_binary(&mut sent, Bytes::from(big.clone()), Duration::from_secs(1))
             .await
             .expect("sends");
         let frames: Vec<&Frame> = sent
@@ -376,5 +430,23 @@ mod tests {
         }
         let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
         assert_eq!(joined, big);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_takes_nothing_is_given_up_at_the_deadline() {
+        // A sink that never has room, as a socket whose peer stopped reading.
+        let stuck = futures_util::sink::unfold((), |(), _: Message| async {
+            std::future::pending::<Result<(), std::convert::Infallible>>().await
+        });
+        let mut stuck = std::pin::pin!(stuck);
+        let started = tokio::time::Instant::now();
+        let sent = send_binary(
+            &mut stuck,
+            Bytes::from_static(b"hi"),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(sent, Err(Unsent::Stalled));
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
     }
 }

@@ -21,9 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::api_error::ApiError;
+use crate::read_budget::{Budgeted, ReadBudget};
 
 /// The server side of an upgraded connection.
-pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type WebSocket = WebSocketStream<Budgeted<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// A valid WebSocket handshake request, ready to be accepted.
 #[derive(Debug)]
@@ -101,9 +102,15 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
 
 impl WsUpgrade {
     /// Answers 101 Switching Protocols and runs `callback` on the
-    /// connection once it is upgraded. The task is spawned: the caller
-    /// tracks it (see `AppState::connections`).
-    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, callback: F) -> Response
+    /// connection once it is upgraded, its reads held to `budget` if any.
+    /// The task is spawned: the caller tracks it (see
+    /// `AppState::connections`).
+    pub fn on_upgrade<F, Fut>(
+        self,
+        config: WebSocketConfig,
+        budget: Option<ReadBudget>,
+        callback: F,
+    ) -> Response
     where
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -115,7 +122,7 @@ impl WsUpgrade {
                 return; // the client went away mid-handshake
             };
             let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                Budgeted::new(TokioIo::new(upgraded), budget),
                 Role::Server,
                 Some(config),
             )

@@ -264,20 +264,50 @@ async fn a_y_websocket_edit_reaches_hocuspocus_and_stateless_messages_only_hocus
 #[tokio::test]
 async fn what_a_socket_sends_before_its_token_is_bounded() {
     let weft = Weft::start(&[]);
+    // Past 64 waiting messages the rest are dropped (the sync after the
+    // token carries what they held): the socket is not closed for it,
+    // and the 64 kept are answered once the token comes.
     let mut ws = connect(&hp_url(&weft)).await;
-    for _ in 0..300 {
-        put(
-            &mut ws,
-            sync(
-                "early",
-                YMessage::Sync(SyncMessage::SyncStep1(StateVector::default())),
-            ),
+    let step1 = || {
+        sync(
+            "early",
+            YMessage::Sync(SyncMessage::SyncStep1(StateVector::default())),
         )
-        .await;
+    };
+    for _ in 0..300 {
+        put(&mut ws, step1()).await;
     }
+    open(&mut ws, "early", "").await;
+    let mut answers = 0;
+    // Each kept step 1 gets a step 2; then the provider's own, sent after
+    // the token, is answered too.
+    put(&mut ws, step1()).await;
+    while answers < 65 {
+        if let Heard::Sync(_, YMessage::Sync(SyncMessage::SyncStep2(_))) = next(&mut ws).await {
+            answers += 1;
+        }
+    }
+    let metrics = http_get(&weft.addr, "/metrics", &[]).await.1;
+    assert!(
+        metrics.contains("weft_hocuspocus_dropped_total{reason=\"waiting\"} 236"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("hocuspocus"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // However it comes: one large message before any token is cut off
+    // long before it is whole.
+    let mut ws = connect(&hp_url(&weft)).await;
+    let big = insert(&Doc::with_client_id(9), &"x".repeat(300 * 1024));
+    let _ = ws
+        .send(Message::Binary(sync("early", update_message(big)).into()))
+        .await;
     let (code, reason) = close_of(&mut ws).await;
     assert_eq!(code, CloseCode::from(4400), "{reason}");
-    assert!(reason.contains("before their Auth"), "{reason}");
+    assert!(reason.contains("bytes sent before"), "{reason}");
 
     // Within the bound, it waits and is answered once the token comes.
     let mut ws = connect(&hp_url(&weft)).await;
@@ -312,6 +342,13 @@ async fn a_socket_that_authenticates_nothing_is_closed_at_the_header_deadline() 
     open(&mut ws, "d", &token("d", "write")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(change(&mut ws, "d", &Doc::with_client_id(3), "still here").await);
+
+    // Until its last document's token ends: then it must show another.
+    let mut ws = connect(&hp_url(&weft)).await;
+    open(&mut ws, "e", &token_until("e", "write", now() + 2)).await;
+    next_where(&mut ws, |h| matches!(h, Heard::Denied(..)).then_some(())).await;
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!(code, CloseCode::from(4401), "{reason}");
 }
 
 #[tokio::test]
@@ -331,10 +368,8 @@ async fn tokens_are_asked_for_again_before_they_end_and_end_access_otherwise() {
     }
     asked.sort();
     assert_eq!(asked, ["kept", "lapsed"]);
-    assert_eq!(
-        open(&mut ws, "kept", &token("kept", "write")).await,
-        Heard::Authenticated("kept".into(), "read-write".into())
-    );
+    // A fresh token is taken without an answer, as Hocuspocus does.
+    put(&mut ws, auth("kept", &token("kept", "write"))).await;
     let ended = next_where(&mut ws, |h| match h {
         Heard::Denied(k, why) => Some((k, why)),
         _ => None,
@@ -370,6 +405,36 @@ async fn a_socket_opens_at_most_64_documents() {
         open(&mut ws, "doc-64", "").await,
         Heard::Authenticated(..)
     ));
+
+    // One document under many session-aware addresses: at most 8.
+    let mut ws = connect(&hp_url(&weft)).await;
+    for i in 0..8 {
+        let answer = open(&mut ws, &format!("same\0s{i}"), "").await;
+        assert!(
+            matches!(answer, Heard::Authenticated(..)),
+            "{i}: {answer:?}"
+        );
+    }
+    let Heard::Denied(_, why) = open(&mut ws, "same\0s8", "").await else {
+        panic!("a ninth session of one document was opened")
+    };
+    assert!(why.contains("8 times"), "{why}");
+}
+
+#[tokio::test]
+async fn stateless_messages_are_held_to_a_rate_per_socket() {
+    let weft = Weft::start(&[]);
+    let mut sender = connect(&hp_url(&weft)).await;
+    open(&mut sender, "flood", "").await;
+    let mut body = vec![5];
+    body.write_string(&"s".repeat(64 * 1024));
+    // Four seconds' worth go at once; the fifth is too much.
+    for _ in 0..5 {
+        put(&mut sender, addressed("flood", &body)).await;
+    }
+    let (code, reason) = close_of(&mut sender).await;
+    assert_eq!(code, CloseCode::from(4429), "{reason}");
+    assert!(reason.contains("stateless"), "{reason}");
 }
 
 #[tokio::test]
@@ -379,10 +444,7 @@ async fn malformed_frames_close_the_socket_with_a_reason() {
         (vec![0x7f], "a name longer than the frame"),
         (vec![0xff, 0xff, 0xff, 0xff, 0x0f], "a huge name length"),
         (addressed("d", &[]), "no message"),
-        (
-            addressed("d", &[2, 2, 1, b'x']),
-            "a forged authenticated answer",
-        ),
+        (auth("d", &"t".repeat(9 * 1024)), "a token of 9 KiB"),
     ] {
         let mut ws = connect(&hp_url(&weft)).await;
         put(&mut ws, frame).await;
@@ -394,4 +456,52 @@ async fn malformed_frames_close_the_socket_with_a_reason() {
     put(&mut ws, addressed("d", &[0, 2, 0x7f])).await;
     let (code, reason) = close_of(&mut ws).await;
     assert_eq!(code, CloseCode::Protocol, "{reason}");
+
+    // What Hocuspocus' server ignores is ignored: a forged "authenticated"
+    // answer opens nothing, and an unknown type closes nothing.
+    let mut ws = connect(&hp_url(&weft)).await;
+    let mut forged = vec![2, 2];
+    forged.write_string("read-write");
+    put(&mut ws, addressed("d", &forged)).await;
+    put(&mut ws, addressed("d", &[42])).await;
+    assert!(matches!(
+        open(&mut ws, "d", "").await,
+        Heard::Authenticated(..)
+    ));
+    put(&mut ws, addressed("d", &[42, 1, 2, 3])).await;
+    assert!(change(&mut ws, "d", &Doc::with_client_id(77), "still open").await);
+}
+
+#[tokio::test]
+async fn a_document_ended_by_the_server_ends_alone() {
+    const ADMIN: &str = "hocuspocus-admin-key-0123456789abcdef";
+    let weft = Weft::start(&["--admin-key", ADMIN]);
+    let mut ws = connect(&hp_url(&weft)).await;
+    open(&mut ws, "doomed", "").await;
+    open(&mut ws, "kept", "").await;
+    assert!(change(&mut ws, "doomed", &Doc::with_client_id(1), "soon gone").await);
+
+    let auth = format!("Bearer {ADMIN}");
+    let headers = [("authorization", auth.as_str())];
+    let (status, body) =
+        request(&weft.addr, "DELETE", "/admin/docs/doomed", &headers, vec![]).await;
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    let (key, why) = next_where(&mut ws, |h| match h {
+        Heard::Closed(k, why) => Some((k, why)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(key, "doomed");
+    assert!(why.contains("deleted"), "{why}");
+    // What the provider still sends for it is dropped; the other document
+    // goes on, on the same socket.
+    put(
+        &mut ws,
+        sync(
+            "doomed",
+            update_message(insert(&Doc::with_client_id(2), "x")),
+        ),
+    )
+    .await;
+    assert!(change(&mut ws, "kept", &Doc::with_client_id(3), "still here").await);
 }

@@ -68,8 +68,8 @@ pub fn room(data: &[u8]) {
         readers_presence: true,
     });
     let mut fx = Effects::default();
-    state.join(1, &mut fx);
-    state.join(2, &mut fx);
+    state.join(1, true, &mut fx);
+    state.join(2, true, &mut fx);
     let mut changes = Vec::new();
     for (i, frame) in frames(data).enumerate() {
         let Ok(messages) = decode_frame(frame) else {

@@ -8,14 +8,19 @@
 //! (the *key*; replies carry it back). Then a message type and its
 //! payload. Types 0 (sync), 1 (awareness) and 3 (awareness query) are
 //! y-protocols' own, so what follows the address is a y-protocols frame
-//! and decodes with [`decode_frame`]; the others are Hocuspocus' own:
+//! and decodes with [`decode_frame`] (a sync step 1 is followed by a
+//! request for the document's own, which Hocuspocus' server sends after
+//! its answer and its provider counts on); the others are Hocuspocus' own:
 //! 2 auth (a token from the client; the server's answer: authenticated
 //! with a scope, permission denied with a reason, or a request for a
 //! fresh token), 5 stateless (an application's string), 7 close (from the
 //! client: it detaches the document; from the server: the document ended,
 //! with a reason), 8 sync status (the server's acknowledgement of each
 //! change, true once stored, false if refused), and the bare one-byte
-//! ping (9) and pong (10) that carry no address.
+//! ping (9) and pong (10) that carry no address. What Hocuspocus' server
+//! ignores (unknown types, an auth message that is not a token, a
+//! stateless message over the size limit) is [`Message::Ignored`] here
+//! too; what cannot be read at all is a [`ProtocolError`].
 //!
 //! The engine answers in y-protocols frames; [`Replies`] turns them into
 //! Hocuspocus' for one document: it adds the address, and turns the
@@ -69,6 +74,10 @@ const ACK_REQUEST: &[u8] = &[];
 /// limit, so it is held to the size of a small message.
 pub const MAX_STATELESS_BYTES: usize = 64 * 1024;
 
+/// The longest token taken, in bytes: a JWT with room to spare, as an
+/// HTTP header would bound it.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 /// The longest address taken: a document name (255 bytes at most), a NUL
 /// and a session id (the provider's are about 11 characters).
 const MAX_KEY_BYTES: usize = 512;
@@ -100,6 +109,11 @@ pub enum Message {
     Stateless(String),
     /// The provider detached the document.
     Close,
+    /// Something Hocuspocus' server ignores too (a message type it does
+    /// not know, an auth message that is not a token, a stateless message
+    /// over [`MAX_STATELESS_BYTES`]), and why: closing the socket for it
+    /// would only make the provider reconnect and send it again.
+    Ignored(String),
 }
 
 /// Whether `frame` is the provider's answer to a ping.
@@ -107,7 +121,7 @@ pub fn is_pong(frame: &[u8]) -> bool {
     frame == [PONG]
 }
 
-/// The ping frame.
+/// The ping frame (providers since 4.0 answer it).
 pub fn ping() -> Bytes {
     Bytes::from_static(&[PING])
 }
@@ -145,7 +159,16 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
         .map_err(|e| malformed(format!("no message type ({e})")))?;
     match kind {
         SYNC | AWARENESS | QUERY_AWARENESS => {
-            let mut messages = decode_frame(body)?;
+            let decoded = decode_frame(body)?;
+            let mut messages = Vec::with_capacity(decoded.len() + 1);
+            for message in decoded {
+                let answer = match &message {
+                    Inbound::SyncStep1(_) => Some(Inbound::SyncStep1Request),
+                    _ => None,
+                };
+                messages.push(message);
+                messages.extend(answer);
+            }
             if messages.iter().any(Inbound::is_update) {
                 messages.push(Inbound::SyncStatus(ACK_REQUEST.to_vec()));
             }
@@ -157,7 +180,7 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
                 .read_string()
                 .map_err(|e| malformed(format!("a stateless message without its string ({e})")))?;
             if payload.len() > MAX_STATELESS_BYTES {
-                return Err(malformed(format!(
+                return Ok(Message::Ignored(format!(
                     "a stateless message of {} bytes (at most {MAX_STATELESS_BYTES})",
                     payload.len()
                 )));
@@ -165,10 +188,9 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
             Ok(Message::Stateless(payload.to_owned()))
         }
         CLOSE => Ok(Message::Close),
-        other => Err(match u8::try_from(other) {
-            Ok(kind) => ProtocolError::UnknownMessageType(kind),
-            Err(_) => malformed(format!("unknown message type {other}")),
-        }),
+        other => Ok(Message::Ignored(format!(
+            "a message of unknown type {other}"
+        ))),
     }
 }
 
@@ -193,14 +215,20 @@ fn decode_auth(cursor: &mut Cursor<'_>) -> Result<Message, ProtocolError> {
         .read_var()
         .map_err(|e| malformed(format!("an auth message without its kind ({e})")))?;
     if sub != AUTH_TOKEN {
-        return Err(malformed(format!(
+        return Ok(Message::Ignored(format!(
             "an auth message of kind {sub}: a client sends only tokens (kind {AUTH_TOKEN})"
         )));
     }
     let token = cursor
         .read_string()
-        .map_err(|e| malformed(format!("an auth message without its token ({e})")))?
-        .to_owned();
+        .map_err(|e| malformed(format!("an auth message without its token ({e})")))?;
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(malformed(format!(
+            "a token of {} bytes (at most {MAX_TOKEN_BYTES})",
+            token.len()
+        )));
+    }
+    let token = token.to_owned();
     // Providers since 4.0 add their version; older ones do not.
     let provider_version = if cursor.has_content() {
         cursor.read_string().ok().map(str::to_owned)
@@ -211,16 +239,6 @@ fn decode_auth(cursor: &mut Cursor<'_>) -> Result<Message, ProtocolError> {
         token,
         provider_version,
     })
-}
-
-/// Whether a provider of `version` answers [`ping`] (4.0 and later do;
-/// older ones would fail to read a frame without an address).
-pub fn answers_ping(version: &str) -> bool {
-    version
-        .split('.')
-        .next()
-        .and_then(|major| major.parse::<u32>().ok())
-        .is_some_and(|major| major >= 4)
 }
 
 /// The answer to a token that grants access: the scope the provider
@@ -355,11 +373,15 @@ mod tests {
             &messages[..],
             [Inbound::Update(_), Inbound::SyncStatus(p)] if p.is_empty()
         ));
+        // A state vector is answered, then the server's own is asked for.
         let step1 = [0u8, 0, 1, 0];
         let Message::YSync(messages) = decode(&step1).expect("decodes") else {
             panic!("not y-sync")
         };
-        assert!(matches!(&messages[..], [Inbound::SyncStep1(_)]));
+        assert!(matches!(
+            &messages[..],
+            [Inbound::SyncStep1(_), Inbound::SyncStep1Request]
+        ));
     }
 
     #[test]
@@ -376,13 +398,13 @@ mod tests {
         };
         assert_eq!(token, "a.jwt.token");
         assert_eq!(provider_version.as_deref(), Some("4.8.0"));
-        assert!(answers_ping("4.8.0"));
-        assert!(!answers_ping("3.4.4"));
-        assert!(!answers_ping("nonsense"));
+        let mut huge = vec![2, 0];
+        huge.write_string(&"t".repeat(MAX_TOKEN_BYTES + 1));
+        assert!(decode(&huge).is_err());
         // A client cannot claim to be authenticated.
         let mut forged = vec![2, 2];
         forged.write_string("read-write");
-        assert!(decode(&forged).is_err());
+        assert!(matches!(decode(&forged), Ok(Message::Ignored(_))));
     }
 
     #[test]
@@ -392,13 +414,14 @@ mod tests {
         assert!(matches!(decode(&body), Ok(Message::Stateless(s)) if s == "hello"));
         let mut big = vec![5];
         big.write_string(&"x".repeat(MAX_STATELESS_BYTES + 1));
-        assert!(decode(&big).is_err());
+        assert!(matches!(decode(&big), Ok(Message::Ignored(_))));
         assert!(matches!(decode(&[7]), Ok(Message::Close)));
-        assert_eq!(
-            decode(&[42]).err(),
-            Some(ProtocolError::UnknownMessageType(42))
-        );
-        assert!(decode(&[0x80, 0x80, 0x80, 0x80, 0x10]).is_err());
+        assert!(matches!(decode(&[42]), Ok(Message::Ignored(why)) if why.contains("42")));
+        assert!(matches!(
+            decode(&[0x80, 0x80, 0x80, 0x80, 0x10]),
+            Ok(Message::Ignored(_))
+        ));
+        assert!(decode(&[0x80]).is_err(), "a type cut short");
     }
 
     #[test]

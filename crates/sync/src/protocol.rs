@@ -52,6 +52,10 @@ pub enum Inbound {
     /// protocol, never stored. Only the Hocuspocus transport makes these
     /// (a y-websocket frame of this type is refused as unknown).
     Stateless(String),
+    /// The client asks for the document's sync step 1. Hocuspocus' server
+    /// sends one after answering each sync step 1 of its client's, and
+    /// only then; the Hocuspocus transport adds this after each.
+    SyncStep1Request,
 }
 
 impl Inbound {

@@ -146,7 +146,7 @@ impl Rooms {
         let mut joined = None;
         self.call(doc, |room, reply| {
             let (session, mut subscriber) = self.session(doc, room, (access, client));
-            subscriber.hears_stateless = dialect == Dialect::Hocuspocus;
+            subscriber.dialect = dialect;
             let conn = session.id();
             joined = Some(session);
             Command::Join {

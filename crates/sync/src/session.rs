@@ -79,7 +79,9 @@ pub enum Dialect {
     #[default]
     YSync,
     /// Hocuspocus': its connections also hear each other's stateless
-    /// messages.
+    /// messages, and are sent the document's sync step 1 only in answer
+    /// to theirs (as Hocuspocus' server does; its provider counts on one
+    /// per step 1 it sends to know when it is in sync).
     Hocuspocus,
 }
 
@@ -142,9 +144,10 @@ pub(crate) struct Subscriber {
     /// Where the connection comes from, for the limit on creating
     /// documents (`None`: not limited).
     pub client: Option<ClientAddr>,
-    /// Whether it is sent other connections' stateless messages (a
-    /// Hocuspocus connection).
-    pub hears_stateless: bool,
+    /// What its client speaks: a Hocuspocus connection also hears other
+    /// connections' stateless messages, and is sent the document's sync
+    /// step 1 only when it asks.
+    pub dialect: Dialect,
     max_queued_bytes: usize,
 }
 
@@ -204,8 +207,16 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Records why the session ends; dropping `self` then ends it.
+    /// Records why the session ends; dropping `self` then ends it. A
+    /// client closed for not reading will never be sent what it has not
+    /// taken, so that is freed now rather than when its connection
+    /// notices (which may wait on a socket nobody reads).
     pub fn close(self, reason: CloseReason) {
+        if reason == CloseReason::TooSlow {
+            let dropped = std::mem::take(&mut self.shared.lock().frames);
+            self.shared.queued.store(0, Ordering::Relaxed);
+            drop(dropped);
+        }
         let _ = self.shared.reason.set(reason);
     }
 }
@@ -262,7 +273,7 @@ impl Session {
             kind: Kind::Editor,
             access,
             client,
-            hears_stateless: false,
+            dialect: Dialect::YSync,
             max_queued_bytes: bytes,
         };
         (session, subscriber)
@@ -387,5 +398,32 @@ impl Follower {
     /// [`recv`](Self::recv) for a hand-written future or stream.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, CloseReason>> {
         self.0.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reader_closed_as_too_slow_gives_back_what_it_had_not_taken() {
+        let (room, _rx) = mpsc::channel(1);
+        let doc = DocName::new("slow").expect("valid");
+        let (mut session, subscriber) = Session::pair(
+            1,
+            doc,
+            room,
+            (64, 1 << 20),
+            (Access::ReadOnly, None),
+            TaskTracker::new(),
+        );
+        for _ in 0..10 {
+            assert!(subscriber.offer(Bytes::from(vec![0; 1000])).is_ok());
+        }
+        let shared = session.shared.clone();
+        subscriber.close(CloseReason::TooSlow);
+        assert_eq!(shared.queued.load(Ordering::Relaxed), 0);
+        assert!(shared.lock().frames.is_empty());
+        assert_eq!(session.recv().await, Err(CloseReason::TooSlow));
     }
 }

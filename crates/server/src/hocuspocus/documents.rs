@@ -5,7 +5,8 @@
 //! token granted and when that token ends. Messages for an address that
 //! has not authenticated wait (a provider whose token comes from a
 //! function may send changes before its token), within a bound in
-//! frames, bytes and addresses; an address refused access, or whose
+//! frames, bytes and addresses, and for at most the header deadline; an
+//! address refused access, or whose
 //! document the server ended, has its messages dropped until it sends a
 //! token again. Frames from the rooms are taken round-robin, so one busy
 //! document cannot starve the others on the socket.
@@ -27,10 +28,13 @@ use crate::telemetry::LiveConnection;
 
 /// At most this many documents open on one socket.
 pub const MAX_DOCUMENTS: usize = 64;
+/// At most this many of them the same document (session-aware providers
+/// open one document under several addresses).
+pub const MAX_SESSIONS_PER_DOCUMENT: usize = 8;
 /// Messages waiting for their address's token: at most this many frames,
 /// bytes and addresses on one socket.
-pub const MAX_WAITING_FRAMES: usize = 256;
-pub const MAX_WAITING_BYTES: usize = 1024 * 1024;
+pub const MAX_WAITING_FRAMES: usize = 64;
+pub const MAX_WAITING_BYTES: usize = 64 * 1024;
 pub const MAX_WAITING_ADDRESSES: usize = 16;
 /// How long before a token ends the provider is asked for a fresh one (at
 /// most half of the token's remaining life).
@@ -74,6 +78,21 @@ impl Open {
         }
     }
 
+    /// A fresh token: access ends at `expiry` if that is later than
+    /// before, and the provider is asked again before then. (A token that
+    /// ends no later, a fixed string, is not asked for again: it is
+    /// what it is.)
+    pub fn refresh(&mut self, expiry: Option<Instant>) {
+        let later = match (self.expiry, expiry) {
+            (Some(old), Some(new)) => new > old,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if later {
+            self.set_expiry(expiry);
+        }
+    }
+
     /// Access ends at `expiry`; the provider is asked for a fresh token
     /// before.
     pub fn set_expiry(&mut self, expiry: Option<Instant>) {
@@ -102,10 +121,11 @@ pub enum Due {
 #[derive(Default)]
 pub struct Documents {
     pub open: Vec<Open>,
-    waiting: Vec<(String, Bytes)>,
+    /// Frames waiting for their address's token, with when each came.
+    waiting: Vec<(String, Bytes, Instant)>,
     waiting_bytes: usize,
     /// Addresses whose messages are dropped until they send a token.
-    ended: HashSet<String>,
+    muted: HashSet<String>,
     /// Where the next round-robin turn starts.
     next: usize,
 }
@@ -115,13 +135,18 @@ impl Documents {
         self.open.iter().position(|o| o.key == key)
     }
 
-    pub fn is_ended(&self, key: &str) -> bool {
-        self.ended.contains(key)
+    /// How many addresses have `doc` open.
+    pub fn sessions_of(&self, doc: &DocName) -> usize {
+        self.open.iter().filter(|o| &o.doc == doc).count()
+    }
+
+    pub fn is_muted(&self, key: &str) -> bool {
+        self.muted.contains(key)
     }
 
     /// Opens a document, forgetting that its address was refused.
     pub fn add(&mut self, open: Open) -> usize {
-        self.ended.remove(&open.key);
+        self.muted.remove(&open.key);
         self.open.push(open);
         self.open.len() - 1
     }
@@ -140,15 +165,15 @@ impl Documents {
     /// forgot then wait again, within the waiting bound).
     pub fn forget(&mut self, key: &str) {
         self.take_waiting(key);
-        if self.ended.len() >= MAX_DOCUMENTS {
-            self.ended.clear();
+        if self.muted.len() >= MAX_DOCUMENTS {
+            self.muted.clear();
         }
-        self.ended.insert(key.to_owned());
+        self.muted.insert(key.to_owned());
     }
 
     /// Keeps `frame` until `key` sends its token.
     pub fn wait(&mut self, key: &str, frame: Bytes) -> Result<(), TooMuchWaiting> {
-        let new_address = !self.waiting.iter().any(|(k, _)| k == key);
+        let new_address = !self.waiting.iter().any(|(k, ..)| k == key);
         let addresses = self.waiting_addresses() + usize::from(new_address);
         if self.waiting.len() >= MAX_WAITING_FRAMES
             || self.waiting_bytes + frame.len() > MAX_WAITING_BYTES
@@ -161,23 +186,38 @@ impl Documents {
             )));
         }
         self.waiting_bytes += frame.len();
-        self.waiting.push((key.to_owned(), frame));
+        self.waiting.push((key.to_owned(), frame, Instant::now()));
         Ok(())
+    }
+
+    /// When the oldest waiting frame came.
+    pub fn oldest_waiting(&self) -> Option<Instant> {
+        self.waiting.first().map(|(.., since)| *since)
+    }
+
+    /// Drops the frames waiting since before `since`: their token did not
+    /// come in time.
+    pub fn drop_stale_waiting(&mut self, since: Instant) {
+        let before = self.waiting.len();
+        self.waiting.retain(|(.., came)| *came >= since);
+        if self.waiting.len() != before {
+            self.waiting_bytes = self.waiting.iter().map(|(_, f, _)| f.len()).sum();
+        }
     }
 
     /// `key`'s waiting frames, in the order they came.
     pub fn take_waiting(&mut self, key: &str) -> Vec<Bytes> {
         let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|(k, _)| k == key);
+            .partition(|(k, ..)| k == key);
         self.waiting = others;
-        let frames: Vec<Bytes> = mine.into_iter().map(|(_, f)| f).collect();
+        let frames: Vec<Bytes> = mine.into_iter().map(|(_, f, _)| f).collect();
         self.waiting_bytes -= frames.iter().map(Bytes::len).sum::<usize>();
         frames
     }
 
     fn waiting_addresses(&self) -> usize {
-        let keys: HashSet<&str> = self.waiting.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: HashSet<&str> = self.waiting.iter().map(|(k, ..)| k.as_str()).collect();
         keys.len()
     }
 
@@ -253,7 +293,7 @@ mod tests {
         docs.wait("a", Bytes::from_static(b"1")).expect("fits");
         docs.wait("b", Bytes::from_static(b"2")).expect("fits");
         docs.forget("a");
-        assert!(docs.is_ended("a") && !docs.is_ended("b"));
+        assert!(docs.is_muted("a") && !docs.is_muted("b"));
         assert!(docs.take_waiting("a").is_empty());
         assert_eq!(docs.take_waiting("b"), vec![Bytes::from_static(b"2")]);
         assert_eq!(docs.waiting_bytes, 0);

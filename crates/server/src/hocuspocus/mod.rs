@@ -4,17 +4,28 @@
 //!
 //! One socket carries many documents, each opened by an Auth message with
 //! a token for it (a weft document token; any or none without
-//! `--auth-secret`) and decided on its own: a document refused access, or
-//! at a limit, is answered with permission denied and the others go on.
-//! Each open document is an editor's [`Session`] in its room, joined as
-//! [`Dialect::Hocuspocus`] so it also hears the document's stateless
-//! messages; the wire format is `weft_sync::hocuspocus`'s, the socket's
-//! documents `documents.rs`'s. The connection loop is `ws.rs`'s, with
-//! three more duties: a socket with no document authenticated within
-//! `--header-timeout` of opening is closed (4401), a provider is asked for a fresh token
-//! before its token ends (and the document ends with it otherwise), and
-//! providers that answer them are sent Hocuspocus' own pings, so a quiet
-//! document does not look dead to them.
+//! `--auth-secret`) and decided on its own (`opening.rs`): a document
+//! refused access, or at a limit, is answered with permission denied and
+//! the others go on. Each open document is an editor's [`Session`] in its
+//! room, joined as [`Dialect::Hocuspocus`] so it also hears the
+//! document's stateless messages; the wire format is
+//! `weft_sync::hocuspocus`'s, the socket's documents `documents.rs`'s.
+//!
+//! The connection loop is `ws.rs`'s (every write within a deadline, pings,
+//! shutdown), with more to do:
+//! - the socket is accepted before anyone shows a token, so until one
+//!   does it may send at most [`PRE_AUTH_BYTES`] in all (read through a
+//!   `ReadBudget`, below the size of any message), and is closed (4401)
+//!   if no document is authenticated within `--header-timeout` of
+//!   opening, or of its last document ending for want of a valid token;
+//! - a document is joined while the socket goes on delivering the others'
+//!   frames (a slow load holds up only what the client sends, which waits
+//!   in the socket until the join is done, so nothing overtakes it);
+//! - a provider is asked for a fresh token before its token ends (and the
+//!   document ends with it otherwise);
+//! - stateless messages are held to [`STATELESS_BYTES_PER_SEC`] per socket;
+//! - providers that answer them are sent Hocuspocus' own pings, so a quiet
+//!   document does not look dead to them.
 //!
 //! How a document ends follows what would cure it: what a reconnect
 //! cures (the server going away, a storage failure, a client too slow or
@@ -24,7 +35,9 @@
 //! limit) ends that document alone, with Hocuspocus' close message.
 
 mod documents;
+mod opening;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,29 +45,40 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::SplitStream;
-use futures_util::{SinkExt, StreamExt};
-use governor::DefaultDirectRateLimiter;
+use futures_util::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
-use weft_storage::DocName;
 use weft_sync::hocuspocus::{self as wire, Message as HpMessage};
 use weft_sync::protocol::Inbound;
-use weft_sync::{Access, CloseReason, Dialect};
+use weft_sync::{CloseReason, Dialect};
 
 use crate::access::Credentials;
 use crate::app::AppState;
-use crate::auth::Mode;
 use crate::close_code;
-use crate::creation_limit::client_addr;
-use crate::limits;
+use crate::limits::{self, ConnectionSlot};
 use crate::peer::PeerAddr;
-use crate::refusal::Refusal;
+use crate::read_budget::ReadBudget;
 use crate::telemetry;
 use crate::ws::{self, End, Sink};
 use crate::ws_upgrade::{NotAWebSocket, WebSocket, WsUpgrade};
-use documents::{Documents, Due, Open, MAX_DOCUMENTS};
+use documents::Documents;
+use opening::Joining;
+
+/// What a socket may send, in bytes, before it has authenticated a
+/// document: Auth messages and what a provider sends while it fetches its
+/// token, with room to spare. A provider that sends more (a large paste
+/// while its token is fetched) is closed, reconnects, and its sync
+/// carries the paste: nothing is lost.
+pub const PRE_AUTH_BYTES: usize = 128 * 1024;
+
+/// Stateless messages one socket may send, in bytes per second (and a
+/// burst of four seconds' worth); more closes it (4429). They go to every
+/// other Hocuspocus connection of the document, so this is what one
+/// socket can make each of them receive.
+pub const STATELESS_BYTES_PER_SEC: u32 = 64 * 1024;
 
 /// Pings go at least this often: a provider takes 30 s without a message
 /// as a dead connection.
@@ -91,28 +115,26 @@ pub async fn at_root(
 /// maximum of connections) and runs it. `credentials`, from the upgrade
 /// request, stand in for an Auth message's empty token.
 fn accept(app: Arc<AppState>, peer: PeerAddr, credentials: Credentials, ws: WsUpgrade) -> Response {
-    let slot = app.connection_limit.try_admit();
+    let slot = app.unauthenticated_limit.try_admit();
     let tracked = app.connections.token();
-    ws.on_upgrade(ws::socket_config(&app), move |socket| {
+    let budget = ReadBudget::new(PRE_AUTH_BYTES);
+    let config = ws::socket_config(&app);
+    ws.on_upgrade(config, Some(budget.clone()), move |socket: WebSocket| {
         let (mut sink, mut stream) = socket.split();
         async move {
             let span = tracing::info_span!("hocuspocus", %peer);
-            if let Some(_slot) = slot {
-                let conn = Conn::new(app, peer, credentials);
+            if let Some(slot) = slot {
+                let conn = Conn::new(app, peer, credentials, (budget, slot));
                 conn.run(&mut sink, &mut stream).instrument(span).await;
             } else {
                 let reason = format!(
-                    "the server has its maximum of {} connections; try again later",
-                    app.connection_limit.max()
+                    "the server has its maximum of {} connections waiting to authenticate; \
+                     try again later",
+                    app.unauthenticated_limit.max()
                 );
                 info!(parent: &span, %reason, "refused");
-                Box::pin(ws::close(
-                    &mut sink,
-                    &mut stream,
-                    close_code::TRY_AGAIN_LATER,
-                    &reason,
-                ))
-                .await;
+                let code = close_code::TRY_AGAIN_LATER;
+                Box::pin(ws::close(&mut sink, &mut stream, code, &reason)).await;
             }
             drop(tracked);
         }
@@ -126,25 +148,48 @@ struct Conn {
     /// The upgrade request's token, for Auth messages without one.
     credentials: Credentials,
     docs: Documents,
+    /// The document being joined; the socket reads nothing meanwhile.
+    joining: Option<Joining>,
     rate: Option<DefaultDirectRateLimiter>,
-    opened: Instant,
-    /// A document has been authenticated on this socket.
-    authenticated: bool,
+    stateless: DefaultDirectRateLimiter,
+    /// What the socket may still read before it authenticates.
+    budget: ReadBudget,
+    /// Its place: among those waiting to authenticate, then among the
+    /// server's connections (which also covers its first document).
+    place: ConnectionSlot,
+    /// Whether `place` is among the server's connections yet.
+    admitted: bool,
+    /// When the socket must have authenticated a document by, while it
+    /// has none.
+    auth_due: Option<Instant>,
     /// A provider here answers Hocuspocus' pings.
     answers_ping: bool,
+    write_deadline: Duration,
 }
 
 impl Conn {
-    fn new(app: Arc<AppState>, peer: PeerAddr, credentials: Credentials) -> Conn {
+    fn new(
+        app: Arc<AppState>,
+        peer: PeerAddr,
+        credentials: Credentials,
+        (budget, place): (ReadBudget, ConnectionSlot),
+    ) -> Conn {
         let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst);
+        let per_sec = NonZeroU32::new(STATELESS_BYTES_PER_SEC).unwrap_or(NonZeroU32::MIN);
+        let burst = per_sec.saturating_mul(NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN));
         Conn {
+            auth_due: Some(Instant::now() + app.config.header_timeout),
+            write_deadline: ws::write_deadline(&app),
+            stateless: RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst)),
             app,
             peer,
             credentials,
             docs: Documents::default(),
+            joining: None,
             rate,
-            opened: Instant::now(),
-            authenticated: false,
+            budget,
+            place,
+            admitted: false,
             answers_ping: false,
         }
     }
@@ -165,11 +210,8 @@ impl Conn {
         sink: &mut Sink,
         stream: &mut SplitStream<WebSocket>,
     ) -> End {
-        let every = self
-            .app
-            .config
-            .ping_interval
-            .clamp(Duration::from_millis(10), MOST_BETWEEN_PINGS);
+        let every =
+            (self.app.config.ping_interval).clamp(Duration::from_millis(10), MOST_BETWEEN_PINGS);
         let mut ping = interval_at(Instant::now() + every, every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
@@ -188,19 +230,12 @@ impl Conn {
                 (index, outbound) = std::future::poll_fn(|cx| self.docs.poll_recv(cx)) => {
                     self.on_room_frame(sink, index, outbound).await
                 }
-                inbound = stream.next() => {
+                (joining, joined) = std::future::poll_fn(|cx| opening::poll_join(&mut self.joining, cx)) => {
+                    self.joined(sink, joining, joined).await
+                }
+                inbound = stream.next(), if self.joining.is_none() => {
                     last_heard = Instant::now();
-                    match inbound {
-                        None => Err(End::Gone("peer closed the socket")),
-                        Some(Err(e)) => Err(ws::read_error(e)),
-                        Some(Ok(Message::Binary(frame))) => self.on_client_frame(sink, frame).await,
-                        Some(Ok(Message::Text(_))) => Err(End::Close(
-                            close_code::UNSUPPORTED_DATA,
-                            "text frames are not supported; send binary Hocuspocus messages".into(),
-                        )),
-                        Some(Ok(Message::Close(_))) => Err(End::Gone("peer sent close")),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                    }
+                    self.on_inbound(sink, inbound).await
                 }
                 () = &mut deadline => self.on_deadline(sink).await,
                 _ = ping.tick() => {
@@ -218,11 +253,15 @@ impl Conn {
         }
     }
 
-    /// When the socket must next act on its own: the auth deadline until
-    /// a document is authenticated, then its tokens' refreshes and ends.
+    /// When the socket must next act on its own: the auth deadline while
+    /// no document is authenticated, waiting messages growing stale, and
+    /// tokens to refresh or end.
     fn next_deadline(&self) -> Instant {
-        let auth = (!self.authenticated).then_some(self.opened + self.app.config.header_timeout);
-        [auth, self.docs.next_deadline()]
+        let stale = self
+            .docs
+            .oldest_waiting()
+            .map(|since| since + self.app.config.header_timeout);
+        [self.auth_due, stale, self.docs.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -232,15 +271,16 @@ impl Conn {
 
     async fn send(&mut self, sink: &mut Sink, frame: Bytes) -> Result<(), End> {
         telemetry::carried("hocuspocus", "out", frame.len());
-        ws::send_binary(sink, frame)
+        ws::send_binary(sink, frame, self.write_deadline)
             .await
-            .map_err(|_| End::Gone("write failed"))
+            .map_err(|unsent| End::Gone(unsent.why()))
     }
 
     async fn ping(&mut self, sink: &mut Sink) -> Result<(), End> {
-        if sink.send(Message::Ping(Default::default())).await.is_err() {
-            return Err(End::Gone("write failed"));
-        }
+        let ping = Message::Ping(Default::default());
+        ws::send_within(sink, ping, self.write_deadline)
+            .await
+            .map_err(|unsent| End::Gone(unsent.why()))?;
         if self.answers_ping {
             self.send(sink, wire::ping()).await?;
         }
@@ -273,20 +313,55 @@ impl Conn {
         index: usize,
         reason: CloseReason,
     ) -> Result<(), End> {
-        let doc_only = matches!(
+        let whole_socket = matches!(
             reason,
-            CloseReason::Deleted | CloseReason::Rejected(_) | CloseReason::TooLarge(_)
+            CloseReason::TooSlow | CloseReason::StorageFailure(_) | CloseReason::ShuttingDown
         );
-        if !doc_only {
+        if whole_socket {
             return Err(End::Close(
                 close_code::for_reason(&reason),
                 reason.to_string(),
             ));
         }
+        self.end_document(sink, index, &reason.to_string()).await
+    }
+
+    /// Ends the document at `index` alone, telling the provider why.
+    async fn end_document(
+        &mut self,
+        sink: &mut Sink,
+        index: usize,
+        reason: &str,
+    ) -> Result<(), End> {
         info!(doc = %self.docs.open[index].doc, %reason, "document closed");
         let key = self.docs.end(index);
-        self.send(sink, wire::close(&key, &reason.to_string()))
-            .await
+        self.send(sink, wire::close(&key, reason)).await
+    }
+
+    /// What the socket read.
+    async fn on_inbound(
+        &mut self,
+        sink: &mut Sink,
+        inbound: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<(), End> {
+        match inbound {
+            None => Err(End::Gone("peer closed the socket")),
+            Some(Err(_)) if self.budget.is_spent() => Err(End::Close(
+                close_code::REJECTED,
+                format!(
+                    "more than {PRE_AUTH_BYTES} bytes sent before a document was authenticated; \
+                     send each document's Auth message first"
+                ),
+            )),
+            Some(Err(e)) => Err(ws::read_error(e)),
+            Some(Ok(Message::Binary(frame))) => self.on_client_frame(sink, frame).await,
+            Some(Ok(Message::Text(_))) => Err(End::Close(
+                close_code::UNSUPPORTED_DATA,
+                "text frames are not supported; send binary Hocuspocus messages".into(),
+            )),
+            Some(Ok(Message::Close(_))) => Err(End::Gone("peer sent close")),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+        }
     }
 
     /// A frame from the provider.
@@ -318,16 +393,28 @@ impl Conn {
                 token,
                 provider_version,
             })) => {
-                self.answers_ping |= provider_version.as_deref().is_some_and(wire::answers_ping);
+                // Only providers since 4.0 say their version, and they
+                // answer pings.
+                self.answers_ping |= provider_version.is_some();
                 self.authenticate(sink, &key, &doc, &token).await
+            }
+            Some(Ok(HpMessage::Ignored(why))) => {
+                ignored(&why);
+                Ok(())
             }
             Some(Ok(_)) => Ok(()),
             Some(Err(e)) => Err(protocol_error(e)),
-            None if self.docs.is_ended(&key) => Ok(()),
-            None => self
-                .docs
-                .wait(&key, frame)
-                .map_err(|too_much| End::Close(close_code::REJECTED, too_much.0)),
+            None if self.docs.is_muted(&key) => Ok(()),
+            None => {
+                // Dropped past the bound: the sync that follows the token
+                // carries whatever changes they held.
+                if let Err(too_much) = self.docs.wait(&key, frame) {
+                    metrics::counter!("weft_hocuspocus_dropped_total", "reason" => "waiting")
+                        .increment(1);
+                    debug!(key = ?key, why = %too_much.0, "message dropped");
+                }
+                Ok(())
+            }
         }
     }
 
@@ -337,18 +424,26 @@ impl Conn {
         let inbound = match message {
             HpMessage::YSync(messages) => {
                 let limits = self.app.config.engine().limits;
-                limits
-                    .admits_presence_in(&body, self.app.config.is_cluster())
-                    .map_err(|refused| End::Close(close_code::REJECTED, refused.to_string()))?;
+                let cluster = self.app.config.is_cluster();
+                if let Err(refused) = limits.admits_presence_in(&body, cluster) {
+                    return self.end_document(sink, index, &refused.to_string()).await;
+                }
                 messages
             }
-            HpMessage::Stateless(payload) => vec![Inbound::Stateless(payload)],
+            HpMessage::Stateless(payload) => {
+                self.charge_stateless(payload.len())?;
+                vec![Inbound::Stateless(payload)]
+            }
             HpMessage::Close => {
                 debug!(doc = %self.docs.open[index].doc, "provider detached the document");
                 self.docs.end(index);
                 return Ok(());
             }
-            // Handled before: a token opens or refreshes a document.
+            HpMessage::Ignored(why) => {
+                ignored(&why);
+                return Ok(());
+            }
+            // Never here: a token opens or refreshes a document before.
             HpMessage::Auth { .. } => return Ok(()),
         };
         let sent = self.docs.open[index]
@@ -361,169 +456,41 @@ impl Conn {
         }
     }
 
-    /// An Auth message: opens the document, or takes a fresh token for an
-    /// open one.
-    async fn authenticate(
-        &mut self,
-        sink: &mut Sink,
-        key: &str,
-        name: &str,
-        token: &str,
-    ) -> Result<(), End> {
-        let doc = match DocName::new(name) {
-            Ok(doc) => doc,
-            Err(e) => return self.deny(sink, key, &e.to_string()).await,
-        };
-        let credentials = match token.trim() {
-            "" => Credentials(self.credentials.0.clone()),
-            token => Credentials(Some(token.to_owned())),
-        };
-        let grant = match self.app.authorize(&credentials, &doc, Mode::Read) {
-            Ok(grant) => grant,
-            Err(e) => return self.deny(sink, key, &e.to_string()).await,
-        };
-        let expiry = self.app.token_deadline(&grant);
-        if let Some(index) = self.docs.find(key) {
-            if self.docs.open[index].mode == grant.mode {
-                self.docs.open[index].set_expiry(expiry);
-                return self
-                    .send(sink, wire::authenticated(key, grant.mode == Mode::Read))
-                    .await;
-            }
-            // Other access: the document is joined again with it.
-            self.docs.end(index);
-        }
-        let Some(index) = self.open(sink, key, doc, grant.mode).await? else {
-            return Ok(());
-        };
-        self.docs.open[index].set_expiry(expiry);
-        self.authenticated = true;
-        self.send(sink, wire::authenticated(key, grant.mode == Mode::Read))
-            .await?;
-        for frame in self.docs.take_waiting(key) {
-            let body = match wire::address(&frame) {
-                Ok(addressed) => frame.slice_ref(addressed.body),
-                Err(e) => return Err(protocol_error(e)),
-            };
-            let Some(index) = self.docs.find(key) else {
-                break; // the document ended meanwhile
-            };
-            self.on_message(sink, index, body).await?;
-        }
-        Ok(())
-    }
-
-    /// Joins `doc`'s room for `key`; `None` if refused (and said so).
-    async fn open(
-        &mut self,
-        sink: &mut Sink,
-        key: &str,
-        doc: DocName,
-        mode: Mode,
-    ) -> Result<Option<usize>, End> {
-        if self.docs.open.len() >= MAX_DOCUMENTS {
-            let reason = format!(
-                "this connection has its maximum of {MAX_DOCUMENTS} documents open; \
-                 close one or open another connection"
-            );
-            self.deny(sink, key, &reason).await?;
-            return Ok(None);
-        }
-        // The socket's own place covers its first document.
-        let slot = if self.docs.open.is_empty() {
-            None
-        } else {
-            match self.app.connection_limit.try_admit() {
-                Some(slot) => Some(slot),
-                None => {
-                    let reason = format!(
-                        "the server has its maximum of {} connections; try again later",
-                        self.app.connection_limit.max()
-                    );
-                    self.deny(sink, key, &reason).await?;
-                    return Ok(None);
-                }
-            }
-        };
-        let access = match mode {
-            Mode::Write => Access::ReadWrite,
-            Mode::Read => Access::ReadOnly,
-        };
-        let client = Some(client_addr(self.peer.0.ip()));
-        let joined = Box::pin(
-            self.app
-                .rooms
-                .join_as(&doc, (access, client), Dialect::Hocuspocus),
-        )
-        .await;
-        match joined {
-            Ok(session) => {
-                info!(%doc, mode = mode.as_str(), conn = session.id(), "document opened");
-                Ok(Some(
-                    self.docs.add(Open::new(key, doc, session, mode, slot)),
-                ))
-            }
-            Err(e) => {
-                let refusal = Refusal::of_room(&e);
-                warn!(%doc, error = %e, "could not open document");
-                if refusal.status.is_server_error() {
-                    return Err(End::Close(refusal.close_code, e.to_string()));
-                }
-                self.deny(sink, key, &e.to_string()).await?;
-                Ok(None)
-            }
-        }
-    }
-
-    /// Refuses `key` access, saying why; its messages are dropped until
-    /// it sends another token.
-    async fn deny(&mut self, sink: &mut Sink, key: &str, reason: &str) -> Result<(), End> {
-        info!(key = %key.split('\0').next().unwrap_or(key), %reason, "document refused");
-        if let Some(index) = self.docs.find(key) {
-            self.docs.end(index);
-        } else {
-            self.docs.forget(key);
-        }
-        self.send(sink, wire::permission_denied(key, reason)).await
-    }
-
-    async fn on_deadline(&mut self, sink: &mut Sink) -> Result<(), End> {
-        let now = Instant::now();
-        if !self.authenticated && now >= self.opened + self.app.config.header_timeout {
-            return Err(End::Close(
-                close_code::UNAUTHORIZED,
+    /// Charges a stateless message of `len` bytes to the socket's allowance.
+    fn charge_stateless(&self, len: usize) -> Result<(), End> {
+        let cells = u32::try_from(len)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .unwrap_or(NonZeroU32::MIN);
+        match self.stateless.check_n(cells) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Close(
+                close_code::RATE_LIMITED,
                 format!(
-                    "no document authenticated within {} s of connecting; \
-                     send an Auth message first",
-                    self.app.config.header_timeout.as_secs_f32()
+                    "stateless messages over {} KiB per second; slow down",
+                    STATELESS_BYTES_PER_SEC / 1024
                 ),
-            ));
+            )),
         }
-        // Expired documents are ended from the highest index down, so the
-        // indices of the others stay valid.
-        let mut due = self.docs.due(now);
-        due.sort_by_key(|d| {
-            std::cmp::Reverse(match d {
-                Due::Refresh(i) | Due::Expired(i) => *i,
-            })
-        });
-        for d in due {
-            match d {
-                Due::Refresh(index) => {
-                    let message = wire::token_request(&self.docs.open[index].key);
-                    self.send(sink, message).await?;
-                }
-                Due::Expired(index) => {
-                    let key = self.docs.open[index].key.clone();
-                    self.deny(sink, &key, "token expired; send a fresh one")
-                        .await?;
-                }
-            }
-        }
-        Ok(())
     }
+}
+
+/// Counts (and logs, quietly) a message Hocuspocus' server would ignore.
+fn ignored(why: &str) {
+    metrics::counter!("weft_hocuspocus_dropped_total", "reason" => "ignored").increment(1);
+    debug!(%why, "message ignored");
 }
 
 fn protocol_error(e: weft_sync::protocol::ProtocolError) -> End {
     End::Close(close_code::PROTOCOL_ERROR, e.to_string())
+}
+
+/// Joins `doc`'s room as a Hocuspocus connection.
+fn join(
+    app: &Arc<AppState>,
+    doc: &weft_storage::DocName,
+    who: (weft_sync::Access, Option<weft_sync::ClientAddr>),
+) -> opening::JoinFuture {
+    let (app, doc) = (app.clone(), doc.clone());
+    Box::pin(async move { app.rooms.join_as(&doc, who, Dialect::Hocuspocus).await })
 }

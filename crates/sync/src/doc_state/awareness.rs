@@ -112,7 +112,7 @@ mod tests {
 
         // A newcomer sees it on join.
         let mut fx = Effects::default();
-        s.join(2, &mut fx);
+        s.join(2, true, &mut fx);
         assert_eq!(fx.deliveries.len(), 2);
         let Delivery::Opening(2, frame) = &fx.deliveries[1] else {
             panic!("{:?}", fx.deliveries)
@@ -231,7 +231,7 @@ mod tests {
             vec![(2, "1".repeat(80))]
         );
         let mut fx = Effects::default();
-        s.join(3, &mut fx);
+        s.join(3, true, &mut fx);
         assert!(matches!(
             fx.deliveries.as_slice(),
             [Delivery::To(3, _), Delivery::Opening(3, _)]

@@ -26,11 +26,14 @@ impl DocState {
         encoded.map_err(|panic| format!("the document engine failed internally: {panic}"))
     }
 
-    /// A new connection: it gets sync step 1 and everyone's presence. The
-    /// caller has already subscribed it, so nothing can fall in between.
-    pub fn join(&mut self, conn: ConnId, fx: &mut Effects) {
-        fx.deliveries
-            .push(Delivery::To(conn, protocol::sync_step1(&self.awareness)));
+    /// A new connection: it gets sync step 1 (unless `opens_sync` is
+    /// false: it asks for one) and everyone's presence. The caller has
+    /// already subscribed it, so nothing can fall in between.
+    pub fn join(&mut self, conn: ConnId, opens_sync: bool, fx: &mut Effects) {
+        if opens_sync {
+            fx.deliveries
+                .push(Delivery::To(conn, protocol::sync_step1(&self.awareness)));
+        }
         if let Some(update) = self.presence() {
             fx.deliveries
                 .push(Delivery::Opening(conn, protocol::awareness(update)));
@@ -74,7 +77,7 @@ mod tests {
         .expect("applies");
 
         let mut fx = Effects::default();
-        s.join(2, &mut fx);
+        s.join(2, true, &mut fx);
         let [Delivery::To(2, frame)] = fx.deliveries.as_slice() else {
             panic!("{:?}", fx.deliveries);
         };

@@ -82,6 +82,11 @@ impl DocState {
                     .push(Delivery::To(conn, protocol::sync_status(&payload)));
                 Ok(())
             }
+            Inbound::SyncStep1Request => {
+                fx.deliveries
+                    .push(Delivery::To(conn, protocol::sync_step1(&self.awareness)));
+                Ok(())
+            }
             Inbound::Stateless(payload) => {
                 fx.deliveries.push(Delivery::Stateless {
                     origin: Some(conn),

@@ -162,7 +162,7 @@ impl Room {
 
     /// Presence changes made here, and stateless messages sent here, go to
     /// the other nodes (cluster mode).
-    pub(super) async fn publish_presence(&self, fx: &Effects) {
+    pub(super) async fn publish_ephemeral(&self, fx: &Effects) {
         use yrs::updates::encoder::Encode;
         // One process alone (the embedded store, which has no shared log to
         // follow): nobody to tell, and no reason to encode every cursor move
@@ -206,7 +206,7 @@ impl Room {
     /// Tells other nodes of the connections dropped since the last time.
     pub(super) async fn publish_departed(&mut self) {
         for update in std::mem::take(&mut self.departed) {
-            self.publish_presence(&Effects {
+            self.publish_ephemeral(&Effects {
                 deliveries: vec![Delivery::Presence(update)],
                 ..Effects::default()
             })

@@ -23,7 +23,7 @@ use super::{Reply, Room};
 use crate::creation::ClientAddr;
 use crate::doc_state::{ConnId, Effects};
 use crate::protocol::Inbound;
-use crate::session::{Kind, Subscriber};
+use crate::session::{Dialect, Kind, Subscriber};
 use crate::{restore, DocRead, EventId, Restored, RoomError, RoomStats};
 
 /// A frame of presence messages up to this size is light work: handled
@@ -124,6 +124,7 @@ impl Command {
                                 | Inbound::Auth
                                 | Inbound::SyncStatus(_)
                                 | Inbound::Stateless(_)
+                                | Inbound::SyncStep1Request
                         )
                     })
             }
@@ -289,8 +290,9 @@ impl Room {
         } else if reply.send(Ok(())).is_ok() {
             // Subscribed before the initial sync is queued, so no
             // change can fall between the two.
+            let opens_sync = subscriber.dialect == Dialect::YSync;
             self.subscribers.insert(conn, subscriber);
-            self.state.join(conn, fx);
+            self.state.join(conn, opens_sync, fx);
         }
     }
 

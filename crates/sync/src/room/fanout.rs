@@ -11,7 +11,7 @@ use tracing::warn;
 use super::Room;
 use crate::doc_state::{ConnId, Delivery, Effects};
 use crate::protocol;
-use crate::session::{CloseReason, Kind, Offer, Subscriber};
+use crate::session::{CloseReason, Dialect, Kind, Offer, Subscriber};
 use crate::viewer;
 
 /// Subscribers whose queues refused a frame, and why each must go.
@@ -22,7 +22,7 @@ impl Room {
     /// to the other nodes, everything to the subscribers here.
     pub(super) async fn fan_out(&mut self, fx: Effects, started: Instant) {
         let changed = !fx.changes.is_empty();
-        self.publish_presence(&fx).await;
+        self.publish_ephemeral(&fx).await;
         self.deliver(fx);
         if changed {
             // From the batch arriving to every subscriber's queue holding it.
@@ -82,8 +82,8 @@ impl Room {
             }
             Delivery::Stateless { origin, frame } => {
                 for (&conn, sub) in &self.subscribers {
-                    if sub.hears_stateless && Some(conn) != origin {
-                        offer(conn, sub, frame.clone(), gone);
+                    if sub.dialect == Dialect::Hocuspocus && Some(conn) != origin {
+                        offer_stateless(conn, sub, frame.clone(), gone);
                     }
                 }
             }
@@ -161,6 +161,20 @@ impl Room {
 /// Offers `frame` to one subscriber, noting it in `gone` if refused.
 fn offer(conn: ConnId, sub: &Subscriber, frame: Bytes, gone: &mut Gone) {
     gone.extend(refused(conn, sub.offer(frame)));
+}
+
+/// Offers a stateless message: unlike a change, one a full queue has no
+/// room for is dropped, not a reason to close the reader. It carries no
+/// document content, so a reader that misses it does not diverge, and
+/// another client's messages must not be what closes it.
+fn offer_stateless(conn: ConnId, sub: &Subscriber, frame: Bytes, gone: &mut Gone) {
+    match sub.offer(frame) {
+        Err(Offer::Full) => {
+            metrics::counter!("weft_hocuspocus_dropped_total", "reason" => "reader_full")
+                .increment(1);
+        }
+        offered => gone.extend(refused(conn, offered)),
+    }
 }
 
 /// A subscriber whose queue refused a frame, and why it must go.

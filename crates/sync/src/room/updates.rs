@@ -60,7 +60,8 @@ impl Room {
         let mut creation_asked = false;
         // A read-only connection is told once per input that it may not
         // write, however many changes it sent (each telling would be a
-        // frame, and a batch counts its run of updates as one).
+        // frame, and a batch counts its run of updates as one), and again
+        // after each sync status, which answers for the changes before it.
         let mut denied = false;
         for message in messages {
             match message {
@@ -87,10 +88,11 @@ impl Room {
                     let applied = self.apply_run(conn, std::mem::take(&mut run), fx);
                     let told = fx.deliveries.len();
                     let is_update = other.is_update();
+                    let is_status = matches!(other, Inbound::SyncStatus(_));
                     if !applied || !self.receive_one(conn, access, other, fx) {
                         return self.close_crowded_out(fx);
                     }
-                    denied |= is_update && fx.deliveries.len() > told;
+                    denied = !is_status && (denied || (is_update && fx.deliveries.len() > told));
                 }
             }
         }
