@@ -259,6 +259,14 @@ async fn a_y_websocket_edit_reaches_hocuspocus_and_stateless_messages_only_hocus
         YMessage::Sync(SyncMessage::Update(_)) => {}
         other => panic!("the y-websocket editor heard {other:?}"),
     }
+
+    // An awareness query is answered (nobody has published presence, so
+    // only the answer can be heard), addressed.
+    put(&mut b, addressed("shared", &[3])).await;
+    next_where(&mut b, |h| {
+        matches!(h, Heard::Awareness(k) if k == "shared").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
