@@ -197,3 +197,23 @@ test('pings keep a quiet provider connected', async () => {
   await new Promise(resolve => setTimeout(resolve, 5000))
   assert.deepEqual(statuses.filter(s => s === 'disconnected'), [])
 })
+
+test('a socket that sends too much before a token is told why, not reset', async () => {
+  const weft = await startWeft(['--auth-secret', SECRET])
+  const codes = []
+  for (let i = 0; i < 10; i++) {
+    codes.push(await new Promise(resolve => {
+      const ws = new WebSocket(`ws://${weft.addr}/hocuspocus`)
+      ws.on('error', () => {})
+      ws.on('close', code => resolve(code))
+      ws.on('open', () => {
+        // 1 MiB in 4 KiB messages for 16 documents, and never a token.
+        for (let f = 0; f < 240; f++) {
+          const name = Buffer.from(`doc-${f % 16}`)
+          ws.send(Buffer.concat([Buffer.from([name.length]), name, Buffer.from([0]), Buffer.alloc(4090, 7)]))
+        }
+      })
+    }))
+  }
+  assert.deepEqual(codes, Array(10).fill(4400))
+})

@@ -6,8 +6,13 @@
 //! of up to `--max-message-bytes` before handing any of it over. Until the
 //! socket has authenticated a document, what it may send in all is held
 //! to a budget well below one message, so a client without a token cannot
-//! make the server hold megabytes of half-read frames. Written here, not
-//! taken from a crate: it is one counter around `poll_read`.
+//! make the server hold megabytes of half-read frames. When the budget
+//! runs out, the reader is told ([`ReadBudget::spent`]) and from then on
+//! what the connection sends is read and thrown away, never buffered and
+//! never handed to tungstenite: the connection can still be told why it
+//! is closed, and is not reset (as a socket closed with unread data is)
+//! before it reads that. Written here, not taken from a crate: it is one
+//! counter around `poll_read`.
 
 use std::io;
 use std::pin::Pin;
@@ -16,54 +21,76 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 /// No limit.
 const UNLIMITED: usize = usize::MAX;
+/// Spent: whatever is read is thrown away.
+const DRAINING: usize = usize::MAX - 1;
 
 /// How many more bytes a connection may read (shared with its reader).
 #[derive(Debug, Clone)]
-pub struct ReadBudget(Arc<AtomicUsize>);
+pub struct ReadBudget(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    left: AtomicUsize,
+    spent: Notify,
+}
 
 impl ReadBudget {
     pub fn new(bytes: usize) -> ReadBudget {
-        ReadBudget(Arc::new(AtomicUsize::new(bytes)))
+        ReadBudget(Arc::new(Shared {
+            left: AtomicUsize::new(bytes),
+            spent: Notify::new(),
+        }))
     }
 
-    /// Reads are no longer limited.
+    /// Reads are no longer limited (unless the budget is already spent).
     pub fn lift(&self) {
-        self.0.store(UNLIMITED, Ordering::Relaxed);
+        self.set(UNLIMITED);
     }
 
-    /// Reads are limited to `bytes` more from now.
+    /// Reads are limited to `bytes` more from now (unless the budget is
+    /// already spent).
     pub fn limit(&self, bytes: usize) {
-        self.0.store(bytes, Ordering::Relaxed);
+        self.set(bytes.min(DRAINING - 1));
     }
 
-    /// Whether the budget ran out (a read was refused).
-    pub fn is_spent(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == 0
+    fn set(&self, to: usize) {
+        let _ = self
+            .0
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                (left != DRAINING).then_some(to)
+            });
+    }
+
+    /// Resolves once the budget has run out.
+    pub async fn spent(&self) {
+        self.0.spent.notified().await;
+    }
+
+    fn is_draining(&self) -> bool {
+        self.0.left.load(Ordering::Relaxed) == DRAINING
     }
 
     /// Takes `n` bytes from the budget; `false` if there were not that many
-    /// (the budget is then spent).
+    /// (the budget is then spent, and whoever waits on it told).
     fn take(&self, n: usize) -> bool {
-        let mut left = self.0.load(Ordering::Relaxed);
-        loop {
-            if left == UNLIMITED {
-                return true;
-            }
-            let (next, ok) = match left.checked_sub(n) {
-                Some(next) => (next, true),
-                None => (0, false),
-            };
-            match self
-                .0
-                .compare_exchange_weak(left, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return ok,
-                Err(now) => left = now,
-            }
+        let taken =
+            self.0
+                .left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| match left {
+                    UNLIMITED => Some(UNLIMITED),
+                    DRAINING => None,
+                    left => Some(left.checked_sub(n).unwrap_or(DRAINING)),
+                });
+        let ok = matches!(taken, Ok(left) if left == UNLIMITED || left >= n);
+        if !ok {
+            self.0.spent.notify_one();
         }
+        ok
     }
 }
 
@@ -86,15 +113,39 @@ impl<S: AsyncRead + Unpin> AsyncRead for Budgeted<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.budget.as_ref().is_some_and(ReadBudget::is_draining) {
+            return self.poll_drain(cx);
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let read = buf.filled().len() - before;
         match &self.budget {
-            Some(budget) if !budget.take(read) => Poll::Ready(Err(io::Error::other(
-                "read more than the connection may before it authenticates",
-            ))),
+            Some(budget) if !budget.take(read) => {
+                // Over: these bytes are thrown away with the rest.
+                buf.set_filled(before);
+                self.poll_drain(cx)
+            }
             _ => Poll::Ready(Ok(())),
         }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Budgeted<S> {
+    /// Reads and throws away whatever has come; ready (with nothing read,
+    /// which is the end of the stream) once the peer closes. A peer that
+    /// keeps sending gets the task back every 64 reads, so it cannot keep
+    /// a worker to itself.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; 4096];
+        for _ in 0..64 {
+            let mut buf = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -141,13 +192,36 @@ mod tests {
         let mut buf = [0u8; 64];
         client.write_all(b"0123456789").await.expect("write");
         assert_eq!(reader.read(&mut buf).await.expect("within"), 10);
-        client.write_all(b"x").await.expect("write");
-        assert!(reader.read(&mut buf).await.is_err());
-        assert!(budget.is_spent());
         budget.lift();
         client.write_all(&[7; 40]).await.expect("write");
         assert_eq!(reader.read(&mut buf).await.expect("unlimited"), 40);
         budget.limit(5);
-        assert!(!budget.is_spent());
+        client.write_all(b"abcde").await.expect("write");
+        assert_eq!(reader.read(&mut buf).await.expect("within"), 5);
+    }
+
+    #[tokio::test]
+    async fn past_the_budget_the_reader_is_told_and_the_rest_thrown_away() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let budget = ReadBudget::new(10);
+        let mut reader = Budgeted::new(server, Some(budget.clone()));
+        let mut buf = [0u8; 64];
+        client.write_all(b"0123456789").await.expect("write");
+        assert_eq!(reader.read(&mut buf).await.expect("within"), 10);
+        client.write_all(b"x").await.expect("write");
+        // The reader sees nothing of what came after, and no error: only
+        // the end, once the peer has sent all it would.
+        let read = tokio::spawn(async move { reader.read(&mut buf).await });
+        tokio::time::timeout(std::time::Duration::from_secs(5), budget.spent())
+            .await
+            .expect("told the budget is spent");
+        for _ in 0..100 {
+            client.write_all(&[1; 60]).await.expect("write");
+        }
+        drop(client);
+        assert_eq!(read.await.expect("joins").expect("the end"), 0);
+        // Nothing lifts a spent budget.
+        budget.lift();
+        assert!(budget.is_draining());
     }
 }

@@ -307,9 +307,10 @@ async fn what_a_socket_sends_before_its_token_is_bounded() {
     );
 
     // However it comes: one large message before any token is cut off
-    // long before it is whole.
+    // long before it is whole, and the sender still hears why (the rest
+    // is read and thrown away while it is told, not reset).
     let mut ws = connect(&hp_url(&weft)).await;
-    let big = insert(&Doc::with_client_id(9), &"x".repeat(300 * 1024));
+    let big = insert(&Doc::with_client_id(9), &"x".repeat(4 * 1024 * 1024));
     let _ = ws
         .send(Message::Binary(sync("early", update_message(big)).into()))
         .await;
@@ -350,6 +351,13 @@ async fn a_socket_that_authenticates_nothing_is_closed_at_the_header_deadline() 
     open(&mut ws, "d", &token("d", "write")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(change(&mut ws, "d", &Doc::with_client_id(3), "still here").await);
+
+    // Or until it has none open: a provider detaching its last document.
+    let mut ws = connect(&hp_url(&weft)).await;
+    open(&mut ws, "f", &token("f", "write")).await;
+    put(&mut ws, addressed("f", &[7])).await;
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!(code, CloseCode::from(4401), "{reason}");
 
     // Until its last document's token ends: then it must show another.
     let mut ws = connect(&hp_url(&weft)).await;

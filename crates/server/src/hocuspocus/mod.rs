@@ -17,7 +17,7 @@
 //!   does it may send at most [`PRE_AUTH_BYTES`] in all (read through a
 //!   `ReadBudget`, below the size of any message), and is closed (4401)
 //!   if no document is authenticated within `--header-timeout` of
-//!   opening, or of its last document ending for want of a valid token;
+//!   opening, or of its last document ending (however it ended);
 //! - a document is joined while the socket goes on delivering the others'
 //!   frames (a slow load holds up only what the client sends, which waits
 //!   in the socket until the join is done, so nothing overtakes it);
@@ -231,15 +231,26 @@ impl Conn {
                     self.on_room_frame(sink, index, outbound).await
                 }
                 (joining, joined) = std::future::poll_fn(|cx| opening::poll_join(&mut self.joining, cx)) => {
+                    // Nothing was read while it lasted: that was not silence.
+                    last_heard = Instant::now();
                     self.joined(sink, joining, joined).await
                 }
                 inbound = stream.next(), if self.joining.is_none() => {
                     last_heard = Instant::now();
                     self.on_inbound(sink, inbound).await
                 }
+                // What it still sends is thrown away (by the budget)
+                // while it is told why.
+                () = self.budget.spent() => Err(End::Close(
+                    close_code::REJECTED,
+                    format!(
+                        "more than {PRE_AUTH_BYTES} bytes sent before a document was \
+                         authenticated; send each document's Auth message first"
+                    ),
+                )),
                 () = &mut deadline => self.on_deadline(sink).await,
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > every * 2 {
+                    if self.joining.is_none() && last_heard.elapsed() > every * 2 {
                         Err(End::Gone("no answer to two pings"))
                     } else {
                         self.ping(sink).await
@@ -335,6 +346,7 @@ impl Conn {
     ) -> Result<(), End> {
         info!(doc = %self.docs.open[index].doc, %reason, "document closed");
         let key = self.docs.end(index);
+        self.rearm_if_empty();
         self.send(sink, wire::close(&key, reason)).await
     }
 
@@ -346,13 +358,6 @@ impl Conn {
     ) -> Result<(), End> {
         match inbound {
             None => Err(End::Gone("peer closed the socket")),
-            Some(Err(_)) if self.budget.is_spent() => Err(End::Close(
-                close_code::REJECTED,
-                format!(
-                    "more than {PRE_AUTH_BYTES} bytes sent before a document was authenticated; \
-                     send each document's Auth message first"
-                ),
-            )),
             Some(Err(e)) => Err(ws::read_error(e)),
             Some(Ok(Message::Binary(frame))) => self.on_client_frame(sink, frame).await,
             Some(Ok(Message::Text(_))) => Err(End::Close(
@@ -437,6 +442,7 @@ impl Conn {
             HpMessage::Close => {
                 debug!(doc = %self.docs.open[index].doc, "provider detached the document");
                 self.docs.end(index);
+                self.rearm_if_empty();
                 return Ok(());
             }
             HpMessage::Ignored(why) => {

@@ -235,6 +235,17 @@ impl Conn {
         Ok(())
     }
 
+    /// A socket left with no document open and none being joined is as
+    /// one that never had any: it must authenticate one within the header
+    /// deadline, under the pre-auth budget (else a socket could keep its
+    /// freedom after its last token ended).
+    pub(super) fn rearm_if_empty(&mut self) {
+        if self.docs.open.is_empty() && self.joining.is_none() && self.auth_due.is_none() {
+            self.auth_due = Some(Instant::now() + self.app.config.header_timeout);
+            self.budget.limit(PRE_AUTH_BYTES);
+        }
+    }
+
     /// Refuses `key` access, saying why; its messages are dropped until
     /// it sends another token. A socket left with no document and none
     /// being joined must authenticate one again within the header
@@ -259,10 +270,7 @@ impl Conn {
                 false
             }
         };
-        if self.docs.open.is_empty() && self.joining.is_none() && self.auth_due.is_none() {
-            self.auth_due = Some(Instant::now() + self.app.config.header_timeout);
-            self.budget.limit(PRE_AUTH_BYTES);
-        }
+        self.rearm_if_empty();
         self.send(sink, wire::permission_denied(key, reason))
             .await?;
         if was_open {
