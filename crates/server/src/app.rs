@@ -24,7 +24,8 @@ use crate::auth::Authenticator;
 use crate::limits::ConnectionLimit;
 use crate::serve_config::ServeConfig;
 use crate::{
-    docs_api, edits_api, hocuspocus, origin, sse, telemetry, token_api, web, ws, ysweet_api,
+    docs_api, edits_api, history_api, hocuspocus, origin, sse, telemetry, token_api, web, ws,
+    ysweet_api,
 };
 
 /// What every handler can reach.
@@ -71,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/{doc}", get(docs_api::state))
         .route("/docs/{doc}/updates", post(docs_api::post_update))
         .route("/docs/{doc}/json", get(docs_api::as_json))
+        .route("/docs/{doc}/history", get(history_api::history))
         .route("/docs/{doc}/text/{name}", post(edits_api::edit_text_root))
         .route("/docs/{doc}/map/{name}", post(edits_api::edit_map_root))
         .route("/auth/token", post(token_api::mint))

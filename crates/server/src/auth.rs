@@ -105,6 +105,14 @@ pub struct Grant {
     pub expires_at: Option<SystemTime>,
 }
 
+impl Grant {
+    /// Who a change made with this grant is recorded as made by, and how
+    /// it came (`via`).
+    pub fn provenance(&self, via: &str) -> weft_storage::Provenance {
+        weft_storage::Provenance::new(self.sub.clone(), via)
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

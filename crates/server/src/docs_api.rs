@@ -65,12 +65,13 @@ pub async fn post_update(
     credentials: Credentials,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.authorize(&credentials, &doc, Mode::Write)?;
+    let grant = app.authorize(&credentials, &doc, Mode::Write)?;
     let declared = body::declared_length(&request);
     let update = body::read(request.into_body(), declared, BodyLimits::of(&app)).await?;
+    let by = grant.provenance("http");
     match app
         .rooms
-        .apply(&doc, update, Some(client_addr(peer.0.ip())))
+        .apply_as(&doc, update, Some(client_addr(peer.0.ip())), by)
         .await?
     {
         Some(id) => Ok(Json(json!({ "id": id.to_string() })).into_response()),

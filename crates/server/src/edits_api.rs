@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
-use weft_storage::DocName;
+use weft_storage::{DocName, Provenance};
 use weft_sync::edit::{edit_map, edit_text, parse_delta, EditError, TextEdit};
 use weft_sync::RoomError;
 
@@ -86,10 +86,11 @@ pub async fn edit_text_root(
     credentials: Credentials,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.authorize(&credentials, &doc, Mode::Write)?;
+    let grant = app.authorize(&credentials, &doc, Mode::Write)?;
     let body = json_body(&app, request).await?;
     let edit = text_edit_of(body)?;
-    in_turn(&app, &doc, peer, move |state| edit_text(state, &root, edit)).await
+    let from = (peer, grant.provenance("http"));
+    in_turn(&app, &doc, from, move |state| edit_text(state, &root, edit)).await
 }
 
 /// `POST /docs/{doc}/map/{name}`: a JSON object of keys to set on the map
@@ -101,14 +102,15 @@ pub async fn edit_map_root(
     credentials: Credentials,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.authorize(&credentials, &doc, Mode::Write)?;
+    let grant = app.authorize(&credentials, &doc, Mode::Write)?;
     let Value::Object(entries) = json_body(&app, request).await? else {
         return Err(ApiError::bad_request(
             "invalid_body",
             "the body is a JSON object of the keys to set (null removes a key)",
         ));
     };
-    in_turn(&app, &doc, peer, move |state| {
+    let from = (peer, grant.provenance("http"));
+    in_turn(&app, &doc, from, move |state| {
         edit_map(state, &root, entries)
     })
     .await
@@ -155,7 +157,7 @@ fn text_body_refused() -> ApiError {
 async fn in_turn(
     app: &AppState,
     doc: &DocName,
-    peer: PeerAddr,
+    from: (PeerAddr, Provenance),
     make: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, EditError> + Send + 'static,
 ) -> Result<Response, ApiError> {
     let busy = || {
@@ -182,7 +184,7 @@ async fn in_turn(
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(refused)?;
-    let posted = post(app, doc, made, peer).await;
+    let posted = post(app, doc, made, from).await;
     drop(this_doc);
     posted
 }
@@ -244,14 +246,14 @@ async fn post(
     app: &AppState,
     doc: &DocName,
     update: Option<Vec<u8>>,
-    peer: PeerAddr,
+    (peer, by): (PeerAddr, Provenance),
 ) -> Result<Response, ApiError> {
     let Some(update) = update else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     match app
         .rooms
-        .apply(doc, update.into(), Some(client_addr(peer.0.ip())))
+        .apply_as(doc, update.into(), Some(client_addr(peer.0.ip())), by)
         .await?
     {
         Some(id) => Ok(Json(json!({ "id": id.to_string() })).into_response()),

@@ -22,6 +22,7 @@ mod doc_path;
 mod docs_api;
 mod edits_api;
 mod event_gzip;
+mod history_api;
 mod hocuspocus;
 mod limits;
 mod origin;

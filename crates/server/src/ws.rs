@@ -23,7 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use weft_storage::DocName;
 use weft_sync::protocol::decode_frame;
-use weft_sync::{Access, Session};
+use weft_sync::{Access, Dialect, Joiner, Session};
 
 use crate::access::Credentials;
 use crate::api_error::ApiError;
@@ -212,7 +212,14 @@ async fn run(
     // Boxed, as is closing below: joining (which may load the document)
     // and closing are each done once, and inline they would size the
     // future every connection keeps for its whole life.
-    let joined = Box::pin(app.rooms.join(&doc, access, Some(client_addr(peer.0.ip())))).await;
+    let joiner = Joiner {
+        access,
+        client: Some(client_addr(peer.0.ip())),
+        dialect: Dialect::YSync,
+        author: grant.sub.clone(),
+        via: "ws",
+    };
+    let joined = Box::pin(app.rooms.join_as(&doc, joiner)).await;
     let mut session = match joined {
         Ok(session) => session,
         Err(e) => {

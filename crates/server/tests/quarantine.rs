@@ -153,6 +153,7 @@ async fn a_stored_history_that_does_not_replay_is_quarantined_and_the_document_l
             seq,
             at_ms: 1_000 + seq,
             update,
+            by: Default::default(),
         };
         let history = vec![
             entry(1, edit(&writer, "hello")),

@@ -10,7 +10,9 @@ use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DocDump, DocMeta, DocName, LogEntry, Snapshot, SnapshotReason, StorageError};
+use crate::{
+    DocDump, DocMeta, DocName, LogEntry, Provenance, Snapshot, SnapshotReason, StorageError,
+};
 
 const MAGIC: &str = "weft-backup";
 const ARCHIVE_VERSION: u16 = 1;
@@ -41,6 +43,9 @@ enum Item {
         at_ms: u64,
         #[serde(with = "serde_bytes")]
         update: Vec<u8>,
+        /// Absent from archives written before changes carried them.
+        #[serde(default)]
+        by: Provenance,
     },
     End {
         documents: u64,
@@ -99,6 +104,7 @@ pub fn document(dump: &DocDump) -> Result<Vec<u8>, StorageError> {
                 seq: e.seq,
                 at_ms: e.at_ms,
                 update: e.update.clone(),
+                by: e.by.clone(),
             },
             &mut out,
         )?;
@@ -208,9 +214,17 @@ impl<R: Read> ArchiveReader<R> {
                     reason,
                     state,
                 }),
-                Item::Change { seq, at_ms, update } => {
-                    self.current()?.log.push(LogEntry { seq, at_ms, update })
-                }
+                Item::Change {
+                    seq,
+                    at_ms,
+                    update,
+                    by,
+                } => self.current()?.log.push(LogEntry {
+                    seq,
+                    at_ms,
+                    update,
+                    by,
+                }),
                 Item::End { .. } => self.done = true,
                 Item::Header { .. } => {
                     return Err(StorageError::BadArchive(
@@ -264,6 +278,7 @@ mod tests {
                     seq,
                     at_ms: seq,
                     update: vec![seq as u8],
+                    by: Provenance::new(Some(format!("author-{seq}")), "ws"),
                 })
                 .collect(),
         }

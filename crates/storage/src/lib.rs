@@ -36,7 +36,8 @@ pub use error::{Cause, StorageError};
 #[cfg(feature = "test-util")]
 pub use faulty::FaultyStore;
 pub use record::{
-    DocMeta, LogEntry, Quarantined, Snapshot, SnapshotInfo, SnapshotReason, SCHEMA_VERSION,
+    DocMeta, LogEntry, Provenance, Quarantined, Snapshot, SnapshotInfo, SnapshotReason,
+    SCHEMA_VERSION,
 };
 pub use redis_store::RedisStore;
 pub use retention::RetentionPolicy;

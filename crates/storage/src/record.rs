@@ -8,8 +8,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::StorageError;
 
-/// Schema version written by this build.
-pub const SCHEMA_VERSION: u16 = 1;
+/// Schema version written by this build. 2: log records carry who made
+/// the change and through what ([`Provenance`]); records of version 1 read
+/// as of unknown provenance.
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// One accepted change: a Yjs v1 update and the sequence number it was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +20,27 @@ pub struct LogEntry {
     /// Milliseconds since the Unix epoch when the change was accepted.
     pub at_ms: u64,
     pub update: Vec<u8>,
+    pub by: Provenance,
+}
+
+/// Who made a change, and through what. Either may be unknown: changes
+/// stored before weft recorded them, and changes whose maker had no name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The token's subject, or `anonymous#<connection>` without one, or
+    /// `admin` for an operator's change.
+    pub author: Option<String>,
+    /// How it came: `ws`, `hocuspocus`, `http`, `y-sweet`, `admin`.
+    pub via: Option<String>,
+}
+
+impl Provenance {
+    pub fn new(author: Option<String>, via: &str) -> Provenance {
+        Provenance {
+            author,
+            via: Some(via.to_owned()),
+        }
+    }
 }
 
 /// Why a snapshot was taken.
@@ -129,6 +152,11 @@ pub(crate) struct LogRecord {
     pub at_ms: u64,
     #[serde(with = "serde_bytes")]
     pub update: Vec<u8>,
+    /// Since version 2.
+    #[serde(default)]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -221,6 +249,8 @@ impl LogRecord {
             version: SCHEMA_VERSION,
             at_ms: entry.at_ms,
             update: entry.update.clone(),
+            author: entry.by.author.clone(),
+            via: entry.by.via.clone(),
         }
     }
 
@@ -230,6 +260,10 @@ impl LogRecord {
             seq,
             at_ms: self.at_ms,
             update: self.update,
+            by: Provenance {
+                author: self.author,
+                via: self.via,
+            },
         }
     }
 }
@@ -344,13 +378,40 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let rec = LogRecord {
-            version: SCHEMA_VERSION,
+        let entry = LogEntry {
+            seq: 4,
             at_ms: 7,
             update: vec![1, 2, 3],
+            by: Provenance::new(Some("ada".into()), "ws"),
         };
-        let back: LogRecord = decode("k", &encode(&rec).expect("encode")).expect("decode");
-        assert_eq!((back.at_ms, back.update), (7, vec![1, 2, 3]));
+        let back: LogRecord =
+            decode("k", &encode(&LogRecord::of(&entry)).expect("encode")).expect("decode");
+        assert_eq!(back.into_entry(4), entry);
+    }
+
+    #[test]
+    fn a_log_record_of_version_1_reads_as_of_unknown_provenance() {
+        // As version 1 wrote it: a MessagePack array of the version, the
+        // time and the update, nothing more.
+        #[derive(Serialize)]
+        struct Version1 {
+            version: u16,
+            at_ms: u64,
+            #[serde(with = "serde_bytes")]
+            update: Vec<u8>,
+        }
+        let old = rmp_serde::to_vec(&Version1 {
+            version: 1,
+            at_ms: 7,
+            update: vec![9],
+        })
+        .expect("encode");
+        let back: LogRecord = decode("k", &old).expect("decode");
+        let entry = back.into_entry(1);
+        assert_eq!(
+            (entry.at_ms, entry.update, entry.by),
+            (7, vec![9], Provenance::default())
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ fn entry(seq: u64) -> LogEntry {
         seq,
         at_ms: 1_000 + seq,
         update: vec![seq as u8; 3],
+        by: weft_storage::Provenance::new(Some(format!("author-{seq}")), "ws"),
     }
 }
 

@@ -103,6 +103,7 @@ pub fn room(data: &[u8]) {
                 seq: c.seq,
                 at_ms: c.at_ms,
                 update: c.update.to_vec(),
+                by: c.by.clone(),
             })
             .collect(),
         ..stored

@@ -15,6 +15,7 @@ pub mod edit;
 mod event_id;
 pub mod guard;
 pub mod harness;
+pub mod history;
 pub mod hocuspocus;
 pub mod json;
 mod loading;
@@ -41,7 +42,7 @@ pub use event_id::{BadEventId, EventId};
 pub use presence::PresenceRefusal;
 pub use replay::SetAside;
 pub use rooms::Rooms;
-pub use session::{CloseReason, Dialect, Follower, Session};
+pub use session::{CloseReason, Dialect, Follower, Joiner, Session};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]

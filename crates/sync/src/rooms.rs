@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use weft_storage::{DocName, EngineStore, SnapshotReason};
+use weft_storage::{DocName, EngineStore, Provenance, SnapshotReason};
 
 use crate::room::{Command, Room, RoomContext};
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::changes::ChangeFeed;
 use crate::cpu::CpuPool;
 use crate::creation::ClientAddr;
 use crate::doc_state::Access;
-use crate::session::{Dialect, Follower, Session};
+use crate::session::{Dialect, Follower, Joiner, Session};
 use crate::{Clock, DocRead, EngineConfig, EventId, Restored, RoomError, RoomStats};
 
 /// How often a join retries when it meets a room that is unloading.
@@ -133,20 +133,29 @@ impl Rooms {
         access: Access,
         client: Option<ClientAddr>,
     ) -> Result<Session, RoomError> {
-        self.join_as(doc, (access, client), Dialect::YSync).await
+        let joiner = Joiner {
+            access,
+            client,
+            dialect: Dialect::YSync,
+            author: None,
+            via: "ws",
+        };
+        self.join_as(doc, joiner).await
     }
 
-    /// [`join`](Self::join) for a client that speaks `dialect`.
-    pub async fn join_as(
-        &self,
-        doc: &DocName,
-        (access, client): (Access, Option<ClientAddr>),
-        dialect: Dialect,
-    ) -> Result<Session, RoomError> {
+    /// [`join`](Self::join) for `joiner`: its client may speak another
+    /// dialect, and its changes are recorded as its author's.
+    pub async fn join_as(&self, doc: &DocName, joiner: Joiner) -> Result<Session, RoomError> {
         let mut joined = None;
         self.call(doc, |room, reply| {
-            let (session, mut subscriber) = self.session(doc, room, (access, client));
-            subscriber.dialect = dialect;
+            let who = (joiner.access, joiner.client);
+            let (session, mut subscriber) = self.session(doc, room, who);
+            subscriber.dialect = joiner.dialect;
+            let author = joiner
+                .author
+                .clone()
+                .unwrap_or_else(|| format!("anonymous#{}", session.id()));
+            subscriber.by = Provenance::new(Some(author), joiner.via);
             let conn = session.id();
             joined = Some(session);
             Command::Join {
@@ -193,9 +202,22 @@ impl Rooms {
         update: Bytes,
         client: Option<ClientAddr>,
     ) -> Result<Option<EventId>, RoomError> {
+        self.apply_as(doc, update, client, Provenance::new(None, "http"))
+            .await
+    }
+
+    /// [`apply`](Self::apply), the change recorded as made `by`.
+    pub async fn apply_as(
+        &self,
+        doc: &DocName,
+        update: Bytes,
+        client: Option<ClientAddr>,
+        by: Provenance,
+    ) -> Result<Option<EventId>, RoomError> {
         self.call(doc, |_, reply| Command::Apply {
             update: update.clone(),
             client,
+            by: by.clone(),
             reply,
         })
         .await
@@ -280,6 +302,11 @@ impl Rooms {
         let (reply, answer) = oneshot::channel();
         room.tx.send(Command::Stats { reply }).await.ok()?;
         answer.await.ok()?.ok()
+    }
+
+    /// The store, for reads that need no room (history).
+    pub(crate) fn store(&self) -> &Arc<dyn EngineStore> {
+        &self.inner.store
     }
 
     async fn require_stored(&self, doc: &DocName) -> Result<(), RoomError> {

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use weft_storage::DocName;
+use weft_storage::{DocName, Provenance};
 
 use crate::creation::ClientAddr;
 use crate::doc_state::{Access, ConnId};
@@ -83,6 +83,21 @@ pub enum Dialect {
     /// to theirs (as Hocuspocus' server does; its provider counts on one
     /// per step 1 it sends to know when it is in sync).
     Hocuspocus,
+}
+
+/// Who joins a document, and how (see [`Rooms::join_as`](crate::Rooms::join_as)).
+#[derive(Debug, Clone)]
+pub struct Joiner {
+    pub access: Access,
+    /// Where the connection comes from, for the limit on creating
+    /// documents (`None`: not limited).
+    pub client: Option<ClientAddr>,
+    pub dialect: Dialect,
+    /// Its token's subject; without one its changes are recorded as made
+    /// by `anonymous#<connection id>`.
+    pub author: Option<String>,
+    /// The transport, recorded with its changes: `ws`, `hocuspocus`, ...
+    pub via: &'static str,
 }
 
 /// What a subscriber is sent.
@@ -144,6 +159,8 @@ pub(crate) struct Subscriber {
     /// Where the connection comes from, for the limit on creating
     /// documents (`None`: not limited).
     pub client: Option<ClientAddr>,
+    /// Who the connection's changes are recorded as made by.
+    pub by: Provenance,
     /// What its client speaks: a Hocuspocus connection also hears other
     /// connections' stateless messages, and is sent the document's sync
     /// step 1 only when it asks.
@@ -273,6 +290,7 @@ impl Session {
             kind: Kind::Editor,
             access,
             client,
+            by: Provenance::default(),
             dialect: Dialect::YSync,
             max_queued_bytes: bytes,
         };

@@ -61,6 +61,7 @@ mod tests {
             seq: 7,
             at_ms: 0,
             update: Bytes::from_static(&[1, 2, 3]),
+            by: Default::default(),
         };
         let ev = update_event(0xab, &change);
         assert_eq!(

@@ -874,6 +874,7 @@ fn logged(seq: u64, doc: &Doc, s: &str) -> LogEntry {
         seq,
         at_ms: seq,
         update: txn.encode_update_v1(),
+        by: Default::default(),
     }
 }
 
@@ -882,6 +883,7 @@ fn raw(seq: u64, update: Vec<u8>) -> LogEntry {
         seq,
         at_ms: seq,
         update,
+        by: Default::default(),
     }
 }
 

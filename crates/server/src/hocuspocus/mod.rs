@@ -53,7 +53,7 @@ use tracing::{debug, info, Instrument};
 
 use weft_sync::hocuspocus::{self as wire, Message as HpMessage};
 use weft_sync::protocol::Inbound;
-use weft_sync::{CloseReason, Dialect};
+use weft_sync::{CloseReason, Joiner};
 
 use crate::access::Credentials;
 use crate::app::AppState;
@@ -491,12 +491,8 @@ fn protocol_error(e: weft_sync::protocol::ProtocolError) -> End {
     End::Close(close_code::PROTOCOL_ERROR, e.to_string())
 }
 
-/// Joins `doc`'s room as a Hocuspocus connection.
-fn join(
-    app: &Arc<AppState>,
-    doc: &weft_storage::DocName,
-    who: (weft_sync::Access, Option<weft_sync::ClientAddr>),
-) -> opening::JoinFuture {
+/// Joins `doc`'s room as `joiner`.
+fn join(app: &Arc<AppState>, doc: &weft_storage::DocName, joiner: Joiner) -> opening::JoinFuture {
     let (app, doc) = (app.clone(), doc.clone());
-    Box::pin(async move { app.rooms.join_as(&doc, who, Dialect::Hocuspocus).await })
+    Box::pin(async move { app.rooms.join_as(&doc, joiner).await })
 }

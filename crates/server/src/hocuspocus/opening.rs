@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use weft_storage::DocName;
 use weft_sync::hocuspocus as wire;
-use weft_sync::{Access, RoomError, Session};
+use weft_sync::{Access, Dialect, Joiner, RoomError, Session};
 
 use super::documents::{Due, Open, MAX_DOCUMENTS, MAX_SESSIONS_PER_DOCUMENT};
 use super::{protocol_error, Conn, PRE_AUTH_BYTES};
@@ -97,7 +97,8 @@ impl Conn {
             self.docs.open[index].refresh(expiry);
             return Ok(());
         }
-        self.start_join(sink, key, doc, grant.mode, expiry).await
+        self.start_join(sink, key, doc, (grant.mode, grant.sub), expiry)
+            .await
     }
 
     /// A valid token: the socket is who it says. It may send freely, and
@@ -124,7 +125,7 @@ impl Conn {
         sink: &mut Sink,
         key: &str,
         doc: DocName,
-        mode: Mode,
+        (mode, author): (Mode, Option<String>),
         expiry: Option<Instant>,
     ) -> Result<(), End> {
         if let Some(why) = self.over_a_limit(&doc) {
@@ -149,8 +150,14 @@ impl Conn {
             Mode::Write => Access::ReadWrite,
             Mode::Read => Access::ReadOnly,
         };
-        let client = Some(client_addr(self.peer.0.ip()));
-        let future = super::join(&self.app, &doc, (access, client));
+        let joiner = Joiner {
+            access,
+            client: Some(client_addr(self.peer.0.ip())),
+            dialect: Dialect::Hocuspocus,
+            author,
+            via: "hocuspocus",
+        };
+        let future = super::join(&self.app, &doc, joiner);
         self.joining = Some(Joining {
             key: key.to_owned(),
             doc,

@@ -29,6 +29,7 @@ fn entry(seq: u64) -> LogEntry {
         seq,
         at_ms: 1000 + seq,
         update: vec![seq as u8; 3],
+        by: crate::Provenance::new(Some("tester".into()), "ws"),
     }
 }
 

@@ -6,6 +6,8 @@
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;
 
+use weft_storage::Provenance;
+
 use super::{ConnId, DocState};
 use crate::presence::PresenceRefusal;
 
@@ -16,6 +18,20 @@ pub struct Change {
     pub at_ms: u64,
     /// Exactly what the change added or deleted, as a Yjs v1 update.
     pub update: Bytes,
+    /// Who made it, and through what.
+    pub by: Provenance,
+}
+
+impl From<&weft_storage::LogEntry> for Change {
+    /// A stored change, as the document holds it.
+    fn from(e: &weft_storage::LogEntry) -> Change {
+        Change {
+            seq: e.seq,
+            at_ms: e.at_ms,
+            update: Bytes::from(e.update.clone()),
+            by: e.by.clone(),
+        }
+    }
 }
 
 /// Something to tell subscribers. The room encodes each once per kind of
@@ -89,6 +105,7 @@ impl DocState {
             seq: self.last_seq,
             at_ms: self.clock.now_ms(),
             update: Bytes::from(delta),
+            by: self.making.clone(),
         };
         fx.deliveries.push(Delivery::Change {
             change: change.clone(),

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use yrs::sync::Awareness;
 use yrs::Doc;
 
-use weft_storage::{LogEntry, StoredDoc};
+use weft_storage::{LogEntry, Provenance, StoredDoc};
 
 use crate::presence::Presence;
 use crate::replay::{self, SetAside};
@@ -89,6 +89,9 @@ pub struct DocState {
     /// Stored changes left out when the document was loaded, because they
     /// do not replay.
     set_aside: Vec<SetAside>,
+    /// Who the changes being made now come from: the room says before
+    /// each input ([`DocState::changes_by`]).
+    making: Provenance,
 }
 
 impl std::fmt::Debug for DocState {
@@ -133,11 +136,7 @@ impl DocState {
             .collect();
         let mut recent = VecDeque::with_capacity(recent_capacity.min(loaded.len()));
         for e in &loaded[loaded.len().saturating_sub(recent_capacity)..] {
-            recent.push_back(Change {
-                seq: e.seq,
-                at_ms: e.at_ms,
-                update: Bytes::from(e.update.clone()),
-            });
+            recent.push_back(Change::from(*e));
         }
         Ok(DocState {
             awareness,
@@ -157,7 +156,15 @@ impl DocState {
             limits: DocLimits::default(),
             full_step2: None,
             set_aside: replayed.set_aside,
+            making: Provenance::default(),
         })
+    }
+
+    /// The changes made from now on (until told otherwise) are `by`'s.
+    pub fn changes_by(&mut self, by: &Provenance) {
+        if &self.making != by {
+            self.making = by.clone();
+        }
     }
 
     /// Stored changes the load left out because they do not replay (not
@@ -236,6 +243,7 @@ mod tests {
                 seq: 11,
                 at_ms: 0,
                 update: second,
+                by: Default::default(),
             }],
             ..empty()
         };
@@ -262,6 +270,7 @@ mod tests {
                 seq: 3,
                 at_ms: 0,
                 update: vec![0xff, 0xff, 0xff],
+                by: Default::default(),
             }],
             ..empty()
         };
@@ -314,6 +323,7 @@ mod tests {
             seq,
             at_ms: seq,
             update,
+            by: Default::default(),
         };
         let stored = StoredDoc {
             log: vec![

@@ -2,7 +2,6 @@
 //! the store gave them, and the rebase of this node's pending changes
 //! after them when its append was refused.
 
-use bytes::Bytes;
 use yrs::updates::decoder::Decode;
 use yrs::Update;
 
@@ -53,11 +52,7 @@ impl DocState {
             }
             self.last_seq = e.seq;
             self.size_estimate += e.update.len() as u64;
-            let change = Change {
-                seq: e.seq,
-                at_ms: e.at_ms,
-                update: Bytes::from(e.update.clone()),
-            };
+            let change = Change::from(e);
             self.remember(change.clone());
             fx.deliveries.push(Delivery::Change {
                 change,
@@ -249,6 +244,7 @@ mod tests {
             update: other
                 .transact()
                 .encode_state_as_update_v1(&StateVector::default()),
+            by: Default::default(),
         };
         let tail = [stored_entry(6, &other, 5, "f")];
         let moved = s.rebase_across(&held_in, &tail, &mut fx).expect("rebases");

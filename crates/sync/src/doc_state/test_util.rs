@@ -66,6 +66,7 @@ pub(super) fn stored_entry(seq: u64, doc: &Doc, at: u32, s: &str) -> LogEntry {
         seq,
         at_ms: 5,
         update: txn.encode_update_v1(),
+        by: Default::default(),
     }
 }
 

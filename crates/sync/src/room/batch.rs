@@ -208,6 +208,7 @@ mod tests {
                     seq: delivered as u64,
                     at_ms: 0,
                     update,
+                    by: Default::default(),
                 };
                 let frame = protocol::sync_update(&change.update);
                 let event = viewer::update_event(1, &change);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use weft_storage::{LogEntry, PeerEvent, StorageError};
+use weft_storage::{LogEntry, PeerEvent, Provenance, StorageError};
 
 use super::commit::{log_entries, Deferred};
 use super::{recv_from, Room};
@@ -112,6 +112,7 @@ impl Room {
                     seq: snapshot.seq,
                     at_ms: snapshot.taken_at_ms,
                     update: snapshot.state,
+                    by: Provenance::default(),
                 });
                 remote = stored.log;
             }

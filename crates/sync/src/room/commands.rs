@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use yrs::StateVector;
 
-use weft_storage::SnapshotReason;
+use weft_storage::{Provenance, SnapshotReason};
 
 use super::commit::Deferred;
 use super::{Reply, Room};
@@ -62,6 +62,8 @@ pub(crate) enum Command {
         update: Bytes,
         /// Whose allowance it counts against if it creates the document.
         client: Option<ClientAddr>,
+        /// Who it is recorded as made by.
+        by: Provenance,
         reply: Reply<Option<EventId>>,
     },
     /// The document's state, or what a state vector lacks.
@@ -260,8 +262,10 @@ impl Room {
                 Command::Apply {
                     update,
                     client,
+                    by,
                     reply,
                 } => {
+                    self.state.changes_by(&by);
                     let result = self.apply_from_outside(&update, client, fx);
                     deferred.push(Deferred::Applied(reply, result));
                 }
@@ -337,6 +341,7 @@ impl Room {
         fx: &mut Effects,
         deferred: &mut Vec<Deferred>,
     ) {
+        self.state.changes_by(&operator());
         match self.apply_from_outside(update, None, fx) {
             Ok(id) => deferred.push(Deferred::Changed(reply, id, SnapshotReason::Import)),
             Err(e) => {
@@ -409,6 +414,7 @@ impl Room {
             }
         };
         let cpu = self.cx.cpu.clone();
+        self.state.changes_by(&operator());
         let state = &mut self.state;
         let restored = cpu
             .run(|| state.apply_local(fx, |doc| restore::restore_into(doc, &old.state)))
@@ -432,4 +438,9 @@ impl Room {
         }
         Ok(())
     }
+}
+
+/// Who an operator's change (a restore, an import) is recorded as made by.
+fn operator() -> Provenance {
+    Provenance::new(Some("admin".to_owned()), "admin")
 }

@@ -254,6 +254,7 @@ pub(super) fn log_entries(changes: &[Change]) -> Vec<LogEntry> {
             seq: c.seq,
             at_ms: c.at_ms,
             update: c.update.to_vec(),
+            by: c.by.clone(),
         })
         .collect()
 }

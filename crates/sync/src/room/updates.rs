@@ -43,6 +43,9 @@ impl Room {
         else {
             return; // already closed; drop what it still sent
         };
+        if let Some(sub) = self.subscribers.get(&conn) {
+            self.state.changes_by(&sub.by);
+        }
         let writes = access == Access::ReadWrite && messages.iter().any(Inbound::is_update);
         if writes {
             if let Err(rejection) = self.state.admits(bytes) {

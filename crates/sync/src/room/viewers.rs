@@ -92,14 +92,7 @@ impl Room {
             let wanted = usize::try_from(last - id.seq).ok()?;
             let stored = self.cx.store.read_log(&self.name, id.seq, wanted).await;
             match stored {
-                Ok(entries) => entries
-                    .into_iter()
-                    .map(|e| Change {
-                        seq: e.seq,
-                        at_ms: e.at_ms,
-                        update: Bytes::from(e.update),
-                    })
-                    .collect(),
+                Ok(entries) => entries.into_iter().map(|e| Change::from(&e)).collect(),
                 Err(e) => {
                     warn!(doc = %self.name, error = %e, "could not read the log for a replay; sending a snapshot");
                     return None;

@@ -1,0 +1,78 @@
+//! `GET /docs/{doc}/history`: a document's changes as people read them,
+//! who made each, when, through what and how much it did; a page at a
+//! time, filtered by time and author. A read token for the document is
+//! enough. The listing itself is `weft_sync::history`'s.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use weft_sync::history::{HistoryPage, HistoryQuery};
+
+use crate::access::Credentials;
+use crate::api_error::ApiError;
+use crate::app::AppState;
+use crate::auth::Mode;
+use crate::doc_path::DocPath;
+
+/// Changes in a page unless `limit` says otherwise.
+const DEFAULT_PAGE: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryParams {
+    /// From the previous page's `next`.
+    cursor: Option<u64>,
+    /// RFC 3339 times (`2026-12-02T17:00:00Z`).
+    since: Option<String>,
+    until: Option<String>,
+    author: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /docs/{doc}/history?since=&until=&author=&limit=&cursor=`.
+pub async fn history(
+    State(app): State<Arc<AppState>>,
+    DocPath(doc): DocPath,
+    Query(params): Query<HistoryParams>,
+    credentials: Credentials,
+) -> Result<Json<HistoryPage>, ApiError> {
+    app.authorize(&credentials, &doc, Mode::Read)?;
+    let query = HistoryQuery {
+        after: params.cursor,
+        since_ms: params.since.as_deref().map(time_ms).transpose()?,
+        until_ms: params.until.as_deref().map(time_ms).transpose()?,
+        author: params.author,
+        limit: params.limit.unwrap_or(DEFAULT_PAGE),
+    };
+    Ok(Json(app.rooms.history(&doc, &query).await?))
+}
+
+/// An RFC 3339 time as milliseconds since the epoch.
+fn time_ms(text: &str) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_time",
+            format!("{text:?} is not a time; give an RFC 3339 time such as 2026-12-02T17:00:00Z"),
+        )
+    };
+    let at = humantime::parse_rfc3339_weak(text).map_err(|_| bad())?;
+    let since_epoch = at.duration_since(UNIX_EPOCH).map_err(|_| bad())?;
+    u64::try_from(since_epoch.as_millis()).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc_3339() {
+        assert_eq!(time_ms("1970-01-01T00:00:01Z").ok(), Some(1000));
+        assert_eq!(
+            time_ms("2026-12-02T17:00:00.250Z").ok(),
+            Some(1_796_230_800_250)
+        );
+        assert!(time_ms("yesterday").is_err());
+    }
+}

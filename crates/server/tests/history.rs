@@ -1,0 +1,195 @@
+//! History end to end: every stored change records who made it (the
+//! token's subject, or `anonymous#<connection>`), when and through what
+//! (`ws`, `hocuspocus`, `http`), and `GET /docs/{doc}/history` lists them
+//! with a read token, a page at a time, by time and by author.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use yrs::encoding::write::Write;
+use yrs::updates::encoder::Encode;
+use yrs::Doc;
+
+const SECRET: &str = "weft-history-secret-0123456789abcdefghij";
+
+fn token(doc: &str, mode: &str, sub: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 600;
+    let claims = json!({ "doc": doc, "mode": mode, "exp": exp, "sub": sub });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode")
+}
+
+async fn history(weft: &Weft, query: &str) -> Value {
+    let reader = token("story", "read", "reader");
+    let (status, body) = http_get(
+        &weft.addr,
+        &format!("/docs/story/history?token={reader}&{query}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// `(author, via)` of each listed change.
+fn who(page: &Value) -> Vec<(String, String)> {
+    page["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("?").to_owned();
+            (s("author"), s("via"))
+        })
+        .collect()
+}
+
+/// Waits until the document's history lists `n` changes (it is 404 until
+/// the first is stored).
+async fn history_of(weft: &Weft, n: usize) -> Value {
+    let reader = token("story", "read", "reader");
+    let path = format!("/docs/story/history?token={reader}&limit=100");
+    poll_until(
+        || async {
+            let (_, body) = http_get(&weft.addr, &path, &[]).await;
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
+        },
+        |page| page["changes"].as_array().is_some_and(|c| c.len() >= n),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn each_change_records_its_author_and_transport_and_history_lists_them() {
+    let weft = Weft::start(&["--auth-secret", SECRET]);
+    // Ada types over y-websocket.
+    let ada = Doc::with_client_id(1);
+    let mut ws = connect(&format!(
+        "{}?token={}",
+        weft.url("story"),
+        token("story", "write", "ada")
+    ))
+    .await;
+    next_message(&mut ws).await;
+    send(&mut ws, update_message(insert(&ada, "hello"))).await;
+    history_of(&weft, 1).await;
+    // Grace over Hocuspocus' protocol.
+    let mut hp = connect(&format!("ws://{}/hocuspocus", weft.addr)).await;
+    let frame = |body: Vec<u8>| {
+        let mut out = Vec::new();
+        out.write_string("story");
+        out.extend_from_slice(&body);
+        Message::Binary(out.into())
+    };
+    let mut auth = vec![2, 0];
+    auth.write_string(&token("story", "write", "grace"));
+    hp.send(frame(auth)).await.expect("send");
+    let grace = Doc::with_client_id(2);
+    let change = update_message(insert(&grace, " world")).encode_v1();
+    hp.send(frame(change)).await.expect("send");
+    history_of(&weft, 2).await;
+    // A bot over HTTP.
+    let bot = Doc::with_client_id(3);
+    let (status, body) = request(
+        &weft.addr,
+        "POST",
+        &format!(
+            "/docs/story/updates?token={}",
+            token("story", "write", "bot")
+        ),
+        &[],
+        insert(&bot, "!"),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    let page = history_of(&weft, 3).await;
+    assert_eq!(
+        who(&page),
+        [
+            ("ada".into(), "ws".into()),
+            ("grace".into(), "hocuspocus".into()),
+            ("bot".into(), "http".into())
+        ]
+    );
+    let first = &page["changes"][0];
+    assert_eq!(
+        (first["inserted"].as_u64(), first["deleted"].as_u64()),
+        (Some(5), Some(0))
+    );
+    assert_eq!(first["seq"].as_u64(), Some(1));
+    assert!(
+        first["id"].as_str().is_some_and(|id| id.ends_with("-1")),
+        "{first}"
+    );
+
+    // By author, a page at a time.
+    assert_eq!(
+        who(&history(&weft, "author=grace").await),
+        [("grace".into(), "hocuspocus".into())]
+    );
+    let one = history(&weft, "limit=1").await;
+    assert_eq!(who(&one).len(), 1);
+    let next = one["next"].as_u64().expect("a next page");
+    let rest = history(&weft, &format!("cursor={next}")).await;
+    assert_eq!(who(&rest).len(), 2);
+    assert!(rest["next"].is_null());
+
+    // By time: nothing before the first change, everything after.
+    let at = first["at_ms"].as_u64().expect("time");
+    let rfc = |ms: u64| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms));
+    let before = history(&weft, &format!("until={}", rfc(at))).await;
+    assert!(who(&before).is_empty());
+    let after = history(&weft, &format!("since={}", rfc(at))).await;
+    assert_eq!(who(&after).len(), 3);
+
+    // Bad input is said plainly; a write token is not needed, a token is.
+    let reader = token("story", "read", "reader");
+    let (status, body) = http_get(
+        &weft.addr,
+        &format!("/docs/story/history?token={reader}&since=yesterday"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_time"), "{body}");
+    let (status, _) = http_get(&weft.addr, "/docs/story/history", &[]).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn without_tokens_changes_are_anonymous_with_their_connection() {
+    let weft = Weft::start(&[]);
+    let mut ws = connect(&weft.url("story")).await;
+    next_message(&mut ws).await;
+    send(
+        &mut ws,
+        update_message(insert(&Doc::with_client_id(1), "hi")),
+    )
+    .await;
+    let page = poll_until(
+        || async {
+            let (_, body) = http_get(&weft.addr, "/docs/story/history", &[]).await;
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
+        },
+        |page| page["changes"].as_array().is_some_and(|c| !c.is_empty()),
+    )
+    .await;
+    let (author, via) = who(&page).remove(0);
+    assert!(author.starts_with("anonymous#"), "{author}");
+    assert_eq!(via, "ws");
+    let (status, _) = http_get(&weft.addr, "/docs/nothing-here/history", &[]).await;
+    assert_eq!(status, 404);
+}

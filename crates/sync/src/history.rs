@@ -1,0 +1,210 @@
+//! A document's history as people read it: its stored changes, each with
+//! its id, time, author, how it came, its size and what it did (how much
+//! it inserted and deleted), a page at a time and filtered by time and
+//! author.
+//!
+//! Read from the store, not the room: what is listed is what is durable,
+//! and listing does not load the document. It lists what the log still
+//! holds (the tail kept behind the newest snapshot, see
+//! `--keep-log-tail`).
+
+use serde::Serialize;
+use weft_storage::{DocName, LogEntry, Provenance};
+use yrs::updates::decoder::Decode;
+use yrs::{IdSet, Update};
+
+use crate::guard::guarded;
+use crate::{EventId, RoomError, Rooms};
+
+/// At most this many changes in one page.
+pub const MAX_PAGE: usize = 1000;
+
+/// Changes read from the store at a time while a filter skips some.
+const READ_CHUNK: usize = 1000;
+
+/// Which changes to list.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only changes after this one (the previous page's `next`).
+    pub after: Option<u64>,
+    /// Only changes at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Only changes before this time (ms since the epoch).
+    pub until_ms: Option<u64>,
+    /// Only this author's changes.
+    pub author: Option<String>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+/// One change, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    /// Its event id (as SSE viewers know it).
+    pub id: String,
+    pub seq: u64,
+    pub at_ms: u64,
+    /// `None` for changes stored before authors were recorded.
+    pub author: Option<String>,
+    pub via: Option<String>,
+    /// The size of the stored change, in bytes.
+    pub bytes: usize,
+    /// Characters (or items: map entries, array elements, nodes) it
+    /// inserted, and deleted.
+    pub inserted: u64,
+    pub deleted: u64,
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryPage {
+    pub changes: Vec<HistoryEntry>,
+    /// Where the next page starts (`after=`), if there may be more.
+    pub next: Option<u64>,
+}
+
+impl Rooms {
+    /// A page of `doc`'s history ([`NotFound`](RoomError::NotFound) if it
+    /// was never written).
+    pub async fn history(
+        &self,
+        doc: &DocName,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, RoomError> {
+        let store = self.store();
+        let info = match store.info(doc).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return Err(RoomError::NotFound(format!("there is no document {doc}"))),
+            Err(e) => return Err(RoomError::StorageFailure(e.to_string())),
+        };
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let mut after = query.after.unwrap_or(0);
+        let mut changes = Vec::new();
+        loop {
+            let read = store
+                .read_log(doc, after, READ_CHUNK)
+                .await
+                .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
+            let Some(last) = read.last().map(|e| e.seq) else {
+                return Ok(HistoryPage {
+                    changes,
+                    next: None,
+                });
+            };
+            for entry in read.iter().filter(|e| query.takes(e)) {
+                changes.push(listed(info.meta.incarnation, entry));
+                if changes.len() == limit {
+                    return Ok(HistoryPage {
+                        changes,
+                        next: Some(entry.seq),
+                    });
+                }
+            }
+            // Past the end of the time asked for: nothing later is wanted.
+            if query
+                .until_ms
+                .is_some_and(|until| read.iter().any(|e| e.at_ms >= until))
+            {
+                return Ok(HistoryPage {
+                    changes,
+                    next: None,
+                });
+            }
+            after = last;
+        }
+    }
+}
+
+impl HistoryQuery {
+    fn takes(&self, entry: &LogEntry) -> bool {
+        self.since_ms.is_none_or(|since| entry.at_ms >= since)
+            && self.until_ms.is_none_or(|until| entry.at_ms < until)
+            && self
+                .author
+                .as_ref()
+                .is_none_or(|a| entry.by.author.as_ref() == Some(a))
+    }
+}
+
+/// `entry` as listed.
+fn listed(incarnation: u64, entry: &LogEntry) -> HistoryEntry {
+    let (inserted, deleted) = measure(&entry.update);
+    let Provenance { author, via } = entry.by.clone();
+    HistoryEntry {
+        id: EventId {
+            incarnation,
+            seq: entry.seq,
+        }
+        .to_string(),
+        seq: entry.seq,
+        at_ms: entry.at_ms,
+        author,
+        via,
+        bytes: entry.update.len(),
+        inserted,
+        deleted,
+    }
+}
+
+/// How much an update inserts and deletes, in clock units (a character
+/// of text, an entry of a map or array, a node). A change that does not
+/// decode (one set aside when the document loads) measures nothing.
+fn measure(update: &[u8]) -> (u64, u64) {
+    let measured = guarded(|| {
+        let update = Update::decode_v1(update).ok()?;
+        Some((span(&update.insertions(true)), span(update.delete_set())))
+    });
+    measured.ok().flatten().unwrap_or((0, 0))
+}
+
+fn span(set: &IdSet) -> u64 {
+    set.iter()
+        .flat_map(|(_, ranges)| ranges.iter().map(|r| u64::from(r.end - r.start)))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Doc, Text, Transact};
+
+    #[test]
+    fn a_change_is_measured_by_what_it_inserts_and_deletes() {
+        let doc = Doc::with_client_id(1);
+        let text = doc.get_or_insert_text("t");
+        let typed = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "hello");
+            txn.encode_update_v1()
+        };
+        assert_eq!(measure(&typed), (5, 0));
+        let trimmed = {
+            let mut txn = doc.transact_mut();
+            text.remove_range(&mut txn, 1, 3);
+            text.insert(&mut txn, 0, ">");
+            txn.encode_update_v1()
+        };
+        assert_eq!(measure(&trimmed), (1, 3));
+        assert_eq!(measure(&[0xff, 0xff]), (0, 0));
+    }
+
+    #[test]
+    fn a_query_filters_by_time_and_author() {
+        let entry = |at_ms, author: &str| LogEntry {
+            seq: 1,
+            at_ms,
+            update: Vec::new(),
+            by: Provenance::new(Some(author.into()), "ws"),
+        };
+        let q = HistoryQuery {
+            since_ms: Some(10),
+            until_ms: Some(20),
+            author: Some("ada".into()),
+            ..HistoryQuery::default()
+        };
+        assert!(q.takes(&entry(10, "ada")));
+        assert!(!q.takes(&entry(9, "ada")));
+        assert!(!q.takes(&entry(20, "ada")));
+        assert!(!q.takes(&entry(15, "bob")));
+    }
+}
