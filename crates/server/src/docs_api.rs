@@ -13,8 +13,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
+use weft_sync::history::PointInTime;
 use weft_sync::json::update_to_json;
 use weft_sync::protocol::{decode_state_vector, StateVector};
+use weft_sync::{DocRead, EventId};
 
 use crate::access::Credentials;
 use crate::api_error::ApiError;
@@ -29,6 +31,8 @@ use crate::peer::PeerAddr;
 pub struct StateParams {
     /// Base64 state vector: answer only with what it lacks.
     sv: Option<String>,
+    /// An event id or an RFC 3339 time: the document as it was then.
+    at: Option<String>,
 }
 
 /// `GET /docs/{doc}`: the document (or what `?sv=` lacks) as a Yjs v1 update;
@@ -40,8 +44,25 @@ pub async fn state(
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     app.authorize(&credentials, &doc, Mode::Read)?;
-    let since = params.sv.as_deref().map(parse_state_vector).transpose()?;
-    let read = app.rooms.read(&doc, since).await?;
+    let read = match params.at.as_deref() {
+        Some(at) if params.sv.is_some() => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("at={at} and sv= cannot be combined; ask for one"),
+            ))
+        }
+        Some(at) => {
+            let past = app.rooms.state_at(&doc, point_in_time(at)?).await?;
+            DocRead {
+                id: past.id,
+                update: past.update,
+            }
+        }
+        None => {
+            let since = params.sv.as_deref().map(parse_state_vector).transpose()?;
+            app.rooms.read(&doc, since).await?
+        }
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
@@ -83,17 +104,46 @@ pub async fn post_update(
 pub async fn as_json(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
+    Query(params): Query<JsonParams>,
     credentials: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     app.authorize(&credentials, &doc, Mode::Read)?;
-    let read = app.rooms.read(&doc, None).await?;
+    let update = match params.at.as_deref() {
+        Some(at) => app.rooms.state_at(&doc, point_in_time(at)?).await?.update,
+        None => app.rooms.read(&doc, None).await?.update,
+    };
     // Rendering a large document is real work: keep it off the async threads.
-    let rendered = tokio::task::spawn_blocking(move || update_to_json(&read.update)).await;
+    let rendered = tokio::task::spawn_blocking(move || update_to_json(&update)).await;
     match rendered {
         Ok(Ok(value)) => Ok(Json(value)),
         Ok(Err(e)) => Err(ApiError::internal(e)),
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JsonParams {
+    /// An event id or an RFC 3339 time: the document as it was then.
+    at: Option<String>,
+}
+
+/// `?at=`: an event id (as `weft-event-id` and SSE give them) or an RFC
+/// 3339 time.
+fn point_in_time(at: &str) -> Result<PointInTime, ApiError> {
+    if let Ok(id) = at.parse::<EventId>() {
+        return Ok(PointInTime::Change(id));
+    }
+    crate::history_api::time_ms(at)
+        .map(PointInTime::Time)
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_point_in_time",
+                format!(
+                    "at={at:?} is neither an event id nor an RFC 3339 time \
+                     (such as 2026-12-02T17:00:00Z)"
+                ),
+            )
+        })
 }
 
 fn parse_state_vector(text: &str) -> Result<StateVector, ApiError> {

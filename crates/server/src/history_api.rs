@@ -50,7 +50,7 @@ pub async fn history(
 }
 
 /// An RFC 3339 time as milliseconds since the epoch.
-fn time_ms(text: &str) -> Result<u64, ApiError> {
+pub(crate) fn time_ms(text: &str) -> Result<u64, ApiError> {
     let bad = || {
         ApiError::bad_request(
             "invalid_time",

@@ -193,3 +193,85 @@ async fn without_tokens_changes_are_anonymous_with_their_connection() {
     let (status, _) = http_get(&weft.addr, "/docs/nothing-here/history", &[]).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_document_reads_as_it_was_at_any_change_or_time() {
+    let weft = Weft::start(&[]);
+    let mut ws = connect(&weft.url("story")).await;
+    next_message(&mut ws).await;
+    let writer = Doc::with_client_id(1);
+    let mut pages = Vec::new();
+    for (n, word) in ["one", "two", "three"].iter().enumerate() {
+        send(&mut ws, update_message(insert(&writer, word))).await;
+        let page = poll_until(
+            || async {
+                let (_, body) = http_get(&weft.addr, "/docs/story/history", &[]).await;
+                serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
+            },
+            |page| page["changes"].as_array().is_some_and(|c| c.len() > n),
+        )
+        .await;
+        pages.push(page);
+    }
+    let changes = pages[2]["changes"].as_array().expect("changes").clone();
+    let id = |i: usize| changes[i]["id"].as_str().expect("id").to_owned();
+    let at_ms = |i: usize| changes[i]["at_ms"].as_u64().expect("time");
+
+    // As JSON, just after the second change.
+    let (status, body) = http_get(&weft.addr, &format!("/docs/story/json?at={}", id(1)), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("JSON")["t"],
+        "onetwo"
+    );
+
+    // As a Yjs update, at the time of the first, naming the change it holds.
+    let rfc = |ms: u64| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms));
+    let mut http = http1(&weft.addr).await;
+    let resp = http
+        .request(
+            "GET",
+            &format!("/docs/story?at={}", rfc(at_ms(0))),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let named = resp.headers()["weft-event-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(named, id(0));
+    let past = Doc::new();
+    {
+        use yrs::updates::decoder::Decode;
+        use yrs::Transact;
+        let update = yrs::Update::decode_v1(&body_bytes(resp).await).expect("an update");
+        past.transact_mut().apply_update(update).expect("applies");
+    }
+    assert_eq!(text(&past), "one");
+
+    // Before anything was written: empty. Now: everything.
+    let (_, body) = http_get(
+        &weft.addr,
+        &format!("/docs/story/json?at={}", rfc(at_ms(0) - 1000)),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("JSON")["t"],
+        Value::Null
+    );
+    let (_, body) = http_get(&weft.addr, &format!("/docs/story/json?at={}", id(2)), &[]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("JSON")["t"],
+        "onetwothree"
+    );
+
+    // Bad input says what is wrong.
+    let (status, body) = http_get(&weft.addr, "/docs/story/json?at=soon", &[]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_point_in_time"), "{body}");
+    let (status, _) = http_get(&weft.addr, "/docs/story?at=soon&sv=AA", &[]).await;
+    assert_eq!(status, 400);
+}

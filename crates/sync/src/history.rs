@@ -9,7 +9,7 @@
 //! `--keep-log-tail`).
 
 use serde::Serialize;
-use weft_storage::{DocName, LogEntry, Provenance};
+use weft_storage::{DocName, LogEntry, Provenance, StoredDoc};
 use yrs::updates::decoder::Decode;
 use yrs::{IdSet, Update};
 
@@ -161,6 +161,128 @@ fn span(set: &IdSet) -> u64 {
     set.iter()
         .flat_map(|(_, ranges)| ranges.iter().map(|r| u64::from(r.end - r.start)))
         .sum()
+}
+
+/// A point in a document's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointInTime {
+    /// Just after this change.
+    Change(EventId),
+    /// As it was at this time (ms since the epoch).
+    Time(u64),
+}
+
+/// The document as it was.
+#[derive(Debug, Clone)]
+pub struct PastState {
+    /// The newest change it holds (sequence number 0: none yet). Where the
+    /// log no longer holds every change up to the point asked for, the
+    /// nearest earlier point it can be rebuilt at (a snapshot).
+    pub id: EventId,
+    /// The whole document then, as a Yjs v1 update.
+    pub update: Vec<u8>,
+}
+
+impl Rooms {
+    /// `doc` as it was at `at`: the newest snapshot before that point,
+    /// then the stored changes up to it, replayed (on the CPU pool) into a
+    /// document of its own. The live document is not touched.
+    pub async fn state_at(&self, doc: &DocName, at: PointInTime) -> Result<PastState, RoomError> {
+        let store = self.store();
+        let failed = |e: weft_storage::StorageError| RoomError::StorageFailure(e.to_string());
+        let info = store
+            .info(doc)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| RoomError::NotFound(format!("there is no document {doc}")))?;
+        let incarnation = info.meta.incarnation;
+        let snapshots = store.list_snapshots(doc).await.map_err(failed)?;
+        let target = match at {
+            PointInTime::Change(id) if id.incarnation != incarnation => {
+                return Err(RoomError::NotFound(format!(
+                    "{id} names a change of an earlier document called {doc}"
+                )))
+            }
+            PointInTime::Change(id) => id.seq.min(info.last_seq),
+            PointInTime::Time(ms) => {
+                let logged = self.last_change_by(doc, ms).await?;
+                let snapshotted = snapshots
+                    .iter()
+                    .filter(|s| s.taken_at_ms <= ms)
+                    .map(|s| s.seq);
+                snapshotted.chain(logged).max().unwrap_or(0)
+            }
+        };
+        let base = match snapshots
+            .iter()
+            .filter(|s| s.seq <= target)
+            .max_by_key(|s| s.seq)
+        {
+            Some(info) => store.get_snapshot(doc, info.id).await.map_err(failed)?,
+            None => None,
+        };
+        let from = base.as_ref().map_or(0, |s| s.seq);
+        let wanted = usize::try_from(target - from).unwrap_or(usize::MAX);
+        let mut log = store.read_log(doc, from, wanted).await.map_err(failed)?;
+        // Only an unbroken run of changes after the snapshot rebuilds it.
+        let unbroken = log
+            .iter()
+            .enumerate()
+            .take_while(|(i, e)| e.seq == from + 1 + *i as u64 && e.seq <= target)
+            .count();
+        log.truncate(unbroken);
+        let seq = log.last().map_or(from, |e| e.seq);
+        let stored = StoredDoc {
+            meta: info.meta,
+            exists: true,
+            snapshot: base,
+            log,
+        };
+        let update = self.cpu().run(|| rebuild(&stored)).await?;
+        Ok(PastState {
+            id: EventId { incarnation, seq },
+            update,
+        })
+    }
+
+    /// The sequence number of the newest stored change made at or before
+    /// `ms`, among those the log holds.
+    async fn last_change_by(&self, doc: &DocName, ms: u64) -> Result<Option<u64>, RoomError> {
+        let mut after = 0;
+        let mut found = None;
+        loop {
+            let read = self
+                .store()
+                .read_log(doc, after, READ_CHUNK)
+                .await
+                .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
+            let Some(last) = read.last() else {
+                return Ok(found);
+            };
+            for e in &read {
+                if e.at_ms > ms {
+                    return Ok(found);
+                }
+                found = Some(e.seq);
+            }
+            after = last.seq;
+        }
+    }
+}
+
+/// The document `stored` holds, as one update; what does not replay is
+/// left out, as when a document loads.
+fn rebuild(stored: &StoredDoc) -> Result<Vec<u8>, RoomError> {
+    let replayed = crate::replay::replay(stored, &std::collections::BTreeSet::new())
+        .map_err(|e| RoomError::LoadFailed(format!("{}: {}", e.part, e.reason)))?;
+    guarded(|| {
+        use yrs::{ReadTxn, StateVector, Transact};
+        replayed
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    })
+    .map_err(RoomError::LoadFailed)
 }
 
 #[cfg(test)]

@@ -309,6 +309,11 @@ impl Rooms {
         &self.inner.store
     }
 
+    /// Where yrs work runs.
+    pub(crate) fn cpu(&self) -> &CpuPool {
+        &self.inner.cpu
+    }
+
     async fn require_stored(&self, doc: &DocName) -> Result<(), RoomError> {
         match self.inner.store.info(doc).await {
             Ok(Some(_)) => Ok(()),
