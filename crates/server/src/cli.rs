@@ -6,7 +6,9 @@ use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
 
-use crate::admin::commands::{AdminCommand, BackupArgs, DocsCommand, SnapshotCommand, Target};
+use crate::admin::commands::{
+    AdminCommand, BackupArgs, DocsCommand, HistoryArgs, SnapshotCommand, Target,
+};
 use crate::config_file;
 use crate::serve_config::ServeConfig;
 
@@ -63,6 +65,17 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// A document's changes: who made each, when, through what, and how
+    /// much it inserted and deleted.
+    #[command(
+        after_help = "Examples:\n  weft history my-doc --data-dir ./weft-data\n  weft history my-doc --author ada --since 2026-12-01T00:00:00Z --server http://127.0.0.1:8080 --admin-key $KEY --json"
+    )]
+    History {
+        #[command(flatten)]
+        args: HistoryArgs,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Decode every stored record, replay every document and check that
     /// each document's records add up (snapshots against their index, no
     /// gaps in the log from the newest snapshot on); report every problem
@@ -83,6 +96,7 @@ impl Command {
             Command::Snapshot { command, target } => Ok((AdminCommand::Snapshot(command), target)),
             Command::Backup { args, target } => Ok((AdminCommand::Backup(args), target)),
             Command::Verify { target } => Ok((AdminCommand::Verify, target)),
+            Command::History { args, target } => Ok((AdminCommand::History(args), target)),
         }
     }
 }

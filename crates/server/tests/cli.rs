@@ -697,3 +697,46 @@ fn operator_commands_take_the_data_directory_from_the_config_file() {
         "the flag wins: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_lists_who_changed_a_document_online_and_offline() {
+    let mut server = Weft::start(&["--admin-key", ADMIN]);
+    let writer = Doc::new();
+    post(&server.addr, "story", insert(&writer, "one")).await;
+    post(&server.addr, "story", insert(&writer, " two")).await;
+    post(&server.addr, "story", insert(&writer, " three")).await;
+    let addr = server.addr.clone();
+    let check = |mode: &Mode| {
+        let all = mode.json(&["history", "story"]);
+        let all = all.as_array().expect("a list");
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all[0]["via"], "http");
+        assert_eq!(all[2]["inserted"], 6);
+        // Two at most, then by time: none before the first.
+        assert_eq!(
+            mode.json(&["history", "story", "--limit", "2"])
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        let first = all[0]["at_ms"].as_u64().expect("time");
+        let before = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(first - 1),
+        )
+        .to_string();
+        let none = mode.json(&["history", "story", "--until", &before]);
+        assert_eq!(none.as_array().map(Vec::len), Some(0));
+        let table = mode.ok(&["history", "story"]);
+        assert!(
+            table.contains("AUTHOR") && table.contains("http"),
+            "{table}"
+        );
+        let (code, err) = mode.fails(&["history", "story", "--since", "last week"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("RFC 3339"), "{err}");
+    };
+    tokio::task::block_in_place(|| check(&Mode::Online(&addr)));
+    assert!(server.terminate().success());
+    let dir = server.data_dir.path().to_path_buf();
+    tokio::task::block_in_place(|| check(&Mode::Offline(&dir)));
+}

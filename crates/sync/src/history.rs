@@ -8,7 +8,7 @@
 //! holds (the tail kept behind the newest snapshot, see
 //! `--keep-log-tail`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use weft_storage::{DocName, LogEntry, Provenance, StoredDoc};
 use yrs::updates::decoder::Decode;
 use yrs::{IdSet, Update};
@@ -23,7 +23,7 @@ pub const MAX_PAGE: usize = 1000;
 const READ_CHUNK: usize = 1000;
 
 /// Which changes to list.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HistoryQuery {
     /// Only changes after this one (the previous page's `next`).
     pub after: Option<u64>,
@@ -34,11 +34,12 @@ pub struct HistoryQuery {
     /// Only this author's changes.
     pub author: Option<String>,
     /// At most this many (capped at [`MAX_PAGE`]).
+    #[serde(default)]
     pub limit: usize,
 }
 
 /// One change, as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// Its event id (as SSE viewers know it).
     pub id: String,
@@ -56,7 +57,7 @@ pub struct HistoryEntry {
 }
 
 /// A page of history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub changes: Vec<HistoryEntry>,
     /// Where the next page starts (`after=`), if there may be more.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use weft_storage::DocName;
+use weft_sync::history::HistoryQuery;
 
 use super::{AdminError, Backend, Progress};
 use crate::admin_key::AdminKey;
@@ -39,6 +40,7 @@ pub fn router() -> Router<Arc<AppState>> {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/verify", get(verify))
+        .route("/docs/{doc}/history", get(history))
 }
 
 /// Answered like every other HTTP error (`ApiError`), and a refusal of the
@@ -199,6 +201,16 @@ async fn restore_backup(
 
 async fn verify(State(app): State<Arc<AppState>>, _: AdminKey) -> Result<Response, AdminError> {
     Ok(Json(app.admin.verify().await?).into_response())
+}
+
+async fn history(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Response, AdminError> {
+    let t = target(p)?;
+    Ok(Json(app.admin.history(&t.doc, &query).await?).into_response())
 }
 
 #[cfg(test)]

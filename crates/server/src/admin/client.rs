@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use weft_storage::DocName;
+use weft_sync::history::{HistoryPage, HistoryQuery};
 
 use super::{
     AdminError, Backend, BackupSummary, ChangeView, DocDetail, DocSummary, Progress, SnapshotView,
@@ -185,5 +186,15 @@ impl Backend for RemoteAdmin {
 
     async fn verify(&self) -> Result<VerifyReport, AdminError> {
         self.json(self.request(Method::GET, "/verify")).await
+    }
+
+    async fn history(
+        &self,
+        doc: &DocName,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, AdminError> {
+        let path = format!("/docs/{doc}/history");
+        self.json(self.request(Method::GET, &path).query(query))
+            .await
     }
 }

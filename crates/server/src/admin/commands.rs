@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use weft_storage::archive::ArchiveReader;
 use weft_storage::{DocName, SledStore, StorageError};
+use weft_sync::history::{HistoryEntry, HistoryQuery, MAX_PAGE};
 use weft_sync::{EngineConfig, Rooms, SystemClock};
 
 use super::client::RemoteAdmin;
@@ -134,6 +135,27 @@ pub enum AdminCommand {
     Snapshot(SnapshotCommand),
     Backup(BackupArgs),
     Verify,
+    History(HistoryArgs),
+}
+
+/// `weft history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The document's name.
+    pub doc: String,
+    /// Only changes at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only changes before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this author's changes (a token's subject, `anonymous#N`,
+    /// `admin`).
+    #[arg(long)]
+    pub author: Option<String>,
+    /// At most this many changes, the oldest first.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 impl AdminCommand {
@@ -243,6 +265,7 @@ async fn execute(
             )
         }
         AdminCommand::Snapshot(cmd) => snapshot(cmd, json, backend).await,
+        AdminCommand::History(args) => history(args, json, backend).await,
         AdminCommand::Backup(args) => backup(args, json, backend).await,
         AdminCommand::Verify => {
             let report = backend.verify().await?;
@@ -503,6 +526,65 @@ fn quarantine_lines(list: &[QuarantineView]) -> String {
         ));
     }
     out
+}
+
+/// Lists a document's changes, a page after another.
+async fn history(args: HistoryArgs, json: bool, backend: &dyn Backend) -> Result<(), AdminError> {
+    let doc = doc_name(&args.doc)?;
+    let mut query = HistoryQuery {
+        since_ms: args.since.as_deref().map(rfc3339_ms).transpose()?,
+        until_ms: args.until.as_deref().map(rfc3339_ms).transpose()?,
+        author: args.author,
+        limit: MAX_PAGE,
+        ..HistoryQuery::default()
+    };
+    let wanted = args.limit.unwrap_or(usize::MAX);
+    let mut changes = Vec::new();
+    while changes.len() < wanted {
+        query.limit = (wanted - changes.len()).min(MAX_PAGE);
+        let page = backend.history(&doc, &query).await?;
+        changes.extend(page.changes);
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    print(json, &changes, || history_table(&changes))
+}
+
+fn history_table(changes: &[HistoryEntry]) -> String {
+    if changes.is_empty() {
+        return "no changes".into();
+    }
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header([
+        "SEQ", "TIME", "AUTHOR", "VIA", "INSERTED", "DELETED", "SIZE",
+    ]);
+    for c in changes {
+        t.add_row([
+            c.seq.to_string(),
+            when(c.at_ms),
+            c.author.clone().unwrap_or_else(|| "(unknown)".into()),
+            c.via.clone().unwrap_or_else(|| "-".into()),
+            c.inserted.to_string(),
+            c.deleted.to_string(),
+            bytes(c.bytes as u64),
+        ]);
+    }
+    t.to_string()
+}
+
+/// An RFC 3339 time as milliseconds since the epoch.
+fn rfc3339_ms(text: &str) -> Result<u64, AdminError> {
+    let bad = || {
+        AdminError::BadRequest(format!(
+            "{text:?} is not a time; give an RFC 3339 time such as 2026-12-02T17:00:00Z"
+        ))
+    };
+    let at = humantime::parse_rfc3339_weak(text).map_err(|_| bad())?;
+    let since = at.duration_since(UNIX_EPOCH).map_err(|_| bad())?;
+    u64::try_from(since.as_millis()).map_err(|_| bad())
 }
 
 fn when(ms: u64) -> String {

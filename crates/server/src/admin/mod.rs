@@ -18,6 +18,7 @@ use std::io::{Read, Write};
 
 use async_trait::async_trait;
 use weft_storage::DocName;
+use weft_sync::history::{HistoryPage, HistoryQuery};
 
 pub use model::*;
 
@@ -51,4 +52,7 @@ pub trait Backend: Send + Sync {
         progress: &dyn Progress,
     ) -> Result<BackupSummary, AdminError>;
     async fn verify(&self) -> Result<VerifyReport, AdminError>;
+    /// A page of a document's history.
+    async fn history(&self, doc: &DocName, query: &HistoryQuery)
+        -> Result<HistoryPage, AdminError>;
 }

@@ -17,6 +17,7 @@ use weft_storage::archive::{self, ArchiveReader};
 use weft_storage::{
     Archive, ArchiveRestore, Catalogue, DocDump, DocName, DocumentStore, StoredDoc,
 };
+use weft_sync::history::{HistoryPage, HistoryQuery};
 use weft_sync::protocol::decode_update;
 use weft_sync::{Clock, DocState, Rooms, SystemClock};
 
@@ -249,6 +250,14 @@ impl Backend for LocalAdmin {
             documents: restored,
             bytes: 0,
         })
+    }
+
+    async fn history(
+        &self,
+        doc: &DocName,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, AdminError> {
+        Ok(self.rooms.history(doc, query).await?)
     }
 
     async fn verify(&self) -> Result<VerifyReport, AdminError> {
