@@ -16,7 +16,7 @@ use serde_json::json;
 use weft_sync::history::PointInTime;
 use weft_sync::json::update_to_json;
 use weft_sync::protocol::{decode_state_vector, StateVector};
-use weft_sync::{DocRead, EventId};
+use weft_sync::DocRead;
 
 use crate::access::Credentials;
 use crate::api_error::ApiError;
@@ -25,6 +25,7 @@ use crate::auth::Mode;
 use crate::body::{self, BodyLimits};
 use crate::creation_limit::client_addr;
 use crate::doc_path::DocPath;
+use crate::history_api;
 use crate::peer::PeerAddr;
 
 #[derive(Debug, Deserialize)]
@@ -127,23 +128,10 @@ pub struct JsonParams {
     at: Option<String>,
 }
 
-/// `?at=`: an event id (as `weft-event-id` and SSE give them) or an RFC
-/// 3339 time.
+/// `?at=`, see [`history_api::point_in_time`].
 fn point_in_time(at: &str) -> Result<PointInTime, ApiError> {
-    if let Ok(id) = at.parse::<EventId>() {
-        return Ok(PointInTime::Change(id));
-    }
-    crate::history_api::time_ms(at)
-        .map(PointInTime::Time)
-        .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_point_in_time",
-                format!(
-                    "at={at:?} is neither an event id nor an RFC 3339 time \
-                     (such as 2026-12-02T17:00:00Z)"
-                ),
-            )
-        })
+    history_api::point_in_time(at)
+        .map_err(|why| ApiError::bad_request("invalid_point_in_time", why))
 }
 
 fn parse_state_vector(text: &str) -> Result<StateVector, ApiError> {

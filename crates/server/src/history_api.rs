@@ -9,7 +9,8 @@ use std::time::UNIX_EPOCH;
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
-use weft_sync::history::{HistoryPage, HistoryQuery};
+use weft_sync::history::{HistoryPage, HistoryQuery, PointInTime};
+use weft_sync::EventId;
 
 use crate::access::Credentials;
 use crate::api_error::ApiError;
@@ -47,6 +48,17 @@ pub async fn history(
         limit: params.limit.unwrap_or(DEFAULT_PAGE),
     };
     Ok(Json(app.rooms.history(&doc, &query).await?))
+}
+
+/// A point in a document's history as people write it: an event id (as
+/// `weft-event-id` and SSE give them) or an RFC 3339 time.
+pub(crate) fn point_in_time(at: &str) -> Result<PointInTime, String> {
+    if let Ok(id) = at.parse::<EventId>() {
+        return Ok(PointInTime::Change(id));
+    }
+    time_ms(at).map(PointInTime::Time).map_err(|_| {
+        format!("{at:?} is neither an event id nor an RFC 3339 time (such as 2026-12-02T17:00:00Z)")
+    })
 }
 
 /// An RFC 3339 time as milliseconds since the epoch.

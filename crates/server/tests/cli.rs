@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 
 use assert_cmd::Command;
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Transact, Update};
@@ -701,42 +701,62 @@ fn operator_commands_take_the_data_directory_from_the_config_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn history_lists_who_changed_a_document_online_and_offline() {
     let mut server = Weft::start(&["--admin-key", ADMIN]);
-    let writer = Doc::new();
-    post(&server.addr, "story", insert(&writer, "one")).await;
-    post(&server.addr, "story", insert(&writer, " two")).await;
-    post(&server.addr, "story", insert(&writer, " three")).await;
+    let work = tempfile::tempdir().expect("tmp");
+    for doc in ["online", "offline"] {
+        let writer = Doc::new();
+        post(&server.addr, doc, insert(&writer, "one")).await;
+        post(&server.addr, doc, insert(&writer, " two")).await;
+        post(&server.addr, doc, insert(&writer, " three")).await;
+    }
     let addr = server.addr.clone();
-    let check = |mode: &Mode| {
-        let all = mode.json(&["history", "story"]);
+    let check = |mode: &Mode, doc: &str| {
+        let all = mode.json(&["history", doc]);
         let all = all.as_array().expect("a list");
         assert_eq!(all.len(), 3, "{all:?}");
         assert_eq!(all[0]["via"], "http");
         assert_eq!(all[2]["inserted"], 6);
         // Two at most, then by time: none before the first.
-        assert_eq!(
-            mode.json(&["history", "story", "--limit", "2"])
-                .as_array()
-                .map(Vec::len),
-            Some(2)
-        );
+        let two = mode.json(&["history", doc, "--limit", "2"]);
+        assert_eq!(two.as_array().map(Vec::len), Some(2));
         let first = all[0]["at_ms"].as_u64().expect("time");
         let before = humantime::format_rfc3339_millis(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(first - 1),
         )
         .to_string();
-        let none = mode.json(&["history", "story", "--until", &before]);
+        let none = mode.json(&["history", doc, "--until", &before]);
         assert_eq!(none.as_array().map(Vec::len), Some(0));
-        let table = mode.ok(&["history", "story"]);
+        let table = mode.ok(&["history", doc]);
         assert!(
             table.contains("AUTHOR") && table.contains("http"),
             "{table}"
         );
-        let (code, err) = mode.fails(&["history", "story", "--since", "last week"]);
+        let (code, err) = mode.fails(&["history", doc, "--since", "last week"]);
         assert_eq!(code, 1);
         assert!(err.contains("RFC 3339"), "{err}");
+
+        // Any point in time: exported, then restored (live) as a change
+        // of the operator's.
+        let second = all[1]["id"].as_str().expect("id");
+        let file = work.path().join(format!("{doc}-at.yjs"));
+        let path = file.to_str().expect("utf8");
+        mode.ok(&["snapshot", "export", doc, "--at", second, "-o", path]);
+        let exported = std::fs::read(&file).expect("exported");
+        assert_eq!(text_of_update(&exported), "one two");
+        mode.ok(&["snapshot", "restore", doc, "--at", second]);
+        let now = mode.json(&["snapshot", "inspect", doc]);
+        assert_eq!(now["t"], "one two", "{now}");
+        let all = mode.json(&["history", doc]);
+        let last = all.as_array().and_then(|a| a.last()).expect("a change");
+        assert_eq!(
+            (&last["author"], &last["via"]),
+            (&json!("admin"), &json!("admin"))
+        );
+        let (code, err) = mode.fails(&["snapshot", "restore", doc, "--at", "never"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("event id"), "{err}");
     };
-    tokio::task::block_in_place(|| check(&Mode::Online(&addr)));
+    tokio::task::block_in_place(|| check(&Mode::Online(&addr), "online"));
     assert!(server.terminate().success());
     let dir = server.data_dir.path().to_path_buf();
-    tokio::task::block_in_place(|| check(&Mode::Offline(&dir)));
+    tokio::task::block_in_place(|| check(&Mode::Offline(&dir), "offline"));
 }

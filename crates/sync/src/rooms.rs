@@ -16,7 +16,8 @@ use tracing::Instrument;
 
 use weft_storage::{DocName, EngineStore, Provenance, SnapshotReason};
 
-use crate::room::{Command, Room, RoomContext};
+use crate::history::PointInTime;
+use crate::room::{Command, RestoreFrom, Room, RoomContext};
 use bytes::Bytes;
 use yrs::StateVector;
 
@@ -251,8 +252,22 @@ impl Rooms {
     /// editors converge to it; the result is itself snapshotted (`restore`).
     pub async fn restore(&self, doc: &DocName, snapshot: u64) -> Result<Restored, RoomError> {
         self.require_stored(doc).await?;
-        self.call(doc, |_, reply| Command::Restore { snapshot, reply })
-            .await
+        self.call(doc, |_, reply| Command::Restore {
+            from: RestoreFrom::Snapshot(snapshot),
+            reply,
+        })
+        .await
+    }
+
+    /// Brings `doc` back to how it was at `at` (see
+    /// [`state_at`](Self::state_at)), live, as a restore does.
+    pub async fn restore_at(&self, doc: &DocName, at: PointInTime) -> Result<Restored, RoomError> {
+        let past = Bytes::from(self.state_at(doc, at).await?.update);
+        self.call(doc, |_, reply| Command::Restore {
+            from: RestoreFrom::State(past.clone()),
+            reply,
+        })
+        .await
     }
 
     /// Merges a Yjs v1 update into `doc` (created if new, unless the update

@@ -130,18 +130,31 @@ async fn snapshot_state(
     Ok(octets(app.admin.state(&t.doc, t.id).await?))
 }
 
+#[derive(Debug, Deserialize)]
+struct StateQuery {
+    /// An event id or an RFC 3339 time: the document as it was then.
+    at: Option<String>,
+}
+
 async fn current_state(
     State(app): State<Arc<AppState>>,
     _: AdminKey,
     Path(p): Path<HashMap<String, String>>,
+    Query(query): Query<StateQuery>,
 ) -> Result<Response, AdminError> {
     let t = target(p)?;
-    Ok(octets(app.admin.state(&t.doc, None).await?))
+    let state = match &query.at {
+        Some(at) => app.admin.state_at(&t.doc, at).await?,
+        None => app.admin.state(&t.doc, None).await?,
+    };
+    Ok(octets(state))
 }
 
+/// `{"snapshot": <id>}` or `{"at": "<event id or RFC 3339 time>"}`.
 #[derive(Debug, Deserialize)]
 struct RestoreRequest {
-    snapshot: u64,
+    snapshot: Option<u64>,
+    at: Option<String>,
 }
 
 async fn restore(
@@ -153,12 +166,18 @@ async fn restore(
     let t = target(p).map_err(IntoResponse::into_response)?;
     let LimitedJson(req) = body.map_err(|e| match e {
         JsonBodyError::Json(e) => AdminError::BadRequest(format!(
-            "the body is not the JSON expected: {e}; send {{\"snapshot\": <id>}}"
+            "the body is not the JSON expected: {e}; send {{\"snapshot\": <id>}} or {{\"at\": \"<event id or time>\"}}"
         ))
         .into_response(),
         e => e.into_response(),
     })?;
-    let restored = app.admin.restore(&t.doc, req.snapshot).await;
+    let restored = match (req.snapshot, req.at) {
+        (Some(snapshot), None) => app.admin.restore(&t.doc, snapshot).await,
+        (None, Some(at)) => app.admin.restore_at(&t.doc, &at).await,
+        _ => Err(AdminError::BadRequest(
+            "send either {\"snapshot\": <id>} or {\"at\": \"<event id or time>\"}".into(),
+        )),
+    };
     Ok(Json(restored.map_err(IntoResponse::into_response)?).into_response())
 }
 

@@ -132,6 +132,20 @@ impl Backend for RemoteAdmin {
         self.json(req).await
     }
 
+    async fn state_at(&self, doc: &DocName, at: &str) -> Result<Vec<u8>, AdminError> {
+        let req = self
+            .request(Method::GET, &format!("/docs/{doc}/state"))
+            .query(&[("at", at)]);
+        self.bytes(req).await
+    }
+
+    async fn restore_at(&self, doc: &DocName, at: &str) -> Result<ChangeView, AdminError> {
+        let req = self
+            .request(Method::POST, &format!("/docs/{doc}/restore"))
+            .json(&json!({ "at": at }));
+        self.json(req).await
+    }
+
     async fn import(&self, doc: &DocName, update: Vec<u8>) -> Result<ChangeView, AdminError> {
         let req = self
             .request(Method::POST, &format!("/docs/{doc}/import"))

@@ -87,8 +87,11 @@ pub enum SnapshotCommand {
     #[command(after_help = "Example:\n  weft snapshot export my-doc --snapshot 3 -o my-doc.yjs")]
     Export {
         doc: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "at")]
         snapshot: Option<u64>,
+        /// As it was at this point: an event id or an RFC 3339 time.
+        #[arg(long)]
+        at: Option<String>,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -97,11 +100,17 @@ pub enum SnapshotCommand {
     Import { doc: String, file: PathBuf },
     /// Bring a document back to a snapshot, live: connected editors converge
     /// to it without reloading. The result is snapshotted, so it can be undone.
-    #[command(after_help = "Example:\n  weft snapshot restore my-doc --snapshot 3")]
+    #[command(
+        after_help = "Examples:\n  weft snapshot restore my-doc --snapshot 3\n  weft snapshot restore my-doc --at 2026-12-02T09:00:00Z"
+    )]
     Restore {
         doc: String,
+        #[arg(long, required_unless_present = "at", conflicts_with = "at")]
+        snapshot: Option<u64>,
+        /// Back to how it was at this point: an event id or an RFC 3339
+        /// time (rebuilt from the snapshot before it and the changes after).
         #[arg(long)]
-        snapshot: u64,
+        at: Option<String>,
     },
     /// Show what changed in each root type between two snapshots.
     #[command(after_help = "Example:\n  weft snapshot diff my-doc 3 7")]
@@ -327,9 +336,14 @@ async fn snapshot(
         SnapshotCommand::Export {
             doc,
             snapshot,
+            at,
             output,
         } => {
-            let state = backend.state(&doc_name(&doc)?, snapshot).await?;
+            let doc = doc_name(&doc)?;
+            let state = match &at {
+                Some(at) => backend.state_at(&doc, at).await?,
+                None => backend.state(&doc, snapshot).await?,
+            };
             write_file(&output, &state)?;
             let summary = serde_json::json!({ "file": output, "bytes": state.len() });
             print(json, &summary, || {
@@ -350,15 +364,28 @@ async fn snapshot(
                 None => format!("nothing new to import; snapshot {}", view.snapshot),
             })
         }
-        SnapshotCommand::Restore { doc, snapshot } => {
-            let view = backend.restore(&doc_name(&doc)?, snapshot).await?;
+        SnapshotCommand::Restore { doc, snapshot, at } => {
+            let doc = doc_name(&doc)?;
+            let (view, what) = match (snapshot, at) {
+                (Some(snapshot), _) => (
+                    backend.restore(&doc, snapshot).await?,
+                    format!("snapshot {snapshot}"),
+                ),
+                (None, Some(at)) => (
+                    backend.restore_at(&doc, &at).await?,
+                    format!("its state at {at}"),
+                ),
+                (None, None) => {
+                    return Err(AdminError::BadRequest("give --snapshot or --at".into()));
+                }
+            };
             print(json, &view, || {
                 match &view.change {
                 Some(id) => format!(
-                    "restored snapshot {snapshot} as change {id}; the result is snapshot {} (restore that to undo)",
+                    "restored {what} as change {id}; the result is snapshot {} (restore that to undo)",
                     view.snapshot
                 ),
-                None => format!("the document already matches snapshot {snapshot}"),
+                None => format!("the document already matches {what}"),
             }
             })
         }

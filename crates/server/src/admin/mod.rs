@@ -40,6 +40,11 @@ pub trait Backend: Send + Sync {
     /// The document now, or as snapshot `snapshot`, as a Yjs v1 update.
     async fn state(&self, doc: &DocName, snapshot: Option<u64>) -> Result<Vec<u8>, AdminError>;
     async fn restore(&self, doc: &DocName, snapshot: u64) -> Result<ChangeView, AdminError>;
+    /// The document as it was at `at` (an event id or an RFC 3339 time),
+    /// as a Yjs v1 update.
+    async fn state_at(&self, doc: &DocName, at: &str) -> Result<Vec<u8>, AdminError>;
+    /// Brings the document back to how it was at `at`, live.
+    async fn restore_at(&self, doc: &DocName, at: &str) -> Result<ChangeView, AdminError>;
     async fn import(&self, doc: &DocName, update: Vec<u8>) -> Result<ChangeView, AdminError>;
     async fn backup(
         &self,

@@ -18,6 +18,8 @@ use weft_storage::{
     Archive, ArchiveRestore, Catalogue, DocDump, DocName, DocumentStore, StoredDoc,
 };
 use weft_sync::history::{HistoryPage, HistoryQuery};
+
+use crate::history_api::point_in_time;
 use weft_sync::protocol::decode_update;
 use weft_sync::{Clock, DocState, Rooms, SystemClock};
 
@@ -192,6 +194,16 @@ impl Backend for LocalAdmin {
 
     async fn restore(&self, doc: &DocName, snapshot: u64) -> Result<ChangeView, AdminError> {
         Ok(self.rooms.restore(doc, snapshot).await?.into())
+    }
+
+    async fn state_at(&self, doc: &DocName, at: &str) -> Result<Vec<u8>, AdminError> {
+        let at = point_in_time(at).map_err(AdminError::BadRequest)?;
+        Ok(self.rooms.state_at(doc, at).await?.update)
+    }
+
+    async fn restore_at(&self, doc: &DocName, at: &str) -> Result<ChangeView, AdminError> {
+        let at = point_in_time(at).map_err(AdminError::BadRequest)?;
+        Ok(self.rooms.restore_at(doc, at).await?.into())
     }
 
     async fn import(&self, doc: &DocName, update: Vec<u8>) -> Result<ChangeView, AdminError> {

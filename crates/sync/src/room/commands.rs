@@ -76,9 +76,9 @@ pub(crate) enum Command {
         reason: SnapshotReason,
         reply: Reply<u64>,
     },
-    /// Bring the content back to stored snapshot `snapshot`, as a change.
+    /// Bring the content back to an earlier state, as a change.
     Restore {
-        snapshot: u64,
+        from: RestoreFrom,
         reply: Reply<Restored>,
     },
     /// Merge a Yjs v1 update as a change, then snapshot (reason `import`).
@@ -379,8 +379,8 @@ impl Room {
                 resume,
                 reply,
             } => self.follow(conn, subscriber, resume, reply, fx).await,
-            Command::Restore { snapshot, reply } => {
-                self.restore(snapshot, reply, fx, deferred).await;
+            Command::Restore { from, reply } => {
+                self.restore(from, reply, fx, deferred).await;
             }
             other => {
                 let cpu = self.cx.cpu.clone();
@@ -390,34 +390,39 @@ impl Room {
         }
     }
 
-    /// Brings the content back to stored snapshot `snapshot`, as a change
-    /// answered (after a snapshot) once the batch is stored.
+    /// Brings the content back to an earlier state, as a change answered
+    /// (after a snapshot) once the batch is stored.
     async fn restore(
         &mut self,
-        snapshot: u64,
+        from: RestoreFrom,
         reply: Reply<Restored>,
         fx: &mut Effects,
         deferred: &mut Vec<Deferred>,
     ) {
-        let old = match self.cx.store.get_snapshot(&self.name, snapshot).await {
-            Ok(Some(old)) => old,
-            Ok(None) => {
-                let _ = reply.send(Err(RoomError::NotFound(format!(
-                    "document {} has no snapshot {snapshot}",
-                    self.name
-                ))));
-                return;
-            }
-            Err(e) => {
-                let _ = reply.send(Err(RoomError::StorageFailure(e.to_string())));
-                return;
+        let old = match from {
+            RestoreFrom::State(state) => state,
+            RestoreFrom::Snapshot(snapshot) => {
+                match self.cx.store.get_snapshot(&self.name, snapshot).await {
+                    Ok(Some(old)) => Bytes::from(old.state),
+                    Ok(None) => {
+                        let _ = reply.send(Err(RoomError::NotFound(format!(
+                            "document {} has no snapshot {snapshot}",
+                            self.name
+                        ))));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RoomError::StorageFailure(e.to_string())));
+                        return;
+                    }
+                }
             }
         };
         let cpu = self.cx.cpu.clone();
         self.state.changes_by(&operator());
         let state = &mut self.state;
         let restored = cpu
-            .run(|| state.apply_local(fx, |doc| restore::restore_into(doc, &old.state)))
+            .run(|| state.apply_local(fx, |doc| restore::restore_into(doc, &old)))
             .await;
         match restored {
             Ok(change) => {
@@ -438,6 +443,16 @@ impl Room {
         }
         Ok(())
     }
+}
+
+/// What a restore brings the document back to.
+#[derive(Debug)]
+pub enum RestoreFrom {
+    /// A stored snapshot.
+    Snapshot(u64),
+    /// A state (a Yjs v1 update of the whole document), as it was at a
+    /// point in its history.
+    State(Bytes),
 }
 
 /// Who an operator's change (a restore, an import) is recorded as made by.

@@ -51,7 +51,7 @@ use crate::session::Subscriber;
 use crate::{Clock, EngineConfig, EventId, RoomError};
 
 use batch::Batcher;
-pub(crate) use commands::Command;
+pub(crate) use commands::{Command, RestoreFrom};
 
 type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
 
