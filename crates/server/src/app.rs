@@ -73,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/{doc}/updates", post(docs_api::post_update))
         .route("/docs/{doc}/json", get(docs_api::as_json))
         .route("/docs/{doc}/history", get(history_api::history))
+        .route("/docs/{doc}/attribution/{name}", get(history_api::attribution))
         .route("/docs/{doc}/text/{name}", post(edits_api::edit_text_root))
         .route("/docs/{doc}/map/{name}", post(edits_api::edit_map_root))
         .route("/auth/token", post(token_api::mint))

@@ -51,8 +51,8 @@ static TURNS: Semaphore = Semaphore::const_new(AT_ONCE);
 /// `{doc}` and `{name}` of the URL, validated.
 #[derive(Debug)]
 pub struct DocRoot {
-    doc: DocName,
-    root: String,
+    pub doc: DocName,
+    pub root: String,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for DocRoot {

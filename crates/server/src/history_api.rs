@@ -1,7 +1,9 @@
 //! `GET /docs/{doc}/history`: a document's changes as people read them,
 //! who made each, when, through what and how much it did; a page at a
-//! time, filtered by time and author. A read token for the document is
-//! enough. The listing itself is `weft_sync::history`'s.
+//! time, filtered by time and author; and `GET
+//! /docs/{doc}/attribution/{text}`, who wrote each part of a text. A read
+//! token for the document is enough. The work itself is
+//! `weft_sync::history`'s.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -17,6 +19,7 @@ use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::auth::Mode;
 use crate::doc_path::DocPath;
+use crate::edits_api::DocRoot;
 
 /// Changes in a page unless `limit` says otherwise.
 const DEFAULT_PAGE: usize = 100;
@@ -48,6 +51,19 @@ pub async fn history(
         limit: params.limit.unwrap_or(DEFAULT_PAGE),
     };
     Ok(Json(app.rooms.history(&doc, &query).await?))
+}
+
+/// `GET /docs/{doc}/attribution/{text}`: who wrote each part of the text
+/// `text` as it is now, as runs of `{text, id, seq, at_ms, author, via}`
+/// (all but `text` null for text older than the log kept).
+pub async fn attribution(
+    State(app): State<Arc<AppState>>,
+    DocRoot { doc, root }: DocRoot,
+    credentials: Credentials,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&credentials, &doc, Mode::Read)?;
+    let runs = app.rooms.attribution(&doc, &root).await?;
+    Ok(Json(serde_json::json!({ "runs": runs })))
 }
 
 /// A point in a document's history as people write it: an event id (as

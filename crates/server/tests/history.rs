@@ -275,3 +275,79 @@ async fn a_document_reads_as_it_was_at_any_change_or_time() {
     let (status, _) = http_get(&weft.addr, "/docs/story?at=soon&sv=AA", &[]).await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn attribution_says_who_wrote_each_part_of_a_text() {
+    use yrs::{Text, Transact};
+    let weft = Weft::start(&["--auth-secret", SECRET]);
+    let join = |who: &'static str| {
+        let url = format!(
+            "{}?token={}",
+            weft.url("story"),
+            token("story", "write", who)
+        );
+        async move {
+            let mut ws = connect(&url).await;
+            next_message(&mut ws).await;
+            ws
+        }
+    };
+    let (mut ada_ws, mut grace_ws) = (join("ada").await, join("grace").await);
+    let ada = Doc::with_client_id(1);
+    let typed = insert(&ada, "hello world");
+    send(&mut ada_ws, update_message(typed.clone())).await;
+    history_of(&weft, 1).await;
+    // Grace, having Ada's text, writes into the middle of it.
+    let grace = Doc::with_client_id(2);
+    {
+        use yrs::updates::decoder::Decode;
+        grace
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(&typed).expect("update"))
+            .expect("applies");
+    }
+    let between = {
+        let text = grace.get_or_insert_text("t");
+        let mut txn = grace.transact_mut();
+        text.insert(&mut txn, 5, " big");
+        txn.encode_update_v1()
+    };
+    send(&mut grace_ws, update_message(between)).await;
+    history_of(&weft, 2).await;
+
+    let reader = token("story", "read", "reader");
+    let (status, body) = http_get(
+        &weft.addr,
+        &format!("/docs/story/attribution/t?token={reader}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let runs: Value = serde_json::from_str(&body).expect("JSON");
+    let runs: Vec<(String, String)> = runs["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| {
+            (
+                r["text"].as_str().unwrap_or("").to_owned(),
+                r["author"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("hello".to_owned(), "ada".to_owned()),
+            (" big".to_owned(), "grace".to_owned()),
+            (" world".to_owned(), "ada".to_owned())
+        ]
+    );
+    let (status, _) = http_get(
+        &weft.addr,
+        &format!("/docs/story/attribution/nope?token={reader}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404);
+}

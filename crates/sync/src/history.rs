@@ -286,6 +286,158 @@ fn rebuild(stored: &StoredDoc) -> Result<Vec<u8>, RoomError> {
     .map_err(RoomError::LoadFailed)
 }
 
+/// A run of a text that one change inserted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributed {
+    pub text: String,
+    /// The change that inserted it: `None` for text older than the log
+    /// kept (it came with a snapshot).
+    pub id: Option<String>,
+    pub seq: Option<u64>,
+    pub at_ms: Option<u64>,
+    pub author: Option<String>,
+    pub via: Option<String>,
+}
+
+impl Rooms {
+    /// Who wrote each part of the text root `name` as it is now: its
+    /// characters as runs, each with the change that inserted it (found by
+    /// the ids of the items each stored change inserted).
+    pub async fn attribution(
+        &self,
+        doc: &DocName,
+        name: &str,
+    ) -> Result<Vec<Attributed>, RoomError> {
+        let now = self.read(doc, None).await?;
+        let info = self
+            .store()
+            .info(doc)
+            .await
+            .map_err(|e| RoomError::StorageFailure(e.to_string()))?
+            .ok_or_else(|| RoomError::NotFound(format!("there is no document {doc}")))?;
+        let log = self
+            .store()
+            .read_log(doc, 0, usize::MAX)
+            .await
+            .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
+        let incarnation = info.meta.incarnation;
+        let name = name.to_owned();
+        self.cpu()
+            .run(move || attribute(&now.update, &name, &log, incarnation))
+            .await
+    }
+}
+
+/// The runs of text root `name` of the document `state`, each credited to
+/// the change in `log` that inserted it.
+fn attribute(
+    state: &[u8],
+    name: &str,
+    log: &[LogEntry],
+    incarnation: u64,
+) -> Result<Vec<Attributed>, RoomError> {
+    use yrs::types::text::{ChangeKind, YChange};
+    use yrs::{ReadTxn, Snapshot, Text, Transact};
+    let inserted = Inserted::of(log);
+    let chunks = guarded(|| {
+        let doc = yrs::Doc::new();
+        let mut txn = doc.transact_mut();
+        let update = Update::decode_v1(state).map_err(|e| e.to_string())?;
+        txn.apply_update(update).map_err(|e| e.to_string())?;
+        let Some(text) = txn.get_text(name) else {
+            return Ok(None);
+        };
+        let now = txn.snapshot();
+        let chunks = text.diff_range(
+            &mut txn,
+            Some(&now),
+            Some(&Snapshot::default()),
+            |c: YChange| (c.kind == ChangeKind::Added).then_some(c.id),
+        );
+        Ok::<_, String>(Some(chunks))
+    })
+    .map_err(RoomError::LoadFailed)?
+    .map_err(RoomError::LoadFailed)?
+    .ok_or_else(|| RoomError::NotFound(format!("the document has no text named {name:?}")))?;
+    let mut runs: Vec<Attributed> = Vec::new();
+    for chunk in chunks {
+        let yrs::Out::Any(yrs::Any::String(text)) = &chunk.insert else {
+            continue; // an embed: no text to show
+        };
+        let Some(Some(start)) = chunk.ychange else {
+            continue;
+        };
+        let mut offset = 0u32;
+        for ch in text.chars() {
+            let clock = start.clock + offset;
+            offset += ch.len_utf16() as u32;
+            let by = inserted.find(start.client, clock).map(|i| &log[i]);
+            push_char(&mut runs, ch, by, incarnation);
+        }
+    }
+    Ok(runs)
+}
+
+/// Adds `ch` to the last run if the same change inserted it, else starts
+/// a run.
+fn push_char(runs: &mut Vec<Attributed>, ch: char, by: Option<&LogEntry>, incarnation: u64) {
+    let seq = by.map(|e| e.seq);
+    if let Some(last) = runs.last_mut().filter(|r| r.seq == seq) {
+        last.text.push(ch);
+        return;
+    }
+    runs.push(Attributed {
+        text: ch.to_string(),
+        id: by.map(|e| {
+            EventId {
+                incarnation,
+                seq: e.seq,
+            }
+            .to_string()
+        }),
+        seq,
+        at_ms: by.map(|e| e.at_ms),
+        author: by.and_then(|e| e.by.author.clone()),
+        via: by.and_then(|e| e.by.via.clone()),
+    });
+}
+
+/// Which change inserted which ids: per client, clock ranges with the
+/// index of the change in the log, sorted.
+struct Inserted(std::collections::HashMap<yrs::ClientID, Vec<(std::ops::Range<u32>, usize)>>);
+
+impl Inserted {
+    fn of(log: &[LogEntry]) -> Inserted {
+        let mut map: std::collections::HashMap<yrs::ClientID, Vec<(std::ops::Range<u32>, usize)>> =
+            std::collections::HashMap::new();
+        for (i, entry) in log.iter().enumerate() {
+            let Ok(Some(ids)) = guarded(|| {
+                Update::decode_v1(&entry.update)
+                    .ok()
+                    .map(|u| u.insertions(true))
+            }) else {
+                continue;
+            };
+            for (client, ranges) in ids.iter() {
+                let list = map.entry(*client).or_default();
+                list.extend(ranges.iter().map(|r| (r.clone(), i)));
+            }
+        }
+        for list in map.values_mut() {
+            list.sort_by_key(|(r, _)| r.start);
+        }
+        Inserted(map)
+    }
+
+    /// The change that inserted `(client, clock)`, if the log holds it.
+    fn find(&self, client: yrs::ClientID, clock: u32) -> Option<usize> {
+        let list = self.0.get(&client)?;
+        let at = list.partition_point(|(r, _)| r.start <= clock);
+        let (range, i) = list.get(at.checked_sub(1)?)?;
+        range.contains(&clock).then_some(*i)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
