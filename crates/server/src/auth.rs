@@ -106,10 +106,12 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Who a change made with this grant is recorded as made by, and how
-    /// it came (`via`).
+    /// Who a change made with this grant is recorded as made by (its
+    /// subject; `anonymous` for a request without one), and how it came
+    /// (`via`).
     pub fn provenance(&self, via: &str) -> weft_storage::Provenance {
-        weft_storage::Provenance::new(self.sub.clone(), via)
+        let author = self.sub.clone().unwrap_or_else(|| "anonymous".to_owned());
+        weft_storage::Provenance::new(Some(author), via)
     }
 }
 

@@ -713,7 +713,10 @@ async fn history_lists_who_changed_a_document_online_and_offline() {
         let all = mode.json(&["history", doc]);
         let all = all.as_array().expect("a list");
         assert_eq!(all.len(), 3, "{all:?}");
-        assert_eq!(all[0]["via"], "http");
+        assert_eq!(
+            (&all[0]["author"], &all[0]["via"]),
+            (&json!("anonymous"), &json!("http"))
+        );
         assert_eq!(all[2]["inserted"], 6);
         // Two at most, then by time: none before the first.
         let two = mode.json(&["history", doc, "--limit", "2"]);

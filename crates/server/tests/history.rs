@@ -212,6 +212,9 @@ async fn a_document_reads_as_it_was_at_any_change_or_time() {
         )
         .await;
         pages.push(page);
+        // Each change in a millisecond of its own, so that each time
+        // names exactly one of them.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let changes = pages[2]["changes"].as_array().expect("changes").clone();
     let id = |i: usize| changes[i]["id"].as_str().expect("id").to_owned();
@@ -350,4 +353,88 @@ async fn attribution_says_who_wrote_each_part_of_a_text() {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn points_the_history_kept_no_longer_reaches_are_said_so_and_never_restored() {
+    const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
+    // A snapshot every 2 changes, and no log kept behind the newest.
+    let weft = Weft::start(&[
+        "--admin-key",
+        ADMIN,
+        "--snapshot-every",
+        "2",
+        "--keep-log-tail",
+        "0",
+    ]);
+    let writer = Doc::with_client_id(1);
+    let mut ids = Vec::new();
+    for word in ["a", "b", "c", "d", "e"] {
+        let (status, body) = request(
+            &weft.addr,
+            "POST",
+            "/docs/story/updates",
+            &[],
+            insert(&writer, word),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_slice(&body).expect("JSON");
+        ids.push(answer["id"].as_str().expect("id").to_owned());
+    }
+    // Wait for the log to be trimmed to what follows the newest snapshot.
+    poll_until(
+        || async {
+            let (_, body) = http_get(&weft.addr, "/docs/story/history", &[]).await;
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
+        },
+        |page| page["changes"][0]["seq"].as_u64() == Some(5),
+    )
+    .await;
+
+    // Before the oldest snapshot, with no log: not kept, and said so.
+    let (status, body) =
+        http_get(&weft.addr, &format!("/docs/story/json?at={}", ids[0]), &[]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no longer kept"), "{body}");
+    // Between snapshots: the nearest earlier point, named.
+    let mut http = http1(&weft.addr).await;
+    let resp = http
+        .request(
+            "GET",
+            &format!("/docs/story?at={}", ids[2]),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["weft-event-id"].to_str().expect("ascii"),
+        ids[1]
+    );
+    // And a restore to that point is refused rather than undo more.
+    let auth = format!("Bearer {ADMIN}");
+    let body = serde_json::to_vec(&json!({ "at": ids[2] })).expect("JSON");
+    let (status, answer) = request(
+        &weft.addr,
+        "POST",
+        "/admin/docs/story/restore",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        String::from_utf8_lossy(&answer).contains(&ids[1]),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (_, now) = http_get(&weft.addr, "/docs/story/json", &[]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&now).expect("JSON")["t"],
+        "abcde"
+    );
 }

@@ -15,7 +15,9 @@ use crate::{
 };
 
 const MAGIC: &str = "weft-backup";
-const ARCHIVE_VERSION: u16 = 1;
+/// 2: changes carry their provenance (version 1 archives read as of
+/// unknown provenance).
+const ARCHIVE_VERSION: u16 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Item {

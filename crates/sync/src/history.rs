@@ -9,6 +9,8 @@
 //! `--keep-log-tail`).
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
 use weft_storage::{DocName, LogEntry, Provenance, StoredDoc};
 use yrs::updates::decoder::Decode;
 use yrs::{IdSet, Update};
@@ -33,10 +35,18 @@ pub struct HistoryQuery {
     pub until_ms: Option<u64>,
     /// Only this author's changes.
     pub author: Option<String>,
-    /// At most this many (capped at [`MAX_PAGE`]).
-    #[serde(default)]
+    /// At most this many (capped at [`MAX_PAGE`]; 100 unless given).
+    #[serde(default = "default_limit")]
     pub limit: usize,
 }
+
+fn default_limit() -> usize {
+    100
+}
+
+/// Most stored changes one request reads while filters skip them: past
+/// that, the page ends early, and `next` says where to go on.
+const MAX_SCANNED: usize = 20 * READ_CHUNK;
 
 /// One change, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,25 +91,40 @@ impl Rooms {
         let limit = query.limit.clamp(1, MAX_PAGE);
         let mut after = query.after.unwrap_or(0);
         let mut changes = Vec::new();
+        let mut scanned = 0;
         loop {
+            if scanned >= MAX_SCANNED {
+                return Ok(HistoryPage {
+                    changes,
+                    next: Some(after),
+                });
+            }
             let read = store
                 .read_log(doc, after, READ_CHUNK)
                 .await
                 .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
+            scanned += read.len();
             let Some(last) = read.last().map(|e| e.seq) else {
                 return Ok(HistoryPage {
                     changes,
                     next: None,
                 });
             };
-            for entry in read.iter().filter(|e| query.takes(e)) {
-                changes.push(listed(info.meta.incarnation, entry));
-                if changes.len() == limit {
-                    return Ok(HistoryPage {
-                        changes,
-                        next: Some(entry.seq),
-                    });
-                }
+            let wanted: Vec<&LogEntry> = read
+                .iter()
+                .filter(|e| query.takes(e))
+                .take(limit - changes.len())
+                .collect();
+            // Measuring decodes each change: yrs work, on the CPU pool.
+            let incarnation = info.meta.incarnation;
+            let listed_now: Vec<HistoryEntry> = self
+                .cpu()
+                .run(|| wanted.iter().map(|e| listed(incarnation, e)).collect())
+                .await;
+            changes.extend(listed_now);
+            if changes.len() == limit {
+                let next = changes.last().map(|c| c.seq);
+                return Ok(HistoryPage { changes, next });
             }
             // Past the end of the time asked for: nothing later is wanted.
             if query
@@ -182,6 +207,8 @@ pub struct PastState {
     pub id: EventId,
     /// The whole document then, as a Yjs v1 update.
     pub update: Vec<u8>,
+    /// Whether it is the point asked for (not an earlier one).
+    pub exact: bool,
 }
 
 impl Rooms {
@@ -214,12 +241,26 @@ impl Rooms {
                 snapshotted.chain(logged).max().unwrap_or(0)
             }
         };
+        let quarantined = store.quarantined(doc).await.map_err(failed)?;
+        let bad_snapshots: BTreeSet<u64> = quarantined.iter().filter_map(|q| q.snapshot).collect();
+        let skip: BTreeSet<u64> = quarantined
+            .iter()
+            .filter(|q| q.snapshot.is_none())
+            .map(|q| q.seq)
+            .collect();
         let base = match snapshots
             .iter()
-            .filter(|s| s.seq <= target)
+            .filter(|s| s.seq <= target && !bad_snapshots.contains(&s.id))
             .max_by_key(|s| s.seq)
         {
-            Some(info) => store.get_snapshot(doc, info.id).await.map_err(failed)?,
+            // Pruned meanwhile: asking again picks another.
+            Some(info) => Some(
+                store
+                    .get_snapshot(doc, info.id)
+                    .await
+                    .map_err(failed)?
+                    .ok_or(RoomError::Busy)?,
+            ),
             None => None,
         };
         let from = base.as_ref().map_or(0, |s| s.seq);
@@ -233,16 +274,25 @@ impl Rooms {
             .count();
         log.truncate(unbroken);
         let seq = log.last().map_or(from, |e| e.seq);
+        if base.is_none() && target > 0 && seq == 0 {
+            return Err(RoomError::NotFound(format!(
+                "{doc} before change {} is no longer kept (neither a snapshot nor the log \
+                 reaches back that far)",
+                log_start(store.as_ref(), doc).await.unwrap_or(target)
+            )));
+        }
         let stored = StoredDoc {
             meta: info.meta,
             exists: true,
             snapshot: base,
             log,
         };
-        let update = self.cpu().run(|| rebuild(&stored)).await?;
+        let _turn = rebuild_turn().await?;
+        let update = self.cpu().run(|| rebuild(&stored, &skip)).await?;
         Ok(PastState {
             id: EventId { incarnation, seq },
             update,
+            exact: seq == target,
         })
     }
 
@@ -271,10 +321,30 @@ impl Rooms {
     }
 }
 
-/// The document `stored` holds, as one update; what does not replay is
-/// left out, as when a document loads.
-fn rebuild(stored: &StoredDoc) -> Result<Vec<u8>, RoomError> {
-    let replayed = crate::replay::replay(stored, &std::collections::BTreeSet::new())
+/// The oldest change the log holds, if any.
+async fn log_start(store: &dyn weft_storage::EngineStore, doc: &DocName) -> Option<u64> {
+    store.read_log(doc, 0, 1).await.ok()?.first().map(|e| e.seq)
+}
+
+/// At most this many rebuilds of past states and attributions at once on
+/// this node: each replays or decodes a document's history on the CPU
+/// pool that live documents share, so readers asking for many cannot
+/// crowd out editing. One that cannot start within [`TURN_WAIT`] is
+/// refused as busy.
+static REBUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn rebuild_turn() -> Result<tokio::sync::SemaphorePermit<'static>, RoomError> {
+    match tokio::time::timeout(TURN_WAIT, REBUILDS.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(RoomError::Busy),
+    }
+}
+
+/// The document `stored` holds, as one update; what does not replay (and
+/// what was quarantined, `skip`) is left out, as when a document loads.
+fn rebuild(stored: &StoredDoc, skip: &BTreeSet<u64>) -> Result<Vec<u8>, RoomError> {
+    let replayed = crate::replay::replay(stored, skip)
         .map_err(|e| RoomError::LoadFailed(format!("{}: {}", e.part, e.reason)))?;
     guarded(|| {
         use yrs::{ReadTxn, StateVector, Transact};
@@ -322,6 +392,7 @@ impl Rooms {
             .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
         let incarnation = info.meta.incarnation;
         let name = name.to_owned();
+        let _turn = rebuild_turn().await?;
         self.cpu()
             .run(move || attribute(&now.update, &name, &log, incarnation))
             .await

@@ -261,8 +261,19 @@ impl Rooms {
 
     /// Brings `doc` back to how it was at `at` (see
     /// [`state_at`](Self::state_at)), live, as a restore does.
+    /// Refused when the history kept no longer reaches that exact point:
+    /// restoring an earlier one instead would undo more than asked.
     pub async fn restore_at(&self, doc: &DocName, at: PointInTime) -> Result<Restored, RoomError> {
-        let past = Bytes::from(self.state_at(doc, at).await?.update);
+        let past = self.state_at(doc, at).await?;
+        if !past.exact {
+            return Err(RoomError::NotFound(format!(
+                "the history kept no longer holds every change up to that point of {doc}; \
+                 the nearest earlier point it can rebuild is {}: restore that (--at {}) if it \
+                 is what you want",
+                past.id, past.id
+            )));
+        }
+        let past = Bytes::from(past.update);
         self.call(doc, |_, reply| Command::Restore {
             from: RestoreFrom::State(past.clone()),
             reply,

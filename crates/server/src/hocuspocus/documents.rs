@@ -47,6 +47,8 @@ pub struct Open {
     pub doc: DocName,
     pub session: Session,
     pub mode: Mode,
+    /// The subject of the token it was opened with.
+    pub author: Option<String>,
     pub replies: Replies,
     /// When its token ends access, if ever.
     expiry: Option<Instant>,
@@ -60,9 +62,8 @@ pub struct Open {
 impl Open {
     pub fn new(
         key: &str,
-        doc: DocName,
-        session: Session,
-        mode: Mode,
+        (doc, session): (DocName, Session),
+        (mode, author): (Mode, Option<String>),
         slot: Option<ConnectionSlot>,
     ) -> Open {
         Open {
@@ -70,6 +71,7 @@ impl Open {
             doc,
             session,
             mode,
+            author,
             replies: Replies::default(),
             expiry: None,
             refresh_at: None,

@@ -34,6 +34,7 @@ pub struct Joining {
     key: String,
     doc: DocName,
     mode: Mode,
+    author: Option<String>,
     expiry: Option<Instant>,
     slot: Option<ConnectionSlot>,
     future: JoinFuture,
@@ -88,10 +89,14 @@ impl Conn {
             // the document joined again, and what the old session had
             // queued would be lost: the provider reconnects instead, and
             // resyncs.
-            if self.docs.open[index].mode != grant.mode {
+            let open = &self.docs.open[index];
+            if open.mode != grant.mode || open.author != grant.sub {
                 return Err(End::Close(
                     close_code::TRY_AGAIN_LATER,
-                    format!("the new token for {doc} grants other access; reconnect to use it"),
+                    format!(
+                        "the new token for {doc} grants other access or is another user's; \
+                         reconnect to use it"
+                    ),
                 ));
             }
             self.docs.open[index].refresh(expiry);
@@ -154,7 +159,7 @@ impl Conn {
             access,
             client: Some(client_addr(self.peer.0.ip())),
             dialect: Dialect::Hocuspocus,
-            author,
+            author: author.clone(),
             via: "hocuspocus",
         };
         let future = super::join(&self.app, &doc, joiner);
@@ -162,6 +167,7 @@ impl Conn {
             key: key.to_owned(),
             doc,
             mode,
+            author,
             expiry,
             slot,
             future,
@@ -199,6 +205,7 @@ impl Conn {
             key,
             doc,
             mode,
+            author,
             expiry,
             slot,
             ..
@@ -224,7 +231,7 @@ impl Conn {
             }
         };
         info!(%doc, mode = mode.as_str(), conn = session.id(), "document opened");
-        let mut open = Open::new(&key, doc, session, mode, slot);
+        let mut open = Open::new(&key, (doc, session), (mode, author), slot);
         open.set_expiry(expiry);
         self.docs.add(open);
         self.send(sink, wire::authenticated(&key, mode == Mode::Read))

@@ -247,6 +247,9 @@ impl Room {
         deferred: &mut Vec<Deferred>,
     ) {
         for command in batch {
+            // Whatever records a change says whose it is; until then, a
+            // change is of no one known, never the previous command's.
+            self.state.changes_by(&Provenance::default());
             match command {
                 Command::Join {
                     conn,
