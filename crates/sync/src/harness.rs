@@ -103,7 +103,7 @@ pub fn room(data: &[u8]) {
                 seq: c.seq,
                 at_ms: c.at_ms,
                 update: c.update.to_vec(),
-                by: c.by.clone(),
+                by: weft_storage::Provenance::clone(&c.by),
             })
             .collect(),
         ..stored

@@ -156,7 +156,7 @@ impl Rooms {
                 .author
                 .clone()
                 .unwrap_or_else(|| format!("anonymous#{}", session.id()));
-            subscriber.by = Provenance::new(Some(author), joiner.via);
+            subscriber.by = Arc::new(Provenance::new(Some(author), joiner.via));
             let conn = session.id();
             joined = Some(session);
             Command::Join {

@@ -160,7 +160,7 @@ pub(crate) struct Subscriber {
     /// documents (`None`: not limited).
     pub client: Option<ClientAddr>,
     /// Who the connection's changes are recorded as made by.
-    pub by: Provenance,
+    pub by: Arc<Provenance>,
     /// What its client speaks: a Hocuspocus connection also hears other
     /// connections' stateless messages, and is sent the document's sync
     /// step 1 only when it asks.
@@ -290,7 +290,7 @@ impl Session {
             kind: Kind::Editor,
             access,
             client,
-            by: Provenance::default(),
+            by: Arc::default(),
             dialect: Dialect::YSync,
             max_queued_bytes: bytes,
         };

@@ -6,6 +6,8 @@
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;
 
+use std::sync::Arc;
+
 use weft_storage::Provenance;
 
 use super::{ConnId, DocState};
@@ -18,8 +20,8 @@ pub struct Change {
     pub at_ms: u64,
     /// Exactly what the change added or deleted, as a Yjs v1 update.
     pub update: Bytes,
-    /// Who made it, and through what.
-    pub by: Provenance,
+    /// Who made it, and through what (shared by the changes of one maker).
+    pub by: Arc<Provenance>,
 }
 
 impl From<&weft_storage::LogEntry> for Change {
@@ -29,7 +31,7 @@ impl From<&weft_storage::LogEntry> for Change {
             seq: e.seq,
             at_ms: e.at_ms,
             update: Bytes::from(e.update.clone()),
-            by: e.by.clone(),
+            by: Arc::new(e.by.clone()),
         }
     }
 }
@@ -105,7 +107,7 @@ impl DocState {
             seq: self.last_seq,
             at_ms: self.clock.now_ms(),
             update: Bytes::from(delta),
-            by: self.making.clone(),
+            by: self.making.clone().unwrap_or_default(),
         };
         fx.deliveries.push(Delivery::Change {
             change: change.clone(),

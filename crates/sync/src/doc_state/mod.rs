@@ -90,8 +90,10 @@ pub struct DocState {
     /// do not replay.
     set_aside: Vec<SetAside>,
     /// Who the changes being made now come from: the room says before
-    /// each input ([`DocState::changes_by`]).
-    making: Provenance,
+    /// each input ([`DocState::changes_by`]); `None`, no one known.
+    /// Shared, not copied: every change of an input, and every input of
+    /// one connection, points at its subscriber's.
+    making: Option<Arc<Provenance>>,
 }
 
 impl std::fmt::Debug for DocState {
@@ -156,15 +158,14 @@ impl DocState {
             limits: DocLimits::default(),
             full_step2: None,
             set_aside: replayed.set_aside,
-            making: Provenance::default(),
+            making: None,
         })
     }
 
-    /// The changes made from now on (until told otherwise) are `by`'s.
-    pub fn changes_by(&mut self, by: &Provenance) {
-        if &self.making != by {
-            self.making = by.clone();
-        }
+    /// The changes made from now on (until told otherwise) are `by`'s;
+    /// `None`: no one known.
+    pub fn changes_by(&mut self, by: Option<&Arc<Provenance>>) {
+        self.making = by.cloned();
     }
 
     /// Stored changes the load left out because they do not replay (not

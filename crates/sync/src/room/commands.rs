@@ -12,6 +12,8 @@
 //! run in place. The room awaits each piece of work before going on, so it
 //! stays the document's one owner; store I/O and channels stay async.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use yrs::StateVector;
@@ -249,7 +251,7 @@ impl Room {
         for command in batch {
             // Whatever records a change says whose it is; until then, a
             // change is of no one known, never the previous command's.
-            self.state.changes_by(&Provenance::default());
+            self.state.changes_by(None);
             match command {
                 Command::Join {
                     conn,
@@ -268,7 +270,7 @@ impl Room {
                     by,
                     reply,
                 } => {
-                    self.state.changes_by(&by);
+                    self.state.changes_by(Some(&Arc::new(by)));
                     let result = self.apply_from_outside(&update, client, fx);
                     deferred.push(Deferred::Applied(reply, result));
                 }
@@ -344,7 +346,7 @@ impl Room {
         fx: &mut Effects,
         deferred: &mut Vec<Deferred>,
     ) {
-        self.state.changes_by(&operator());
+        self.state.changes_by(Some(&operator()));
         match self.apply_from_outside(update, None, fx) {
             Ok(id) => deferred.push(Deferred::Changed(reply, id, SnapshotReason::Import)),
             Err(e) => {
@@ -422,7 +424,7 @@ impl Room {
             }
         };
         let cpu = self.cx.cpu.clone();
-        self.state.changes_by(&operator());
+        self.state.changes_by(Some(&operator()));
         let state = &mut self.state;
         let restored = cpu
             .run(|| state.apply_local(fx, |doc| restore::restore_into(doc, &old)))
@@ -459,6 +461,6 @@ pub enum RestoreFrom {
 }
 
 /// Who an operator's change (a restore, an import) is recorded as made by.
-fn operator() -> Provenance {
-    Provenance::new(Some("admin".to_owned()), "admin")
+fn operator() -> Arc<Provenance> {
+    Arc::new(Provenance::new(Some("admin".to_owned()), "admin"))
 }

@@ -254,7 +254,7 @@ pub(super) fn log_entries(changes: &[Change]) -> Vec<LogEntry> {
             seq: c.seq,
             at_ms: c.at_ms,
             update: c.update.to_vec(),
-            by: c.by.clone(),
+            by: weft_storage::Provenance::clone(&c.by),
         })
         .collect()
 }

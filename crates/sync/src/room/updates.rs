@@ -44,7 +44,7 @@ impl Room {
             return; // already closed; drop what it still sent
         };
         if let Some(sub) = self.subscribers.get(&conn) {
-            self.state.changes_by(&sub.by);
+            self.state.changes_by(Some(&sub.by));
         }
         let writes = access == Access::ReadWrite && messages.iter().any(Inbound::is_update);
         if writes {
