@@ -45,8 +45,8 @@ pub async fn history(
     app.authorize(&credentials, &doc, Mode::Read)?;
     let query = HistoryQuery {
         after: params.cursor,
-        since_ms: params.since.as_deref().map(time_ms).transpose()?,
-        until_ms: params.until.as_deref().map(time_ms).transpose()?,
+        since_ms: params.since.as_deref().map(query_time).transpose()?,
+        until_ms: params.until.as_deref().map(query_time).transpose()?,
         author: params.author,
         limit: params.limit.unwrap_or(DEFAULT_PAGE),
     };
@@ -77,17 +77,20 @@ pub(crate) fn point_in_time(at: &str) -> Result<PointInTime, String> {
     })
 }
 
-/// An RFC 3339 time as milliseconds since the epoch.
-pub(crate) fn time_ms(text: &str) -> Result<u64, ApiError> {
+/// An RFC 3339 UTC time as milliseconds since the epoch; the error says
+/// what a time looks like. (The HTTP API and the CLI both read times here.)
+pub(crate) fn time_ms(text: &str) -> Result<u64, String> {
     let bad = || {
-        ApiError::bad_request(
-            "invalid_time",
-            format!("{text:?} is not a time; give an RFC 3339 time such as 2026-12-02T17:00:00Z"),
-        )
+        format!("{text:?} is not a time; give an RFC 3339 UTC time such as 2026-12-02T17:00:00Z")
     };
     let at = humantime::parse_rfc3339_weak(text).map_err(|_| bad())?;
     let since_epoch = at.duration_since(UNIX_EPOCH).map_err(|_| bad())?;
     u64::try_from(since_epoch.as_millis()).map_err(|_| bad())
+}
+
+/// [`time_ms`] for a query parameter.
+fn query_time(text: &str) -> Result<u64, ApiError> {
+    time_ms(text).map_err(|why| ApiError::bad_request("invalid_time", why))
 }
 
 #[cfg(test)]

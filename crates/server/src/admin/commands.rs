@@ -604,14 +604,7 @@ fn history_table(changes: &[HistoryEntry]) -> String {
 
 /// An RFC 3339 time as milliseconds since the epoch.
 fn rfc3339_ms(text: &str) -> Result<u64, AdminError> {
-    let bad = || {
-        AdminError::BadRequest(format!(
-            "{text:?} is not a time; give an RFC 3339 time such as 2026-12-02T17:00:00Z"
-        ))
-    };
-    let at = humantime::parse_rfc3339_weak(text).map_err(|_| bad())?;
-    let since = at.duration_since(UNIX_EPOCH).map_err(|_| bad())?;
-    u64::try_from(since.as_millis()).map_err(|_| bad())
+    crate::history_api::time_ms(text).map_err(AdminError::BadRequest)
 }
 
 fn when(ms: u64) -> String {
