@@ -78,7 +78,9 @@ impl Refusal {
                 INTERNAL_ERROR,
             ),
             RoomError::ShuttingDown => Refusal::unavailable("shutting_down", GOING_AWAY),
-            RoomError::Busy | RoomError::Retry => Refusal::unavailable("busy", TRY_AGAIN_LATER),
+            RoomError::Busy | RoomError::Retry | RoomError::TryAgain(_) => {
+                Refusal::unavailable("busy", TRY_AGAIN_LATER)
+            }
         }
     }
 

@@ -259,7 +259,12 @@ impl Rooms {
                     .get_snapshot(doc, info.id)
                     .await
                     .map_err(failed)?
-                    .ok_or(RoomError::Busy)?,
+                    .ok_or_else(|| {
+                        RoomError::TryAgain(format!(
+                            "snapshot {} of {doc} was just pruned",
+                            info.id
+                        ))
+                    })?,
             ),
             None => None,
         };
@@ -331,13 +336,16 @@ async fn log_start(store: &dyn weft_storage::EngineStore, doc: &DocName) -> Opti
 /// pool that live documents share, so readers asking for many cannot
 /// crowd out editing. One that cannot start within [`TURN_WAIT`] is
 /// refused as busy.
-static REBUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+const MAX_REBUILDS: usize = 2;
+static REBUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REBUILDS);
 const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn rebuild_turn() -> Result<tokio::sync::SemaphorePermit<'static>, RoomError> {
     match tokio::time::timeout(TURN_WAIT, REBUILDS.acquire()).await {
         Ok(Ok(permit)) => Ok(permit),
-        _ => Err(RoomError::Busy),
+        _ => Err(RoomError::TryAgain(format!(
+            "this server is already rebuilding {MAX_REBUILDS} past states or attributions"
+        ))),
     }
 }
 

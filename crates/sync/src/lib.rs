@@ -199,6 +199,10 @@ pub enum RoomError {
     TooLarge(String),
     #[error("the document has its maximum of {0} connections; try again later")]
     Full(usize),
+    /// The node is already doing as much of this kind of work as it takes
+    /// at once (rebuilding past states), or what it read changed under it.
+    #[error("{0}; try again shortly")]
+    TryAgain(String),
     /// Internal: the room was unloading; ask a fresh one. `Rooms` retries
     /// it and never returns it.
     #[doc(hidden)]

@@ -253,6 +253,7 @@ mod tests {
             RoomError::TooLarge("big".into()),
             RoomError::Full(3),
             RoomError::Retry,
+            RoomError::TryAgain("rebuilding".into()),
         ] {
             let docs = ApiError::from(e.clone()).into_response();
             let admin = AdminError::from(e.clone()).into_response();

@@ -223,6 +223,7 @@ impl Conn {
                         | RoomError::StoreUnavailable(_)
                         | RoomError::StorageFailure(_)
                         | RoomError::Busy
+                        | RoomError::TryAgain(_)
                 );
                 if transient {
                     return Err(End::Close(Refusal::of_room(&e).close_code, e.to_string()));
