@@ -1099,3 +1099,57 @@ async fn each_sync_status_answers_for_the_read_only_changes_before_it() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_stateless_message_a_full_reader_has_no_room_for_is_skipped_not_a_reason_to_close_it() {
+    use weft_sync::{Dialect, Joiner};
+    let f = fixture(EngineConfig {
+        outbound_queue: 8,
+        ..EngineConfig::default()
+    });
+    let doc = name("stateless-to-a-full-reader");
+    let hocuspocus = |access| Joiner {
+        access,
+        client: None,
+        dialect: Dialect::Hocuspocus,
+        author: None,
+        via: "hocuspocus",
+    };
+    let mut reader = f
+        .rooms
+        .join_as(&doc, hocuspocus(Access::ReadOnly))
+        .await
+        .expect("join");
+    let sender = f
+        .rooms
+        .join_as(&doc, hocuspocus(Access::ReadWrite))
+        .await
+        .expect("join");
+    // Far more than the reader's queue holds, each handled on its own
+    // while the reader reads nothing.
+    for i in 0..50 {
+        sender
+            .send(vec![Inbound::Stateless(format!("note {i}"))], 8)
+            .await
+            .expect("send");
+        f.rooms.stats(&doc).await.expect("room loaded");
+    }
+    let mut frames = 0;
+    loop {
+        match timeout(Duration::from_millis(200), reader.recv()).await {
+            Ok(Ok(_)) => frames += 1,
+            Ok(Err(reason)) => panic!("the reader was closed: {reason:?}"),
+            Err(_) => break, // nothing more queued, and still open
+        }
+    }
+    assert!(frames <= 8, "{frames} frames in a queue of 8");
+    // Still a subscriber: the next change reaches it.
+    let writer = Doc::new();
+    sender
+        .send(vec![edit(&writer, "after")], 0)
+        .await
+        .expect("send");
+    let seen = Doc::new();
+    next_update_into(&mut reader, &seen).await;
+    assert_eq!(text(&seen), "after");
+}
