@@ -112,6 +112,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_KEEP_LOG_TAIL", default_value_t = 10_000)]
     pub keep_log_tail: u64,
 
+    /// How long every change is kept behind snapshots, so that any point
+    /// in that time can be shown or restored exactly (older points: the
+    /// snapshots kept). 0 keeps only `--keep-log-tail`.
+    #[arg(long, env = "WEFT_HISTORY_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub history_retention: Duration,
+
     /// Frames a connection may have queued before it counts as too slow
     /// and is closed (1013).
     #[arg(long, env = "WEFT_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
@@ -366,6 +372,7 @@ impl ServeConfig {
             recent_changes: self.recent_changes,
             snapshot_every: self.snapshot_every,
             keep_log_tail: self.keep_log_tail,
+            history_retention: self.history_retention,
             outbound_queue: usize::try_from(self.outbound_queue).unwrap_or(usize::MAX),
             outbound_queue_bytes: self.outbound_queue_bytes,
             limits: weft_sync::DocLimits {

@@ -310,7 +310,14 @@ async fn a_node_killed_mid_edit_loses_nothing_and_its_editors_resync_elsewhere()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_later_loads_from_the_snapshot_and_the_stream_tail() {
     let redis = RedisServer::start();
-    let opts = ["--snapshot-every", "25", "--keep-log-tail", "5"];
+    let opts = [
+        "--snapshot-every",
+        "25",
+        "--keep-log-tail",
+        "5",
+        "--history-retention",
+        "0",
+    ];
     let a = redis.node(&opts);
     let mut writer = Editor::connect(&a.url("late"), Doc::new()).await;
     let mut check = Editor::connect(&a.url("late"), Doc::new()).await;
@@ -910,7 +917,14 @@ async fn with_min_replicas_every_change_a_client_saw_survives_the_primary_dying(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_on_three_nodes_with_aggressive_trimming_are_never_disconnected() {
     let redis = RedisServer::start();
-    let flags = ["--snapshot-every", "20", "--keep-log-tail", "3"];
+    let flags = [
+        "--snapshot-every",
+        "20",
+        "--keep-log-tail",
+        "3",
+        "--history-retention",
+        "0",
+    ];
     let nodes = [redis.node(&flags), redis.node(&flags), redis.node(&flags)];
     let mut editors = Vec::new();
     for node in &nodes {

@@ -356,6 +356,60 @@ async fn attribution_says_who_wrote_each_part_of_a_text() {
 }
 
 #[tokio::test]
+async fn the_history_window_keeps_every_point_exact_behind_snapshots() {
+    const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
+    // A snapshot every 2 changes and no tail, but the default window.
+    let weft = Weft::start(&[
+        "--admin-key",
+        ADMIN,
+        "--snapshot-every",
+        "2",
+        "--keep-log-tail",
+        "0",
+    ]);
+    let writer = Doc::with_client_id(1);
+    let mut ids = Vec::new();
+    for word in ["a", "b", "c", "d", "e"] {
+        let (status, body) = request(
+            &weft.addr,
+            "POST",
+            "/docs/story/updates",
+            &[],
+            insert(&writer, word),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_slice(&body).expect("JSON");
+        ids.push(answer["id"].as_str().expect("id").to_owned());
+    }
+    let auth = format!("Bearer {ADMIN}");
+    poll_until(
+        || async {
+            let (_, body) = http_get(
+                &weft.addr,
+                "/admin/docs/story/snapshots",
+                &[("authorization", &auth)],
+            )
+            .await;
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
+        },
+        |list| list.as_array().is_some_and(|l| l.len() >= 2),
+    )
+    .await;
+    // Every change is still listed, and the first point is exact.
+    let (_, body) = http_get(&weft.addr, "/docs/story/history", &[]).await;
+    let page: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(page["changes"][0]["seq"], 1, "{body}");
+    let (status, body) =
+        http_get(&weft.addr, &format!("/docs/story/json?at={}", ids[0]), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("JSON")["t"],
+        "a"
+    );
+}
+
+#[tokio::test]
 async fn points_the_history_kept_no_longer_reaches_are_said_so_and_never_restored() {
     const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
     // A snapshot every 2 changes, and no log kept behind the newest.
@@ -365,6 +419,8 @@ async fn points_the_history_kept_no_longer_reaches_are_said_so_and_never_restore
         "--snapshot-every",
         "2",
         "--keep-log-tail",
+        "0",
+        "--history-retention",
         "0",
     ]);
     let writer = Doc::with_client_id(1);

@@ -145,6 +145,8 @@ async fn unknown_foreign_future_or_expired_ids_get_a_snapshot() {
         "4",
         "--keep-log-tail",
         "1",
+        "--history-retention",
+        "0",
     ]);
     let writer = Doc::new();
     let mut ids = Vec::new();

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     Archive, ArchiveRestore, Catalogue, Corruption, DocDump, DocInfo, DocMeta, DocName,
-    DocumentStore, Followed, LogEntry, NewSnapshot, PeerEvent, Quarantined, Replication,
-    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    DocumentStore, Followed, LogEntry, LogRetention, NewSnapshot, PeerEvent, Quarantined,
+    Replication, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
     WebhookOutbox,
 };
 
@@ -98,7 +98,12 @@ impl<S: DocumentStore> DocumentStore for FaultyStore<S> {
         self.inner.append(doc, meta, entries).await
     }
 
-    async fn compact(&self, doc: &DocName, s: NewSnapshot, keep: u64) -> Result<u64, StorageError> {
+    async fn compact(
+        &self,
+        doc: &DocName,
+        s: NewSnapshot,
+        keep: LogRetention,
+    ) -> Result<u64, StorageError> {
         self.inner.compact(doc, s, keep).await
     }
 

@@ -40,7 +40,7 @@ pub use record::{
     SCHEMA_VERSION,
 };
 pub use redis_store::RedisStore;
-pub use retention::RetentionPolicy;
+pub use retention::{LogRetention, RetentionPolicy};
 pub use roles::{
     Archive, ArchiveRestore, Catalogue, DocumentStore, EngineStore, Replication, WebhookOutbox,
 };

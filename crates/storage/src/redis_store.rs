@@ -72,8 +72,8 @@ use retrying::Retrying;
 
 use crate::{
     Archive, Catalogue, Cause, Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore,
-    LogEntry, NewSnapshot, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError,
-    StoredDoc, SCHEMA_VERSION,
+    LogEntry, LogRetention, NewSnapshot, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo,
+    StorageError, StoredDoc, SCHEMA_VERSION,
 };
 
 /// See `redis_store/load.lua`: a name's metadata, provisional until stored.
@@ -299,6 +299,26 @@ impl RedisStore {
             .map_err(io("opening the connection for replicated appends"))?;
         self.replicas = Some(Replicas { min, wait, conn });
         Ok(self)
+    }
+
+    /// The newest change old enough for `keep`'s window to go, judged at
+    /// the new snapshot's time from the snapshots stored (another node's
+    /// newer head included) and the new one. The tail behind the head is
+    /// the script's to apply: only it sees the head at the moment it trims.
+    async fn aged_through(
+        &self,
+        doc: &DocName,
+        snapshot: &Snapshot,
+        keep: LogRetention,
+    ) -> Result<u64, StorageError> {
+        let mut snapshots = self.list_snapshots(doc).await?;
+        snapshots.push(SnapshotIndexRecord::of(snapshot).into_info(snapshot.id));
+        let newest = snapshots.iter().map(|s| s.seq).max().unwrap_or(0);
+        let window = LogRetention {
+            keep_tail: 0,
+            ..keep
+        };
+        Ok(window.drop_through(newest, &snapshots, snapshot.taken_at_ms))
     }
 
     fn conn(&self) -> Retrying {
@@ -750,7 +770,7 @@ impl DocumentStore for RedisStore {
         &self,
         doc: &DocName,
         snapshot: NewSnapshot,
-        keep_log_tail: u64,
+        keep: LogRetention,
     ) -> Result<u64, StorageError> {
         let mut conn = self.conn();
         let lease = key(doc, "lease");
@@ -791,6 +811,7 @@ impl DocumentStore for RedisStore {
                 reason: snapshot.reason,
                 state: snapshot.state,
             };
+            let aged = self.aged_through(doc, &snapshot, keep).await?;
             let mut store = self.store_snapshot.call(&[
                 key(doc, "snapshots"),
                 key(doc, "head"),
@@ -802,8 +823,9 @@ impl DocumentStore for RedisStore {
                 .arg(id)
                 .arg(record::encode(&SnapshotRecord::of(&snapshot))?)
                 .arg(snapshot.seq)
-                .arg(keep_log_tail)
-                .arg(record::encode(&SnapshotIndexRecord::of(&snapshot))?);
+                .arg(keep.keep_tail)
+                .arg(record::encode(&SnapshotIndexRecord::of(&snapshot))?)
+                .arg(aged);
             let _: i64 = self
                 .call(&self.store_snapshot, doc, store, &mut conn)
                 .await

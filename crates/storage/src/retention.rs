@@ -1,8 +1,11 @@
-//! `RetentionPolicy`: which snapshots of a document's history to keep.
+//! What of a document's history is kept: `RetentionPolicy` says which
+//! snapshots, `LogRetention` how much of the update log behind them.
 //!
-//! Like a backup rotation: the newest few, then one per hour for a while,
-//! then one per day for longer. Pure: given the snapshots and the time, it
-//! says which to keep, so it is tested without a store or a clock.
+//! Snapshots rotate like backups: the newest few, then one per hour for a
+//! while, then one per day for longer. The log is kept for a time (every
+//! point in that window can be rebuilt exactly) and at least a tail of
+//! changes (for replay). Both are pure: given the snapshots and the time,
+//! they say what to keep, so they are tested without a store or a clock.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
@@ -29,6 +32,46 @@ impl Default for RetentionPolicy {
             hourly_for: Duration::from_secs(7 * 24 * 3600),
             daily_for: Duration::from_secs(90 * 24 * 3600),
         }
+    }
+}
+
+/// How much of the update log compaction keeps behind a new snapshot: at
+/// least the newest `keep_tail` changes, and every change younger than
+/// `keep_for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRetention {
+    pub keep_tail: u64,
+    pub keep_for: Duration,
+}
+
+impl LogRetention {
+    /// A tail of `keep_tail` changes, kept for no time beyond it.
+    pub fn tail(keep_tail: u64) -> LogRetention {
+        LogRetention {
+            keep_tail,
+            keep_for: Duration::ZERO,
+        }
+    }
+
+    /// The newest sequence number compaction may drop the log through (0:
+    /// none), for a document whose newest snapshot stands at `head_seq`,
+    /// given its snapshots (the new one included) at `now_ms`.
+    ///
+    /// A change is old enough once a snapshot taken before the window
+    /// includes it: a change is accepted before any snapshot holding it, so
+    /// no log entry has to be read to know. Changes between that snapshot
+    /// and the window are kept a little longer than asked; never less.
+    pub fn drop_through(&self, head_seq: u64, snapshots: &[SnapshotInfo], now_ms: u64) -> u64 {
+        let by_count = head_seq.saturating_sub(self.keep_tail);
+        let window = u64::try_from(self.keep_for.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms.saturating_sub(window);
+        let by_age = snapshots
+            .iter()
+            .filter(|s| s.taken_at_ms <= cutoff)
+            .map(|s| s.seq)
+            .max()
+            .unwrap_or(0);
+        by_count.min(by_age)
     }
 }
 
@@ -109,5 +152,36 @@ mod tests {
         };
         let kept = policy.keep(&[snap(1, 0), snap(2, 5)], 1_000_000_000);
         assert_eq!(kept.into_iter().collect::<Vec<_>>(), vec![2]);
+    }
+
+    fn at(seq: u64, taken_at_ms: u64) -> SnapshotInfo {
+        SnapshotInfo {
+            seq,
+            ..snap(seq, taken_at_ms)
+        }
+    }
+
+    #[test]
+    fn the_log_is_kept_for_its_window_and_at_least_its_tail() {
+        let now = 100 * DAY_MS;
+        let month = LogRetention {
+            keep_tail: 10,
+            keep_for: Duration::from_secs(30 * 24 * 3600),
+        };
+        let snaps = [
+            at(100, now - 40 * DAY_MS),
+            at(500, now - 31 * DAY_MS),
+            at(900, now - 29 * DAY_MS),
+            at(1000, now),
+        ];
+        // Through the newest snapshot taken before the window, no further.
+        assert_eq!(month.drop_through(1000, &snaps, now), 500);
+        // Nothing old enough: nothing goes.
+        assert_eq!(month.drop_through(1000, &snaps[2..], now), 0);
+        // The tail holds even when everything is old.
+        let old = [at(1000, now - 60 * DAY_MS), at(1005, now)];
+        assert_eq!(month.drop_through(1005, &old, now), 995);
+        // No window: the tail behind the new snapshot, as before history.
+        assert_eq!(LogRetention::tail(10).drop_through(1000, &snaps, now), 990);
     }
 }

@@ -45,8 +45,9 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::{
-    Corruption, DocDump, DocInfo, DocMeta, DocName, Followed, LogEntry, NewSnapshot, PeerEvent,
-    Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc, WebhookDelivery,
+    Corruption, DocDump, DocInfo, DocMeta, DocName, Followed, LogEntry, LogRetention, NewSnapshot,
+    PeerEvent, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
+    WebhookDelivery,
 };
 
 /// A document's changes and snapshots.
@@ -74,13 +75,14 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug + 'static {
         entries: &[LogEntry],
     ) -> Result<(), StorageError>;
 
-    /// Stores `snapshot` durably, then drops log entries more than
-    /// `keep_log_tail` changes older than it. Returns the snapshot's id.
+    /// Stores `snapshot` durably, then drops the log entries `keep` no
+    /// longer keeps (the snapshot's `taken_at_ms` is the time it judges
+    /// by). Returns the snapshot's id.
     async fn compact(
         &self,
         doc: &DocName,
         snapshot: NewSnapshot,
-        keep_log_tail: u64,
+        keep: LogRetention,
     ) -> Result<u64, StorageError>;
 
     /// Logged changes with `seq > after`, oldest first, at most `limit`.

@@ -53,8 +53,8 @@ use crate::record::{
 };
 use crate::{
     Archive, ArchiveRestore, Catalogue, Corruption, DocDump, DocInfo, DocMeta, DocName,
-    DocumentStore, Followed, LogEntry, NewSnapshot, PeerEvent, Quarantined, Replication,
-    RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
+    DocumentStore, Followed, LogEntry, LogRetention, NewSnapshot, PeerEvent, Quarantined,
+    Replication, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
 };
 
 /// How long a sled call may take by default before the store counts as failed.
@@ -339,7 +339,7 @@ impl DocumentStore for SledStore {
         &self,
         doc: &DocName,
         snapshot: NewSnapshot,
-        keep_log_tail: u64,
+        keep: LogRetention,
     ) -> Result<u64, StorageError> {
         let doc = doc.clone();
         self.run(Op::Write, "compacting a document", move |store| {
@@ -357,7 +357,8 @@ impl DocumentStore for SledStore {
             // The snapshot must be on disk before the log entries it replaces go.
             store.db.flush().map_err(io("flushing a snapshot"))?;
 
-            let drop_through = snapshot.seq.saturating_sub(keep_log_tail);
+            let snapshots = store.snapshot_infos(&doc)?;
+            let drop_through = keep.drop_through(snapshot.seq, &snapshots, snapshot.taken_at_ms);
             if drop_through > 0 {
                 let mut batch = sled::Batch::default();
                 for k in store

@@ -10,8 +10,8 @@ use std::time::Duration;
 use support::redis_server::RedisServer;
 
 use weft_storage::{
-    Archive, Catalogue, DocName, DocumentStore, Followed, LogEntry, NewSnapshot, PeerEvent,
-    Quarantined, RedisStore, Replication, RetentionPolicy, SnapshotReason, StorageError,
+    Archive, Catalogue, DocName, DocumentStore, Followed, LogEntry, LogRetention, NewSnapshot,
+    PeerEvent, Quarantined, RedisStore, Replication, RetentionPolicy, SnapshotReason, StorageError,
 };
 
 /// A store on `redis`, as one node would open it.
@@ -135,6 +135,36 @@ async fn an_append_under_another_incarnation_is_refused() {
 }
 
 #[tokio::test]
+async fn compaction_keeps_the_history_window_behind_the_tail() {
+    let redis = RedisServer::start();
+    let store = store(&redis).await;
+    let doc = DocName::new("window").expect("name");
+    let meta = store.load(&doc).await.expect("loads").meta;
+    let all: Vec<LogEntry> = (1..=30).map(entry).collect();
+    store.append(&doc, &meta, &all).await.expect("appends");
+    let day = 24 * 3600 * 1000;
+    let month = LogRetention {
+        keep_tail: 2,
+        keep_for: Duration::from_secs(30 * 24 * 3600),
+    };
+    let at = |seq, taken_at_ms| NewSnapshot {
+        taken_at_ms,
+        ..snapshot(seq)
+    };
+    // The snapshot at 10 has left the window by the third compaction; the
+    // one at 20 has not, so the changes after 10 stay.
+    for (seq, taken) in [(10, 60 * day), (20, 75 * day), (30, 100 * day)] {
+        store
+            .compact(&doc, at(seq, taken), month)
+            .await
+            .expect("compacts");
+    }
+    let log = store.read_log(&doc, 0, usize::MAX).await.expect("reads");
+    assert_eq!(log.first().map(|e| e.seq), Some(11));
+    assert_eq!(log.len(), 20);
+}
+
+#[tokio::test]
 async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_head_back() {
     let redis = RedisServer::start();
     let store = store(&redis).await;
@@ -144,7 +174,7 @@ async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_hea
     store.append(&doc, &meta, &all).await.expect("appends");
 
     store
-        .compact(&doc, snapshot(20), 5)
+        .compact(&doc, snapshot(20), LogRetention::tail(5))
         .await
         .expect("compacts");
     let log = store.read_log(&doc, 0, usize::MAX).await.expect("reads");
@@ -155,7 +185,7 @@ async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_hea
     );
     // A node that lags behind snapshots at 10: stored, but not the head.
     store
-        .compact(&doc, snapshot(10), 5)
+        .compact(&doc, snapshot(10), LogRetention::tail(5))
         .await
         .expect("compacts");
     let loaded = store.load(&doc).await.expect("loads");
@@ -254,8 +284,14 @@ async fn verify_names_records_that_vanished() {
         .append(&doc, &loaded.meta, &all)
         .await
         .expect("appends");
-    store.compact(&doc, snapshot(6), 5).await.expect("compacts");
-    store.compact(&doc, snapshot(8), 5).await.expect("compacts");
+    store
+        .compact(&doc, snapshot(6), LogRetention::tail(5))
+        .await
+        .expect("compacts");
+    store
+        .compact(&doc, snapshot(8), LogRetention::tail(5))
+        .await
+        .expect("compacts");
     assert_eq!(store.verify().await.expect("verifies"), vec![]);
 
     // Records vanish: the older snapshot's state, and a change after the head.

@@ -5,8 +5,8 @@
 //!
 //! Read from the store, not the room: what is listed is what is durable,
 //! and listing does not load the document. It lists what the log still
-//! holds (the tail kept behind the newest snapshot, see
-//! `--keep-log-tail`).
+//! holds: every change of the history window (`--history-retention`) and
+//! at least the tail kept behind the newest snapshot (`--keep-log-tail`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;

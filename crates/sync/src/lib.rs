@@ -55,6 +55,10 @@ pub struct EngineConfig {
     pub snapshot_every: u64,
     /// How many logged changes to keep behind the newest snapshot, for replay.
     pub keep_log_tail: u64,
+    /// How long logged changes are kept behind snapshots, so that every
+    /// point in that time can be rebuilt exactly (older points: the
+    /// snapshots kept).
+    pub history_retention: Duration,
     /// Frames a connection may have waiting before it counts as too slow.
     pub outbound_queue: usize,
     /// Bytes a connection may have waiting before it counts as too slow.
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
             recent_changes: 1024,
             snapshot_every: 1000,
             keep_log_tail: 10_000,
+            history_retention: Duration::from_secs(30 * 24 * 3600),
             outbound_queue: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
             command_queue: 1024,

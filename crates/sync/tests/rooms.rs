@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 use weft_storage::{
-    Catalogue, DocMeta, DocName, DocumentStore, FaultyStore, LogEntry, NewSnapshot, SledStore,
-    SnapshotReason,
+    Catalogue, DocMeta, DocName, DocumentStore, FaultyStore, LogEntry, LogRetention, NewSnapshot,
+    SledStore, SnapshotReason,
 };
 use weft_sync::protocol::{decode_frame, decode_update, Inbound};
 use weft_sync::{Access, Clock, CloseReason, EngineConfig, Rooms, Session, SystemClock};
@@ -509,6 +509,7 @@ async fn snapshots_every_n_changes_and_trims_the_log_behind_a_tail() {
     let f = fixture(EngineConfig {
         snapshot_every: 5,
         keep_log_tail: 3,
+        history_retention: Duration::ZERO,
         ..EngineConfig::default()
     });
     let doc = name("periodic");
@@ -973,7 +974,7 @@ async fn a_snapshot_that_does_not_load_is_quarantined_and_an_older_one_serves() 
         state,
     };
     store
-        .compact(&doc, snapshot(1, good), 100)
+        .compact(&doc, snapshot(1, good), LogRetention::tail(100))
         .await
         .expect("snapshot");
     store
@@ -981,7 +982,11 @@ async fn a_snapshot_that_does_not_load_is_quarantined_and_an_older_one_serves() 
         .await
         .expect("append");
     let bad = store
-        .compact(&doc, snapshot(2, vec![0xff, 0xff, 0xff]), 100)
+        .compact(
+            &doc,
+            snapshot(2, vec![0xff, 0xff, 0xff]),
+            LogRetention::tail(100),
+        )
         .await
         .expect("snapshot");
     store
@@ -1016,7 +1021,10 @@ async fn numbering_goes_on_after_a_quarantined_snapshot_whose_log_is_gone() {
         reason: SnapshotReason::Periodic,
         state: vec![0xff],
     };
-    store.compact(&doc, bad, 0).await.expect("snapshot");
+    store
+        .compact(&doc, bad, LogRetention::tail(0))
+        .await
+        .expect("snapshot");
 
     assert_eq!(served_text(&f.rooms, &doc).await, "");
     let id = f

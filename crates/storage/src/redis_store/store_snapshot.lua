@@ -2,7 +2,8 @@
 -- Stores a snapshot and its index entry. It becomes the head (the snapshot
 -- loads start from) only if it is at least as new as the head: a node that
 -- lags behind must not move it back. The log is then trimmed to a tail of
--- changes behind the head.
+-- changes behind the head, and never past the changes the history window
+-- still keeps.
 --
 -- KEYS[1]  weft:{doc}:snapshots, id -> snapshot record
 -- KEYS[2]  weft:{doc}:head, the head's id
@@ -14,6 +15,8 @@
 -- ARGV[3]  its sequence number
 -- ARGV[4]  how many changes to keep behind the head
 -- ARGV[5]  its index record
+-- ARGV[6]  the newest sequence number old enough to leave the history
+--          window (the caller judged it from the snapshots' times)
 --
 -- Returns 1.
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -25,6 +28,6 @@ if seq >= head then
   redis.call('SET', KEYS[3], seq)
   head = seq
 end
-local from = head - tonumber(ARGV[4]) + 1
+local from = math.min(head - tonumber(ARGV[4]), tonumber(ARGV[6])) + 1
 if from > 1 then redis.call('XTRIM', KEYS[4], 'MINID', '0-' .. from) end
 return 1

@@ -79,7 +79,10 @@ async fn compaction_keeps_the_tail_and_the_sequence() {
         reason: SnapshotReason::Periodic,
         state: vec![9, 9],
     };
-    store.compact(&d, snap, 3).await.expect("compact");
+    store
+        .compact(&d, snap, LogRetention::tail(3))
+        .await
+        .expect("compact");
 
     let loaded = store.load(&d).await.expect("load");
     let snapshot = loaded.snapshot.clone().expect("snapshot");
@@ -96,6 +99,42 @@ async fn compaction_keeps_the_tail_and_the_sequence() {
 }
 
 #[tokio::test]
+async fn compaction_keeps_the_history_window_behind_the_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    let d = doc("w");
+    append(&store, &d, &(1..=30).map(entry).collect::<Vec<_>>()).await;
+    let day = 24 * 3600 * 1000;
+    let month = LogRetention {
+        keep_tail: 2,
+        keep_for: Duration::from_secs(30 * 24 * 3600),
+    };
+    let snap = |seq, taken_at_ms| NewSnapshot {
+        seq,
+        taken_at_ms,
+        reason: SnapshotReason::Periodic,
+        state: vec![1],
+    };
+    // Taken 40 days ago, the snapshot at 10 is outside the window by now;
+    // the one at 20 is inside it, so the changes between them stay.
+    store
+        .compact(&d, snap(10, 60 * day), month)
+        .await
+        .expect("compact");
+    store
+        .compact(&d, snap(20, 75 * day), month)
+        .await
+        .expect("compact");
+    store
+        .compact(&d, snap(30, 100 * day), month)
+        .await
+        .expect("compact");
+    let kept = store.read_log(&d, 0, 100).await.expect("read");
+    assert_eq!(kept.first().map(|e| e.seq), Some(11));
+    assert_eq!(kept.len(), 20);
+}
+
+#[tokio::test]
 async fn history_lists_prunes_dumps_and_restores() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(dir.path()).expect("open");
@@ -108,7 +147,13 @@ async fn history_lists_prunes_dumps_and_restores() {
             reason: SnapshotReason::Manual,
             state: vec![seq as u8],
         };
-        assert_eq!(store.compact(&d, snap, 100).await.expect("compact"), seq);
+        assert_eq!(
+            store
+                .compact(&d, snap, LogRetention::tail(100))
+                .await
+                .expect("compact"),
+            seq
+        );
     }
     let listed = store.list_snapshots(&d).await.expect("list");
     assert_eq!(listed.len(), 25);
@@ -156,7 +201,13 @@ async fn history_lists_prunes_dumps_and_restores() {
         reason: SnapshotReason::Periodic,
         state: vec![],
     };
-    assert_eq!(other.compact(&d, snap, 100).await.expect("compact"), 26);
+    assert_eq!(
+        other
+            .compact(&d, snap, LogRetention::tail(100))
+            .await
+            .expect("compact"),
+        26
+    );
 
     assert!(store.delete(&d).await.expect("delete"));
     assert!(store.info(&d).await.expect("info").is_none());

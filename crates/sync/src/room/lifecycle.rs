@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use weft_storage::{DocName, NewSnapshot, SnapshotReason, StorageError};
+use weft_storage::{DocName, LogRetention, NewSnapshot, SnapshotReason, StorageError};
 
 use super::batch::Batcher;
 use super::commands::refuse_all;
@@ -128,6 +128,14 @@ impl Room {
         }
     }
 
+    /// What compaction keeps of the log behind a snapshot.
+    fn log_retention(&self) -> LogRetention {
+        LogRetention {
+            keep_tail: self.cx.config.keep_log_tail,
+            keep_for: self.cx.config.history_retention,
+        }
+    }
+
     /// Takes a snapshot now (never of a document that does not exist);
     /// answers its id.
     pub(super) async fn snapshot(&mut self, reason: SnapshotReason) -> Result<u64, RoomError> {
@@ -155,7 +163,7 @@ impl Room {
         match self
             .cx
             .store
-            .compact(&self.name, snapshot, self.cx.config.keep_log_tail)
+            .compact(&self.name, snapshot, self.log_retention())
             .await
         {
             Ok(id) => {
