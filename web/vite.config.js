@@ -16,7 +16,8 @@ export default defineConfig({
         index: resolve(import.meta.dirname, 'index.html'),
         edit: resolve(import.meta.dirname, 'edit.html'),
         view: resolve(import.meta.dirname, 'view.html'),
-        follow: resolve(import.meta.dirname, 'follow.html')
+        follow: resolve(import.meta.dirname, 'follow.html'),
+        history: resolve(import.meta.dirname, 'history.html')
       }
     }
   }

@@ -15,6 +15,7 @@ const doc = docFromPath()
 document.title = `${doc} · weft`
 document.getElementById('doc-name').textContent = doc
 document.getElementById('view-link').href = `/view/${encodeURIComponent(doc)}${tokenSuffix()}`
+document.getElementById('history-link').href = `/history/${encodeURIComponent(doc)}${tokenSuffix()}`
 
 const ydoc = new Y.Doc()
 const ytext = ydoc.getText('content')

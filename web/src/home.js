@@ -34,7 +34,7 @@ async function refresh () {
     tbody.replaceChildren(...docs.map(d => {
       const row = document.createElement('tr')
       const link = (path, label) => `<a href="${path}/${encodeURIComponent(d.name)}${tokenSuffix()}">${label}</a>`
-      row.innerHTML = `<td class="name"></td><td>${d.editors}</td><td>${d.viewers}</td><td>${link('/edit', 'edit')} · ${link('/view', 'view')}</td>`
+      row.innerHTML = `<td class="name"></td><td>${d.editors}</td><td>${d.viewers}</td><td>${link('/edit', 'edit')} · ${link('/view', 'view')} · ${link('/history', 'history')}</td>`
       row.querySelector('.name').textContent = d.name
       return row
     }))

@@ -13,6 +13,7 @@ const doc = docFromPath()
 document.title = `${doc} (view) · weft`
 document.getElementById('doc-name').textContent = doc
 document.getElementById('edit-link').href = `/edit/${encodeURIComponent(doc)}${tokenSuffix()}`
+document.getElementById('history-link').href = `/history/${encodeURIComponent(doc)}${tokenSuffix()}`
 
 const ydoc = new Y.Doc()
 const ytext = ydoc.getText('content')

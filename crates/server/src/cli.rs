@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use clap::{Parser, Subcommand};
 
 use crate::admin::commands::{
-    AdminCommand, BackupArgs, DocsCommand, HistoryArgs, SnapshotCommand, Target,
+    AdminCommand, BackupArgs, DocsCommand, HistoryArgs, RevertArgs, SnapshotCommand, Target,
 };
 use crate::config_file;
 use crate::serve_config::ServeConfig;
@@ -76,6 +76,18 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Undo one author's changes since a point (their insertions removed,
+    /// what they deleted put back), as one live change that editors
+    /// converge to; everyone else's work stays.
+    #[command(
+        after_help = "Examples:\n  weft revert my-doc --author mallory --since 2026-12-01T09:00:00Z --data-dir ./weft-data\n  weft revert my-doc --author mallory --since 00c0ffee00c0ffee-40 --server http://127.0.0.1:8080 --admin-key $KEY"
+    )]
+    Revert {
+        #[command(flatten)]
+        args: RevertArgs,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Decode every stored record, replay every document and check that
     /// each document's records add up (snapshots against their index, no
     /// gaps in the log from the newest snapshot on); report every problem
@@ -97,6 +109,7 @@ impl Command {
             Command::Backup { args, target } => Ok((AdminCommand::Backup(args), target)),
             Command::Verify { target } => Ok((AdminCommand::Verify, target)),
             Command::History { args, target } => Ok((AdminCommand::History(args), target)),
+            Command::Revert { args, target } => Ok((AdminCommand::Revert(args), target)),
         }
     }
 }

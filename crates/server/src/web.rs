@@ -2,7 +2,9 @@
 //! binary, so one `weft` file is the whole server.
 //!
 //! `/` the home page, `/edit/{doc}` the editor, `/view/{doc}` the live
-//! viewer, `/follow?docs=…` the many-document follower; `/assets/…` are
+//! viewer, `/history/{doc}` the version history (a timeline of changes,
+//! the text at any of them, its diff against now, an admin restore),
+//! `/follow?docs=…` the many-document follower; `/assets/…` are
 //! content-hashed and cached for good, while pages are never cached.
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/edit/{doc}", get(|| async { page("edit.html") }))
         .route("/view/{doc}", get(|| async { page("view.html") }))
+        .route("/history/{doc}", get(|| async { page("history.html") }))
         .route("/follow", get(|| async { page("follow.html") }))
         .route("/assets/{*file}", get(asset))
         .route("/docs", get(list_docs))

@@ -737,6 +737,16 @@ async fn history_lists_who_changed_a_document_online_and_offline() {
         assert_eq!(code, 1);
         assert!(err.contains("RFC 3339"), "{err}");
 
+        // One author's changes since the first undone, live.
+        let first_id = all[0]["id"].as_str().expect("id");
+        let reverted = mode.json(&["revert", doc, "--author", "anonymous", "--since", first_id]);
+        assert_eq!(reverted["changes"], 2, "{reverted}");
+        assert!(reverted["change"].is_string(), "{reverted}");
+        let now = mode.json(&["snapshot", "inspect", doc]);
+        assert_eq!(now["t"], "one", "{now}");
+        let again = mode.ok(&["revert", doc, "--author", "nobody", "--since", first_id]);
+        assert!(again.contains("made no changes"), "{again}");
+
         // Any point in time: exported, then restored (live) as a change
         // of the operator's.
         let second = all[1]["id"].as_str().expect("id");

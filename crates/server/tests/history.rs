@@ -13,7 +13,7 @@ use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use yrs::encoding::write::Write;
 use yrs::updates::encoder::Encode;
-use yrs::Doc;
+use yrs::{Doc, Text};
 
 const SECRET: &str = "weft-history-secret-0123456789abcdefghij";
 
@@ -493,4 +493,162 @@ async fn points_the_history_kept_no_longer_reaches_are_said_so_and_never_restore
         serde_json::from_str::<Value>(&now).expect("JSON")["t"],
         "abcde"
     );
+}
+
+/// `doc`'s change to its text "t", made by `edit`, as an update.
+fn edit(doc: &Doc, edit: impl FnOnce(&yrs::TextRef, &mut yrs::TransactionMut)) -> Vec<u8> {
+    use yrs::Transact;
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    edit(&text, &mut txn);
+    txn.encode_update_v1()
+}
+
+/// Reads `ws` into `doc` until its text is `want`.
+async fn read_until(ws: &mut Ws, doc: &Doc, want: &str) {
+    while text(doc) != want {
+        if let m @ yrs::sync::Message::Sync(
+            yrs::sync::SyncMessage::SyncStep2(_) | yrs::sync::SyncMessage::Update(_),
+        ) = next_message(ws).await
+        {
+            apply(doc, m);
+        }
+    }
+}
+
+/// `POST /admin/docs/story/revert` with `body`, and the admin key if given.
+async fn revert(weft: &Weft, admin: Option<&str>, body: Value) -> (u16, Value) {
+    let auth = admin.map(|key| format!("Bearer {key}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    let body = serde_json::to_vec(&body).expect("JSON");
+    let (status, answer) = request(
+        &weft.addr,
+        "POST",
+        "/admin/docs/story/revert",
+        &headers,
+        body,
+    )
+    .await;
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn reverting_one_author_leaves_the_others_work_and_reaches_open_editors() {
+    const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
+    let weft = Weft::start(&["--auth-secret", SECRET, "--admin-key", ADMIN]);
+    // Three authors, each its own editor, and an open editor watching.
+    let mut editors = Vec::new();
+    for (i, who) in ["ada", "grace", "mallory"].into_iter().enumerate() {
+        let url = format!(
+            "{}?token={}",
+            weft.url("story"),
+            token("story", "write", who)
+        );
+        let mut ws = connect(&url).await;
+        next_message(&mut ws).await;
+        editors.push((Doc::with_client_id(i as u64 + 1), ws));
+    }
+    let url = format!(
+        "{}?token={}",
+        weft.url("story"),
+        token("story", "read", "watcher")
+    );
+    let mut watcher = connect(&url).await;
+    let watched = Doc::new();
+    // Asks for everything, so that nothing stored before it joined is missed.
+    let everything = yrs::sync::SyncMessage::SyncStep1(yrs::StateVector::default());
+    send(&mut watcher, yrs::sync::Message::Sync(everything)).await;
+
+    // Interleaved edits of one sentence; everyone sees each at once.
+    type Edit = Box<dyn FnOnce(&yrs::TextRef, &mut yrs::TransactionMut)>;
+    let steps: Vec<(usize, Edit)> = vec![
+        (
+            0,
+            Box::new(|t, txn| t.insert(txn, 0, "The quick fox jumps.")),
+        ),
+        (1, Box::new(|t, txn| t.insert(txn, 9, " brown"))),
+        (2, Box::new(|t, txn| t.remove_range(txn, 0, 4))),
+        (
+            1,
+            Box::new(|t, txn| {
+                t.remove_range(txn, 12, 3);
+                t.insert(txn, 12, "dog");
+            }),
+        ),
+        (0, Box::new(|t, txn| t.insert(txn, 22, "!"))),
+        (2, Box::new(|t, txn| t.insert(txn, 0, "A "))),
+    ];
+    for (n, (who, step)) in steps.into_iter().enumerate() {
+        let update = edit(&editors[who].0, step);
+        for (i, (doc, _)) in editors.iter().enumerate() {
+            if i != who {
+                apply(doc, update_message(update.clone()));
+            }
+        }
+        send(&mut editors[who].1, update_message(update)).await;
+        history_of(&weft, n + 1).await;
+    }
+    read_until(&mut watcher, &watched, "A quick brown dog jumps.!").await;
+    let page = history_of(&weft, 6).await;
+    let first = page["changes"][0]["id"].as_str().expect("id").to_owned();
+
+    // Mallory's changes since the first go: "A " removed, "The " back.
+    let (status, answer) = revert(
+        &weft,
+        Some(ADMIN),
+        json!({ "author": "mallory", "since": first }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["changes"].as_u64(), &answer["since"]),
+        (Some(2), &json!(first))
+    );
+    let want = "The quick brown dog jumps.!";
+    read_until(&mut watcher, &watched, want).await;
+    for (doc, ws) in &mut editors {
+        read_until(ws, doc, want).await;
+    }
+    let (_, now) = http_get(
+        &weft.addr,
+        &format!("/docs/story/json?token={}", token("story", "read", "r")),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&now).expect("JSON")["t"],
+        want
+    );
+    // The revert is the operator's change, listed as such.
+    let page = history_of(&weft, 7).await;
+    assert_eq!(who(&page)[6], ("admin".into(), "admin".into()));
+
+    // Then Grace's: " brown" goes and the fox she replaced comes back.
+    let (status, _) = revert(
+        &weft,
+        Some(ADMIN),
+        json!({ "author": "grace", "since": first }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    read_until(&mut watcher, &watched, "The quick fox jumps.!").await;
+
+    // Refusals say why.
+    let bad = [
+        (json!({ "author": "", "since": first }), 400),
+        (json!({ "author": "ada", "since": "yesterday" }), 400),
+        (json!({ "author": "ada" }), 400),
+    ];
+    for (body, want) in bad {
+        let (status, answer) = revert(&weft, Some(ADMIN), body.clone()).await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
+    let (status, _) = revert(&weft, None, json!({ "author": "ada", "since": first })).await;
+    assert_eq!(status, 401);
 }

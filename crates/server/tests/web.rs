@@ -9,7 +9,13 @@ use support::*;
 async fn pages_and_assets_are_served_with_the_right_headers() {
     let weft = Weft::start(&[]);
     let mut assets = Vec::new();
-    for path in ["/", "/edit/some-doc", "/view/some-doc", "/follow?docs=a,b"] {
+    for path in [
+        "/",
+        "/edit/some-doc",
+        "/view/some-doc",
+        "/history/some-doc",
+        "/follow?docs=a,b",
+    ] {
         let mut http = http1(&weft.addr).await;
         let resp = http.request("GET", path, &[], vec![]).await;
         assert_eq!(resp.status(), 200, "{path}");

@@ -22,7 +22,7 @@ use crate::{EventId, RoomError, Rooms};
 pub const MAX_PAGE: usize = 1000;
 
 /// Changes read from the store at a time while a filter skips some.
-const READ_CHUNK: usize = 1000;
+pub(crate) const READ_CHUNK: usize = 1000;
 
 /// Which changes to list.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -340,7 +340,7 @@ const MAX_REBUILDS: usize = 2;
 static REBUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REBUILDS);
 const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn rebuild_turn() -> Result<tokio::sync::SemaphorePermit<'static>, RoomError> {
+pub(crate) async fn rebuild_turn() -> Result<tokio::sync::SemaphorePermit<'static>, RoomError> {
     match tokio::time::timeout(TURN_WAIT, REBUILDS.acquire()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => Err(RoomError::TryAgain(format!(

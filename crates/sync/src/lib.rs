@@ -24,6 +24,7 @@ mod presence;
 pub mod protocol;
 mod replay;
 mod restore;
+mod revert;
 mod room;
 mod rooms;
 mod sections;
@@ -41,6 +42,7 @@ pub use doc_state::{
 pub use event_id::{BadEventId, EventId};
 pub use presence::PresenceRefusal;
 pub use replay::SetAside;
+pub use revert::Reverted;
 pub use rooms::Rooms;
 pub use session::{CloseReason, Dialect, Follower, Joiner, Session};
 

@@ -32,6 +32,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/docs/{doc}/snapshots/{id}", get(snapshot_state))
         .route("/docs/{doc}/state", get(current_state))
         .route("/docs/{doc}/restore", post(restore))
+        .route("/docs/{doc}/revert", post(revert))
         .route("/docs/{doc}/import", post(import))
         .route(
             "/backup",
@@ -179,6 +180,40 @@ async fn restore(
         )),
     };
     Ok(Json(restored.map_err(IntoResponse::into_response)?).into_response())
+}
+
+/// `{"author": "<who>", "since": "<event id or RFC 3339 time>"}`.
+#[derive(Debug, Deserialize)]
+struct RevertRequest {
+    author: String,
+    since: String,
+}
+
+/// Authors are a token's subject, `anonymous#N` or `admin`: never longer.
+const MAX_AUTHOR_BYTES: usize = 1024;
+
+async fn revert(
+    State(app): State<Arc<AppState>>,
+    _: AdminKey,
+    Path(p): Path<HashMap<String, String>>,
+    body: Result<LimitedJson<RevertRequest>, JsonBodyError>,
+) -> Result<Response, Response> {
+    let t = target(p).map_err(IntoResponse::into_response)?;
+    let LimitedJson(req) = body.map_err(|e| match e {
+        JsonBodyError::Json(e) => AdminError::BadRequest(format!(
+            "the body is not the JSON expected: {e}; send {{\"author\": \"<who>\", \"since\": \"<event id or time>\"}}"
+        ))
+        .into_response(),
+        e => e.into_response(),
+    })?;
+    if req.author.is_empty() || req.author.len() > MAX_AUTHOR_BYTES {
+        return Err(AdminError::BadRequest(format!(
+            "author must be 1 to {MAX_AUTHOR_BYTES} bytes: the name `weft history` lists"
+        ))
+        .into_response());
+    }
+    let reverted = app.admin.revert(&t.doc, &req.author, &req.since).await;
+    Ok(Json(reverted.map_err(IntoResponse::into_response)?).into_response())
 }
 
 async fn import(

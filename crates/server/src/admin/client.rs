@@ -13,8 +13,8 @@ use weft_storage::DocName;
 use weft_sync::history::{HistoryPage, HistoryQuery};
 
 use super::{
-    AdminError, Backend, BackupSummary, ChangeView, DocDetail, DocSummary, Progress, SnapshotView,
-    VerifyReport,
+    AdminError, Backend, BackupSummary, ChangeView, DocDetail, DocSummary, Progress, RevertView,
+    SnapshotView, VerifyReport,
 };
 
 #[derive(Debug, Clone)]
@@ -143,6 +143,18 @@ impl Backend for RemoteAdmin {
         let req = self
             .request(Method::POST, &format!("/docs/{doc}/restore"))
             .json(&json!({ "at": at }));
+        self.json(req).await
+    }
+
+    async fn revert(
+        &self,
+        doc: &DocName,
+        author: &str,
+        since: &str,
+    ) -> Result<RevertView, AdminError> {
+        let req = self
+            .request(Method::POST, &format!("/docs/{doc}/revert"))
+            .json(&json!({ "author": author, "since": since }));
         self.json(req).await
     }
 

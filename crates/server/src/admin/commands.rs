@@ -145,6 +145,22 @@ pub enum AdminCommand {
     Backup(BackupArgs),
     Verify,
     History(HistoryArgs),
+    Revert(RevertArgs),
+}
+
+/// `weft revert`.
+#[derive(Debug, Args)]
+pub struct RevertArgs {
+    /// The document's name.
+    pub doc: String,
+    /// Whose changes to undo, as `weft history` names them (a token's
+    /// subject, `anonymous#N`).
+    #[arg(long)]
+    pub author: String,
+    /// Undo their changes after this point: an event id, or an RFC 3339
+    /// time.
+    #[arg(long)]
+    pub since: String,
 }
 
 /// `weft history`.
@@ -275,6 +291,7 @@ async fn execute(
         }
         AdminCommand::Snapshot(cmd) => snapshot(cmd, json, backend).await,
         AdminCommand::History(args) => history(args, json, backend).await,
+        AdminCommand::Revert(args) => revert(args, json, backend).await,
         AdminCommand::Backup(args) => backup(args, json, backend).await,
         AdminCommand::Verify => {
             let report = backend.verify().await?;
@@ -553,6 +570,28 @@ fn quarantine_lines(list: &[QuarantineView]) -> String {
         ));
     }
     out
+}
+
+/// Undoes one author's changes since a point, as one live change.
+async fn revert(args: RevertArgs, json: bool, backend: &dyn Backend) -> Result<(), AdminError> {
+    let doc = doc_name(&args.doc)?;
+    let view = backend.revert(&doc, &args.author, &args.since).await?;
+    print(json, &view, || match &view.change {
+        Some(id) => format!(
+            "undid {} changes by {} after {} as change {id} (restore --at {} to take it back)",
+            view.changes, args.author, view.since, view.since
+        ),
+        None if view.changes == 0 => {
+            format!(
+                "{} made no changes to {doc} after {}",
+                args.author, view.since
+            )
+        }
+        None => format!(
+            "nothing left to undo: the {} changes by {} after {} are already undone",
+            view.changes, args.author, view.since
+        ),
+    })
 }
 
 /// Lists a document's changes, a page after another.

@@ -45,6 +45,14 @@ pub trait Backend: Send + Sync {
     async fn state_at(&self, doc: &DocName, at: &str) -> Result<Vec<u8>, AdminError>;
     /// Brings the document back to how it was at `at`, live.
     async fn restore_at(&self, doc: &DocName, at: &str) -> Result<ChangeView, AdminError>;
+    /// Undoes `author`'s changes made after `since` (an event id or an RFC
+    /// 3339 time) as one live change, leaving everyone else's.
+    async fn revert(
+        &self,
+        doc: &DocName,
+        author: &str,
+        since: &str,
+    ) -> Result<RevertView, AdminError>;
     async fn import(&self, doc: &DocName, update: Vec<u8>) -> Result<ChangeView, AdminError>;
     async fn backup(
         &self,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use weft_storage::{DocInfo, Quarantined, SnapshotInfo, StorageError};
-use weft_sync::{Restored, RoomError, RoomStats};
+use weft_sync::{Restored, Reverted, RoomError, RoomStats};
 
 /// One document, as `docs list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +124,27 @@ impl From<Restored> for ChangeView {
         ChangeView {
             change: r.change.map(|id| id.to_string()),
             snapshot: r.snapshot,
+        }
+    }
+}
+
+/// What a revert did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevertView {
+    /// The point it reverted to: the author's changes after it were undone.
+    pub since: String,
+    /// How many of the author's stored changes came after that point.
+    pub changes: usize,
+    /// The event id of the revert, or `None` when there was nothing to undo.
+    pub change: Option<String>,
+}
+
+impl From<Reverted> for RevertView {
+    fn from(r: Reverted) -> Self {
+        RevertView {
+            since: r.since.to_string(),
+            changes: r.changes,
+            change: r.change.map(|id| id.to_string()),
         }
     }
 }

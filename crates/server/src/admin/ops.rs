@@ -25,7 +25,7 @@ use weft_sync::{Clock, DocState, Rooms, SystemClock};
 
 use super::{
     AdminError, Backend, BackupSummary, ChangeView, DocDetail, DocSummary, Problem, Progress,
-    QuarantineView, SnapshotView, VerifyReport,
+    QuarantineView, RevertView, SnapshotView, VerifyReport,
 };
 
 /// What the admin operations read of a store: its documents, which exist,
@@ -204,6 +204,16 @@ impl Backend for LocalAdmin {
     async fn restore_at(&self, doc: &DocName, at: &str) -> Result<ChangeView, AdminError> {
         let at = point_in_time(at).map_err(AdminError::BadRequest)?;
         Ok(self.rooms.restore_at(doc, at).await?.into())
+    }
+
+    async fn revert(
+        &self,
+        doc: &DocName,
+        author: &str,
+        since: &str,
+    ) -> Result<RevertView, AdminError> {
+        let since = point_in_time(since).map_err(AdminError::BadRequest)?;
+        Ok(self.rooms.revert(doc, author, since).await?.into())
     }
 
     async fn import(&self, doc: &DocName, update: Vec<u8>) -> Result<ChangeView, AdminError> {
