@@ -89,6 +89,15 @@ pub struct DocInfo {
     pub held_bytes: Option<u64>,
 }
 
+/// Which document a name holds now, and how far its history goes: what
+/// reading history needs, without adding up the log as [`DocInfo`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocHead {
+    pub meta: DocMeta,
+    /// The newest change's sequence number (0: none).
+    pub last_seq: u64,
+}
+
 /// Everything stored about one document, for backups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocDump {

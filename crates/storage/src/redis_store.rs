@@ -71,9 +71,9 @@ use replication::{APPENDED, DELETED, EVENTS};
 use retrying::Retrying;
 
 use crate::{
-    Archive, Catalogue, Cause, Corruption, DocDump, DocInfo, DocMeta, DocName, DocumentStore,
-    LogEntry, LogRetention, NewSnapshot, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo,
-    StorageError, StoredDoc, SCHEMA_VERSION,
+    Archive, Catalogue, Cause, Corruption, DocDump, DocHead, DocInfo, DocMeta, DocName,
+    DocumentStore, LogEntry, LogRetention, NewSnapshot, Quarantined, RetentionPolicy, Snapshot,
+    SnapshotInfo, StorageError, StoredDoc, SCHEMA_VERSION,
 };
 
 /// See `redis_store/load.lua`: a name's metadata, provisional until stored.
@@ -1015,6 +1015,17 @@ impl Catalogue for RedisStore {
             .into_iter()
             .filter_map(|n| DocName::new(n).ok())
             .collect())
+    }
+
+    /// The metadata and the newest sequence number, in one read.
+    async fn head(&self, doc: &DocName) -> Result<Option<DocHead>, StorageError> {
+        match self.read_without_writing(doc).await? {
+            (Some(bytes), true, seq) => Ok(Some(DocHead {
+                meta: decode_meta(doc, &bytes)?,
+                last_seq: seq.unwrap_or(0),
+            })),
+            _ => Ok(None),
+        }
     }
 
     async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError> {

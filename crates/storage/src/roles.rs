@@ -45,9 +45,9 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::{
-    Corruption, DocDump, DocInfo, DocMeta, DocName, Followed, LogEntry, LogRetention, NewSnapshot,
-    PeerEvent, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
-    WebhookDelivery,
+    Corruption, DocDump, DocHead, DocInfo, DocMeta, DocName, Followed, LogEntry, LogRetention,
+    NewSnapshot, PeerEvent, Quarantined, RetentionPolicy, Snapshot, SnapshotInfo, StorageError,
+    StoredDoc, WebhookDelivery,
 };
 
 /// A document's changes and snapshots.
@@ -131,6 +131,16 @@ pub trait Catalogue: Send + Sync + std::fmt::Debug + 'static {
 
     /// A document's facts, or `None` if it is not stored.
     async fn info(&self, doc: &DocName) -> Result<Option<DocInfo>, StorageError>;
+
+    /// A document's metadata and newest sequence number, or `None` if it
+    /// is not stored. Stores answer it without reading the log; this
+    /// default asks [`info`](Catalogue::info).
+    async fn head(&self, doc: &DocName) -> Result<Option<DocHead>, StorageError> {
+        Ok(self.info(doc).await?.map(|info| DocHead {
+            meta: info.meta,
+            last_seq: info.last_seq,
+        }))
+    }
 }
 
 /// Whole documents out, and a check of every record: backups and

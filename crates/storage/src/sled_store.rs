@@ -52,7 +52,7 @@ use crate::record::{
     SCHEMA_VERSION,
 };
 use crate::{
-    Archive, ArchiveRestore, Catalogue, Corruption, DocDump, DocInfo, DocMeta, DocName,
+    Archive, ArchiveRestore, Catalogue, Corruption, DocDump, DocHead, DocInfo, DocMeta, DocName,
     DocumentStore, Followed, LogEntry, LogRetention, NewSnapshot, PeerEvent, Quarantined,
     Replication, RetentionPolicy, Snapshot, SnapshotInfo, StorageError, StoredDoc,
 };
@@ -519,6 +519,32 @@ impl Catalogue for SledStore {
                 }
             }
             Ok(names)
+        })
+        .await
+    }
+
+    /// The metadata, and the newest change: the log's last key (not one a
+    /// failed flush hides) or the newest snapshot's, whichever is newer.
+    async fn head(&self, doc: &DocName) -> Result<Option<DocHead>, StorageError> {
+        let doc = doc.clone();
+        self.run(Op::Read, "reading document facts", move |store| {
+            let Some(meta) = store.read_meta(&doc)? else {
+                return Ok(None);
+            };
+            let mut last_seq = store
+                .snapshot_infos(&doc)?
+                .iter()
+                .map(|s| s.seq)
+                .max()
+                .unwrap_or(0);
+            for k in store.log.scan_prefix(prefix(&doc)).keys().rev() {
+                let seq = suffix_u64(&k.map_err(io("reading the update log"))?);
+                if !store.unstored.hides(&doc, seq) {
+                    last_seq = last_seq.max(seq);
+                    break;
+                }
+            }
+            Ok(Some(DocHead { meta, last_seq }))
         })
         .await
     }

@@ -162,6 +162,10 @@ async fn compaction_keeps_the_history_window_behind_the_tail() {
     let log = store.read_log(&doc, 0, usize::MAX).await.expect("reads");
     assert_eq!(log.first().map(|e| e.seq), Some(11));
     assert_eq!(log.len(), 20);
+    let head = store.head(&doc).await.expect("head").expect("stored");
+    assert_eq!((head.last_seq, head.meta), (30, meta));
+    let never = DocName::new("never-written").expect("name");
+    assert_eq!(store.head(&never).await.expect("head"), None);
 }
 
 #[tokio::test]

@@ -83,7 +83,7 @@ impl Rooms {
         query: &HistoryQuery,
     ) -> Result<HistoryPage, RoomError> {
         let store = self.store();
-        let info = match store.info(doc).await {
+        let info = match store.head(doc).await {
             Ok(Some(info)) => info,
             Ok(None) => return Err(RoomError::NotFound(format!("there is no document {doc}"))),
             Err(e) => return Err(RoomError::StorageFailure(e.to_string())),
@@ -219,7 +219,7 @@ impl Rooms {
         let store = self.store();
         let failed = |e: weft_storage::StorageError| RoomError::StorageFailure(e.to_string());
         let info = store
-            .info(doc)
+            .head(doc)
             .await
             .map_err(failed)?
             .ok_or_else(|| RoomError::NotFound(format!("there is no document {doc}")))?;
@@ -389,7 +389,7 @@ impl Rooms {
         let now = self.read(doc, None).await?;
         let info = self
             .store()
-            .info(doc)
+            .head(doc)
             .await
             .map_err(|e| RoomError::StorageFailure(e.to_string()))?
             .ok_or_else(|| RoomError::NotFound(format!("there is no document {doc}")))?;

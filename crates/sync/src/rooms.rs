@@ -341,7 +341,7 @@ impl Rooms {
     }
 
     async fn require_stored(&self, doc: &DocName) -> Result<(), RoomError> {
-        match self.inner.store.info(doc).await {
+        match self.inner.store.head(doc).await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(RoomError::NotFound(format!("there is no document {doc}"))),
             Err(e) => Err(RoomError::StorageFailure(e.to_string())),

@@ -99,6 +99,34 @@ async fn compaction_keeps_the_tail_and_the_sequence() {
 }
 
 #[tokio::test]
+async fn the_head_is_the_newest_change_without_reading_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    let d = doc("head");
+    assert_eq!(store.head(&d).await.expect("head"), None);
+    append(&store, &d, &(1..=5).map(entry).collect::<Vec<_>>()).await;
+    let snap = NewSnapshot {
+        seq: 5,
+        taken_at_ms: 5,
+        reason: SnapshotReason::Periodic,
+        state: vec![1],
+    };
+    // Everything behind the snapshot trimmed: the snapshot says how far.
+    store
+        .compact(&d, snap, LogRetention::tail(0))
+        .await
+        .expect("compact");
+    let head = store.head(&d).await.expect("head").expect("stored");
+    let info = store.info(&d).await.expect("info").expect("stored");
+    assert_eq!((head.last_seq, &head.meta), (5, &info.meta));
+    append(&store, &d, &[entry(6)]).await;
+    assert_eq!(
+        store.head(&d).await.expect("head").map(|h| h.last_seq),
+        Some(6)
+    );
+}
+
+#[tokio::test]
 async fn compaction_keeps_the_history_window_behind_the_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(dir.path()).expect("open");
