@@ -5,23 +5,28 @@
 //! makes a change durable before it is broadcast, so the observer seeing
 //! the stamp means every change before it is durable. The same updates
 //! applied to an in-process `yrs::Doc` give the physical limit.
+//! [`Replay`] also sends a trace one change at a time, each once the one
+//! before came back (the `history` scenario's keystroke pace).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::Transact;
 
-use crate::clients;
+use crate::clients::{self, Conn};
 use crate::probe;
 use crate::trace;
 
@@ -65,51 +70,15 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<IngestResult> {
     let in_process_ms = apply_in_process(&trace.updates)?;
 
     let url = clients::doc_url(&args.ws, &args.doc);
-    let arrived = Arc::new(Notify::new());
-    let observer = {
-        let ws = clients::connect(&url).await?;
-        let arrived = arrived.clone();
-        tokio::spawn(clients::subscribe(ws, move |_, _| arrived.notify_one()))
-    };
-    let (mut sink, mut stream) = clients::connect(&url).await?.split();
-    // Keep reading: the server's own messages and pings must not back up.
-    let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
+    let mut replay = Replay::connect(&url).await?;
     let before = args.server_pid.map(probe::usage);
-    let started = Instant::now();
-    let waited = tokio::time::timeout(args.timeout, async {
-        for (i, update) in trace.updates.iter().enumerate() {
-            let frame = YMessage::Sync(SyncMessage::Update(update.clone())).encode_v1();
-            sink.feed(Message::Binary(frame.into())).await?;
-            if i % 64 == 63 {
-                sink.flush().await?;
-            }
-        }
-        // Sent last on the same connection, so it is handled after them all.
-        sink.send(Message::Binary(clients::stamped_frame().into()))
-            .await?;
-        arrived.notified().await;
-        anyhow::Ok(())
-    })
-    .await;
-    let server_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let server_ms = replay.send_all(&trace.updates, args.timeout).await?;
     let after = args.server_pid.map(probe::usage);
-    observer.abort();
-    drain.abort();
-    waited.with_context(|| {
-        format!(
-            "the server did not take the trace within {:?}",
-            args.timeout
-        )
-    })??;
+    drop(replay);
 
     let changes = trace.updates.len();
     Ok(IngestResult {
-        trace: args.trace.file_name().map_or_else(
-            || args.trace.display().to_string(),
-            |n| n.to_string_lossy().into(),
-        ),
+        trace: trace_name(&args.trace),
         changes,
         update_bytes: trace.bytes(),
         in_process_ms,
@@ -121,6 +90,152 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<IngestResult> {
             .map(|(b, a)| a.cpu_seconds - b.cpu_seconds),
         server_rss_kib: after.map(|a| a.rss_kib),
     })
+}
+
+/// A trace's sender, on one connection to the document, and an observer on
+/// another that counts the changes it is sent and wakes when the stamped
+/// change sent after a trace arrives: then every change of the trace is
+/// durable. Dropping it ends both connections' tasks.
+pub(crate) struct Replay {
+    sink: SplitSink<Conn, Message>,
+    seen: Arc<Seen>,
+    observer: JoinHandle<()>,
+    drain: JoinHandle<()>,
+}
+
+/// What the observer has been sent.
+#[derive(Default)]
+struct Seen {
+    /// Update frames: a change each.
+    updates: AtomicUsize,
+    changed: Notify,
+    /// A change carrying a stamp.
+    stamped: Notify,
+}
+
+impl Replay {
+    /// Connects the sender and the observer to the document at `url` (see
+    /// [`clients::doc_url`]), and gives the server a moment to set both up.
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Replay> {
+        let seen = Arc::new(Seen::default());
+        let observer = {
+            let mut ws = clients::connect(url).await?;
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = ws.next().await {
+                    // Sync update frames only: 0 (sync), 2 (update).
+                    if let Message::Binary(frame) = message {
+                        if frame.starts_with(&[0, 2]) {
+                            seen.updates.fetch_add(1, Ordering::SeqCst);
+                            seen.changed.notify_one();
+                            if !clients::stamps(&frame).is_empty() {
+                                seen.stamped.notify_one();
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let (sink, mut stream) = clients::connect(url).await?.split();
+        // Keep reading: the server's own messages and pings must not back up.
+        let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Replay {
+            sink,
+            seen,
+            observer,
+            drain,
+        })
+    }
+
+    /// Sends every update as fast as the server takes them, then a stamped
+    /// change, and waits (at most `timeout`) for the observer to see it.
+    /// Returns the milliseconds from the first update sent until then.
+    pub(crate) async fn send_all(
+        &mut self,
+        updates: &[Vec<u8>],
+        timeout: Duration,
+    ) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let waited = tokio::time::timeout(timeout, async {
+            for (i, update) in updates.iter().enumerate() {
+                let frame = YMessage::Sync(SyncMessage::Update(update.clone())).encode_v1();
+                self.sink.feed(Message::Binary(frame.into())).await?;
+                if i % 64 == 63 {
+                    self.sink.flush().await?;
+                }
+            }
+            // Sent last on the same connection, so it is handled after them all.
+            self.sink
+                .send(Message::Binary(clients::stamped_frame().into()))
+                .await?;
+            self.seen.stamped.notified().await;
+            anyhow::Ok(())
+        })
+        .await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        waited
+            .with_context(|| format!("the server did not take the trace within {timeout:?}"))??;
+        Ok(ms)
+    }
+
+    /// Sends the updates one at a time, each once the observer has been
+    /// sent the one before (so it is durable), as a typist's keystrokes
+    /// reach a server: each is then stored as a change of its own, where
+    /// [`send_all`](Self::send_all)'s burst is stored a batch to a change.
+    /// Returns the milliseconds from the first update sent until the last
+    /// was seen; gives up after `timeout` in all.
+    pub(crate) async fn send_each(
+        &mut self,
+        updates: &[Vec<u8>],
+        timeout: Duration,
+    ) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let waited = tokio::time::timeout(timeout, async {
+            for (i, update) in updates.iter().enumerate() {
+                let want = self.seen.updates.load(Ordering::SeqCst) + 1;
+                let frame = YMessage::Sync(SyncMessage::Update(update.clone())).encode_v1();
+                self.sink.send(Message::Binary(frame.into())).await?;
+                let echoed = async {
+                    while self.seen.updates.load(Ordering::SeqCst) < want {
+                        self.seen.changed.notified().await;
+                    }
+                };
+                tokio::time::timeout(ECHO_WAIT, echoed)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "update {i} of the trace reached no other client within {ECHO_WAIT:?} \
+                         (an update that changes nothing is not stored)"
+                        )
+                    })?;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        waited
+            .with_context(|| format!("the server did not take the trace within {timeout:?}"))??;
+        Ok(ms)
+    }
+}
+
+/// How long [`Replay::send_each`] waits for each change to come back.
+const ECHO_WAIT: Duration = Duration::from_secs(10);
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        self.observer.abort();
+        self.drain.abort();
+    }
+}
+
+/// A trace as results name it: its file name.
+pub(crate) fn trace_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    )
 }
 
 /// Milliseconds to decode and apply every update to a fresh document.

@@ -9,6 +9,7 @@ mod compare;
 mod disk;
 mod envelope;
 mod fanout;
+mod history;
 mod idle;
 mod ingest;
 mod join;
@@ -46,6 +47,8 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// Replays an editing trace from one client: time until all is durable.
     Ingest(ingest::IngestArgs),
+    /// weft's history: bytes stored per byte of document, `?at=` times.
+    History(history::HistoryArgs),
     /// Many clients join a large document at once: time until each is synced.
     Join(join::JoinArgs),
     /// WebSocket vs SSE (plain and gzip): delay and wire bytes per message.
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fanout(args) => report(&fanout::run(args).await?, print_fanout)?,
         Scenario::Idle(args) => report(&idle::run(args).await?, print_idle)?,
         Scenario::Ingest(args) => report(&ingest::run(args).await?, print_ingest)?,
+        Scenario::History(args) => report(&history::run(args).await?, print_history)?,
         Scenario::Join(args) => report(&join::run(args).await?, print_join)?,
         Scenario::Transports(args) => report(&transports::run(args).await?, print_transports)?,
         Scenario::Coldload(args) => report(&coldload::run(args).await?, print_coldload)?,
@@ -133,6 +137,58 @@ fn print_ingest(r: &ingest::IngestResult) {
         "  server, all durable:  {:9.0} ms  ({:.0} changes/s, {:.2}× in-process)",
         r.server_ms, r.changes_per_second, r.ratio_to_in_process
     );
+}
+
+/// What a history run found, for a person.
+fn print_history(r: &history::HistoryResult) {
+    let pace = if r.one_by_one {
+        "one by one"
+    } else {
+        "as a burst"
+    };
+    let ingest = r.ingest_ms.map_or("stored earlier".into(), |ms| {
+        format!("ingested {pace} in {ms:.0} ms")
+    });
+    println!(
+        "history: {} as {} ({} updates, {ingest})",
+        r.trace, r.doc, r.trace_changes
+    );
+    println!("  document now      {:>12} B", r.document_bytes);
+    println!(
+        "  log               {:>12} B  in {} changes (listed in {:.0} ms)",
+        r.log_bytes, r.stored_changes, r.listing_ms
+    );
+    println!(
+        "  snapshots         {:>12} B  in {} snapshots",
+        r.snapshot_bytes, r.snapshots
+    );
+    println!(
+        "  history           {:>12} B  = {:.1} B per byte of document",
+        r.history_bytes, r.history_per_document_byte
+    );
+    if let Some(disk) = r.data_dir_bytes {
+        println!("  data dir on disk  {disk:>12} B");
+    }
+    println!(
+        "  {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "?at=", "seq", "snapshot", "replayed", "state B", "cold ms", "p50 ms", "p99 ms"
+    );
+    for p in &r.points {
+        let (p50, p99) = p
+            .warm
+            .map_or((f64::NAN, f64::NAN), |w| (w.p50_ms, w.p99_ms));
+        println!(
+            "  {:>4}% {:>8} {:>9} {:>9} {:>9} {:>9.1} {:>9.1} {:>9.1}",
+            p.percent,
+            p.seq,
+            p.from_snapshot_seq.map_or("none".into(), |s| s.to_string()),
+            p.changes_replayed,
+            p.state_bytes,
+            p.cold_ms,
+            p50,
+            p99
+        );
+    }
 }
 
 /// What a join run found, for a person.
