@@ -116,6 +116,7 @@ pub struct ServeConfig {
     /// in that time can be shown or restored exactly (older points: the
     /// snapshots kept). 0 keeps only `--keep-log-tail`.
     #[arg(long, env = "WEFT_HISTORY_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "config_file::exact_duration")]
     pub history_retention: Duration,
 
     /// Frames a connection may have queued before it counts as too slow
@@ -197,6 +198,16 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_SNAPSHOT_KEEP_DAILY", default_value = "90days", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "config_file::exact_duration")]
     pub snapshot_keep_daily: Duration,
+
+    /// Snapshot retention: for as long as daily ones, keep the newest
+    /// snapshot of each run of this many changes, so that rebuilding any
+    /// point in history replays at most about this many (0: none).
+    #[arg(
+        long,
+        env = "WEFT_SNAPSHOT_KEEP_EVERY_CHANGES",
+        default_value_t = 20_000
+    )]
+    pub snapshot_keep_every_changes: u64,
 
     /// How often old snapshots are pruned by the retention policy.
     #[arg(long, env = "WEFT_PRUNE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
@@ -347,6 +358,7 @@ impl ServeConfig {
             keep_last: self.snapshot_keep_last,
             hourly_for: self.snapshot_keep_hourly,
             daily_for: self.snapshot_keep_daily,
+            every_changes: self.snapshot_keep_every_changes,
         }
     }
 

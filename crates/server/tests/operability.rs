@@ -367,6 +367,8 @@ fn the_printed_configuration_loads_back_as_itself() {
     for line in [
         "snapshot_keep_hourly = \"7days\"",
         "snapshot_keep_daily = \"90days\"",
+        "snapshot_keep_every_changes = 20000",
+        "history_retention = \"30days\"",
         "prune_interval = \"10m\"",
         "allowed_origins = []",
     ] {

@@ -23,6 +23,10 @@ pub struct RetentionPolicy {
     pub hourly_for: Duration,
     /// Within this age, the newest snapshot of each day is kept.
     pub daily_for: Duration,
+    /// Within `daily_for`, the newest snapshot of each run of this many
+    /// changes is kept, so that rebuilding any point of a document edited
+    /// fast replays at most about this many (0: none).
+    pub every_changes: u64,
 }
 
 impl Default for RetentionPolicy {
@@ -31,6 +35,7 @@ impl Default for RetentionPolicy {
             keep_last: 20,
             hourly_for: Duration::from_secs(7 * 24 * 3600),
             daily_for: Duration::from_secs(90 * 24 * 3600),
+            every_changes: 20_000,
         }
     }
 }
@@ -89,6 +94,7 @@ impl RetentionPolicy {
             .collect();
         let mut hours = BTreeSet::new();
         let mut days = BTreeSet::new();
+        let mut runs = BTreeSet::new();
         for s in newest_first {
             let age = now_ms.saturating_sub(s.taken_at_ms);
             if u128::from(age) <= self.hourly_for.as_millis()
@@ -97,6 +103,12 @@ impl RetentionPolicy {
                 keep.insert(s.id);
             }
             if u128::from(age) <= self.daily_for.as_millis() && days.insert(s.taken_at_ms / DAY_MS)
+            {
+                keep.insert(s.id);
+            }
+            if self.every_changes > 0
+                && u128::from(age) <= self.daily_for.as_millis()
+                && runs.insert(s.seq / self.every_changes)
             {
                 keep.insert(s.id);
             }
@@ -126,6 +138,7 @@ mod tests {
             keep_last: 2,
             hourly_for: Duration::from_secs(3 * 3600),
             daily_for: Duration::from_secs(3 * 24 * 3600),
+            every_changes: 0,
         };
         let now = 100 * DAY_MS;
         let snaps = vec![
@@ -149,9 +162,32 @@ mod tests {
             keep_last: 0,
             hourly_for: Duration::ZERO,
             daily_for: Duration::ZERO,
+            every_changes: 0,
         };
         let kept = policy.keep(&[snap(1, 0), snap(2, 5)], 1_000_000_000);
         assert_eq!(kept.into_iter().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn keeps_one_snapshot_per_run_of_changes_for_as_long_as_daily_ones() {
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            hourly_for: Duration::ZERO,
+            daily_for: Duration::from_secs(3 * 24 * 3600),
+            every_changes: 100,
+        };
+        let now = 100 * DAY_MS;
+        // A document typed fast: a snapshot every 40 changes within a minute.
+        let mut snaps: Vec<SnapshotInfo> = (1..=10).map(|i| at(i * 40, now - 60_000 + i)).collect();
+        snaps.push(at(20, now - 10 * DAY_MS)); // too old for any rule
+        let mut kept: Vec<u64> = policy
+            .keep(&snaps, now)
+            .iter()
+            .filter_map(|id| snaps.iter().find(|s| s.id == *id).map(|s| s.seq))
+            .collect();
+        kept.sort();
+        // The newest of 0..100, 100..200, 200..300, 300..400, and 400.
+        assert_eq!(kept, vec![80, 160, 280, 360, 400]);
     }
 
     fn at(seq: u64, taken_at_ms: u64) -> SnapshotInfo {

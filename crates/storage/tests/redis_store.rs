@@ -203,6 +203,7 @@ async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_hea
         keep_last: 1,
         hourly_for: Duration::ZERO,
         daily_for: Duration::ZERO,
+        every_changes: 0,
     };
     assert_eq!(
         store

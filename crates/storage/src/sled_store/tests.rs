@@ -197,6 +197,7 @@ async fn history_lists_prunes_dumps_and_restores() {
         keep_last: 20,
         hourly_for: std::time::Duration::ZERO,
         daily_for: std::time::Duration::ZERO,
+        every_changes: 0,
     };
     assert_eq!(
         store
