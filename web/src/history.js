@@ -9,6 +9,7 @@
 import * as Y from 'yjs'
 import { diffLines, diffWordsWithSpace } from 'diff'
 import { docFromPath, token, tokenSuffix } from './page.js'
+import { kindOf as rootKind } from './roots.js'
 import './style.css'
 
 /** The most changes listed: the newest ones; the page says when older ones are left out. */
@@ -133,20 +134,13 @@ async function loadHistory (newest) {
 // ---- root types ----
 
 /**
- * A root's kind. After `applyUpdate` a fresh Y.Doc knows its roots only by
- * name (untyped `AbstractType`s); their items tell a text (strings,
- * formatting, embeds) from the rest (map entries, array items, XML nodes),
- * which are shown from the JSON endpoint. Only deleted items: `empty`.
+ * A root's kind as this page shows it: 'text' (diffed as text), 'other'
+ * (maps, arrays, XML: shown from the JSON endpoint), or 'empty' (only
+ * deleted items). roots.js tells the kinds from the items.
  */
 function kindOf (type) {
-  if (type instanceof Y.Text) return 'text'
-  if (type.constructor !== Y.AbstractType || type._map.size > 0) return 'other'
-  for (let item = type._start; item !== null; item = item.right) {
-    const c = item.content
-    if (c instanceof Y.ContentString || c instanceof Y.ContentFormat || c instanceof Y.ContentEmbed) return 'text'
-    if (!(c instanceof Y.ContentDeleted)) return 'other'
-  }
-  return 'empty'
+  const kind = rootKind(type)
+  return kind === 'text' || kind === 'empty' ? kind : 'other'
 }
 
 /** Every root of either document, with its kind (text where either holds text). */

@@ -1,6 +1,8 @@
-// /: open or create a document by name, and a live list of documents with
-// how many editors and viewers each has.
+// /: open or create a document by name, and a live list of documents (from
+// `GET /docs`, every 2 s), the most recently changed first: each one's
+// stored size, last change, and how many editors and viewers it has now.
 import { tokenSuffix } from './page.js'
+import { bytes, timeAgo } from './format.js'
 import './style.css'
 
 const form = document.getElementById('open')
@@ -22,6 +24,41 @@ nameInput.addEventListener('input', () => nameInput.setCustomValidity(''))
 const tbody = document.querySelector('#documents tbody')
 const note = document.getElementById('list-note')
 
+/** Newest change first; documents with none known last, then by name. */
+const byLastChange = (a, b) => (b.last_change_ms ?? -1) - (a.last_change_ms ?? -1) || a.name.localeCompare(b.name)
+
+function cell (...content) {
+  const td = document.createElement('td')
+  td.append(...content)
+  return td
+}
+
+function link (path, label, name) {
+  const a = document.createElement('a')
+  a.href = `${path}/${encodeURIComponent(name)}${tokenSuffix()}`
+  a.textContent = label
+  return a
+}
+
+function row (d) {
+  const tr = document.createElement('tr')
+  tr.dataset.doc = d.name
+  const name = cell(d.name)
+  name.className = 'name'
+  const size = cell(bytes(d.size_bytes))
+  size.className = 'size'
+  size.title = `${Number(d.size_bytes).toLocaleString()} bytes stored: the newest snapshot and the changes logged after it`
+  const changed = cell(timeAgo(d.last_change_ms))
+  changed.className = 'changed'
+  const editors = cell(String(d.editors))
+  editors.className = 'editors'
+  const viewers = cell(String(d.viewers))
+  viewers.className = 'viewers'
+  tr.append(name, size, changed, editors, viewers,
+    cell(link('/edit', 'edit', d.name), ' · ', link('/view', 'view', d.name), ' · ', link('/history', 'history', d.name)))
+  return tr
+}
+
 async function refresh () {
   try {
     const res = await fetch('/docs')
@@ -31,13 +68,8 @@ async function refresh () {
     }
     const docs = await res.json()
     note.textContent = docs.length ? '' : 'No documents yet: open one above.'
-    tbody.replaceChildren(...docs.map(d => {
-      const row = document.createElement('tr')
-      const link = (path, label) => `<a href="${path}/${encodeURIComponent(d.name)}${tokenSuffix()}">${label}</a>`
-      row.innerHTML = `<td class="name"></td><td>${d.editors}</td><td>${d.viewers}</td><td>${link('/edit', 'edit')} · ${link('/view', 'view')} · ${link('/history', 'history')}</td>`
-      row.querySelector('.name').textContent = d.name
-      return row
-    }))
+    tbody.replaceChildren(...docs.sort(byLastChange).map(row))
+    tbody.dataset.refreshed = String(Date.now())
   } catch {
     note.textContent = 'weft is not reachable'
   }

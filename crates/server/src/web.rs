@@ -68,9 +68,12 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
-/// `GET /docs`: names and live connection counts, for the home page. Open
-/// when weft runs open; with tokens on, it needs the admin key, since the
-/// names of documents can themselves be private.
+/// `GET /docs`: for the home page, each document's name, live connection
+/// counts, stored size (`size_bytes`: the newest snapshot and the changes
+/// logged after it) and last change (`last_change_ms`, milliseconds since
+/// the epoch, `null` if unknown). Open when weft runs open; with tokens on,
+/// it needs the admin key, since the names of documents can themselves be
+/// private.
 async fn list_docs(
     State(app): State<Arc<AppState>>,
     parts: axum::http::request::Parts,
@@ -85,7 +88,16 @@ async fn list_docs(
         .map_err(IntoResponse::into_response)?;
     let list: Vec<_> = docs
         .into_iter()
-        .map(|d| serde_json::json!({ "name": d.name, "editors": d.editors, "viewers": d.viewers, "last_seq": d.last_seq }))
+        .map(|d| {
+            serde_json::json!({
+                "name": d.name,
+                "editors": d.editors,
+                "viewers": d.viewers,
+                "last_seq": d.last_seq,
+                "size_bytes": d.size_bytes,
+                "last_change_ms": d.last_change_ms,
+            })
+        })
         .collect();
     Ok(Json(list).into_response())
 }

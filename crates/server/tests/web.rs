@@ -1,5 +1,6 @@
 //! The embedded pages: every route serves its page, pages are never cached,
-//! hashed assets are cached for good, and each has its content type.
+//! hashed assets are cached for good, and each has its content type; the
+//! home page's list (`GET /docs`) gives sizes and last changes.
 
 mod support;
 
@@ -55,4 +56,67 @@ async fn pages_and_assets_are_served_with_the_right_headers() {
     assert_eq!(status, 404);
     let (status, body) = request(&weft.addr, "GET", "/docs", &[], vec![]).await;
     assert_eq!((status, body), (200, b"[]".to_vec()));
+}
+
+/// The home page's list: each document's stored size and last change, as
+/// the store knows them, beside its live connection counts.
+#[tokio::test]
+async fn the_home_list_gives_each_documents_size_and_last_change() {
+    let weft = Weft::start(&[]);
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_millis() as u64
+    };
+    let doc = yrs::Doc::new();
+    let first = insert(&doc, "a first line of text");
+    let before = now_ms();
+    let (status, _) = request(
+        &weft.addr,
+        "POST",
+        "/docs/listed/updates",
+        &[],
+        first.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let after = now_ms();
+
+    let listed = || async {
+        let (status, body) = request(&weft.addr, "GET", "/docs", &[], vec![]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let list: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let entry = list
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|d| d["name"] == "listed")
+            .cloned();
+        entry.expect("the document is listed")
+    };
+    let entry = listed().await;
+    let size = entry["size_bytes"].as_u64().expect("size_bytes");
+    assert!(size >= first.len() as u64, "{entry}");
+    let changed = entry["last_change_ms"].as_u64().expect("last_change_ms");
+    assert!(
+        (before..=after).contains(&changed),
+        "{before} ≤ {changed} ≤ {after}"
+    );
+    assert_eq!(
+        (entry["editors"].as_u64(), entry["viewers"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    // A second change grows it and moves its last change on.
+    let second = insert(&doc, ", and a second");
+    let (status, _) = request(&weft.addr, "POST", "/docs/listed/updates", &[], second).await;
+    assert_eq!(status, 200);
+    let entry = listed().await;
+    assert!(
+        entry["size_bytes"].as_u64().expect("size_bytes") > size,
+        "{entry}"
+    );
+    assert!(entry["last_change_ms"].as_u64().expect("last_change_ms") >= changed);
+    assert_eq!(entry["last_seq"].as_u64(), Some(2), "{entry}");
 }
