@@ -286,7 +286,7 @@ test('reverting one author reaches every open editor and leaves the others\' wor
   for (const [i, e] of everyone.entries()) assert.equal(e.meta.get('title'), 'Draft', `editor ${i}`)
   stored += 1
   const listed = await history(weft, room, stored)
-  assert.deepEqual([listed.at(-1).author, listed.at(-1).via], ['admin', 'admin'])
+  assert.deepEqual([listed.at(-1).author, listed.at(-1).via], ['admin', 'revert:mallory'])
 
   // The editors go on editing the reverted text together.
   await step(grace, e => e.text.insert(0, '> '))

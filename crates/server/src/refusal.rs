@@ -51,6 +51,7 @@ impl Refusal {
                 Refusal::new(StatusCode::BAD_REQUEST, "invalid_update", REJECTED)
             }
             RoomError::NotFound(_) => Refusal::new(StatusCode::NOT_FOUND, "not_found", REJECTED),
+            RoomError::Conflict(_) => Refusal::new(StatusCode::CONFLICT, "conflict", REJECTED),
             RoomError::NoSuchDocument(_) => {
                 Refusal::new(StatusCode::NOT_FOUND, "document_not_found", REJECTED)
             }

@@ -359,6 +359,7 @@ impl ServeConfig {
             hourly_for: self.snapshot_keep_hourly,
             daily_for: self.snapshot_keep_daily,
             every_changes: self.snapshot_keep_every_changes,
+            history_window: self.history_retention,
         }
     }
 

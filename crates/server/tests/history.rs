@@ -488,6 +488,24 @@ async fn points_the_history_kept_no_longer_reaches_are_said_so_and_never_restore
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // Nor reverted from a point the log no longer reaches back to.
+    let body =
+        serde_json::to_vec(&json!({ "author": "anonymous", "since": "1970-01-01T00:00:00Z" }))
+            .expect("JSON");
+    let (status, answer) = request(
+        &weft.addr,
+        "POST",
+        "/admin/docs/story/revert",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains("no longer holds change 1"), "{answer}");
     let (_, now) = http_get(&weft.addr, "/docs/story/json", &[]).await;
     assert_eq!(
         serde_json::from_str::<Value>(&now).expect("JSON")["t"],
@@ -627,7 +645,23 @@ async fn reverting_one_author_leaves_the_others_work_and_reaches_open_editors() 
     );
     // The revert is the operator's change, listed as such.
     let page = history_of(&weft, 7).await;
-    assert_eq!(who(&page)[6], ("admin".into(), "admin".into()));
+    assert_eq!(who(&page)[6], ("admin".into(), "revert:mallory".into()));
+    // The same revert again would put "The " back twice: refused, naming
+    // the revert to go on from.
+    let (status, answer) = revert(
+        &weft,
+        Some(ADMIN),
+        json!({ "author": "mallory", "since": first }),
+    )
+    .await;
+    let reverted = page["changes"][6]["id"].as_str().expect("id");
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(reverted)),
+        "{answer}"
+    );
 
     // Then Grace's: " brown" goes and the fox she replaced comes back.
     let (status, _) = revert(

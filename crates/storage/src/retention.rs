@@ -27,6 +27,10 @@ pub struct RetentionPolicy {
     /// changes is kept, so that rebuilding any point of a document edited
     /// fast replays at most about this many (0: none).
     pub every_changes: u64,
+    /// The log's history window (`LogRetention::keep_for`): the newest
+    /// snapshot taken before it is kept, for the log after it is, so that
+    /// every point of the window rebuilds from it.
+    pub history_window: Duration,
 }
 
 impl Default for RetentionPolicy {
@@ -36,6 +40,7 @@ impl Default for RetentionPolicy {
             hourly_for: Duration::from_secs(7 * 24 * 3600),
             daily_for: Duration::from_secs(90 * 24 * 3600),
             every_changes: 20_000,
+            history_window: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -92,6 +97,11 @@ impl RetentionPolicy {
             .take(self.keep_last.max(1))
             .map(|s| s.id)
             .collect();
+        let window = u64::try_from(self.history_window.as_millis()).unwrap_or(u64::MAX);
+        let window_base = newest_first
+            .iter()
+            .find(|s| s.taken_at_ms <= now_ms.saturating_sub(window));
+        keep.extend(window_base.map(|s| s.id));
         let mut hours = BTreeSet::new();
         let mut days = BTreeSet::new();
         let mut runs = BTreeSet::new();
@@ -139,6 +149,7 @@ mod tests {
             hourly_for: Duration::from_secs(3 * 3600),
             daily_for: Duration::from_secs(3 * 24 * 3600),
             every_changes: 0,
+            history_window: Duration::ZERO,
         };
         let now = 100 * DAY_MS;
         let snaps = vec![
@@ -163,9 +174,31 @@ mod tests {
             hourly_for: Duration::ZERO,
             daily_for: Duration::ZERO,
             every_changes: 0,
+            history_window: Duration::ZERO,
         };
         let kept = policy.keep(&[snap(1, 0), snap(2, 5)], 1_000_000_000);
         assert_eq!(kept.into_iter().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn keeps_the_snapshot_the_history_window_rebuilds_from() {
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            hourly_for: Duration::ZERO,
+            daily_for: Duration::ZERO,
+            every_changes: 0,
+            history_window: Duration::from_secs(30 * 24 * 3600),
+        };
+        let now = 100 * DAY_MS;
+        let snaps = [
+            snap(1, now - 40 * DAY_MS),
+            snap(2, now - 35 * DAY_MS), // the newest before the window
+            snap(3, now - 10 * DAY_MS),
+            snap(4, now),
+        ];
+        let mut kept: Vec<u64> = policy.keep(&snaps, now).into_iter().collect();
+        kept.sort();
+        assert_eq!(kept, vec![2, 4]);
     }
 
     #[test]
@@ -175,6 +208,7 @@ mod tests {
             hourly_for: Duration::ZERO,
             daily_for: Duration::from_secs(3 * 24 * 3600),
             every_changes: 100,
+            history_window: Duration::ZERO,
         };
         let now = 100 * DAY_MS;
         // A document typed fast: a snapshot every 40 changes within a minute.

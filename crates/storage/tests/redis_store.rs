@@ -204,6 +204,7 @@ async fn compaction_trims_to_a_tail_and_a_lagging_snapshot_does_not_move_the_hea
         hourly_for: Duration::ZERO,
         daily_for: Duration::ZERO,
         every_changes: 0,
+        history_window: Duration::ZERO,
     };
     assert_eq!(
         store

@@ -216,6 +216,8 @@ impl Rooms {
     /// then the stored changes up to it, replayed (on the CPU pool) into a
     /// document of its own. The live document is not touched.
     pub async fn state_at(&self, doc: &DocName, at: PointInTime) -> Result<PastState, RoomError> {
+        // Held from the first read: finding a time's change reads the log.
+        let _turn = rebuild_turn().await?;
         let store = self.store();
         let failed = |e: weft_storage::StorageError| RoomError::StorageFailure(e.to_string());
         let info = store
@@ -292,7 +294,6 @@ impl Rooms {
             snapshot: base,
             log,
         };
-        let _turn = rebuild_turn().await?;
         let update = self.cpu().run(|| rebuild(&stored, &skip)).await?;
         Ok(PastState {
             id: EventId { incarnation, seq },
@@ -386,6 +387,8 @@ impl Rooms {
         doc: &DocName,
         name: &str,
     ) -> Result<Vec<Attributed>, RoomError> {
+        // Held from the first read: the whole log is read into memory.
+        let _turn = rebuild_turn().await?;
         let now = self.read(doc, None).await?;
         let info = self
             .store()
@@ -400,7 +403,6 @@ impl Rooms {
             .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
         let incarnation = info.meta.incarnation;
         let name = name.to_owned();
-        let _turn = rebuild_turn().await?;
         self.cpu()
             .run(move || attribute(&now.update, &name, &log, incarnation))
             .await

@@ -204,6 +204,9 @@ pub enum RoomError {
     TooManyNewDocuments { retry_after_secs: u64 },
     #[error("{0}")]
     TooLarge(String),
+    /// What was asked contradicts what was done before.
+    #[error("{0}")]
+    Conflict(String),
     #[error("the document has its maximum of {0} connections; try again later")]
     Full(usize),
     /// The node is already doing as much of this kind of work as it takes

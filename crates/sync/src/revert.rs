@@ -24,7 +24,7 @@ use weft_storage::{DocName, LogEntry, Provenance};
 use yrs::branch::{Branch, BranchPtr};
 use yrs::undo::{Options as UndoOptions, StackItem, UndoManager};
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, IdSet, Options, Out, ReadTxn, Transact, Update};
+use yrs::{Doc, IdSet, Options, Out, ReadTxn, StateVector, Transact, Update, ID};
 
 use crate::guard::{guarded, with_txn};
 use crate::history::{rebuild_turn, PointInTime, READ_CHUNK};
@@ -42,16 +42,29 @@ pub struct Reverted {
     pub change: Option<EventId>,
 }
 
+/// One revert at a time on this node: two at once of the same author
+/// would each put back what the author deleted.
+static REVERTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How a revert's change is recorded: by `admin`, through `revert:<author>`,
+/// so that a later revert of the same author can tell it is one.
+fn revert_via(author: &str) -> String {
+    format!("revert:{author}")
+}
+
 impl Rooms {
     /// Undoes `author`'s changes to `doc` made after `since`, as one change
-    /// by `admin`. Refused when the history kept no longer holds every
-    /// change since that point (the undo would be guesswork).
+    /// by `admin` (via `revert:<author>`). Refused when the history kept no
+    /// longer holds every change since that point (the undo would be
+    /// guesswork), and when the author was already reverted after it (a
+    /// second undo would put back what they deleted twice).
     pub async fn revert(
         &self,
         doc: &DocName,
         author: &str,
         since: PointInTime,
     ) -> Result<Reverted, RoomError> {
+        let _one_at_a_time = REVERTING.lock().await;
         let past = self.state_at(doc, since).await?;
         if !past.exact {
             return Err(RoomError::NotFound(format!(
@@ -71,14 +84,23 @@ impl Rooms {
                 .await
                 .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
             let Some(last) = read.last() else { break };
+            unbroken(&read, after, doc)?;
             after = last.seq;
             self.cpu().run(|| copy.replay(&read, author, &skip)).await?;
+            if let Some(seq) = copy.reverted_at {
+                let earlier = EventId { seq, ..past.id };
+                return Err(RoomError::Conflict(format!(
+                    "{author}'s changes to {doc} after {} were already reverted by change \
+                     {earlier}; to undo what they did after that, revert from {earlier}",
+                    past.id
+                )));
+            }
         }
         let changes = copy.changes;
         let undo = self.cpu().run(|| copy.undo()).await?;
         let change = match undo {
             Some(update) => {
-                let by = Provenance::new(Some("admin".to_owned()), "admin");
+                let by = Provenance::new(Some("admin".to_owned()), &revert_via(author));
                 self.apply_as(doc, Bytes::from(update), None, by).await?
             }
             None => None,
@@ -105,12 +127,32 @@ impl Rooms {
     }
 }
 
+/// Refuses a read of the log that does not go on from `after` one change
+/// at a time: trimmed, the copy would lack what the author's changes build
+/// on.
+fn unbroken(read: &[LogEntry], after: u64, doc: &DocName) -> Result<(), RoomError> {
+    match read
+        .iter()
+        .zip(after + 1..)
+        .find(|(entry, want)| entry.seq != *want)
+    {
+        None => Ok(()),
+        Some((entry, want)) => Err(RoomError::NotFound(format!(
+            "the log of {doc} no longer holds change {want} (it goes on from {}): revert from \
+             a point it still holds",
+            entry.seq
+        ))),
+    }
+}
+
 /// The copy a revert works on, and what the author's changes did in it.
 struct Copy {
     doc: Doc,
     inserted: IdSet,
     deleted: IdSet,
     changes: usize,
+    /// The first earlier revert of the same author found, if any.
+    reverted_at: Option<u64>,
 }
 
 impl Copy {
@@ -129,6 +171,7 @@ impl Copy {
             inserted: IdSet::new(),
             deleted: IdSet::new(),
             changes: 0,
+            reverted_at: None,
         })
     }
 
@@ -141,7 +184,11 @@ impl Copy {
         author: &str,
         skip: &BTreeSet<u64>,
     ) -> Result<(), RoomError> {
+        let earlier_revert = revert_via(author);
         for entry in entries.iter().filter(|e| !skip.contains(&e.seq)) {
+            if entry.by.via.as_deref() == Some(earlier_revert.as_str()) {
+                self.reverted_at.get_or_insert(entry.seq);
+            }
             let Ok(Ok(update)) = guarded(|| Update::decode_v1(&entry.update)) else {
                 continue;
             };
@@ -161,18 +208,32 @@ impl Copy {
         if self.changes == 0 {
             return Ok(None);
         }
+        let (known, incomplete) = {
+            let txn = self.doc.transact();
+            let store = txn.store();
+            let incomplete = store.pending_update().is_some() || store.pending_ds().is_some();
+            (txn.state_vector(), incomplete)
+        };
+        if incomplete {
+            return Err(RoomError::LoadFailed(
+                "the history replayed into the copy leaves changes waiting for what it lacks"
+                    .to_owned(),
+            ));
+        }
         let client = self.doc.client_id();
-        if self.doc.transact().state_vector().contains_client(&client) {
+        if known.contains_client(&client) {
             // The copy's random id is one the document already uses: its
             // new items would clash with that client's.
             return Err(RoomError::TryAgain(
                 "the revert drew a client id the document already has".to_owned(),
             ));
         }
+        // Only ids the copy holds: yrs' undo panics on others (a change
+        // the author's build on may have been set aside).
         let step = StackItem::new(
             self.doc.guid(),
-            std::mem::take(&mut self.deleted),
-            std::mem::take(&mut self.inserted),
+            within(&self.deleted, &known),
+            within(&self.inserted, &known),
         );
         let made: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let undone = guarded(|| {
@@ -202,6 +263,21 @@ impl Copy {
             .map(Some)
             .map_err(|e| RoomError::LoadFailed(format!("the revert does not encode: {e}")))
     }
+}
+
+/// The part of `set` that `known` (a state vector) holds.
+fn within(set: &IdSet, known: &StateVector) -> IdSet {
+    let mut out = IdSet::new();
+    for (client, ranges) in set.iter() {
+        let end = known.get(client);
+        for range in ranges.iter() {
+            let clipped = range.start..range.end.min(end);
+            if clipped.start < clipped.end {
+                out.insert(ID::new(*client, clipped.start), clipped.end - clipped.start);
+            }
+        }
+    }
+    out
 }
 
 fn poisoned() -> RoomError {
@@ -316,7 +392,7 @@ mod tests {
                 seq: self.log.len() as u64 + 1,
                 at_ms: 0,
                 update,
-                by: Provenance::new(Some("admin".to_owned()), "admin"),
+                by: Provenance::new(Some("admin".to_owned()), &revert_via(&author)),
             });
             true
         }
@@ -339,11 +415,35 @@ mod tests {
         // place; author 2's deletion and insertion and author 0's stay.
         assert!(e.revert(1, 1));
         assert_eq!(e.text(), "A quick fox jumps.!");
-        // From the revert on, author 1 did nothing.
+        // From the revert on, author 1 did nothing; from before it, the
+        // revert is found, and nothing is put back twice.
         assert!(!e.revert(1, e.log.len()));
+        let mut copy = Copy::of(&[0, 0]).expect("empty");
+        let author = "author-1".to_owned();
+        copy.replay(&e.log, &author, &BTreeSet::new())
+            .expect("replays");
+        assert_eq!(copy.reverted_at, Some(8));
         // Author 2 can be reverted as well, the revert of 1 staying.
         assert!(e.revert(2, 1));
         assert_eq!(e.text(), "The quick fox jumps.!");
+    }
+
+    #[test]
+    fn a_log_that_skips_a_change_is_refused() {
+        let doc = DocName::new("d").expect("name");
+        let at = |seq| LogEntry {
+            seq,
+            at_ms: 0,
+            update: Vec::new(),
+            by: Provenance::default(),
+        };
+        assert_eq!(unbroken(&[at(3), at(4)], 2, &doc), Ok(()));
+        let err = unbroken(&[at(3), at(4)], 0, &doc).expect_err("trimmed");
+        assert!(
+            err.to_string().contains("no longer holds change 1"),
+            "{err}"
+        );
+        assert!(unbroken(&[at(1), at(3)], 0, &doc).is_err());
     }
 
     #[test]

@@ -239,11 +239,13 @@ fn connect(
         other => AdminError::Storage(other),
     })?;
     let store = Arc::new(store);
-    let rooms = Rooms::new(
-        store.clone(),
-        EngineConfig::default(),
-        Arc::new(SystemClock),
-    );
+    // Offline, the server's retention settings are unknown: compacting
+    // here trims nothing, and the server trims as it is set up to.
+    let config = EngineConfig {
+        keep_log_tail: u64::MAX,
+        ..EngineConfig::default()
+    };
+    let rooms = Rooms::new(store.clone(), config, Arc::new(SystemClock));
     let admin = LocalAdmin::new(store.clone(), rooms.clone()).with_restore(store);
     Ok((Box::new(admin), Some(rooms)))
 }
@@ -578,8 +580,11 @@ async fn revert(args: RevertArgs, json: bool, backend: &dyn Backend) -> Result<(
     let view = backend.revert(&doc, &args.author, &args.since).await?;
     print(json, &view, || match &view.change {
         Some(id) => format!(
-            "undid {} changes by {} after {} as change {id} (restore --at {} to take it back)",
-            view.changes, args.author, view.since, view.since
+            "undid {} changes by {} after {} as change {id}{}",
+            view.changes,
+            args.author,
+            view.since,
+            take_back(&doc, id)
         ),
         None if view.changes == 0 => {
             format!(
@@ -592,6 +597,24 @@ async fn revert(args: RevertArgs, json: bool, backend: &dyn Backend) -> Result<(
             view.changes, args.author, view.since
         ),
     })
+}
+
+/// How to take a revert (change `id`) back: restore the change before it,
+/// which undoes whatever anyone changed after it too.
+fn take_back(doc: &DocName, id: &str) -> String {
+    match id.parse::<weft_sync::EventId>() {
+        Ok(id) if id.seq > 1 => {
+            let before = weft_sync::EventId {
+                seq: id.seq - 1,
+                ..id
+            };
+            format!(
+                "\nto take it back: weft snapshot restore {doc} --at {before} (this also undoes \
+                 anything changed after the revert)"
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 /// Lists a document's changes, a page after another.

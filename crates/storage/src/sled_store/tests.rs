@@ -198,6 +198,7 @@ async fn history_lists_prunes_dumps_and_restores() {
         hourly_for: std::time::Duration::ZERO,
         daily_for: std::time::Duration::ZERO,
         every_changes: 0,
+        history_window: Duration::ZERO,
     };
     assert_eq!(
         store
