@@ -335,3 +335,120 @@ test('/follow previews each document\'s main root; the home list shows size, las
   await home.screenshot({ path: join(ARTIFACTS, 'home.png') })
   await waitText(card('config').locator('.content'), '{"theme":"light"}', 'the follower')
 })
+
+test('deep nesting, subdocuments and object attributes: each root shows capped or says it can\'t, and the page stays live', async () => {
+  const weft = await startWeft()
+  const doc = new Y.Doc()
+  const hostile = { toString: 1 }
+  doc.transact(() => {
+    // An XML fragment 20,000 elements deep, and a map 5,000 maps deep.
+    let node = doc.getXmlFragment('deepxml')
+    for (let i = 0; i < 20000; i++) {
+      const child = new Y.XmlElement('div')
+      node.insert(0, [child])
+      node = child
+    }
+    node.insert(0, [new Y.XmlText('at the bottom')])
+    let map = doc.getMap('deepmap')
+    for (let i = 0; i < 5000; i++) {
+      const child = new Y.Map()
+      map.set('k', child)
+      map = child
+    }
+    // A subdocument in a map and in an array; a key named __proto__.
+    const subdocs = doc.getMap('subdocs')
+    subdocs.set('s', new Y.Doc({ guid: 'sub-one' }))
+    subdocs.set('list', new Y.Array())
+    subdocs.get('list').push([new Y.Doc({ guid: 'sub-two' })])
+    subdocs.set('__proto__', 'a key like any other')
+    // Attributes that are objects where strings and numbers are expected.
+    const heading = new Y.XmlElement('heading')
+    heading.setAttribute('level', hostile)
+    heading.insert(0, [new Y.XmlText('Odd heading')])
+    const list = new Y.XmlElement('orderedList')
+    list.setAttribute('start', hostile)
+    const item = new Y.XmlElement('listItem')
+    item.insert(0, [new Y.XmlText('Only item')])
+    list.insert(0, [item])
+    const link = new Y.XmlText()
+    link.insert(0, 'odd link', { link: { href: hostile } })
+    const para = new Y.XmlElement('paragraph')
+    para.insert(0, [link])
+    const mention = new Y.XmlElement('mention')
+    mention.setAttribute('label', hostile)
+    doc.getXmlFragment('attrs').insert(0, [heading, list, para, mention])
+    doc.getText('quill').applyDelta([
+      { insert: 'odd line', attributes: { link: hostile } }, { insert: '\n', attributes: { header: hostile } }
+    ])
+    doc.getText('notes').insert(0, 'Normal notes.')
+  })
+  await post(weft, 'deep', doc)
+
+  const v = await open(`${weft.httpUrl}/view/deep`)
+  const view = shown(v)
+  const tab = name => v.locator(`#roots [role="tab"][data-root="${name}"]`)
+  await waitFor(async () => (await v.locator('#roots [role="tab"]').count()) === 6, 15000, 'a tab per root')
+  const capped = view.locator('.node-deeper, .cannot-display').first()
+
+  await tab('notes').click()
+  await waitText(view.locator('.line'), 'Normal notes.', 'the normal root')
+  for (const name of ['deepxml', 'deepmap']) {
+    await tab(name).click()
+    await capped.waitFor({ timeout: 15000 })
+    assert.equal(await view.getAttribute('data-root'), name)
+  }
+  assert.match(await view.innerText(), /k[\s\S]*k[\s\S]*… nested deeper|can't be displayed/)
+
+  await tab('subdocs').click()
+  const entry = key => view.locator(`.json-root > .json-entry[data-key="${key}"]`)
+  await waitText(entry('s').locator('.json-other'), '‹subdocument sub-one›', 'the subdocument, a leaf')
+  assert.equal(await entry('list').locator('.json-children .json-other').innerText(), '‹subdocument sub-two›')
+  assert.equal(await entry('__proto__').locator('.json-string').innerText(), '"a key like any other"')
+
+  await tab('attrs').click()
+  await waitText(view.locator('h1'), 'Odd heading', 'the heading, level 1 when its level is not a number')
+  assert.deepEqual(await view.locator('ol > li').allInnerTexts(), ['Only item'])
+  assert.equal(await view.locator('ol').evaluate(ol => ol.start), 1)
+  assert.equal(await innerText(view.locator('.link-unsafe')), 'odd link')
+  assert.match(await innerText(view.locator('.node-unknown[data-node="mention"]')), /^‹mention: \{"toString":1\}›$/)
+
+  await tab('quill').click()
+  await waitText(view.locator('.line'), 'odd line', 'the line whose header is not a number')
+
+  // Not frozen: a change after all that still shows, with the deep root shown too.
+  await tab('deepxml').click()
+  await capped.waitFor({ timeout: 15000 })
+  doc.getText('notes').insert(13, ' And later.')
+  await post(weft, 'deep', doc)
+  await waitFor(async () => /\b24 characters\b/.test(await tab('notes').innerText()), 15000, 'the live change counted')
+  await tab('notes').click()
+  await waitText(view.locator('.line'), 'Normal notes. And later.', 'the live change')
+
+  // The follower's card previews the main root (whichever it is) without failing.
+  const f = await open(`${weft.httpUrl}/follow?docs=deep`, { live: false })
+  await waitText(f.locator('.card[data-doc="deep"] .content'), /\S/, 'the deep document\'s preview')
+})
+
+test('the main root stays shown, and the tabs in order, while another root grows larger', async () => {
+  const weft = await startWeft()
+  const { doc } = await client(weft, 'growing')
+  doc.getText('first').insert(0, 'The first root, shown first.')
+  const v = await open(`${weft.httpUrl}/view/growing`)
+  const f = await open(`${weft.httpUrl}/follow?docs=growing`, { live: false })
+  const view = shown(v)
+  await waitText(view.locator('.line'), 'The first root, shown first.', 'the first root')
+  await waitText(f.locator('.card .root-name'), 'first', 'the follower\'s main root')
+
+  const second = doc.getText('second')
+  second.insert(0, 'x'.repeat(500))
+  await waitFor(async () => /\b500 characters\b/.test(await v.locator('#roots').innerText()), 15000, 'the second root')
+  second.insert(500, 'y'.repeat(2000))
+  await waitFor(async () => /\b2,500 characters\b/.test(await v.locator('#roots').innerText()), 15000, 'the second root, grown')
+  doc.getText('first').insert(0, 'Still ')
+  await waitText(view.locator('.line'), 'Still The first root, shown first.', 'the first root, still shown and live')
+  assert.equal(await v.evaluate(() => window.weft.shown()), 'first')
+  assert.deepEqual(await v.locator('#roots [role="tab"] code').allInnerTexts(), ['first', 'second'])
+  assert.equal(await v.locator('#roots [role="tab"][aria-selected="true"] code').innerText(), 'first')
+  await waitText(f.locator('.card .content'), 'Still The first root, shown first.', 'the follower, still on the first root')
+  assert.equal(await f.locator('.card .root-name').innerText(), 'first')
+})

@@ -8,7 +8,7 @@
 import * as Y from 'yjs'
 import { SseProvider } from './sse-provider.js'
 import { authParams, renderLoop, tokenSuffix } from './page.js'
-import { describe, ordered, preview, typedRoots } from './roots.js'
+import { describe, preview, rootOrder, typedRoots } from './roots.js'
 import { bytes, setTimeAgo } from './format.js'
 import './style.css'
 
@@ -39,11 +39,19 @@ const followed = names.map(name => {
     status.dataset.state = s
     status.textContent = s === 'connected' ? 'live' : s === 'connecting' ? 'reconnecting…' : 'disconnected'
   })
+  // The main root, once chosen, stays while others grow.
+  const order = rootOrder()
   entry.render = () => {
-    const [main] = ordered(typedRoots(ydoc))
+    const { main } = order(typedRoots(ydoc))
     $('.root-name').textContent = main ? main.name : ''
     $('.root-kind').textContent = main ? describe(main) : provider.synced ? 'empty' : ''
-    $('.content').textContent = main ? preview(main) : ''
+    let text = ''
+    try {
+      text = main ? preview(main) : ''
+    } catch (e) {
+      text = `This root can't be displayed: ${e?.message ?? e}`
+    }
+    $('.content').textContent = text
     $('.last-id').textContent = provider.lastEventId || '–'
     entry.size = Y.encodeStateAsUpdate(ydoc).length
     $('.size').textContent = bytes(entry.size)

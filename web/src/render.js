@@ -11,6 +11,7 @@
 // textContent only; links keep http(s) and mailto URLs only, images
 // http(s) and data:image URLs only, and colours must be #rgb or #rrggbb.
 import * as Y from 'yjs'
+import { Leaf, MAX_DEPTH, isPlainObject, toJson } from './roots.js'
 
 // ---- untrusted values ----
 
@@ -41,6 +42,35 @@ function colours (color, id) {
   return { solid: `hsl(${hue} 65% 45%)`, light: `hsl(${hue} 65% 45% / .25)` }
 }
 
+/**
+ * An untrusted value as text: strings as they are; finite numbers,
+ * booleans and bigints written out; anything else `fallback` (never a
+ * conversion that could throw, as an object's `toString` could).
+ */
+export function safeString (v, fallback = '') {
+  if (typeof v === 'string') return v
+  if ((typeof v === 'number' && Number.isFinite(v)) || typeof v === 'boolean' || typeof v === 'bigint') return String(v)
+  return fallback
+}
+
+/** An untrusted value as a finite number (a number, or a string of one), else `fallback`. */
+export function safeNumber (v, fallback) {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && v.trim() !== '' ? Number(v) : NaN
+  return Number.isFinite(n) ? n : fallback
+}
+
+/** What a shared type is, in words (class names are minified away). */
+function typeName (v) {
+  if (v instanceof Y.XmlElement || v instanceof Y.XmlFragment) return 'xml'
+  if (v instanceof Y.Text) return 'text'
+  if (v instanceof Y.Map) return 'map'
+  if (v instanceof Y.Array) return 'array'
+  if (v instanceof Y.Doc) return 'subdocument'
+  return 'type'
+}
+
+const deeper = () => el('span', 'node-deeper meta', '… nested deeper')
+
 /** A lookup by untrusted names: a Map, so `constructor` or `__proto__` find nothing. */
 const table = object => new Map(Object.entries(object))
 
@@ -61,18 +91,19 @@ function el (tag, className, text) {
  */
 function layout (root) {
   const map = new Map()
-  const walk = (type, pos) => {
+  const walk = (type, pos, depth = 0) => {
     if (type instanceof Y.Text) {
       map.set(type, { start: pos })
       return pos + type.length
     }
     const kids = []
-    for (let item = type._start; item !== null; item = item.right) {
+    // Past MAX_DEPTH nothing is shown, so no cursor is placed there.
+    for (let item = depth > MAX_DEPTH ? null : type._start; item !== null; item = item.right) {
       if (item.deleted || !(item.content instanceof Y.ContentType)) continue
       kids.push(pos)
       const child = item.content.type
-      if (child instanceof Y.XmlText) pos = walk(child, pos)
-      else if (child instanceof Y.XmlElement) pos = walk(child, pos + 1) + 1
+      if (child instanceof Y.XmlText) pos = walk(child, pos, depth + 1)
+      else if (child instanceof Y.XmlElement) pos = walk(child, pos + 1, depth + 1) + 1
       else pos += 1
     }
     kids.push(pos)
@@ -210,7 +241,7 @@ function format (node, attrs) {
       const href = safeHref(target)
       wrapper = el(href ? 'a' : 'span', href ? null : 'link-unsafe')
       if (href) Object.assign(wrapper, { href, rel: 'nofollow noopener noreferrer', target: '_blank' })
-      else wrapper.title = `not followed: ${String(target).slice(0, 200)}`
+      else wrapper.title = `not followed: ${safeString(target, short(target)).slice(0, 200)}`
     } else if (key === 'script' && (value === 'sub' || value === 'super')) {
       wrapper = el(value === 'sub' ? 'sub' : 'sup')
     } else if (MARKS.has(key)) {
@@ -238,7 +269,7 @@ function appendRun (parent, text, attrs, start, marks) {
 /** An embed in a text: an image if it is one with a safe URL, else what it holds. */
 function embed (value, attrs) {
   if (value instanceof Y.AbstractType) {
-    return el('span', 'embed', `[${value.constructor.name.replace(/^Y/, '').toLowerCase()}: ${short(value.toJSON())}]`)
+    return el('span', 'embed', `[${typeName(value)}: ${short(toJson(value))}]`)
   }
   const src = safeImage(value?.image)
   if (src) {
@@ -252,10 +283,9 @@ function embed (value, attrs) {
 function short (value) {
   let text
   try {
-    text = JSON.stringify(value) ?? String(value)
-  } catch {
-    text = String(value)
-  }
+    text = JSON.stringify(value)
+  } catch {}
+  if (text === undefined) text = safeString(value, typeof value)
   return text.length > 120 ? `${text.slice(0, 120)}…` : text
 }
 
@@ -263,7 +293,7 @@ function short (value) {
 
 /** The block a line's newline attributes make it (Quill's names; `heading` too). */
 function lineBlock (attrs = {}) {
-  const level = Number(attrs.header ?? attrs.heading)
+  const level = safeNumber(attrs.header ?? attrs.heading, NaN)
   if (Number.isInteger(level) && level >= 1 && level <= 6) return { tag: `h${level}` }
   if (attrs.list === 'ordered') return { tag: 'li', list: 'ol' }
   if (attrs.list) return { tag: 'li', list: 'ul', check: attrs.list === 'checked' ? '☑ ' : attrs.list === 'unchecked' ? '☐ ' : '' }
@@ -369,12 +399,16 @@ const NODES = table({
 
 function renderXml (fragment, marks) {
   const root = el('div', 'rich-root')
-  children(fragment, root, 0, marks)
+  children(fragment, root, 0, marks, 0)
   return root
 }
 
 /** `type`'s children into `parent`, the first at position `pos`; returns the position after them. */
-function children (type, parent, pos, marks) {
+function children (type, parent, pos, marks, depth) {
+  if (depth > MAX_DEPTH) {
+    parent.append(deeper())
+    return pos
+  }
   for (let item = type._start; item !== null; item = item.right) {
     if (item.deleted || !(item.content instanceof Y.ContentType)) continue
     const child = item.content.type
@@ -391,9 +425,9 @@ function children (type, parent, pos, marks) {
         }
       }
     } else if (child instanceof Y.XmlElement) {
-      pos = element(child, parent, pos, marks)
+      pos = element(child, parent, pos, marks, depth)
     } else {
-      parent.append(el('span', 'node-unknown', `[${short(child.toJSON())}]`))
+      parent.append(el('span', 'node-unknown', `[${typeName(child)}: ${short(toJson(child))}]`))
       pos += 1
     }
   }
@@ -409,14 +443,14 @@ const hasElements = type => {
 }
 
 /** An XML element at `pos` into `parent`; returns the position after it. */
-function element (node, parent, pos, marks) {
+function element (node, parent, pos, marks, depth) {
   const name = node.nodeName
   const attrs = node.getAttributes()
   let tag = NODES.get(name.toLowerCase().replace(/[-_]/g, ''))
   let dom
   let inner
   if (tag === 'heading') {
-    const level = Math.min(6, Math.max(1, Number.parseInt(attrs.level, 10) || 1))
+    const level = Math.min(6, Math.max(1, Math.trunc(safeNumber(attrs.level, 1)) || 1))
     tag = `h${level}`
   }
   if (tag === 'img') {
@@ -434,7 +468,8 @@ function element (node, parent, pos, marks) {
       inner = dom.appendChild(el('code'))
       if (typeof attrs.language === 'string') dom.dataset.language = attrs.language
     }
-    if (tag === 'ol' && Number.isInteger(Number(attrs.start)) && Number(attrs.start) !== 1) dom.start = Number(attrs.start)
+    const start = safeNumber(attrs.start, 1)
+    if (tag === 'ol' && Number.isInteger(start) && start !== 1) dom.start = start
     if (tag === 'li' && attrs.checked != null) dom.append(attrs.checked === true || attrs.checked === 'true' ? '☑ ' : '☐ ')
   } else {
     // Unknown: its content shows, marked as what it was.
@@ -443,11 +478,11 @@ function element (node, parent, pos, marks) {
     dom.title = name
     if (node._start === null) {
       const label = attrs.label ?? attrs.text ?? attrs.title ?? attrs.id
-      dom.textContent = `‹${name}${label != null ? `: ${String(label).slice(0, 80)}` : ''}›`
+      dom.textContent = `‹${name}${label != null ? `: ${safeString(label, short(label)).slice(0, 80)}` : ''}›`
     }
   }
   parent.append(dom)
-  const end = children(node, inner ?? dom, pos + 1, marks)
+  const end = children(node, inner ?? dom, pos + 1, marks, depth + 1)
   return end + 1
 }
 
@@ -461,20 +496,25 @@ const LIST_MAX = 200
  */
 function renderJson (value, collapsed) {
   const root = el('div', 'json-root')
-  entries(value, root, [], collapsed)
+  entries(value, root, [], collapsed, 0)
   return root
 }
 
-const isContainer = v => Array.isArray(v) || (v !== null && typeof v === 'object' && !(v instanceof Uint8Array))
+/** Only arrays and plain objects hold entries; anything else (a subdocument…) is a leaf. */
+const isContainer = v => Array.isArray(v) || isPlainObject(v)
 
-function entries (value, parent, path, collapsed) {
+function entries (value, parent, path, collapsed, depth) {
+  if (depth > MAX_DEPTH) {
+    parent.append(deeper())
+    return
+  }
   const list = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value)
-  for (const [key, v] of list.slice(0, LIST_MAX)) parent.append(jsonEntry(key, v, [...path, key], collapsed))
+  for (const [key, v] of list.slice(0, LIST_MAX)) parent.append(jsonEntry(key, v, [...path, key], collapsed, depth))
   if (list.length > LIST_MAX) parent.append(el('div', 'json-more meta', `… ${(list.length - LIST_MAX).toLocaleString()} more`))
   if (list.length === 0) parent.append(el('div', 'json-more meta', Array.isArray(value) ? '(no items)' : '(no keys)'))
 }
 
-function jsonEntry (key, value, path, collapsed) {
+function jsonEntry (key, value, path, collapsed, depth) {
   const keyEl = el('span', typeof key === 'number' ? 'json-index' : 'json-key', String(key))
   if (!isContainer(value)) {
     const row = el('div', 'json-entry')
@@ -491,7 +531,7 @@ function jsonEntry (key, value, path, collapsed) {
   summary.append(keyEl, ' ', el('span', 'json-count', count))
   details.append(summary)
   const body = el('div', 'json-children')
-  entries(value, body, path, collapsed)
+  entries(value, body, path, collapsed, depth + 1)
   details.append(body)
   details.addEventListener('toggle', () => { details.open ? collapsed.delete(id) : collapsed.add(id) })
   return details
@@ -506,6 +546,7 @@ function leaf (value) {
   if (typeof value === 'boolean') return el('span', 'json-boolean', String(value))
   if (value === null || value === undefined) return el('span', 'json-null', 'null')
   if (value instanceof Uint8Array) return el('span', 'json-binary', `<${value.length} bytes>`)
+  if (value instanceof Leaf) return el('span', value.className, value.text)
   return el('span', 'json-other', short(value))
 }
 
@@ -518,7 +559,7 @@ function leaf (value) {
  */
 export function renderRoot (root, { ydoc, awareness, collapsed = new Set() } = {}) {
   const { kind, type } = root
-  if (kind === 'map' || kind === 'array') return renderJson(type.toJSON(), collapsed)
+  if (kind === 'map' || kind === 'array') return renderJson(toJson(type), collapsed)
   if (kind !== 'text' && kind !== 'xml') return el('p', 'meta', 'Nothing in it: what it held was deleted.')
   let marks = NO_MARKS
   const anyCursor = awareness && [...awareness.getStates().values()].some(s => s?.cursor)

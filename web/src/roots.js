@@ -20,7 +20,8 @@ export function kindOf (type) {
   if (type instanceof Y.Text) return 'text'
   if (type instanceof Y.Map) return 'map'
   if (type instanceof Y.Array) return 'array'
-  if (type._map.size > 0) return 'map'
+  // Strings, formatting and embeds make a text whatever else it holds (a
+  // text's attributes are map entries, its embedded types nested types).
   let kind = 'empty'
   for (let item = type._start; item !== null; item = item.right) {
     const c = item.content
@@ -31,6 +32,7 @@ export function kindOf (type) {
       kind = 'array'
     }
   }
+  if (type._map.size > 0) return 'map'
   return kind
 }
 
@@ -56,26 +58,38 @@ export function typedRoots (ydoc) {
   return out
 }
 
+/** How deep walkers go into nested types and values; past it they show `… nested deeper`. */
+export const MAX_DEPTH = 200
+
 /**
  * How much a type holds, about in characters: text and string lengths,
  * JSON values as written, one per nested type or map entry besides what it
- * holds. Deleted content counts nothing.
+ * holds. Deleted content counts nothing. Looks at most `budget` items and
+ * `MAX_DEPTH` levels down (without recursing), so any document measures.
  */
-export function sizeOf (type) {
+export function sizeOf (type, budget = 100000) {
   let n = 0
-  const content = c => {
-    if (c instanceof Y.ContentType) return 1 + sizeOf(c.type)
+  const stack = [[type, 0]]
+  const content = (c, depth) => {
+    if (c instanceof Y.ContentType) {
+      if (depth < MAX_DEPTH) stack.push([c.type, depth + 1])
+      return 1
+    }
     if (c instanceof Y.ContentString) return c.str.length
     if (c instanceof Y.ContentAny || c instanceof Y.ContentJSON) return jsonLength(c.arr)
     if (c instanceof Y.ContentEmbed) return jsonLength(c.embed)
     if (c instanceof Y.ContentBinary) return c.content.length
     return c instanceof Y.ContentFormat || c instanceof Y.ContentDeleted ? 0 : 1
   }
-  for (let item = type._start; item !== null; item = item.right) {
-    if (!item.deleted) n += content(item.content)
-  }
-  for (const [key, item] of type._map) {
-    if (!item.deleted) n += key.length + content(item.content)
+  while (stack.length > 0 && budget > 0) {
+    const [t, depth] = stack.pop()
+    for (let item = t._start; item !== null && budget > 0; item = item.right, budget--) {
+      if (!item.deleted) n += content(item.content, depth)
+    }
+    for (const [key, item] of t._map) {
+      if (budget-- <= 0) break
+      if (!item.deleted) n += key.length + content(item.content, depth)
+    }
   }
   return n
 }
@@ -101,6 +115,30 @@ export function ordered (roots) {
   return main ? [main, ...rest] : rest
 }
 
+/**
+ * An ordering that holds still while people type: `order(typedRoots(ydoc))`
+ * gives `{ roots, main }`, the roots known before in the order they were
+ * first seen (new ones appended, as `ordered` puts them) and the main root,
+ * which once chosen (and not empty) stays the main one while it exists.
+ */
+export function rootOrder () {
+  let names = []
+  let main = null
+  return typed => {
+    const byName = new Map(typed.map(r => [r.name, r]))
+    const known = new Set(names)
+    const fresh = ordered(typed.filter(r => !known.has(r.name)))
+    names = [...names.filter(n => byName.has(n)), ...fresh.map(r => r.name)]
+    const roots = names.map(n => byName.get(n))
+    if (main === null || !byName.has(main)) {
+      const pick = ordered(roots)[0]
+      main = pick && pick.kind !== 'empty' ? pick.name : null
+      return { roots, main: pick ?? null }
+    }
+    return { roots, main: byName.get(main) }
+  }
+}
+
 /** What kind of root it is, in words. */
 export function describe ({ kind, type }) {
   switch (kind) {
@@ -122,14 +160,18 @@ export function preview ({ kind, type }, max = 280) {
   let text = ''
   if (kind === 'text') text = type.toString().slice(0, max + 1)
   else if (kind === 'xml') text = xmlText(type, max + 1).replace(/\n+$/, '')
-  else if (kind === 'map' || kind === 'array') text = jsonLine(type.toJSON(), max + 1)
+  else if (kind === 'map' || kind === 'array') text = jsonLine(toJson(type), max + 1)
   return text.length > max ? `${text.slice(0, max)}…` : text
 }
 
-/** The text of an XML fragment, blocks on lines of their own, stopping past `max`. */
-function xmlText (type, max) {
+/** The text of an XML fragment, blocks on lines of their own, stopping past `max` (and `MAX_DEPTH` down). */
+export function xmlText (type, max) {
   let out = ''
-  const walk = node => {
+  const walk = (node, depth) => {
+    if (depth > MAX_DEPTH) {
+      out += '… nested deeper\n'
+      return
+    }
     for (let item = node._start; item !== null && out.length < max; item = item.right) {
       if (item.deleted || !(item.content instanceof Y.ContentType)) continue
       const child = item.content.type
@@ -139,13 +181,13 @@ function xmlText (type, max) {
         const name = child.nodeName.toLowerCase().replace(/[-_]/g, '')
         if (name === 'hardbreak' || name === 'br') out += '\n'
         else {
-          walk(child)
+          walk(child, depth + 1)
           if (!out.endsWith('\n') && !hasElements(child)) out += '\n'
         }
       }
     }
   }
-  walk(type)
+  walk(type, 0)
   return out
 }
 
@@ -162,4 +204,76 @@ function jsonLine (value, max) {
   } catch {
     return ''
   }
+}
+
+// ---- JSON, built without Yjs' own (recursive) toJSON ----
+
+/** A value shown as it is said (a subdocument, what is nested too deep…): a leaf, its text in JSON. */
+export class Leaf {
+  constructor (text, className = 'json-other') {
+    this.text = text
+    this.className = className
+  }
+
+  toJSON () { return this.text }
+}
+
+const DEEPER = new Leaf('… nested deeper', 'json-other node-deeper')
+
+/** Whether `v` is a plain object (its prototype Object's or none), as JSON values are. */
+export function isPlainObject (v) {
+  if (v === null || typeof v !== 'object') return false
+  const proto = Object.getPrototypeOf(v)
+  return proto === Object.prototype || proto === null
+}
+
+/** A JSON value copied `MAX_DEPTH` deep at most. */
+function plain (v, depth) {
+  if (!Array.isArray(v) && !isPlainObject(v)) return v
+  if (depth > MAX_DEPTH) return DEEPER
+  if (Array.isArray(v)) return v.map(x => plain(x, depth + 1))
+  const out = Object.create(null)
+  for (const key of Object.keys(v)) out[key] = plain(v[key], depth + 1)
+  return out
+}
+
+function value (v, depth) {
+  if (v instanceof Y.AbstractType) return toJson(v, depth + 1)
+  if (v instanceof Y.Doc) return new Leaf(`‹subdocument ${v.guid}›`)
+  return plain(v, depth + 1)
+}
+
+/**
+ * A type as JSON, `MAX_DEPTH` levels down at most: maps as objects (without
+ * a prototype, so a key `__proto__` is a key), arrays as arrays, texts as
+ * strings, XML as a leaf of its text, subdocuments as a leaf naming them.
+ */
+export function toJson (type, depth = 0) {
+  if (depth > MAX_DEPTH) return DEEPER
+  if (type instanceof Y.Text) {
+    let s = ''
+    for (let item = type._start; item !== null; item = item.right) {
+      if (!item.deleted && item.content instanceof Y.ContentString) s += item.content.str
+    }
+    return s
+  }
+  if (type instanceof Y.XmlElement || type instanceof Y.XmlFragment) {
+    const text = xmlText(type, 201).replace(/\n+$/, '')
+    return new Leaf(`‹xml› ${text.length > 200 ? `${text.slice(0, 200)}…` : text}`)
+  }
+  if (type instanceof Y.Map || (!(type instanceof Y.Array) && type._map.size > 0)) {
+    const out = Object.create(null)
+    for (const [key, item] of type._map) {
+      if (item.deleted) continue
+      const all = item.content.getContent()
+      if (all.length > 0) out[key] = value(all[all.length - 1], depth)
+    }
+    return out
+  }
+  const out = []
+  for (let item = type._start; item !== null; item = item.right) {
+    if (item.deleted || !item.countable) continue
+    for (const v of item.content.getContent()) out.push(value(v, depth))
+  }
+  return out
 }

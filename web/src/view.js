@@ -1,6 +1,7 @@
 // /view/{doc}: a read-only live view over Server-Sent Events (no
 // WebSocket) of whatever the document holds: a tab per root type (the demo
-// editor's `content`, or else the largest, first; `?root=name` picks one),
+// editor's `content`, or else the largest, first, and kept first while
+// others grow; `?root=name` picks one),
 // each Y.Text as formatted text, each XML fragment (Tiptap, ProseMirror)
 // as rich text, maps and arrays as a JSON tree; editors' cursors and
 // selections; a live/reconnecting indicator and the last event id.
@@ -8,7 +9,7 @@
 import * as Y from 'yjs'
 import { SseProvider } from './sse-provider.js'
 import { authParams, docFromPath, renderLoop, showStatus, tokenSuffix } from './page.js'
-import { describe, ordered, typedRoots } from './roots.js'
+import { describe, rootOrder, typedRoots } from './roots.js'
 import { renderRoot } from './render.js'
 import './style.css'
 
@@ -42,11 +43,13 @@ schedule()
 
 let tabsKey = ''
 let shown = null
+/** The tabs' order and the main root, which hold still as the roots grow. */
+const order = rootOrder()
 
 function render () {
   lastId.textContent = provider.lastEventId || '–'
-  const roots = ordered(typedRoots(ydoc))
-  const root = chosen == null ? roots[0] : roots.find(r => r.name === chosen)
+  const { roots, main } = order(typedRoots(ydoc))
+  const root = chosen == null ? main : roots.find(r => r.name === chosen)
   shown = root?.name ?? null
   renderTabs(roots)
   const view = $('root-view')
@@ -63,7 +66,16 @@ function render () {
   }
   $('root-note').textContent = ''
   if (!collapsed.has(root.name)) collapsed.set(root.name, new Set())
-  view.replaceChildren(renderRoot(root, { ydoc, awareness: provider.awareness, collapsed: collapsed.get(root.name) }))
+  let content
+  try {
+    content = renderRoot(root, { ydoc, awareness: provider.awareness, collapsed: collapsed.get(root.name) })
+  } catch (e) {
+    // One root that can't be shown must not stop the page.
+    content = document.createElement('p')
+    content.className = 'meta cannot-display'
+    content.textContent = `This root can't be displayed: ${e?.message ?? e}`
+  }
+  view.replaceChildren(content)
 }
 
 /** A tab per root, rebuilt only when the roots or their order change. */
@@ -107,7 +119,7 @@ Object.assign(window, {
   weft: {
     ydoc,
     provider,
-    roots: () => ordered(typedRoots(ydoc)).map(({ name, kind }) => ({ name, kind })),
+    roots: () => order(typedRoots(ydoc)).roots.map(({ name, kind }) => ({ name, kind })),
     shown: () => shown
   }
 })
