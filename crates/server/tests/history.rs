@@ -355,21 +355,11 @@ async fn attribution_says_who_wrote_each_part_of_a_text() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn the_history_window_keeps_every_point_exact_behind_snapshots() {
-    const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
-    // A snapshot every 2 changes and no tail, but the default window.
-    let weft = Weft::start(&[
-        "--admin-key",
-        ADMIN,
-        "--snapshot-every",
-        "2",
-        "--keep-log-tail",
-        "0",
-    ]);
+/// Appends each word to "story" over HTTP, one change each; their ids.
+async fn post_words(weft: &Weft, words: &[&str]) -> Vec<String> {
     let writer = Doc::with_client_id(1);
     let mut ids = Vec::new();
-    for word in ["a", "b", "c", "d", "e"] {
+    for word in words {
         let (status, body) = request(
             &weft.addr,
             "POST",
@@ -382,6 +372,22 @@ async fn the_history_window_keeps_every_point_exact_behind_snapshots() {
         let answer: Value = serde_json::from_slice(&body).expect("JSON");
         ids.push(answer["id"].as_str().expect("id").to_owned());
     }
+    ids
+}
+
+#[tokio::test]
+async fn the_history_window_keeps_every_point_exact_behind_snapshots() {
+    const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
+    // A snapshot every 2 changes and no tail, but the default window.
+    let weft = Weft::start(&[
+        "--admin-key",
+        ADMIN,
+        "--snapshot-every",
+        "2",
+        "--keep-log-tail",
+        "0",
+    ]);
+    let ids = post_words(&weft, &["a", "b", "c", "d", "e"]).await;
     let auth = format!("Bearer {ADMIN}");
     poll_until(
         || async {
@@ -423,21 +429,7 @@ async fn points_the_history_kept_no_longer_reaches_are_said_so_and_never_restore
         "--history-retention",
         "0",
     ]);
-    let writer = Doc::with_client_id(1);
-    let mut ids = Vec::new();
-    for word in ["a", "b", "c", "d", "e"] {
-        let (status, body) = request(
-            &weft.addr,
-            "POST",
-            "/docs/story/updates",
-            &[],
-            insert(&writer, word),
-        )
-        .await;
-        assert_eq!(status, 200);
-        let answer: Value = serde_json::from_slice(&body).expect("JSON");
-        ids.push(answer["id"].as_str().expect("id").to_owned());
-    }
+    let ids = post_words(&weft, &["a", "b", "c", "d", "e"]).await;
     // Wait for the log to be trimmed to what follows the newest snapshot.
     poll_until(
         || async {

@@ -243,13 +243,10 @@ impl Rooms {
                 snapshotted.chain(logged).max().unwrap_or(0)
             }
         };
-        let quarantined = store.quarantined(doc).await.map_err(failed)?;
-        let bad_snapshots: BTreeSet<u64> = quarantined.iter().filter_map(|q| q.snapshot).collect();
-        let skip: BTreeSet<u64> = quarantined
-            .iter()
-            .filter(|q| q.snapshot.is_none())
-            .map(|q| q.seq)
-            .collect();
+        let LeftOut {
+            snapshots: bad_snapshots,
+            changes: skip,
+        } = self.left_out(doc).await?;
         let base = match snapshots
             .iter()
             .filter(|s| s.seq <= target && !bad_snapshots.contains(&s.id))
@@ -302,6 +299,24 @@ impl Rooms {
         })
     }
 
+    /// What loads of `doc` have set aside as not replaying, which rebuilds
+    /// leave out as loads do.
+    pub(crate) async fn left_out(&self, doc: &DocName) -> Result<LeftOut, RoomError> {
+        let quarantined = self
+            .store()
+            .quarantined(doc)
+            .await
+            .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
+        Ok(LeftOut {
+            snapshots: quarantined.iter().filter_map(|q| q.snapshot).collect(),
+            changes: quarantined
+                .iter()
+                .filter(|q| q.snapshot.is_none())
+                .map(|q| q.seq)
+                .collect(),
+        })
+    }
+
     /// The sequence number of the newest stored change made at or before
     /// `ms`, among those the log holds.
     async fn last_change_by(&self, doc: &DocName, ms: u64) -> Result<Option<u64>, RoomError> {
@@ -325,6 +340,14 @@ impl Rooms {
             after = last.seq;
         }
     }
+}
+
+/// A document's stored parts set aside as not replaying.
+pub(crate) struct LeftOut {
+    /// Snapshot ids.
+    pub snapshots: BTreeSet<u64>,
+    /// Change sequence numbers.
+    pub changes: BTreeSet<u64>,
 }
 
 /// The oldest change the log holds, if any.

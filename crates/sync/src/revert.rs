@@ -74,7 +74,7 @@ impl Rooms {
             )));
         }
         let _turn = rebuild_turn().await?;
-        let skip = self.quarantined_changes(doc).await?;
+        let skip = self.left_out(doc).await?.changes;
         let mut copy = self.cpu().run(|| Copy::of(&past.update)).await?;
         let mut after = past.id.seq;
         loop {
@@ -110,20 +110,6 @@ impl Rooms {
             changes,
             change,
         })
-    }
-
-    /// The changes of `doc` set aside as not replaying.
-    async fn quarantined_changes(&self, doc: &DocName) -> Result<BTreeSet<u64>, RoomError> {
-        let quarantined = self
-            .store()
-            .quarantined(doc)
-            .await
-            .map_err(|e| RoomError::StorageFailure(e.to_string()))?;
-        Ok(quarantined
-            .iter()
-            .filter(|q| q.snapshot.is_none())
-            .map(|q| q.seq)
-            .collect())
     }
 }
 
