@@ -70,7 +70,10 @@ pub fn frame(frame: &[u8]) -> Result<(), ProtocolError> {
             }
             // awareness: a buffer holding the states
             1 => match decoder.read_buf() {
-                Ok(buf) => count_fits(buf, "the awareness update")?,
+                Ok(buf) => {
+                    count_fits(buf, "the awareness update")?;
+                    awareness_clients_fit(buf)?;
+                }
                 Err(_) => return Ok(()),
             },
             // query awareness: nothing follows
@@ -79,6 +82,34 @@ pub fn frame(frame: &[u8]) -> Result<(), ProtocolError> {
             _ => return Ok(()),
         }
     }
+}
+
+/// The largest client id Yjs makes: ids are JavaScript-safe integers.
+pub const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
+/// Every client id of an awareness update fits in 53 bits. yrs only
+/// asserts that in debug builds; a release build would quietly take the
+/// id's low 53 bits, so the same frame is refused in both.
+fn awareness_clients_fit(buf: &[u8]) -> Result<(), ProtocolError> {
+    let mut decoder = DecoderV1::new(Cursor::new(buf));
+    let Ok(count) = decoder.read_var::<u64>() else {
+        return Ok(());
+    };
+    for _ in 0..count {
+        let (Ok(client), Ok(_clock), Ok(_state)) = (
+            decoder.read_var::<u64>(),
+            decoder.read_var::<u32>(),
+            decoder.read_string(),
+        ) else {
+            return Ok(()); // the decoder says what is wrong
+        };
+        if client > MAX_CLIENT_ID {
+            return Err(ProtocolError::Malformed(format!(
+                "awareness client id {client} is wider than 53 bits (Yjs ids are at most 2^53 - 1)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The bytes of every awareness payload in a frame, walking its messages

@@ -40,6 +40,8 @@ use yrs::{ClientID, StateVector, ID};
 /// Why an update's sections were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BadSections {
+    #[error("client id {0} is wider than 53 bits (Yjs ids are at most 2^53 - 1)")]
+    WideClient(u64),
     #[error("client {0} has two sections in one update (an update lists each client once)")]
     RepeatedClient(u64),
     #[error("client {0}'s clocks run past 2^32")]
@@ -100,7 +102,13 @@ pub fn check(update: &[u8]) -> Result<Dependencies, BadSections> {
     let mut needs = Dependencies::default();
     for _ in 0..sections {
         let structs: u32 = decoder.read_var()?;
-        let client = decoder.read_client()?;
+        // Read as a number first: yrs only asserts the width in debug
+        // builds, and a release build would keep the low 53 bits.
+        let client: u64 = decoder.read_var()?;
+        if client > crate::plausible::MAX_CLIENT_ID {
+            return Err(BadSections::WideClient(client));
+        }
+        let client = ClientID::new(client);
         if !seen.insert(client) {
             return Err(BadSections::RepeatedClient(client.get()));
         }
@@ -203,6 +211,20 @@ mod tests {
     use yrs::updates::decoder::Decode;
     use yrs::updates::encoder::Encode;
     use yrs::{Array, Doc, Map, ReadTxn, StateVector, Text, Transact, Update};
+
+    #[test]
+    fn a_client_id_wider_than_53_bits_is_refused_in_every_build() {
+        // One section of one struct, for client 2^60 (yrs would keep its
+        // low 53 bits, 0, in a release build).
+        let mut update = vec![1, 1];
+        update.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]);
+        update.extend_from_slice(&[0, 4, 1, b'x', 0]);
+        let err = check(&update).expect_err("refused");
+        assert!(
+            matches!(err, BadSections::WideClient(id) if id == 1 << 60),
+            "{err}"
+        );
+    }
 
     /// One client's edits of several kinds, from two clients, merged.
     fn real_update() -> Vec<u8> {
