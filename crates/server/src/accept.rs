@@ -404,7 +404,12 @@ async fn serve_stream(
     // This connection closes when its one response ends: it must not take
     // a place among those waiting for a request then (and evict one).
     state.will_close();
-    let routed = Box::pin(handle(shared.router.clone(), *request, peer, state.clone()));
+    let routed = Box::pin(handle(
+        shared.router.clone(),
+        stream_conn::unbox(request),
+        peer,
+        state.clone(),
+    ));
     let Ok(response) = routed.await;
     let out = Box::new(stream_conn::Outgoing::new(response));
     stream_conn::respond(tcp, out, &shared.shutdown).await;

@@ -89,7 +89,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<Body>| {
-                    tracing::info_span!("http", method = %req.method(), uri = %redacted(req.uri()))
+                    // An event stream's request lasts as long as the viewer
+                    // watches: its span (a slab slot, a map and the
+                    // formatted fields, ~400 B) only when debugging.
+                    if req.uri().path().starts_with("/sse/") {
+                        tracing::debug_span!("http", method = %req.method(), uri = %redacted(req.uri()))
+                    } else {
+                        tracing::info_span!("http", method = %req.method(), uri = %redacted(req.uri()))
+                    }
                 })
                 // A 503 under load is weft working as configured, not a fault.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),

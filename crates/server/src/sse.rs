@@ -91,7 +91,7 @@ pub async fn follow(
         shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
         follower,
         keepalive,
-        gzip: gzip.then(EventGzip::default),
+        gzip: gzip.then(|| Box::new(EventGzip::default())),
         opening: Some(opening),
         ended: false,
     };
@@ -124,7 +124,7 @@ struct EventStream {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The token's expiry, when it ends the stream.
     expiry: Option<Pin<Box<Sleep>>>,
-    gzip: Option<EventGzip>,
+    gzip: Option<Box<EventGzip>>,
     /// Sent before anything else.
     opening: Option<Bytes>,
     ended: bool,
@@ -188,7 +188,7 @@ impl Stream for EventStream {
                 let Some(gz) = this.gzip.take() else {
                     return Poll::Ready(None);
                 };
-                gz.finish()
+                crate::stream_conn::unbox(gz).finish()
             }
         };
         telemetry::carried("sse", "out", wire.len());

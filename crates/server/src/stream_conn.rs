@@ -34,9 +34,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, Response, Version};
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -126,68 +124,95 @@ impl Outgoing {
     }
 }
 
+/// Takes a boxed value out, freeing the box now (moving out of `*b` in an
+/// async fn frees it only when the binding goes out of scope, which for a
+/// parameter is when the connection ends).
+#[allow(clippy::boxed_local)] // taking the box is the point
+pub fn unbox<T>(b: Box<T>) -> T {
+    *b
+}
+
+/// What woke an idle stream.
+enum Next {
+    Frame(hyper::body::Frame<Bytes>),
+    /// The body ended (or failed: `false`).
+    Ended(bool),
+    /// The viewer hung up, or sent something it has no reason to.
+    Hangup,
+}
+
 /// Writes the response and streams its body until it ends, the viewer
 /// goes away or stops reading, or the server shuts down and the grace
 /// passes.
+///
+/// While idle, this future holds only the socket and the body: it waits on
+/// both with one `poll_fn` (no read future, no cancellation future), and a
+/// write that cannot finish at once is boxed (see [`write`]). The body
+/// ends by itself on shutdown (the handler watches the signal); writes
+/// after shutdown get [`CLOSE_GRACE`].
 pub async fn respond(mut tcp: TcpStream, out: Box<Outgoing>, shutdown: &CancellationToken) {
     let Outgoing {
         head,
         mut body,
         chunked,
-    } = *out;
-    let (mut reader, mut writer) = tcp.split();
-    if write(&mut writer, &head, shutdown).await.is_err() {
+    } = unbox(out);
+    if write(&tcp, &head, shutdown).await.is_err() {
         return;
     }
     drop(head);
-    let mut hangup = [0u8; 1];
-    let ended = loop {
-        tokio::select! {
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    if write_frame(&mut writer, frame, chunked, shutdown).await.is_err() {
-                        return;
-                    }
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            use axum::body::HttpBody as _;
+            match std::pin::Pin::new(&mut body).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    return std::task::Poll::Ready(Next::Frame(frame))
                 }
-                Some(Err(_)) => return,
-                None => break true,
-            },
-            // The viewer hung up, or sent something it has no reason to.
-            _ = reader.read(&mut hangup) => return,
-            () = shutdown.cancelled() => break false,
-        }
-    };
-    // On shutdown the body ends by itself soon (its handler watches the
-    // same signal); what it still sends gets the grace to go out.
-    let finish = async {
-        if !ended {
-            while let Some(Ok(frame)) = body.frame().await {
-                write_frame(&mut writer, frame, chunked, shutdown).await?;
+                std::task::Poll::Ready(Some(Err(_))) => {
+                    return std::task::Poll::Ready(Next::Ended(false))
+                }
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(Next::Ended(true)),
+                std::task::Poll::Pending => {}
             }
+            // A peek, not mere readiness: readiness left over from reading
+            // the head must not count as a hang-up.
+            let mut one = [0u8; 1];
+            let mut buf = tokio::io::ReadBuf::new(&mut one);
+            match tcp.poll_peek(cx, &mut buf) {
+                std::task::Poll::Ready(_) => std::task::Poll::Ready(Next::Hangup),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await;
+        match next {
+            Next::Frame(frame) => {
+                let Some(out) = frame_bytes(frame, chunked) else {
+                    continue;
+                };
+                if write(&tcp, &out, shutdown).await.is_err() {
+                    return;
+                }
+            }
+            Next::Ended(true) => break,
+            Next::Ended(false) | Next::Hangup => return,
         }
+    }
+    let finish = async {
         if chunked {
-            write(&mut writer, b"0\r\n\r\n", shutdown).await?;
+            write(&tcp, b"0\r\n\r\n", shutdown).await?;
         }
-        writer.shutdown().await
+        tcp.shutdown().await
     };
     let _ = Box::pin(timeout(CLOSE_GRACE, finish)).await;
 }
 
-/// Writes one frame of the body (its data; trailers have no place here).
-async fn write_frame(
-    writer: &mut WriteHalf<'_>,
-    frame: hyper::body::Frame<Bytes>,
-    chunked: bool,
-    shutdown: &CancellationToken,
-) -> std::io::Result<()> {
-    let Ok(data) = frame.into_data() else {
-        return Ok(());
-    };
+/// One frame of the body as it goes on the wire (its data; trailers have
+/// no place here); `None` for nothing to write.
+fn frame_bytes(frame: hyper::body::Frame<Bytes>, chunked: bool) -> Option<Bytes> {
+    let data = frame.into_data().ok()?;
     if data.is_empty() {
-        return Ok(());
+        return None;
     }
-    let out = if chunked { chunk(&data) } else { data };
-    write(writer, &out, shutdown).await
+    Some(if chunked { chunk(&data) } else { data })
 }
 
 /// The body's length when it is known up front: it is sent as is, with a
@@ -255,12 +280,8 @@ fn chunk(data: &[u8]) -> Bytes {
 /// [`CLOSE_GRACE`] of shutdown. Most writes fit the socket's buffer and are
 /// done at once; only one that has to wait for room is a future of its own
 /// (boxed, so waiting is not what sizes every viewer's task).
-async fn write(
-    writer: &mut WriteHalf<'_>,
-    bytes: &[u8],
-    shutdown: &CancellationToken,
-) -> std::io::Result<()> {
-    let rest = match writer.try_write(bytes) {
+async fn write(tcp: &TcpStream, bytes: &[u8], shutdown: &CancellationToken) -> std::io::Result<()> {
+    let rest = match tcp.try_write(bytes) {
         Ok(n) if n == bytes.len() => return Ok(()),
         Ok(n) => &bytes[n..],
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bytes,
@@ -271,8 +292,20 @@ async fn write(
             shutdown.cancelled().await;
             tokio::time::sleep(CLOSE_GRACE).await;
         };
+        let write_all = async {
+            let mut rest = rest;
+            while !rest.is_empty() {
+                tcp.writable().await?;
+                match tcp.try_write(rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
         tokio::select! {
-            written = timeout(WRITE_DEADLINE, writer.write_all(rest)) => {
+            written = timeout(WRITE_DEADLINE, write_all) => {
                 written.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
             }
             () = shut_down => Err(std::io::ErrorKind::TimedOut.into()),

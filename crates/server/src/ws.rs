@@ -6,14 +6,14 @@
 //! keepalive ping. Every way out of the loop closes with a code from
 //! [`close_code`] and leaves the room.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -69,28 +69,36 @@ pub async fn upgrade(
     // The connection task counts as tracked from here until it ends.
     let tracked = app.connections.token();
     ws.on_upgrade(socket_config(&app), None, move |socket| {
-        // Split before the connection's future is made, so the future
-        // holds the two halves and not the whole socket beside them.
-        let (sink, stream) = socket.split();
-        async move {
-            let sub = admitted.as_ref().ok().and_then(|(g, _)| g.sub.clone());
-            let span = tracing::info_span!(
-                "ws", doc = %doc, %peer, sub = sub.as_deref().unwrap_or("-"), conn = tracing::field::Empty
-            );
-            match admitted {
-                Ok((grant, _slot)) => {
-                    run((sink, stream), doc, grant, peer, app)
-                        .instrument(span)
-                        .await
-                }
-                Err((code, reason)) => {
-                    let _guard = span.enter();
-                    info!(code, %reason, "refused");
-                    let (mut sink, mut stream) = (sink, stream);
-                    Box::pin(close(&mut sink, &mut stream, code, &reason)).await;
-                }
-            }
-            drop(tracked);
+        // A span lives as long as its connection (a slab slot, a map and
+        // the formatted fields, ~500 B each): kept only when debugging, so
+        // the few events a connection logs at `info` carry its fields.
+        let sub = admitted.as_ref().ok().and_then(|(g, _)| g.sub.clone());
+        let span = tracing::debug_span!(
+            "ws", doc = %doc, %peer, sub = sub.as_deref().unwrap_or("-"), conn = tracing::field::Empty
+        );
+        // No async block around the connection's future: one would keep
+        // its own copy of everything it hands to `run` for the
+        // connection's whole life.
+        use futures_util::future::Either;
+        match admitted {
+            // Joining, then serving, chained with `then` (see
+            // `WsUpgrade::on_upgrade`): what only joining needs (the grant,
+            // the peer's address) is not kept for the connection's life.
+            Ok((grant, slot)) => Either::Left(
+                Box::pin(join(socket, doc, grant, peer, app))
+                    .then(move |joined| match joined {
+                        Some(joined) => Either::Left(run(joined, (slot, tracked))),
+                        None => Either::Right(std::future::ready(())),
+                    })
+                    .instrument(span),
+            ),
+            Err((code, reason)) => Either::Right(async move {
+                let _guard = span.enter();
+                info!(%doc, %peer, code, %reason, "refused");
+                let mut socket = socket;
+                Box::pin(close(&mut socket, code, &reason)).await;
+                drop(tracked);
+            }),
         }
     })
 }
@@ -102,8 +110,6 @@ pub async fn empty_name() -> ApiError {
         weft_storage::InvalidDocName::Empty.to_string(),
     )
 }
-
-pub(crate) type Sink = SplitSink<WebSocket, Message>;
 
 /// The socket's limits and buffers. Small buffers: tungstenite's defaults
 /// (128 KiB to read, 128 KiB to gather writes) would cost every idle
@@ -121,7 +127,7 @@ pub(crate) fn socket_config(app: &AppState) -> WebSocketConfig {
 /// several steps. A keystroke's update or a cursor move fits; every idle
 /// connection keeps this much (4 KiB cost 3 KB more per connection in
 /// `weft-bench idle`, with no gain in `ingest`).
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 
 /// Messages larger than this go out as fragments of this size (see
 /// `ws_upgrade` for why).
@@ -156,6 +162,9 @@ pub(crate) fn write_deadline(app: &AppState) -> Duration {
 }
 
 /// Sends `message`, waiting at most `deadline` for the peer to take it.
+/// Most sends are done at once (the socket has room); only one that has
+/// to wait is a future of its own, boxed, so that waiting (a timer and a
+/// send future) is not what sizes every connection's future.
 pub(crate) async fn send_within<S>(
     sink: &mut S,
     message: Message,
@@ -164,10 +173,66 @@ pub(crate) async fn send_within<S>(
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    match tokio::time::timeout(deadline, sink.send(message)).await {
+    let mut message = Some(message);
+    let done =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(try_send(sink, &mut message, cx))).await?;
+    if done {
+        return Ok(());
+    }
+    Box::pin(wait_to_send(sink, message, deadline)).await
+}
+
+/// The rest of [`send_within`] when the socket had no room: queue what is
+/// left and flush, within `deadline`.
+async fn wait_to_send<S>(
+    sink: &mut S,
+    message: Option<Message>,
+    deadline: Duration,
+) -> Result<(), Unsent>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let waiting = async move {
+        if let Some(message) = message {
+            sink.feed(message).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(deadline, waiting).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Unsent::Failed),
         Err(_) => Err(Unsent::Stalled),
+    }
+}
+
+/// Queues `message` (if it is still there) and flushes, as far as can be
+/// done now: `true` when all of it went out.
+fn try_send<S>(
+    sink: &mut S,
+    message: &mut Option<Message>,
+    cx: &mut std::task::Context<'_>,
+) -> Result<bool, Unsent>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    use std::pin::Pin;
+    use std::task::Poll;
+    if message.is_some() {
+        match Pin::new(&mut *sink).poll_ready(cx) {
+            Poll::Pending => return Ok(false),
+            Poll::Ready(Err(_)) => return Err(Unsent::Failed),
+            Poll::Ready(Ok(())) => {}
+        }
+        if let Some(m) = message.take() {
+            Pin::new(&mut *sink)
+                .start_send(m)
+                .map_err(|_| Unsent::Failed)?;
+        }
+    }
+    match Pin::new(&mut *sink).poll_flush(cx) {
+        Poll::Ready(Ok(())) => Ok(true),
+        Poll::Ready(Err(_)) => Err(Unsent::Failed),
+        Poll::Pending => Ok(false),
     }
 }
 
@@ -182,8 +247,23 @@ where
     S: futures_util::Sink<Message> + Unpin,
 {
     if frame.len() <= FRAGMENT {
-        return send_within(sink, Message::Binary(frame), deadline).await;
+        let mut message = Some(Message::Binary(frame));
+        let done =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(try_send(sink, &mut message, cx)))
+                .await?;
+        if done {
+            return Ok(());
+        }
+        return Box::pin(wait_to_send(sink, message, deadline)).await;
     }
+    Box::pin(send_fragments(sink, frame, deadline)).await
+}
+
+/// [`send_binary`] for a message larger than [`FRAGMENT`] (rare: boxed).
+async fn send_fragments<S>(sink: &mut S, frame: Bytes, deadline: Duration) -> Result<(), Unsent>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
     let count = frame.len().div_ceil(FRAGMENT);
     for i in 0..count {
         let part = frame.slice(i * FRAGMENT..((i + 1) * FRAGMENT).min(frame.len()));
@@ -198,20 +278,65 @@ where
     Ok(())
 }
 
-async fn run(
-    (mut sink, mut stream): (Sink, SplitStream<WebSocket>),
+/// Serves a joined connection until it ends, then closes it.
+///
+/// Not an `async fn`: one moves its arguments into locals of its own, and
+/// a future keeps both for its whole life; this block uses them in place.
+#[allow(clippy::manual_async_fn)] // see above
+fn run(
+    mut joined: Joined,
+    held: (
+        limits::ConnectionSlot,
+        tokio_util::task::task_tracker::TaskTrackerToken,
+    ),
+) -> impl Future<Output = ()> {
+    async move {
+        let Joined {
+            socket,
+            session,
+            expiry,
+            app,
+            ..
+        } = &mut joined;
+        let end = connection_loop(socket, session, *expiry, app).await;
+        let (doc, conn) = (&joined.doc, joined.session.id());
+        match end {
+            End::Close(code, reason) => {
+                info!(%doc, conn, code, %reason, "closing connection");
+                // Boxed: closing is done once, and inline it would size
+                // the future every connection keeps for its whole life.
+                Box::pin(close(&mut joined.socket, code, &reason)).await;
+            }
+            End::Gone(why) => info!(%doc, conn, why, "connection ended"),
+        }
+        drop(held);
+    }
+}
+
+/// A connection in its document: what serving it needs.
+struct Joined {
+    socket: WebSocket,
+    session: Session,
+    doc: DocName,
+    /// When the token ends the connection, if it does.
+    expiry: Option<Instant>,
+    app: Arc<AppState>,
+    _live: LiveConnection,
+}
+
+/// Joins the document (which may load it) with what the grant allows; a
+/// refusal closes the socket with its code.
+async fn join(
+    mut socket: WebSocket,
     doc: DocName,
     grant: Grant,
     peer: PeerAddr,
     app: Arc<AppState>,
-) {
+) -> Option<Joined> {
     let access = match grant.mode {
         Mode::Write => Access::ReadWrite,
         Mode::Read => Access::ReadOnly,
     };
-    // Boxed, as is closing below: joining (which may load the document)
-    // and closing are each done once, and inline they would size the
-    // future every connection keeps for its whole life.
     let joiner = Joiner {
         access,
         client: Some(client_addr(peer.0.ip())),
@@ -219,28 +344,28 @@ async fn run(
         author: grant.sub.clone(),
         via: "ws",
     };
-    let joined = Box::pin(app.rooms.join_as(&doc, joiner)).await;
-    let mut session = match joined {
+    let session = match app.rooms.join_as(&doc, joiner).await {
         Ok(session) => session,
         Err(e) => {
             let code = Refusal::of_room(&e).close_code;
-            warn!(error = %e, "could not join document");
-            Box::pin(close(&mut sink, &mut stream, code, &e.to_string())).await;
-            return;
+            warn!(%doc, %peer, error = %e, "could not join document");
+            close(&mut socket, code, &e.to_string()).await;
+            return None;
         }
     };
     tracing::Span::current().record("conn", session.id());
-    info!(mode = grant.mode.as_str(), "connected");
-    let _live = LiveConnection::new("ws", grant.mode.as_str());
-    let expiry = app.token_deadline(&grant);
-    let end = connection_loop(&mut sink, &mut stream, &mut session, expiry, &app).await;
-    match end {
-        End::Close(code, reason) => {
-            info!(code, %reason, "closing connection");
-            Box::pin(close(&mut sink, &mut stream, code, &reason)).await;
-        }
-        End::Gone(why) => info!(why, "connection ended"),
-    }
+    info!(
+        %doc, %peer, sub = grant.sub.as_deref().unwrap_or("-"), conn = session.id(),
+        mode = grant.mode.as_str(), "connected"
+    );
+    Some(Joined {
+        socket,
+        session,
+        doc,
+        expiry: app.token_deadline(&grant),
+        _live: LiveConnection::new("ws", grant.mode.as_str()),
+        app,
+    })
 }
 
 pub(crate) enum End {
@@ -251,8 +376,7 @@ pub(crate) enum End {
 }
 
 async fn connection_loop(
-    sink: &mut Sink,
-    stream: &mut SplitStream<WebSocket>,
+    socket: &mut WebSocket,
     session: &mut Session,
     expiry: Option<Instant>,
     app: &AppState,
@@ -261,8 +385,10 @@ async fn connection_loop(
     let mut ping = interval_at(Instant::now() + every, every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst);
-    let doc_limits = app.config.engine().limits;
+    // Boxed: a limiter is 72 bytes, the connection keeps it for its life.
+    let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst)
+        .map(Box::new);
+    let doc_limits = &app.rooms.config().limits;
     let cluster = app.config.is_cluster();
     let deadline = write_deadline(app);
     // Made once, not on every turn of the loop: each turn is one frame in
@@ -281,7 +407,7 @@ async fn connection_loop(
             outbound = session.recv() => match outbound {
                 Ok(frame) => {
                     telemetry::carried("ws", "out", frame.len());
-                    if let Err(unsent) = send_binary(sink, frame, deadline).await {
+                    if let Err(unsent) = send_binary(socket, frame, deadline).await {
                         return End::Gone(unsent.why());
                     }
                 }
@@ -289,12 +415,12 @@ async fn connection_loop(
                     return End::Close(close_code::for_reason(&reason), reason.to_string());
                 }
             },
-            inbound = stream.next() => {
+            inbound = socket.next().map(Inbound::of) => {
                 last_heard = Instant::now();
                 match inbound {
-                    None => return End::Gone("peer closed the socket"),
-                    Some(Err(e)) => return read_error(e),
-                    Some(Ok(Message::Binary(frame))) => {
+                    Inbound::End(end) => return end,
+                    Inbound::Ignore => {}
+                    Inbound::Binary(frame) => {
                         telemetry::carried("ws", "in", frame.len());
                         if rate.as_ref().is_some_and(|r| r.check().is_err()) {
                             return End::Close(
@@ -316,16 +442,6 @@ async fn connection_loop(
                             return End::Close(close_code::for_reason(&reason), reason.to_string());
                         }
                     }
-                    Some(Ok(Message::Text(_))) => {
-                        return End::Close(
-                            close_code::UNSUPPORTED_DATA,
-                            "text frames are not supported; send binary y-protocols messages".into(),
-                        );
-                    }
-                    Some(Ok(Message::Close(_))) => return End::Gone("peer sent close"),
-                    // Pongs only prove liveness; pings are answered by
-                    // tungstenite; raw frames are never yielded when reading.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 }
             }
             // Off for a token without an expiry.
@@ -337,10 +453,37 @@ async fn connection_loop(
                     debug!("no answer to pings");
                     return End::Gone("no answer to two pings");
                 }
-                if let Err(unsent) = send_within(sink, Message::Ping(Default::default()), deadline).await {
+                if let Err(unsent) = send_within(socket, Message::Ping(Default::default()), deadline).await {
                     return End::Gone(unsent.why());
                 }
             }
+        }
+    }
+}
+
+/// What the socket gave, reduced at once to what the loop needs (a
+/// tungstenite `Result<Message, Error>` is large, and the loop would keep
+/// room for it while it waits on the room).
+enum Inbound {
+    Binary(Bytes),
+    Ignore,
+    End(End),
+}
+
+impl Inbound {
+    fn of(next: Option<Result<Message, WsError>>) -> Inbound {
+        match next {
+            None => Inbound::End(End::Gone("peer closed the socket")),
+            Some(Err(e)) => Inbound::End(read_error(e)),
+            Some(Ok(Message::Binary(frame))) => Inbound::Binary(frame),
+            Some(Ok(Message::Text(_))) => Inbound::End(End::Close(
+                close_code::UNSUPPORTED_DATA,
+                "text frames are not supported; send binary y-protocols messages".into(),
+            )),
+            Some(Ok(Message::Close(_))) => Inbound::End(End::Gone("peer sent close")),
+            // Pongs only prove liveness; pings are answered by
+            // tungstenite; raw frames are never yielded when reading.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Ignore,
         }
     }
 }
@@ -369,12 +512,7 @@ pub(crate) fn read_error(e: WsError) -> End {
 /// answers (briefly). Dropping a socket with unread data makes the kernel
 /// reset the connection, and a reset can destroy the close frame before the
 /// client reads it: it would see 1006 instead of our code.
-pub(crate) async fn close(
-    sink: &mut Sink,
-    stream: &mut SplitStream<WebSocket>,
-    code: u16,
-    reason: &str,
-) {
+pub(crate) async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     metrics::counter!("weft_ws_closes_total", "code" => code.to_string()).increment(1);
     let frame = CloseFrame {
         code: CloseCode::from(code),
@@ -384,15 +522,15 @@ pub(crate) async fn close(
     // closing it) would otherwise hold this task forever on a full socket.
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
         // The peer may already be gone; there is nothing else to tell it.
-        if sink.send(Message::Close(Some(frame))).await.is_err() {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
             return;
         }
-        while let Some(Ok(message)) = stream.next().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
         }
-        let _ = sink.close().await;
+        let _ = SinkExt::close(socket).await;
     })
     .await;
 }

@@ -10,6 +10,9 @@
 
 use std::future::Future;
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -117,20 +120,27 @@ impl WsUpgrade {
     {
         let accept = derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return; // the client went away mid-handshake
-            };
-            let socket = WebSocketStream::from_raw_socket(
-                Budgeted::new(TokioIo::new(upgraded), budget),
-                Role::Server,
-                Some(config),
+        // The connection's future is the task's own (one allocation, the
+        // task). The upgrade before it is boxed and freed once the socket
+        // is made, and chained with `then`, whose state is either the
+        // upgrade and the callback or the connection's future, never both:
+        // an async block would keep room for what it captured (the
+        // callback) beside the connection's future for its whole life.
+        let upgrading = Box::pin(async move {
+            let upgraded = on_upgrade.await.ok()?;
+            Some(
+                WebSocketStream::from_raw_socket(
+                    Budgeted::new(TokioIo::new(upgraded), budget),
+                    Role::Server,
+                    Some(config),
+                )
+                .await,
             )
-            .await;
-            // Boxed: the task would otherwise keep room for the upgrade's
-            // own futures beside the connection's for the connection's life.
-            Box::pin(callback(socket)).await;
         });
+        tokio::spawn(upgrading.then(move |socket| match socket {
+            Some(socket) => Either::Left(callback(socket)),
+            None => Either::Right(std::future::ready(())), // the client went away mid-handshake
+        }));
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -140,15 +140,18 @@ struct Queue {
     conn_gone: bool,
 }
 
-/// Capacity a drained queue keeps; more is given back, so a burst does not
-/// stay allocated for the rest of the connection.
-const KEPT_CAPACITY: usize = 16;
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding the lock leaves the queue consistent.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The provenance of a subscriber that has none of its own (viewers):
+/// one shared allocation rather than one per connection.
+fn no_provenance() -> Arc<Provenance> {
+    static NONE: OnceLock<Arc<Provenance>> = OnceLock::new();
+    NONE.get_or_init(Arc::default).clone()
 }
 
 /// The room's side of a session: where its frames go.
@@ -290,7 +293,7 @@ impl Session {
             kind: Kind::Editor,
             access,
             client,
-            by: Arc::default(),
+            by: no_provenance(),
             dialect: Dialect::YSync,
             max_queued_bytes: bytes,
         };
@@ -328,8 +331,10 @@ impl Session {
     fn poll_next(&self, waker: &Waker) -> Poll<Option<Queued>> {
         let mut queue = self.shared.lock();
         if let Some(next) = queue.frames.pop_front() {
-            if queue.frames.is_empty() && queue.frames.capacity() > KEPT_CAPACITY {
-                queue.frames.shrink_to(KEPT_CAPACITY);
+            // Drained: the buffer goes back, so an idle connection keeps
+            // none (the next frame allocates a small one again).
+            if queue.frames.is_empty() {
+                queue.frames = VecDeque::new();
             }
             return Poll::Ready(Some(next));
         }
@@ -354,13 +359,16 @@ impl Session {
         };
         // Waiting is the exception, and boxed: a connection's task keeps
         // room for every future it may wait on for its whole life.
-        match self.room.try_send(command) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(command)) => Box::pin(self.room.send(command))
-                .await
-                .map_err(|_| self.close_reason()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.close_reason()),
-        }
+        // Not matched on in place: the scrutinee (a whole command) would
+        // be kept across the await below, sizing every connection's future.
+        let command = match self.room.try_send(command) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(command)) => command,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.close_reason()),
+        };
+        Box::pin(self.room.send(command))
+            .await
+            .map_err(|_| self.close_reason())
     }
 
     fn close_reason(&self) -> CloseReason {

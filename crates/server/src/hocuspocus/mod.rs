@@ -44,7 +44,6 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
@@ -62,7 +61,7 @@ use crate::limits::{self, ConnectionSlot};
 use crate::peer::PeerAddr;
 use crate::read_budget::ReadBudget;
 use crate::telemetry;
-use crate::ws::{self, End, Sink};
+use crate::ws::{self, End};
 use crate::ws_upgrade::{NotAWebSocket, WebSocket, WsUpgrade};
 use documents::Documents;
 use opening::Joining;
@@ -119,13 +118,14 @@ fn accept(app: Arc<AppState>, peer: PeerAddr, credentials: Credentials, ws: WsUp
     let tracked = app.connections.token();
     let budget = ReadBudget::new(PRE_AUTH_BYTES);
     let config = ws::socket_config(&app);
-    ws.on_upgrade(config, Some(budget.clone()), move |socket: WebSocket| {
-        let (mut sink, mut stream) = socket.split();
-        async move {
+    ws.on_upgrade(
+        config,
+        Some(budget.clone()),
+        move |mut socket: WebSocket| async move {
             let span = tracing::info_span!("hocuspocus", %peer);
             if let Some(slot) = slot {
                 let conn = Conn::new(app, peer, credentials, (budget, slot));
-                conn.run(&mut sink, &mut stream).instrument(span).await;
+                conn.run(&mut socket).instrument(span).await;
             } else {
                 let reason = format!(
                     "the server has its maximum of {} connections waiting to authenticate; \
@@ -134,11 +134,11 @@ fn accept(app: Arc<AppState>, peer: PeerAddr, credentials: Credentials, ws: WsUp
                 );
                 info!(parent: &span, %reason, "refused");
                 let code = close_code::TRY_AGAIN_LATER;
-                Box::pin(ws::close(&mut sink, &mut stream, code, &reason)).await;
+                Box::pin(ws::close(&mut socket, code, &reason)).await;
             }
             drop(tracked);
-        }
-    })
+        },
+    )
 }
 
 /// One Hocuspocus socket.
@@ -194,22 +194,18 @@ impl Conn {
         }
     }
 
-    async fn run(mut self, sink: &mut Sink, stream: &mut SplitStream<WebSocket>) {
+    async fn run(mut self, socket: &mut WebSocket) {
         info!("connected");
-        match self.connection_loop(sink, stream).await {
+        match self.connection_loop(socket).await {
             End::Close(code, reason) => {
                 info!(code, %reason, "closing connection");
-                Box::pin(ws::close(sink, stream, code, &reason)).await;
+                Box::pin(ws::close(socket, code, &reason)).await;
             }
             End::Gone(why) => info!(why, "connection ended"),
         }
     }
 
-    async fn connection_loop(
-        &mut self,
-        sink: &mut Sink,
-        stream: &mut SplitStream<WebSocket>,
-    ) -> End {
+    async fn connection_loop(&mut self, socket: &mut WebSocket) -> End {
         let every =
             (self.app.config.ping_interval).clamp(Duration::from_millis(10), MOST_BETWEEN_PINGS);
         let mut ping = interval_at(Instant::now() + every, every);
@@ -228,16 +224,16 @@ impl Conn {
                     Err(End::Close(close_code::GOING_AWAY, "server shutting down".into()))
                 }
                 (index, outbound) = std::future::poll_fn(|cx| self.docs.poll_recv(cx)) => {
-                    self.on_room_frame(sink, index, outbound).await
+                    self.on_room_frame(socket, index, outbound).await
                 }
                 (joining, joined) = std::future::poll_fn(|cx| opening::poll_join(&mut self.joining, cx)) => {
                     // Nothing was read while it lasted: that was not silence.
                     last_heard = Instant::now();
-                    self.joined(sink, joining, joined).await
+                    self.joined(socket, joining, joined).await
                 }
-                inbound = stream.next(), if self.joining.is_none() => {
+                inbound = socket.next(), if self.joining.is_none() => {
                     last_heard = Instant::now();
-                    self.on_inbound(sink, inbound).await
+                    self.on_inbound(socket, inbound).await
                 }
                 // What it still sends is thrown away (by the budget)
                 // while it is told why.
@@ -248,12 +244,12 @@ impl Conn {
                          authenticated; send each document's Auth message first"
                     ),
                 )),
-                () = &mut deadline => self.on_deadline(sink).await,
+                () = &mut deadline => self.on_deadline(socket).await,
                 _ = ping.tick() => {
                     if self.joining.is_none() && last_heard.elapsed() > every * 2 {
                         Err(End::Gone("no answer to two pings"))
                     } else {
-                        self.ping(sink).await
+                        self.ping(socket).await
                     }
                 }
             };
@@ -280,20 +276,20 @@ impl Conn {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
     }
 
-    async fn send(&mut self, sink: &mut Sink, frame: Bytes) -> Result<(), End> {
+    async fn send(&mut self, socket: &mut WebSocket, frame: Bytes) -> Result<(), End> {
         telemetry::carried("hocuspocus", "out", frame.len());
-        ws::send_binary(sink, frame, self.write_deadline)
+        ws::send_binary(socket, frame, self.write_deadline)
             .await
             .map_err(|unsent| End::Gone(unsent.why()))
     }
 
-    async fn ping(&mut self, sink: &mut Sink) -> Result<(), End> {
+    async fn ping(&mut self, socket: &mut WebSocket) -> Result<(), End> {
         let ping = Message::Ping(Default::default());
-        ws::send_within(sink, ping, self.write_deadline)
+        ws::send_within(socket, ping, self.write_deadline)
             .await
             .map_err(|unsent| End::Gone(unsent.why()))?;
         if self.answers_ping {
-            self.send(sink, wire::ping()).await?;
+            self.send(socket, wire::ping()).await?;
         }
         Ok(())
     }
@@ -301,7 +297,7 @@ impl Conn {
     /// A frame (or the end) from the room of the document at `index`.
     async fn on_room_frame(
         &mut self,
-        sink: &mut Sink,
+        socket: &mut WebSocket,
         index: usize,
         outbound: Result<Bytes, CloseReason>,
     ) -> Result<(), End> {
@@ -309,18 +305,18 @@ impl Conn {
             Ok(frame) => {
                 let open = &mut self.docs.open[index];
                 match open.replies.to_client(&open.key, &frame) {
-                    Some(message) => self.send(sink, message).await,
+                    Some(message) => self.send(socket, message).await,
                     None => Ok(()),
                 }
             }
-            Err(reason) => self.ended(sink, index, reason).await,
+            Err(reason) => self.ended(socket, index, reason).await,
         }
     }
 
     /// The room ended the document at `index` (see the module doc).
     async fn ended(
         &mut self,
-        sink: &mut Sink,
+        socket: &mut WebSocket,
         index: usize,
         reason: CloseReason,
     ) -> Result<(), End> {
@@ -334,32 +330,32 @@ impl Conn {
                 reason.to_string(),
             ));
         }
-        self.end_document(sink, index, &reason.to_string()).await
+        self.end_document(socket, index, &reason.to_string()).await
     }
 
     /// Ends the document at `index` alone, telling the provider why.
     async fn end_document(
         &mut self,
-        sink: &mut Sink,
+        socket: &mut WebSocket,
         index: usize,
         reason: &str,
     ) -> Result<(), End> {
         info!(doc = %self.docs.open[index].doc, %reason, "document closed");
         let key = self.docs.end(index);
         self.rearm_if_empty();
-        self.send(sink, wire::close(&key, reason)).await
+        self.send(socket, wire::close(&key, reason)).await
     }
 
     /// What the socket read.
     async fn on_inbound(
         &mut self,
-        sink: &mut Sink,
+        socket: &mut WebSocket,
         inbound: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     ) -> Result<(), End> {
         match inbound {
             None => Err(End::Gone("peer closed the socket")),
             Some(Err(e)) => Err(ws::read_error(e)),
-            Some(Ok(Message::Binary(frame))) => self.on_client_frame(sink, frame).await,
+            Some(Ok(Message::Binary(frame))) => self.on_client_frame(socket, frame).await,
             Some(Ok(Message::Text(_))) => Err(End::Close(
                 close_code::UNSUPPORTED_DATA,
                 "text frames are not supported; send binary Hocuspocus messages".into(),
@@ -370,7 +366,7 @@ impl Conn {
     }
 
     /// A frame from the provider.
-    async fn on_client_frame(&mut self, sink: &mut Sink, frame: Bytes) -> Result<(), End> {
+    async fn on_client_frame(&mut self, socket: &mut WebSocket, frame: Bytes) -> Result<(), End> {
         telemetry::carried("hocuspocus", "in", frame.len());
         if self.rate.as_ref().is_some_and(|r| r.check().is_err()) {
             return Err(End::Close(
@@ -390,7 +386,7 @@ impl Conn {
         if let Some(index) = self.docs.find(&key) {
             // An open document's token comes again when it is refreshed.
             if !wire::is_auth(&body) {
-                return self.on_message(sink, index, body).await;
+                return self.on_message(socket, index, body).await;
             }
         }
         match wire::decode_opening(&body) {
@@ -401,7 +397,7 @@ impl Conn {
                 // Only providers since 4.0 say their version, and they
                 // answer pings.
                 self.answers_ping |= provider_version.is_some();
-                self.authenticate(sink, &key, &doc, &token).await
+                self.authenticate(socket, &key, &doc, &token).await
             }
             Some(Ok(HpMessage::Ignored(why))) => {
                 ignored(&why);
@@ -424,14 +420,19 @@ impl Conn {
     }
 
     /// A message for the open document at `index`.
-    async fn on_message(&mut self, sink: &mut Sink, index: usize, body: Bytes) -> Result<(), End> {
+    async fn on_message(
+        &mut self,
+        socket: &mut WebSocket,
+        index: usize,
+        body: Bytes,
+    ) -> Result<(), End> {
         let message = wire::decode(&body).map_err(protocol_error)?;
         let inbound = match message {
             HpMessage::YSync(messages) => {
                 let limits = self.app.config.engine().limits;
                 let cluster = self.app.config.is_cluster();
                 if let Err(refused) = limits.admits_presence_in(&body, cluster) {
-                    return self.end_document(sink, index, &refused.to_string()).await;
+                    return self.end_document(socket, index, &refused.to_string()).await;
                 }
                 messages
             }
@@ -458,7 +459,7 @@ impl Conn {
             .await;
         match sent {
             Ok(()) => Ok(()),
-            Err(reason) => self.ended(sink, index, reason).await,
+            Err(reason) => self.ended(socket, index, reason).await,
         }
     }
 

@@ -24,7 +24,8 @@ use crate::close_code;
 use crate::creation_limit::client_addr;
 use crate::limits::ConnectionSlot;
 use crate::refusal::Refusal;
-use crate::ws::{End, Sink};
+use crate::ws::End;
+use crate::ws_upgrade::WebSocket;
 
 /// A room being joined.
 pub type JoinFuture = Pin<Box<dyn Future<Output = Result<Session, RoomError>> + Send>>;
@@ -62,14 +63,14 @@ impl Conn {
     /// open one.
     pub(super) async fn authenticate(
         &mut self,
-        sink: &mut Sink,
+        socket: &mut WebSocket,
         key: &str,
         name: &str,
         token: &str,
     ) -> Result<(), End> {
         let doc = match DocName::new(name) {
             Ok(doc) => doc,
-            Err(e) => return self.deny(sink, key, &e.to_string()).await,
+            Err(e) => return self.deny(socket, key, &e.to_string()).await,
         };
         let credentials = match token.trim() {
             "" => Credentials(self.credentials.0.clone()),
@@ -77,10 +78,10 @@ impl Conn {
         };
         let grant = match self.app.authorize(&credentials, &doc, Mode::Read) {
             Ok(grant) => grant,
-            Err(e) => return self.deny(sink, key, &e.to_string()).await,
+            Err(e) => return self.deny(socket, key, &e.to_string()).await,
         };
         if let Err(why) = self.admit() {
-            return self.deny(sink, key, &why).await;
+            return self.deny(socket, key, &why).await;
         }
         let expiry = self.app.token_deadline(&grant);
         if let Some(index) = self.docs.find(key) {
@@ -102,7 +103,7 @@ impl Conn {
             self.docs.open[index].refresh(expiry);
             return Ok(());
         }
-        self.start_join(sink, key, doc, (grant.mode, grant.sub), expiry)
+        self.start_join(socket, key, doc, (grant.mode, grant.sub), expiry)
             .await
     }
 
@@ -127,14 +128,14 @@ impl Conn {
     /// Starts joining `doc` for `key`, unless a limit refuses it.
     async fn start_join(
         &mut self,
-        sink: &mut Sink,
+        socket: &mut WebSocket,
         key: &str,
         doc: DocName,
         (mode, author): (Mode, Option<String>),
         expiry: Option<Instant>,
     ) -> Result<(), End> {
         if let Some(why) = self.over_a_limit(&doc) {
-            return self.deny(sink, key, &why).await;
+            return self.deny(socket, key, &why).await;
         }
         // The socket's own place covers its first document.
         let slot = if self.docs.open.is_empty() {
@@ -147,7 +148,7 @@ impl Conn {
                         "the server has its maximum of {} connections; try again later",
                         self.app.connection_limit.max()
                     );
-                    return self.deny(sink, key, &why).await;
+                    return self.deny(socket, key, &why).await;
                 }
             }
         };
@@ -197,7 +198,7 @@ impl Conn {
     /// the socket).
     pub(super) async fn joined(
         &mut self,
-        sink: &mut Sink,
+        socket: &mut WebSocket,
         joining: Joining,
         joined: Result<Session, RoomError>,
     ) -> Result<(), End> {
@@ -228,14 +229,14 @@ impl Conn {
                 if transient {
                     return Err(End::Close(Refusal::of_room(&e).close_code, e.to_string()));
                 }
-                return self.deny(sink, &key, &e.to_string()).await;
+                return self.deny(socket, &key, &e.to_string()).await;
             }
         };
         info!(%doc, mode = mode.as_str(), conn = session.id(), "document opened");
         let mut open = Open::new(&key, (doc, session), (mode, author), slot);
         open.set_expiry(expiry);
         self.docs.add(open);
-        self.send(sink, wire::authenticated(&key, mode == Mode::Read))
+        self.send(socket, wire::authenticated(&key, mode == Mode::Read))
             .await?;
         for frame in self.docs.take_waiting(&key) {
             let body = match wire::address(&frame) {
@@ -245,7 +246,7 @@ impl Conn {
             let Some(index) = self.docs.find(&key) else {
                 break; // the document ended meanwhile
             };
-            self.on_message(sink, index, body).await?;
+            self.on_message(socket, index, body).await?;
         }
         Ok(())
     }
@@ -267,7 +268,7 @@ impl Conn {
     /// deadline, under the pre-auth budget.
     pub(super) async fn deny(
         &mut self,
-        sink: &mut Sink,
+        socket: &mut WebSocket,
         key: &str,
         reason: &str,
     ) -> Result<(), End> {
@@ -286,17 +287,17 @@ impl Conn {
             }
         };
         self.rearm_if_empty();
-        self.send(sink, wire::permission_denied(key, reason))
+        self.send(socket, wire::permission_denied(key, reason))
             .await?;
         if was_open {
             // As Hocuspocus ends a connection whose access went: the
             // provider stops counting itself in sync.
-            self.send(sink, wire::close(key, reason)).await?;
+            self.send(socket, wire::close(key, reason)).await?;
         }
         Ok(())
     }
 
-    pub(super) async fn on_deadline(&mut self, sink: &mut Sink) -> Result<(), End> {
+    pub(super) async fn on_deadline(&mut self, socket: &mut WebSocket) -> Result<(), End> {
         let now = Instant::now();
         if self.auth_due.is_some_and(|due| now >= due) {
             return Err(End::Close(
@@ -322,11 +323,11 @@ impl Conn {
             match d {
                 Due::Refresh(index) => {
                     let message = wire::token_request(&self.docs.open[index].key);
-                    self.send(sink, message).await?;
+                    self.send(socket, message).await?;
                 }
                 Due::Expired(index) => {
                     let key = self.docs.open[index].key.clone();
-                    self.deny(sink, &key, "token expired; send a fresh one")
+                    self.deny(socket, &key, "token expired; send a fresh one")
                         .await?;
                 }
             }
