@@ -375,18 +375,28 @@ async fn post_words(weft: &Weft, words: &[&str]) -> Vec<String> {
     ids
 }
 
-#[tokio::test]
-async fn the_history_window_keeps_every_point_exact_behind_snapshots() {
-    const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
-    // A snapshot every 2 changes and no tail, but the default window.
-    let weft = Weft::start(&[
+/// The key admin requests in these tests carry.
+const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
+
+/// A server that takes a snapshot every 2 changes and keeps no log tail
+/// behind the newest, with `more` flags.
+fn snapshotting_every_two(more: &[&str]) -> Weft {
+    let mut args = vec![
         "--admin-key",
         ADMIN,
         "--snapshot-every",
         "2",
         "--keep-log-tail",
         "0",
-    ]);
+    ];
+    args.extend_from_slice(more);
+    Weft::start(&args)
+}
+
+#[tokio::test]
+async fn the_history_window_keeps_every_point_exact_behind_snapshots() {
+    // No tail, but the default window.
+    let weft = snapshotting_every_two(&[]);
     let ids = post_words(&weft, &["a", "b", "c", "d", "e"]).await;
     let auth = format!("Bearer {ADMIN}");
     poll_until(
@@ -417,18 +427,8 @@ async fn the_history_window_keeps_every_point_exact_behind_snapshots() {
 
 #[tokio::test]
 async fn points_the_history_kept_no_longer_reaches_are_said_so_and_never_restored() {
-    const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
-    // A snapshot every 2 changes, and no log kept behind the newest.
-    let weft = Weft::start(&[
-        "--admin-key",
-        ADMIN,
-        "--snapshot-every",
-        "2",
-        "--keep-log-tail",
-        "0",
-        "--history-retention",
-        "0",
-    ]);
+    // No log kept behind the newest snapshot, and no history window.
+    let weft = snapshotting_every_two(&["--history-retention", "0"]);
     let ids = post_words(&weft, &["a", "b", "c", "d", "e"]).await;
     // Wait for the log to be trimmed to what follows the newest snapshot.
     poll_until(
@@ -550,7 +550,6 @@ async fn revert(weft: &Weft, admin: Option<&str>, body: Value) -> (u16, Value) {
 
 #[tokio::test]
 async fn reverting_one_author_leaves_the_others_work_and_reaches_open_editors() {
-    const ADMIN: &str = "history-admin-key-0123456789abcdef0123";
     let weft = Weft::start(&["--auth-secret", SECRET, "--admin-key", ADMIN]);
     // Three authors, each its own editor, and an open editor watching.
     let mut editors = Vec::new();
