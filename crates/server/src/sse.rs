@@ -188,7 +188,7 @@ impl Stream for EventStream {
                 let Some(gz) = this.gzip.take() else {
                     return Poll::Ready(None);
                 };
-                crate::stream_conn::unbox(gz).finish()
+                (*gz).finish()
             }
         };
         telemetry::carried("sse", "out", wire.len());

@@ -237,26 +237,23 @@ where
 }
 
 /// Sends one binary message, in fragments if it is large, each within
-/// `deadline`.
-pub(crate) async fn send_binary<S>(
-    sink: &mut S,
+/// `deadline`. Not an `async fn`: it hands back [`send_within`]'s future
+/// itself rather than one wrapping it, so sending is no larger a part of
+/// every connection's future than `send_within` is.
+pub(crate) fn send_binary<'a, S>(
+    sink: &'a mut S,
     frame: Bytes,
     deadline: Duration,
-) -> Result<(), Unsent>
+) -> impl Future<Output = Result<(), Unsent>> + 'a
 where
     S: futures_util::Sink<Message> + Unpin,
 {
+    use futures_util::future::Either;
     if frame.len() <= FRAGMENT {
-        let mut message = Some(Message::Binary(frame));
-        let done =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(try_send(sink, &mut message, cx)))
-                .await?;
-        if done {
-            return Ok(());
-        }
-        return Box::pin(wait_to_send(sink, message, deadline)).await;
+        Either::Left(send_within(sink, Message::Binary(frame), deadline))
+    } else {
+        Either::Right(Box::pin(send_fragments(sink, frame, deadline)))
     }
-    Box::pin(send_fragments(sink, frame, deadline)).await
 }
 
 /// [`send_binary`] for a message larger than [`FRAGMENT`] (rare: boxed).
