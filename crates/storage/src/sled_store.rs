@@ -27,6 +27,7 @@
 //! `verify.rs` (`weft verify`), `webhooks.rs` (the webhook outbox) and the
 //! unit tests.
 
+mod durable;
 mod health;
 #[cfg(test)]
 mod tests;
@@ -45,6 +46,7 @@ use tokio::sync::mpsc;
 use crate::clock::now_ms;
 use crate::disk_guard::{DiskGuard, Op};
 use crate::unstored::Unstored;
+use durable::Durable;
 use health::READINESS_BUDGET;
 
 use crate::record::{
@@ -67,6 +69,7 @@ pub struct SledStore {
     guard: Arc<DiskGuard>,
     unstored: Arc<Unstored>,
     db: sled::Db,
+    durable: Arc<Durable>,
     meta: sled::Tree,
     log: sled::Tree,
     snapshots: sled::Tree,
@@ -98,6 +101,11 @@ impl SledStore {
             snapshot_index: tree("snapshot_index")?,
             webhooks: tree("webhooks")?,
             quarantine: tree("quarantine")?,
+            durable: Arc::new(Durable::open(&path).map_err(|e| StorageError::Open {
+                path: path.clone(),
+                reason: format!("syncing sled's files: {e}"),
+                source: Box::new(e),
+            })?),
             db,
             guard: Arc::new(DiskGuard::new(DEFAULT_STORAGE_TIMEOUT)),
             unstored: Arc::new(Unstored::default()),
@@ -121,6 +129,14 @@ impl SledStore {
     {
         let store = self.clone();
         self.guard.run(op, action, move || f(&store)).await
+    }
+
+    /// Flushes the database and returns once what it flushed is on stable
+    /// storage (see `durable.rs`); `action` names the write in an error.
+    fn flush(&self, action: &'static str) -> Result<(), StorageError> {
+        self.durable
+            .flush(&self.db)
+            .map_err(|e| StorageError::backend(action, e))
     }
 
     /// Logged changes with `seq > after`, oldest first, at most `limit`,
@@ -323,7 +339,7 @@ impl DocumentStore for SledStore {
                     None if first != 1 => return Err(StorageError::Recreated(doc.to_string())),
                     None => store.create(doc, &meta, &batch)?,
                 }
-                store.db.flush().map_err(io("flushing the update log"))?;
+                store.flush("flushing the update log")?;
                 Ok(())
             })
             .await;
@@ -355,7 +371,7 @@ impl DocumentStore for SledStore {
                 },
             )?;
             // The snapshot must be on disk before the log entries it replaces go.
-            store.db.flush().map_err(io("flushing a snapshot"))?;
+            store.flush("flushing a snapshot")?;
 
             let snapshots = store.snapshot_infos(&doc)?;
             let drop_through = keep.drop_through(snapshot.seq, &snapshots, snapshot.taken_at_ms);
@@ -462,7 +478,7 @@ impl DocumentStore for SledStore {
                 }
                 tree.apply_batch(batch).map_err(io("deleting a document"))?;
             }
-            store.db.flush().map_err(io("flushing a deletion"))?;
+            store.flush("flushing a deletion")?;
             store.unstored.cleared(&doc);
             Ok(existed)
         })
@@ -483,7 +499,7 @@ impl DocumentStore for SledStore {
                 .quarantine
                 .apply_batch(batch)
                 .map_err(io("setting changes aside"))?;
-            store.db.flush().map_err(io("flushing changes set aside"))?;
+            store.flush("flushing changes set aside")?;
             Ok(())
         })
         .await
@@ -652,10 +668,7 @@ impl ArchiveRestore for SledStore {
                 .meta
                 .insert(doc.as_str(), record::encode(&meta)?)
                 .map_err(io("restoring metadata"))?;
-            store
-                .db
-                .flush()
-                .map_err(io("flushing a restored document"))?;
+            store.flush("flushing a restored document")?;
             Ok(())
         })
         .await

@@ -76,13 +76,15 @@ impl SledStore {
 
     /// One write-and-flush probe at a time, waited for at most `budget`.
     pub(super) async fn probe_writes(&self, budget: Duration) -> Result<(), StorageError> {
-        let db = self.db.clone();
+        let (db, durable) = (self.db.clone(), self.durable.clone());
         self.guard
             .probe
             .run(budget, "checking the store takes writes", move || {
                 db.insert("weft:probe", &now_ms().to_be_bytes()[..])
                     .map_err(io("checking the store takes writes"))?;
-                db.flush().map_err(io("checking the store takes writes"))?;
+                durable
+                    .flush(&db)
+                    .map_err(|e| StorageError::backend("checking the store takes writes", e))?;
                 Ok(())
             })
             .await

@@ -27,7 +27,7 @@ impl WebhookOutbox for SledStore {
                 .webhooks
                 .apply_batch(batch)
                 .map_err(io("queueing webhooks"))?;
-            store.db.flush().map_err(io("flushing the webhook queue"))?;
+            store.flush("flushing the webhook queue")?;
             Ok(())
         })
         .await
@@ -63,7 +63,7 @@ impl WebhookOutbox for SledStore {
                 .webhooks
                 .remove(&id.to_be_bytes()[..])
                 .map_err(io("acknowledging a webhook"))?;
-            store.db.flush().map_err(io("flushing the webhook queue"))?;
+            store.flush("flushing the webhook queue")?;
             Ok(())
         })
         .await
