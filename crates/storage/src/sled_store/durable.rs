@@ -18,6 +18,12 @@
 //! covers every ticket taken before it began, so a caller whose ticket a
 //! finished sync already covers returns without syncing again.
 //!
+//! Each sync lists `blobs/` with each file's size: work in proportion to
+//! the number of blob files (61 after a full `compare.sh` run; a listing
+//! of 2,000 takes a few milliseconds). Telling a finished blob from one
+//! sled is still writing without looking at it would need sled's help;
+//! a log of weft's own that sled's flush no longer carries would end this.
+//!
 //! A failed sync is final, as sled's own write errors are: Linux reports a
 //! writeback error to `fdatasync` once and may drop the pages it could not
 //! write, so a later sync that succeeds proves nothing about them. Every
