@@ -1,11 +1,11 @@
 //! Durable before broadcast, seen at the system calls of the real binary
 //! (under `strace`): a change's frame goes to a subscriber only after the
-//! disk was told to keep it. sled's own flush is not that: it ends with
-//! `sync_file_range`, which leaves the drive's write cache unflushed, and
-//! never syncs the files it writes under `blobs/` for large values. What
-//! must come between reading a change from its writer and writing it to a
-//! subscriber is `fdatasync` of sled's `db` file and, for a change large
-//! enough to be a blob, of that blob file.
+//! disk was told to keep it. An append is made durable by `fdatasync` of
+//! the journal (`weft-journal` in the data directory); a change too large
+//! for the journal by a checkpoint instead, which must `fdatasync` sled's
+//! `db` file and the blob file sled keeps the large value in (sled's own
+//! flush ends with `sync_file_range`, which leaves the drive's write cache
+//! unflushed, and never syncs its blobs).
 
 mod support;
 
@@ -33,10 +33,15 @@ async fn a_change_goes_out_only_after_fdatasync_of_what_holds_it() {
     let trace = tempfile::NamedTempFile::new().expect("trace file");
     let mut strace = Tracer::attach(weft.pid(), trace.path()).await;
 
-    // A keystroke, then a paste large enough for sled to keep as a blob.
+    // A keystroke, a paste, and a paste larger than the journal (8 MiB).
     let doc = Doc::new();
-    for text in ["a keystroke".to_string(), "p".repeat(200_000)] {
-        send(&mut writer, update_message(insert(&doc, &text))).await;
+    let changes = [
+        ("the keystroke", "a keystroke".to_string()),
+        ("the paste", "p".repeat(200_000)),
+        ("the paste larger than the journal", "q".repeat(9_000_000)),
+    ];
+    for (_, text) in &changes {
+        send(&mut writer, update_message(insert(&doc, text))).await;
         let got = next_change(&mut subscriber).await;
         assert!(got.len() >= text.len(), "the subscriber got the change");
     }
@@ -47,30 +52,30 @@ async fn a_change_goes_out_only_after_fdatasync_of_what_holds_it() {
     // Each change's send: the first to the subscriber after a read from
     // the writer.
     let sends = calls.starts_where(|c| c.is_send() && c.args.contains(&sub));
-    let after_read = |from: usize| {
-        sends
+    let mut sent = 0;
+    for (i, (change, _)) in changes.iter().enumerate() {
+        sent = sends
             .iter()
             .copied()
-            .find(|&i| calls.read_between(&from_writer, from, i))
-    };
-    let first = after_read(0).expect("the first change was written to the subscriber");
-    let second = after_read(first).expect("the second change was written to the subscriber");
-    for (change, sent) in [("the keystroke", first), ("the paste", second)] {
+            .find(|&s| s > sent && calls.read_between(&from_writer, sent, s))
+            .unwrap_or_else(|| panic!("{change} was not written to the subscriber"));
         let read = calls
             .last_read_before(&from_writer, sent)
             .expect("the change was read from its writer");
-        assert!(
-            calls.synced_between(read, sent, |path| path.ends_with("/db")),
-            "{change} went out before fdatasync of sled's db file:\n{}",
-            calls.window(read, sent)
-        );
+        let synced = |what: &str, which: &dyn Fn(&str) -> bool| {
+            assert!(
+                calls.synced_between(read, sent, which),
+                "{change} went out before fdatasync of {what}:\n{}",
+                calls.window(read, sent)
+            );
+        };
+        if i < 2 {
+            synced("the journal", &|path| path.ends_with("/weft-journal"));
+        } else {
+            synced("sled's db file", &|path| path.ends_with("/db"));
+            synced("its blob file", &|path| path.contains("/blobs/"));
+        }
     }
-    let read = calls.last_read_before(&from_writer, second).expect("read");
-    assert!(
-        calls.synced_between(read, second, |path| path.contains("/blobs/")),
-        "the paste went out before its blob file was synced:\n{}",
-        calls.window(read, second)
-    );
 }
 
 /// The change in the next update frame (pings and presence skipped).

@@ -29,6 +29,7 @@
 
 mod durable;
 mod health;
+mod journal;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -48,6 +49,7 @@ use crate::disk_guard::{DiskGuard, Op};
 use crate::unstored::Unstored;
 use durable::Durable;
 use health::READINESS_BUDGET;
+use journal::{Journal, Tree, Write};
 
 use crate::record::{
     self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
@@ -69,7 +71,7 @@ pub struct SledStore {
     guard: Arc<DiskGuard>,
     unstored: Arc<Unstored>,
     db: sled::Db,
-    durable: Arc<Durable>,
+    journal: Arc<Journal>,
     meta: sled::Tree,
     log: sled::Tree,
     snapshots: sled::Tree,
@@ -82,8 +84,13 @@ impl SledStore {
     /// Opens (creating if needed) the database in `dir`. Fails at once, rather
     /// than waiting, when another process holds it.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let path = dir.as_ref().to_path_buf();
-        let db = sled::Config::new()
+        Self::open_with(dir.as_ref(), sled::Config::new())
+    }
+
+    /// Opens with sled configured as `config` (its path set here).
+    fn open_with(dir: &Path, config: sled::Config) -> Result<Self, StorageError> {
+        let path = dir.to_path_buf();
+        let db = config
             .path(&path)
             .open()
             .map_err(|e| open_error(&path, e))?;
@@ -94,18 +101,23 @@ impl SledStore {
                 source: Box::new(e),
             })
         };
+        let (meta, log) = (tree("meta")?, tree("log")?);
+        let opened = |doing: &str, e: std::io::Error| StorageError::Open {
+            path: path.clone(),
+            reason: format!("{doing}: {e}"),
+            source: Box::new(e),
+        };
+        let durable = Durable::open(&path).map_err(|e| opened("syncing sled's files", e))?;
+        let journal = Journal::open(&path, db.clone(), durable, [&meta, &log])
+            .map_err(|e| opened("replaying the journal", e))?;
         Ok(SledStore {
-            meta: tree("meta")?,
-            log: tree("log")?,
+            meta,
+            log,
             snapshots: tree("snapshots")?,
             snapshot_index: tree("snapshot_index")?,
             webhooks: tree("webhooks")?,
             quarantine: tree("quarantine")?,
-            durable: Arc::new(Durable::open(&path).map_err(|e| StorageError::Open {
-                path: path.clone(),
-                reason: format!("syncing sled's files: {e}"),
-                source: Box::new(e),
-            })?),
+            journal: Arc::new(journal),
             db,
             guard: Arc::new(DiskGuard::new(DEFAULT_STORAGE_TIMEOUT)),
             unstored: Arc::new(Unstored::default()),
@@ -134,8 +146,27 @@ impl SledStore {
     /// Flushes the database and returns once what it flushed is on stable
     /// storage (see `durable.rs`); `action` names the write in an error.
     fn flush(&self, action: &'static str) -> Result<(), StorageError> {
-        self.durable
-            .flush(&self.db)
+        self.journal
+            .flush_sled()
+            .map_err(|e| StorageError::backend(action, e))
+    }
+
+    /// Takes the journal's lock, as every write to `log` or `meta` must
+    /// (see `journal.rs`).
+    fn journal(&self, action: &'static str) -> Result<journal::Held<'_>, StorageError> {
+        self.journal
+            .lock()
+            .map_err(|e| StorageError::backend(action, e))
+    }
+
+    /// Under the journal's lock: makes everything so far durable in sled,
+    /// so that what follows may remove what appends wrote.
+    fn checkpoint(
+        &self,
+        held: &mut journal::Held<'_>,
+        action: &'static str,
+    ) -> Result<(), StorageError> {
+        held.checkpoint()
             .map_err(|e| StorageError::backend(action, e))
     }
 
@@ -169,12 +200,13 @@ impl SledStore {
 
     /// A document's first append: its metadata and its first changes in one
     /// transaction, so it never exists without them (nor they without it).
+    /// Returns the metadata's write, for the journal.
     fn create(
         &self,
         doc: &DocName,
         meta: &DocMeta,
         batch: &sled::Batch,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Write, StorageError> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         use sled::Transactional;
 
@@ -193,10 +225,47 @@ impl SledStore {
             Ok(())
         });
         match created {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(Write {
+                tree: Tree::Meta,
+                key: doc.as_str().as_bytes().to_vec(),
+                value: Some(record),
+            }),
             Err(TransactionError::Abort(())) => Err(StorageError::Recreated(doc.to_string())),
             Err(TransactionError::Storage(e)) => Err(io("creating a document")(e)),
         }
+    }
+
+    /// Under the journal's lock: applies an append's `writes` to sled (in
+    /// memory) if the document is still the one it loaded, and writes them
+    /// to the journal; returns the journal's ticket for them.
+    fn apply_and_record(
+        &self,
+        doc: &DocName,
+        meta: &DocMeta,
+        first: u64,
+        mut writes: Vec<Write>,
+    ) -> Result<u64, StorageError> {
+        let mut held = self.journal("appending changes")?;
+        let mut batch = sled::Batch::default();
+        for w in &writes {
+            match &w.value {
+                Some(value) => batch.insert(w.key.as_slice(), value.as_slice()),
+                None => batch.remove(w.key.as_slice()),
+            }
+        }
+        match self.read_meta(doc)? {
+            Some(stored) if stored.incarnation == meta.incarnation => {
+                self.log
+                    .apply_batch(batch)
+                    .map_err(io("appending to the update log"))?
+            }
+            Some(_) => return Err(StorageError::Recreated(doc.to_string())),
+            // Deleted under someone who had loaded it with changes.
+            None if first != 1 => return Err(StorageError::Recreated(doc.to_string())),
+            None => writes.push(self.create(doc, meta, &batch)?),
+        }
+        held.record(&writes)
+            .map_err(|e| StorageError::backend("writing the journal", e))
     }
 
     fn last_snapshot_id(&self, doc: &DocName) -> Result<u64, StorageError> {
@@ -318,29 +387,22 @@ impl DocumentStore for SledStore {
         let (name, meta, entries) = (doc.clone(), *meta, entries.to_vec());
         let appended = self
             .run(Op::Write, "appending changes", move |store| {
-                let doc = &name;
-                let mut batch = sled::Batch::default();
+                let mut writes = Vec::with_capacity(entries.len());
                 for entry in &entries {
-                    batch.insert(key(doc, entry.seq), record::encode(&LogRecord::of(entry))?);
+                    let value = record::encode(&LogRecord::of(entry))?;
+                    writes.push(Write::set(Tree::Log, key(&name, entry.seq), value));
                 }
                 // Entries of a failed append that this one does not overwrite go.
-                if let Some(unstored) = store.unstored.range(doc) {
+                if let Some(unstored) = store.unstored.range(&name) {
                     for seq in unstored.filter(|&seq| seq > last) {
-                        batch.remove(key(doc, seq));
+                        writes.push(Write::remove(Tree::Log, key(&name, seq)));
                     }
                 }
-                match store.read_meta(doc)? {
-                    Some(stored) if stored.incarnation == meta.incarnation => store
-                        .log
-                        .apply_batch(batch)
-                        .map_err(io("appending to the update log"))?,
-                    Some(_) => return Err(StorageError::Recreated(doc.to_string())),
-                    // Deleted under someone who had loaded it with changes.
-                    None if first != 1 => return Err(StorageError::Recreated(doc.to_string())),
-                    None => store.create(doc, &meta, &batch)?,
-                }
-                store.flush("flushing the update log")?;
-                Ok(())
+                let ticket = store.apply_and_record(&name, &meta, first, writes)?;
+                store
+                    .journal
+                    .sync(ticket)
+                    .map_err(|e| StorageError::backend("syncing the journal", e))
             })
             .await;
         match &appended {
@@ -359,6 +421,7 @@ impl DocumentStore for SledStore {
     ) -> Result<u64, StorageError> {
         let doc = doc.clone();
         self.run(Op::Write, "compacting a document", move |store| {
+            let mut held = store.journal("compacting a document")?;
             let id = store.last_snapshot_id(&doc)? + 1;
             store.put_snapshot(
                 &doc,
@@ -370,8 +433,9 @@ impl DocumentStore for SledStore {
                     state: snapshot.state,
                 },
             )?;
-            // The snapshot must be on disk before the log entries it replaces go.
-            store.flush("flushing a snapshot")?;
+            // The snapshot must be on disk before the log entries it replaces
+            // go, and so must every journaled append, before they go.
+            store.checkpoint(&mut held, "flushing a snapshot")?;
 
             let snapshots = store.snapshot_infos(&doc)?;
             let drop_through = keep.drop_through(snapshot.seq, &snapshots, snapshot.taken_at_ms);
@@ -461,6 +525,8 @@ impl DocumentStore for SledStore {
     async fn delete(&self, doc: &DocName) -> Result<bool, StorageError> {
         let doc = doc.clone();
         self.run(Op::Write, "deleting a document", move |store| {
+            let mut held = store.journal("deleting a document")?;
+            store.checkpoint(&mut held, "deleting a document")?;
             let existed = store
                 .meta
                 .remove(doc.as_str())
@@ -643,6 +709,8 @@ impl Archive for SledStore {
 impl ArchiveRestore for SledStore {
     async fn restore_dump(&self, dump: DocDump) -> Result<(), StorageError> {
         self.run(Op::BulkWrite, "restoring a document", move |store| {
+            // No append may create the document meanwhile.
+            let _held = store.journal("restoring a document")?;
             let doc = &dump.name;
             if store.read_meta(doc)?.is_some() {
                 return Err(StorageError::AlreadyExists(doc.to_string()));

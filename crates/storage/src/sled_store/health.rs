@@ -76,14 +76,14 @@ impl SledStore {
 
     /// One write-and-flush probe at a time, waited for at most `budget`.
     pub(super) async fn probe_writes(&self, budget: Duration) -> Result<(), StorageError> {
-        let (db, durable) = (self.db.clone(), self.durable.clone());
+        let (db, journal) = (self.db.clone(), self.journal.clone());
         self.guard
             .probe
             .run(budget, "checking the store takes writes", move || {
                 db.insert("weft:probe", &now_ms().to_be_bytes()[..])
                     .map_err(io("checking the store takes writes"))?;
-                durable
-                    .flush(&db)
+                journal
+                    .flush_sled()
                     .map_err(|e| StorageError::backend("checking the store takes writes", e))?;
                 Ok(())
             })
