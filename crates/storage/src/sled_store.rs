@@ -246,23 +246,33 @@ impl SledStore {
         mut writes: Vec<Write>,
     ) -> Result<u64, StorageError> {
         let mut held = self.journal("appending changes")?;
-        let mut batch = sled::Batch::default();
-        for w in &writes {
-            match &w.value {
-                Some(value) => batch.insert(w.key.as_slice(), value.as_slice()),
-                None => batch.remove(w.key.as_slice()),
-            }
-        }
         match self.read_meta(doc)? {
             Some(stored) if stored.incarnation == meta.incarnation => {
-                self.log
-                    .apply_batch(batch)
-                    .map_err(io("appending to the update log"))?
+                // One write at a time, not as a sled batch: sled writes its
+                // log buffer out twice for every batch (each a `pwrite` and
+                // a `sync_file_range`), and the journal's record is what
+                // makes the append whole after a crash.
+                for w in &writes {
+                    let applied = match &w.value {
+                        Some(value) => self.log.insert(&w.key[..], &value[..]).map(drop),
+                        None => self.log.remove(&w.key[..]).map(drop),
+                    };
+                    applied.map_err(io("appending to the update log"))?;
+                }
             }
             Some(_) => return Err(StorageError::Recreated(doc.to_string())),
             // Deleted under someone who had loaded it with changes.
             None if first != 1 => return Err(StorageError::Recreated(doc.to_string())),
-            None => writes.push(self.create(doc, meta, &batch)?),
+            None => {
+                let mut batch = sled::Batch::default();
+                for w in &writes {
+                    match &w.value {
+                        Some(value) => batch.insert(&w.key[..], &value[..]),
+                        None => batch.remove(&w.key[..]),
+                    }
+                }
+                writes.push(self.create(doc, meta, &batch)?);
+            }
         }
         held.record(&writes)
             .map_err(|e| StorageError::backend("writing the journal", e))
