@@ -145,7 +145,17 @@ impl Journal {
         file.read_to_end(&mut bytes)
             .map_err(|e| with_context(e, "reading"))?;
         let capacity = preallocate(&file, dir, bytes.len() as u64)?;
-        let epoch = newest_header(&bytes).unwrap_or(0);
+        let epoch = match newest_header(&bytes) {
+            Some(epoch) => epoch,
+            // Records are only written under a header: none was ever synced.
+            None if !has_a_record(&bytes) => 0,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{FILE_NAME}: both headers are damaged but records follow; move the file aside to open without it (losing its changes)"),
+                ))
+            }
+        };
         for (at, payload) in records(&bytes, epoch) {
             replay(payload, trees).map_err(|why| {
                 io::Error::new(
@@ -308,6 +318,13 @@ fn newest_header(bytes: &[u8]) -> Option<u64> {
             whole.then(|| u64::from_le_bytes(h[8..16].try_into().unwrap_or_default()))
         })
         .max()
+}
+
+/// Whether a record (of any epoch) starts where records do.
+fn has_a_record(bytes: &[u8]) -> bool {
+    bytes
+        .get(RECORDS_AT as usize..)
+        .is_some_and(|records| records.starts_with(&RECORD_MAGIC))
 }
 
 fn encode(epoch: u64, writes: &[Write]) -> Vec<u8> {
@@ -516,6 +533,23 @@ mod tests {
         assert_eq!(bytes.len() as u64, CAPACITY);
         let epoch = newest_header(&bytes).expect("a header");
         assert!(records(&bytes, epoch).is_empty(), "checkpointed at open");
+        let ticket = second
+            .lock()
+            .expect("lock")
+            .record(&writes(2))
+            .expect("record");
+        second.sync(ticket).expect("sync");
         drop(second);
+
+        // Both headers damaged with records behind them: refused, not
+        // opened as if empty.
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[..RECORDS_AT as usize].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let durable = Durable::open(dir.path()).expect("durable");
+        let refused =
+            Journal::open(dir.path(), db.clone(), durable, [&meta, &log]).expect_err("refused");
+        assert!(refused.to_string().contains("both headers"), "{refused}");
     }
 }
