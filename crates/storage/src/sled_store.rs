@@ -23,13 +23,16 @@
 //!
 //! It is the only writer of its data directory, so it plays every role,
 //! [`Replication`] with the answer that there are no other processes.
-//! Beside this file: `health.rs` (coming back after a failed write),
-//! `verify.rs` (`weft verify`), `webhooks.rs` (the webhook outbox) and the
-//! unit tests.
+//! Beside this file: `journal.rs` (what makes an append durable),
+//! `durable.rs` (what makes sled's flush durable), `restoring.rs` (names
+//! a backup is being restored into), `health.rs` (coming back after a
+//! failed write), `verify.rs` (`weft verify`), `webhooks.rs` (the webhook
+//! outbox) and the unit tests.
 
 mod durable;
 mod health;
 mod journal;
+mod restoring;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -50,6 +53,7 @@ use crate::unstored::Unstored;
 use durable::Durable;
 use health::READINESS_BUDGET;
 use journal::{Journal, Tree, Write};
+use restoring::Restoring;
 
 use crate::record::{
     self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
@@ -70,6 +74,7 @@ pub struct SledStore {
     dir: PathBuf,
     guard: Arc<DiskGuard>,
     unstored: Arc<Unstored>,
+    restoring: Arc<Restoring>,
     db: sled::Db,
     journal: Arc<Journal>,
     meta: sled::Tree,
@@ -121,6 +126,7 @@ impl SledStore {
             db,
             guard: Arc::new(DiskGuard::new(DEFAULT_STORAGE_TIMEOUT)),
             unstored: Arc::new(Unstored::default()),
+            restoring: Arc::new(Restoring::default()),
             dir: path,
         })
     }
@@ -248,31 +254,27 @@ impl SledStore {
         let mut held = self.journal("appending changes")?;
         match self.read_meta(doc)? {
             Some(stored) if stored.incarnation == meta.incarnation => {
-                // One write at a time, not as a sled batch: sled writes its
-                // log buffer out twice for every batch (each a `pwrite` and
-                // a `sync_file_range`), and the journal's record is what
-                // makes the append whole after a crash.
-                for w in &writes {
-                    let applied = match &w.value {
-                        Some(value) => self.log.insert(&w.key[..], &value[..]).map(drop),
-                        None => self.log.remove(&w.key[..]).map(drop),
-                    };
-                    applied.map_err(io("appending to the update log"))?;
-                }
+                // A single write outside a sled batch: sled writes its log
+                // buffer out twice for every batch (each a `pwrite` and a
+                // `sync_file_range`). Several stay one batch, so that sled
+                // never keeps part of an append whose record never synced.
+                let applied = match &writes[..] {
+                    [Write {
+                        key,
+                        value: Some(value),
+                        ..
+                    }] => self.log.insert(&key[..], &value[..]).map(drop),
+                    _ => self.log.apply_batch(batch_of(&writes)),
+                };
+                applied.map_err(io("appending to the update log"))?;
             }
             Some(_) => return Err(StorageError::Recreated(doc.to_string())),
-            // Deleted under someone who had loaded it with changes.
-            None if first != 1 => return Err(StorageError::Recreated(doc.to_string())),
-            None => {
-                let mut batch = sled::Batch::default();
-                for w in &writes {
-                    match &w.value {
-                        Some(value) => batch.insert(&w.key[..], &value[..]),
-                        None => batch.remove(&w.key[..]),
-                    }
-                }
-                writes.push(self.create(doc, meta, &batch)?);
+            // Deleted under someone who had loaded it with changes, or
+            // being restored from a backup.
+            None if first != 1 || self.restoring.holds(doc) => {
+                return Err(StorageError::Recreated(doc.to_string()))
             }
+            None => writes.push(self.create(doc, meta, &batch_of(&writes))?),
         }
         held.record(&writes)
             .map_err(|e| StorageError::backend("writing the journal", e))
@@ -719,12 +721,20 @@ impl Archive for SledStore {
 impl ArchiveRestore for SledStore {
     async fn restore_dump(&self, dump: DocDump) -> Result<(), StorageError> {
         self.run(Op::BulkWrite, "restoring a document", move |store| {
-            // No append may create the document meanwhile.
-            let _held = store.journal("restoring a document")?;
             let doc = &dump.name;
-            if store.read_meta(doc)?.is_some() {
-                return Err(StorageError::AlreadyExists(doc.to_string()));
-            }
+            // No append may create the document meanwhile (checked under
+            // the journal's lock, as appends create documents), and no
+            // other document's append waits for the restore.
+            let _claim = {
+                let _held = store.journal("restoring a document")?;
+                if store.read_meta(doc)?.is_some() {
+                    return Err(StorageError::AlreadyExists(doc.to_string()));
+                }
+                store
+                    .restoring
+                    .claim(doc)
+                    .ok_or_else(|| StorageError::AlreadyExists(doc.to_string()))?
+            };
             for snapshot in &dump.snapshots {
                 store.put_snapshot(doc, snapshot)?;
             }
@@ -793,6 +803,18 @@ impl Replication for SledStore {
     ) -> Result<(), StorageError> {
         Ok(())
     }
+}
+
+/// `writes` (all to one tree) as one sled batch.
+fn batch_of(writes: &[Write]) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for w in writes {
+        match &w.value {
+            Some(value) => batch.insert(&w.key[..], &value[..]),
+            None => batch.remove(&w.key[..]),
+        }
+    }
+    batch
 }
 
 fn io(action: &'static str) -> impl Fn(sled::Error) -> StorageError {

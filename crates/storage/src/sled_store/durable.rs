@@ -20,9 +20,10 @@
 //!
 //! Each sync lists `blobs/` with each file's size: work in proportion to
 //! the number of blob files (61 after a full `compare.sh` run; a listing
-//! of 2,000 takes a few milliseconds). Telling a finished blob from one
-//! sled is still writing without looking at it would need sled's help;
-//! a log of weft's own that sled's flush no longer carries would end this.
+//! of 2,000 takes a few milliseconds). Appends do not pay it: they are
+//! made durable by the journal (`journal.rs`), and a durable flush runs
+//! only at the journal's checkpoints and for the writes it does not carry
+//! (webhooks, changes set aside, deletions, restores, the health probe).
 //!
 //! A failed sync is final, as sled's own write errors are: Linux reports a
 //! writeback error to `fdatasync` once and may drop the pages it could not

@@ -17,11 +17,14 @@
 //! (set or removed), so applying one twice, or over a sled that kept some
 //! of them, ends in the same state.
 //!
-//! The invariant that makes replay safe: a write that removes or replaces
-//! what an append wrote (compaction, deletion, a restore) holds the
-//! journal's lock and checkpoints before it removes anything, so no record
-//! can bring back what it removed. Appends hold the same lock while they
-//! apply and write their record, so the journal's order is sled's.
+//! The invariant that makes replay safe: a write that removes what an
+//! append wrote (compaction, deletion) holds the journal's lock and
+//! checkpoints before it removes anything, so no record can bring back
+//! what it removed. Appends hold the same lock while they apply and write
+//! their record, so the journal's order is sled's. A restore writes only
+//! a document without metadata, which no record names (one that did would
+//! predate the document's deletion, which checkpointed), and no append
+//! may create that document meanwhile (`restoring.rs`).
 //!
 //! Layout: two header slots (epoch `e` is written to slot `e % 2`, so a
 //! torn header write leaves the previous one), then records from 8 KiB on:
@@ -279,12 +282,10 @@ impl Held<'_> {
 }
 
 /// Fills the file with zeros up to its capacity (so a sync of a record
-/// carries no metadata), and syncs it and the directory naming it.
+/// carries no metadata), and syncs it and the directory naming it (every
+/// time: a process may have stopped after filling it, before syncing).
 /// Returns the capacity: a larger file keeps its size.
 fn preallocate(file: &File, dir: &Path, len: u64) -> io::Result<u64> {
-    if len >= CAPACITY {
-        return Ok(len);
-    }
     let zeros = vec![0u8; 1 << 16];
     let mut at = len;
     while at < CAPACITY {
@@ -295,8 +296,8 @@ fn preallocate(file: &File, dir: &Path, len: u64) -> io::Result<u64> {
     }
     file.sync_all()
         .and_then(|()| File::open(dir)?.sync_all())
-        .map_err(|e| with_context(e, "syncing the new"))?;
-    Ok(CAPACITY)
+        .map_err(|e| with_context(e, "syncing"))?;
+    Ok(len.max(CAPACITY))
 }
 
 fn header(epoch: u64) -> Vec<u8> {

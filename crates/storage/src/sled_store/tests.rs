@@ -497,3 +497,26 @@ async fn compaction_checkpoints_so_the_entries_it_drops_stay_dropped() {
     assert_eq!(seqs, vec![7], "entries the snapshot replaced came back");
     assert_eq!(dump.snapshots.len(), 1);
 }
+
+#[tokio::test]
+async fn no_append_creates_a_document_while_a_backup_is_restored_into_its_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    let d = doc("restoring");
+    let meta = store.load(&d).await.expect("load").meta;
+    let claim = store.restoring.claim(&d).expect("claimed");
+    assert!(store.restoring.claim(&d).is_none(), "one restore at a time");
+    let refused = store.append(&d, &meta, &[entry(1)]).await;
+    assert!(
+        matches!(refused, Err(StorageError::Recreated(_))),
+        "{refused:?}"
+    );
+    assert!(!store.load(&d).await.expect("load").exists);
+
+    drop(claim);
+    store
+        .append(&d, &meta, &[entry(1)])
+        .await
+        .expect("appends once let go");
+    assert_eq!(store.load(&d).await.expect("load").log, vec![entry(1)]);
+}
