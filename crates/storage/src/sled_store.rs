@@ -280,6 +280,46 @@ impl SledStore {
             .map_err(|e| StorageError::backend("writing the journal", e))
     }
 
+    /// Removes a document, its metadata and every record of it, in one
+    /// sled transaction: a crash leaves it whole or gone, never records
+    /// without metadata (which a later document of the name would take
+    /// for its own). Returns whether it had metadata.
+    fn remove_whole(&self, doc: &DocName) -> Result<bool, StorageError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        use std::convert::Infallible;
+
+        let parts = [
+            &self.log,
+            &self.snapshots,
+            &self.snapshot_index,
+            &self.quarantine,
+        ];
+        let mut batches: [sled::Batch; 4] = Default::default();
+        for (tree, batch) in parts.iter().zip(&mut batches) {
+            for k in tree.scan_prefix(prefix(doc)).keys() {
+                batch.remove(k.map_err(io("deleting a document"))?);
+            }
+        }
+        let [log, snapshots, index, quarantine] = parts;
+        let removed = (&self.meta, log, snapshots, index, quarantine).transaction(|trees| {
+            let (meta, log, snapshots, index, quarantine) = trees;
+            let existed = meta.remove(doc.as_str())?.is_some();
+            for (tree, batch) in [log, snapshots, index, quarantine]
+                .into_iter()
+                .zip(&batches)
+            {
+                tree.apply_batch(batch)?;
+            }
+            Ok::<_, ConflictableTransactionError<Infallible>>(existed)
+        });
+        match removed {
+            Ok(existed) => Ok(existed),
+            Err(TransactionError::Abort(never)) => match never {},
+            Err(TransactionError::Storage(e)) => Err(io("deleting a document")(e)),
+        }
+    }
+
     fn last_snapshot_id(&self, doc: &DocName) -> Result<u64, StorageError> {
         Ok(self
             .snapshot_index
@@ -539,23 +579,7 @@ impl DocumentStore for SledStore {
         self.run(Op::Write, "deleting a document", move |store| {
             let mut held = store.journal("deleting a document")?;
             store.checkpoint(&mut held, "deleting a document")?;
-            let existed = store
-                .meta
-                .remove(doc.as_str())
-                .map_err(io("deleting a document"))?
-                .is_some();
-            for tree in [
-                &store.log,
-                &store.snapshots,
-                &store.snapshot_index,
-                &store.quarantine,
-            ] {
-                let mut batch = sled::Batch::default();
-                for k in tree.scan_prefix(prefix(&doc)).keys() {
-                    batch.remove(k.map_err(io("deleting a document"))?);
-                }
-                tree.apply_batch(batch).map_err(io("deleting a document"))?;
-            }
+            let existed = store.remove_whole(&doc)?;
             store.flush("flushing a deletion")?;
             store.unstored.cleared(&doc);
             Ok(existed)
