@@ -328,25 +328,27 @@ fn has_a_record(bytes: &[u8]) -> bool {
         .is_some_and(|records| records.starts_with(&RECORD_MAGIC))
 }
 
+/// One record, in one buffer: the head is filled in once the payload
+/// behind it is written.
 fn encode(epoch: u64, writes: &[Write]) -> Vec<u8> {
-    let mut payload = Vec::new();
+    let mut record = vec![0u8; RECORD_HEAD];
     for w in writes {
-        payload.push(w.tree as u8);
-        payload.push(u8::from(w.value.is_none()));
-        put_bytes(&mut payload, &w.key);
+        record.push(w.tree as u8);
+        record.push(u8::from(w.value.is_none()));
+        put_bytes(&mut record, &w.key);
         if let Some(value) = &w.value {
-            put_bytes(&mut payload, value);
+            put_bytes(&mut record, value);
         }
     }
-    let mut record = Vec::with_capacity(RECORD_HEAD + payload.len());
-    record.extend_from_slice(&RECORD_MAGIC);
-    record.extend_from_slice(&epoch.to_le_bytes());
-    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let len = (record.len() - RECORD_HEAD) as u32;
+    record[..4].copy_from_slice(&RECORD_MAGIC);
+    record[4..12].copy_from_slice(&epoch.to_le_bytes());
+    record[12..16].copy_from_slice(&len.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&record[4..16]);
-    crc.update(&payload);
-    record.extend_from_slice(&crc.finalize().to_le_bytes());
-    record.extend_from_slice(&payload);
+    crc.update(&record[RECORD_HEAD..]);
+    let crc = crc.finalize();
+    record[16..RECORD_HEAD].copy_from_slice(&crc.to_le_bytes());
     record
 }
 
@@ -552,5 +554,37 @@ mod tests {
         let refused =
             Journal::open(dir.path(), db.clone(), durable, [&meta, &log]).expect_err("refused");
         assert!(refused.to_string().contains("both headers"), "{refused}");
+    }
+
+    #[test]
+    fn a_full_journal_checkpoints_and_starts_over_with_what_did_not_fit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new().path(dir.path()).open().expect("sled");
+        let (meta, log) = (
+            db.open_tree("meta").expect("t"),
+            db.open_tree("log").expect("t"),
+        );
+        let durable = Durable::open(dir.path()).expect("durable");
+        let journal =
+            Journal::open(dir.path(), db.clone(), durable, [&meta, &log]).expect("journal");
+        // Ten appends of 1 MiB each, applied as the store applies them:
+        // seven fit in the 8 MiB file, the eighth checkpoints first.
+        for n in 0..10u8 {
+            let big = vec![Write::set(Tree::Log, vec![b'b', n], vec![n; 1 << 20])];
+            log.insert([b'b', n], vec![n; 1 << 20]).expect("apply");
+            let ticket = journal.lock().expect("lock").record(&big).expect("record");
+            journal.sync(ticket).expect("sync");
+        }
+        let bytes = std::fs::read(dir.path().join(FILE_NAME)).expect("read");
+        assert_eq!(bytes.len() as u64, CAPACITY, "the file does not grow");
+        let epoch = newest_header(&bytes).expect("a header");
+        assert_eq!(epoch, 2, "one checkpoint at open, one when full");
+        let kept: Vec<Vec<Write>> = records(&bytes, epoch)
+            .into_iter()
+            .map(|(_, payload)| decode(payload).expect("decodes"))
+            .collect();
+        let first_kept = kept.first().map(|w| w[0].key.clone());
+        assert_eq!(kept.len(), 3, "the appends after the checkpoint");
+        assert_eq!(first_kept, Some(vec![b'b', 7]));
     }
 }
