@@ -231,11 +231,7 @@ impl SledStore {
             Ok(())
         });
         match created {
-            Ok(()) => Ok(Write {
-                tree: Tree::Meta,
-                key: doc.as_str().as_bytes().to_vec(),
-                value: Some(record),
-            }),
+            Ok(()) => Ok(Write::set(Tree::Meta, doc.as_str().into(), record)),
             Err(TransactionError::Abort(())) => Err(StorageError::Recreated(doc.to_string())),
             Err(TransactionError::Storage(e)) => Err(io("creating a document")(e)),
         }
