@@ -50,7 +50,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    fn writes(self) -> bool {
+    pub(crate) fn writes(self) -> bool {
         matches!(self, Op::Write | Op::BulkWrite)
     }
 

@@ -15,8 +15,10 @@
 //!
 //! sled calls can block on disk, so each operation is one closure over the
 //! store that [`SledStore::run`] runs on tokio's blocking pool under a
-//! deadline ([`DiskGuard`]). A write that fails or misses its deadline
-//! marks the store failed: writes are refused at once, reads go on, and
+//! deadline ([`DiskGuard`]). A write that fails or misses its deadline, or
+//! that would leave the disk with less free space than a floor
+//! ([`SpaceFloor`]), marks the store failed: writes are refused at once,
+//! reads go on, and
 //! [`SledStore::recover`] tells when it takes writes again, or that it
 //! never will in this process (sled 0.34 keeps a write error until the
 //! database is reopened).
@@ -25,7 +27,8 @@
 //! [`Replication`] with the answer that there are no other processes.
 //! Beside this file: `journal.rs` (what makes an append durable),
 //! `durable.rs` (what makes sled's flush durable), `restoring.rs` (names
-//! a backup is being restored into), `health.rs` (coming back after a
+//! a backup is being restored into), `space.rs` (the free space kept so
+//! that sled never meets a full disk), `health.rs` (coming back after a
 //! failed write), `verify.rs` (`weft verify`), `webhooks.rs` (the webhook
 //! outbox) and the unit tests.
 
@@ -33,6 +36,7 @@ mod durable;
 mod health;
 mod journal;
 mod restoring;
+mod space;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -54,6 +58,7 @@ use durable::Durable;
 use health::READINESS_BUDGET;
 use journal::{Journal, Tree, Write};
 use restoring::Restoring;
+use space::SpaceFloor;
 
 use crate::record::{
     self, LogRecord, MetaRecord, QuarantineRecord, SnapshotIndexRecord, SnapshotRecord,
@@ -73,6 +78,7 @@ pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SledStore {
     dir: PathBuf,
     guard: Arc<DiskGuard>,
+    space: Arc<SpaceFloor>,
     unstored: Arc<Unstored>,
     restoring: Arc<Restoring>,
     db: sled::Db,
@@ -113,6 +119,7 @@ impl SledStore {
             source: Box::new(e),
         };
         let durable = Durable::open(&path).map_err(|e| opened("syncing sled's files", e))?;
+        let space = SpaceFloor::of(&path).map_err(|e| opened("reading the disk's size", e))?;
         let journal = Journal::open(&path, db.clone(), durable, [&meta, &log])
             .map_err(|e| opened("replaying the journal", e))?;
         Ok(SledStore {
@@ -125,6 +132,7 @@ impl SledStore {
             journal: Arc::new(journal),
             db,
             guard: Arc::new(DiskGuard::new(DEFAULT_STORAGE_TIMEOUT)),
+            space: Arc::new(space),
             unstored: Arc::new(Unstored::default()),
             restoring: Arc::new(Restoring::default()),
             dir: path,
@@ -139,14 +147,37 @@ impl SledStore {
     }
 
     /// Runs one operation, `f` over this store, on the blocking pool and
-    /// waits for it at most `op`'s deadline (see [`DiskGuard`]).
+    /// waits for it at most `op`'s deadline (see [`DiskGuard`]). A write is
+    /// refused if it would leave less than the floor free ([`SpaceFloor`]).
     async fn run<T, F>(&self, op: Op, action: &'static str, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(&SledStore) -> Result<T, StorageError> + Send + 'static,
     {
+        self.run_writing(op, action, 0, f).await
+    }
+
+    /// [`run`](Self::run) for an operation that writes about `bytes`.
+    async fn run_writing<T, F>(
+        &self,
+        op: Op,
+        action: &'static str,
+        bytes: u64,
+        f: F,
+    ) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SledStore) -> Result<T, StorageError> + Send + 'static,
+    {
         let store = self.clone();
-        self.guard.run(op, action, move || f(&store)).await
+        self.guard
+            .run(op, action, move || {
+                if op.writes() {
+                    store.space.admit(action, bytes)?;
+                }
+                f(&store)
+            })
+            .await
     }
 
     /// Flushes the database and returns once what it flushed is on stable
@@ -250,15 +281,19 @@ impl SledStore {
         let mut held = self.journal("appending changes")?;
         match self.read_meta(doc)? {
             Some(stored) if stored.incarnation == meta.incarnation => {
-                // One sled batch, so that sled never keeps part of an
-                // append. (sled writes its log buffer out for every batch.
-                // Applied one insert at a time instead, a full disk showed
-                // only in sled's background writes, and reloading the
-                // document then failed to read in half the runs of
-                // `tests/full_disk.rs`.)
-                self.log
-                    .apply_batch(batch_of(&writes))
-                    .map_err(io("appending to the update log"))?;
+                // One write at a time, not as a sled batch: sled writes its
+                // log buffer out before and after every batch (a `pwrite`
+                // and a waited `sync_file_range` each), competing with the
+                // journal's sync for the disk. The journal's record is what
+                // makes the append whole after a crash, and the space floor
+                // keeps sled's own later writes from meeting a full disk.
+                for w in &writes {
+                    let applied = match &w.value {
+                        Some(value) => self.log.insert(&w.key[..], &value[..]).map(drop),
+                        None => self.log.remove(&w.key[..]).map(drop),
+                    };
+                    applied.map_err(io("appending to the update log"))?;
+                }
             }
             Some(_) => return Err(StorageError::Recreated(doc.to_string())),
             // Deleted under someone who had loaded it with changes, or
@@ -428,9 +463,10 @@ impl DocumentStore for SledStore {
             return Ok(());
         }
         let (first, last) = (entries[0].seq, entries[entries.len() - 1].seq);
+        let bytes = entries.iter().map(|e| e.update.len() as u64).sum();
         let (name, meta, entries) = (doc.clone(), *meta, entries.to_vec());
         let appended = self
-            .run(Op::Write, "appending changes", move |store| {
+            .run_writing(Op::Write, "appending changes", bytes, move |store| {
                 let mut writes = Vec::with_capacity(entries.len());
                 for entry in &entries {
                     let value = record::encode(&LogRecord::of(entry))?;

@@ -36,7 +36,8 @@ pub enum Recovery {
 
 impl SledStore {
     /// Writes and flushes a no-op record within the storage timeout:
-    /// proves the disk accepts writes (at startup).
+    /// proves the disk accepts writes and has more than the floor free (at
+    /// startup).
     pub async fn check_disk_writable(&self) -> Result<(), StorageError> {
         self.probe_writes(self.guard.timeout()).await
     }
@@ -74,28 +75,31 @@ impl SledStore {
         ))
     }
 
-    /// One write-and-flush probe at a time, waited for at most `budget`.
+    /// One write-and-flush probe at a time, waited for at most `budget`;
+    /// refused below the space floor, as every write is.
     pub(super) async fn probe_writes(&self, budget: Duration) -> Result<(), StorageError> {
-        let (db, journal) = (self.db.clone(), self.journal.clone());
+        const ACTION: &str = "checking the store takes writes";
+        let (db, journal, space) = (self.db.clone(), self.journal.clone(), self.space.clone());
         self.guard
             .probe
-            .run(budget, "checking the store takes writes", move || {
+            .run(budget, ACTION, move || {
+                space.admit(ACTION, 0)?;
                 db.insert("weft:probe", &now_ms().to_be_bytes()[..])
-                    .map_err(io("checking the store takes writes"))?;
+                    .map_err(io(ACTION))?;
                 journal
                     .flush_sled()
-                    .map_err(|e| StorageError::backend("checking the store takes writes", e))?;
+                    .map_err(|e| StorageError::backend(ACTION, e))?;
                 Ok(())
             })
             .await
     }
 
-    /// Whether the data directory's disk has room for a restart and takes
-    /// a small durable write, outside sled. (Its outcome is shared as text
+    /// Whether the data directory's disk has room for a restart (more than
+    /// the space floor) and takes a small durable write, outside sled. (Its outcome is shared as text
     /// by whoever asks meanwhile, so its failures are [`StorageError::Io`].)
     async fn disk_has_room(&self) -> Result<(), StorageError> {
         const ACTION: &str = "checking the disk has room";
-        let dir = self.dir.clone();
+        let (dir, headroom) = (self.dir.clone(), RESTART_HEADROOM.max(self.space.floor()));
         self.guard
             .disk_check
             .run(self.guard.timeout(), ACTION, move || {
@@ -104,7 +108,7 @@ impl SledStore {
                     reason,
                 };
                 let free = fs2::available_space(&dir).map_err(|e| fail(e.to_string()))?;
-                if free < RESTART_HEADROOM {
+                if free < headroom {
                     return Err(fail(format!("{free} bytes free")));
                 }
                 let path = dir.join("weft-space-probe");
