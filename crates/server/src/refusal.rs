@@ -97,7 +97,9 @@ impl Refusal {
             | StorageError::Connect { .. }
             | StorageError::Timeout { .. }
             | StorageError::Unavailable { .. }
-            | StorageError::Busy(_) => {
+            | StorageError::Busy(_)
+            | StorageError::DiskFull { .. }
+            | StorageError::NoRoom { .. } => {
                 Refusal::unavailable("storage_failure", close_code::INTERNAL_ERROR)
             }
             _ => Refusal::new(

@@ -1,10 +1,11 @@
 //! A real full disk: weft's data directory on a 20 MB tmpfs, filled by a
 //! filler file, or by a writer once the filler has left it a little. Writes
-//! are refused before the disk is full (HTTP 503, WebSocket 1011; weft keeps
-//! a floor of free space so that sled never meets a full disk), readiness
-//! says so within 2 s, documents are still read, and when space returns weft
-//! takes writes again by itself; nothing acknowledged is lost, and SIGTERM
-//! exits within `--shutdown-timeout` while the disk is full.
+//! are refused before the disk is full (HTTP 503, WebSocket 1011; weft
+//! keeps a floor of free space so that sled's own writes do not meet a
+//! full disk), readiness says so within 2 s, documents are still read, and
+//! when space returns weft takes writes again by itself; nothing
+//! acknowledged is lost, and SIGTERM exits within `--shutdown-timeout`
+//! while the disk is full.
 //!
 //! And a real stuck disk: ext4 on a loop device, frozen with `fsfreeze`, so
 //! that every write blocks in the kernel. Nothing waits on it past
@@ -248,6 +249,42 @@ async fn write_acknowledged(
     acked
 }
 
+/// Within 10 s of space returning, a write is taken, and weft never asked
+/// to be restarted.
+async fn writes_resume(addr: &str, log: &Path) {
+    let freed = Instant::now();
+    let mut last = (0, String::new());
+    while freed.elapsed() < Duration::from_secs(10) && last.0 != 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = post(addr, "busy", insert(&Doc::new(), "after")).await;
+    }
+    assert_eq!(
+        last.0, 200,
+        "writes must resume once space returns: {}",
+        last.1
+    );
+    eprintln!("writes resumed {:?} after space returned", freed.elapsed());
+    let logged = std::fs::read_to_string(log).expect("log");
+    assert!(
+        !logged.contains("exiting so that a supervisor restarts weft"),
+        "weft asked for a restart"
+    );
+}
+
+/// Small writes until the store refuses every write: a write refused for
+/// its size near the floor leaves smaller ones going, up to the floor.
+async fn fill_to_floor(addr: &str) {
+    for small in 0..4000 {
+        let (status, body) = post(addr, "busy", insert(&Doc::new(), "s")).await;
+        if status == 503 && body.contains("nearly full") {
+            eprintln!("{small} small writes taken before the floor");
+            return;
+        }
+        assert_eq!(status, 200, "{body}");
+    }
+    panic!("4000 small writes were all taken on a full 20 MB disk");
+}
+
 /// Keeps writing until weft refuses. Returns the refusal and the refused
 /// chunk's marker; `acked` gets the markers acknowledged.
 async fn write_until_refused(
@@ -286,8 +323,9 @@ async fn a_full_disk_refuses_writes_promptly_keeps_reads_and_recovers() {
 }
 
 /// The filler leaves 2 MiB: the writer's own changes reach weft's floor of
-/// free space (1 MiB on this disk) and are refused there, sled having had
-/// room for everything it was given.
+/// free space (1 MiB on this disk), a 4 KB change is refused for its size
+/// first and small ones up to the floor, sled having had room for
+/// everything it was given.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_that_fill_the_disk_are_refused_at_the_floor_and_resume() {
     full_disk_scenario(2 * 1024 * 1024).await;
@@ -327,6 +365,7 @@ async fn full_disk_scenario(leave: u64) {
         acked.len(),
         disk.available()
     );
+    fill_to_floor(&addr).await;
 
     // The document's writers are closed: they resync when they reconnect.
     let (code, reason) = close_of(&mut editor).await;
@@ -369,23 +408,7 @@ async fn full_disk_scenario(leave: u64) {
     // Space returns: weft takes writes again by itself (sled never met the
     // full disk, so no restart is needed).
     disk.free();
-    let freed = Instant::now();
-    let mut last = (0, String::new());
-    while freed.elapsed() < Duration::from_secs(10) && last.0 != 200 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        last = post(&addr, "busy", insert(&Doc::new(), "after")).await;
-    }
-    assert_eq!(
-        last.0, 200,
-        "writes must resume once space returns: {}",
-        last.1
-    );
-    eprintln!("writes resumed {:?} after space returned", freed.elapsed());
-    let logged = std::fs::read_to_string(&log).expect("log");
-    assert!(
-        !logged.contains("exiting so that a supervisor restarts weft"),
-        "weft asked for a restart"
-    );
+    writes_resume(&addr, &log).await;
 
     // Nothing acknowledged is lost across the restart.
     let server = server.restart(&[]);

@@ -123,7 +123,8 @@ impl DiskGuard {
         if let Err(
             e @ (StorageError::Io { .. }
             | StorageError::Backend { .. }
-            | StorageError::Timeout { .. }),
+            | StorageError::Timeout { .. }
+            | StorageError::DiskFull { .. }),
         ) = &outcome
         {
             self.fail(e.to_string());

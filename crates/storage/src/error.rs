@@ -123,6 +123,23 @@ pub enum StorageError {
 
     #[error("{0}; try again shortly")]
     Busy(&'static str),
+
+    /// Refused because the data directory's disk has less free space than
+    /// the store keeps (see `sled_store/space.rs`); the store takes no
+    /// writes until there is more.
+    #[error(
+        "the server's disk is nearly full ({action} refused); writes resume once space \
+         is freed on it"
+    )]
+    DiskFull { action: &'static str },
+
+    /// Refused because this write would not fit in the free space the disk
+    /// has above that floor; smaller writes still go.
+    #[error(
+        "the server's disk has too little free space for this write ({action}, {bytes} \
+         bytes); try a smaller change, or again later"
+    )]
+    NoRoom { action: &'static str, bytes: u64 },
 }
 
 impl StorageError {
@@ -138,6 +155,8 @@ impl StorageError {
                 | StorageError::Unavailable { .. }
                 | StorageError::Connect { .. }
                 | StorageError::Busy(_)
+                | StorageError::DiskFull { .. }
+                | StorageError::NoRoom { .. }
         )
     }
 

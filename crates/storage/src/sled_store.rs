@@ -28,9 +28,9 @@
 //! Beside this file: `journal.rs` (what makes an append durable),
 //! `durable.rs` (what makes sled's flush durable), `restoring.rs` (names
 //! a backup is being restored into), `space.rs` (the free space kept so
-//! that sled never meets a full disk), `health.rs` (coming back after a
-//! failed write), `verify.rs` (`weft verify`), `webhooks.rs` (the webhook
-//! outbox) and the unit tests.
+//! that sled's writes do not meet a full disk), `health.rs` (coming back
+//! after a failed write), `verify.rs` (`weft verify`), `webhooks.rs` (the
+//! webhook outbox) and the unit tests.
 
 mod durable;
 mod health;
@@ -281,19 +281,7 @@ impl SledStore {
         let mut held = self.journal("appending changes")?;
         match self.read_meta(doc)? {
             Some(stored) if stored.incarnation == meta.incarnation => {
-                // One write at a time, not as a sled batch: sled writes its
-                // log buffer out before and after every batch (a `pwrite`
-                // and a waited `sync_file_range` each), competing with the
-                // journal's sync for the disk. The journal's record is what
-                // makes the append whole after a crash, and the space floor
-                // keeps sled's own later writes from meeting a full disk.
-                for w in &writes {
-                    let applied = match &w.value {
-                        Some(value) => self.log.insert(&w.key[..], &value[..]).map(drop),
-                        None => self.log.remove(&w.key[..]).map(drop),
-                    };
-                    applied.map_err(io("appending to the update log"))?;
-                }
+                self.apply_to_log(&writes)?;
             }
             Some(_) => return Err(StorageError::Recreated(doc.to_string())),
             // Deleted under someone who had loaded it with changes, or
@@ -305,6 +293,25 @@ impl SledStore {
         }
         held.record(&writes)
             .map_err(|e| StorageError::backend("writing the journal", e))
+    }
+
+    /// Applies an append's writes to the `log` tree. A single write (a
+    /// change on its own, as most are) is one insert: a sled batch would
+    /// write sled's log buffer out before and after it (a `pwrite` and a
+    /// waited `sync_file_range` each), competing with the journal's sync
+    /// for the disk. Several are one batch, so that sled, which may flush
+    /// any time, never keeps part of an append whose journal record was
+    /// never written (a failed append, or a crash before its record).
+    fn apply_to_log(&self, writes: &[Write]) -> Result<(), StorageError> {
+        let applied = match writes {
+            [Write {
+                value: Some(value),
+                key,
+                ..
+            }] => self.log.insert(&key[..], &value[..]).map(drop),
+            _ => self.log.apply_batch(batch_of(writes)),
+        };
+        applied.map_err(io("appending to the update log"))
     }
 
     /// Removes a document, its metadata and every record of it, in one
@@ -409,8 +416,8 @@ impl DocumentStore for SledStore {
                 reason: failure.reason,
             });
         }
-        let checked = self.probe_writes(READINESS_BUDGET).await;
-        if let Err(e @ StorageError::Io { .. }) = &checked {
+        let checked = self.probe_writes(READINESS_BUDGET, false).await;
+        if let Err(e @ (StorageError::Io { .. } | StorageError::DiskFull { .. })) = &checked {
             self.guard.fail(e.to_string());
         }
         checked
@@ -500,7 +507,8 @@ impl DocumentStore for SledStore {
         keep: LogRetention,
     ) -> Result<u64, StorageError> {
         let doc = doc.clone();
-        self.run(Op::Write, "compacting a document", move |store| {
+        let bytes = snapshot.state.len() as u64;
+        self.run_writing(Op::Write, "compacting a document", bytes, move |store| {
             let mut held = store.journal("compacting a document")?;
             let id = store.last_snapshot_id(&doc)? + 1;
             store.put_snapshot(
@@ -772,7 +780,13 @@ impl Archive for SledStore {
 #[async_trait]
 impl ArchiveRestore for SledStore {
     async fn restore_dump(&self, dump: DocDump) -> Result<(), StorageError> {
-        self.run(Op::BulkWrite, "restoring a document", move |store| {
+        let bytes = dump
+            .snapshots
+            .iter()
+            .map(|s| s.state.len() as u64)
+            .sum::<u64>()
+            + dump.log.iter().map(|e| e.update.len() as u64).sum::<u64>();
+        self.run_writing(Op::BulkWrite, "restoring a document", bytes, move |store| {
             let doc = &dump.name;
             // No append may create the document meanwhile (checked under
             // the journal's lock, as appends create documents), and no

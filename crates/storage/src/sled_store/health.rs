@@ -36,10 +36,18 @@ pub enum Recovery {
 
 impl SledStore {
     /// Writes and flushes a no-op record within the storage timeout:
-    /// proves the disk accepts writes and has more than the floor free (at
-    /// startup).
+    /// proves the disk accepts writes (at startup). A disk below the space
+    /// floor is no reason not to start: the store starts failed (reads go
+    /// on) and takes writes once there is room.
     pub async fn check_disk_writable(&self) -> Result<(), StorageError> {
-        self.probe_writes(self.guard.timeout()).await
+        match self.probe_writes(self.guard.timeout(), false).await {
+            Err(e @ StorageError::DiskFull { .. }) => {
+                tracing::warn!(error = %e, "starting with writes refused");
+                self.guard.fail(e.to_string());
+                Ok(())
+            }
+            checked => checked,
+        }
     }
 
     /// Why the store is not taking writes, if it is not.
@@ -54,7 +62,7 @@ impl SledStore {
         let Some(failure) = self.guard.failure() else {
             return Recovery::Healthy;
         };
-        let still = match self.probe_writes(READINESS_BUDGET).await {
+        let still = match self.probe_writes(READINESS_BUDGET, true).await {
             Ok(()) => {
                 self.guard.recovered();
                 tracing::info!(after = ?failure.since.elapsed(), "the store takes writes again");
@@ -62,11 +70,13 @@ impl SledStore {
             }
             Err(e) => e,
         };
+        // Refused for want of space: sled met nothing, wait for room.
         // A write still waiting may yet finish, as on a disk that was
         // frozen or slow: give it the storage timeout.
         let waiting = matches!(still, StorageError::Timeout { .. })
             && self.guard.probe.running_for() < self.guard.timeout();
-        if waiting || self.disk_has_room().await.is_err() {
+        let no_space = matches!(still, StorageError::DiskFull { .. });
+        if no_space || waiting || self.disk_has_room().await.is_err() {
             return Recovery::Failed(failure.reason);
         }
         Recovery::RestartNeeded(format!(
@@ -76,14 +86,25 @@ impl SledStore {
     }
 
     /// One write-and-flush probe at a time, waited for at most `budget`;
-    /// refused below the space floor, as every write is.
-    pub(super) async fn probe_writes(&self, budget: Duration) -> Result<(), StorageError> {
+    /// refused ([`StorageError::DiskFull`]) below the space floor, or, for
+    /// a failed store `recovering`, until there is half a floor more.
+    /// (`statvfs` is asked here, not on the blocking pool: it does not wait
+    /// on the disk's writes, and a frozen file system answers it.)
+    pub(super) async fn probe_writes(
+        &self,
+        budget: Duration,
+        recovering: bool,
+    ) -> Result<(), StorageError> {
         const ACTION: &str = "checking the store takes writes";
-        let (db, journal, space) = (self.db.clone(), self.journal.clone(), self.space.clone());
+        if recovering {
+            self.space.admit_recovery(ACTION)?;
+        } else {
+            self.space.admit(ACTION, 0)?;
+        }
+        let (db, journal) = (self.db.clone(), self.journal.clone());
         self.guard
             .probe
             .run(budget, ACTION, move || {
-                space.admit(ACTION, 0)?;
                 db.insert("weft:probe", &now_ms().to_be_bytes()[..])
                     .map_err(io(ACTION))?;
                 journal
