@@ -75,6 +75,7 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 use tracing::{debug, warn};
 
+use crate::direct_io::{DirectIo, TcpOutlet};
 use crate::peer::PeerAddr;
 use crate::stream_conn;
 
@@ -208,8 +209,13 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, state: Arc<ConnState>, sha
                     Box::pin(serve_stream(tcp, request, head_len, peer, &state, &shared)).await;
                 }
                 Start::Http(protocol) => {
-                    let io = TokioIo::new(tcp);
-                    Box::pin(serve_http(io, peer, &state, headers_due, &shared, protocol)).await;
+                    // Plain TCP: a WebSocket's room may write to it too.
+                    let direct = DirectIo::new(tcp);
+                    let outlet = Some(direct.outlet());
+                    let io = TokioIo::new(direct);
+                    let http =
+                        serve_http(io, (peer, outlet), &state, headers_due, &shared, protocol);
+                    Box::pin(http).await;
                 }
             },
             Some(acceptor) => {
@@ -271,7 +277,15 @@ async fn serve_tls(
     match handshake {
         Ok(Ok(tls)) => {
             let io = TokioIo::new(tls);
-            Box::pin(serve_http(io, peer, state, headers_due, shared, None)).await
+            Box::pin(serve_http(
+                io,
+                (peer, None),
+                state,
+                headers_due,
+                shared,
+                None,
+            ))
+            .await
         }
         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => closed_for("header_timeout", peer),
@@ -313,10 +327,12 @@ async fn sniff(tcp: &TcpStream) -> Option<Protocol> {
 /// dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves HTTP on `io`, enforcing the header, idle and closing deadlines.
+/// Serves HTTP on `io`, enforcing the header, idle and closing deadlines;
+/// `peer` is the client's address, and for plain TCP the outlet its
+/// WebSocket's room may write through.
 async fn serve_http<I>(
     io: TokioIo<I>,
-    peer: SocketAddr,
+    peer: (SocketAddr, Option<TcpOutlet>),
     state: &Arc<ConnState>,
     headers_due: Instant,
     shared: &Shared,
@@ -324,6 +340,7 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (peer, outlet) = peer;
     // hyper keeps a place for the service's future for the connection's
     // whole life, sized to that future; boxed, the place is a pointer and
     // the routing state is freed once the response has begun (an event
@@ -331,7 +348,10 @@ async fn serve_http<I>(
     let service = hyper::service::service_fn({
         let router = shared.router.clone();
         let state = state.clone();
-        move |request| Box::pin(handle(router.clone(), request, peer, state.clone()))
+        move |request| {
+            let to = (peer, outlet.clone());
+            Box::pin(handle(router.clone(), request, to, state.clone()))
+        }
     });
     let conn = shared
         .builder(protocol)
@@ -407,7 +427,7 @@ async fn serve_stream(
     let routed = Box::pin(handle(
         shared.router.clone(),
         stream_conn::unbox(request),
-        peer,
+        (peer, None),
         state.clone(),
     ));
     let Ok(response) = routed.await;
@@ -428,7 +448,7 @@ fn far_future() -> Instant {
 async fn handle<B>(
     mut router: Router,
     request: Request<B>,
-    peer: SocketAddr,
+    (peer, outlet): (SocketAddr, Option<TcpOutlet>),
     state: Arc<ConnState>,
 ) -> Result<Response<Body>, Infallible>
 where
@@ -438,6 +458,9 @@ where
     let in_flight = state.request_started();
     let mut request = request.map(Body::new);
     request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+    if let Some(outlet) = outlet {
+        request.extensions_mut().insert(outlet);
+    }
     let response = router.call(request).await?;
     Ok(response.map(|body| {
         Body::new(body.map_frame(move |frame| {

@@ -18,6 +18,7 @@ mod cli;
 mod close_code;
 mod config_file;
 mod creation_limit;
+mod direct_io;
 mod doc_path;
 mod docs_api;
 mod edits_api;

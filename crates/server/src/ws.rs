@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
@@ -23,7 +24,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use weft_storage::DocName;
 use weft_sync::protocol::decode_frame;
-use weft_sync::{Access, Dialect, Joiner, Session};
+use weft_sync::{Access, Dialect, Joiner, Outbound, Session};
 
 use crate::access::Credentials;
 use crate::api_error::ApiError;
@@ -31,6 +32,7 @@ use crate::app::AppState;
 use crate::auth::{Grant, Mode};
 use crate::close_code;
 use crate::creation_limit::client_addr;
+use crate::direct_io::TcpOutlet;
 use crate::doc_path::DocPath;
 use crate::limits;
 use crate::peer::PeerAddr;
@@ -42,9 +44,11 @@ pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     DocPath(doc): DocPath,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    outlet: Option<Extension<TcpOutlet>>,
     credentials: Credentials,
     ws: Result<WsUpgrade, NotAWebSocket>,
 ) -> Response {
+    let outlet = outlet.map(|Extension(outlet)| outlet);
     // The cross-site guard (`origin.rs`) has already checked the `Origin`
     // of every upgrade.
     let ws = match ws {
@@ -85,7 +89,7 @@ pub async fn upgrade(
             // `WsUpgrade::on_upgrade`): what only joining needs (the grant,
             // the peer's address) is not kept for the connection's life.
             Ok((grant, slot)) => Either::Left(
-                Box::pin(join(socket, doc, grant, peer, app))
+                Box::pin(join(socket, doc, grant, (peer, outlet), app))
                     .then(move |joined| match joined {
                         Some(joined) => Either::Left(run(joined, (slot, tracked))),
                         None => Either::Right(std::future::ready(())),
@@ -296,6 +300,8 @@ fn run(
             ..
         } = &mut joined;
         let end = connection_loop(socket, session, *expiry, app).await;
+        // Nothing may follow the close frame.
+        joined.session.close_outlet();
         let (doc, conn) = (&joined.doc, joined.session.id());
         match end {
             End::Close(code, reason) => {
@@ -321,13 +327,14 @@ struct Joined {
     _live: LiveConnection,
 }
 
-/// Joins the document (which may load it) with what the grant allows; a
-/// refusal closes the socket with its code.
+/// Joins the document (which may load it) with what the grant allows, the
+/// room writing through `outlet` if the connection has one; a refusal
+/// closes the socket with its code.
 async fn join(
     mut socket: WebSocket,
     doc: DocName,
     grant: Grant,
-    peer: PeerAddr,
+    (peer, outlet): (PeerAddr, Option<TcpOutlet>),
     app: Arc<AppState>,
 ) -> Option<Joined> {
     let access = match grant.mode {
@@ -351,6 +358,9 @@ async fn join(
         }
     };
     tracing::Span::current().record("conn", session.id());
+    if let Some(outlet) = outlet {
+        session.set_outlet(Arc::new(outlet));
+    }
     info!(
         %doc, %peer, sub = grant.sub.as_deref().unwrap_or("-"), conn = session.id(),
         mode = grant.mode.as_str(), "connected"
@@ -401,12 +411,19 @@ async fn connection_loop(
             () = &mut shutdown => {
                 return End::Close(close_code::GOING_AWAY, "server shutting down".into());
             }
-            outbound = session.recv() => match outbound {
-                Ok(frame) => {
+            outbound = session.recv_outbound() => match outbound {
+                Ok(Outbound::Frame(frame)) => {
                     telemetry::carried("ws", "out", frame.len());
                     if let Err(unsent) = send_binary(socket, frame, deadline).await {
                         return End::Gone(unsent.why());
                     }
+                    session.sent();
+                }
+                Ok(Outbound::Flush) => {
+                    if let Err(unsent) = Box::pin(wait_to_send(socket, None, deadline)).await {
+                        return End::Gone(unsent.why());
+                    }
+                    session.sent();
                 }
                 Err(reason) => {
                     return End::Close(close_code::for_reason(&reason), reason.to_string());

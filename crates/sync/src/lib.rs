@@ -19,6 +19,7 @@ pub mod history;
 pub mod hocuspocus;
 pub mod json;
 mod loading;
+pub mod outlet;
 mod plausible;
 mod presence;
 pub mod protocol;
@@ -44,7 +45,7 @@ pub use presence::PresenceRefusal;
 pub use replay::SetAside;
 pub use revert::Reverted;
 pub use rooms::Rooms;
-pub use session::{CloseReason, Dialect, Follower, Joiner, Session};
+pub use session::{CloseReason, Dialect, Follower, Joiner, Outbound, Session};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]

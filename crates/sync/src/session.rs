@@ -29,6 +29,7 @@ use weft_storage::{DocName, Provenance};
 
 use crate::creation::ClientAddr;
 use crate::doc_state::{Access, ConnId};
+use crate::outlet::{Outlet, Written};
 use crate::protocol::Inbound;
 use crate::room::Command;
 
@@ -111,7 +112,8 @@ pub(crate) enum Kind {
 }
 
 /// A frame on a session's queue. `counted`: its bytes count against the
-/// queue's byte limit (all but a joiner's opening presence).
+/// queue's byte limit (all but a joiner's opening presence). An empty
+/// frame asks the connection to flush what its outlet kept.
 #[derive(Debug)]
 pub(crate) struct Queued {
     frame: Bytes,
@@ -134,6 +136,11 @@ struct Queue {
     frames: VecDeque<Queued>,
     /// The connection waiting for a frame.
     waker: Option<Waker>,
+    /// Where the room may write frames itself (see `outlet.rs`).
+    outlet: Option<Arc<dyn Outlet>>,
+    /// The connection took frames it has not finished writing: the room
+    /// must not write past them.
+    sending: bool,
     /// The room dropped the subscriber: nothing more will come.
     room_gone: bool,
     /// The connection dropped the session: nothing more is taken.
@@ -184,6 +191,9 @@ impl Subscriber {
     /// frame is always accepted into an empty queue, however large, so a big
     /// document can still be sent whole.
     pub fn offer(&self, frame: Bytes) -> Result<(), Offer> {
+        if self.kind == Kind::Editor && self.write_directly(&frame) {
+            return Ok(());
+        }
         let len = frame.len();
         let queued = self.shared.queued.load(Ordering::Relaxed);
         if queued > 0 && queued + len > self.max_queued_bytes {
@@ -207,6 +217,36 @@ impl Subscriber {
             frame,
             counted: false,
         })
+    }
+
+    /// Writes `frame` through the connection's outlet if it has one,
+    /// nothing is queued before it and the connection is not writing;
+    /// `true` when it needs queueing no more. A frame written in part is
+    /// followed by a request to flush the rest.
+    fn write_directly(&self, frame: &Bytes) -> bool {
+        let waker = {
+            let mut queue = self.shared.lock();
+            let Some(outlet) = queue.outlet.as_ref() else {
+                return false;
+            };
+            if queue.conn_gone || queue.sending || !queue.frames.is_empty() {
+                return false;
+            }
+            match outlet.try_write(frame) {
+                Written::All => return true,
+                Written::Nothing => return false,
+                Written::Part => {}
+            }
+            queue.frames.push_back(Queued {
+                frame: Bytes::new(),
+                counted: false,
+            });
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
     }
 
     fn push(&self, queued: Queued) -> Result<(), Offer> {
@@ -304,6 +344,37 @@ impl Session {
         self.conn
     }
 
+    /// Lets the room write this connection's frames through `outlet` when
+    /// it is idle (see `outlet.rs`); the connection then takes frames with
+    /// [`recv_outbound`](Self::recv_outbound) and says when each is written
+    /// with [`sent`](Self::sent).
+    pub fn set_outlet(&self, outlet: Arc<dyn Outlet>) {
+        self.shared.lock().outlet = Some(outlet);
+    }
+
+    /// The room writes nothing more through the outlet (the connection is
+    /// closing: nothing may follow its close frame).
+    pub fn close_outlet(&self) {
+        self.shared.lock().outlet = None;
+    }
+
+    /// [`recv`](Self::recv) for a connection with an outlet: the next frame
+    /// to write, or a request to flush what the outlet kept.
+    pub async fn recv_outbound(&mut self) -> Result<Outbound, CloseReason> {
+        let frame = self.recv().await?;
+        Ok(if frame.is_empty() {
+            Outbound::Flush
+        } else {
+            Outbound::Frame(frame)
+        })
+    }
+
+    /// What the connection took last is written: the room may write
+    /// through the outlet again once the queue is empty.
+    pub fn sent(&self) {
+        self.shared.lock().sending = false;
+    }
+
     pub fn doc(&self) -> &DocName {
         &self.doc
     }
@@ -331,6 +402,7 @@ impl Session {
     fn poll_next(&self, waker: &Waker) -> Poll<Option<Queued>> {
         let mut queue = self.shared.lock();
         if let Some(next) = queue.frames.pop_front() {
+            queue.sending = queue.outlet.is_some();
             // Drained: the buffer goes back, so an idle connection keeps
             // none (the next frame allocates a small one again).
             if queue.frames.is_empty() {
@@ -402,6 +474,15 @@ impl Drop for Session {
     }
 }
 
+/// What a connection with an outlet is to do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// Write this frame.
+    Frame(Bytes),
+    /// Flush: the outlet kept part of a frame the room wrote.
+    Flush,
+}
+
 /// A viewer's membership of a room: it only receives. Viewers cannot change
 /// a document because this type has no way to send.
 #[derive(Debug)]
@@ -430,6 +511,97 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An outlet that takes frames as told, and records what it took.
+    #[derive(Debug, Default)]
+    struct Taking {
+        next: Mutex<VecDeque<Written>>,
+        took: Mutex<Vec<Bytes>>,
+    }
+
+    impl Outlet for Taking {
+        fn try_write(&self, frame: &Bytes) -> Written {
+            let written = self
+                .next
+                .lock()
+                .expect("lock")
+                .pop_front()
+                .unwrap_or(Written::All);
+            if written != Written::Nothing {
+                self.took.lock().expect("lock").push(frame.clone());
+            }
+            written
+        }
+    }
+
+    #[tokio::test]
+    async fn the_room_writes_through_the_outlet_only_behind_everything_queued() {
+        let (room, _rx) = mpsc::channel(1);
+        let doc = DocName::new("direct").expect("valid");
+        let limits = (64, 1 << 20);
+        let (mut session, subscriber) = Session::pair(
+            1,
+            doc,
+            room,
+            limits,
+            (Access::ReadWrite, None),
+            TaskTracker::new(),
+        );
+        let outlet = Arc::new(Taking::default());
+        session.set_outlet(outlet.clone());
+        let frame = |b: &'static [u8]| Bytes::from_static(b);
+
+        // Idle: written at once, nothing queued.
+        assert!(subscriber.offer(frame(b"a")).is_ok());
+        // The socket is full: queued, and what follows queues behind it.
+        outlet
+            .next
+            .lock()
+            .expect("lock")
+            .push_back(Written::Nothing);
+        assert!(subscriber.offer(frame(b"b")).is_ok());
+        assert!(subscriber.offer(frame(b"c")).is_ok());
+        assert_eq!(
+            session.recv_outbound().await,
+            Ok(Outbound::Frame(frame(b"b")))
+        );
+        session.sent();
+        // The connection took "c" and has not written it yet.
+        assert_eq!(
+            session.recv_outbound().await,
+            Ok(Outbound::Frame(frame(b"c")))
+        );
+        assert!(subscriber.offer(frame(b"d")).is_ok());
+        session.sent();
+        assert_eq!(
+            session.recv_outbound().await,
+            Ok(Outbound::Frame(frame(b"d")))
+        );
+        session.sent();
+        // Written in part: the connection is asked to flush the rest, and
+        // the next frame waits behind that.
+        outlet.next.lock().expect("lock").push_back(Written::Part);
+        assert!(subscriber.offer(frame(b"e")).is_ok());
+        assert!(subscriber.offer(frame(b"f")).is_ok());
+        assert_eq!(session.recv_outbound().await, Ok(Outbound::Flush));
+        session.sent();
+        assert_eq!(
+            session.recv_outbound().await,
+            Ok(Outbound::Frame(frame(b"f")))
+        );
+        session.sent();
+        // Closing: nothing more goes through the outlet.
+        session.close_outlet();
+        assert!(subscriber.offer(frame(b"g")).is_ok());
+        assert_eq!(
+            session.recv_outbound().await,
+            Ok(Outbound::Frame(frame(b"g")))
+        );
+        assert_eq!(
+            *outlet.took.lock().expect("lock"),
+            [frame(b"a"), frame(b"e")]
+        );
+    }
 
     #[tokio::test]
     async fn a_reader_closed_as_too_slow_gives_back_what_it_had_not_taken() {
