@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, Response};
+use axum::http::{Request, Response, Version};
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -458,7 +458,9 @@ where
     let in_flight = state.request_started();
     let mut request = request.map(Body::new);
     request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
-    if let Some(outlet) = outlet {
+    // Only an HTTP/1.1 upgrade owns its connection's bytes (over HTTP/2 a
+    // WebSocket would be one stream among others).
+    if let Some(outlet) = outlet.filter(|_| request.version() == Version::HTTP_11) {
         request.extensions_mut().insert(outlet);
     }
     let response = router.call(request).await?;

@@ -24,8 +24,8 @@ pub enum Written {
     /// Part of it went out; the outlet keeps the rest, which goes out when
     /// the connection next writes or flushes (the session asks it to).
     Part,
-    /// None of it: the socket is full or the connection is busy writing.
-    /// Queue it.
+    /// None of it: the socket is full, the connection is busy writing or
+    /// gone, or the frame is larger than the outlet writes. Queue it.
     Nothing,
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
@@ -129,6 +129,9 @@ struct Shared {
     reason: OnceLock<CloseReason>,
     /// Bytes queued and not yet taken by the connection.
     queued: AtomicUsize,
+    /// Whether the queue has an outlet: read without the lock, so that a
+    /// connection without one costs `offer` no second lock.
+    has_outlet: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +227,9 @@ impl Subscriber {
     /// `true` when it needs queueing no more. A frame written in part is
     /// followed by a request to flush the rest.
     fn write_directly(&self, frame: &Bytes) -> bool {
+        if !self.shared.has_outlet.load(Ordering::Relaxed) {
+            return false;
+        }
         let waker = {
             let mut queue = self.shared.lock();
             let Some(outlet) = queue.outlet.as_ref() else {
@@ -320,6 +326,7 @@ impl Session {
             max_frames: frames.max(1),
             reason: OnceLock::new(),
             queued: AtomicUsize::new(0),
+            has_outlet: AtomicBool::new(false),
         });
         let session = Session {
             conn,
@@ -350,18 +357,20 @@ impl Session {
     /// with [`sent`](Self::sent).
     pub fn set_outlet(&self, outlet: Arc<dyn Outlet>) {
         self.shared.lock().outlet = Some(outlet);
+        self.shared.has_outlet.store(true, Ordering::Relaxed);
     }
 
     /// The room writes nothing more through the outlet (the connection is
     /// closing: nothing may follow its close frame).
     pub fn close_outlet(&self) {
+        self.shared.has_outlet.store(false, Ordering::Relaxed);
         self.shared.lock().outlet = None;
     }
 
     /// [`recv`](Self::recv) for a connection with an outlet: the next frame
     /// to write, or a request to flush what the outlet kept.
     pub async fn recv_outbound(&mut self) -> Result<Outbound, CloseReason> {
-        let frame = self.recv().await?;
+        let frame = poll_fn(|cx| self.poll_take(cx)).await?;
         Ok(if frame.is_empty() {
             Outbound::Flush
         } else {
@@ -386,6 +395,18 @@ impl Session {
 
     /// [`recv`](Self::recv) for a hand-written future or stream.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, CloseReason>> {
+        let taken = self.poll_take(cx);
+        // A flush request (an empty frame) only ever follows a write through
+        // an outlet, whose connection takes frames with `recv_outbound`.
+        debug_assert!(
+            !matches!(&taken, Poll::Ready(Ok(frame)) if frame.is_empty()),
+            "a session with an outlet must be read with recv_outbound"
+        );
+        taken
+    }
+
+    /// The next frame, counted off the queue, or why the session ended.
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, CloseReason>> {
         self.poll_next(cx.waker()).map(|next| match next {
             Some(Queued { frame, counted }) => {
                 if counted {
