@@ -593,6 +593,11 @@ mod tests {
             Ok(Outbound::Frame(frame(b"c")))
         );
         assert!(subscriber.offer(frame(b"d")).is_ok());
+        assert_eq!(
+            outlet.took.lock().expect("lock").len(),
+            1,
+            "\"d\" went past \"c\""
+        );
         session.sent();
         assert_eq!(
             session.recv_outbound().await,
