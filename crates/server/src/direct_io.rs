@@ -36,9 +36,9 @@ use weft_sync::outlet::{Outlet, Written};
 
 use crate::telemetry;
 
-/// Frames larger than this are left to the connection (which sends large
-/// messages in fragments).
-const MAX_DIRECT: usize = 64 * 1024;
+/// Frames larger than this are left to the connection, which sends them
+/// in fragments of this size.
+const MAX_DIRECT: usize = crate::ws::FRAGMENT;
 
 /// A plain TCP connection, readable and writable as any, that also hands
 /// out an outlet.
@@ -290,6 +290,13 @@ mod tests {
         (DirectIo::new(server), client.expect("connect"))
     }
 
+    /// Everything the client reads until the server's side closes.
+    async fn read_all(mut client: TcpStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.expect("read");
+        all
+    }
+
     #[tokio::test]
     async fn the_room_writes_a_whole_frame_when_the_connection_is_idle() {
         let (io, mut client) = pair().await;
@@ -302,7 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_the_room_could_not_write_goes_before_anything_else() {
-        let (mut io, mut client) = pair().await;
+        let (mut io, client) = pair().await;
         let outlet = io.outlet();
         // The client reads nothing: frames go out until the socket is full,
         // the last in part (unless it filled exactly at a frame's end).
@@ -325,11 +332,7 @@ mod tests {
 
         // The connection's own write goes after the rest, once the client
         // reads: everything arrives whole and in order.
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            client.read_to_end(&mut all).await.expect("read");
-            all
-        });
+        let reader = tokio::spawn(read_all(client));
         io.write_all(b"OWN").await.expect("own write");
         io.flush().await.expect("flush");
         drop(outlet);
@@ -364,11 +367,7 @@ mod tests {
             Written::Nothing
         );
 
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            client.read_to_end(&mut all).await.expect("read");
-            all
-        });
+        let reader = tokio::spawn(read_all(client));
         io.write_all(&own[n..]).await.expect("the rest");
         assert_eq!(outlet.try_write(&Bytes::from_static(b"x")), Written::All);
         drop(outlet);

@@ -135,7 +135,7 @@ const READ_BUFFER: usize = 512;
 
 /// Messages larger than this go out as fragments of this size (see
 /// `ws_upgrade` for why).
-const FRAGMENT: usize = 64 * 1024;
+pub(crate) const FRAGMENT: usize = 64 * 1024;
 
 /// Why a message was not sent.
 #[derive(Debug, PartialEq, Eq)]
