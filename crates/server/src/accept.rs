@@ -75,7 +75,7 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::direct_io::{DirectIo, TcpOutlet};
+use crate::direct_io::{DirectIo, Framing, TcpOutlet};
 use crate::peer::PeerAddr;
 use crate::stream_conn;
 
@@ -211,7 +211,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, state: Arc<ConnState>, sha
                 Start::Http(protocol) => {
                     // Plain TCP: a WebSocket's room may write to it too.
                     let direct = DirectIo::new(tcp);
-                    let outlet = Some(direct.outlet());
+                    let outlet = Some(direct.outlet(Framing::WebSocket));
                     let io = TokioIo::new(direct);
                     let http =
                         serve_http(io, (peer, outlet), &state, headers_due, &shared, protocol);
@@ -424,15 +424,19 @@ async fn serve_stream(
     // This connection closes when its one response ends: it must not take
     // a place among those waiting for a request then (and evict one).
     state.will_close();
+    let io = DirectIo::new(tcp);
+    let mut request = stream_conn::unbox(request);
+    let outlet = stream_conn::StreamOutlet(io.outlet(Framing::Chunk));
+    request.extensions_mut().insert(outlet);
     let routed = Box::pin(handle(
         shared.router.clone(),
-        stream_conn::unbox(request),
+        request,
         (peer, None),
         state.clone(),
     ));
     let Ok(response) = routed.await;
     let out = Box::new(stream_conn::Outgoing::new(response));
-    stream_conn::respond(tcp, out, &shared.shutdown).await;
+    stream_conn::respond(io, out, &shared.shutdown).await;
 }
 
 /// `now + d`, or a far future for durations past what a clock holds.

@@ -2,10 +2,12 @@
 //! write to, beside the connection's own task, and `TcpOutlet`, the room's
 //! handle on it (weft-sync's `Outlet`).
 //!
-//! Why: fanning a change out to many editors, the task of each woke up to
-//! make one `send`; the wake-up and the task's poll cost as much CPU as the
-//! `send`. With an outlet the room writes the WebSocket frame itself when
-//! the connection has nothing else to write (see `weft_sync::outlet`).
+//! Why: fanning a change out to many editors or viewers, the task of each
+//! woke up to make one `send`; the wake-up and the task's poll cost as much
+//! CPU as the `send`. With an outlet the room writes the message itself,
+//! framed for the connection (a WebSocket binary frame, or a chunk of an
+//! event stream's chunked body), when the connection has nothing else to
+//! write (see `weft_sync::outlet`).
 //!
 //! How the two writers stay in order, under one mutex per connection:
 //! - the room writes (one non-blocking `send` of the frame's header and
@@ -15,17 +17,20 @@
 //!   any other byte the connection writes or flushes (the session asks the
 //!   connection to flush it);
 //! - whatever the connection's task writes (hyper's response, tungstenite's
-//!   frames) passes through here and notes whether it went out whole.
+//!   frames, an event stream's chunks) passes through here and notes
+//!   whether it went out whole.
 //!
 //! Hand-written: tokio's `TcpStream` can be written through `&self`
 //! (`try_write`), which is what lets the room and the task share it; no
 //! crate puts such a gate in front of it. Only plain TCP: a TLS session's
 //! writes cannot be shared this way, and its connections queue as before.
-//! `poll_shutdown` does nothing: the socket closes when the connection
-//! drops it (the room holds only a weak handle).
+//! `poll_shutdown` only flushes: the socket closes when the connection
+//! drops it (the room holds only a weak handle), or is shut down for
+//! writing once taken back with [`DirectIo::into_tcp`].
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{ready, Context, Poll};
 
@@ -49,6 +54,9 @@ pub struct DirectIo(Arc<Shared>);
 struct Shared {
     tcp: TcpStream,
     gate: Mutex<Gate>,
+    /// The room wrote something since the connection last asked (an event
+    /// stream sends a keepalive only when quiet).
+    room_wrote: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -65,13 +73,67 @@ impl DirectIo {
         DirectIo(Arc::new(Shared {
             tcp,
             gate: Mutex::default(),
+            room_wrote: AtomicBool::new(false),
         }))
     }
 
-    /// The room's handle on this connection.
-    pub fn outlet(&self) -> TcpOutlet {
-        TcpOutlet(Arc::downgrade(&self.0))
+    /// The room's handle on this connection, writing messages framed as
+    /// `framing` says.
+    pub fn outlet(&self, framing: Framing) -> TcpOutlet {
+        TcpOutlet {
+            shared: Arc::downgrade(&self.0),
+            framing,
+        }
     }
+
+    /// The connection's own write of `buf`, without waiting: what the room
+    /// left unwritten goes first (`WouldBlock` if the socket has no room
+    /// for all of it). An empty `buf` only flushes that.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut gate = self.0.gate();
+        while let Some(rest) = gate.rest.as_mut() {
+            let n = send(&self.0.tcp, &[IoSlice::new(rest)])?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            if n == rest.len() {
+                gate.rest = None;
+            } else {
+                let _ = rest.split_to(n);
+            }
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let written = self.0.tcp.try_write(buf);
+        gate.behind = !matches!(written, Ok(n) if n == buf.len());
+        written
+    }
+
+    /// Waits for the peer to send something, or hang up, without taking it.
+    pub fn poll_peek(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<usize>> {
+        self.0.tcp.poll_peek(cx, buf)
+    }
+
+    /// The socket itself, once the room can no longer write to it (its
+    /// outlet's session is gone), for a proper shutdown; `None` while a
+    /// room's write is under way.
+    pub fn into_tcp(self) -> Option<TcpStream> {
+        Arc::try_unwrap(self.0).ok().map(|shared| shared.tcp)
+    }
+}
+
+/// How a room's message is framed on the connection it writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// As one WebSocket binary frame (the connection is a WebSocket).
+    WebSocket,
+    /// As one chunk of a chunked HTTP/1.1 body (an event stream).
+    Chunk,
 }
 
 impl Shared {
@@ -183,14 +245,26 @@ impl AsyncWrite for DirectIo {
     }
 }
 
-/// The room's handle on a [`DirectIo`]: writes a y-sync message as one
-/// WebSocket binary frame when the connection is idle.
+/// The room's handle on a [`DirectIo`]: writes a message, framed for the
+/// connection, when the connection is idle.
 #[derive(Debug, Clone)]
-pub struct TcpOutlet(Weak<Shared>);
+pub struct TcpOutlet {
+    shared: Weak<Shared>,
+    framing: Framing,
+}
+
+impl TcpOutlet {
+    /// Whether the room wrote to the connection since this was last asked.
+    pub fn room_wrote(&self) -> bool {
+        self.shared
+            .upgrade()
+            .is_some_and(|shared| shared.room_wrote.swap(false, Ordering::Relaxed))
+    }
+}
 
 impl Outlet for TcpOutlet {
     fn try_write(&self, frame: &Bytes) -> Written {
-        let Some(shared) = self.0.upgrade() else {
+        let Some(shared) = self.shared.upgrade() else {
             return Written::Nothing;
         };
         if frame.len() > MAX_DIRECT {
@@ -200,26 +274,51 @@ impl Outlet for TcpOutlet {
         if gate.behind || gate.rest.is_some() {
             return Written::Nothing;
         }
-        let (head, head_len) = frame_head(frame.len());
-        let head = &head[..head_len];
+        let (head, head_len) = match self.framing {
+            Framing::WebSocket => frame_head(frame.len()),
+            Framing::Chunk => chunk_head(frame.len()),
+        };
+        let tail: &[u8] = match self.framing {
+            Framing::WebSocket => b"",
+            Framing::Chunk => b"\r\n",
+        };
+        let parts = [&head[..head_len], frame, tail];
         // Never waits: a full socket is `WouldBlock`, and the frame queued.
-        let n = match send(&shared.tcp, &[IoSlice::new(head), IoSlice::new(frame)]) {
+        let n = match send(&shared.tcp, &parts.map(IoSlice::new)) {
             Ok(n) if n > 0 => n,
             _ => return Written::Nothing,
         };
-        telemetry::carried("ws", "out", frame.len());
-        if n == head_len + frame.len() {
+        shared.room_wrote.store(true, Ordering::Relaxed);
+        let transport = match self.framing {
+            Framing::WebSocket => "ws",
+            Framing::Chunk => "sse",
+        };
+        telemetry::carried(transport, "out", frame.len());
+        let total = head_len + frame.len() + tail.len();
+        if n == total {
             return Written::All;
         }
-        gate.rest = Some(if n < head_len {
-            let mut rest = head[n..].to_vec();
-            rest.extend_from_slice(frame);
-            Bytes::from(rest)
-        } else {
-            frame.slice(n - head_len..)
-        });
+        gate.rest = Some(unwritten(&parts, frame, n));
         Written::Part
     }
+}
+
+/// What is left of `parts` (a head, `frame` and a tail) after the first
+/// `n` bytes: a slice of `frame` when only its end and no tail is left,
+/// a copy otherwise.
+fn unwritten(parts: &[&[u8]; 3], frame: &Bytes, n: usize) -> Bytes {
+    let [head, _, tail] = parts;
+    if n >= head.len() && tail.is_empty() {
+        return frame.slice(n - head.len()..);
+    }
+    let mut rest = Vec::with_capacity(head.len() + frame.len() + tail.len() - n);
+    let mut skip = n;
+    for part in parts {
+        let from = skip.min(part.len());
+        rest.extend_from_slice(&part[from..]);
+        skip -= from;
+    }
+    Bytes::from(rest)
 }
 
 /// Most bytes copied into one buffer to be sent with `send` rather than
@@ -245,10 +344,14 @@ fn send(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
+/// Room for the longest head either framing puts before a message (a
+/// chunk's size line: 16 hex digits and CRLF; a frame's head takes 10).
+const HEAD_ROOM: usize = 18;
+
 /// The head of an unmasked, final, binary WebSocket frame of `len` bytes
 /// (RFC 6455 section 5.2), and how many of its bytes are used.
-fn frame_head(len: usize) -> ([u8; 10], usize) {
-    let mut head = [0u8; 10];
+fn frame_head(len: usize) -> ([u8; HEAD_ROOM], usize) {
+    let mut head = [0u8; HEAD_ROOM];
     head[0] = 0x82;
     if len < 126 {
         head[1] = len as u8;
@@ -262,6 +365,19 @@ fn frame_head(len: usize) -> ([u8; 10], usize) {
         head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
         (head, 10)
     }
+}
+
+/// The size line of an HTTP/1.1 chunk of `len` bytes (RFC 9112 section
+/// 7.1), and how many of its bytes are used.
+fn chunk_head(len: usize) -> ([u8; HEAD_ROOM], usize) {
+    let mut head = [0u8; HEAD_ROOM];
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, b) in head[..digits].iter_mut().enumerate() {
+        let nibble = (len >> (4 * (digits - 1 - i))) & 0xf;
+        *b = b"0123456789abcdef"[nibble];
+    }
+    head[digits..digits + 2].copy_from_slice(b"\r\n");
+    (head, digits + 2)
 }
 
 #[cfg(test)]
@@ -300,19 +416,47 @@ mod tests {
     #[tokio::test]
     async fn the_room_writes_a_whole_frame_when_the_connection_is_idle() {
         let (io, mut client) = pair().await;
-        let outlet = io.outlet();
+        let outlet = io.outlet(Framing::WebSocket);
         assert_eq!(outlet.try_write(&Bytes::from_static(b"abc")), Written::All);
         let mut got = [0u8; 5];
         client.read_exact(&mut got).await.expect("read");
         assert_eq!(got, [0x82, 3, b'a', b'b', b'c']);
     }
 
-    #[tokio::test]
-    async fn what_the_room_could_not_write_goes_before_anything_else() {
+    #[test]
+    fn chunk_heads_are_the_size_in_hex() {
+        let line = |len| {
+            let (head, n) = chunk_head(len);
+            String::from_utf8(head[..n].to_vec()).expect("ascii")
+        };
+        assert_eq!(line(0), "0\r\n");
+        assert_eq!(line(9), "9\r\n");
+        assert_eq!(line(0x1a2), "1a2\r\n");
+        assert_eq!(line(0x10000), "10000\r\n");
+        assert_eq!(line(usize::MAX), "ffffffffffffffff\r\n");
+    }
+
+    #[test]
+    fn what_is_left_of_a_message_is_its_unwritten_bytes() {
+        let frame = Bytes::from_static(b"data");
+        let chunk: [&[u8]; 3] = [b"4\r\n", &frame, b"\r\n"];
+        let whole = chunk.concat();
+        for n in 1..whole.len() {
+            assert_eq!(unwritten(&chunk, &frame, n), whole[n..], "after {n}");
+        }
+        let ws: [&[u8]; 3] = [&[0x82, 4], &frame, b""];
+        assert_eq!(unwritten(&ws, &frame, 1), [4, b'd', b'a', b't', b'a'][..]);
+        assert_eq!(unwritten(&ws, &frame, 3), "ata");
+    }
+
+    /// The room writes 60,000-byte messages until the client's socket is
+    /// full, then the connection writes its own bytes: the client reads
+    /// every message whole (`head`, the payload, `tail`), then those.
+    async fn room_fills_then_connection_writes(framing: Framing, head: &[u8], tail: &[u8]) {
         let (mut io, client) = pair().await;
-        let outlet = io.outlet();
-        // The client reads nothing: frames go out until the socket is full,
-        // the last in part (unless it filled exactly at a frame's end).
+        let outlet = io.outlet(framing);
+        // The client reads nothing: messages go out until the socket is
+        // full, the last in part (unless it filled exactly at one's end).
         let frame = Bytes::from(vec![7u8; 60_000]);
         let mut whole = 0usize;
         let last = loop {
@@ -338,20 +482,61 @@ mod tests {
         drop(outlet);
         drop(io);
         let all = reader.await.expect("reader");
-        let framed = 4 + frame.len();
+        let framed = head.len() + frame.len() + tail.len();
         assert_eq!(all.len(), parts * framed + 3);
         for i in 0..parts {
             let f = &all[i * framed..(i + 1) * framed];
-            assert_eq!(f[..4], [0x82, 126, 0xea, 0x60]);
-            assert!(f[4..].iter().all(|&b| b == 7));
+            assert_eq!(&f[..head.len()], head);
+            assert!(f[head.len()..framed - tail.len()].iter().all(|&b| b == 7));
+            assert_eq!(&f[framed - tail.len()..], tail);
         }
         assert_eq!(&all[all.len() - 3..], b"OWN");
     }
 
     #[tokio::test]
+    async fn what_the_room_could_not_write_goes_before_anything_else() {
+        room_fills_then_connection_writes(Framing::WebSocket, &[0x82, 126, 0xea, 0x60], b"").await;
+    }
+
+    #[tokio::test]
+    async fn an_event_streams_chunks_stay_whole_when_the_socket_fills() {
+        room_fills_then_connection_writes(Framing::Chunk, b"ea60\r\n", b"\r\n").await;
+    }
+
+    #[tokio::test]
+    async fn the_connections_own_non_blocking_write_flushes_the_rooms_rest_first() {
+        let (io, client) = pair().await;
+        let outlet = io.outlet(Framing::Chunk);
+        let frame = Bytes::from(vec![7u8; 60_000]);
+        while outlet.try_write(&frame) == Written::All {}
+        // Full: an own write without waiting is refused, not reordered.
+        assert_eq!(
+            io.try_write(b"OWN").map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        let reader = tokio::spawn(read_all(client));
+        let mut own: &[u8] = b"OWN";
+        while !own.is_empty() {
+            io.0.tcp.writable().await.expect("writable");
+            match io.try_write(own) {
+                Ok(n) => own = &own[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        assert!(outlet.room_wrote(), "the room wrote since nobody asked");
+        assert!(!outlet.room_wrote(), "nothing since the last ask");
+        drop(outlet);
+        drop(io);
+        let all = reader.await.expect("reader");
+        assert_eq!(&all[all.len() - 3..], b"OWN");
+        assert_eq!((all.len() - 3) % (6 + frame.len() + 2), 0, "whole chunks");
+    }
+
+    #[tokio::test]
     async fn the_room_never_cuts_into_a_write_of_the_connection() {
         let (mut io, mut client) = pair().await;
-        let outlet = io.outlet();
+        let outlet = io.outlet(Framing::WebSocket);
         // The connection's own message, larger than the socket takes at once.
         let own = vec![1u8; 8 << 20];
         let n = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &own))

@@ -6,6 +6,12 @@
 //! comment whenever the stream has been quiet. It ends when the room drops
 //! the viewer (too slow) or the server shuts down; the browser reconnects
 //! with its last id and resumes without a gap.
+//!
+//! A stream served by `stream_conn` (plain HTTP/1.1, not gzip) hands the
+//! room its connection's outlet once the response's head and opening are
+//! written: the room then writes each live event as a chunk straight to
+//! the socket when nothing is waiting to go before it, as it does for
+//! WebSocket editors, and the stream writes only what had to queue.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,7 +20,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
@@ -25,15 +31,17 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
-use weft_sync::{EventId, Follower};
+use weft_sync::{EventId, Follower, Outbound};
 
 use crate::access::Credentials;
 use crate::api_error::ApiError;
 use crate::app::AppState;
 use crate::auth::Mode;
+use crate::direct_io::TcpOutlet;
 use crate::doc_path::DocPath;
 use crate::event_gzip::{accepts_gzip, EventGzip};
 use crate::limits::ConnectionSlot;
+use crate::stream_conn::StreamOutlet;
 use crate::telemetry::{self, LiveConnection};
 
 #[derive(Debug, Deserialize)]
@@ -48,6 +56,7 @@ pub async fn follow(
     DocPath(doc): DocPath,
     Query(params): Query<SseParams>,
     headers: HeaderMap,
+    outlet: Option<Extension<StreamOutlet>>,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
     app.check_origin(&headers)?;
@@ -93,6 +102,10 @@ pub async fn follow(
         keepalive,
         gzip: gzip.then(|| Box::new(EventGzip::default())),
         opening: Some(opening),
+        direct: match outlet {
+            Some(Extension(StreamOutlet(outlet))) if !gzip => Direct::Later(Arc::new(outlet)),
+            _ => Direct::Never,
+        },
         ended: false,
     };
     let body = Body::from_stream(stream);
@@ -127,6 +140,8 @@ struct EventStream {
     gzip: Option<Box<EventGzip>>,
     /// Sent before anything else.
     opening: Option<Bytes>,
+    /// Whether the room writes events to the socket itself.
+    direct: Direct,
     ended: bool,
     /// Its place under `--max-connections`, freed when the stream ends.
     _slot: ConnectionSlot,
@@ -136,9 +151,20 @@ struct EventStream {
     _tracked: TaskTrackerToken,
 }
 
+/// Whether the room writes a viewer's events to its socket itself.
+enum Direct {
+    /// It cannot (gzip, or a connection hyper serves).
+    Never,
+    /// It will, through this outlet, once the stream's opening is written.
+    Later(Arc<TcpOutlet>),
+    /// It does.
+    Now(Arc<TcpOutlet>),
+}
+
 impl EventStream {
     /// The next chunk of events, or `None` when the stream ends: shutdown,
-    /// the room dropped the viewer, or the token expired.
+    /// the room dropped the viewer, or the token expired. An empty chunk
+    /// asks the connection to flush what the room left unwritten.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(opening) = self.opening.take() {
             return Poll::Ready(Some(opening));
@@ -146,7 +172,7 @@ impl EventStream {
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(next) = self.follower.poll_recv(cx) {
+        if let Poll::Ready(next) = self.poll_events(cx) {
             return Poll::Ready(match next {
                 Ok(events) => {
                     self.keepalive.reset();
@@ -158,8 +184,10 @@ impl EventStream {
                 }
             });
         }
-        if self.keepalive.poll_tick(cx).is_ready() {
-            return Poll::Ready(Some(Bytes::from_static(b": keepalive\n\n")));
+        while self.keepalive.poll_tick(cx).is_ready() {
+            if !self.room_wrote() {
+                return Poll::Ready(Some(Bytes::from_static(b": keepalive\n\n")));
+            }
         }
         if let Some(expiry) = &mut self.expiry {
             if expiry.as_mut().poll(cx).is_ready() {
@@ -168,6 +196,36 @@ impl EventStream {
             }
         }
         Poll::Pending
+    }
+
+    /// The viewer's next events from its queue. This is polled only once
+    /// what it yielded before is written (the connection writes a chunk
+    /// before it asks for the next), so the room may then write again, and
+    /// the first time the stream's opening is written, so the room may
+    /// begin to.
+    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, weft_sync::CloseReason>> {
+        if let Direct::Later(outlet) = &self.direct {
+            let outlet = outlet.clone();
+            self.follower.set_outlet(outlet.clone());
+            self.direct = Direct::Now(outlet);
+        }
+        if matches!(self.direct, Direct::Never) {
+            return self.follower.poll_recv(cx);
+        }
+        self.follower.sent();
+        self.follower.poll_outbound(cx).map_ok(|out| match out {
+            Outbound::Frame(events) => events,
+            Outbound::Flush => Bytes::new(),
+        })
+    }
+
+    /// Whether the room wrote events to the socket since the last tick
+    /// (the stream was not quiet, though it saw nothing).
+    fn room_wrote(&self) -> bool {
+        match &self.direct {
+            Direct::Now(outlet) => outlet.room_wrote(),
+            Direct::Never | Direct::Later(_) => false,
+        }
     }
 }
 

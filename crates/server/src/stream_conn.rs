@@ -21,6 +21,12 @@
 //! needed is this small write path, and no HTTP crate offers it apart from
 //! its whole connection machinery.
 //!
+//! The handler is given the connection's [`StreamOutlet`]: once the head
+//! is written, the room may write the body's chunks itself (see
+//! `direct_io`), and an empty frame of the body asks this path to flush
+//! what the room left unwritten. The body is dropped before its last
+//! chunk, so nothing the room writes can follow it.
+//!
 //! While it streams, the connection is watched for the viewer going away
 //! (a read of end of file, or anything it sends: it has no second request
 //! to make here) and every write has a deadline ([`WRITE_DEADLINE`]), so a
@@ -38,6 +44,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+use crate::direct_io::{DirectIo, TcpOutlet};
 
 /// The largest request head taken here; larger ones go to hyper.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -103,6 +111,12 @@ pub async fn consume_head(tcp: &mut TcpStream, head_len: usize) -> std::io::Resu
     tcp.read_exact(&mut head).await.map(|_| ())
 }
 
+/// The room's handle on an event stream's connection served here, as a
+/// request extension: it writes chunks of the body (only this path's
+/// responses are written in a way it may share).
+#[derive(Debug, Clone)]
+pub struct StreamOutlet(pub TcpOutlet);
+
 /// How a response goes out: its head, encoded, and its body.
 pub struct Outgoing {
     head: Bytes,
@@ -150,13 +164,13 @@ enum Next {
 /// write that cannot finish at once is boxed (see [`write`]). The body
 /// ends by itself on shutdown (the handler watches the signal); writes
 /// after shutdown get [`CLOSE_GRACE`].
-pub async fn respond(mut tcp: TcpStream, out: Box<Outgoing>, shutdown: &CancellationToken) {
+pub async fn respond(mut io: DirectIo, out: Box<Outgoing>, shutdown: &CancellationToken) {
     let Outgoing {
         head,
         mut body,
         chunked,
     } = unbox(out);
-    if write(&tcp, &head, shutdown).await.is_err() {
+    if write(&mut io, &head, shutdown).await.is_err() {
         return;
     }
     drop(head);
@@ -177,7 +191,7 @@ pub async fn respond(mut tcp: TcpStream, out: Box<Outgoing>, shutdown: &Cancella
             // the head must not count as a hang-up.
             let mut one = [0u8; 1];
             let mut buf = tokio::io::ReadBuf::new(&mut one);
-            match tcp.poll_peek(cx, &mut buf) {
+            match io.poll_peek(cx, &mut buf) {
                 std::task::Poll::Ready(_) => std::task::Poll::Ready(Next::Hangup),
                 std::task::Poll::Pending => std::task::Poll::Pending,
             }
@@ -188,7 +202,7 @@ pub async fn respond(mut tcp: TcpStream, out: Box<Outgoing>, shutdown: &Cancella
                 let Some(out) = frame_bytes(frame, chunked) else {
                     continue;
                 };
-                if write(&tcp, &out, shutdown).await.is_err() {
+                if write(&mut io, &out, shutdown).await.is_err() {
                     return;
                 }
             }
@@ -196,23 +210,31 @@ pub async fn respond(mut tcp: TcpStream, out: Box<Outgoing>, shutdown: &Cancella
             Next::Ended(false) | Next::Hangup => return,
         }
     }
+    // The room writes nothing more once the body (its session) is gone.
+    drop(body);
     let finish = async {
         if chunked {
-            write(&tcp, b"0\r\n\r\n", shutdown).await?;
+            write(&mut io, b"0\r\n\r\n", shutdown).await?;
         }
-        tcp.shutdown().await
+        match io.into_tcp() {
+            Some(mut tcp) => tcp.shutdown().await,
+            None => Ok(()),
+        }
     };
     let _ = Box::pin(timeout(CLOSE_GRACE, finish)).await;
 }
 
 /// One frame of the body as it goes on the wire (its data; trailers have
-/// no place here); `None` for nothing to write.
+/// no place here); `None` for nothing to write. An empty frame is written
+/// as nothing (an empty chunk would end the body), which flushes what the
+/// room left unwritten.
 fn frame_bytes(frame: hyper::body::Frame<Bytes>, chunked: bool) -> Option<Bytes> {
     let data = frame.into_data().ok()?;
-    if data.is_empty() {
-        return None;
-    }
-    Some(if chunked { chunk(&data) } else { data })
+    Some(if chunked && !data.is_empty() {
+        chunk(&data)
+    } else {
+        data
+    })
 }
 
 /// The body's length when it is known up front: it is sent as is, with a
@@ -276,12 +298,17 @@ fn chunk(data: &[u8]) -> Bytes {
     out.into()
 }
 
-/// Writes all of `bytes`, within [`WRITE_DEADLINE`], and within
-/// [`CLOSE_GRACE`] of shutdown. Most writes fit the socket's buffer and are
-/// done at once; only one that has to wait for room is a future of its own
-/// (boxed, so waiting is not what sizes every viewer's task).
-async fn write(tcp: &TcpStream, bytes: &[u8], shutdown: &CancellationToken) -> std::io::Result<()> {
-    let rest = match tcp.try_write(bytes) {
+/// Writes all of `bytes`, after what the room left unwritten, within
+/// [`WRITE_DEADLINE`], and within [`CLOSE_GRACE`] of shutdown. Most writes
+/// fit the socket's buffer and are done at once; only one that has to
+/// wait for room is a future of its own (boxed, so waiting is not what
+/// sizes every viewer's task).
+async fn write(
+    io: &mut DirectIo,
+    bytes: &[u8],
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let rest = match io.try_write(bytes) {
         Ok(n) if n == bytes.len() => return Ok(()),
         Ok(n) => &bytes[n..],
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bytes,
@@ -293,16 +320,8 @@ async fn write(tcp: &TcpStream, bytes: &[u8], shutdown: &CancellationToken) -> s
             tokio::time::sleep(CLOSE_GRACE).await;
         };
         let write_all = async {
-            let mut rest = rest;
-            while !rest.is_empty() {
-                tcp.writable().await?;
-                match tcp.try_write(rest) {
-                    Ok(n) => rest = &rest[n..],
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
+            io.write_all(rest).await?;
+            io.flush().await
         };
         tokio::select! {
             written = timeout(WRITE_DEADLINE, write_all) => {

@@ -506,22 +506,28 @@ async fn event_streams_are_served_however_their_request_arrives() {
     );
 }
 
-#[tokio::test]
-async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
+/// A raw connection with a 4 KiB receive window that has asked for
+/// `doc`'s event stream (and read nothing yet).
+async fn small_window_stream(addr: &str, doc: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let mut weft = Weft::start(&["--shutdown-timeout", "20s"]);
-    let addr = weft.addr.clone();
-    // A small receive window, and never a read.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut stalled = socket
+    let mut tcp = socket
         .connect(addr.parse().expect("addr"))
         .await
         .expect("connect");
-    stalled
-        .write_all(format!("GET /sse/stall HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+    tcp.write_all(format!("GET /sse/{doc} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .expect("request");
+    tcp
+}
+
+#[tokio::test]
+async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
+    let mut weft = Weft::start(&["--shutdown-timeout", "20s"]);
+    let addr = weft.addr.clone();
+    // A small receive window, and never a read.
+    let stalled = small_window_stream(&addr, "stall").await;
     // Megabytes of changes, far more than the sockets hold: the server's
     // writes to the viewer wait for room that never comes.
     let writer = Doc::new();
@@ -535,4 +541,113 @@ async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
     assert!(status.success(), "{status:?}");
     assert!(took < std::time::Duration::from_secs(8), "{took:?}");
     drop(stalled);
+}
+
+/// The chunks of a chunked body, strictly: each size line, its data and
+/// its CRLF, then the last chunk and nothing after it. The data of all of
+/// them, joined.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    loop {
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk's size line ends with CRLF");
+        let size = std::str::from_utf8(&body[..line_end]).expect("ascii size");
+        let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
+        body = &body[line_end + 2..];
+        if size == 0 {
+            assert_eq!(body, b"\r\n", "nothing may follow the last chunk");
+            return data;
+        }
+        assert!(body.len() >= size + 2, "a chunk cut short");
+        data.extend_from_slice(&body[..size]);
+        assert_eq!(
+            &body[size..size + 2],
+            b"\r\n",
+            "a chunk's data ends with CRLF"
+        );
+        body = &body[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn a_viewer_that_falls_behind_and_catches_up_gets_every_change_whole_and_in_order() {
+    use tokio::io::AsyncReadExt;
+    let mut weft = Weft::start(&["--outbound-queue-bytes", "67108864"]);
+    let addr = weft.addr.clone();
+    // A small receive window: the server's writes fill the socket, and
+    // stop part-way through events, while the viewer does not read.
+    let mut viewer = small_window_stream(&addr, "behind").await;
+    let mut wire = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Reads until `needle` has arrived, looking only at what is new.
+    let mut read_until = async |wire: &mut Vec<u8>, needle: &str| {
+        let mut from = 0;
+        loop {
+            let seen = &wire[from.min(wire.len())..];
+            if seen.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                return;
+            }
+            from = wire.len().saturating_sub(needle.len());
+            let n = tokio::time::timeout(WAIT, viewer.read(&mut buf))
+                .await
+                .expect("more in time")
+                .expect("read");
+            assert!(n > 0, "the stream ended early");
+            wire.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until(&mut wire, "event: awareness").await;
+
+    // 200 changes of 32 KB of text (44 KB events), 9 MB in all: far more
+    // than the sockets between them hold.
+    let writer = Doc::new();
+    let text = "0123456789abcdef".repeat(2048);
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(post(&addr, "behind", insert(&writer, &text)).await);
+    }
+    let last = ids.last().expect("changes").clone();
+    read_until(&mut wire, &format!("id: {last}\n")).await;
+    let (status, _) = weft
+        .terminate_within(std::time::Duration::from_secs(10))
+        .expect("shut down");
+    assert!(status.success(), "{status:?}");
+    tokio::time::timeout(WAIT, viewer.read_to_end(&mut wire))
+        .await
+        .expect("the stream ends at shutdown")
+        .expect("read");
+
+    let head_end = wire
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let events = String::from_utf8(dechunk(&wire[head_end + 4..])).expect("utf-8 events");
+    let updates: Vec<SseEvent> = events
+        .split("\n\n")
+        .filter(|block| block.starts_with("event: update"))
+        .map(|block| {
+            let mut ev = SseEvent::default();
+            for line in block.lines() {
+                match line.split_once(": ") {
+                    Some(("id", id)) => ev.id = Some(id.to_owned()),
+                    Some(("data", data)) => ev.data = Some(data.to_owned()),
+                    _ => {}
+                }
+            }
+            ev
+        })
+        .collect();
+    let got: Vec<&str> = updates.iter().filter_map(|ev| ev.id.as_deref()).collect();
+    assert_eq!(got, ids, "every change once, in order");
+    let seen = Doc::new();
+    for ev in &updates {
+        apply_bytes(&seen, &ev.data_bytes());
+    }
+    let text_len = {
+        use yrs::Text;
+        seen.get_or_insert_text("t").len(&seen.transact())
+    };
+    assert_eq!(text_len, 200 * 32 * 1024);
 }

@@ -194,7 +194,7 @@ impl Subscriber {
     /// frame is always accepted into an empty queue, however large, so a big
     /// document can still be sent whole.
     pub fn offer(&self, frame: Bytes) -> Result<(), Offer> {
-        if self.kind == Kind::Editor && self.write_directly(&frame) {
+        if self.write_directly(&frame) {
             return Ok(());
         }
         let len = frame.len();
@@ -370,11 +370,18 @@ impl Session {
     /// [`recv`](Self::recv) for a connection with an outlet: the next frame
     /// to write, or a request to flush what the outlet kept.
     pub async fn recv_outbound(&mut self) -> Result<Outbound, CloseReason> {
-        let frame = poll_fn(|cx| self.poll_take(cx)).await?;
-        Ok(if frame.is_empty() {
-            Outbound::Flush
-        } else {
-            Outbound::Frame(frame)
+        poll_fn(|cx| self.poll_outbound(cx)).await
+    }
+
+    /// [`recv_outbound`](Self::recv_outbound) for a hand-written future or
+    /// stream.
+    pub fn poll_outbound(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outbound, CloseReason>> {
+        self.poll_take(cx).map_ok(|frame| {
+            if frame.is_empty() {
+                Outbound::Flush
+            } else {
+                Outbound::Frame(frame)
+            }
         })
     }
 
@@ -526,6 +533,24 @@ impl Follower {
     /// [`recv`](Self::recv) for a hand-written future or stream.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, CloseReason>> {
         self.0.poll_recv(cx)
+    }
+
+    /// Lets the room write events through `outlet` (see
+    /// [`Session::set_outlet`]); the viewer's stream then takes them with
+    /// [`poll_outbound`](Self::poll_outbound).
+    pub fn set_outlet(&self, outlet: Arc<dyn Outlet>) {
+        self.0.set_outlet(outlet);
+    }
+
+    /// [`Session::poll_outbound`]: the next events to write, or a request
+    /// to flush what the outlet kept.
+    pub fn poll_outbound(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outbound, CloseReason>> {
+        self.0.poll_outbound(cx)
+    }
+
+    /// [`Session::sent`]: what the stream took last is written.
+    pub fn sent(&self) {
+        self.0.sent();
     }
 }
 
