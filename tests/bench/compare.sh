@@ -133,6 +133,9 @@ for name in "${LIST[@]}"; do
   # with nothing running: what storing before broadcasting may cost.
   mkdir -p "$SCRATCH/data/$name"
   run "$name" disk --dir "$SCRATCH/data/$name" --writes 2000
+  # The machine's floor under fan-out, with nothing running: a thread that
+  # only sends, to as many loopback connections as the ladder's first step.
+  run "$name" sends --connections "${LADDER%%,*}" --rate "$RATE" --duration "$DURATION"
   # Idle memory first, on a fresh process: memory freed by earlier
   # scenarios stays resident and would hide what connections cost.
   start "$name"

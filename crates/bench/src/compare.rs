@@ -86,6 +86,19 @@ fn figures() -> Vec<Figure> {
             "ms",
         ));
     }
+    // What a bare sender reaches on this machine: no server is below it.
+    all.push(pointer_figure(
+        "sends",
+        "floor, sends only to 1,000: CPU per send",
+        "/cpu_us_per_send",
+        "µs",
+    ));
+    all.push(pointer_figure(
+        "sends",
+        "floor, sends only to 1,000: p50",
+        "/delay/p50_ms",
+        "ms",
+    ));
     all
 }
 

@@ -14,6 +14,7 @@ mod idle;
 mod ingest;
 mod join;
 mod probe;
+mod sends;
 mod stats;
 mod trace;
 mod transports;
@@ -57,6 +58,8 @@ enum Scenario {
     Coldload(coldload::ColdloadArgs),
     /// Append + fdatasync in a data directory: the disk's own durable-write tail.
     Disk(disk::DiskArgs),
+    /// Loopback sends with nothing else: the machine's floor under fan-out.
+    Sends(sends::SendsArgs),
     /// One table of several servers' results, with ratios against weft.
     Compare(compare::CompareArgs),
 }
@@ -73,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Transports(args) => report(&transports::run(args).await?, print_transports)?,
         Scenario::Coldload(args) => report(&coldload::run(args).await?, print_coldload)?,
         Scenario::Disk(args) => report(&disk::run(args).await?, print_disk)?,
+        Scenario::Sends(args) => report(&sends::run(args).await?, print_sends)?,
         Scenario::Compare(args) => {
             println!("{}", compare::run(args)?);
             return Ok(());
@@ -103,6 +107,19 @@ fn print_fanout(r: &fanout::FanoutLadder) {
             println!("  server: {cpu:.2} CPU s, {} MiB RSS", rss / 1024);
         }
     }
+}
+
+/// What a sends run found, for a person.
+fn print_sends(r: &sends::SendsResult) {
+    println!(
+        "sends: {} bytes to {} connections {} times a second: {} sends",
+        r.bytes, r.connections, r.rate, r.sends
+    );
+    println!(
+        "  sender: {:.2} CPU s, {:.2} µs per send",
+        r.sender_cpu_seconds, r.cpu_us_per_send
+    );
+    print_latency("delay", r.delay, r.missing);
 }
 
 /// What a idle run found, for a person.
