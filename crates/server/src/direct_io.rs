@@ -30,11 +30,12 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use weft_sync::outlet::{Outlet, Written};
@@ -54,15 +55,16 @@ pub struct DirectIo(Arc<Shared>);
 struct Shared {
     tcp: TcpStream,
     gate: Mutex<Gate>,
-    /// The room wrote something since the connection last asked (an event
-    /// stream sends a keepalive only when quiet).
-    room_wrote: AtomicBool,
+    /// When the room last wrote an event stream's chunk, in milliseconds
+    /// after [`epoch`] plus one (0: never): the stream sends a keepalive
+    /// only once it has been quiet for a whole period.
+    room_wrote_at: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Gate {
     /// What the room's last write left unwritten.
-    rest: Option<Bytes>,
+    rest: Option<Rest>,
     /// The connection's last write did not go out whole: its writer holds
     /// the rest (a frame the room must not cut into).
     behind: bool,
@@ -73,7 +75,7 @@ impl DirectIo {
         DirectIo(Arc::new(Shared {
             tcp,
             gate: Mutex::default(),
-            room_wrote: AtomicBool::new(false),
+            room_wrote_at: AtomicU64::new(0),
         }))
     }
 
@@ -92,14 +94,12 @@ impl DirectIo {
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         let mut gate = self.0.gate();
         while let Some(rest) = gate.rest.as_mut() {
-            let n = send(&self.0.tcp, &[IoSlice::new(rest)])?;
+            let n = send(&self.0.tcp, &rest.slices())?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            if n == rest.len() {
+            if rest.advance(n) {
                 gate.rest = None;
-            } else {
-                let _ = rest.split_to(n);
             }
         }
         if buf.is_empty() {
@@ -145,14 +145,12 @@ impl Shared {
     /// Writes what the room left unwritten, if anything.
     fn poll_rest(&self, gate: &mut Gate, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(rest) = gate.rest.as_mut() {
-            let n = ready!(self.poll_send(cx, &[IoSlice::new(rest)]))?;
+            let n = ready!(self.poll_send(cx, &rest.slices()))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            if n == rest.len() {
+            if rest.advance(n) {
                 gate.rest = None;
-            } else {
-                let _ = rest.split_to(n);
             }
         }
         Poll::Ready(Ok(()))
@@ -254,12 +252,18 @@ pub struct TcpOutlet {
 }
 
 impl TcpOutlet {
-    /// Whether the room wrote to the connection since this was last asked.
-    pub fn room_wrote(&self) -> bool {
-        self.shared
-            .upgrade()
-            .is_some_and(|shared| shared.room_wrote.swap(false, Ordering::Relaxed))
+    /// When the room last wrote an event stream's chunk to the connection.
+    pub fn room_wrote_at(&self) -> Option<Instant> {
+        let at = self.shared.upgrade()?.room_wrote_at.load(Ordering::Relaxed);
+        let ms = at.checked_sub(1)?;
+        Some(epoch() + Duration::from_millis(ms))
     }
+}
+
+/// When this process first needed a time for [`Shared::room_wrote_at`].
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl Outlet for TcpOutlet {
@@ -270,6 +274,10 @@ impl Outlet for TcpOutlet {
         if frame.len() > MAX_DIRECT {
             return Written::Nothing;
         }
+        if frame.is_empty() {
+            // Nothing to write (and an empty chunk would end the body).
+            return Written::All;
+        }
         let mut gate = shared.gate();
         if gate.behind || gate.rest.is_some() {
             return Written::Nothing;
@@ -278,7 +286,7 @@ impl Outlet for TcpOutlet {
             Framing::WebSocket => frame_head(frame.len()),
             Framing::Chunk => chunk_head(frame.len()),
         };
-        let tail: &[u8] = match self.framing {
+        let tail: &'static [u8] = match self.framing {
             Framing::WebSocket => b"",
             Framing::Chunk => b"\r\n",
         };
@@ -288,7 +296,10 @@ impl Outlet for TcpOutlet {
             Ok(n) if n > 0 => n,
             _ => return Written::Nothing,
         };
-        shared.room_wrote.store(true, Ordering::Relaxed);
+        if self.framing == Framing::Chunk {
+            let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            shared.room_wrote_at.store(ms + 1, Ordering::Relaxed);
+        }
         let transport = match self.framing {
             Framing::WebSocket => "ws",
             Framing::Chunk => "sse",
@@ -298,27 +309,48 @@ impl Outlet for TcpOutlet {
         if n == total {
             return Written::All;
         }
-        gate.rest = Some(unwritten(&parts, frame, n));
+        gate.rest = Some(Rest::after(&head[..head_len], frame, tail, n));
         Written::Part
     }
 }
 
-/// What is left of `parts` (a head, `frame` and a tail) after the first
-/// `n` bytes: a slice of `frame` when only its end and no tail is left,
-/// a copy otherwise.
-fn unwritten(parts: &[&[u8]; 3], frame: &Bytes, n: usize) -> Bytes {
-    let [head, _, tail] = parts;
-    if n >= head.len() && tail.is_empty() {
-        return frame.slice(n - head.len()..);
+/// What a room's write left unwritten: the rest of the message's head
+/// (copied: a few bytes), of the message itself (a slice of the one buffer
+/// every connection it went to shares, not a copy per connection) and of
+/// its tail.
+#[derive(Debug)]
+struct Rest {
+    parts: [Bytes; 3],
+}
+
+impl Rest {
+    /// What is left of `head`, `frame` and `tail` after the first `n` bytes.
+    fn after(head: &[u8], frame: &Bytes, tail: &'static [u8], n: usize) -> Rest {
+        let in_head = n.min(head.len());
+        let in_frame = (n - in_head).min(frame.len());
+        let in_tail = (n - in_head - in_frame).min(tail.len());
+        Rest {
+            parts: [
+                Bytes::copy_from_slice(&head[in_head..]),
+                frame.slice(in_frame..),
+                Bytes::from_static(&tail[in_tail..]),
+            ],
+        }
     }
-    let mut rest = Vec::with_capacity(head.len() + frame.len() + tail.len() - n);
-    let mut skip = n;
-    for part in parts {
-        let from = skip.min(part.len());
-        rest.extend_from_slice(&part[from..]);
-        skip -= from;
+
+    fn slices(&self) -> [IoSlice<'_>; 3] {
+        self.parts.each_ref().map(|part| IoSlice::new(part))
     }
-    Bytes::from(rest)
+
+    /// Marks `n` more bytes written; `true` when nothing is left.
+    fn advance(&mut self, mut n: usize) -> bool {
+        for part in &mut self.parts {
+            let k = n.min(part.len());
+            part.advance(k);
+            n -= k;
+        }
+        self.parts.iter().all(Bytes::is_empty)
+    }
 }
 
 /// Most bytes copied into one buffer to be sent with `send` rather than
@@ -439,14 +471,20 @@ mod tests {
     #[test]
     fn what_is_left_of_a_message_is_its_unwritten_bytes() {
         let frame = Bytes::from_static(b"data");
-        let chunk: [&[u8]; 3] = [b"4\r\n", &frame, b"\r\n"];
-        let whole = chunk.concat();
+        let whole = b"4\r\ndata\r\n";
+        let left = |rest: &Rest| rest.parts.concat();
         for n in 1..whole.len() {
-            assert_eq!(unwritten(&chunk, &frame, n), whole[n..], "after {n}");
+            let mut rest = Rest::after(b"4\r\n", &frame, b"\r\n", n);
+            assert_eq!(left(&rest), whole[n..], "after {n}");
+            // Written a byte at a time, it empties exactly at its end.
+            for i in n..whole.len() {
+                assert_eq!(rest.advance(1), i + 1 == whole.len(), "at {i}");
+            }
         }
-        let ws: [&[u8]; 3] = [&[0x82, 4], &frame, b""];
-        assert_eq!(unwritten(&ws, &frame, 1), [4, b'd', b'a', b't', b'a'][..]);
-        assert_eq!(unwritten(&ws, &frame, 3), "ata");
+        let rest = Rest::after(&[0x82, 4], &frame, b"", 3);
+        assert_eq!(left(&rest), b"ata");
+        // The message's rest is the shared buffer, not a copy.
+        assert_eq!(rest.parts[1].as_ptr(), frame[1..].as_ptr());
     }
 
     /// The room writes 60,000-byte messages until the client's socket is
@@ -524,8 +562,8 @@ mod tests {
                 Err(e) => panic!("write: {e}"),
             }
         }
-        assert!(outlet.room_wrote(), "the room wrote since nobody asked");
-        assert!(!outlet.room_wrote(), "nothing since the last ask");
+        let wrote = outlet.room_wrote_at().expect("the room wrote");
+        assert!(wrote <= Instant::now());
         drop(outlet);
         drop(io);
         let all = reader.await.expect("reader");

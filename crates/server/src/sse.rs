@@ -185,8 +185,11 @@ impl EventStream {
             });
         }
         while self.keepalive.poll_tick(cx).is_ready() {
-            if !self.room_wrote() {
-                return Poll::Ready(Some(Bytes::from_static(b": keepalive\n\n")));
+            match self.quiet_until() {
+                // The room wrote within the last period: look again a
+                // period after its last write.
+                Some(due) if due > Instant::now() => self.keepalive.reset_at(due),
+                _ => return Poll::Ready(Some(Bytes::from_static(b": keepalive\n\n"))),
             }
         }
         if let Some(expiry) = &mut self.expiry {
@@ -219,13 +222,14 @@ impl EventStream {
         })
     }
 
-    /// Whether the room wrote events to the socket since the last tick
-    /// (the stream was not quiet, though it saw nothing).
-    fn room_wrote(&self) -> bool {
-        match &self.direct {
-            Direct::Now(outlet) => outlet.room_wrote(),
-            Direct::Never | Direct::Later(_) => false,
-        }
+    /// When the stream will have been quiet for a whole keepalive period
+    /// since the room last wrote to its socket (which it does not see).
+    fn quiet_until(&self) -> Option<Instant> {
+        let Direct::Now(outlet) = &self.direct else {
+            return None;
+        };
+        let wrote = Instant::from_std(outlet.room_wrote_at()?);
+        Some(wrote + self.keepalive.period())
     }
 }
 
@@ -249,7 +253,10 @@ impl Stream for EventStream {
                 (*gz).finish()
             }
         };
-        telemetry::carried("sse", "out", wire.len());
+        // An empty chunk (a flush) carries nothing of its own.
+        if !wire.is_empty() {
+            telemetry::carried("sse", "out", wire.len());
+        }
         Poll::Ready(Some(Ok(wire)))
     }
 }

@@ -104,6 +104,32 @@ async fn quiet_streams_get_keepalive_comments() {
 }
 
 #[tokio::test]
+async fn a_keepalive_comes_one_period_after_the_last_event_however_it_was_written() {
+    let period = std::time::Duration::from_secs(2);
+    let weft = Weft::start(&["--sse-keepalive", "2s"]);
+    let (_, mut sse) = open_stream(&weft.addr, "/sse/lively", &[]).await;
+    let keepalive = async |sse: &mut SseReader| loop {
+        let block = sse.next().await.expect("stream open");
+        if block.comment.as_deref() == Some("keepalive") {
+            return std::time::Instant::now();
+        }
+    };
+    // Just after a keepalive, a change: the room writes it to the socket
+    // itself, unseen by the stream's own timer.
+    keepalive(&mut sse).await;
+    post(&weft.addr, "lively", insert(&Doc::new(), "x")).await;
+    assert_eq!(sse.next_change().await.event.as_deref(), Some("update"));
+    let event_at = std::time::Instant::now();
+    // The next keepalive comes once the stream has been quiet a whole
+    // period: not at the next tick (it was not quiet), nor a tick later.
+    let quiet = keepalive(&mut sse).await - event_at;
+    assert!(
+        quiet >= period.mul_f64(0.9) && quiet < period.mul_f64(1.5),
+        "quiet for {quiet:?} before a keepalive, with a {period:?} period"
+    );
+}
+
+#[tokio::test]
 async fn resume_replays_exactly_the_missed_changes() {
     let weft = Weft::start(&[]);
     let writer = Doc::new();

@@ -31,7 +31,8 @@ pub enum Written {
 
 /// Writes a room's frames to a connection directly (see the module doc).
 pub trait Outlet: Send + Sync + std::fmt::Debug {
-    /// Writes `frame` (a y-sync message) to the connection now, if it can
-    /// without waiting.
+    /// Writes `frame` (a y-sync message, or a viewer's events) to the
+    /// connection now, framed for its transport, if it can without
+    /// waiting.
     fn try_write(&self, frame: &Bytes) -> Written;
 }
