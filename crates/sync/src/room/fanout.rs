@@ -3,13 +3,20 @@
 //! the client stopped reading: it is closed rather than skipped, since a
 //! Yjs client that silently misses an update diverges. Closing connections
 //! (`kick`) lives here too, since it delivers the presence they leave.
+//!
+//! Consecutive changes from one origin (those another node stored, read
+//! together when this room fell behind) go out as one frame per editor,
+//! their updates merged, and one chunk of events per viewer: the room
+//! writes to every subscriber itself, so a run sent change by change
+//! would cost a `send` per change per subscriber and leave the room
+//! further behind with each.
 
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::Room;
-use crate::doc_state::{ConnId, Delivery, Effects};
+use crate::doc_state::{Change, ConnId, Delivery, Effects};
 use crate::protocol;
 use crate::session::{CloseReason, Dialect, Kind, Offer, Subscriber};
 use crate::viewer;
@@ -38,14 +45,57 @@ impl Room {
         let mut queue = fx.deliveries;
         while !queue.is_empty() {
             let mut gone = Vec::new();
-            for delivery in queue.drain(..) {
-                self.offer_delivery(delivery, &mut gone);
+            for group in group_runs(std::mem::take(&mut queue)) {
+                match group {
+                    Group::One(delivery) => self.offer_delivery(delivery, &mut gone),
+                    Group::Run { changes, origin } => self.offer_run(&changes, origin, &mut gone),
+                }
             }
             // Dropping a subscriber removes its presence, which is news for
             // the others, here and on other nodes: deliver that too.
             let dropped = self.drop_gone(gone);
             self.note_departed(&dropped);
             queue = dropped.deliveries;
+        }
+    }
+
+    /// Offers a run of changes from `origin`: one merged frame to each
+    /// editor but the origin, and to each viewer the events of those it
+    /// has not had, together. Change by change if the updates do not merge.
+    fn offer_run(&self, run: &[Change], origin: Option<ConnId>, gone: &mut Gone) {
+        let Some(frame) = merged_frame(run) else {
+            for change in run {
+                let change = change.clone();
+                self.offer_delivery(Delivery::Change { change, origin }, gone);
+            }
+            return;
+        };
+        let incarnation = self.state.incarnation();
+        let mut events: Option<Vec<Bytes>> = None;
+        let mut all = None;
+        for (&conn, sub) in &self.subscribers {
+            let bytes = match sub.kind {
+                Kind::Editor if Some(conn) != origin => frame.clone(),
+                Kind::Viewer { after } => {
+                    let from = run.partition_point(|c| c.seq <= after);
+                    if from == run.len() {
+                        continue;
+                    }
+                    let events = events.get_or_insert_with(|| {
+                        run.iter()
+                            .map(|c| viewer::update_event(incarnation, c))
+                            .collect()
+                    });
+                    if from == 0 {
+                        all.get_or_insert_with(|| Bytes::from(events.concat()))
+                            .clone()
+                    } else {
+                        Bytes::from(events[from..].concat())
+                    }
+                }
+                _ => continue,
+            };
+            offer(conn, sub, bytes, gone);
         }
     }
 
@@ -183,5 +233,155 @@ fn refused(conn: ConnId, offered: Result<(), Offer>) -> Option<(ConnId, Option<C
         Ok(()) => None,
         Err(Offer::Full) => Some((conn, Some(CloseReason::TooSlow))),
         Err(Offer::Closed) => Some((conn, None)),
+    }
+}
+
+/// Deliveries as they are offered: alone, or a run of consecutive changes
+/// from one origin.
+#[derive(Debug)]
+enum Group {
+    One(Delivery),
+    Run {
+        changes: Vec<Change>,
+        origin: Option<ConnId>,
+    },
+}
+
+/// Groups consecutive changes from one origin into runs, keeping the
+/// deliveries' order.
+fn group_runs(deliveries: Vec<Delivery>) -> Vec<Group> {
+    let mut groups = Vec::with_capacity(deliveries.len());
+    let mut run = Vec::new();
+    let mut run_origin = None;
+    for delivery in deliveries {
+        match delivery {
+            Delivery::Change { change, origin } => {
+                if !run.is_empty() && origin != run_origin {
+                    groups.push(close_run(std::mem::take(&mut run), run_origin));
+                }
+                run_origin = origin;
+                run.push(change);
+            }
+            other => {
+                if !run.is_empty() {
+                    groups.push(close_run(std::mem::take(&mut run), run_origin));
+                }
+                groups.push(Group::One(other));
+            }
+        }
+    }
+    if !run.is_empty() {
+        groups.push(close_run(run, run_origin));
+    }
+    groups
+}
+
+/// A run of one change is that change alone.
+fn close_run(mut changes: Vec<Change>, origin: Option<ConnId>) -> Group {
+    match (changes.pop(), changes.is_empty()) {
+        (Some(change), true) => Group::One(Delivery::Change { change, origin }),
+        (last, _) => {
+            changes.extend(last);
+            Group::Run { changes, origin }
+        }
+    }
+}
+
+/// One y-sync update frame holding every change of `run`, merged as Yjs
+/// merges updates; `None` if they do not merge.
+fn merged_frame(run: &[Change]) -> Option<Bytes> {
+    let merged = yrs::merge_updates_v1(run.iter().map(|c| &c.update[..])).ok()?;
+    Some(protocol::sync_update(&merged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text, Transact};
+
+    fn change(seq: u64, update: Vec<u8>) -> Change {
+        Change {
+            seq,
+            at_ms: 0,
+            update: Bytes::from(update),
+            by: Default::default(),
+        }
+    }
+
+    fn shape(groups: &[Group]) -> Vec<String> {
+        groups
+            .iter()
+            .map(|g| match g {
+                Group::One(Delivery::Change { change, origin }) => {
+                    format!("{}@{origin:?}", change.seq)
+                }
+                Group::One(_) => "other".into(),
+                Group::Run { changes, origin } => {
+                    let seqs: Vec<String> = changes.iter().map(|c| c.seq.to_string()).collect();
+                    format!("{}@{origin:?}", seqs.join("+"))
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_changes_from_one_origin_form_a_run_in_order() {
+        let c = |seq, origin| Delivery::Change {
+            change: change(seq, Vec::new()),
+            origin,
+        };
+        let presence = || Delivery::Stateless {
+            origin: None,
+            frame: Bytes::new(),
+        };
+        let groups = group_runs(vec![
+            c(1, None),
+            c(2, None),
+            c(3, None),
+            presence(),
+            c(4, Some(7)),
+            c(5, Some(8)),
+            c(6, Some(8)),
+            presence(),
+            c(7, None),
+        ]);
+        assert_eq!(
+            shape(&groups),
+            [
+                "1+2+3@None",
+                "other",
+                "4@Some(7)",
+                "5+6@Some(8)",
+                "other",
+                "7@None"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_runs_frame_brings_an_editor_every_change_of_it() {
+        let source = yrs::Doc::new();
+        let text = source.get_or_insert_text("t");
+        let mut run = Vec::new();
+        for (seq, word) in [(1, "one "), (2, "two "), (3, "three")] {
+            let mut txn = source.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, word);
+            run.push(change(seq, txn.encode_update_v1()));
+        }
+        let frame = merged_frame(&run).expect("merges");
+        let mut messages = protocol::decode_frame(&frame).expect("one y-sync frame");
+        assert_eq!(messages.len(), 1, "one message");
+        let protocol::Inbound::Update(update) = messages.remove(0) else {
+            panic!("an update");
+        };
+        let editor = yrs::Doc::new();
+        let applied = editor.transact_mut().apply_update(update.update);
+        assert!(applied.is_ok());
+        let got = editor
+            .get_or_insert_text("t")
+            .get_string(&editor.transact());
+        assert_eq!(got, "one two three");
+        assert!(merged_frame(&[change(1, vec![0xff, 0xff])]).is_none());
     }
 }
