@@ -20,7 +20,9 @@ use crate::session::{CloseReason, Kind};
 /// their presence (cluster mode) before it serves anyone regardless.
 const PEER_PRESENCE_WAIT: Duration = Duration::from_secs(1);
 
-/// Most changes from other nodes taken together as one run.
+/// How many changes from other nodes a room holds before it stops taking
+/// more into one run (the last read may bring up to a page of the log
+/// beyond it).
 const MAX_RUN: usize = 1000;
 
 impl Room {
@@ -240,7 +242,8 @@ impl Room {
     }
 
     /// Adds to `entries` the changes other nodes stored that already wait
-    /// behind them (up to [`MAX_RUN`]): a room that fell behind applies
+    /// behind them, until [`MAX_RUN`] are held (a read of the log brings at
+    /// most a page more): a room that fell behind applies
     /// them together and sends them as one run (see `fanout.rs`), rather
     /// than falling further behind sending each to every subscriber.
     /// Returns what stopped the taking if it was not changes.

@@ -17,6 +17,7 @@ use tracing::warn;
 
 use super::Room;
 use crate::doc_state::{Change, ConnId, Delivery, Effects};
+use crate::guard::guarded;
 use crate::protocol;
 use crate::session::{CloseReason, Dialect, Kind, Offer, Subscriber};
 use crate::viewer;
@@ -63,7 +64,17 @@ impl Room {
     /// editor but the origin, and to each viewer the events of those it
     /// has not had, together. Change by change if the updates do not merge.
     fn offer_run(&self, run: &[Change], origin: Option<ConnId>, gone: &mut Gone) {
-        let Some(frame) = merged_frame(run) else {
+        let editors = self
+            .subscribers
+            .iter()
+            .any(|(&conn, sub)| sub.kind == Kind::Editor && Some(conn) != origin);
+        // With no editor to send it to, no merged frame is needed.
+        let frame = if editors {
+            merged_frame(run)
+        } else {
+            Some(Bytes::new())
+        };
+        let Some(frame) = frame else {
             for change in run {
                 let change = change.clone();
                 self.offer_delivery(Delivery::Change { change, origin }, gone);
@@ -288,15 +299,17 @@ fn close_run(mut changes: Vec<Change>, origin: Option<ConnId>) -> Group {
 }
 
 /// One y-sync update frame holding every change of `run`, merged as Yjs
-/// merges updates; `None` if they do not merge.
+/// merges updates; `None` if they do not merge (or yrs panics on them:
+/// another node's change may be one this node's yrs could not apply).
 fn merged_frame(run: &[Change]) -> Option<Bytes> {
-    let merged = yrs::merge_updates_v1(run.iter().map(|c| &c.update[..])).ok()?;
-    Some(protocol::sync_update(&merged))
+    let merged = guarded(|| yrs::merge_updates_v1(run.iter().map(|c| &c.update[..])));
+    Some(protocol::sync_update(&merged.ok()?.ok()?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use yrs::updates::decoder::Decode;
     use yrs::{GetString, Text, Transact};
 
     fn change(seq: u64, update: Vec<u8>) -> Change {
@@ -370,18 +383,52 @@ mod tests {
             run.push(change(seq, txn.encode_update_v1()));
         }
         let frame = merged_frame(&run).expect("merges");
-        let mut messages = protocol::decode_frame(&frame).expect("one y-sync frame");
+        assert_eq!(text_after(&frame), "one two three");
+        assert!(merged_frame(&[change(1, vec![0xff, 0xff])]).is_none());
+    }
+
+    /// The document an editor has after applying `frame`'s one update.
+    fn text_after(frame: &Bytes) -> String {
+        let mut messages = protocol::decode_frame(frame).expect("one y-sync frame");
         assert_eq!(messages.len(), 1, "one message");
         let protocol::Inbound::Update(update) = messages.remove(0) else {
             panic!("an update");
         };
-        let editor = yrs::Doc::new();
-        let applied = editor.transact_mut().apply_update(update.update);
+        let doc = yrs::Doc::new();
+        let applied = doc.transact_mut().apply_update(update.update);
         assert!(applied.is_ok());
-        let got = editor
+        let text = doc.get_or_insert_text("t").get_string(&doc.transact());
+        text
+    }
+
+    #[test]
+    fn a_run_of_concurrent_edits_deletes_and_a_repeat_merges_to_the_same_text() {
+        let (a, b) = (yrs::Doc::with_client_id(1), yrs::Doc::with_client_id(2));
+        let edit = |doc: &yrs::Doc, f: &dyn Fn(&yrs::TextRef, &mut yrs::TransactionMut)| {
+            let text = doc.get_or_insert_text("t");
+            let mut txn = doc.transact_mut();
+            f(&text, &mut txn);
+            txn.encode_update_v1()
+        };
+        let u1 = edit(&a, &|t, txn| t.insert(txn, 0, "hello world"));
+        let u2 = edit(&b, &|t, txn| t.insert(txn, 0, "hey "));
+        let u3 = edit(&a, &|t, txn| t.remove_range(txn, 0, 6));
+        // In order, each applied as it came (the second copy of u1 is one
+        // a second node also stored).
+        let reference = yrs::Doc::new();
+        for u in [&u1, &u2, &u3, &u1] {
+            let update = yrs::Update::decode_v1(u).expect("decodes");
+            assert!(reference.transact_mut().apply_update(update).is_ok());
+        }
+        let expected = reference
             .get_or_insert_text("t")
-            .get_string(&editor.transact());
-        assert_eq!(got, "one two three");
-        assert!(merged_frame(&[change(1, vec![0xff, 0xff])]).is_none());
+            .get_string(&reference.transact());
+        let run: Vec<Change> = [u1.clone(), u2, u3, u1]
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| change(i as u64 + 1, u))
+            .collect();
+        let frame = merged_frame(&run).expect("merges");
+        assert_eq!(text_after(&frame), expected);
     }
 }
