@@ -53,7 +53,12 @@ impl Replication for RedisStore {
         meta: &DocMeta,
         after: u64,
     ) -> Result<Option<mpsc::Receiver<Followed>>, StorageError> {
-        let (tx, rx) = mpsc::channel(64);
+        // One read waits at a time: while the room is behind, what other
+        // nodes append meanwhile is read together next, as one run that
+        // the room applies and sends at once, rather than queued read by
+        // read (one send per change per subscriber, falling further
+        // behind with each).
+        let (tx, rx) = mpsc::channel(1);
         let wake = Arc::new(Notify::new());
         let channel = key(doc, EVENTS);
         // Listening before the first read: whatever is appended after it

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use weft_storage::{Followed, LogEntry, PeerEvent, Provenance, StorageError};
+use weft_storage::{LogEntry, PeerEvent, Provenance, StorageError};
 
 use super::commit::{log_entries, Deferred};
 use super::{recv_from, Room};
@@ -19,11 +19,6 @@ use crate::session::{CloseReason, Kind};
 /// How long a room that has just loaded waits for other nodes to tell it
 /// their presence (cluster mode) before it serves anyone regardless.
 const PEER_PRESENCE_WAIT: Duration = Duration::from_secs(1);
-
-/// How many changes from other nodes a room holds before it stops taking
-/// more into one run (the last read may bring up to a page of the log
-/// beyond it).
-const MAX_RUN: usize = 1000;
 
 impl Room {
     /// Cluster mode: asks the other nodes for the presence their
@@ -218,45 +213,6 @@ impl Room {
             })
             .await;
         }
-    }
-
-    /// What following the stored log brought (cluster mode), with the
-    /// changes already waiting behind it; `true` when the room must stop
-    /// (the document was deleted).
-    pub(super) async fn on_followed(&mut self, followed: Followed) -> bool {
-        let mut next = Some(followed);
-        while let Some(followed) = next.take() {
-            match followed {
-                Followed::Changes(mut entries) => {
-                    next = self.take_waiting_changes(&mut entries);
-                    self.handle_stored_elsewhere(entries).await;
-                }
-                Followed::Lost(reason) => self.history_lost(reason).await,
-                Followed::Deleted => {
-                    self.deleted_elsewhere();
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    /// Adds to `entries` the changes other nodes stored that already wait
-    /// behind them, until [`MAX_RUN`] are held (a read of the log brings at
-    /// most a page more): a room that fell behind applies
-    /// them together and sends them as one run (see `fanout.rs`), rather
-    /// than falling further behind sending each to every subscriber.
-    /// Returns what stopped the taking if it was not changes.
-    fn take_waiting_changes(&mut self, entries: &mut Vec<LogEntry>) -> Option<Followed> {
-        let rx = self.remote.as_mut()?;
-        while entries.len() < MAX_RUN {
-            match rx.try_recv() {
-                Ok(Followed::Changes(more)) => entries.extend(more),
-                Ok(other) => return Some(other),
-                Err(_) => break,
-            }
-        }
-        None
     }
 
     /// Changes other nodes stored (cluster mode), in order.

@@ -137,11 +137,14 @@ impl Room {
                         return; // the document was deleted
                     }
                 }
-                Some(followed) = recv_from(&mut self.remote) => {
-                    if self.on_followed(followed).await {
-                        return; // the document was deleted
+                Some(followed) = recv_from(&mut self.remote) => match followed {
+                    Followed::Changes(entries) => self.handle_stored_elsewhere(entries).await,
+                    Followed::Lost(reason) => self.history_lost(reason).await,
+                    Followed::Deleted => {
+                        self.deleted_elsewhere();
+                        return;
                     }
-                }
+                },
                 _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     if self.try_unload().await {
                         return;
