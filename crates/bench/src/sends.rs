@@ -190,15 +190,19 @@ fn thread_cpu_seconds() -> anyhow::Result<f64> {
 mod tests {
     use super::*;
 
+    /// A short run at 50 messages a second.
+    fn args(connections: usize, millis: u64, bytes: usize) -> SendsArgs {
+        SendsArgs {
+            connections,
+            rate: 50,
+            duration: Duration::from_millis(millis),
+            bytes,
+        }
+    }
+
     #[tokio::test]
     async fn every_message_reaches_every_connection_and_is_timed() {
-        let args = SendsArgs {
-            connections: 10,
-            rate: 50,
-            duration: Duration::from_millis(200),
-            bytes: 60,
-        };
-        let r = run(args).await.expect("run");
+        let r = run(args(10, 200, 60)).await.expect("run");
         assert_eq!(r.sends, 10 * 10);
         assert_eq!(r.missing, 0);
         assert_eq!(r.delay.expect("delays").samples, 100);
@@ -206,13 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_too_short_for_its_stamp_is_refused() {
-        let args = SendsArgs {
-            connections: 1,
-            rate: 50,
-            duration: Duration::from_millis(20),
-            bytes: 4,
-        };
-        let e = run(args).await.expect_err("refused");
+        let e = run(args(1, 20, 4)).await.expect_err("refused");
         assert!(e.to_string().contains("--bytes"), "{e}");
     }
 }
