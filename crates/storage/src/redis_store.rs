@@ -48,6 +48,7 @@
 //! neither backup restores nor webhook deliveries: `RedisStore` does not
 //! play those roles.
 
+mod asking;
 mod bus;
 mod health;
 mod link;

@@ -26,6 +26,8 @@ use redis::{
 };
 use tokio::sync::mpsc;
 
+use super::asking;
+
 /// How long opening a connection may take.
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
 
@@ -180,7 +182,7 @@ impl ConnectionLike for Link {
         match self {
             Link::Managed(c) => c.req_packed_command(cmd),
             Link::Plain(c) => c.req_packed_command(cmd),
-            Link::Cluster(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => Box::pin(asking::command(c, cmd)),
         }
     }
 
@@ -193,7 +195,7 @@ impl ConnectionLike for Link {
         match self {
             Link::Managed(c) => c.req_packed_commands(cmd, offset, count),
             Link::Plain(c) => c.req_packed_commands(cmd, offset, count),
-            Link::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Cluster(c) => Box::pin(asking::pipeline(c, cmd, offset, count)),
         }
     }
 

@@ -6,7 +6,8 @@
 //! dead fails (a broken pipe), and so would the first load or append on
 //! every node after any Redis restart. [`Retrying`] sends such a command
 //! again, a few times within about a second: after a dropped connection,
-//! and while Redis is still loading its data. Any other error (a Redis
+//! while Redis is still loading its data, and while a cluster slot is
+//! still moving. Any other error (a Redis
 //! that cannot be reached at all fails the manager's own reconnection,
 //! which is not tried again here), and one that outlasts the retries, is
 //! the caller's.
@@ -39,11 +40,16 @@ impl AsMut<Link> for Retrying {
     }
 }
 
-/// Whether `e` says Redis was away for a moment rather than that the
-/// command is wrong.
+/// Whether `e` says Redis was away for a moment, or that the key's slot
+/// is still moving between shards (redirects that outlasted the cluster
+/// connection's own), rather than that the command is wrong. A redirect
+/// says the command did not run.
 fn is_brief_outage(e: &RedisError) -> bool {
     e.is_connection_dropped()
-        || matches!(e.kind(), ErrorKind::BusyLoadingError | ErrorKind::TryAgain)
+        || matches!(
+            e.kind(),
+            ErrorKind::BusyLoadingError | ErrorKind::TryAgain | ErrorKind::Ask | ErrorKind::Moved
+        )
 }
 
 impl ConnectionLike for Retrying {

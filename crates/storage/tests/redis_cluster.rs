@@ -1,0 +1,134 @@
+//! `RedisStore` on a real three-primary Redis Cluster while a document's
+//! slot moves to another shard: one node reads and writes that document,
+//! and other documents keep the same connections busy, as a node serving
+//! many documents does.
+
+#[path = "support/redis_cluster.rs"]
+mod redis_cluster;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_cluster::RedisCluster;
+use weft_storage::{DocName, DocumentStore, LogEntry, Provenance, RedisStore};
+
+fn key(doc: &str, what: &str) -> String {
+    format!("weft:{{{doc}}}:{what}")
+}
+
+fn entry(seq: u64) -> LogEntry {
+    LogEntry {
+        seq,
+        at_ms: 1_000 + seq,
+        update: vec![seq as u8; 3],
+        by: Provenance::new(None, "ws"),
+    }
+}
+
+/// Appends to `doc` one change at a time until `done`; every append must
+/// succeed. Returns how many were stored, or the first failure.
+async fn keep_appending(
+    store: RedisStore,
+    doc: DocName,
+    done: Arc<AtomicBool>,
+) -> Result<u64, String> {
+    let meta = store.load(&doc).await.map_err(|e| e.to_string())?.meta;
+    let mut seq = 0;
+    while !done.load(Ordering::Relaxed) {
+        seq += 1;
+        let appended = store.append(&doc, &meta, &[entry(seq)]).await;
+        appended.map_err(|e| format!("appending {seq} to {doc}: {e}"))?;
+    }
+    Ok(seq)
+}
+
+/// Reads `doc`'s whole log until `done`; every read must succeed and
+/// hold a gapless run of changes from the first.
+async fn keep_reading(
+    store: RedisStore,
+    doc: DocName,
+    done: Arc<AtomicBool>,
+) -> Result<u64, String> {
+    let mut reads = 0;
+    while !done.load(Ordering::Relaxed) {
+        let log = store.read_log(&doc, 0, usize::MAX).await;
+        let log = log.map_err(|e| format!("reading {doc}: {e}"))?;
+        let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
+        let gapless: Vec<u64> = (1..=seqs.len() as u64).collect();
+        if seqs != gapless {
+            return Err(format!("{doc}'s log has gaps: {seqs:?}"));
+        }
+        reads += 1;
+    }
+    Ok(reads)
+}
+
+/// Document names whose keys live on shard `shard`.
+fn names_on(cluster: &RedisCluster, shard: usize, prefix: &str, count: usize) -> Vec<DocName> {
+    (0..1000)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|name| cluster.owner_of(cluster.slot_of(&key(name, "log"))) == shard)
+        .take(count)
+        .map(|name| DocName::new(name).expect("a name"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moving_under_busy_connections_fails_no_read_or_write() {
+    let cluster = RedisCluster::start();
+    let urls: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+    let store = RedisStore::connect_cluster(&urls).await.expect("connects");
+    let moving = DocName::new("moving").expect("a name");
+    let slot = cluster.slot_of(&key(moving.as_str(), "log"));
+    let from = cluster.owner_of(slot);
+    let to = (from + 1) % 3;
+
+    // While the slot moves: one writer and readers on the moving document,
+    // writers on other documents of both shards it moves between.
+    let done = Arc::new(AtomicBool::new(false));
+    let mut writers = vec![tokio::spawn(keep_appending(
+        store.clone(),
+        moving.clone(),
+        done.clone(),
+    ))];
+    let mut others = names_on(&cluster, to, "busy-to", 4);
+    others.extend(names_on(&cluster, from, "busy-from", 2));
+    for doc in others {
+        writers.push(tokio::spawn(keep_appending(
+            store.clone(),
+            doc,
+            done.clone(),
+        )));
+    }
+    let readers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(keep_reading(store.clone(), moving.clone(), done.clone())))
+        .collect();
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.move_slot(slot, to, || std::thread::sleep(Duration::from_millis(100)));
+        cluster
+    })
+    .await
+    .expect("the slot moved");
+    done.store(true, Ordering::Relaxed);
+
+    let mut stored = Vec::new();
+    for task in writers {
+        stored.push(
+            task.await
+                .expect("a writer")
+                .expect("every append succeeds"),
+        );
+    }
+    for task in readers {
+        let reads = task.await.expect("a reader").expect("every read succeeds");
+        assert!(reads > 0, "reads went on throughout the move");
+    }
+    // Everything the moving document's writer was told is stored is there,
+    // on its new shard.
+    assert_eq!(cluster.owner_of(slot), to);
+    let log = store.read_log(&moving, 0, usize::MAX).await.expect("reads");
+    let expected: Vec<LogEntry> = (1..=stored[0]).map(entry).collect();
+    assert_eq!(log, expected);
+    store.shut_down().await;
+}
