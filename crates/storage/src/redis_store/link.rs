@@ -26,7 +26,7 @@ use redis::{
 };
 use tokio::sync::mpsc;
 
-use super::asking;
+use super::asking::Asking;
 
 /// How long opening a connection may take.
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
@@ -90,7 +90,17 @@ impl Target {
                     .response_timeout(response_timeout)
                     .retries(4)
                     .build()?;
-                Ok(Link::Cluster(client.get_async_connection().await?))
+                let seed = nodes.first().cloned().ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "no Redis Cluster node was given",
+                    ))
+                })?;
+                let asking = Asking::new(seed, CONNECT_WAIT, response_timeout);
+                Ok(Link::Cluster(
+                    client.get_async_connection().await?,
+                    Some(asking),
+                ))
             }
         }
     }
@@ -123,7 +133,7 @@ impl Target {
                     .response_timeout(response_timeout)
                     .push_sender(pushes)
                     .build()?;
-                Ok(Link::Cluster(client.get_async_connection().await?))
+                Ok(Link::Cluster(client.get_async_connection().await?, None))
             }
         }
     }
@@ -174,7 +184,8 @@ impl Lua {
 pub(super) enum Link {
     Managed(ConnectionManager),
     Plain(MultiplexedConnection),
-    Cluster(ClusterConnection),
+    /// With [`Asking`] for commands; none for subscriptions.
+    Cluster(ClusterConnection, Option<Asking>),
 }
 
 impl ConnectionLike for Link {
@@ -182,7 +193,8 @@ impl ConnectionLike for Link {
         match self {
             Link::Managed(c) => c.req_packed_command(cmd),
             Link::Plain(c) => c.req_packed_command(cmd),
-            Link::Cluster(c) => Box::pin(asking::command(c, cmd)),
+            Link::Cluster(c, Some(asking)) => Box::pin(asking.command(c, cmd)),
+            Link::Cluster(c, None) => c.req_packed_command(cmd),
         }
     }
 
@@ -195,7 +207,8 @@ impl ConnectionLike for Link {
         match self {
             Link::Managed(c) => c.req_packed_commands(cmd, offset, count),
             Link::Plain(c) => c.req_packed_commands(cmd, offset, count),
-            Link::Cluster(c) => Box::pin(asking::pipeline(c, cmd, offset, count)),
+            Link::Cluster(c, Some(asking)) => Box::pin(asking.pipeline(c, cmd, offset, count)),
+            Link::Cluster(c, None) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -203,7 +216,7 @@ impl ConnectionLike for Link {
         match self {
             Link::Managed(c) => c.get_db(),
             Link::Plain(c) => c.get_db(),
-            Link::Cluster(c) => c.get_db(),
+            Link::Cluster(c, _) => c.get_db(),
         }
     }
 }
@@ -216,7 +229,7 @@ impl AsMut<Link> for Link {
 
 impl Link {
     pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Link::Cluster(_))
+        matches!(self, Link::Cluster(..))
     }
 
     /// `SCRIPT LOAD` on the server; on a cluster, on the primary serving
@@ -227,7 +240,7 @@ impl Link {
         let mut load = redis::cmd("SCRIPT");
         load.arg("LOAD").arg(source);
         match self {
-            Link::Cluster(c) => {
+            Link::Cluster(c, _) => {
                 let route = Route::new(slot_of(key), SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                 let loaded = c.route_command(&load, routing).await.map(drop);
@@ -250,7 +263,7 @@ impl Link {
         cmd: &Cmd,
     ) -> RedisResult<Vec<(String, Value)>> {
         match self {
-            Link::Cluster(c) => {
+            Link::Cluster(c, _) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let Value::Map(replies) = c.route_command(cmd, routing).await? else {
                     return Err(unexpected("a reply from each primary"));
@@ -295,7 +308,7 @@ impl Link {
     /// names it), or on the single server.
     async fn on_node<T: redis::FromRedisValue>(&mut self, addr: &str, cmd: &Cmd) -> RedisResult<T> {
         match self {
-            Link::Cluster(c) => {
+            Link::Cluster(c, _) => {
                 let (host, port) = addr
                     .rsplit_once(':')
                     .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))

@@ -12,7 +12,8 @@
 //! which is not tried again here), and one that outlasts the retries, is
 //! the caller's.
 //!
-//! A command whose connection dropped after it was sent may have run. Every
+//! A command whose connection dropped after it was sent may have run, and
+//! so may the commands of a pipeline before one that was redirected. Every
 //! command weft sends is either idempotent or checked: the append script
 //! refuses numbers already taken, and `RedisStore::append` recognises its
 //! own changes in the log when a retried append is refused for that.
@@ -42,8 +43,10 @@ impl AsMut<Link> for Retrying {
 
 /// Whether `e` says Redis was away for a moment, or that the key's slot
 /// is still moving between shards (redirects that outlasted the cluster
-/// connection's own), rather than that the command is wrong. A redirect
-/// says the command did not run.
+/// connection's own), rather than that the command is wrong. Either may
+/// come after part of the work ran (an earlier attempt whose connection
+/// dropped, another command of the same pipeline), which the rule above
+/// makes safe to send again.
 fn is_brief_outage(e: &RedisError) -> bool {
     e.is_connection_dropped()
         || matches!(

@@ -1,6 +1,7 @@
 //! `RedisCluster`: a throwaway Redis Cluster of three primaries on
 //! 127.0.0.1 for tests (`redis-server --cluster-enabled yes` × 3, joined by
-//! `redis-cli --cluster create`), every write fsynced, killed when dropped.
+//! `redis-cli --cluster create`; a fourth, serving no slot, can be added),
+//! every write fsynced, killed when dropped.
 //! A cluster needs TCP: each node takes a client port and a bus port the
 //! system just handed out and let go (a node that finds one taken exits,
 //! and is started again on others). [`RedisCluster::move_slot`] moves one
@@ -79,6 +80,27 @@ impl RedisCluster {
         node.child = ClusterNode::run(node.port, node.bus, &node.dir)
             .expect("redis-server starts again on its ports");
         self.until_every_node_agrees();
+    }
+
+    /// Adds a primary that serves no slot yet (`redis-cli --cluster
+    /// add-node`), as a cluster about to grow has; returns its index.
+    #[allow(dead_code)]
+    pub fn add_empty_primary(&mut self) -> usize {
+        let node = ClusterNode::spawn();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "add-node"])
+            .arg(format!("127.0.0.1:{}", node.port))
+            .arg(format!("127.0.0.1:{}", self.nodes[0].port))
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster add-node: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.nodes.push(node);
+        self.until_every_node_agrees();
+        self.nodes.len() - 1
     }
 
     /// Runs a redis-cli command on node `i`, returning its output.
