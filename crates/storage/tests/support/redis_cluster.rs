@@ -38,17 +38,10 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let mut create = vec!["create".to_owned()];
+        create.extend(addrs);
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        cluster_cli(&create);
         let cluster = RedisCluster { nodes };
         cluster.until_every_node_agrees();
         cluster
@@ -87,17 +80,11 @@ impl RedisCluster {
     #[allow(dead_code)]
     pub fn add_empty_primary(&mut self) -> usize {
         let node = ClusterNode::spawn();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "add-node"])
-            .arg(format!("127.0.0.1:{}", node.port))
-            .arg(format!("127.0.0.1:{}", self.nodes[0].port))
-            .output()
-            .expect("redis-cli");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster add-node: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        cluster_cli(&[
+            "add-node".to_owned(),
+            format!("127.0.0.1:{}", node.port),
+            format!("127.0.0.1:{}", self.nodes[0].port),
+        ]);
         self.nodes.push(node);
         self.until_every_node_agrees();
         self.nodes.len() - 1
@@ -212,6 +199,21 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// `redis-cli --cluster` with `args`, which must succeed.
+fn cluster_cli(args: &[String]) {
+    let out = Command::new("redis-cli")
+        .arg("--cluster")
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Each node's id and slot ranges, sorted: what every node should agree on.
