@@ -1161,3 +1161,103 @@ async fn a_stateless_message_a_full_reader_has_no_room_for_is_skipped_not_a_reas
     next_update_into(&mut reader, &seen).await;
     assert_eq!(text(&seen), "after");
 }
+
+/// A viewer's next events, which must come in time.
+async fn events(viewer: &mut weft_sync::Follower) -> bytes::Bytes {
+    let next = timeout(WAIT, viewer.recv()).await.expect("in time");
+    next.expect("the stream is open")
+}
+
+/// The `id:` of the first event in `events`.
+fn first_event_id(events: &[u8]) -> weft_sync::EventId {
+    let text = std::str::from_utf8(events).expect("events are text");
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an event id");
+    id.parse().expect("a valid event id")
+}
+
+#[tokio::test]
+async fn viewers_joining_an_unchanged_document_share_one_snapshot() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("shared-snapshot");
+    let mut writer = f
+        .rooms
+        .join(&doc, Access::ReadWrite, None)
+        .await
+        .expect("join");
+    next(&mut writer).await;
+    let client = Doc::new();
+    let big = "x".repeat(200_000);
+    writer
+        .send(vec![edit(&client, &big)], 0)
+        .await
+        .expect("send");
+
+    // Many viewers of a large document: one encoding, one copy in memory.
+    let mut viewers = Vec::new();
+    let mut openings = Vec::new();
+    for _ in 0..20 {
+        let mut viewer = f.rooms.follow(&doc, None).await.expect("follow");
+        let opening = events(&mut viewer).await;
+        let presence = events(&mut viewer).await;
+        assert!(opening.starts_with(b"event: snapshot"));
+        assert!(opening.len() > big.len(), "the snapshot holds the text");
+        assert!(presence.starts_with(b"event: awareness"));
+        openings.push(opening);
+        viewers.push(viewer);
+    }
+    let first = openings[0].as_ptr();
+    assert!(
+        openings.iter().all(|o| o.as_ptr() == first),
+        "every viewer's snapshot is the same bytes"
+    );
+
+    // After a change, a new viewer gets a snapshot that holds it.
+    writer
+        .send(vec![edit(&client, "y")], 0)
+        .await
+        .expect("send");
+    let mut later = f.rooms.follow(&doc, None).await.expect("follow");
+    let opening = events(&mut later).await;
+    assert_ne!(opening.as_ptr(), first);
+    assert_eq!(
+        first_event_id(&opening).seq,
+        first_event_id(&openings[0]).seq + 1
+    );
+}
+
+#[tokio::test]
+async fn a_viewer_resuming_further_back_than_the_log_replays_gets_the_snapshot() {
+    let f = fixture(EngineConfig::default());
+    let doc = name("far-behind");
+    let writer = Doc::new();
+    let history: Vec<LogEntry> = (1..=5_000).map(|seq| logged(seq, &writer, "a")).collect();
+    f.store
+        .inner()
+        .append(&doc, &META, &history)
+        .await
+        .expect("append");
+    let mut viewer = f.rooms.follow(&doc, None).await.expect("follow");
+    let opening = events(&mut viewer).await;
+    let newest = first_event_id(&opening);
+    assert_eq!(newest.seq, 5_000);
+
+    // 4,000 changes behind: replayed, change by change.
+    let near = weft_sync::EventId {
+        seq: 1_000,
+        ..newest
+    };
+    let mut resumed = f.rooms.follow(&doc, Some(near)).await.expect("follow");
+    let replay = events(&mut resumed).await;
+    assert!(replay.starts_with(b"event: update"));
+    assert_eq!(first_event_id(&replay).seq, 1_001);
+
+    // 4,999 behind: the shared snapshot, not the whole log read for one.
+    let far = weft_sync::EventId { seq: 1, ..newest };
+    let mut resumed = f.rooms.follow(&doc, Some(far)).await.expect("follow");
+    let snapshot = events(&mut resumed).await;
+    assert!(snapshot.starts_with(b"event: snapshot"));
+    assert_eq!(snapshot.as_ptr(), opening.as_ptr());
+}

@@ -1,13 +1,14 @@
 //! The document as bytes: the whole state or what a state vector lacks,
-//! and the sync frames a joining editor gets (step 1, and the shared step 2
-//! for an empty state vector, encoded once per document version).
+//! the sync frames a joining editor gets (step 1, and the shared step 2
+//! for an empty state vector, encoded once per document version), and the
+//! shared `snapshot` event a joining viewer gets, likewise.
 
 use bytes::Bytes;
 use yrs::{ReadTxn, StateVector, Transact};
 
 use super::{ConnId, Delivery, DocState, Effects};
 use crate::guard::guarded;
-use crate::protocol;
+use crate::{protocol, viewer, EventId};
 
 impl DocState {
     /// The whole document as a Yjs v1 update.
@@ -37,6 +38,23 @@ impl DocState {
         if let Some(update) = self.presence() {
             fx.deliveries
                 .push(Delivery::Opening(conn, protocol::awareness(update)));
+        }
+    }
+
+    /// The viewers' `snapshot` event of the whole document, from the cache
+    /// when the document has not changed since it was encoded.
+    pub fn snapshot_event(&mut self) -> Result<Bytes, String> {
+        match &self.snapshot_event {
+            Some((seq, event)) if *seq == self.last_seq => Ok(event.clone()),
+            _ => {
+                let id = EventId {
+                    incarnation: self.incarnation(),
+                    seq: self.last_seq,
+                };
+                let event = viewer::snapshot_event(id, &self.encode_state()?);
+                self.snapshot_event = Some((self.last_seq, event.clone()));
+                Ok(event)
+            }
         }
     }
 

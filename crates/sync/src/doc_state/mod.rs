@@ -86,6 +86,11 @@ pub struct DocState {
     /// until the next change: encoding a large document is the dominant
     /// cost of a join.
     full_step2: Option<(u64, Bytes)>,
+    /// The same for viewers: the `snapshot` event of the whole document,
+    /// shared by every viewer that joins before the next change, so that
+    /// many viewers joining a large document cost one encoding and one
+    /// copy of it rather than one each.
+    snapshot_event: Option<(u64, Bytes)>,
     /// Stored changes left out when the document was loaded, because they
     /// do not replay.
     set_aside: Vec<SetAside>,
@@ -157,6 +162,7 @@ impl DocState {
                     .sum::<u64>(),
             limits: DocLimits::default(),
             full_step2: None,
+            snapshot_event: None,
             set_aside: replayed.set_aside,
             making: None,
         })

@@ -1,6 +1,7 @@
 //! A viewer's opening: it joins at a known sequence number and is sent
-//! the changes after the id it resumes from (from memory, else from the
-//! stored log) or a snapshot, then everyone's presence, in one buffer;
+//! the changes after the id it resumes from (from memory, else from at
+//! most [`MAX_LOG_REPLAY`] of the stored log) or the snapshot every viewer
+//! joining before the next change shares, then everyone's presence;
 //! live events follow from that number on, so a resumed viewer gets every
 //! change exactly once.
 
@@ -11,6 +12,11 @@ use super::{Reply, Room};
 use crate::doc_state::{Change, ConnId, Delivery, Effects};
 use crate::session::{Kind, Subscriber};
 use crate::{viewer, EventId};
+
+/// The most changes a resuming viewer is replayed from the stored log;
+/// one further behind gets the shared snapshot, which then costs less than
+/// reading and encoding its changes for it alone.
+const MAX_LOG_REPLAY: usize = 4096;
 
 impl Room {
     /// A viewer joins, if the document has room for it.
@@ -30,48 +36,48 @@ impl Room {
             subscriber.kind = Kind::Viewer {
                 after: self.state.last_seq(),
             };
-            let opening = self.opening_for_viewer(resume).await;
+            let (content, presence) = self.opening_for_viewer(resume).await;
             self.subscribers.insert(conn, subscriber);
-            fx.deliveries.push(Delivery::To(conn, opening));
+            if !content.is_empty() {
+                fx.deliveries.push(Delivery::To(conn, content));
+            }
+            fx.deliveries.push(Delivery::Opening(conn, presence));
         }
     }
 
     /// What a new viewer is sent first: the changes after `resume` when they
-    /// can all be had (from memory, else from the log), otherwise a snapshot;
-    /// then everyone's presence. One buffer, so it takes one queue slot.
-    async fn opening_for_viewer(&mut self, resume: Option<EventId>) -> Bytes {
+    /// can all be had (from memory, else from the log), otherwise the shared
+    /// snapshot; then, apart, everyone's presence (queued as an editor's
+    /// opening presence is: whatever others published cannot get a joiner
+    /// closed).
+    async fn opening_for_viewer(&mut self, resume: Option<EventId>) -> (Bytes, Bytes) {
         let replay = self.replay(resume).await;
         let cpu = self.cx.cpu.clone();
         cpu.run(|| self.opening(replay)).await
     }
 
     /// The opening itself, from the changes to replay if there are any.
-    fn opening(&mut self, replay: Option<Vec<Change>>) -> Bytes {
+    fn opening(&mut self, replay: Option<Vec<Change>>) -> (Bytes, Bytes) {
         let incarnation = self.state.incarnation();
-        let mut out = BytesMut::new();
-        match replay {
+        let content = match replay {
             Some(changes) => {
+                let mut out = BytesMut::new();
                 for change in &changes {
                     out.extend_from_slice(&viewer::update_event(incarnation, change));
                 }
+                out.freeze()
             }
-            None => {
-                let id = EventId {
-                    incarnation,
-                    seq: self.state.last_seq(),
-                };
-                match self.state.encode_state() {
-                    Ok(state) => out.extend_from_slice(&viewer::snapshot_event(id, &state)),
-                    // Nothing to send now; the room reloads the document
-                    // after this batch and the viewer can reconnect.
-                    Err(e) => warn!(doc = %self.name, error = %e, "could not encode a snapshot"),
-                }
-            }
-        }
+            // Nothing to send now when it fails; the room reloads the
+            // document after this batch and the viewer can reconnect.
+            None => self.state.snapshot_event().unwrap_or_else(|e| {
+                warn!(doc = %self.name, error = %e, "could not encode a snapshot");
+                Bytes::new()
+            }),
+        };
         // Always sent, even when empty: a viewer that resumed learns that
         // presence it still shows is gone.
-        out.extend_from_slice(&viewer::awareness_event(&self.state.presence_all()));
-        out.freeze()
+        let presence = viewer::awareness_event(&self.state.presence_all());
+        (content, presence)
     }
 
     /// Every change after `resume`, or `None` when that is not possible
@@ -89,7 +95,9 @@ impl Room {
         {
             Vec::new()
         } else {
-            let wanted = usize::try_from(last - id.seq).ok()?;
+            let wanted = usize::try_from(last - id.seq)
+                .ok()
+                .filter(|&n| n <= MAX_LOG_REPLAY)?;
             let stored = self.cx.store.read_log(&self.name, id.seq, wanted).await;
             match stored {
                 Ok(entries) => entries.into_iter().map(|e| Change::from(&e)).collect(),
