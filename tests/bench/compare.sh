@@ -68,9 +68,10 @@ start() {
   mkdir -p "$data"
   case $name in
     weft)
-      # No per-connection rate limit: ingest sends as fast as it can.
+      # No per-connection rate limit: ingest sends as fast as it can; no
+      # per-address limit: every client of the load generator is 127.0.0.1.
       "$ROOT/target/release/weft" serve --listen "127.0.0.1:$PORT" --data-dir "$data" \
-        --max-messages-per-sec 0 --log-format json >"$OUT/$name.log" 2>&1 &
+        --max-messages-per-sec 0 --max-connections-per-client 0 --log-format json >"$OUT/$name.log" 2>&1 &
       WS=ws://127.0.0.1:$PORT/ws SSE=127.0.0.1:$PORT ;;
     y-websocket-server)
       # YPERSISTENCE: store documents in LevelDB, so they survive a restart.
@@ -194,7 +195,7 @@ if [[ ",$SERVERS," == *,weft,* ]] && command -v redis-server >/dev/null; then
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$RPORT") 2>/dev/null && break; sleep 0.1; done
   for n in 1 2; do
     "$ROOT/target/release/weft" serve --listen "127.0.0.1:$((PORT + n))" --redis "redis://127.0.0.1:$RPORT" \
-      --max-messages-per-sec 0 --log-format json >"$OUT/weft-cluster-$n.log" 2>&1 &
+      --max-messages-per-sec 0 --max-connections-per-client 0 --log-format json >"$OUT/weft-cluster-$n.log" 2>&1 &
     CLUSTER_PIDS+=($!)
   done
   for n in 1 2; do

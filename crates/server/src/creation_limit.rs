@@ -83,7 +83,7 @@ pub fn client_addr(ip: IpAddr) -> ClientAddr {
 }
 
 /// The key an address counts under: IPv4 as is, IPv6 by its /64.
-fn bucket_of(client: IpAddr) -> IpAddr {
+pub(crate) fn bucket_of(client: IpAddr) -> IpAddr {
     match client {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

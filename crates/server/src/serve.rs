@@ -177,7 +177,8 @@ impl Running {
             admin: store.admin(rooms.clone()),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
-            connection_limit: ConnectionLimit::new(config.max_connections),
+            connection_limit: ConnectionLimit::new(config.max_connections)
+                .per_client(config.max_connections_per_client),
             unauthenticated_limit: ConnectionLimit::new(
                 usize::try_from(config.max_pending_connections).unwrap_or(usize::MAX),
             ),

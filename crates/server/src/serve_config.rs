@@ -261,6 +261,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
+    /// Connections one client address (IPv6: one /64) may hold at once,
+    /// each event stream of an HTTP/2 connection counting as one; more are
+    /// refused (WebSocket close 1013, HTTP 429), so that no one address can
+    /// take a document's or the server's places. 0: no limit.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 1_000)]
+    pub max_connections_per_client: usize,
+
     /// A connection must deliver a request's headers within this long (its
     /// first request's counted from the connection, TLS handshake included;
     /// a later one's from when the previous response ended), or it is closed.

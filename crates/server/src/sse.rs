@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Extension, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::{ConnectInfo, Extension, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -40,7 +40,8 @@ use crate::auth::Mode;
 use crate::direct_io::TcpOutlet;
 use crate::doc_path::DocPath;
 use crate::event_gzip::{accepts_gzip, EventGzip};
-use crate::limits::ConnectionSlot;
+use crate::limits::{ConnectionSlot, Refused};
+use crate::peer::PeerAddr;
 use crate::stream_conn::StreamOutlet;
 use crate::telemetry::{self, LiveConnection};
 
@@ -53,6 +54,7 @@ pub struct SseParams {
 
 pub async fn follow(
     State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     DocPath(doc): DocPath,
     Query(params): Query<SseParams>,
     headers: HeaderMap,
@@ -61,15 +63,18 @@ pub async fn follow(
 ) -> Result<Response, ApiError> {
     app.check_origin(&headers)?;
     let grant = app.authorize(&credentials, &doc, Mode::Read)?;
-    let slot = app.connection_limit.try_admit().ok_or_else(|| {
-        ApiError::unavailable(
-            "server_full",
-            format!(
-                "the server has its maximum of {} connections; try again later",
-                app.connection_limit.max()
-            ),
-        )
-    })?;
+    let slot = app
+        .connection_limit
+        .admit(peer.0.ip())
+        .map_err(|refused| match refused {
+            Refused::ServerFull(_) => ApiError::unavailable("server_full", refused.to_string()),
+            Refused::ClientFull(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                refused.to_string(),
+            )
+            .retry_after(1),
+        })?;
     let resume_text = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -57,18 +57,12 @@ pub async fn upgrade(
     };
     // Browsers cannot see the status of a refused upgrade, so a refusal is
     // an accepted upgrade closed at once with a code and the reason.
-    let admitted = match app.connection_limit.try_admit() {
-        Some(slot) => app
+    let admitted = match app.connection_limit.admit(peer.0.ip()) {
+        Ok(slot) => app
             .authorize(&credentials, &doc, Mode::Read)
             .map(|grant| (grant, slot))
             .map_err(|e| (e.close_code(), e.to_string())),
-        None => Err((
-            close_code::TRY_AGAIN_LATER,
-            format!(
-                "the server has its maximum of {} connections; try again later",
-                app.connection_limit.max()
-            ),
-        )),
+        Err(refused) => Err((close_code::TRY_AGAIN_LATER, refused.to_string())),
     };
     // The connection task counts as tracked from here until it ends.
     let tracked = app.connections.token();

@@ -777,14 +777,7 @@ fn a_short_admin_key_stops_the_server_starting() {
 
 /// An HTTP/1.1 connection from a chosen loopback source address.
 async fn http1_from(source: &str, addr: &str) -> Http {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(format!("{source}:0").parse().expect("source address"))
-        .expect("bind the source address");
-    let tcp = socket
-        .connect(addr.parse().expect("server address"))
-        .await
-        .expect("tcp");
+    let tcp = tcp_from(source, addr).await;
     let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
         .expect("http1 handshake");

@@ -224,14 +224,7 @@ async fn request_from(
     path: &str,
     body: Vec<u8>,
 ) -> (u16, Vec<u8>, Option<String>) {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(format!("{source}:0").parse().expect("address"))
-        .expect("bind");
-    let tcp = socket
-        .connect(addr.parse().expect("server address"))
-        .await
-        .expect("connect");
+    let tcp = tcp_from(source, addr).await;
     let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
         .expect("http1 handshake");

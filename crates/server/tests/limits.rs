@@ -125,6 +125,57 @@ async fn the_server_turns_away_connections_beyond_its_total() {
     assert!(String::from_utf8_lossy(&body).contains("document_not_found"));
 }
 
+/// A WebSocket to `url` from the loopback address `from`.
+async fn connect_from(from: &str, addr: &str, url: &str) -> Ws {
+    let plain = tokio_tungstenite::MaybeTlsStream::Plain(tcp_from(from, addr).await);
+    let (ws, _) = tokio_tungstenite::client_async(url, plain)
+        .await
+        .expect("upgrade");
+    ws
+}
+
+/// Whether an editor from 127.0.0.1 is let in now.
+async fn admitted(url: &str) -> bool {
+    let mut ws = connect(url).await;
+    next_message_or_close(&mut ws).await
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_place_of_a_document() {
+    let weft = Weft::start(&["--max-connections-per-client", "3"]);
+    // One HTTP/2 connection carries many event streams: each counts.
+    let mut h2 = http2(&weft.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let resp = h2.request("GET", "/sse/crowded", &[], vec![]).await;
+        assert_eq!(resp.status(), 200);
+        let mut sse = SseReader::new(resp);
+        sse.next().await;
+        streams.push(sse);
+    }
+    let refused = h2.request("GET", "/sse/crowded", &[], vec![]).await;
+    assert_eq!(refused.status(), 429);
+    let body = String::from_utf8_lossy(&body_bytes(refused).await).into_owned();
+    assert!(body.contains("too_many_connections"), "{body}");
+    assert!(body.contains("your address has its maximum of 3"), "{body}");
+    let mut editor = connect(&weft.url("crowded")).await;
+    let (code, reason) = close_of(&mut editor).await;
+    assert_eq!(code, CloseCode::Again);
+    assert!(reason.contains("your address"), "{reason}");
+
+    // Another address still gets in.
+    let mut other = connect_from("127.0.0.2", &weft.addr, &weft.url("crowded")).await;
+    assert!(
+        next_message_or_close(&mut other).await,
+        "another address is served"
+    );
+
+    // A place given back is a place again.
+    drop(streams.pop());
+    let url = weft.url("crowded");
+    assert!(poll_until(|| admitted(&url), |&yes| yes).await);
+}
+
 #[tokio::test]
 async fn a_flooding_connection_is_closed_and_others_carry_on() {
     let weft = Weft::start(&["--max-messages-per-sec", "20", "--message-burst", "40"]);

@@ -112,12 +112,8 @@ impl Conn {
     /// those waiting to authenticate until now).
     fn admit(&mut self) -> Result<(), String> {
         if !self.admitted {
-            self.place = self.app.connection_limit.try_admit().ok_or_else(|| {
-                format!(
-                    "the server has its maximum of {} connections; try again later",
-                    self.app.connection_limit.max()
-                )
-            })?;
+            let place = self.app.connection_limit.admit(self.peer.0.ip());
+            self.place = place.map_err(|refused| refused.to_string())?;
             self.admitted = true;
         }
         self.auth_due = None;
@@ -141,15 +137,9 @@ impl Conn {
         let slot = if self.docs.open.is_empty() {
             None
         } else {
-            match self.app.connection_limit.try_admit() {
-                Some(slot) => Some(slot),
-                None => {
-                    let why = format!(
-                        "the server has its maximum of {} connections; try again later",
-                        self.app.connection_limit.max()
-                    );
-                    return self.deny(socket, key, &why).await;
-                }
+            match self.app.connection_limit.admit(self.peer.0.ip()) {
+                Ok(slot) => Some(slot),
+                Err(refused) => return self.deny(socket, key, &refused.to_string()).await,
             }
         };
         let access = match mode {

@@ -338,6 +338,19 @@ pub enum Http {
     H2(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>),
 }
 
+/// A TCP connection to `addr` from the loopback address `source` (any
+/// 127.0.0.x reaches a server on 127.0.0.1, as another client's address).
+pub async fn tcp_from(source: &str, addr: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("source address"))
+        .expect("bind the source address");
+    socket
+        .connect(addr.parse().expect("server address"))
+        .await
+        .expect("tcp")
+}
+
 pub async fn http1(addr: &str) -> Http {
     let tcp = TcpStream::connect(addr).await.expect("tcp");
     let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
