@@ -8,6 +8,8 @@ pub const GOING_AWAY: u16 = 1001;
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// A text frame: weft speaks binary y-protocols only.
 pub const UNSUPPORTED_DATA: u16 = 1003;
+/// A message that was still arriving after `--body-timeout`.
+pub const POLICY_VIOLATION: u16 = 1008;
 /// A message larger than `--max-message-bytes`.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The server could not store or load the document; reconnecting resyncs.

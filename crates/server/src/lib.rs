@@ -34,6 +34,7 @@ mod secret;
 mod serve;
 mod serve_config;
 mod shutdown;
+mod slow_message;
 mod sse;
 mod store;
 mod store_health;

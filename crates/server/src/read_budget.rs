@@ -1,5 +1,7 @@
 //! `Budgeted`: an upgraded connection whose reads can be held to a budget
-//! of bytes, and `ReadBudget`, the handle that sets it.
+//! of bytes, and `ReadBudget`, the handle that sets it; it also counts
+//! what was read towards a message not yet whole ([`Budgeted::unfinished`],
+//! for `slow_message.rs`).
 //!
 //! A Hocuspocus socket is accepted before anyone has shown a token (its
 //! tokens come inside, per document), and tungstenite assembles a message
@@ -94,16 +96,41 @@ impl ReadBudget {
     }
 }
 
-/// A connection whose reads draw on a [`ReadBudget`] (none: unlimited).
+/// A connection whose reads draw on a [`ReadBudget`] (none: unlimited),
+/// and which counts what it read since the reader last had a whole
+/// message, so that a message that never finishes arriving can be told.
 #[derive(Debug)]
 pub struct Budgeted<S> {
     inner: S,
     budget: Option<ReadBudget>,
+    /// Bytes read since the last whole data message, less the control
+    /// frames the reader was handed meanwhile.
+    unfinished: u64,
 }
 
 impl<S> Budgeted<S> {
     pub fn new(inner: S, budget: Option<ReadBudget>) -> Self {
-        Budgeted { inner, budget }
+        Budgeted {
+            inner,
+            budget,
+            unfinished: 0,
+        }
+    }
+
+    /// Bytes read that are not yet part of a message the reader was given:
+    /// a message still arriving (up to a read's worth of the next).
+    pub fn unfinished(&self) -> u64 {
+        self.unfinished
+    }
+
+    /// The reader was given a whole data message.
+    pub fn message_done(&mut self) {
+        self.unfinished = 0;
+    }
+
+    /// The reader was given a control frame of `wire` bytes.
+    pub fn control_done(&mut self, wire: usize) {
+        self.unfinished = self.unfinished.saturating_sub(wire as u64);
     }
 }
 
@@ -119,6 +146,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Budgeted<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let read = buf.filled().len() - before;
+        self.unfinished = self.unfinished.saturating_add(read as u64);
         match &self.budget {
             Some(budget) if !budget.take(read) => {
                 // Over: these bytes are thrown away with the rest.

@@ -37,6 +37,7 @@ use crate::doc_path::DocPath;
 use crate::limits;
 use crate::peer::PeerAddr;
 use crate::refusal::Refusal;
+use crate::slow_message::SlowMessage;
 use crate::telemetry::{self, LiveConnection};
 use crate::ws_upgrade::{NotAWebSocket, WebSocket, WsUpgrade};
 
@@ -386,6 +387,7 @@ async fn connection_loop(
     let mut ping = interval_at(Instant::now() + every, every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut slow = SlowMessage::default();
     // Boxed: a limiter is 72 bytes, the connection keeps it for its life.
     let rate = limits::message_rate(app.config.max_messages_per_sec, app.config.message_burst)
         .map(Box::new);
@@ -427,8 +429,9 @@ async fn connection_loop(
                 last_heard = Instant::now();
                 match inbound {
                     Inbound::End(end) => return end,
-                    Inbound::Ignore => {}
+                    Inbound::Control(wire) => socket.get_mut().control_done(wire),
                     Inbound::Binary(frame) => {
+                        socket.get_mut().message_done();
                         telemetry::carried("ws", "in", frame.len());
                         if rate.as_ref().is_some_and(|r| r.check().is_err()) {
                             return End::Close(
@@ -461,6 +464,9 @@ async fn connection_loop(
                     debug!("no answer to pings");
                     return End::Gone("no answer to two pings");
                 }
+                if let Err(end) = slow.at_tick(socket, every, app.config.body_timeout) {
+                    return end;
+                }
                 if let Err(unsent) = send_within(socket, Message::Ping(Default::default()), deadline).await {
                     return End::Gone(unsent.why());
                 }
@@ -474,7 +480,8 @@ async fn connection_loop(
 /// room for it while it waits on the room).
 enum Inbound {
     Binary(Bytes),
-    Ignore,
+    /// A ping or pong, of this many bytes on the wire.
+    Control(usize),
     End(End),
 }
 
@@ -491,9 +498,16 @@ impl Inbound {
             Some(Ok(Message::Close(_))) => Inbound::End(End::Gone("peer sent close")),
             // Pongs only prove liveness; pings are answered by
             // tungstenite; raw frames are never yielded when reading.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Ignore,
+            Some(Ok(Message::Ping(p) | Message::Pong(p))) => Inbound::Control(control_wire(&p)),
+            Some(Ok(Message::Frame(_))) => Inbound::Control(0),
         }
     }
+}
+
+/// The bytes a client's control frame with `payload` took on the wire: a
+/// two-byte header, the four-byte mask, the payload (at most 125 bytes).
+pub(crate) fn control_wire(payload: &[u8]) -> usize {
+    6 + payload.len()
 }
 
 pub(crate) fn read_error(e: WsError) -> End {

@@ -521,3 +521,23 @@ async fn a_document_ended_by_the_server_ends_alone() {
     .await;
     assert!(change(&mut ws, "kept", &Doc::with_client_id(3), "still here").await);
 }
+
+#[tokio::test]
+async fn a_message_that_never_finishes_arriving_is_cut_off() {
+    let weft = Weft::start(&[
+        "--auth-secret",
+        SECRET,
+        "--ping-interval",
+        "200ms",
+        "--body-timeout",
+        "1s",
+    ]);
+    let mut ws = connect(&hp_url(&weft)).await;
+    assert_eq!(
+        open(&mut ws, "dripped", &token("dripped", "write")).await,
+        Heard::Authenticated("dripped".into(), "read-write".into())
+    );
+    let (code, reason, _) = never_finish_a_message(&mut ws).await;
+    assert_eq!(code, CloseCode::Policy, "{reason}");
+    assert!(reason.contains("still arriving after 1s"), "{reason}");
+}

@@ -177,6 +177,25 @@ async fn one_address_cannot_take_every_place_of_a_document() {
 }
 
 #[tokio::test]
+async fn a_message_that_never_finishes_arriving_is_cut_off() {
+    let weft = Weft::start(&["--ping-interval", "200ms", "--body-timeout", "1s"]);
+    let mut dripping = connect(&weft.url("dripped")).await;
+    next_message(&mut dripping).await;
+    let (code, reason, took) = never_finish_a_message(&mut dripping).await;
+    assert_eq!(code, CloseCode::Policy, "{reason}");
+    assert!(reason.contains("still arriving after 1s"), "{reason}");
+    assert!(took >= std::time::Duration::from_secs(1), "{took:?}");
+
+    // A large message sent whole is taken.
+    let mut editor = connect(&weft.url("dripped")).await;
+    next_message(&mut editor).await;
+    let big = "x".repeat(2_000_000);
+    send(&mut editor, update_message(insert(&Doc::new(), &big))).await;
+    let stored = poll_until(|| text_of(&weft.addr, "dripped"), |t| t.len() == big.len()).await;
+    assert_eq!(stored.len(), big.len());
+}
+
+#[tokio::test]
 async fn a_flooding_connection_is_closed_and_others_carry_on() {
     let weft = Weft::start(&["--max-messages-per-sec", "20", "--message-burst", "40"]);
     let mut calm = connect(&weft.url("flood")).await;

@@ -60,6 +60,7 @@ use crate::close_code;
 use crate::limits::{self, ConnectionSlot};
 use crate::peer::PeerAddr;
 use crate::read_budget::ReadBudget;
+use crate::slow_message::SlowMessage;
 use crate::telemetry;
 use crate::ws::{self, End};
 use crate::ws_upgrade::{NotAWebSocket, WebSocket, WsUpgrade};
@@ -216,6 +217,7 @@ impl Conn {
         tokio::pin!(shutdown);
         let deadline = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(deadline);
+        let mut slow = SlowMessage::default();
 
         loop {
             let step = tokio::select! {
@@ -248,6 +250,8 @@ impl Conn {
                 _ = ping.tick() => {
                     if self.joining.is_none() && last_heard.elapsed() > every * 2 {
                         Err(End::Gone("no answer to two pings"))
+                    } else if let Err(end) = slow.at_tick(socket, every, app.config.body_timeout) {
+                        Err(end)
                     } else {
                         self.ping(socket).await
                     }
@@ -355,13 +359,20 @@ impl Conn {
         match inbound {
             None => Err(End::Gone("peer closed the socket")),
             Some(Err(e)) => Err(ws::read_error(e)),
-            Some(Ok(Message::Binary(frame))) => self.on_client_frame(socket, frame).await,
+            Some(Ok(Message::Binary(frame))) => {
+                socket.get_mut().message_done();
+                self.on_client_frame(socket, frame).await
+            }
             Some(Ok(Message::Text(_))) => Err(End::Close(
                 close_code::UNSUPPORTED_DATA,
                 "text frames are not supported; send binary Hocuspocus messages".into(),
             )),
             Some(Ok(Message::Close(_))) => Err(End::Gone("peer sent close")),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Ok(Message::Ping(p) | Message::Pong(p))) => {
+                socket.get_mut().control_done(ws::control_wire(&p));
+                Ok(())
+            }
+            Some(Ok(Message::Frame(_))) => Ok(()),
         }
     }
 

@@ -236,6 +236,37 @@ pub async fn next_message(ws: &mut Ws) -> YMessage {
     }
 }
 
+/// Sends a binary message in fragments, a few KiB every 100 ms, never its
+/// last, while reading (so pings are answered), until the server closes;
+/// returns the close code and reason, and how long it took.
+pub async fn never_finish_a_message(ws: &mut Ws) -> (CloseCode, String, std::time::Duration) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let started = std::time::Instant::now();
+    let mut opcode = OpCode::Data(Data::Binary);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    while started.elapsed() < WAIT {
+        tokio::select! {
+            next = futures_util::StreamExt::next(ws) => match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code, frame.reason.to_string(), started.elapsed());
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended without a close: {other:?}"),
+            },
+            _ = tick.tick() => {
+                let fragment = Frame::message(vec![7u8; 4096], opcode, false);
+                opcode = OpCode::Data(Data::Continue);
+                if ws.send(Message::Frame(fragment)).await.is_err() {
+                    let (code, reason) = close_of(ws).await;
+                    return (code, reason, started.elapsed());
+                }
+            }
+        }
+    }
+    panic!("still open after {WAIT:?} of a message that never ends");
+}
+
 /// Reads until the server closes; returns its close code and reason.
 pub async fn close_of(ws: &mut Ws) -> (CloseCode, String) {
     loop {
