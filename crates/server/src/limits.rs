@@ -139,10 +139,6 @@ impl ConnectionLimit {
         }
         Ok(slot)
     }
-
-    pub fn max(&self) -> usize {
-        self.max
-    }
 }
 
 /// A token bucket for one connection's inbound messages: `per_sec`

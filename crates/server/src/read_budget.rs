@@ -106,6 +106,9 @@ pub struct Budgeted<S> {
     /// Bytes read since the last whole data message, less the control
     /// frames the reader was handed meanwhile.
     unfinished: u64,
+    /// Whether a whole data message was handed over since the last
+    /// [`Budgeted::take_finished`].
+    finished: bool,
 }
 
 impl<S> Budgeted<S> {
@@ -114,6 +117,7 @@ impl<S> Budgeted<S> {
             inner,
             budget,
             unfinished: 0,
+            finished: false,
         }
     }
 
@@ -126,6 +130,12 @@ impl<S> Budgeted<S> {
     /// The reader was given a whole data message.
     pub fn message_done(&mut self) {
         self.unfinished = 0;
+        self.finished = true;
+    }
+
+    /// Whether a whole data message was handed over since the last call.
+    pub fn take_finished(&mut self) -> bool {
+        std::mem::take(&mut self.finished)
     }
 
     /// The reader was given a control frame of `wire` bytes.

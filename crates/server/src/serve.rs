@@ -181,7 +181,8 @@ impl Running {
                 .per_client(config.max_connections_per_client),
             unauthenticated_limit: ConnectionLimit::new(
                 usize::try_from(config.max_pending_connections).unwrap_or(usize::MAX),
-            ),
+            )
+            .per_client(config.max_connections_per_client),
             admin_failures: FailureThrottle::new(
                 config.admin_failure_burst,
                 config.admin_failure_interval,

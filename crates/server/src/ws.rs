@@ -464,7 +464,7 @@ async fn connection_loop(
                     debug!("no answer to pings");
                     return End::Gone("no answer to two pings");
                 }
-                if let Err(end) = slow.at_tick(socket, every, app.config.body_timeout) {
+                if let Err(end) = slow.at_tick(socket.get_mut(), every, app.config.body_timeout) {
                     return end;
                 }
                 if let Err(unsent) = send_within(socket, Message::Ping(Default::default()), deadline).await {

@@ -541,3 +541,17 @@ async fn a_message_that_never_finishes_arriving_is_cut_off() {
     assert_eq!(code, CloseCode::Policy, "{reason}");
     assert!(reason.contains("still arriving after 1s"), "{reason}");
 }
+
+#[tokio::test]
+async fn one_address_cannot_fill_the_places_of_sockets_waiting_to_authenticate() {
+    let weft = Weft::start(&["--auth-secret", SECRET, "--max-connections-per-client", "2"]);
+    let _first = connect(&hp_url(&weft)).await;
+    let _second = connect(&hp_url(&weft)).await;
+    let mut third = connect(&hp_url(&weft)).await;
+    let (code, reason) = close_of(&mut third).await;
+    assert_eq!(code, CloseCode::Again);
+    assert!(
+        reason.contains("your address has its maximum of 2"),
+        "{reason}"
+    );
+}

@@ -57,7 +57,7 @@ use weft_sync::{CloseReason, Joiner};
 use crate::access::Credentials;
 use crate::app::AppState;
 use crate::close_code;
-use crate::limits::{self, ConnectionSlot};
+use crate::limits::{self, ConnectionSlot, Refused};
 use crate::peer::PeerAddr;
 use crate::read_budget::ReadBudget;
 use crate::slow_message::SlowMessage;
@@ -115,7 +115,7 @@ pub async fn at_root(
 /// maximum of connections) and runs it. `credentials`, from the upgrade
 /// request, stand in for an Auth message's empty token.
 fn accept(app: Arc<AppState>, peer: PeerAddr, credentials: Credentials, ws: WsUpgrade) -> Response {
-    let slot = app.unauthenticated_limit.try_admit();
+    let slot = app.unauthenticated_limit.admit(peer.0.ip());
     let tracked = app.connections.token();
     let budget = ReadBudget::new(PRE_AUTH_BYTES);
     let config = ws::socket_config(&app);
@@ -124,18 +124,23 @@ fn accept(app: Arc<AppState>, peer: PeerAddr, credentials: Credentials, ws: WsUp
         Some(budget.clone()),
         move |mut socket: WebSocket| async move {
             let span = tracing::info_span!("hocuspocus", %peer);
-            if let Some(slot) = slot {
-                let conn = Conn::new(app, peer, credentials, (budget, slot));
-                conn.run(&mut socket).instrument(span).await;
-            } else {
-                let reason = format!(
-                    "the server has its maximum of {} connections waiting to authenticate; \
-                     try again later",
-                    app.unauthenticated_limit.max()
-                );
-                info!(parent: &span, %reason, "refused");
-                let code = close_code::TRY_AGAIN_LATER;
-                Box::pin(ws::close(&mut socket, code, &reason)).await;
+            match slot {
+                Ok(slot) => {
+                    let conn = Conn::new(app, peer, credentials, (budget, slot));
+                    conn.run(&mut socket).instrument(span).await;
+                }
+                Err(refused) => {
+                    let reason = match refused {
+                        Refused::ServerFull(max) => format!(
+                            "the server has its maximum of {max} connections waiting to \
+                             authenticate; try again later"
+                        ),
+                        Refused::ClientFull(_) => refused.to_string(),
+                    };
+                    info!(parent: &span, %reason, "refused");
+                    let code = close_code::TRY_AGAIN_LATER;
+                    Box::pin(ws::close(&mut socket, code, &reason)).await;
+                }
             }
             drop(tracked);
         },
@@ -250,7 +255,7 @@ impl Conn {
                 _ = ping.tick() => {
                     if self.joining.is_none() && last_heard.elapsed() > every * 2 {
                         Err(End::Gone("no answer to two pings"))
-                    } else if let Err(end) = slow.at_tick(socket, every, app.config.body_timeout) {
+                    } else if let Err(end) = slow.at_tick(socket.get_mut(), every, app.config.body_timeout) {
                         Err(end)
                     } else {
                         self.ping(socket).await
