@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis_cluster::RedisCluster;
-use weft_storage::{DocName, DocumentStore, LogEntry, Provenance, RedisStore};
+use weft_storage::{DocMeta, DocName, DocumentStore, LogEntry, Provenance, RedisStore};
 
 fn key(doc: &str, what: &str) -> String {
     format!("weft:{{{doc}}}:{what}")
@@ -30,10 +30,9 @@ fn entry(seq: u64) -> LogEntry {
 /// succeed. Returns how many were stored, or the first failure.
 async fn keep_appending(
     store: RedisStore,
-    doc: DocName,
+    (doc, meta): (DocName, DocMeta),
     done: Arc<AtomicBool>,
 ) -> Result<u64, String> {
-    let meta = store.load(&doc).await.map_err(|e| e.to_string())?.meta;
     let mut seq = 0;
     while !done.load(Ordering::Relaxed) {
         seq += 1;
@@ -90,9 +89,17 @@ async fn move_under_load(cluster: RedisCluster, to: usize, others: Vec<DocName>)
     let moving = DocName::new("moving").expect("a name");
     let slot = cluster.slot_of(&key(moving.as_str(), "log"));
 
+    // Loaded before the move: a load reads several keys at once, which
+    // Redis refuses (TRYAGAIN) while their slot is half-moved, and whoever
+    // asked tries again; appends and reads of the log are one script each.
+    let mut loaded = Vec::new();
+    for doc in std::iter::once(moving.clone()).chain(others) {
+        let meta = store.load(&doc).await.expect("loads").meta;
+        loaded.push((doc, meta));
+    }
     let done = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = std::iter::once(moving.clone())
-        .chain(others)
+    let writers: Vec<_> = loaded
+        .into_iter()
         .map(|doc| tokio::spawn(keep_appending(store.clone(), doc, done.clone())))
         .collect();
     let readers: Vec<_> = (0..4)
