@@ -1,5 +1,6 @@
 //! `Refusal`: one classification of what the document engine refuses
-//! ([`RoomError`]) and of how the store fails ([`StorageError`]), for every
+//! ([`RoomError`]), of how the store fails ([`StorageError`]) and of a
+//! connection the connection limits have no place for, for every
 //! face of the server: the HTTP status and error code that `/docs` and
 //! `/admin` answer, with `Retry-After` where waiting helps, and the close
 //! code a WebSocket gets (and the admin API's own errors). One table, so
@@ -12,6 +13,7 @@ use weft_sync::RoomError;
 
 use crate::admin::AdminError;
 use crate::close_code;
+use crate::limits::Refused;
 
 /// How a failure is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,24 @@ impl Refusal {
             RoomError::Busy | RoomError::Retry | RoomError::TryAgain(_) => {
                 Refusal::unavailable("busy", TRY_AGAIN_LATER)
             }
+        }
+    }
+
+    /// A connection the server or its client's address has no place for:
+    /// the same request may work once places free up.
+    pub fn of_connection(refused: &Refused) -> Refusal {
+        match refused {
+            Refused::ServerFull(_) => {
+                Refusal::unavailable("server_full", close_code::TRY_AGAIN_LATER)
+            }
+            Refused::ClientFull(_) => Refusal {
+                retry_after: Some(1),
+                ..Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections",
+                    close_code::TRY_AGAIN_LATER,
+                )
+            },
         }
     }
 
@@ -160,6 +180,20 @@ mod tests {
             assert_eq!(refusal.code, "storage_failure");
             assert_eq!(refusal.retry_after, Some(1));
             assert_eq!(refusal.close_code, close_code::INTERNAL_ERROR);
+        }
+    }
+
+    #[test]
+    fn connections_without_a_place_wait_a_second_and_close_1013() {
+        let server = Refusal::of_connection(&Refused::ServerFull(10));
+        assert_eq!(server.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(server.code, "server_full");
+        let client = Refusal::of_connection(&Refused::ClientFull(2));
+        assert_eq!(client.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(client.code, "too_many_connections");
+        for refusal in [server, client] {
+            assert_eq!(refusal.retry_after, Some(1));
+            assert_eq!(refusal.close_code, close_code::TRY_AGAIN_LATER);
         }
     }
 }

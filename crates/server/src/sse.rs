@@ -21,7 +21,7 @@ use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -40,8 +40,9 @@ use crate::auth::Mode;
 use crate::direct_io::TcpOutlet;
 use crate::doc_path::DocPath;
 use crate::event_gzip::{accepts_gzip, EventGzip};
-use crate::limits::{ConnectionSlot, Refused};
+use crate::limits::ConnectionSlot;
 use crate::peer::PeerAddr;
+use crate::refusal::Refusal;
 use crate::stream_conn::StreamOutlet;
 use crate::telemetry::{self, LiveConnection};
 
@@ -63,18 +64,9 @@ pub async fn follow(
 ) -> Result<Response, ApiError> {
     app.check_origin(&headers)?;
     let grant = app.authorize(&credentials, &doc, Mode::Read)?;
-    let slot = app
-        .connection_limit
-        .admit(peer.0.ip())
-        .map_err(|refused| match refused {
-            Refused::ServerFull(_) => ApiError::unavailable("server_full", refused.to_string()),
-            Refused::ClientFull(_) => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
-                refused.to_string(),
-            )
-            .retry_after(1),
-        })?;
+    let slot = app.connection_limit.admit(peer.0.ip()).map_err(|refused| {
+        ApiError::refused(Refusal::of_connection(&refused), refused.to_string())
+    })?;
     let resume_text = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -63,7 +63,10 @@ pub async fn upgrade(
             .authorize(&credentials, &doc, Mode::Read)
             .map(|grant| (grant, slot))
             .map_err(|e| (e.close_code(), e.to_string())),
-        Err(refused) => Err((close_code::TRY_AGAIN_LATER, refused.to_string())),
+        Err(refused) => Err((
+            Refusal::of_connection(&refused).close_code,
+            refused.to_string(),
+        )),
     };
     // The connection task counts as tracked from here until it ends.
     let tracked = app.connections.token();

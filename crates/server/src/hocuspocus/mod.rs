@@ -60,6 +60,7 @@ use crate::close_code;
 use crate::limits::{self, ConnectionSlot, Refused};
 use crate::peer::PeerAddr;
 use crate::read_budget::ReadBudget;
+use crate::refusal::Refusal;
 use crate::slow_message::SlowMessage;
 use crate::telemetry;
 use crate::ws::{self, End};
@@ -138,7 +139,7 @@ fn accept(app: Arc<AppState>, peer: PeerAddr, credentials: Credentials, ws: WsUp
                         Refused::ClientFull(_) => refused.to_string(),
                     };
                     info!(parent: &span, %reason, "refused");
-                    let code = close_code::TRY_AGAIN_LATER;
+                    let code = Refusal::of_connection(&refused).close_code;
                     Box::pin(ws::close(&mut socket, code, &reason)).await;
                 }
             }
