@@ -42,6 +42,8 @@ use redis::{
     RedisError, RedisResult, Value,
 };
 
+use super::link::{host_port, unexpected};
+
 /// Shards an [`Asking`] keeps a connection to; past that it forgets them
 /// all and starts again (a cluster has that many primaries only while
 /// growing past it).
@@ -157,10 +159,7 @@ impl Asking {
 
     /// The seed node's settings with the shard's address.
     fn shard_info(&self, addr: &str) -> RedisResult<ConnectionInfo> {
-        let (host, port) = addr
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| unexpected("an ASK naming host:port"))?;
+        let (host, port) = host_port(addr).ok_or_else(|| unexpected("an ASK naming host:port"))?;
         let addr = match &self.seed.addr {
             ConnectionAddr::TcpTls {
                 insecure,
@@ -201,14 +200,6 @@ fn new_shard(e: &RedisError) -> Option<String> {
     }
     let (addr, _slot) = e.redirect_node()?;
     Some(addr.to_owned())
-}
-
-fn unexpected(what: &'static str) -> RedisError {
-    RedisError::from((
-        ErrorKind::TypeError,
-        "Redis' reply was not",
-        what.to_owned(),
-    ))
 }
 
 #[cfg(test)]

@@ -309,10 +309,8 @@ impl Link {
     async fn on_node<T: redis::FromRedisValue>(&mut self, addr: &str, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Link::Cluster(c, _) => {
-                let (host, port) = addr
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
-                    .ok_or_else(|| unexpected("a node address host:port"))?;
+                let (host, port) =
+                    host_port(addr).ok_or_else(|| unexpected("a node address host:port"))?;
                 let routing =
                     RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
                 redis::from_owned_redis_value(c.route_command(cmd, routing).await?)
@@ -373,7 +371,14 @@ fn scan(cursor: u64, pattern: &str) -> Cmd {
     cmd
 }
 
-fn unexpected(what: &'static str) -> redis::RedisError {
+/// `host` and `port` of a node address as Redis writes them (`host:port`,
+/// an IPv6 host unbracketed).
+pub(super) fn host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+pub(super) fn unexpected(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::TypeError,
         "Redis' reply was not",
