@@ -67,8 +67,9 @@ impl Room {
                 }
                 out.freeze()
             }
-            // Nothing to send now when it fails; the room reloads the
-            // document after this batch and the viewer can reconnect.
+            // Nothing to send when it fails: the document is poisoned and
+            // reloaded after this batch, and the viewer, still subscribed,
+            // gets live changes without a base until it reconnects.
             None => self.state.snapshot_event().unwrap_or_else(|e| {
                 warn!(doc = %self.name, error = %e, "could not encode a snapshot");
                 Bytes::new()
